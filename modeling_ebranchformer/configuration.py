@@ -1,0 +1,180 @@
+"""Configuration of the E-Branchformer CTC model (Kim et al., 2022, arXiv:2210.00077).
+
+The defaults are the course configuration `ebranchformer_ctc`: 64 log-mel bins stacked 4 to 1,
+8 layers of width 256 with 4 attention heads, a cgMLP of width 768 and a 34-class CTC head
+(33 characters + blank).
+"""
+
+from transformers import PretrainedConfig
+
+
+class EBranchformerConfig(PretrainedConfig):
+    r"""
+    Args:
+        vocab_size (`int`, defaults to 34):
+            Output classes of the CTC head, the blank included.
+        pad_token_id (`int`, defaults to 33):
+            The CTC blank. The tokenizer's pad token has the same id, so padding never becomes a label.
+        num_mel_bins (`int`, defaults to 64):
+            Features per input frame (the feature extractor's `feature_size`).
+        subsampling_stride (`int`, defaults to 4):
+            Frames stacked into one encoder step. The time axis is zero-padded to a multiple of it and
+            `stride * num_mel_bins` values are projected to `hidden_size`.
+        hidden_size (`int`, defaults to 256):
+            Width of the encoder.
+        num_hidden_layers (`int`, defaults to 8):
+            Number of E-Branchformer layers.
+        num_attention_heads (`int`, defaults to 4):
+            Heads of the global (self-attention) branch; must divide `hidden_size`.
+        cgmlp_intermediate_size (`int`, defaults to 768):
+            Width after the cgMLP's first projection. The CSGU splits it in two halves (value and gate),
+            so it must be even.
+        cgmlp_conv_kernel_size (`int`, defaults to 7):
+            Kernel of the CSGU depthwise convolution (odd, for "same" padding).
+        ffn_intermediate_size (`int`, defaults to 512):
+            Inner width of the two macaron feed-forward modules.
+        merge_conv_kernel_size (`int`, defaults to 31):
+            Kernel of the depthwise convolution that mixes the two branches before the merge projection (odd).
+        position_embedding_type (`str`, defaults to `"sinusoidal"`):
+            `"sinusoidal"` adds the classic sin/cos table to every frame. `"none"` adds nothing: models
+            converted from the course code use it, because the course added one constant table row to all
+            frames (see `convert_checkpoint.py`), which the converter folds into the subsampling bias.
+        max_position_embeddings (`int`, defaults to 5000):
+            Rows of the sinusoidal table, i.e. the longest input in encoder steps (5000 steps = 200 s).
+        dropout (`float`, defaults to 0.1):
+            Dropout after the positional encoding, inside and after every sub-module.
+        attention_dropout (`float`, defaults to 0.0):
+            Dropout on the attention probabilities.
+        layer_norm_eps (`float`, defaults to 1e-5):
+            Epsilon of every LayerNorm.
+        initializer_range (`float`, defaults to 0.02):
+            Standard deviation of the normal initialisation of linear and convolution weights.
+        ctc_loss_reduction (`str`, defaults to `"mean"`):
+            `"mean"` (loss per target character averaged over the batch, as `torch.nn.CTCLoss` and the course)
+            or `"sum"`.
+        ctc_zero_infinity (`bool`, defaults to `False`):
+            Replace infinite CTC losses (a transcript too long for its audio) by zero instead of propagating them.
+        apply_spec_augment (`bool`, defaults to `False`):
+            SpecAugment on the input log-mel features during training (off in the course).
+        mask_time_prob (`float`, defaults to 0.05):
+            Fraction of frames masked in time (approximately), as in `Wav2Vec2Config`.
+        mask_time_length (`int`, defaults to 10):
+            Length of each time mask, in feature frames.
+        mask_time_min_masks (`int`, defaults to 2):
+            Minimum number of time masks per utterance.
+        mask_feature_prob (`float`, defaults to 0.0):
+            Fraction of mel bins masked (approximately).
+        mask_feature_length (`int`, defaults to 10):
+            Length of each frequency mask, in mel bins.
+        mask_feature_min_masks (`int`, defaults to 0):
+            Minimum number of frequency masks per utterance.
+    """
+
+    model_type = "ebranchformer"
+
+    def __init__(
+        self,
+        vocab_size=34,
+        pad_token_id=33,
+        num_mel_bins=64,
+        subsampling_stride=4,
+        hidden_size=256,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        cgmlp_intermediate_size=768,
+        cgmlp_conv_kernel_size=7,
+        ffn_intermediate_size=512,
+        merge_conv_kernel_size=31,
+        position_embedding_type="sinusoidal",
+        max_position_embeddings=5000,
+        dropout=0.1,
+        attention_dropout=0.0,
+        layer_norm_eps=1e-5,
+        initializer_range=0.02,
+        ctc_loss_reduction="mean",
+        ctc_zero_infinity=False,
+        apply_spec_augment=False,
+        mask_time_prob=0.05,
+        mask_time_length=10,
+        mask_time_min_masks=2,
+        mask_feature_prob=0.0,
+        mask_feature_length=10,
+        mask_feature_min_masks=0,
+        **kwargs,
+    ):
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self.vocab_size = vocab_size
+        self.num_mel_bins = num_mel_bins
+        self.subsampling_stride = subsampling_stride
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.cgmlp_intermediate_size = cgmlp_intermediate_size
+        self.cgmlp_conv_kernel_size = cgmlp_conv_kernel_size
+        self.ffn_intermediate_size = ffn_intermediate_size
+        self.merge_conv_kernel_size = merge_conv_kernel_size
+        self.position_embedding_type = position_embedding_type
+        self.max_position_embeddings = max_position_embeddings
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.ctc_loss_reduction = ctc_loss_reduction
+        self.ctc_zero_infinity = ctc_zero_infinity
+        self.apply_spec_augment = apply_spec_augment
+        self.mask_time_prob = mask_time_prob
+        self.mask_time_length = mask_time_length
+        self.mask_time_min_masks = mask_time_min_masks
+        self.mask_feature_prob = mask_feature_prob
+        self.mask_feature_length = mask_feature_length
+        self.mask_feature_min_masks = mask_feature_min_masks
+        self._validate()
+
+    def _validate(self):
+        positive = (
+            "vocab_size", "num_mel_bins", "subsampling_stride", "hidden_size", "num_hidden_layers",
+            "num_attention_heads", "cgmlp_intermediate_size", "cgmlp_conv_kernel_size",
+            "ffn_intermediate_size", "merge_conv_kernel_size", "max_position_embeddings",
+        )  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"EBranchformerConfig: {name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"EBranchformerConfig: hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.cgmlp_intermediate_size % 2:
+            raise ValueError(
+                f"EBranchformerConfig: cgmlp_intermediate_size ({self.cgmlp_intermediate_size}) must be even: "
+                "the CSGU splits it into equal value and gate halves"
+            )
+        for name in ("cgmlp_conv_kernel_size", "merge_conv_kernel_size"):
+            if getattr(self, name) % 2 == 0:
+                raise ValueError(
+                    f"EBranchformerConfig: {name} ({getattr(self, name)}) must be odd: "
+                    "the depthwise convolution keeps the length with (kernel - 1) / 2 frames of padding each side"
+                )
+        if self.position_embedding_type not in ("sinusoidal", "none"):
+            raise ValueError(
+                "EBranchformerConfig: position_embedding_type must be 'sinusoidal' or 'none', "
+                f"got {self.position_embedding_type!r}"
+            )
+        if self.ctc_loss_reduction not in ("mean", "sum"):
+            raise ValueError(
+                f"EBranchformerConfig: ctc_loss_reduction must be 'mean' or 'sum', got {self.ctc_loss_reduction!r}"
+            )
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"EBranchformerConfig: pad_token_id (the CTC blank, {self.pad_token_id}) must be a class of the "
+                f"CTC head, i.e. in [0, vocab_size={self.vocab_size})"
+            )
+        for name in ("dropout", "attention_dropout", "mask_time_prob", "mask_feature_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"EBranchformerConfig: {name} must lie in [0, 1], got {getattr(self, name)!r}")
+
+    @property
+    def inputs_to_logits_ratio(self) -> int:
+        """Audio samples per output frame: 160 samples per feature frame (hop) times the stacking stride."""
+        return 160 * self.subsampling_stride

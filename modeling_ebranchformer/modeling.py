@@ -1,0 +1,398 @@
+"""E-Branchformer encoder with a CTC head (Kim et al., 2022, arXiv:2210.00077).
+
+One layer, pre-norm with macaron feed-forward modules:
+
+    x = x + 1/2 FFN1(LN(x))
+    g = MHA(LN(x))                         global branch: self-attention
+    l = cgMLP(LN(x))                       local branch: convolutional gating MLP
+    x = x + Merge(concat(g, l))            depthwise conv over time, then a projection
+    x = LN(x + 1/2 FFN2(LN(x)))
+
+It computes exactly what ESPnet's `EBranchformerEncoderLayer` computes (absolute positions, plain
+self-attention), with one difference on purpose: padded frames are zeroed before every convolution
+over time, so an utterance gives the same logits alone and in a padded batch.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+
+from .configuration import EBranchformerConfig
+
+
+@dataclass
+class EBranchformerModelOutput(BaseModelOutput):
+    """`BaseModelOutput` plus `output_lengths`: valid encoder steps per utterance (the rest is padding)."""
+
+    output_lengths: torch.LongTensor | None = None
+
+
+class EBranchformerStackingSubsampling(nn.Module):
+    """Stacks `stride` consecutive frames into one vector and projects it: (B, T, F) -> (B, ceil(T/stride), H)."""
+
+    def __init__(self, config: EBranchformerConfig):
+        super().__init__()
+        self.stride = config.subsampling_stride
+        self.projection = nn.Linear(config.subsampling_stride * config.num_mel_bins, config.hidden_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch, frames, bins = features.shape
+        features = F.pad(features, (0, 0, 0, -frames % self.stride))
+        return self.projection(features.reshape(batch, -1, self.stride * bins))
+
+
+class EBranchformerSinusoidalPositions(nn.Module):
+    """Adds the sin/cos table of "Attention is all you need" (sin on even, cos on odd channels), then dropout."""
+
+    def __init__(self, config: EBranchformerConfig):
+        super().__init__()
+        self.dropout = nn.Dropout(config.dropout)
+        # Derived from the config, so not saved with the weights (persistent=False).
+        self.register_buffer("table", self.make_table(config), persistent=False)
+
+    @staticmethod
+    def make_table(config: EBranchformerConfig) -> torch.Tensor:
+        position = torch.arange(config.max_position_embeddings, dtype=torch.float32)[:, None]
+        inv_freq = torch.exp(torch.arange(0, config.hidden_size, 2).float() * (-math.log(10000.0) / config.hidden_size))
+        table = torch.zeros(config.max_position_embeddings, config.hidden_size)
+        table[:, 0::2] = torch.sin(position * inv_freq)
+        table[:, 1::2] = torch.cos(position * inv_freq)
+        return table
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        steps = hidden_states.shape[1]
+        if steps > self.table.shape[0]:
+            raise ValueError(
+                f"Input of {steps} encoder steps is longer than max_position_embeddings "
+                f"({self.table.shape[0]}); split the audio (e.g. pipeline(..., chunk_length_s=30))"
+            )
+        return self.dropout(hidden_states + self.table[:steps].to(hidden_states.dtype))
+
+
+class EBranchformerFeedForward(nn.Module):
+    """FFN: Linear -> Swish -> dropout -> Linear (used twice per layer, macaron style, with weight 1/2)."""
+
+    def __init__(self, config: EBranchformerConfig):
+        super().__init__()
+        self.linear1 = nn.Linear(config.hidden_size, config.ffn_intermediate_size)
+        self.linear2 = nn.Linear(config.ffn_intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.dropout(F.silu(self.linear1(hidden_states))))
+
+
+class EBranchformerSelfAttention(nn.Module):
+    """Global branch: multi-head self-attention with a key padding mask, SDPA by default."""
+
+    def __init__(self, config: EBranchformerConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        # One fused projection for queries, keys and values: one matmul instead of three.
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states, key_mask, output_attentions=False):
+        """`key_mask`: (B, 1, 1, T) booleans, True where a frame is real; None when nothing is padded."""
+        batch, steps, _ = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch, steps, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
+        dropout = self.config.attention_dropout if self.training else 0.0
+
+        if output_attentions or self.config._attn_implementation == "eager":
+            scores = (query @ key.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+            weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype), dropout, self.training)
+            context = weights @ value
+        else:
+            weights = None
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=dropout)
+
+        context = context.transpose(1, 2).reshape(batch, steps, -1)
+        return self.out_proj(context), weights
+
+
+def masked_depthwise_conv(conv: nn.Conv1d, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None):
+    """Depthwise convolution over time of (B, T, C). Padded frames are zeroed first so they cannot leak
+    into real ones: a padded batch then gives each utterance the result it gets alone."""
+    if frame_mask is not None:
+        hidden_states = hidden_states * frame_mask
+    return conv(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+
+class EBranchformerCSGU(nn.Module):
+    """Convolutional spatial gating unit: value half * depthwise_conv(LayerNorm(gate half))."""
+
+    def __init__(self, config: EBranchformerConfig):
+        super().__init__()
+        channels = config.cgmlp_intermediate_size // 2
+        kernel = config.cgmlp_conv_kernel_size
+        self.norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
+        self.conv = nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states, frame_mask):
+        value, gate = hidden_states.chunk(2, dim=-1)
+        gate = masked_depthwise_conv(self.conv, self.norm(gate), frame_mask)
+        return self.dropout(value * gate)
+
+
+class EBranchformerCgMLP(nn.Module):
+    """Local branch, the convolutional gating MLP: Linear -> GELU -> CSGU -> Linear."""
+
+    def __init__(self, config: EBranchformerConfig):
+        super().__init__()
+        self.channel_proj1 = nn.Linear(config.hidden_size, config.cgmlp_intermediate_size)
+        self.csgu = EBranchformerCSGU(config)
+        self.channel_proj2 = nn.Linear(config.cgmlp_intermediate_size // 2, config.hidden_size)
+
+    def forward(self, hidden_states, frame_mask):
+        return self.channel_proj2(self.csgu(F.gelu(self.channel_proj1(hidden_states)), frame_mask))
+
+
+class EBranchformerMerge(nn.Module):
+    """Merges the two branches: concat -> (identity + depthwise conv over time) -> projection back to the width."""
+
+    def __init__(self, config: EBranchformerConfig):
+        super().__init__()
+        channels = 2 * config.hidden_size
+        kernel = config.merge_conv_kernel_size
+        self.depthwise_conv = nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels)
+        self.proj = nn.Linear(channels, config.hidden_size)
+
+    def forward(self, global_branch, local_branch, frame_mask):
+        merged = torch.cat([global_branch, local_branch], dim=-1)
+        return self.proj(merged + masked_depthwise_conv(self.depthwise_conv, merged, frame_mask))
+
+
+class EBranchformerLayer(GradientCheckpointingLayer):
+    def __init__(self, config: EBranchformerConfig):
+        super().__init__()
+        eps = config.layer_norm_eps
+        self.norm_ffn1 = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.ffn1 = EBranchformerFeedForward(config)
+        self.norm_mha = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.self_attn = EBranchformerSelfAttention(config)
+        self.norm_mlp = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.cgmlp = EBranchformerCgMLP(config)
+        self.merge = EBranchformerMerge(config)
+        self.norm_ffn2 = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.ffn2 = EBranchformerFeedForward(config)
+        self.norm_final = nn.LayerNorm(config.hidden_size, eps=eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states, frame_mask=None, key_mask=None, output_attentions=False):
+        hidden_states = hidden_states + 0.5 * self.dropout(self.ffn1(self.norm_ffn1(hidden_states)))
+
+        global_branch, attention = self.self_attn(self.norm_mha(hidden_states), key_mask, output_attentions)
+        local_branch = self.cgmlp(self.norm_mlp(hidden_states), frame_mask)
+        merged = self.merge(self.dropout(global_branch), self.dropout(local_branch), frame_mask)
+        hidden_states = hidden_states + self.dropout(merged)
+
+        hidden_states = hidden_states + 0.5 * self.dropout(self.ffn2(self.norm_ffn2(hidden_states)))
+        return self.norm_final(hidden_states), attention
+
+
+class EBranchformerPreTrainedModel(PreTrainedModel):
+    config_class = EBranchformerConfig
+    base_model_prefix = "ebranchformer"
+    main_input_name = "input_features"
+    input_modalities = "audio"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EBranchformerLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)  # normal(0, initializer_range) weights, zero biases, unit LayerNorms
+        if isinstance(module, EBranchformerCSGU):
+            # As ESPnet: the gate starts as ~1 (tiny conv weights, unit bias), so a fresh cgMLP passes
+            # its value half through and training starts from a plain MLP.
+            init.normal_(module.conv.weight, std=1e-6)
+            init.ones_(module.conv.bias)
+        elif isinstance(module, EBranchformerSinusoidalPositions):
+            init.copy_(module.table, module.make_table(self.config))
+
+    def get_output_lengths(self, feature_lengths: torch.LongTensor) -> torch.LongTensor:
+        """Encoder steps (= CTC frames) for inputs of `feature_lengths` frames: ceil(frames / stride)."""
+        stride = self.config.subsampling_stride
+        return torch.div(feature_lengths + stride - 1, stride, rounding_mode="floor")
+
+
+class EBranchformerModel(EBranchformerPreTrainedModel):
+    """The encoder: stacking subsampling, positions, E-Branchformer layers."""
+
+    def __init__(self, config: EBranchformerConfig):
+        super().__init__(config)
+        self.subsampling = EBranchformerStackingSubsampling(config)
+        if config.position_embedding_type == "sinusoidal":
+            self.positions = EBranchformerSinusoidalPositions(config)
+        else:
+            self.positions = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(EBranchformerLayer(config) for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _spec_augment(self, features: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """SpecAugment on log-mel features: time and frequency bands are set to the utterance's mean value
+        (a neutral level for a log spectrum, unlike 0 = log 1)."""
+        if not (self.config.apply_spec_augment and self.training):
+            return features
+        batch, frames, bins = features.shape
+        valid = attention_mask[..., None] if attention_mask is not None else torch.ones_like(features[..., :1])
+        mean = (features * valid).sum(dim=(1, 2), keepdim=True) / (valid.sum(dim=(1, 2), keepdim=True) * bins)
+        if self.config.mask_time_prob > 0:
+            time_mask = _compute_mask_indices(
+                (batch, frames),
+                self.config.mask_time_prob,
+                self.config.mask_time_length,
+                attention_mask=attention_mask,
+                min_masks=self.config.mask_time_min_masks,
+            )
+            time_mask = torch.as_tensor(time_mask, device=features.device)[..., None]
+            features = torch.where(time_mask, mean, features)
+        if self.config.mask_feature_prob > 0:
+            bin_mask = _compute_mask_indices(
+                (batch, bins),
+                self.config.mask_feature_prob,
+                self.config.mask_feature_length,
+                min_masks=self.config.mask_feature_min_masks,
+            )
+            bin_mask = torch.as_tensor(bin_mask, device=features.device)[:, None, :]
+            features = torch.where(bin_mask, mean, features)
+        return features
+
+    def forward(
+        self,
+        input_features: torch.FloatTensor,
+        attention_mask: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> EBranchformerModelOutput | tuple:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
+            Log-mel features from `EBranchformerFeatureExtractor`.
+        attention_mask (`torch.LongTensor` of shape `(batch, frames)`, *optional*):
+            1 for real frames, 0 for padding. Without it every frame counts as real.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if input_features.dim() != 3 or input_features.shape[-1] != self.config.num_mel_bins:
+            raise ValueError(
+                f"input_features must have shape (batch, frames, {self.config.num_mel_bins}), "
+                f"got {tuple(input_features.shape)}"
+            )
+
+        batch, frames, _ = input_features.shape
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool()
+            # Padding frames are zeros, whatever value the caller padded with: the course pads with zeros.
+            input_features = input_features * attention_mask[..., None].to(input_features.dtype)
+            output_lengths = self.get_output_lengths(attention_mask.sum(-1))
+        else:
+            output_lengths = self.get_output_lengths(torch.full((batch,), frames, device=input_features.device))
+        input_features = self._spec_augment(input_features, attention_mask)
+
+        hidden_states = self.positions(self.subsampling(input_features))
+        steps = hidden_states.shape[1]
+        frame_mask = key_mask = None
+        if attention_mask is not None and bool((output_lengths < steps).any()):
+            valid = torch.arange(steps, device=hidden_states.device) < output_lengths[:, None]
+            frame_mask = valid[..., None].to(hidden_states.dtype)  # (B, T, 1) multiplies hidden states
+            key_mask = valid[:, None, None, :]  # (B, 1, 1, T) masks attention keys
+
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attention = layer(hidden_states, frame_mask, key_mask, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attention,)
+
+        if not return_dict:
+            return tuple(v for v in (hidden_states, all_hidden_states, all_attentions, output_lengths) if v is not None)
+        return EBranchformerModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+            output_lengths=output_lengths,
+        )
+
+
+class EBranchformerForCTC(EBranchformerPreTrainedModel):
+    """The encoder and a linear CTC head over the characters and the blank."""
+
+    def __init__(self, config: EBranchformerConfig):
+        super().__init__(config)
+        self.ebranchformer = EBranchformerModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def forward(
+        self,
+        input_features: torch.FloatTensor,
+        attention_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> CausalLMOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch, target_length)`, *optional*):
+            Character ids of the transcripts, padded with -100. Ids must lie in `[0, vocab_size)` and
+            differ from the blank (`config.pad_token_id`).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.ebranchformer(
+            input_features,
+            attention_mask=attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = self.ctc_loss(logits, outputs.output_lengths, labels) if labels is not None else None
+
+        if not return_dict:
+            extra = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
+            return ((loss,) if loss is not None else ()) + (logits,) + extra
+        return CausalLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+    def ctc_loss(self, logits, output_lengths, labels):
+        """CTC loss as `Wav2Vec2ForCTC` computes it: labels padded with -100, log-softmax in float32."""
+        label_mask = labels >= 0
+        targets = labels.masked_select(label_mask)
+        if targets.numel() and (targets.max() >= self.config.vocab_size or (targets == self.config.pad_token_id).any()):
+            raise ValueError(
+                f"labels hold ids outside [0, {self.config.vocab_size}) or the CTC blank "
+                f"({self.config.pad_token_id}); pad labels with -100"
+            )
+        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
+        # cuDNN's CTC kernel needs int32 lengths on the CPU and other constraints; the native one is as fast here.
+        with torch.backends.cudnn.flags(enabled=False):
+            return F.ctc_loss(
+                log_probs,
+                targets,
+                output_lengths,
+                label_mask.sum(-1),
+                blank=self.config.pad_token_id,
+                reduction=self.config.ctc_loss_reduction,
+                zero_infinity=self.config.ctc_zero_infinity,
+            )

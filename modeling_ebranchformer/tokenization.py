@@ -1,0 +1,65 @@
+"""Character CTC tokenizer whose ids are the course's output indices: space 0, а..я 1..32, blank 33."""
+
+import os
+import re
+
+from transformers import Wav2Vec2CTCTokenizer
+
+# The course labels, in output-index order; "|" stands for the space (the Wav2Vec2 word delimiter).
+COURSE_LABELS = [" "] + list("абвгдежзийклмнопрстуфхцчшщъыьэюя")
+DEFAULT_VOCAB_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vocab.json")
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """The normalisation that training, evaluation and the tokenizer share: lower case, ё -> е (the course
+    alphabet has no ё), runs of whitespace -> one space, no leading or trailing space."""
+    return _WHITESPACE.sub(" ", text.lower().replace("ё", "е")).strip()
+
+
+class EBranchformerCTCTokenizer(Wav2Vec2CTCTokenizer):
+    """`Wav2Vec2CTCTokenizer` over the course alphabet, with the shared normalisation and no unknown token:
+    text with characters outside the vocabulary raises a `ValueError` that names them, instead of being
+    mapped to an id the model was not trained on. Use `unknown_characters(text)` to find them first."""
+
+    vocab_files_names = {"vocab_file": "vocab.json"}
+
+    def __init__(
+        self,
+        vocab_file=DEFAULT_VOCAB_FILE,
+        unk_token=None,
+        pad_token="<pad>",
+        bos_token=None,
+        eos_token=None,
+        word_delimiter_token="|",
+        **kwargs,
+    ):
+        kwargs.pop("do_lower_case", None)  # normalize_text lower-cases; Wav2Vec2's flag would upper-case
+        super().__init__(
+            vocab_file,
+            unk_token=unk_token,
+            pad_token=pad_token,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            word_delimiter_token=word_delimiter_token,
+            do_lower_case=False,
+            **kwargs,
+        )
+
+    @property
+    def characters(self) -> set[str]:
+        """The characters a transcript may hold (after normalisation)."""
+        return {self.replace_word_delimiter_char if t == self.word_delimiter_token else t for t in self.encoder
+                if len(t) == 1}  # fmt: skip
+
+    def unknown_characters(self, text: str) -> list[str]:
+        """Characters of the normalised `text` that the vocabulary lacks, in order of first appearance."""
+        return list(dict.fromkeys(c for c in normalize_text(text) if c not in self.characters))
+
+    def _tokenize(self, text, **kwargs):
+        text = normalize_text(text)
+        unknown = self.unknown_characters(text)
+        if unknown:
+            raise ValueError(f"characters {unknown} are not in the vocabulary, in text {text!r}")
+        return list(text.replace(" ", self.word_delimiter_token))

@@ -1,0 +1,166 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from course_modules import CourseEBranchformerLayer
+
+from modeling_ebranchformer import EBranchformerConfig, EBranchformerFeatureExtractor, EBranchformerForCTC
+from modeling_ebranchformer.modeling import EBranchformerLayer
+
+
+@pytest.fixture
+def features(speech_like):
+    """Log-mel features of three speech-like signals of different lengths, padded to a batch."""
+    fe = EBranchformerFeatureExtractor()
+    waves = [speech_like(1.31, 0), speech_like(0.73, 1), speech_like(1.02, 2)]
+    return fe(waves, sampling_rate=16000, return_tensors="pt")
+
+
+def course_layer_weights_to_ours(course: CourseEBranchformerLayer) -> dict:
+    """The course's parameter names (REFERENCE.md) -> this package's, tensors unchanged."""
+    renames = {
+        "attn.in_proj_": "self_attn.qkv_proj.",
+        "attn.out_proj.": "self_attn.out_proj.",
+        "feed_forward1.": "ffn1.",
+        "feed_forward2.": "ffn2.",
+        "depthwise_conv_fusion.": "merge.depthwise_conv.",
+        "merge_proj.": "merge.proj.",
+    }
+    out = {}
+    for name, tensor in course.state_dict().items():
+        for old, new in renames.items():
+            if name.startswith(old):
+                name = new + name[len(old) :]
+        out[name] = tensor
+    return out
+
+
+def test_layer_equals_the_course_layer_built_on_torch_multihead_attention(features):
+    """The same weights in the course layout (nn.MultiheadAttention, written from REFERENCE.md) and in
+    ours give the same output on real log-mel inputs projected to the model width."""
+    torch.manual_seed(0)
+    config = EBranchformerConfig()
+    course = CourseEBranchformerLayer().eval()
+    for name, p in course.named_parameters():  # non-trivial values everywhere, LayerNorm affine and biases too
+        torch.nn.init.normal_(p, mean=1.0 if "norm" in name and name.endswith("weight") else 0.0, std=0.05)
+    ours = EBranchformerLayer(config).eval()
+    ours.load_state_dict(course_layer_weights_to_ours(course))
+    x = torch.nn.Linear(64 * 4, 256)(features.input_features[:1, :132].reshape(1, 33, 256)).detach()
+    with torch.no_grad():
+        expected = course(x)
+        got, _ = ours(x)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    assert expected.abs().mean() > 0.1  # a real computation, not zeros
+
+
+def test_padding_does_not_change_logits(tiny_config, features):
+    torch.manual_seed(0)
+    model = EBranchformerForCTC(tiny_config).eval()
+    lengths = features.attention_mask.sum(-1)
+    with torch.no_grad():
+        batched = model(**features).logits
+        for i, n in enumerate(lengths.tolist()):
+            alone = model(features.input_features[i : i + 1, :n]).logits[0]
+            steps = alone.shape[0]
+            assert steps == model.get_output_lengths(lengths)[i]
+            difference = (batched[i, :steps] - alone).abs().max().item()
+            assert difference <= 1e-4, f"utterance {i}: max difference {difference}"
+
+
+def test_padding_values_do_not_leak(tiny_config, features):
+    model = EBranchformerForCTC(tiny_config).eval()
+    garbage = features.input_features.clone()
+    garbage[features.attention_mask == 0] = 1e3
+    with torch.no_grad():
+        clean = model(**features).logits
+        dirty = model(input_features=garbage, attention_mask=features.attention_mask).logits
+    assert torch.equal(clean, dirty)
+
+
+def test_sdpa_and_eager_agree_and_attentions_are_returned(tiny_config, features):
+    torch.manual_seed(0)
+    sdpa = EBranchformerForCTC(tiny_config).eval()
+    assert sdpa.config._attn_implementation == "sdpa"
+    eager = EBranchformerForCTC.from_pretrained(None, config=tiny_config, state_dict=sdpa.state_dict(),
+                                                attn_implementation="eager").eval()  # fmt: skip
+    with torch.no_grad():
+        a = sdpa(**features, output_hidden_states=True)
+        b = eager(**features, output_attentions=True)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5)
+    assert len(a.hidden_states) == tiny_config.num_hidden_layers + 1
+    steps = a.logits.shape[1]
+    assert len(b.attentions) == tiny_config.num_hidden_layers
+    assert b.attentions[0].shape == (3, tiny_config.num_attention_heads, steps, steps)
+    # Probabilities over real keys only: rows sum to 1 and padded keys get nothing.
+    lengths = sdpa.get_output_lengths(features.attention_mask.sum(-1))
+    assert torch.allclose(b.attentions[0].sum(-1), torch.ones(()), atol=1e-5)
+    assert b.attentions[0][1, :, :, lengths[1] :].abs().max() == 0
+
+
+def test_ctc_loss_matches_per_utterance_torch_ctc(tiny_config, features):
+    torch.manual_seed(0)
+    model = EBranchformerForCTC(tiny_config).eval()
+    labels = torch.tensor([[5, 6, 0, 7], [3, 3, -100, -100], [9, -100, -100, -100]])
+    with torch.no_grad():
+        out = model(**features, labels=labels)
+    lengths = model.get_output_lengths(features.attention_mask.sum(-1))
+    per_utterance = []
+    for i in range(3):
+        target = labels[i][labels[i] >= 0]
+        log_probs = out.logits[i : i + 1, : lengths[i]].log_softmax(-1).transpose(0, 1)
+        loss = F.ctc_loss(log_probs, target[None], lengths[i : i + 1], torch.tensor([len(target)]), blank=33)
+        per_utterance.append(loss)  # reduction='mean' divides by the target length
+    assert torch.allclose(out.loss, torch.stack(per_utterance).mean(), atol=1e-5)
+
+
+def test_loss_trains_and_gradient_checkpointing_gives_the_same_gradients(tiny_config, features):
+    tiny_config.dropout = 0.0
+    torch.manual_seed(0)
+    model = EBranchformerForCTC(tiny_config).train()
+    labels = torch.tensor([[5, 6, 0, 7], [3, 4, -100, -100], [9, -100, -100, -100]])
+    model(**features, labels=labels).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.ebranchformer.layers)
+    model(**features, labels=labels).loss.backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, plain[name], atol=1e-6), name
+
+
+def test_labels_outside_the_vocabulary_or_blank_raise(tiny_config, features):
+    model = EBranchformerForCTC(tiny_config)
+    with pytest.raises(ValueError, match="pad labels with -100"):
+        model(**features, labels=torch.tensor([[33], [1], [1]]))
+    with pytest.raises(ValueError, match="outside"):
+        model(**features, labels=torch.tensor([[40], [1], [1]]))
+
+
+def test_wrong_feature_shape_raises(tiny_config):
+    with pytest.raises(ValueError, match=r"\(batch, frames, 64\)"):
+        EBranchformerForCTC(tiny_config)(torch.zeros(2, 100, 80))
+
+
+def test_spec_augment_masks_only_in_training(tiny_config, features):
+    tiny_config.update({"apply_spec_augment": True, "mask_time_prob": 0.3, "mask_feature_prob": 0.3,
+                        "mask_feature_length": 5, "dropout": 0.0})  # fmt: skip
+    model = EBranchformerForCTC(tiny_config)
+    encoder = model.ebranchformer
+    x, mask = features.input_features, features.attention_mask
+    encoder.train()
+    masked = encoder._spec_augment(x, mask)
+    changed = masked != x
+    assert changed.any()
+    whole_frames = changed.all(-1) & (mask == 1)  # time masks cover whole frames
+    whole_bins = changed.all(1)  # frequency masks cover whole bins
+    assert whole_frames.any() and whole_bins.any()
+    encoder.eval()
+    assert torch.equal(encoder._spec_augment(x, mask), x)
+    model.config.apply_spec_augment = False
+    encoder.train()
+    assert torch.equal(encoder._spec_augment(x, mask), x)
+
+
+def test_positions_beyond_the_table_raise(tiny_config):
+    tiny_config.max_position_embeddings = 10
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        EBranchformerForCTC(tiny_config)(torch.zeros(1, 4 * 11, 64))
