@@ -1,0 +1,26 @@
+"""Reading audio files without FFmpeg: soundfile (libsndfile) decodes WAV, FLAC and Ogg/Opus."""
+
+import numpy as np
+import soundfile as sf
+
+
+def read_audio(path, sampling_rate: int = 16000) -> np.ndarray:
+    """Mono float32 samples of an audio file. Raises a `ValueError` naming the file when it cannot be
+    decoded, is not at `sampling_rate`, or is not mono."""
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        raise ValueError(f"{path}: cannot decode audio ({error})") from error
+    if rate != sampling_rate:
+        raise ValueError(f"{path}: sampling rate {rate} Hz, expected {sampling_rate} Hz")
+    if samples.shape[1] != 1:
+        raise ValueError(f"{path}: {samples.shape[1]} channels, expected mono")
+    if samples.shape[0] == 0:
+        raise ValueError(f"{path}: no samples")
+    return samples[:, 0]
+
+
+def pipeline_input(path, sampling_rate: int = 16000) -> dict:
+    """A file as the ASR pipeline's `{"raw", "sampling_rate"}` input, for machines without FFmpeg
+    (the pipeline decodes a path with FFmpeg)."""
+    return {"raw": read_audio(path, sampling_rate), "sampling_rate": sampling_rate}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Entry points that set themselves up on a fresh machine (Python 3.10+, pip, no GPU needed):
+#   bash run.sh train [train_ctc.py options]   train on the embedded Golos-format corpus
+#   bash run.sh test [pytest options]          run the test suite
+# Both create ./.venv on first use: torch first (the CPU build pinned below unless TORCH_SPEC says
+# otherwise, so pip never resolves a multi-GB CUDA build), then this package with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+setup() {
+    local stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
+    [ -f "$stamp" ] && return 0
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    touch "$stamp"
+}
+
+command=${1:-}
+shift || true
+case "$command" in
+    train) setup; exec "$VENV/bin/python" train_ctc.py "$@" ;;
+    test) setup; HF_HUB_OFFLINE=1 exec "$VENV/bin/python" -m pytest "$@" ;;
+    *) echo "usage: bash run.sh {train|test} [options]" >&2; exit 2 ;;
+esac

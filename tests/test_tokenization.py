@@ -1,0 +1,63 @@
+import pytest
+import torch
+from transformers import AutoProcessor, AutoTokenizer
+
+from modeling_ebranchformer import (
+    COURSE_LABELS,
+    EBranchformerConfig,
+    EBranchformerCTCTokenizer,
+    EBranchformerFeatureExtractor,
+    EBranchformerProcessor,
+    normalize_text,
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return EBranchformerCTCTokenizer()
+
+
+def test_ids_are_the_course_output_indices(tok):
+    assert len(tok) == 34 and tok.pad_token_id == 33
+    for index, label in enumerate(COURSE_LABELS):
+        assert tok(label if label != " " else "а а").input_ids == ([index] if label != " " else [1, 0, 1])
+    assert tok("салют мир").input_ids == [18, 1, 12, 31, 19, 0, 13, 9, 17]
+
+
+def test_normalisation_is_shared(tok):
+    assert normalize_text("  Ёлка\tи\n ЁЖ  ") == "елка и еж"
+    assert tok("  Ёлка  и ёж ").input_ids == tok("елка и еж").input_ids
+
+
+def test_unknown_characters_are_rejected_and_named(tok):
+    assert tok.unknown_characters("Привет, world!") == [",", "w", "o", "r", "l", "d", "!"]
+    with pytest.raises(ValueError, match=r"\['1'\] are not in the vocabulary, in text 'в 1 час'"):
+        tok("в 1 час")
+
+
+def test_greedy_ctc_decoding_collapses_repeats_and_drops_blanks(tok):
+    # с с <blank> с а <space> <space> я  ->  "сса я"
+    assert tok.decode([18, 18, 33, 18, 1, 0, 0, 32]) == "сса я"
+    out = tok.decode([18, 18, 33, 1, 0, 32], output_word_offsets=True)
+    assert [(w["word"], w["start_offset"], w["end_offset"]) for w in out.word_offsets] == [("са", 0, 4), ("я", 5, 6)]
+
+
+def test_processor_gives_padded_labels_and_round_trips_with_auto_processor(tmp_path):
+    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    batch = processor(
+        audio=[torch.zeros(1600).numpy() + 0.01, torch.zeros(800).numpy() + 0.01],
+        sampling_rate=16000,
+        text=["да", "салют"],
+        return_tensors="pt",
+    )
+    assert batch.labels.tolist() == [[5, 1, -100, -100, -100], [18, 1, 12, 31, 19]]
+    assert batch.input_features.shape == (2, 11, 64)
+
+    EBranchformerConfig().save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, EBranchformerProcessor)
+    assert isinstance(loaded.tokenizer, EBranchformerCTCTokenizer)
+    assert isinstance(AutoTokenizer.from_pretrained(tmp_path), EBranchformerCTCTokenizer)
+    assert loaded(text="да").input_ids == [5, 1]
+    assert loaded.batch_decode([[5, 5, 33, 1]]) == ["да"]
