@@ -1,0 +1,133 @@
+"""Golos through `datasets`: `load_golos(data_dir, name, split)` prepares, caches and returns a split.
+
+    from golos import load_golos
+    test = load_golos("data/golos_mini", name="farfield", split="test")
+    test[0]["audio"]  # {"path": ..., "array": float32 samples, "sampling_rate": 16000}
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import datasets
+
+from modeling_ebranchformer.audio import read_audio
+
+from .golos import MANIFESTS, SAMPLING_RATE, Golos, GolosConfig, ManifestError
+from .selection import SelectionReport, course_filter, normalize_and_check_texts, random_subset_by_duration
+
+EMBEDDED_CORPUS = Path(__file__).resolve().parents[1] / "data" / "golos_mini"
+
+__all__ = [
+    "EMBEDDED_CORPUS", "Golos", "GolosConfig", "ManifestError", "SelectionReport", "course_filter",
+    "decode_with_soundfile", "load_golos", "normalize_and_check_texts", "random_subset_by_duration",
+]  # fmt: skip
+
+
+def _fingerprint(data_dir: str) -> str:
+    """Changes when a manifest or this builder's code changes, so a stale cache is never reused."""
+    digest = hashlib.sha256(Path(__file__).with_name("golos.py").read_bytes())
+    for manifest in sum(MANIFESTS.values(), []):
+        path = os.path.join(data_dir, manifest)
+        if os.path.isfile(path):
+            stat = os.stat(path)
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _decode(audio: dict) -> dict:
+    return {"path": audio["path"], "array": read_audio(audio["path"], SAMPLING_RATE), "sampling_rate": SAMPLING_RATE}
+
+
+def _decode_batch(batch: dict) -> dict:
+    if "audio" in batch:
+        batch["audio"] = [_decode(audio) for audio in batch["audio"]]
+    return batch
+
+
+def decode_with_soundfile(dataset):
+    """Decode `audio` with soundfile when examples are read (no FFmpeg needed): each example's audio
+    becomes {"path", "array", "sampling_rate"}, as `datasets.Audio` gave before torchcodec."""
+    if isinstance(dataset, datasets.IterableDataset):
+        return dataset.map(lambda example: {"audio": _decode(example["audio"])})
+    return dataset.with_transform(_decode_batch)
+
+
+def load_golos(
+    data_dir=EMBEDDED_CORPUS,
+    name="all",
+    split="train",
+    *,
+    streaming=False,
+    skip_invalid=False,
+    verify_audio="header",
+    decode="soundfile",
+    cache_dir=None,
+    return_report=False,
+):
+    """Prepare (once, cached) and return one split of Golos.
+
+    Args:
+        data_dir: folder with train_opus/ and test_opus/ (default: the embedded mini corpus).
+        name: "crowd", "farfield" or "all".
+        split: "train" or "test".
+        streaming: an `IterableDataset` read straight from the manifests: training starts at once,
+            nothing is written to the cache.
+        skip_invalid: skip bad manifest lines and audio files (counted in the report) instead of raising.
+        verify_audio: "header", "full" or "none" (see `GolosConfig`).
+        decode: "soundfile" (no FFmpeg needed), "datasets" (the standard `Audio` feature: torchcodec and
+            FFmpeg) or "none" (the `audio` column holds paths; see `decode_with_soundfile`).
+        return_report: also return the preparation report (kept and skipped examples, with reasons);
+            None for streaming, where it is only known after a full pass.
+    """
+    if name not in ("crowd", "farfield", "all"):
+        raise ValueError(f"unknown Golos configuration {name!r}: use 'crowd', 'farfield' or 'all'")
+    if decode not in ("soundfile", "datasets", "none"):
+        raise ValueError(f"decode must be 'soundfile', 'datasets' or 'none', got {decode!r}")
+    data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"Golos data folder not found: {data_dir}")
+    builder = Golos(
+        config_name=name,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        hash=_fingerprint(data_dir),
+        skip_invalid=skip_invalid,
+        verify_audio=verify_audio,
+    )
+    report = None
+    if streaming:
+        dataset = builder.as_streaming_dataset(split=split)
+    else:
+        try:
+            builder.download_and_prepare()
+        except datasets.exceptions.DatasetGenerationError as error:
+            if isinstance(error.__cause__, (ManifestError, FileNotFoundError)):
+                raise error.__cause__ from None  # the message names the manifest and line
+            raise
+        if split not in builder.info.splits:
+            raise ValueError(f"{data_dir}: no {split!r} split (its manifest is missing)")
+        report = _saved_report(builder, split)
+        dataset = builder.as_dataset(split=split)
+    if decode == "datasets":
+        dataset = dataset.cast_column("audio", datasets.Audio(sampling_rate=SAMPLING_RATE))
+    elif not streaming:  # an IterableDataset would re-encode Audio on every example, which needs torchcodec
+        dataset = dataset.cast_column("audio", datasets.Audio(sampling_rate=SAMPLING_RATE, decode=False))
+    if decode == "soundfile":
+        dataset = decode_with_soundfile(dataset)
+    return (dataset, report) if return_report else dataset
+
+
+def _saved_report(builder, split):
+    """The preparation report, kept beside the cached Arrow files so that a cached load still has it."""
+    path = os.path.join(builder.cache_dir, f"golos_report_{split}.json")
+    if split in builder.reports:  # prepared just now
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(builder.reports[split], f, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,84 @@
+"""The homework's data selections, each returning the selection and a report of what it removed and why."""
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import datasets
+
+from modeling_ebranchformer.tokenization import normalize_text
+
+
+@dataclass
+class SelectionReport:
+    name: str
+    total: int
+    removed: dict[str, int] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def kept(self) -> int:
+        return self.total - sum(self.removed.values())
+
+    def __str__(self):
+        reasons = ", ".join(f"{n} {why}" for why, n in self.removed.items() if n) or "none"
+        text = f"{self.name}: kept {self.kept} of {self.total}; removed: {reasons}"
+        return text + "".join(f"\n  {d}" for d in self.details)
+
+
+def course_filter(dataset: datasets.Dataset, min_duration=1.0, max_duration=16.7, max_text_length=68):
+    """The course's train filter: duration in [min_duration, max_duration] s and at most max_text_length
+    characters. Apply it to train only: test sets are evaluated whole."""
+    keep = []
+    report = SelectionReport("course filter", len(dataset))
+    reasons = (f"shorter than {min_duration} s", f"longer than {max_duration} s", f"text over {max_text_length} chars")
+    report.removed = dict.fromkeys(reasons, 0)
+    for index, (duration, text) in enumerate(zip(dataset["duration"], dataset["text"])):
+        if duration < min_duration:
+            report.removed[reasons[0]] += 1
+        elif duration > max_duration:
+            report.removed[reasons[1]] += 1
+        elif len(text) > max_text_length:
+            report.removed[reasons[2]] += 1
+        else:
+            keep.append(index)
+    return dataset.select(keep), report
+
+
+def random_subset_by_duration(dataset: datasets.Dataset, total_seconds=600.0, seed=0):
+    """A reproducible random subset of about `total_seconds` of audio (the homework's "random ~10 minutes,
+    ~100 utterances"): utterances in a seeded random order until the total is reached."""
+    order = list(range(len(dataset)))
+    random.Random(seed).shuffle(order)
+    durations = dataset["duration"]
+    chosen, total = [], 0.0
+    for index in order:
+        if total >= total_seconds:
+            break
+        chosen.append(index)
+        total += durations[index]
+    report = SelectionReport(f"random subset of {total_seconds:.0f} s (seed {seed})", len(dataset))
+    report.removed = {"not drawn": len(dataset) - len(chosen)}
+    report.details = [f"{len(chosen)} utterances, {total:.1f} s of {sum(durations):.1f} s"]
+    return dataset.select(sorted(chosen)), report
+
+
+def normalize_and_check_texts(dataset: datasets.Dataset, tokenizer):
+    """Apply the tokenizer's normalisation to `text` and remove the utterances whose text has characters
+    outside the vocabulary, naming the characters and counting them: nothing is dropped silently."""
+    texts = dataset["text"]
+    keep, unknown = [], Counter()
+    for index, text in enumerate(texts):
+        missing = tokenizer.unknown_characters(text)
+        if missing:
+            unknown.update(missing)
+        else:
+            keep.append(index)
+    removed = {"with characters outside the vocabulary": len(texts) - len(keep)}
+    report = SelectionReport("vocabulary check", len(dataset), removed)
+    if unknown:
+        report.details = [f"unknown characters (utterances): {dict(unknown.most_common(20))}"]
+    dataset = dataset.select(keep)
+    normalized = [normalize_text(t) for t in dataset["text"]]
+    dataset = dataset.remove_columns("text").add_column("text", normalized)
+    return dataset, report

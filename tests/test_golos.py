@@ -1,0 +1,210 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import CORPUS
+
+from golos import (
+    ManifestError,
+    course_filter,
+    load_golos,
+    normalize_and_check_texts,
+    random_subset_by_duration,
+)
+from modeling_ebranchformer import EBranchformerCTCTokenizer
+
+
+def manifest_lines(split):
+    path = CORPUS / {"train": "train_opus", "crowd": "test_opus/crowd", "farfield": "test_opus/farfield"}[split]
+    return [json.loads(line) for line in (path / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize(
+    "name, split, manifests, domains",
+    [
+        ("all", "train", ["train"], None),
+        ("crowd", "train", ["train"], "crowd"),
+        ("farfield", "train", ["train"], "farfield"),
+        ("all", "test", ["crowd", "farfield"], None),
+        ("crowd", "test", ["crowd"], None),
+        ("farfield", "test", ["farfield"], None),
+    ],
+)
+def test_every_configuration_and_split_of_the_embedded_corpus(tmp_path, name, split, manifests, domains):
+    dataset, report = load_golos(CORPUS, name, split, cache_dir=tmp_path, decode="none", return_report=True)
+    expected = [line for m in manifests for line in manifest_lines(m)
+                if domains is None or line["audio_filepath"].startswith(domains)]  # fmt: skip
+    assert dataset.num_rows == len(expected) == report["kept"] and report["skipped"] == 0
+    assert dataset["id"] == [line["id"] for line in expected]
+    assert dataset["text"] == [line["text"] for line in expected]
+    assert np.allclose(dataset["duration"], [line["duration"] for line in expected], atol=1e-3)
+    names = dataset.features["domain"].names
+    assert {names[d] for d in dataset["domain"]} == ({name} if name != "all" else {"crowd", "farfield"})
+
+
+def test_corpus_size_and_durations():
+    train, crowd, farfield = (manifest_lines(s) for s in ("train", "crowd", "farfield"))
+    assert len(train) >= 150 and sum(x["duration"] for x in train) >= 600
+    assert len(crowd) >= 40 and len(farfield) >= 40
+    size = sum(p.stat().st_size for p in CORPUS.rglob("*") if p.is_file())
+    assert size <= 15e6
+    alphabet = set(" абвгдежзийклмнопрстуфхцчшщъыьэюя")
+    assert all(set(x["text"]) <= alphabet for x in train + crowd + farfield)
+
+
+def test_decodes_real_opus_without_ffmpeg(tmp_path):
+    dataset = load_golos(CORPUS, "farfield", "test", cache_dir=tmp_path)
+    example = dataset[0]
+    audio = example["audio"]
+    assert audio["sampling_rate"] == 16000 and audio["array"].dtype == np.float32
+    assert len(audio["array"]) / 16000 == pytest.approx(example["duration"], abs=1e-3)
+    assert 0.001 < np.abs(audio["array"]).max() <= 1.0
+
+
+def test_streaming_gives_the_same_examples(tmp_path):
+    prepared = load_golos(CORPUS, "crowd", "test", cache_dir=tmp_path)
+    streamed = list(load_golos(CORPUS, "crowd", "test", streaming=True).take(3))
+    for a, b in zip(streamed, prepared.select(range(3))):
+        assert a["id"] == b["id"] and np.array_equal(a["audio"]["array"], b["audio"]["array"])
+
+
+def test_standard_audio_feature_decoding_with_torchcodec(tmp_path):
+    pytest.importorskip("torchcodec")
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("FFmpeg is absent")
+    dataset = load_golos(CORPUS, "crowd", "test", cache_dir=tmp_path, decode="datasets")
+    samples = dataset[0]["audio"].get_all_samples()
+    ours = load_golos(CORPUS, "crowd", "test", cache_dir=tmp_path)[0]["audio"]["array"]
+    assert samples.sample_rate == 16000 and samples.data.shape == (1, len(ours))
+    assert np.abs(samples.data[0].numpy() - ours).max() < 0.05  # FFmpeg's Opus decoder vs libopus
+
+
+def test_the_real_golos_recording(tmp_path, golos_example):
+    folder = tmp_path / "golos" / "test_opus" / "crowd"
+    folder.mkdir(parents=True)
+    entry = json.loads((golos_example.parent / "manifest.jsonl").read_text())
+    entry["audio_filepath"] = str(golos_example)  # an absolute path works too
+    (folder / "manifest.jsonl").write_text(json.dumps(entry, ensure_ascii=False) + "\n")
+    dataset = load_golos(tmp_path / "golos", "crowd", "test", cache_dir=tmp_path / "cache")
+    example = dataset[0]
+    assert example["text"] == "шестьдесят тысяч тенге сколько будет стоить"
+    assert example["duration"] == pytest.approx(4.0) and len(example["audio"]["array"]) == 64000
+
+
+# --- bad data ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bad_corpus(tmp_path, speech_like):
+    """A test manifest with one good line and every kind of bad one."""
+    folder = tmp_path / "bad" / "test_opus" / "crowd"
+    (folder / "files").mkdir(parents=True)
+    sf.write(folder / "files" / "good.opus", speech_like(1.0), 16000, format="OGG", subtype="OPUS")
+    sf.write(folder / "files" / "rate.wav", speech_like(1.0)[:8000], 8000)
+    (folder / "files" / "broken.opus").write_bytes(b"OggS" + bytes(200))
+    good = {"audio_filepath": "files/good.opus", "text": "да", "duration": 1.0}
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({"text": "нет", "duration": 1.0}),
+        json.dumps({"audio_filepath": "files/good.opus", "duration": 1.0}),
+        json.dumps({"audio_filepath": "files/missing.opus", "text": "нет", "duration": 1.0}),
+        json.dumps({"audio_filepath": "files/broken.opus", "text": "нет", "duration": 1.0}),
+        json.dumps({"audio_filepath": "files/rate.wav", "text": "нет", "duration": 1.0}),
+    ]
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "bad", folder / "manifest.jsonl", lines
+
+
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        (2, "line 2: not valid JSON"),
+        (3, "line 3: missing key 'audio_filepath'"),
+        (4, "line 4: missing key 'text'"),
+        (5, "line 5: audio file not found: .*missing.opus"),
+        (6, "line 6: cannot decode audio file .*broken.opus"),
+        (7, "line 7: wrong sampling rate: .*rate.wav is at 8000 Hz, expected 16000"),
+    ],
+)
+def test_each_bad_line_raises_naming_manifest_and_line(bad_corpus, tmp_path, bad_line, message):
+    root, manifest, lines = bad_corpus
+    manifest.write_text(lines[0] + "\n" + lines[bad_line - 1] + "\n" if bad_line > 1 else lines[0])
+    # the bad line is now line 2 of the manifest
+    with pytest.raises(ManifestError, match=str(manifest) + ", " + message.replace(f"line {bad_line}", "line 2")):
+        load_golos(root, "crowd", "test", cache_dir=tmp_path / "cache")
+
+
+def test_skip_invalid_counts_every_skipped_line(bad_corpus, tmp_path):
+    root, _, _ = bad_corpus
+    dataset, report = load_golos(root, "crowd", "test", cache_dir=tmp_path / "c", skip_invalid=True, return_report=True)
+    assert dataset.num_rows == 1 and report["kept"] == 1 and report["skipped"] == 6
+    assert report["skipped_by_reason"] == {
+        "not valid JSON": 1, "missing key 'audio_filepath'": 1, "missing key 'text'": 1,
+        "audio file not found": 1, "cannot decode audio file": 1, "wrong sampling rate": 1,
+    }  # fmt: skip
+    # A cached load gives the same report.
+    _, again = load_golos(root, "crowd", "test", cache_dir=tmp_path / "c", skip_invalid=True, return_report=True)
+    assert again == report
+
+
+def test_truncated_audio_is_found_by_full_verification(tmp_path, speech_like):
+    folder = tmp_path / "t" / "test_opus" / "crowd"
+    folder.mkdir(parents=True)
+    sf.write(folder / "a.opus", speech_like(2.0), 16000, format="OGG", subtype="OPUS")
+    data = (folder / "a.opus").read_bytes()
+    (folder / "a.opus").write_bytes(data[: len(data) // 2] + bytes(100))
+    (folder / "manifest.jsonl").write_text(json.dumps({"audio_filepath": "a.opus", "text": "да"}) + "\n")
+    with pytest.raises(ManifestError, match="line 1: cannot decode audio file"):
+        load_golos(tmp_path / "t", "crowd", "test", cache_dir=tmp_path / "c", verify_audio="full")
+
+
+def test_missing_folder_and_unknown_configuration(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Golos data folder not found"):
+        load_golos(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no Golos manifest found"):
+        load_golos(tmp_path, cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match="unknown Golos configuration 'near'"):
+        load_golos(CORPUS, "near")
+
+
+# --- selections -------------------------------------------------------------------------------------
+
+
+def test_course_filter_reports_what_it_removed(tmp_path):
+    train = load_golos(CORPUS, "all", "train", cache_dir=tmp_path, decode="none")
+    durations, texts = np.array(train["duration"]), train["text"]
+    kept, report = course_filter(train, min_duration=2.5, max_duration=4.0, max_text_length=40)
+    short = int((durations < 2.5).sum())
+    long = int((durations > 4.0).sum())
+    wordy = sum(1 for d, t in zip(durations, texts) if 2.5 <= d <= 4.0 and len(t) > 40)
+    assert report.removed == {"shorter than 2.5 s": short, "longer than 4.0 s": long, "text over 40 chars": wordy}
+    assert min(short, long, wordy) > 0 and kept.num_rows == report.kept == len(train) - short - long - wordy
+    assert all(2.5 <= d <= 4.0 for d in kept["duration"]) and max(map(len, kept["text"])) <= 40
+    assert "removed:" in str(report)
+
+
+def test_random_subset_by_duration_is_reproducible(tmp_path):
+    train = load_golos(CORPUS, "all", "train", cache_dir=tmp_path, decode="none")
+    a, report = random_subset_by_duration(train, total_seconds=120, seed=3)
+    b, _ = random_subset_by_duration(train, total_seconds=120, seed=3)
+    c, _ = random_subset_by_duration(train, total_seconds=120, seed=4)
+    assert a["id"] == b["id"] and a["id"] != c["id"]
+    total = sum(a["duration"])
+    assert 120 <= total < 120 + max(train["duration"])
+    assert report.kept == a.num_rows and report.removed["not drawn"] == train.num_rows - a.num_rows
+
+
+def test_texts_outside_the_vocabulary_are_reported_not_dropped_silently(tmp_path, speech_like):
+    folder = tmp_path / "v" / "test_opus" / "crowd"
+    folder.mkdir(parents=True)
+    sf.write(folder / "a.wav", speech_like(1.0), 16000)
+    lines = [{"audio_filepath": "a.wav", "text": t} for t in ("Ёлка  зелёная", "в 5 часов", "ok", "да")]
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    dataset = load_golos(tmp_path / "v", "crowd", "test", cache_dir=tmp_path / "c", decode="none")
+    checked, report = normalize_and_check_texts(dataset, EBranchformerCTCTokenizer())
+    assert checked["text"] == ["елка зеленая", "да"]
+    assert report.removed == {"with characters outside the vocabulary": 2}
+    assert "'5': 1" in str(report) and "'o': 1" in str(report) and "'k': 1" in str(report)
