@@ -81,6 +81,8 @@ def load_golos(
         return_report: also return the preparation report (kept and skipped examples, with reasons);
             None for streaming, where it is only known after a full pass.
     """
+    if split not in MANIFESTS:
+        raise ValueError(f"unknown Golos split {split!r}: use 'train' or 'test'")
     if name not in ("crowd", "farfield", "all"):
         raise ValueError(f"unknown Golos configuration {name!r}: use 'crowd', 'farfield' or 'all'")
     if decode not in ("soundfile", "datasets", "none"):
@@ -93,6 +95,7 @@ def load_golos(
         data_dir=data_dir,
         cache_dir=cache_dir,
         hash=_fingerprint(data_dir),
+        splits=(split,),
         skip_invalid=skip_invalid,
         verify_audio=verify_audio,
     )
