@@ -64,7 +64,9 @@ class ModelArguments:
         default=None,
         metadata={"help": "For random weights: config fields to change, e.g. 'num_hidden_layers=4,dropout=0.05'."},
     )
-    attn_implementation: str = field(default="sdpa", metadata={"help": "'sdpa' or 'eager'."})
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "E-Branchformer attention: 'sdpa' (the default) or 'eager'."}
+    )
 
 
 @dataclass
@@ -336,15 +338,15 @@ asr("speech.wav")  # 16 kHz mono
 def load_model_and_processor(model_args):
     if model_args.model_name_or_path:
         processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
-        model = AutoModelForCTC.from_pretrained(
-            model_args.model_name_or_path, attn_implementation=model_args.attn_implementation, trust_remote_code=True
-        )
+        # Only passed when asked for: QuartzNet has no attention, and transformers picks SDPA where it exists.
+        extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+        model = AutoModelForCTC.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **extra)
         return model, processor
     config = EBranchformerConfig()
     if model_args.config_overrides:
         config.update_from_string(model_args.config_overrides)
         config._validate()
-    model = EBranchformerForCTC._from_config(config, attn_implementation=model_args.attn_implementation)
+    model = EBranchformerForCTC._from_config(config, attn_implementation=model_args.attn_implementation or "sdpa")
     processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
     return model, processor
 
@@ -408,6 +410,7 @@ def run(argv=None):
         metrics.update(result.metrics)
         metrics["nonfinite_losses"] = trainer.nonfinite_losses
         trainer.save_model()  # model.safetensors, config, processor and the code for trust_remote_code
+        trainer.save_state()  # trainer_state.json: the log history that scripts/plot_training.py draws
     if eval_sets:
         metrics.update(trainer.evaluate())
     trainer.log_metrics("all", metrics)

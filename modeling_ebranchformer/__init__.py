@@ -1,6 +1,7 @@
 """E-Branchformer CTC speech recognition for Russian as a Hugging Face Transformers model package.
 
-Importing the package registers the model type "ebranchformer" with the Auto classes (AutoConfig,
+Importing the package registers the model types "ebranchformer" and "quartznet" (for the course's
+pretrained QuartzNet checkpoint; same features, tokenizer and processor) with the Auto classes (AutoConfig,
 AutoModel, AutoModelForCTC, AutoFeatureExtractor, AutoTokenizer, AutoProcessor) and marks the classes for
 `save_pretrained` to write an `auto_map` and copy the code, so a saved folder also loads with
 `trust_remote_code=True` where this package is not installed.
@@ -16,8 +17,10 @@ from transformers import (
 )
 
 from .configuration import EBranchformerConfig
+from .configuration_quartznet import QuartzNetConfig
 from .feature_extraction import EBranchformerFeatureExtractor
 from .modeling import EBranchformerForCTC, EBranchformerModel, EBranchformerPreTrainedModel
+from .modeling_quartznet import QuartzNetForCTC, QuartzNetModel, QuartzNetPreTrainedModel
 from .processing import EBranchformerProcessor
 from .tokenization import COURSE_LABELS, EBranchformerCTCTokenizer, normalize_text
 
@@ -30,21 +33,30 @@ __all__ = [
     "EBranchformerModel",
     "EBranchformerPreTrainedModel",
     "EBranchformerProcessor",
+    "QuartzNetConfig",
+    "QuartzNetForCTC",
+    "QuartzNetModel",
+    "QuartzNetPreTrainedModel",
     "normalize_text",
 ]
 
 
 def _register():
-    AutoConfig.register(EBranchformerConfig.model_type, EBranchformerConfig, exist_ok=True)
-    AutoModel.register(EBranchformerConfig, EBranchformerModel, exist_ok=True)
-    AutoModelForCTC.register(EBranchformerConfig, EBranchformerForCTC, exist_ok=True)
-    AutoFeatureExtractor.register(EBranchformerConfig, EBranchformerFeatureExtractor, exist_ok=True)
-    AutoTokenizer.register(EBranchformerConfig, slow_tokenizer_class=EBranchformerCTCTokenizer, exist_ok=True)
-    AutoProcessor.register(EBranchformerConfig, EBranchformerProcessor, exist_ok=True)
+    for config, model, model_for_ctc in (
+        (EBranchformerConfig, EBranchformerModel, EBranchformerForCTC),
+        (QuartzNetConfig, QuartzNetModel, QuartzNetForCTC),
+    ):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+        AutoModel.register(config, model, exist_ok=True)
+        AutoModelForCTC.register(config, model_for_ctc, exist_ok=True)
+        # Both models read the same log-mel features and write the same characters.
+        AutoFeatureExtractor.register(config, EBranchformerFeatureExtractor, exist_ok=True)
+        AutoTokenizer.register(config, slow_tokenizer_class=EBranchformerCTCTokenizer, exist_ok=True)
+        AutoProcessor.register(config, EBranchformerProcessor, exist_ok=True)
 
-    EBranchformerConfig.register_for_auto_class()
-    EBranchformerModel.register_for_auto_class("AutoModel")
-    EBranchformerForCTC.register_for_auto_class("AutoModelForCTC")
+        config.register_for_auto_class()
+        model.register_for_auto_class("AutoModel")
+        model_for_ctc.register_for_auto_class("AutoModelForCTC")
     EBranchformerFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
     EBranchformerCTCTokenizer.register_for_auto_class("AutoTokenizer")
     EBranchformerProcessor.register_for_auto_class("AutoProcessor")

@@ -376,23 +376,28 @@ class EBranchformerForCTC(EBranchformerPreTrainedModel):
         )
 
     def ctc_loss(self, logits, output_lengths, labels):
-        """CTC loss as `Wav2Vec2ForCTC` computes it: labels padded with -100, log-softmax in float32."""
-        label_mask = labels >= 0
-        targets = labels.masked_select(label_mask)
-        if targets.numel() and (targets.max() >= self.config.vocab_size or (targets == self.config.pad_token_id).any()):
-            raise ValueError(
-                f"labels hold ids outside [0, {self.config.vocab_size}) or the CTC blank "
-                f"({self.config.pad_token_id}); pad labels with -100"
-            )
-        log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
-        # cuDNN's CTC kernel needs int32 lengths on the CPU and other constraints; the native one is as fast here.
-        with torch.backends.cudnn.flags(enabled=False):
-            return F.ctc_loss(
-                log_probs,
-                targets,
-                output_lengths,
-                label_mask.sum(-1),
-                blank=self.config.pad_token_id,
-                reduction=self.config.ctc_loss_reduction,
-                zero_infinity=self.config.ctc_zero_infinity,
-            )
+        return ctc_loss(logits, output_lengths, labels, self.config)
+
+
+def ctc_loss(logits, output_lengths, labels, config):
+    """CTC loss as `Wav2Vec2ForCTC` computes it: labels padded with -100, log-softmax in float32, the blank
+    `config.pad_token_id`, `config.ctc_loss_reduction` and `config.ctc_zero_infinity`."""
+    label_mask = labels >= 0
+    targets = labels.masked_select(label_mask)
+    if targets.numel() and (targets.max() >= config.vocab_size or (targets == config.pad_token_id).any()):
+        raise ValueError(
+            f"labels hold ids outside [0, {config.vocab_size}) or the CTC blank "
+            f"({config.pad_token_id}); pad labels with -100"
+        )
+    log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
+    # cuDNN's CTC kernel needs int32 lengths on the CPU and other constraints; the native one is as fast here.
+    with torch.backends.cudnn.flags(enabled=False):
+        return F.ctc_loss(
+            log_probs,
+            targets,
+            output_lengths,
+            label_mask.sum(-1),
+            blank=config.pad_token_id,
+            reduction=config.ctc_loss_reduction,
+            zero_infinity=config.ctc_zero_infinity,
+        )

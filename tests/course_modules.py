@@ -154,3 +154,80 @@ def lightning_checkpoint(model: nn.Module, epoch=4, global_step=9794) -> dict:
         "loops": {},
         "callbacks": {},
     }
+
+
+# --- QuartzNet (REFERENCE.md, "The pretrained QuartzNet 5x5 checkpoint"), Jasper/NeMo style ---------------
+
+COURSE_QUARTZNET_BLOCKS = [  # (filters, repeat, kernel, stride, dilation, residual, separable)
+    (256, 1, 33, 4, 1, False, True),
+    (256, 5, 33, 1, 1, True, True),
+    (256, 5, 39, 1, 1, True, True),
+    (512, 5, 51, 1, 1, True, True),
+    (512, 5, 63, 1, 1, True, True),
+    (512, 5, 75, 1, 1, True, True),
+    (512, 1, 87, 1, 2, False, True),
+    (1024, 1, 1, 1, 1, False, False),
+]
+
+
+class CourseQuartzNetBlock(nn.Module):
+    """`conv` holds the sub-blocks' modules, flat (dw, pw, bn, relu, dropout, dw, ...) or nested (one
+    Sequential per sub-block); `res` is Sequential(Sequential(conv1x1, bn)) as in NeMo's JasperBlock."""
+
+    def __init__(self, cin, filters, repeat, kernel, stride, dilation, residual, separable, bias, nested):
+        super().__init__()
+        subs = []
+        for i in range(repeat):
+            c = cin if i == 0 else filters
+            s = stride if i == 0 else 1
+            pad = dilation * (kernel - 1) // 2
+            if separable:
+                mods = [nn.Conv1d(c, c, kernel, s, pad, dilation, groups=c, bias=bias), nn.Conv1d(c, filters, 1, bias=bias)]
+            else:
+                mods = [nn.Conv1d(c, filters, kernel, s, pad, dilation, bias=bias)]
+            mods.append(nn.BatchNorm1d(filters))
+            if i < repeat - 1:
+                mods += [nn.ReLU(), nn.Dropout(0.0)]
+            subs.append(mods)
+        if nested:
+            self.conv = nn.Sequential(*[nn.Sequential(*m) for m in subs])
+        else:
+            self.conv = nn.Sequential(*[m for sub in subs for m in sub])
+        if residual:
+            self.res = nn.Sequential(nn.Sequential(nn.Conv1d(cin, filters, 1, stride, bias=bias), nn.BatchNorm1d(filters)))
+        else:
+            self.res = None
+        self.out = nn.Sequential(nn.ReLU(), nn.Dropout(0.0))
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.res is not None:
+            y = y + self.res(x)
+        return self.out(y)
+
+
+class CourseQuartzNetEncoder(nn.Module):
+    def __init__(self, blocks=COURSE_QUARTZNET_BLOCKS, n_mels=64, bias=False, nested=False):
+        super().__init__()
+        layers, cin = [], n_mels
+        for filters, *rest in blocks:
+            layers.append(CourseQuartzNetBlock(cin, filters, *rest, bias=bias, nested=nested))
+            cin = filters
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features):  # (B, T, F) -> (B, T', C)
+        return self.layers(features.transpose(1, 2)).transpose(1, 2)
+
+
+def randomize_batch_norms(model: nn.Module, seed=0):
+    """Trained-looking running statistics and affine weights (fresh ones are the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            n = module.num_features
+            module.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
+            module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+            module.weight.data.copy_(1 + 0.1 * torch.randn(n, generator=generator))
+            module.bias.data.copy_(0.1 * torch.randn(n, generator=generator))
+            module.num_batches_tracked.fill_(9794)
+    return model

@@ -1,0 +1,519 @@
+"""Convert a course PyTorch Lightning checkpoint (E-Branchformer or QuartzNet) to a `from_pretrained` folder.
+
+    python convert_checkpoint.py q5x5_ru_stride_4_crowd_epoch_4_step_9794.ckpt models/quartznet5x5
+    python convert_checkpoint.py my_ebranchformer.ckpt models/ebranchformer --overwrite
+
+The folder holds model.safetensors, config.json (with auto_map), the processor files, the code for
+`trust_remote_code=True` and a model card naming the source checkpoint, its epoch and step.
+
+- The architecture is detected from the keys (`--arch` overrides). Sizes are read from tensor shapes; what
+  shapes cannot tell (attention heads, strides, dilations, batch-norm epsilon) comes from options whose
+  defaults are the course configurations.
+- Every source tensor must be used and every target parameter filled with the right shape; otherwise
+  nothing is written and the error lists the missing, unexpected and mismatched keys.
+- Positions: the course adds its (5000, 1, 256) sinusoidal table to batch-first activations, so item b of a
+  batch gets row b on every frame; at batch size 1 that is the constant row 0. The converter folds row 0
+  into the subsampling bias and turns positions off: the converted model computes exactly what the course
+  model computes at batch size 1, for every utterance of a batch (the course's output depended on the
+  utterance's place in the batch).
+- A checkpoint is a pickle: it is read with `torch.load(weights_only=True)`, which runs no code. If that is
+  refused (e.g. Hydra/OmegaConf objects in `hyper_parameters`), the error names the classes;
+  `--inert-objects` then loads the tensors with those objects replaced by inert placeholders (still no code
+  from the file runs), and `--unsafe-unpickle` unpickles fully (only for files you trust).
+- The output folder appears complete or not at all; an existing one is replaced only with `--overwrite`.
+"""
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modeling_ebranchformer import (
+    EBranchformerConfig,
+    EBranchformerCTCTokenizer,
+    EBranchformerFeatureExtractor,
+    EBranchformerForCTC,
+    EBranchformerProcessor,
+    QuartzNetConfig,
+    QuartzNetForCTC,
+)
+from modeling_ebranchformer.configuration_quartznet import COURSE_BLOCKS
+from modeling_ebranchformer.summary import format_counts, parameter_counts
+
+
+class ConversionError(Exception):
+    """A checkpoint that cannot be converted; the message says why and what to do."""
+
+
+# --- reading the checkpoint ---------------------------------------------------------------------------
+
+
+class InertObject:
+    """Stands in for a class the checkpoint names but we do not trust: it only records what it is given."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def load_checkpoint(path: str | Path, inert_objects=False, unsafe_unpickle=False) -> tuple[dict, dict]:
+    """The state dict and the Lightning metadata (epoch, global_step, version) of a .ckpt or bare state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        if unsafe_unpickle:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        elif inert_objects:
+            checkpoint = _load_with_inert_objects(path)
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except ConversionError:
+        raise
+    except Exception as error:  # torch raises pickle.UnpicklingError, RuntimeError, EOFError, ... by format
+        if "weights_only" in str(error) or "Weights only load failed" in str(error):
+            names = _unsafe_globals(path)
+            raise ConversionError(
+                f"{path}: torch.load(weights_only=True) refused it: the pickle names classes or functions beyond "
+                f"tensors and plain containers ({', '.join(names) or 'see below'}). Loading it fully would run "
+                "whatever code those names point to. Rerun with --inert-objects to load the tensors with those "
+                "objects replaced by inert placeholders (no code from the file runs), or with --unsafe-unpickle "
+                f"only if you trust the file.\ntorch said: {_weights_only_reason(error)}"
+            ) from None
+        raise ConversionError(
+            f"{path}: not a readable PyTorch checkpoint (truncated, corrupted or another format): "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from None
+
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        state_dict = checkpoint["state_dict"]
+        meta = {k: checkpoint.get(k) for k in ("epoch", "global_step", "pytorch-lightning_version")}
+    elif isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        state_dict, meta = checkpoint, {}
+    else:
+        raise ConversionError(
+            f"{path}: neither a Lightning checkpoint (a dict with 'state_dict') nor a state dict of tensors "
+            f"(got {type(checkpoint).__name__}{' with keys ' + str(sorted(checkpoint)[:8]) if isinstance(checkpoint, dict) else ''})"
+        )
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ConversionError(f"{path}: state_dict entries that are not tensors: {not_tensors[:8]}")
+    return dict(state_dict), meta
+
+
+def _weights_only_reason(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines()]
+    return next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    try:  # torch >= 2.5 lists them without unpickling anything
+        return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:
+        return []
+
+
+def _load_with_inert_objects(path: Path):
+    names = _unsafe_globals(path)
+    stubs = [(type(name.rsplit(".", 1)[-1], (InertObject,), {"__module__": "inert"}), name) for name in names]
+    with torch.serialization.safe_globals(stubs):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- architecture detection and hyper-parameters --------------------------------------------------------
+
+
+def strip_prefix(state_dict: dict) -> dict:
+    """Lightning modules that wrap the model (self.model = ...) prefix every key with 'model.'."""
+    if not any(k.startswith("encoder.") for k in state_dict) and all(k.startswith("model.") for k in state_dict):
+        return {k[len("model."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def detect_architecture(state_dict: dict) -> str:
+    if any(re.match(r"encoder\.layers\.\d+\.cgmlp\.", k) for k in state_dict):
+        return "ebranchformer"
+    if any(re.match(r"encoder\.layers\.\d+\.conv\.", k) for k in state_dict):
+        return "quartznet"
+    raise ConversionError(
+        "cannot tell the architecture: no 'encoder.layers.N.cgmlp.*' (E-Branchformer) or "
+        f"'encoder.layers.N.conv.*' (QuartzNet) keys; first keys: {sorted(state_dict)[:8]}. "
+        "Is this a course checkpoint? --arch forces one."
+    )
+
+
+def _shape(state_dict, key, dims=None):
+    if key not in state_dict:
+        raise ConversionError(f"the checkpoint lacks {key!r}, needed to infer the configuration")
+    shape = tuple(state_dict[key].shape)
+    if dims is not None and len(shape) != dims:
+        raise ConversionError(f"{key} has shape {shape}, expected {dims} dimensions")
+    return shape
+
+
+def _first_key(state_dict, *candidates):
+    for key in candidates:
+        if key in state_dict:
+            return key
+    return candidates[0]
+
+
+def ebranchformer_config(state_dict: dict, args) -> tuple[EBranchformerConfig, str]:
+    hidden, stacked = _shape(state_dict, "encoder.subsampling.out.weight", 2)
+    if stacked % args.num_mel_bins:
+        raise ConversionError(
+            f"encoder.subsampling.out.weight takes {stacked} inputs, not a multiple of --num-mel-bins {args.num_mel_bins}"
+        )
+    layers = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"encoder\.layers\.(\d+)\.", k)))
+    proj1 = _first_key(state_dict, "encoder.layers.0.cgmlp.channel_proj1.weight",
+                       "encoder.layers.0.cgmlp.channel_proj1.0.weight")  # fmt: skip
+    if any(".csgu.linear." in k for k in state_dict):
+        raise ConversionError("the checkpoint has cgmlp.csgu.linear (use_linear_after_conv=true), which the course "
+                              "configuration and this package do not use")  # fmt: skip
+    positions = args.positions
+    pe = state_dict.get("encoder.pos_embedding.pe")
+    if positions == "auto":
+        positions = "batch-quirk" if pe is not None and pe.dim() == 3 and pe.shape[1] == 1 else "per-frame"
+    config = EBranchformerConfig(
+        vocab_size=_shape(state_dict, "decoder.layers.0.weight")[0],
+        pad_token_id=_shape(state_dict, "decoder.layers.0.weight")[0] - 1,
+        num_mel_bins=args.num_mel_bins,
+        subsampling_stride=stacked // args.num_mel_bins,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=args.num_attention_heads,
+        cgmlp_intermediate_size=_shape(state_dict, proj1)[0],
+        cgmlp_conv_kernel_size=_shape(state_dict, "encoder.layers.0.cgmlp.csgu.conv.weight", 3)[-1],
+        ffn_intermediate_size=_shape(state_dict, "encoder.layers.0.feed_forward1.linear1.weight")[0],
+        merge_conv_kernel_size=_shape(state_dict, "encoder.layers.0.depthwise_conv_fusion.weight", 3)[-1],
+        position_embedding_type="none" if positions == "batch-quirk" else "sinusoidal",
+        max_position_embeddings=pe.shape[0] if pe is not None else 5000,
+    )
+    return config, positions
+
+
+# Course E-Branchformer key -> ours. channel_proj1/2 may be Sequential(Linear, ...): ".0." is dropped.
+EBRANCHFORMER_KEYS = [
+    (r"encoder\.subsampling\.out\.", "ebranchformer.subsampling.projection."),
+    (r"encoder\.layers\.(\d+)\.attn\.in_proj_(weight|bias)", r"ebranchformer.layers.\1.self_attn.qkv_proj.\2"),
+    (r"encoder\.layers\.(\d+)\.attn\.out_proj\.", r"ebranchformer.layers.\1.self_attn.out_proj."),
+    (r"encoder\.layers\.(\d+)\.cgmlp\.channel_proj([12])\.(?:0\.)?", r"ebranchformer.layers.\1.cgmlp.channel_proj\2."),
+    (r"encoder\.layers\.(\d+)\.cgmlp\.csgu\.(norm|conv)\.", r"ebranchformer.layers.\1.cgmlp.csgu.\2."),
+    (r"encoder\.layers\.(\d+)\.feed_forward([12])\.", r"ebranchformer.layers.\1.ffn\2."),
+    (r"encoder\.layers\.(\d+)\.(norm_ffn1|norm_ffn2|norm_mha|norm_mlp|norm_final)\.", r"ebranchformer.layers.\1.\2."),
+    (r"encoder\.layers\.(\d+)\.depthwise_conv_fusion\.", r"ebranchformer.layers.\1.merge.depthwise_conv."),
+    (r"encoder\.layers\.(\d+)\.merge_proj\.", r"ebranchformer.layers.\1.merge.proj."),
+    (r"decoder\.layers\.0\.", "lm_head."),
+]
+
+
+def map_ebranchformer(state_dict: dict, config: EBranchformerConfig, positions: str) -> tuple[dict, list[str]]:
+    mapped, unexpected = {}, []
+    source = dict(state_dict)
+    pe = source.pop("encoder.pos_embedding.pe", None)
+    for key, tensor in source.items():
+        for pattern, replacement in EBRANCHFORMER_KEYS:
+            if re.match(pattern, key):
+                mapped[re.sub(pattern, replacement, key, count=1)] = tensor
+                break
+        else:
+            unexpected.append(key)
+    if "lm_head.weight" in mapped and mapped["lm_head.weight"].dim() == 3:
+        mapped["lm_head.weight"] = mapped["lm_head.weight"][..., 0]  # Conv1d(k=1) -> Linear
+    if pe is None:
+        raise ConversionError("the checkpoint lacks encoder.pos_embedding.pe (the positional table)")
+    table = pe.reshape(pe.shape[0], -1)
+    if positions == "batch-quirk":
+        # Row 0 on every frame at batch size 1 == a constant added to the subsampling output.
+        key = "ebranchformer.subsampling.projection.bias"
+        if key in mapped and mapped[key].shape == table[0].shape:
+            mapped[key] = mapped[key] + table[0]
+    else:
+        ours = EBranchformerForCTC(config).ebranchformer.positions.make_table(config)
+        if table.shape != ours.shape or (table - ours).abs().max() > 1e-4:
+            raise ConversionError(
+                f"encoder.pos_embedding.pe {tuple(pe.shape)} is not the sinusoidal table this package computes; "
+                "--positions batch-quirk treats it as the course's (max_len, 1, d) table"
+            )
+    return mapped, unexpected
+
+
+def quartznet_config(state_dict: dict, args) -> QuartzNetConfig:
+    blocks = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"encoder\.layers\.(\d+)\.conv\.", k))})
+    if blocks != list(range(len(blocks))):
+        raise ConversionError(f"QuartzNet blocks are not numbered 0..N-1: found {blocks}")
+    strides = args.block_strides or [b[3] for b in COURSE_BLOCKS]
+    dilations = args.block_dilations or [b[4] for b in COURSE_BLOCKS]
+    if len(strides) != len(blocks) or len(dilations) != len(blocks):
+        raise ConversionError(
+            f"the checkpoint has {len(blocks)} blocks but {len(strides)} strides and {len(dilations)} dilations: "
+            "give --block-strides and --block-dilations (not stored in the weights)"
+        )
+    channels, repeats, kernels, residual, separable, biases = [], [], [], [], [], set()
+    for block in blocks:
+        modules = _modules(state_dict, f"encoder.layers.{block}.conv.")
+        norms = [m for m in modules if m[1] == "norm"]
+        convs = [m for m in modules if m[1] == "conv"]
+        if not norms or len(convs) not in (len(norms), 2 * len(norms)):
+            raise ConversionError(
+                f"encoder.layers.{block}.conv: {len(convs)} convolutions and {len(norms)} batch norms do not form "
+                "sub-blocks of (conv, batch norm) or (depthwise conv, pointwise conv, batch norm)"
+            )
+        channels.append(state_dict[norms[0][0] + "weight"].shape[0])
+        repeats.append(len(norms))
+        kernels.append(state_dict[convs[0][0] + "weight"].shape[-1])
+        separable.append(len(convs) == 2 * len(norms))
+        residual.append(any(k.startswith(f"encoder.layers.{block}.res.") for k in state_dict))
+        biases.update(prefix + "bias" in state_dict for prefix, kind in modules if kind == "conv")
+    if len(biases) != 1:
+        raise ConversionError("some QuartzNet convolutions have biases and others not; this package expects either")
+    decoder = _shape(state_dict, "decoder.layers.0.weight")
+    return QuartzNetConfig(
+        vocab_size=decoder[0], pad_token_id=decoder[0] - 1, num_mel_bins=args.num_mel_bins,
+        block_channels=channels, block_repeats=repeats, block_kernel_sizes=kernels, block_strides=strides,
+        block_dilations=dilations, block_residual=residual, block_separable=separable, conv_bias=biases.pop(),
+        batch_norm_eps=args.batch_norm_eps,
+    )  # fmt: skip
+
+
+def _natural(key: str):
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in key.split(".")]
+
+
+def _modules(state_dict: dict, prefix: str) -> list[tuple[str, str]]:
+    """(module prefix, 'conv' | 'norm') under `prefix`, in module order, flat or nested alike: the order of
+    the sub-blocks' modules is the numeric order of their paths."""
+    found = {}
+    for key in state_dict:
+        if key.startswith(prefix):
+            module, _, name = key.rpartition(".")
+            found.setdefault(module + ".", set()).add(name)
+    modules = []
+    for module in sorted(found, key=_natural):
+        names = found[module]
+        kind = "norm" if "running_mean" in names else "conv" if state_dict[module + "weight"].dim() == 3 else "?"
+        if kind == "?":
+            raise ConversionError(f"{module}*: neither a convolution nor a batch norm ({sorted(names)})")
+        modules.append((module, kind))
+    return modules
+
+
+def map_quartznet(state_dict: dict, config: QuartzNetConfig) -> tuple[dict, list[str]]:
+    mapped, used = {}, set()
+    for block, separable in enumerate(config.block_separable):
+        ours = f"quartznet.blocks.{block}."
+        convs = ["depthwise_conv", "pointwise_conv"] if separable else ["conv"]
+        names = [f"sub_blocks.{i}.{part}." for i in range(config.block_repeats[block]) for part in [*convs, "norm"]]
+        residual = ["residual.conv.", "residual.norm."] if config.block_residual[block] else []
+        for source_prefix, names_here in ((f"encoder.layers.{block}.conv.", names), (f"encoder.layers.{block}.res.", residual)):
+            modules = _modules(state_dict, source_prefix)
+            expected = ["norm" if n.endswith("norm.") else "conv" for n in names_here]
+            if [kind for _, kind in modules] != expected:
+                raise ConversionError(
+                    f"{source_prefix}*: modules {[f'{m}({k})' for m, k in modules]} do not follow the expected "
+                    f"order {expected}"
+                )
+            for (module, _), name in zip(modules, names_here):
+                for key in state_dict:
+                    if key.startswith(module) and "." not in key[len(module):]:
+                        mapped[ours + name + key[len(module):]] = state_dict[key]
+                        used.add(key)
+    for suffix in ("weight", "bias"):
+        key = f"decoder.layers.0.{suffix}"
+        if key in state_dict:
+            tensor = state_dict[key]
+            mapped[f"lm_head.{suffix}"] = tensor[..., 0] if tensor.dim() == 3 else tensor
+            used.add(key)
+    return mapped, sorted(set(state_dict) - used)
+
+
+def check_complete(model: torch.nn.Module, mapped: dict, unexpected: list[str]):
+    """Every target parameter and buffer filled with the right shape, every source tensor used."""
+    target = model.state_dict()
+    optional = {k for k in target if k.endswith("num_batches_tracked")}  # not in older checkpoints; unused in eval
+    missing = sorted(set(target) - set(mapped) - optional)
+    unexpected = sorted(set(unexpected) | (set(mapped) - set(target)))
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in set(target) & set(mapped)
+        if mapped[k].shape != target[k].shape
+    )
+    if missing or unexpected or mismatched:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if keys]  # fmt: skip
+        raise ConversionError("the checkpoint does not fit the model; nothing written.\n" + "\n".join(parts))
+
+
+# --- writing the folder ---------------------------------------------------------------------------------
+
+
+def convert(checkpoint_path, output_dir, arch="auto", overwrite=False, inert_objects=False, unsafe_unpickle=False,
+            num_mel_bins=64, num_attention_heads=4, positions="auto", block_strides=None, block_dilations=None,
+            batch_norm_eps=1e-5):  # fmt: skip
+    """Converts and writes the folder; returns the model (eval mode) and a report dict."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not overwrite:
+        raise ConversionError(f"{output_dir} exists; pass --overwrite to replace it")
+    args = argparse.Namespace(num_mel_bins=num_mel_bins, num_attention_heads=num_attention_heads, positions=positions,
+                              block_strides=block_strides, block_dilations=block_dilations,
+                              batch_norm_eps=batch_norm_eps)  # fmt: skip
+    state_dict, meta = load_checkpoint(checkpoint_path, inert_objects, unsafe_unpickle)
+    state_dict = strip_prefix(state_dict)
+    arch = detect_architecture(state_dict) if arch == "auto" else arch
+    try:
+        if arch == "ebranchformer":
+            config, positions = ebranchformer_config(state_dict, args)
+            model = EBranchformerForCTC(config)
+            mapped, unexpected = map_ebranchformer(state_dict, config, positions)
+        else:
+            config = quartznet_config(state_dict, args)
+            model = QuartzNetForCTC(config)
+            mapped, unexpected = map_quartznet(state_dict, config)
+    except ValueError as error:  # a config built from the shapes that the package rejects
+        raise ConversionError(f"the checkpoint's shapes give an invalid configuration: {error}") from None
+    check_complete(model, mapped, unexpected)
+    model.load_state_dict(mapped, strict=False)  # strict except num_batches_tracked, checked above
+    model.eval()
+
+    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    report = {
+        "source": str(checkpoint_path), "sha256": _sha256(checkpoint_path), "architecture": arch,
+        "tensors": len(state_dict), "epoch": meta.get("epoch"), "global_step": meta.get("global_step"),
+        "lightning": meta.get("pytorch-lightning_version"), "positions": positions if arch == "ebranchformer" else None,
+        "counts": parameter_counts(model), "name": output_dir.name,
+    }  # fmt: skip
+    _write_atomically(output_dir, overwrite, lambda tmp: _write_folder(tmp, model, processor, report))
+    return model, report
+
+
+def _write_folder(folder: Path, model, processor, report):
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "README.md").write_text(model_card(folder, report), encoding="utf-8")
+
+
+def _write_atomically(output_dir: Path, overwrite: bool, write):
+    """Write into a temporary sibling folder, then rename it into place: readers never see half a folder."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        write(tmp)
+        if output_dir.exists():
+            if not overwrite:
+                raise ConversionError(f"{output_dir} exists; pass --overwrite to replace it")
+            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old.", dir=output_dir.parent))
+            os.replace(output_dir, old / "folder")
+            os.replace(tmp, output_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, output_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_card(folder: Path, report: dict) -> str:
+    counts = "\n".join(f"| {k} | {v:,} |" for k, v in report["counts"].items())
+    positions = ""
+    if report["positions"] == "batch-quirk":
+        positions = """
+The course code added row *b* of its positional table to every frame of batch item *b*, so its output
+depended on an utterance's place in the batch. Row 0 (what an utterance gets at batch size 1) is folded
+into the subsampling bias and positions are off (`position_embedding_type="none"`): this model gives every
+utterance of any batch what the course model gave it at batch size 1.
+"""
+    return f"""---
+language: ru
+library_name: transformers
+pipeline_tag: automatic-speech-recognition
+tags: [ctc, {report['architecture']}, golos, converted]
+---
+
+# {report['name']}
+
+{report['architecture']} CTC model converted by `convert_checkpoint.py` from the course checkpoint
+`{Path(report['source']).name}` (sha256 `{report['sha256'][:16]}...`; epoch {report['epoch']}, global step
+{report['global_step']}, Lightning {report['lightning']}). {report['tensors']} source tensors, all used.
+{positions}
+| parameters | count |
+|---|---|
+{counts}
+
+```python
+from transformers import pipeline
+asr = pipeline("automatic-speech-recognition", model="PATH", trust_remote_code=True)
+```
+"""
+
+
+def check_signal(seconds=1.5, seed=0) -> np.ndarray:
+    """A short deterministic test signal: a gliding tone with harmonics and a little noise."""
+    t = np.arange(int(seconds * 16000)) / 16000
+    f = 150 + 100 * t
+    signal = sum(np.sin(2 * np.pi * k * np.cumsum(f) / 16000) / k for k in range(1, 6))
+    return (0.3 * signal + 0.01 * np.random.default_rng(seed).standard_normal(t.size)).astype(np.float32)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a Lightning .ckpt or a saved state dict")
+    parser.add_argument("output_dir", help="the from_pretrained folder to write")
+    parser.add_argument("--arch", choices=["auto", "ebranchformer", "quartznet"], default="auto")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--inert-objects", action="store_true",
+                        help="load with non-tensor objects replaced by inert placeholders (runs no code from the file)")
+    parser.add_argument("--unsafe-unpickle", action="store_true",
+                        help="unpickle fully: runs code from the file, only for checkpoints you trust")
+    parser.add_argument("--num-mel-bins", type=int, default=64)
+    parser.add_argument("--num-attention-heads", type=int, default=4, help="E-Branchformer (not in the shapes)")
+    parser.add_argument("--positions", choices=["auto", "batch-quirk", "per-frame"], default="auto",
+                        help="E-Branchformer table: auto = batch-quirk for a (max_len, 1, d) table")
+    parser.add_argument("--block-strides", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
+    parser.add_argument("--block-dilations", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
+    parser.add_argument("--batch-norm-eps", type=float, default=1e-5, help="QuartzNet (PyTorch's default)")
+    args = parser.parse_args(argv)
+    try:
+        model, report = convert(
+            args.checkpoint, args.output_dir, args.arch, args.overwrite, args.inert_objects, args.unsafe_unpickle,
+            args.num_mel_bins, args.num_attention_heads, args.positions, args.block_strides, args.block_dilations,
+            args.batch_norm_eps,
+        )  # fmt: skip
+    except ConversionError as error:
+        sys.exit(f"convert_checkpoint: {error}")
+
+    from transformers import AutoModelForCTC
+
+    print(f"{args.checkpoint} -> {args.output_dir}: {report['architecture']}, epoch {report['epoch']}, "
+          f"step {report['global_step']}, {report['tensors']} tensors")  # fmt: skip
+    print(format_counts(report["counts"]))
+    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    inputs = processor.feature_extractor(check_signal(), sampling_rate=16000, return_tensors="pt")
+    reloaded = AutoModelForCTC.from_pretrained(args.output_dir).eval()
+    with torch.no_grad():
+        before, after = model(**inputs).logits.log_softmax(-1), reloaded(**inputs).logits.log_softmax(-1)
+    difference = (before - after).abs().max().item()
+    print(f"check: the saved folder reloads and gives the converted weights' log-probabilities on a 1.5 s test "
+          f"signal (max abs difference {difference:.1e}){'' if difference <= 1e-5 else '  MISMATCH'}")  # fmt: skip
+    if difference > 1e-5:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""QuartzNet with a CTC head (Kriman et al., 2019, arXiv:1910.10261), for the course's pretrained checkpoint.
+
+A block repeats a sub-block R times:
+
+    y = BN(pointwise_conv(depthwise_conv(x)))        time-channel separable convolution
+    x = dropout(ReLU(y))                              the last sub-block adds the residual first:
+    x = dropout(ReLU(y + BN(conv1x1(block_input))))
+
+Same inputs (log-mel features from `EBranchformerFeatureExtractor`), outputs and CTC loss as
+`EBranchformerForCTC`, so the processor, `train_ctc.py` and the pipeline treat both alike. As in
+`modeling.py`, padded frames are zeroed before every convolution over time, so an utterance gives the same
+logits alone and in a padded batch.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+
+from .configuration_quartznet import QuartzNetConfig
+from .modeling import ctc_loss
+
+
+@dataclass
+class QuartzNetModelOutput(BaseModelOutput):
+    """`BaseModelOutput` plus `output_lengths`: valid encoder steps per utterance (the rest is padding)."""
+
+    output_lengths: torch.LongTensor | None = None
+
+
+def masked(hidden_states: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, C, T) with padded frames zeroed, so a convolution over time cannot read them."""
+    return hidden_states if frame_mask is None else hidden_states * frame_mask
+
+
+class QuartzNetSubBlock(nn.Module):
+    """Convolution over time (time-channel separable, or one full convolution) and batch norm."""
+
+    def __init__(self, config: QuartzNetConfig, block: int, in_channels: int, stride: int):
+        super().__init__()
+        out_channels, kernel = config.block_channels[block], config.block_kernel_sizes[block]
+        dilation, bias = config.block_dilations[block], config.conv_bias
+        padding = dilation * (kernel - 1) // 2  # "same" length for stride 1; ceil(T / stride) otherwise
+        self.separable = config.block_separable[block]
+        if self.separable:
+            self.depthwise_conv = nn.Conv1d(in_channels, in_channels, kernel, stride, padding, dilation,
+                                            groups=in_channels, bias=bias)  # fmt: skip
+            self.pointwise_conv = nn.Conv1d(in_channels, out_channels, 1, bias=bias)
+        else:
+            self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, padding, dilation, bias=bias)
+        self.norm = nn.BatchNorm1d(out_channels, eps=config.batch_norm_eps)
+
+    def forward(self, hidden_states, frame_mask):
+        if self.separable:
+            hidden_states = self.pointwise_conv(self.depthwise_conv(masked(hidden_states, frame_mask)))
+        else:
+            hidden_states = self.conv(masked(hidden_states, frame_mask))
+        return self.norm(hidden_states)
+
+
+class QuartzNetResidual(nn.Module):
+    """The block's input, projected to the block's width: 1x1 convolution and batch norm."""
+
+    def __init__(self, config: QuartzNetConfig, block: int, in_channels: int):
+        super().__init__()
+        out_channels = config.block_channels[block]
+        self.conv = nn.Conv1d(in_channels, out_channels, 1, config.block_strides[block], bias=config.conv_bias)
+        self.norm = nn.BatchNorm1d(out_channels, eps=config.batch_norm_eps)
+
+    def forward(self, hidden_states):
+        return self.norm(self.conv(hidden_states))
+
+
+class QuartzNetBlock(nn.Module):
+    def __init__(self, config: QuartzNetConfig, block: int, in_channels: int):
+        super().__init__()
+        stride = config.block_strides[block]
+        self.stride = stride
+        self.sub_blocks = nn.ModuleList(
+            QuartzNetSubBlock(config, block, in_channels if i == 0 else config.block_channels[block],
+                              stride if i == 0 else 1)  # fmt: skip
+            for i in range(config.block_repeats[block])
+        )
+        self.residual = QuartzNetResidual(config, block, in_channels) if config.block_residual[block] else None
+        self.activation = nn.ReLU()
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states, frame_mask, output_mask):
+        """`frame_mask` marks real frames of the input, `output_mask` those after the block's stride."""
+        residual = self.residual(hidden_states) if self.residual is not None else None
+        for index, sub_block in enumerate(self.sub_blocks):
+            hidden_states = sub_block(hidden_states, frame_mask if index == 0 else output_mask)
+            if index == len(self.sub_blocks) - 1 and residual is not None:
+                hidden_states = hidden_states + residual
+            hidden_states = self.dropout(self.activation(hidden_states))
+        return hidden_states
+
+
+class QuartzNetPreTrainedModel(PreTrainedModel):
+    config_class = QuartzNetConfig
+    base_model_prefix = "quartznet"
+    main_input_name = "input_features"
+    input_modalities = "audio"
+    _no_split_modules = ["QuartzNetBlock"]
+
+    def get_output_lengths(self, feature_lengths: torch.LongTensor) -> torch.LongTensor:
+        """Encoder steps (= CTC frames) for inputs of `feature_lengths` frames: (T - 1) // stride + 1 per block."""
+        for stride in self.config.block_strides:
+            feature_lengths = torch.div(feature_lengths - 1, stride, rounding_mode="floor") + 1
+        return feature_lengths
+
+
+class QuartzNetModel(QuartzNetPreTrainedModel):
+    """The encoder: QuartzNet blocks over (B, num_mel_bins, T)."""
+
+    def __init__(self, config: QuartzNetConfig):
+        super().__init__(config)
+        in_channels = [config.num_mel_bins] + config.block_channels[:-1]
+        self.blocks = nn.ModuleList(QuartzNetBlock(config, i, c) for i, c in enumerate(in_channels))
+        self.post_init()
+
+    def forward(
+        self,
+        input_features: torch.FloatTensor,
+        attention_mask: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> QuartzNetModelOutput | tuple:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
+            Log-mel features from `EBranchformerFeatureExtractor`.
+        attention_mask (`torch.LongTensor` of shape `(batch, frames)`, *optional*):
+            1 for real frames, 0 for padding. Without it every frame counts as real.
+        """
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if input_features.dim() != 3 or input_features.shape[-1] != self.config.num_mel_bins:
+            raise ValueError(
+                f"input_features must have shape (batch, frames, {self.config.num_mel_bins}), "
+                f"got {tuple(input_features.shape)}"
+            )
+        batch, frames, _ = input_features.shape
+        lengths = attention_mask.sum(-1) if attention_mask is not None else None
+        hidden_states = input_features.transpose(1, 2)  # convolutions run over (B, C, T)
+        all_hidden_states = () if output_hidden_states else None
+        frame_mask = self._frame_mask(lengths, frames, hidden_states)
+        for block in self.blocks:
+            if lengths is not None:
+                lengths = torch.div(lengths - 1, block.stride, rounding_mode="floor") + 1
+            output_mask = self._frame_mask(lengths, -(-hidden_states.shape[-1] // block.stride), hidden_states)
+            hidden_states = block(hidden_states, frame_mask, output_mask)
+            frame_mask = output_mask
+            if output_hidden_states:
+                all_hidden_states += (hidden_states.transpose(1, 2),)
+
+        if lengths is None:
+            lengths = torch.full((batch,), hidden_states.shape[-1], device=hidden_states.device)
+        hidden_states = hidden_states.transpose(1, 2)
+        if not return_dict:
+            return tuple(v for v in (hidden_states, all_hidden_states, lengths) if v is not None)
+        return QuartzNetModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states,
+                                    output_lengths=lengths)  # fmt: skip
+
+    @staticmethod
+    def _frame_mask(lengths, steps, like):
+        """(B, 1, T) ones on real frames, or None when nothing is padded (no multiplications then)."""
+        if lengths is None or bool((lengths >= steps).all()):
+            return None
+        return (torch.arange(steps, device=like.device) < lengths[:, None])[:, None, :].to(like.dtype)
+
+
+class QuartzNetForCTC(QuartzNetPreTrainedModel):
+    """The encoder and a linear CTC head over the characters and the blank."""
+
+    def __init__(self, config: QuartzNetConfig):
+        super().__init__(config)
+        self.quartznet = QuartzNetModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    def forward(
+        self,
+        input_features: torch.FloatTensor,
+        attention_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutput | tuple:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch, target_length)`, *optional*):
+            Character ids of the transcripts, padded with -100.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.quartznet(input_features, attention_mask=attention_mask,
+                                 output_hidden_states=output_hidden_states, return_dict=True)  # fmt: skip
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = ctc_loss(logits, outputs.output_lengths, labels, self.config) if labels is not None else None
+        if not return_dict:
+            extra = (outputs.hidden_states,) if outputs.hidden_states is not None else ()
+            return ((loss,) if loss is not None else ()) + (logits,) + extra
+        return CausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

@@ -1,0 +1,277 @@
+"""convert_checkpoint.py: course-layout modules (tests/course_modules.py, written from REFERENCE.md) are saved
+as Lightning checkpoints, converted, and compared with the converted models."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import CORPUS, ROOT
+from course_modules import (
+    CourseCTCModel,
+    CourseDecoder,
+    CourseEBranchformerEncoder,
+    CourseQuartzNetEncoder,
+    lightning_checkpoint,
+    randomize_batch_norms,
+)
+from transformers import AutoModelForCTC, pipeline
+
+import convert_checkpoint
+from convert_checkpoint import ConversionError, convert
+from modeling_ebranchformer import (
+    EBranchformerCTCTokenizer,
+    EBranchformerFeatureExtractor,
+    EBranchformerForCTC,
+    QuartzNetForCTC,
+)
+
+EXTRACTOR, TOKENIZER = EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer()
+
+
+def course_model(arch, variant, seed=0):
+    """A course-layout model with random (for QuartzNet: trained-looking batch norm) weights, in eval mode."""
+    torch.manual_seed(seed)
+    if arch == "ebranchformer":
+        encoder, decoder = CourseEBranchformerEncoder(seq=variant == "sequential"), CourseDecoder(256)
+    else:
+        encoder, decoder = CourseQuartzNetEncoder(bias="bias" in variant, nested="nested" in variant), CourseDecoder(1024)
+    return randomize_batch_norms(CourseCTCModel(encoder, decoder)).eval()
+
+
+@pytest.fixture(scope="module")
+def utterance():
+    """Features of a real recording of the embedded corpus (Opus, decoded by soundfile)."""
+    wave, rate = sf.read(sorted((CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))[0], dtype="float32")
+    assert rate == 16000
+    return wave, EXTRACTOR(wave, sampling_rate=16000, return_tensors="pt")
+
+
+def greedy(log_probs):
+    ids = log_probs.argmax(-1)[0].tolist()
+    return TOKENIZER.decode(ids)
+
+
+VARIANTS = [("ebranchformer", "linear"), ("ebranchformer", "sequential"), ("quartznet", "flat"),
+            ("quartznet", "flat-bias"), ("quartznet", "nested"), ("quartznet", "nested-bias")]  # fmt: skip
+
+
+@pytest.mark.parametrize("arch,variant", VARIANTS)
+def test_converted_model_reproduces_the_course_module(arch, variant, tmp_path, utterance):
+    source = course_model(arch, variant)
+    torch.save(lightning_checkpoint(source), tmp_path / "model.ckpt")
+    model, report = convert(tmp_path / "model.ckpt", tmp_path / "out")
+    assert isinstance(model, EBranchformerForCTC if arch == "ebranchformer" else QuartzNetForCTC)
+    assert report["tensors"] == len(source.state_dict()) and (report["epoch"], report["global_step"]) == (4, 9794)
+    _, inputs = utterance
+    reloaded = AutoModelForCTC.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        expected = source(inputs["input_features"])
+        got = reloaded(**inputs).logits.log_softmax(-1)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= 1e-4
+    assert greedy(got) == greedy(expected)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "model.ckpt" in card and "epoch 4" in card and "9794" in card
+
+
+def test_parameter_counts_of_the_course_configurations(tmp_path):
+    counts = {}
+    for arch, variant in (("ebranchformer", "linear"), ("quartznet", "flat"), ("quartznet", "flat-bias")):
+        torch.save(course_model(arch, variant).state_dict(), tmp_path / f"{variant}.pt")  # a bare state dict
+        counts[variant] = convert(tmp_path / f"{variant}.pt", tmp_path / variant)[1]["counts"]
+    assert counts["linear"]["total_trainable"] == 9_986_850
+    # REFERENCE.md: 6.7 M encoder parameters, 6.68-6.71 M over the plausible variants.
+    assert counts["flat"]["encoder_trainable"] == 6_683_456 and counts["flat-bias"]["encoder_trainable"] == 6_708_096
+
+
+def test_converted_model_does_not_depend_on_the_place_in_the_batch(tmp_path, utterance):
+    source = course_model("ebranchformer", "linear")
+    torch.save(lightning_checkpoint(source), tmp_path / "model.ckpt")
+    model, report = convert(tmp_path / "model.ckpt", tmp_path / "out")
+    assert report["positions"] == "batch-quirk" and model.config.position_embedding_type == "none"
+    features = utterance[1]["input_features"]
+    batch = torch.cat([torch.randn_like(features), features])  # our utterance second
+    with torch.no_grad():
+        alone = model(features).logits.log_softmax(-1)
+        second = model(batch).logits.log_softmax(-1)[1:]
+        course_second = source(batch)[1:]
+    assert (second - alone).abs().max() <= 1e-4
+    # The course module adds table row 1 to item 1, so its output there differs from batch size 1:
+    assert (course_second - alone).abs().max() > 1e-2
+
+
+def test_fresh_process_with_only_transformers_loads_transcribes_and_matches(tmp_path, utterance):
+    source = course_model("quartznet", "nested-bias")
+    torch.save(lightning_checkpoint(source), tmp_path / "q.ckpt")
+    result = subprocess.run([sys.executable, str(ROOT / "convert_checkpoint.py"), str(tmp_path / "q.ckpt"),
+                             str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "6,742,946" in result.stdout and "epoch 4, step 9794" in result.stdout
+    assert "max abs difference 0.0e+00" in result.stdout
+    wave, inputs = utterance
+    np.save(tmp_path / "wave.npy", wave)
+    with torch.no_grad():
+        np.save(tmp_path / "expected.npy", source(inputs["input_features"]).numpy())
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["modeling_ebranchformer"] = None  # our package must not be importable here
+        import numpy as np, torch
+        from transformers import AutoModelForCTC, AutoProcessor, pipeline
+        folder = {str(tmp_path / "out")!r}
+        model = AutoModelForCTC.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        wave = np.load({str(tmp_path / "wave.npy")!r})
+        with torch.no_grad():
+            log_probs = model(**processor(audio=wave, sampling_rate=16000, return_tensors="pt")).logits.log_softmax(-1)
+        print("DIFF", float((log_probs - torch.from_numpy(np.load({str(tmp_path / "expected.npy")!r}))).abs().max()))
+        asr = pipeline("automatic-speech-recognition", model=folder, trust_remote_code=True)
+        print("TEXT", repr(asr(wave)["text"]))
+        print("GREEDY", repr(processor.batch_decode(log_probs.argmax(-1))[0]))
+    """)
+    env = dict(os.environ, PYTHONPATH="")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines() if line.split(" ")[0] in ("DIFF", "TEXT", "GREEDY"))
+    assert float(lines["DIFF"]) <= 1e-4
+    assert lines["TEXT"] == lines["GREEDY"]
+
+
+@pytest.mark.parametrize("arch,variant", [("quartznet", "flat"), ("ebranchformer", "sequential")])
+def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tmp_path):
+    import train_ctc
+    from evaluate_ctc import main as evaluate_main
+
+    torch.save(lightning_checkpoint(course_model(arch, variant)), tmp_path / "model.ckpt")
+    convert(tmp_path / "model.ckpt", tmp_path / "converted")
+    rows = evaluate_main([str(tmp_path / "converted"), "--max_samples", "4", "--output_dir", str(tmp_path / "eval")])
+    assert [row["utterances"] for row in rows] == [4, 4]
+    trainer, metrics = train_ctc.run([
+        "--model_name_or_path", str(tmp_path / "converted"), "--max_steps", "3", "--per_device_train_batch_size", "4",
+        "--train_subset_seconds", "15", "--max_eval_samples", "4", "--eval_strategy", "no", "--save_strategy", "no",
+        "--report_to", "none", "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false",
+        "--logging_steps", "1", "--output_dir", str(tmp_path / "tuned"), "--dataset_cache_dir", str(tmp_path / "cache"),
+        "--disable_tqdm", "true",
+    ])  # fmt: skip
+    assert trainer.state.global_step == 3 and metrics["eval_crowd_utterances"] == 4
+    tuned = AutoModelForCTC.from_pretrained(tmp_path / "tuned")
+    converted = AutoModelForCTC.from_pretrained(tmp_path / "converted")
+    assert type(tuned) is type(converted)
+    changed = [n for n, p in tuned.state_dict().items() if not torch.equal(p, converted.state_dict()[n])]
+    assert any(n.startswith("lm_head") for n in changed)  # the weights were trained
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_not_a_checkpoint_and_truncated_files(tmp_path):
+    (tmp_path / "notes.ckpt").write_text("this is not a checkpoint\n")
+    with pytest.raises(ConversionError, match=r"notes.ckpt: not a readable PyTorch checkpoint"):
+        convert(tmp_path / "notes.ckpt", tmp_path / "out")
+    torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "full.ckpt")
+    data = (tmp_path / "full.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConversionError, match=r"cut.ckpt: not a readable PyTorch checkpoint \(truncated"):
+        convert(tmp_path / "cut.ckpt", tmp_path / "out")
+    with pytest.raises(ConversionError, match=r"missing.ckpt: no such file"):
+        convert(tmp_path / "missing.ckpt", tmp_path / "out")
+    torch.save([1, 2, 3], tmp_path / "list.ckpt")
+    with pytest.raises(ConversionError, match="neither a Lightning checkpoint"):
+        convert(tmp_path / "list.ckpt", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_a_state_dict_of_another_model(tmp_path):
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Linear(8, 10))
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ConversionError, match=r"cannot tell the architecture: .*'0.bias', '0.weight'"):
+        convert(tmp_path / "other.pt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_shapes_missing_and_unexpected_keys_are_listed_and_nothing_is_written(tmp_path):
+    checkpoint = lightning_checkpoint(course_model("ebranchformer", "linear"))
+    state = checkpoint["state_dict"]
+    state["encoder.layers.3.merge_proj.weight"] = torch.zeros(256, 500)
+    del state["encoder.layers.5.norm_mha.bias"]
+    state["encoder.layers.2.extra.weight"] = torch.zeros(3)
+    torch.save(checkpoint, tmp_path / "bad.ckpt")
+    with pytest.raises(ConversionError) as error:
+        convert(tmp_path / "bad.ckpt", tmp_path / "out")
+    message = str(error.value)
+    assert "nothing written" in message
+    assert "missing (1): ebranchformer.layers.5.norm_mha.bias" in message
+    assert "unexpected (1): encoder.layers.2.extra.weight" in message
+    assert "mismatched (1): ebranchformer.layers.3.merge.proj.weight: checkpoint (256, 500) vs model (256, 512)" in message
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+    checkpoint = lightning_checkpoint(course_model("quartznet", "flat"))
+    del checkpoint["state_dict"]["encoder.layers.2.conv.7.running_var"]
+    torch.save(checkpoint, tmp_path / "q.ckpt")
+    with pytest.raises(ConversionError, match=r"missing \(1\): quartznet.blocks.2.sub_blocks.1.norm.running_var"):
+        convert(tmp_path / "q.ckpt", tmp_path / "out")
+
+
+def test_an_existing_output_folder_is_replaced_only_with_overwrite(tmp_path):
+    torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ConversionError, match="out exists; pass --overwrite"):
+        convert(tmp_path / "q.ckpt", out)
+    assert (out / "keep.txt").read_text() == "mine"
+    result = subprocess.run([sys.executable, str(ROOT / "convert_checkpoint.py"), str(tmp_path / "q.ckpt"), str(out)],
+                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 1 and "exists; pass --overwrite to replace it" in result.stderr
+    convert(tmp_path / "q.ckpt", out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_failure_while_writing_leaves_no_folder(tmp_path, monkeypatch):
+    torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(convert_checkpoint.EBranchformerProcessor, "save_pretrained", fail)
+    with pytest.raises(OSError, match="disk full"):
+        convert(tmp_path / "q.ckpt", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+class CreatesAFile:
+    """Unpickling this calls open(path, "w"): code from the checkpoint running on the user's machine."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_loading_runs_no_code_from_the_checkpoint_unless_asked(tmp_path):
+    marker = tmp_path / "pwned.txt"
+    checkpoint = lightning_checkpoint(course_model("quartznet", "flat"))
+    checkpoint["hyper_parameters"] = CreatesAFile(str(marker))
+    torch.save(checkpoint, tmp_path / "evil.ckpt")
+    assert not marker.exists()
+    with pytest.raises(ConversionError, match=r"(?s)weights_only=True\) refused it.*\(io.open\).*--unsafe-unpickle.*Unsupported global"):
+        convert(tmp_path / "evil.ckpt", tmp_path / "out")
+    assert not marker.exists()
+    # Inert placeholders: the tensors load, the call to open() is only recorded.
+    convert(tmp_path / "evil.ckpt", tmp_path / "out", inert_objects=True)
+    assert not marker.exists() and (tmp_path / "out" / "model.safetensors").exists()
+    # The explicit flag really unpickles (and so runs the code): it must stay opt-in.
+    convert(tmp_path / "evil.ckpt", tmp_path / "out2", unsafe_unpickle=True)
+    assert marker.exists()
