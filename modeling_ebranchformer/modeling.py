@@ -35,6 +35,17 @@ class EBranchformerModelOutput(BaseModelOutput):
     output_lengths: torch.LongTensor | None = None
 
 
+class EBranchformerDropout(nn.Dropout):
+    """`nn.Dropout`, with the mask drawn by `uniform_` on CPU: there `bernoulli_` is 2x slower and dropout
+    (65 calls per step) took a sixth of a training step. Same distribution; other devices use F.dropout."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or self.p == 1.0 or hidden_states.device.type != "cpu":
+            return F.dropout(hidden_states, self.p, self.training)
+        keep = torch.empty_like(hidden_states).uniform_() >= self.p
+        return hidden_states * keep * (1.0 / (1.0 - self.p))
+
+
 class EBranchformerStackingSubsampling(nn.Module):
     """Stacks `stride` consecutive frames into one vector and projects it: (B, T, F) -> (B, ceil(T/stride), H)."""
 
@@ -54,7 +65,7 @@ class EBranchformerSinusoidalPositions(nn.Module):
 
     def __init__(self, config: EBranchformerConfig):
         super().__init__()
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = EBranchformerDropout(config.dropout)
         # Derived from the config, so not saved with the weights (persistent=False).
         self.register_buffer("table", self.make_table(config), persistent=False)
 
@@ -84,7 +95,7 @@ class EBranchformerFeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(config.hidden_size, config.ffn_intermediate_size)
         self.linear2 = nn.Linear(config.ffn_intermediate_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = EBranchformerDropout(config.dropout)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.linear2(self.dropout(F.silu(self.linear1(hidden_states))))
@@ -128,7 +139,12 @@ def masked_depthwise_conv(conv: nn.Conv1d, hidden_states: torch.Tensor, frame_ma
     into real ones: a padded batch then gives each utterance the result it gets alone."""
     if frame_mask is not None:
         hidden_states = hidden_states * frame_mask
-    return conv(hidden_states.transpose(1, 2)).transpose(1, 2)
+    # The same convolution as conv(x), run as a 2-D one over (B, C, 1, T): on CPU oneDNN's depthwise
+    # conv2d kernel is 3x (training) to 50x (inference) faster than its conv1d path; results are identical.
+    weight = conv.weight.unsqueeze(2)
+    output = F.conv2d(hidden_states.transpose(1, 2).unsqueeze(2), weight, conv.bias, padding=(0, conv.padding[0]),
+                      groups=conv.groups)  # fmt: skip
+    return output.squeeze(2).transpose(1, 2)
 
 
 class EBranchformerCSGU(nn.Module):
@@ -140,7 +156,7 @@ class EBranchformerCSGU(nn.Module):
         kernel = config.cgmlp_conv_kernel_size
         self.norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
         self.conv = nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = EBranchformerDropout(config.dropout)
 
     def forward(self, hidden_states, frame_mask):
         value, gate = hidden_states.chunk(2, dim=-1)
@@ -190,7 +206,7 @@ class EBranchformerLayer(GradientCheckpointingLayer):
         self.norm_ffn2 = nn.LayerNorm(config.hidden_size, eps=eps)
         self.ffn2 = EBranchformerFeedForward(config)
         self.norm_final = nn.LayerNorm(config.hidden_size, eps=eps)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = EBranchformerDropout(config.dropout)
 
     def forward(self, hidden_states, frame_mask=None, key_mask=None, output_attentions=False):
         hidden_states = hidden_states + 0.5 * self.dropout(self.ffn1(self.norm_ffn1(hidden_states)))
@@ -238,7 +254,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         if config.position_embedding_type == "sinusoidal":
             self.positions = EBranchformerSinusoidalPositions(config)
         else:
-            self.positions = nn.Dropout(config.dropout)
+            self.positions = EBranchformerDropout(config.dropout)
         self.layers = nn.ModuleList(EBranchformerLayer(config) for _ in range(config.num_hidden_layers))
         self.gradient_checkpointing = False
         self.post_init()

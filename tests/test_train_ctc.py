@@ -157,7 +157,7 @@ def test_two_processes_hold_identical_weights_and_count_each_test_utterance_once
 
 
 def test_unknown_preset_and_option(tmp_path, capsys):
-    with pytest.raises(SystemExit, match=r"unknown preset 'fast': use one of \['course', 'mini', 'overfit'\]"):
+    with pytest.raises(SystemExit, match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'mini', 'overfit'\]"):
         train_ctc.run(["--preset", "fast"])
     with pytest.raises(SystemExit) as error:
         train_ctc.run(args(tmp_path, "--learning_rat", "1"))
@@ -166,6 +166,13 @@ def test_unknown_preset_and_option(tmp_path, capsys):
     bad.write_text("learning_rate: 1.0e-3\nwarmup: 10\n")
     with pytest.raises(SystemExit, match=r"preset .*bad.yaml: unknown option\(s\) \['warmup'\]"):
         train_ctc.run(["--preset", str(bad)])
+
+
+@pytest.mark.parametrize("preset", ["course", "finetune_farfield", "mini", "overfit"])
+def test_every_preset_parses(preset):
+    model_args, data_args, run_args, training_args = train_ctc.parse_arguments(["--preset", preset])
+    assert run_args.preset == preset and training_args.output_dir == f"outputs/{preset}"
+    assert training_args.do_train and training_args.max_grad_norm == 1.0
 
 
 def test_missing_data_folder(tmp_path):
