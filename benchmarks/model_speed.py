@@ -7,7 +7,7 @@ against peers of the same width, depth and about the same size, measured in the 
   features as ours; optional: `pip install --no-deps espnet typeguard` (--no-deps keeps your torch).
 
     python benchmarks/model_speed.py                      # 1x10 s, 16x8 s, 64x4 s on 2 threads
-    python benchmarks/model_speed.py --shapes 16x8 --threads 2 --repeats 5
+    python benchmarks/model_speed.py --shapes 16x8 --threads 2 --repeats 9
 
 A training step is forward + CTC loss + backward + Adam step, in train mode (dropout on; layer drop and
 SpecAugment off for every model). Inference is eval mode under torch.inference_mode. Feature extraction is
@@ -36,17 +36,16 @@ def build(name):
         n = int(8 * seconds)
         return (torch.arange(n).repeat(batch, 1) % 32 + 1).long()
 
+    def features(batch, seconds):  # 64 log-mel bins at 100 frames per second, as our feature extractor gives
+        frames = 1 + int(16000 * seconds) // 160
+        return {"input_features": torch.randn(batch, frames, 64),
+                "attention_mask": torch.ones(batch, frames, dtype=torch.long)}  # fmt: skip
+
     if name == "ebranchformer":
         from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
         model = EBranchformerForCTC(EBranchformerConfig())
-
-        def inputs(batch, seconds):
-            frames = 1 + int(16000 * seconds) // 160
-            return {"input_features": torch.randn(batch, frames, 64),
-                    "attention_mask": torch.ones(batch, frames, dtype=torch.long)}  # fmt: skip
-
-        return model, inputs, lambda m, x, y: m(**x, labels=y).loss, lambda m, x: m(**x).logits, labels
+        return model, features, lambda m, x, y: m(**x, labels=y).loss, lambda m, x: m(**x).logits, labels
 
     if name == "parakeet":
         from transformers import ParakeetCTCConfig, ParakeetEncoderConfig, ParakeetForCTC
@@ -55,13 +54,7 @@ def build(name):
                                         intermediate_size=640, num_mel_bins=64, subsampling_conv_channels=256,
                                         layerdrop=0.0)  # fmt: skip
         model = ParakeetForCTC(ParakeetCTCConfig(vocab_size=34, pad_token_id=33, encoder_config=encoder))
-
-        def inputs(batch, seconds):
-            frames = 1 + int(16000 * seconds) // 160
-            return {"input_features": torch.randn(batch, frames, 64),
-                    "attention_mask": torch.ones(batch, frames, dtype=torch.long)}  # fmt: skip
-
-        return model, inputs, lambda m, x, y: m(**x, labels=y).loss, lambda m, x: m(**x).logits, labels
+        return model, features, lambda m, x, y: m(**x, labels=y).loss, lambda m, x: m(**x).logits, labels
 
     if name == "wav2vec2-conformer":
         from transformers import Wav2Vec2ConformerConfig, Wav2Vec2ConformerForCTC
@@ -165,7 +158,7 @@ def main(argv=None):
     parser.add_argument("--shapes", default="1x10,16x8,64x4", help="BATCHxSECONDS, comma-separated")
     parser.add_argument("--models", default=",".join(PEERS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per figure (median), after one warm-up")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
