@@ -2,7 +2,8 @@
 against peers of the same width, depth and about the same size, measured in the same run:
 
 - Wav2Vec2ConformerForCTC (transformers): raw-waveform CNN front end, relative-position Conformer;
-- ParakeetForCTC (transformers): FastConformer, 8x convolutional subsampling of log-mel features;
+- ParakeetForCTC (transformers): FastConformer, 8x convolutional subsampling of log-mel features (12.5
+  frames per second, half of ours), and the same with 4x subsampling ("parakeet-4x", our frame rate);
 - ESPnet's EBranchformerEncoder (the paper authors' code) with a linear CTC head, fed the same stacked
   features as ours; optional: `pip install --no-deps espnet typeguard` (--no-deps keeps your torch).
 
@@ -23,7 +24,7 @@ import sys
 
 from common import ROOT, machine, peak_rss_mib, rss_mib, table, timed
 
-PEERS = ["ebranchformer", "espnet-ebranchformer", "parakeet", "wav2vec2-conformer"]
+PEERS = ["ebranchformer", "espnet-ebranchformer", "parakeet", "parakeet-4x", "wav2vec2-conformer"]
 ESPNET_HINT = "pip install --no-deps espnet typeguard"
 
 
@@ -47,11 +48,13 @@ def build(name):
         model = EBranchformerForCTC(EBranchformerConfig())
         return model, features, lambda m, x, y: m(**x, labels=y).loss, lambda m, x: m(**x).logits, labels
 
-    if name == "parakeet":
+    if name in ("parakeet", "parakeet-4x"):
         from transformers import ParakeetCTCConfig, ParakeetEncoderConfig, ParakeetForCTC
 
+        # "parakeet-4x": subsampling 4 instead of 8, i.e. our frame rate (25 per second), the same work per frame.
         encoder = ParakeetEncoderConfig(hidden_size=256, num_hidden_layers=8, num_attention_heads=4,
                                         intermediate_size=640, num_mel_bins=64, subsampling_conv_channels=256,
+                                        subsampling_factor=4 if name == "parakeet-4x" else 8,
                                         layerdrop=0.0)  # fmt: skip
         model = ParakeetForCTC(ParakeetCTCConfig(vocab_size=34, pad_token_id=33, encoder_config=encoder))
         return model, features, lambda m, x, y: m(**x, labels=y).loss, lambda m, x: m(**x).logits, labels

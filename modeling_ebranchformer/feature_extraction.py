@@ -123,19 +123,20 @@ class EBranchformerFeatureExtractor(SequenceFeatureExtractor):
         return waveforms
 
     def extract(self, waveforms: list[np.ndarray]) -> list[torch.Tensor]:
-        """Log-mel features of each waveform, computed in one batched STFT."""
-        half = self.n_fft // 2
-        # Reflect-pad each utterance on its own (as center=True would), then zero-pad to a common length:
-        # every frame of an utterance lies inside its own reflect-padded span, so batching changes nothing.
-        padded = [center_pad(torch.tensor(w), half) for w in waveforms]
-        batch = torch.nn.utils.rnn.pad_sequence(padded, batch_first=True)
-        spectrum = torch.stft(
-            batch, self.n_fft, self.hop_length, window=self._window, center=False, return_complex=True
-        )
-        power = spectrum.real.square() + spectrum.imag.square()  # (B, freq, frames)
-        mel = torch.matmul(power.transpose(1, 2), self._mel_filters)  # (B, frames, mels)
-        log_mel = mel.clamp(self.log_floor, self.log_ceiling).log()
-        return [log_mel[i, : self.num_frames(w.shape[0])] for i, w in enumerate(waveforms)]
+        """Log-mel features of each waveform, computed in one STFT over all of them."""
+        half, hop = self.n_fft // 2, self.hop_length
+        # Each utterance is reflect-padded on its own (as center=True would) and laid end to end in one
+        # signal at hop-aligned offsets: its frames lie inside its own span, so they are exactly its frames
+        # alone, and unlike padding to the longest utterance no work is spent on padding.
+        spans = [center_pad(torch.from_numpy(w), half) for w in waveforms]
+        starts = np.cumsum([0] + [-(-len(span) // hop) * hop for span in spans])
+        signal = torch.zeros(int(starts[-1]) + self.n_fft)
+        for start, span in zip(starts, spans):
+            signal[start : start + len(span)] = span
+        spectrum = torch.stft(signal, self.n_fft, hop, window=self._window, center=False, return_complex=True)
+        power = spectrum.real.square() + spectrum.imag.square()  # (freq, frames)
+        log_mel = (power.T @ self._mel_filters).clamp(self.log_floor, self.log_ceiling).log()  # (frames, mels)
+        return [log_mel[start // hop : start // hop + self.num_frames(len(w))] for start, w in zip(starts, waveforms)]
 
     def __call__(
         self,
