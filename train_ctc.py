@@ -374,6 +374,8 @@ def run(argv=None):
     if not os.path.isdir(data_args.data_dir):
         raise SystemExit(f"data folder not found: {data_args.data_dir} (expected train_opus/ and test_opus/ inside)")
     set_seed(training_args.seed)
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False  # page-locked memory only helps copies to an accelerator
 
     model, processor = load_model_and_processor(model_args)
     logger.info("model summary:\n%s", model_summary(model))

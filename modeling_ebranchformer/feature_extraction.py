@@ -115,7 +115,8 @@ class EBranchformerFeatureExtractor(SequenceFeatureExtractor):
                 speech = speech.astype(np.float32) / float(2 ** (8 * speech.itemsize - 1))
             elif not np.issubdtype(speech.dtype, np.floating):
                 raise ValueError(f"audio item {index} has unsupported dtype {speech.dtype}; use float or int16/int32")
-            speech = speech.astype(np.float32, copy=False)
+            # A read-only array (e.g. from a memory map) is copied: torch cannot share it safely.
+            speech = speech.astype(np.float32, copy=not speech.flags.writeable)
             if not np.isfinite(speech).all():
                 bad = int(np.flatnonzero(~np.isfinite(speech))[0])
                 raise ValueError(f"audio item {index} holds NaN or infinite samples (first at sample {bad})")
