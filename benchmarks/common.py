@@ -25,7 +25,8 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (f"{cpu}; {os.cpu_count()} logical CPUs; torch threads {torch.get_num_threads()}; GPU {gpu}\n"
+    return (f"{time.strftime('%Y-%m-%d')}; {cpu}; {os.cpu_count()} logical CPUs; "
+            f"torch threads {torch.get_num_threads()}; GPU {gpu}\n"
             f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")  # fmt: skip
 
 

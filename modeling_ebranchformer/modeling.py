@@ -401,16 +401,35 @@ class EBranchformerForCTC(EBranchformerPreTrainedModel):
 
 
 def ctc_loss(logits, output_lengths, labels, config):
-    """CTC loss as `Wav2Vec2ForCTC` computes it: labels padded with -100, log-softmax in float32, the blank
-    `config.pad_token_id`, `config.ctc_loss_reduction` and `config.ctc_zero_infinity`."""
+    """CTC loss as `Wav2Vec2ForCTC` computes it: labels padded at the end with -100, log-softmax in float32,
+    the blank `config.pad_token_id`, `config.ctc_loss_reduction` and `config.ctc_zero_infinity`."""
     label_mask = labels >= 0
-    targets = labels.masked_select(label_mask)
-    # Checked where it costs nothing (on GPU it would synchronise every step; the processor's labels are valid).
-    check = targets.device.type == "cpu" and targets.numel() > 0
-    if check and bool((targets.max() >= config.vocab_size) | (targets == config.pad_token_id).any()):
-        raise ValueError(
-            f"labels hold ids outside [0, {config.vocab_size}) or the CTC blank "
-            f"({config.pad_token_id}); pad labels with -100"
+    label_lengths = label_mask.sum(-1)
+    # Checked where it costs nothing (on an accelerator it would synchronise every step; the processor's
+    # labels are valid).
+    if labels.device.type == "cpu" and label_mask.any():
+        valid = labels[label_mask]
+        if bool((valid >= config.vocab_size).any() | (valid == config.pad_token_id).any()):
+            raise ValueError(
+                f"labels hold ids outside [0, {config.vocab_size}) or the CTC blank "
+                f"({config.pad_token_id}); pad labels with -100"
+            )
+        if not torch.equal(label_mask, torch.arange(labels.shape[-1]) < label_lengths[:, None]):
+            raise ValueError("labels must be padded with -100 at the end only")
+    # Padded (batch, max_length) targets rather than Wav2Vec2's `masked_select` to one flat sequence: the
+    # flat form has a data-dependent size, which would make the host wait for the device every step.
+    targets = labels.masked_fill(~label_mask, 0)
+    log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
+    # cuDNN's CTC kernel needs int32 lengths on the CPU and other constraints; the native one is as fast here.
+    with torch.backends.cudnn.flags(enabled=False):
+        return F.ctc_loss(
+            log_probs,
+            targets,
+            output_lengths,
+            label_lengths,
+            blank=config.pad_token_id,
+            reduction=config.ctc_loss_reduction,
+            zero_infinity=config.ctc_zero_infinity,
         )
     log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
     # cuDNN's CTC kernel needs int32 lengths on the CPU and other constraints; the native one is as fast here.

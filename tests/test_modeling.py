@@ -133,6 +133,8 @@ def test_labels_outside_the_vocabulary_or_blank_raise(tiny_config, features):
         model(**features, labels=torch.tensor([[33], [1], [1]]))
     with pytest.raises(ValueError, match="outside"):
         model(**features, labels=torch.tensor([[40], [1], [1]]))
+    with pytest.raises(ValueError, match="at the end only"):
+        model(**features, labels=torch.tensor([[1, -100, 2], [1, 2, 3], [1, 2, 3]]))
 
 
 def test_wrong_feature_shape_raises(tiny_config):
