@@ -89,8 +89,8 @@ def main(argv=None):
     rows, syncs = [], {}
     for name, dtype in (("fp32", torch.float32), ("bf16 autocast", torch.bfloat16)):
 
-        def step():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        def step(bf16=dtype == torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -431,15 +431,3 @@ def ctc_loss(logits, output_lengths, labels, config):
             reduction=config.ctc_loss_reduction,
             zero_infinity=config.ctc_zero_infinity,
         )
-    log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
-    # cuDNN's CTC kernel needs int32 lengths on the CPU and other constraints; the native one is as fast here.
-    with torch.backends.cudnn.flags(enabled=False):
-        return F.ctc_loss(
-            log_probs,
-            targets,
-            output_lengths,
-            label_mask.sum(-1),
-            blank=config.pad_token_id,
-            reduction=config.ctc_loss_reduction,
-            zero_infinity=config.ctc_zero_infinity,
-        )

@@ -97,7 +97,7 @@ def make_text(rng: random.Random) -> str:
         lambda: f"джой {rng.choice(ACTIONS)}",
         lambda: f"какая погода в {rng.choice(CITIES)}",
         lambda: f"сколько стоит {rng.choice(THINGS)}",
-        lambda: f"переведи {number_words(n := rng.randint(2, 99999))} {plural(n, cur := rng.choice(CURRENCIES))}"
+        lambda: f"переведи {number_words(n := rng.randint(2, 99999))} {plural(n, rng.choice(CURRENCIES))}"
         f" {first}",
         lambda: f"{number_words(n := rng.randint(2, 9000))} {plural(n, rng.choice(CURRENCIES))} сколько будет стоить",
         lambda: f"поставь будильник на {number_words(h := rng.randint(1, 12))} {plural(h, ('час', 'часа', 'часов'))}"

@@ -1,7 +1,6 @@
 """convert_checkpoint.py: course-layout modules (tests/course_modules.py, written from REFERENCE.md) are saved
 as Lightning checkpoints, converted, and compared with the converted models."""
 
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from course_modules import (
     lightning_checkpoint,
     randomize_batch_norms,
 )
-from transformers import AutoModelForCTC, pipeline
+from transformers import AutoModelForCTC
 
 import convert_checkpoint
 from convert_checkpoint import ConversionError, convert

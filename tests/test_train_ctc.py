@@ -12,7 +12,7 @@ import evaluate
 import jiwer
 import pytest
 import torch
-from conftest import CORPUS, ROOT
+from conftest import ROOT
 from safetensors.torch import load_file
 
 import train_ctc
