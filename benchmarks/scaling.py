@@ -1,7 +1,7 @@
 """How time and memory of the default E-Branchformer grow with utterance length and batch size.
 
-- Batch 1, 1 s to 60 s: inference and training throughput, memory growth, and the share of inference time
-  spent in attention (profiler), next to the attention share of the multiply-adds computed from the
+- Batch 1, 1 s to 60 s: inference and training throughput, memory growth, and the shares of inference time
+  spent in attention and in the projections' matrix multiplications (profiler), next to the attention share of the multiply-adds computed from the
   configuration. Attention costs 4*T^2*d per layer against ~2*T*P for the rest (P: a layer's weights),
   so the quadratic term takes over at T = P / (2 d) encoder steps.
 - 8 s utterances, batch 1 to 64: training throughput and memory.
@@ -18,8 +18,8 @@ from model_speed import measure
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
 
-def attention_share(model, seconds: float) -> float:
-    """Fraction of the profiled inference self-time spent in the attention kernels."""
+def time_shares(model, seconds: float) -> tuple[float, float]:
+    """Fractions of the profiled inference self-time spent in attention kernels and in matrix multiplications."""
     from torch.profiler import profile
 
     frames = 1 + int(16000 * seconds) // 160
@@ -31,7 +31,8 @@ def attention_share(model, seconds: float) -> float:
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     attention = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key or "_softmax" in e.key)
-    return attention / total
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::addmm", "aten::mm", "aten::bmm"))
+    return attention / total, matmul / total
 
 
 def main(argv=None):
@@ -57,13 +58,14 @@ def main(argv=None):
         steps = -(-(1 + int(16000 * seconds) // 160) // 4)
         inference = measure("ebranchformer", "inference", 1, seconds, args)
         training = measure("ebranchformer", "training", 1, seconds, args)
+        attention, matmul = time_shares(model, seconds)
         rows.append([f"{seconds:g} s", steps, f"{inference['audio_per_second']:.0f}",
                      f"{training['audio_per_second']:.1f}", f"{inference['memory_mib']:.0f}",
-                     f"{training['memory_mib']:.0f}", f"{100 * attention_share(model, seconds):.0f} %",
-                     f"{100 * steps / (steps + crossover):.0f} %"])  # fmt: skip
+                     f"{training['memory_mib']:.0f}", f"{100 * attention:.0f} %",
+                     f"{100 * steps / (steps + crossover):.0f} %", f"{100 * matmul:.0f} %"])  # fmt: skip
     print(f"\nbatch 1, {args.threads} threads: audio seconds per second, memory growth in MiB")
     print(table(["length", "steps", "inference", "training", "inf. MiB", "train MiB", "attention time",
-                 "attention MACs"], rows))  # fmt: skip
+                 "attention MACs", "matmul time"], rows))  # fmt: skip
 
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
