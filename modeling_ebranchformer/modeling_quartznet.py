@@ -168,8 +168,9 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
 
     @staticmethod
     def _frame_mask(lengths, steps, like):
-        """(B, 1, T) ones on real frames, or None when nothing is padded (no multiplications then)."""
-        if lengths is None or bool((lengths >= steps).all()):
+        """(B, 1, T) ones on real frames, or None when nothing is padded (no multiplications then). Whether
+        anything is padded is only asked on CPU: on an accelerator the answer would make the host wait."""
+        if lengths is None or (like.device.type == "cpu" and bool((lengths >= steps).all())):
             return None
         return (torch.arange(steps, device=like.device) < lengths[:, None])[:, None, :].to(like.dtype)
 
