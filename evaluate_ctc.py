@@ -3,7 +3,8 @@
     python evaluate_ctc.py MODEL_FOLDER [--data_dir data/golos_mini] [--sets crowd,farfield] [--output_dir DIR]
 
 Writes to DIR (default MODEL_FOLDER/eval): `results.md` and `results.json` (one row per test set) and
-`utterances_<set>.jsonl` (id, reference, hypothesis and the word errors of every utterance).
+`utterances_<set>.jsonl` (id, reference, hypothesis and the word errors of every utterance). Every test set
+is loaded and checked before anything is written, and the files of one evaluation are written together.
 """
 
 import argparse
@@ -15,12 +16,16 @@ from pathlib import Path
 
 import jiwer
 import torch
-from transformers import AutoModelForCTC, AutoProcessor
 
 from golos import EMBEDDED_CORPUS, decode_with_soundfile, load_golos, normalize_and_check_texts
-from train_ctc import decode_ids, greedy_ids, load_metric
+from modeling_ebranchformer.files import atomic_write_files
+from modeling_ebranchformer.hub import ModelLoadError, load_ctc_model, load_processor
+from modeling_ebranchformer.metrics import load_metric
 
 logger = logging.getLogger("evaluate_ctc")
+DATA_DIR_HELP = ("Golos-layout folder holding test_opus/crowd/manifest.jsonl and test_opus/farfield/manifest.jsonl "
+                 "(NeMo manifests: one JSON object per line with audio_filepath, text, duration); "
+                 "default: the embedded corpus")  # fmt: skip
 
 
 def transcribe(model, processor, dataset, batch_size=16) -> list[str]:
@@ -29,37 +34,48 @@ def transcribe(model, processor, dataset, batch_size=16) -> list[str]:
     order = sorted(range(len(dataset)), key=durations.__getitem__)
     hypotheses = [None] * len(dataset)
     device = next(model.parameters()).device
+    rate = processor.feature_extractor.sampling_rate
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         audio = [dataset[i]["audio"]["array"] for i in indices]
-        inputs = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").to(device)
+        inputs = processor.feature_extractor(audio, sampling_rate=rate, return_tensors="pt").to(device)
         with torch.inference_mode():
-            ids = greedy_ids(model(**inputs).logits, inputs["attention_mask"], model)
-        for index, text in zip(indices, decode_ids(processor.tokenizer, ids.cpu())):
+            ids = model.generate(**inputs)
+        for index, text in zip(indices, processor.batch_decode(ids.cpu())):
             hypotheses[index] = text
     return hypotheses
 
 
-def write_atomically(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), output_dir=None,
-                   batch_size=16, max_samples=None):  # fmt: skip
-    model = AutoModelForCTC.from_pretrained(model_path, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
-    wer, cer = load_metric("wer"), load_metric("cer")
-    output_dir = Path(output_dir or Path(model_path) / "eval")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+def load_test_sets(data_dir, sets, tokenizer, max_samples=None) -> dict:
+    """Each requested test set, normalised and checked; raises before any work if one is missing or empty."""
+    loaded = {}
     for name in sets:
         dataset = load_golos(data_dir, name, "test", decode="none")
-        dataset, report = normalize_and_check_texts(dataset, processor.tokenizer)
+        dataset, report = normalize_and_check_texts(dataset, tokenizer)
         logger.info("%s: %s", name, report)
         if max_samples:
             dataset = dataset.select(range(min(max_samples, len(dataset))))
+        if len(dataset) == 0:
+            raise SystemExit(f"test set {name} of {data_dir} has no utterances left to evaluate ({report})")
+        loaded[name] = (dataset, report)
+    return loaded
+
+
+def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), output_dir=None,
+                   batch_size=16, max_samples=None, trust_remote_code=False):  # fmt: skip
+    try:
+        model = load_ctc_model(model_path, trust_remote_code).eval()
+        processor = load_processor(model_path, trust_remote_code)
+    except ModelLoadError as error:
+        raise SystemExit(str(error)) from None
+    wer, cer = load_metric("wer"), load_metric("cer")
+    try:
+        test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)
+    except (OSError, ValueError) as error:  # the message names the folder, manifest or line
+        raise SystemExit(f"{type(error).__name__}: {error}") from None
+    output_dir = Path(output_dir or Path(model_path) / "eval")
+    rows, files = [], {}
+    for name, (dataset, report) in test_sets.items():
         references = dataset["text"]
         hypotheses = transcribe(model, processor, decode_with_soundfile(dataset), batch_size)
         lines = []
@@ -68,8 +84,7 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfiel
             lines.append({"id": id_, "reference": reference, "hypothesis": hypothesis,
                           "substitutions": errors.substitutions, "deletions": errors.deletions,
                           "insertions": errors.insertions, "reference_words": len(reference.split())})  # fmt: skip
-        write_atomically(output_dir / f"utterances_{name}.jsonl",
-                         "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))  # fmt: skip
+        files[output_dir / f"utterances_{name}.jsonl"] = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
         rows.append({
             "set": name, "utterances": len(references), "words": sum(len(r.split()) for r in references),
             "hours": sum(dataset["duration"]) / 3600, "excluded": report.total - report.kept,
@@ -79,29 +94,47 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfiel
     table = ["| test set | utterances | words | hours | WER | CER |", "|---|---:|---:|---:|---:|---:|"]
     table += [f"| {r['set']} | {r['utterances']} | {r['words']} | {r['hours']:.3f} | {100 * r['wer']:.2f} % | "
               f"{100 * r['cer']:.2f} % |" for r in rows]  # fmt: skip
-    write_atomically(output_dir / "results.md", f"Model: `{model_path}`, data: `{data_dir}`\n\n" + "\n".join(table) + "\n")
-    write_atomically(output_dir / "results.json", json.dumps({"model": str(model_path), "data_dir": str(data_dir),
-                                                              "results": rows}, indent=1))  # fmt: skip
+    files[output_dir / "results.md"] = f"Model: `{model_path}`, data: `{data_dir}`\n\n" + "\n".join(table) + "\n"
+    files[output_dir / "results.json"] = json.dumps({"model": str(model_path), "data_dir": str(data_dir),
+                                                     "results": rows}, indent=1)  # fmt: skip
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_files(files)
     print("\n".join(table))
     return rows
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a from_pretrained folder (or Hub id)")
-    parser.add_argument("--data_dir", default=str(EMBEDDED_CORPUS))
-    parser.add_argument("--sets", default="crowd,farfield", help="comma-separated test domains")
-    parser.add_argument("--output_dir", help="default: MODEL/eval")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_samples", type=int, help="evaluate on the first N utterances of each set")
+    parser.add_argument("--data_dir", default=str(EMBEDDED_CORPUS), help=DATA_DIR_HELP)
+    parser.add_argument("--sets", default="crowd,farfield", help="comma-separated test domains (crowd, farfield)")
+    parser.add_argument("--output_dir", help="where the results go; default: MODEL/eval")
+    parser.add_argument("--batch_size", type=positive_int, default=16, help="utterances per forward pass")
+    parser.add_argument("--max_samples", type=positive_int, help="evaluate on the first N utterances of each set")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="run Python code from the model folder or repo (only for model types this package "
+                             "does not provide; only if you trust it)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    sets = list(dict.fromkeys(s.strip() for s in args.sets.split(",") if s.strip()))
+    if not sets:
+        parser.error("--sets names no test set: use crowd and/or farfield")
     if unknown := [s for s in sets if s not in ("crowd", "farfield")]:
-        raise SystemExit(f"unknown test set(s) {unknown}: use crowd and/or farfield")
+        parser.error(f"unknown test set(s) {unknown}: use crowd and/or farfield")
     if not os.path.isdir(args.data_dir):
         raise SystemExit(f"data folder not found: {args.data_dir}")
-    return evaluate_model(args.model, args.data_dir, sets, args.output_dir, args.batch_size, args.max_samples)
+    return evaluate_model(args.model, args.data_dir, sets, args.output_dir, args.batch_size, args.max_samples,
+                          args.trust_remote_code)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,62 +3,73 @@
     python train_ctc.py                                   # preset "mini": the embedded corpus, 2 CPU cores
     python train_ctc.py --preset overfit                  # homework step 7: overfit ~10 minutes of train
     python train_ctc.py --preset course --data_dir /data/golos   # the course recipe on real Golos
-    accelerate launch train_ctc.py --preset course --data_dir /data/golos   # the same on all GPUs (DDP)
+    torchrun --nproc_per_node 2 train_ctc.py ...          # data-parallel (DDP) on 2 processes, CPU or GPU
+    accelerate launch --multi_gpu --num_processes 8 train_ctc.py ...   # the same with accelerate
 
 Every option of `TrainingArguments` and of the dataclasses below is a command-line flag; a preset (a YAML
-file in presets/, or any .yaml/.json path given to --preset) sets defaults that flags override.
+file in presets/, or any .yaml/.json path given to --preset) sets defaults that flags override. An output
+folder that holds an earlier run is never replaced silently: continue it with
+`--resume_from_checkpoint last`, or replace it with `--overwrite_output_dir true`.
 """
 
 import json
 import logging
 import math
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import evaluate
 import torch
 import transformers
 import yaml
-from transformers import (
-    AutoModelForCTC,
-    AutoProcessor,
-    HfArgumentParser,
-    Trainer,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from golos import (
-    EMBEDDED_CORPUS,
-    SelectionReport,
-    course_filter,
-    decode_with_soundfile,
-    load_golos,
-    normalize_and_check_texts,
-    random_subset_by_duration,
-)
-from modeling_ebranchformer import (
-    EBranchformerConfig,
-    EBranchformerCTCTokenizer,
-    EBranchformerFeatureExtractor,
-    EBranchformerForCTC,
-    EBranchformerProcessor,
-)
-from modeling_ebranchformer.summary import format_counts, parameter_counts
+from golos import EMBEDDED_CORPUS, course_filter, decode_with_soundfile, load_golos, normalize_and_check_texts
+from golos import random_subset_by_duration
+from golos.selection import ctc_feasible
+from modeling_ebranchformer import DataCollatorCTC, EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
+from modeling_ebranchformer.ctc import output_frames
+from modeling_ebranchformer.hub import ModelLoadError, load_ctc_model, load_processor
+from modeling_ebranchformer.metrics import load_metric
+from modeling_ebranchformer.model_card import write_model_card
+from modeling_ebranchformer.summary import model_summary
 
-ROOT = Path(__file__).resolve().parent
-PRESETS = ROOT / "presets"
-METRICS = ROOT / "metrics"
+PRESETS = Path(__file__).resolve().parent / "presets"
 logger = logging.getLogger("train_ctc")
+
+# What every preset shares; a preset holds only what differs from these (and from the defaults below).
+COMMON_DEFAULTS = {
+    "do_train": True,
+    "do_eval": True,
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    "lr_scheduler_type": "cosine",
+    "max_grad_norm": 1.0,
+    "train_sampling_strategy": "group_by_length",
+    "dataloader_persistent_workers": True,
+    "report_to": "tensorboard",
+    "seed": 42,
+}
+# What this script needs whatever the options say: the collator reads the `audio` and `text` columns (which
+# the Trainer would otherwise drop, as the model's forward does not name them), batches are grouped by the
+# `duration` column (no need to decode every file to measure it).
+REQUIRED = {"remove_unused_columns": False, "length_column_name": "duration"}
+MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "trainer_state.json", "all_results.json")
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "A from_pretrained folder or Hub id to start from; random weights if unset."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the Python code of a model folder or Hub repo that this package does not provide. "
+                          "Our own model types load without it."},  # fmt: skip
     )
     config_overrides: str | None = field(
         default=None,
@@ -71,14 +82,18 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_dir: str = field(default=str(EMBEDDED_CORPUS), metadata={"help": "Folder with train_opus/ and test_opus/."})
+    data_dir: str = field(
+        default=str(EMBEDDED_CORPUS),
+        metadata={"help": "Golos folder: train_opus/manifest.jsonl, test_opus/{crowd,farfield}/manifest.jsonl."},
+    )
     train_domains: str = field(default="all", metadata={"help": "Train on 'crowd', 'farfield' or 'all'."})
     eval_sets: str = field(
         default="crowd,farfield",
         metadata={"help": "Comma-separated test domains to evaluate on; 'train' evaluates on the train selection."},
     )
     train_subset_seconds: float | None = field(
-        default=None, metadata={"help": "Train on a random subset of about this many seconds (homework step 7)."}
+        default=None,
+        metadata={"help": "Train on a random subset of about this many seconds (homework step 7); 0: no subset."},
     )
     subset_seed: int = field(default=0, metadata={"help": "Seed of the random subset."})
     course_filter: bool = field(default=True, metadata={"help": "Apply the course's train filter."})
@@ -100,24 +115,78 @@ class RunArguments:
         default=None, metadata={"help": "Evaluate every N epochs (sets eval_steps from the train set's size)."}
     )
     logged_predictions: int = field(default=3, metadata={"help": "reference/prediction pairs logged per evaluation."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace an earlier run in --output_dir (its checkpoints are deleted). Without it, such "
+                          "a folder is refused; --resume_from_checkpoint last continues it."},  # fmt: skip
+    )
 
 
 def parse_arguments(argv=None):
     # No abbreviations: a mistyped flag (--learning_rat) must be an error, not silently another option.
     parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), allow_abbrev=False)
     argv = list(sys.argv[1:] if argv is None else argv)
-    preset_parser = HfArgumentParser(RunArguments, allow_abbrev=False)
-    run_args, _ = preset_parser.parse_known_args(argv)
-    defaults = load_preset(run_args.preset)
+    early = HfArgumentParser(RunArguments, allow_abbrev=False)
+    early.add_argument("--do_eval", type=transformers.hf_argparser.string_to_bool, default=None)
+    early.add_argument("--eval_strategy", default=None)
+    given = early.parse_known_args(argv)[0]
+    defaults = {**COMMON_DEFAULTS, **load_preset(given.preset)}
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(defaults) - known)
     if unknown:
-        raise SystemExit(f"preset {run_args.preset}: unknown option(s) {unknown}")
+        raise SystemExit(f"preset {given.preset}: unknown option(s) {unknown}")
+    # TrainingArguments turns do_eval on whenever an eval strategy is set, so `--do_eval false` on a preset
+    # that evaluates every N steps would be ignored: switch the strategy off too, unless asked for explicitly.
+    do_eval = given.do_eval if given.do_eval is not None else defaults.get("do_eval", True)
+    if not do_eval:
+        if given.eval_strategy not in (None, "no"):
+            raise SystemExit(f"--do_eval false contradicts --eval_strategy {given.eval_strategy}: drop one of them")
+        defaults["eval_strategy"] = "no"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _accelerator_available():
+        # A process group launched by torchrun or `accelerate launch` on a machine without an accelerator:
+        # only use_cpu makes Accelerate set up CPU data parallelism (gloo); without it each process would
+        # train its own copy.
+        defaults["use_cpu"] = True
     parser.set_defaults(**defaults)
     *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if remaining:
         parser.error(f"unrecognized arguments: {' '.join(remaining)} (see python train_ctc.py --help)")
-    return parsed
+    model_args, data_args, run_args, training_args = parsed
+    for name, value in REQUIRED.items():
+        setattr(training_args, name, value)
+    if training_args.dataloader_num_workers == 0:
+        training_args.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
+    check_arguments(data_args, run_args, training_args)
+    return model_args, data_args, run_args, training_args
+
+
+def _accelerator_available() -> bool:
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
+def check_arguments(data_args, run_args, training_args):
+    """Values that the libraries would accept and then fail on deep inside (or silently misuse)."""
+    checks = [
+        ("per_device_train_batch_size", training_args.per_device_train_batch_size, 1),
+        ("per_device_eval_batch_size", training_args.per_device_eval_batch_size, 1),
+        ("gradient_accumulation_steps", training_args.gradient_accumulation_steps, 1),
+        ("max_eval_samples", data_args.max_eval_samples, 1),
+        ("logged_predictions", run_args.logged_predictions, 0),
+    ]
+    for name, value, least in checks:
+        if value is not None and value < least:
+            raise SystemExit(f"--{name} must be at least {least}, got {value}")
+    if training_args.max_steps == 0 and training_args.do_train:
+        raise SystemExit("--max_steps 0 trains nothing: use --do_train false to only evaluate, or a positive number")
+    if training_args.do_train and training_args.max_steps < 0 and training_args.num_train_epochs <= 0:
+        raise SystemExit(f"--num_train_epochs must be positive, got {training_args.num_train_epochs}")
+    if data_args.train_subset_seconds is not None and not data_args.train_subset_seconds >= 0:
+        raise SystemExit(f"--train_subset_seconds must be positive (0: no subset), got {data_args.train_subset_seconds}")
+    if run_args.eval_every_epochs is not None and not run_args.eval_every_epochs > 0:
+        raise SystemExit(f"--eval_every_epochs must be positive, got {run_args.eval_every_epochs}")
+    if data_args.verify_audio not in ("none", "header", "full"):
+        raise SystemExit(f"--verify_audio must be 'none', 'header' or 'full', got {data_args.verify_audio!r}")
 
 
 def load_preset(preset: str) -> dict:
@@ -129,37 +198,90 @@ def load_preset(preset: str) -> dict:
             raise SystemExit(f"unknown preset {preset!r}: use one of {names} or a .yaml/.json file")
     if not path.exists():
         raise SystemExit(f"preset file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        values = json.load(f) if path.suffix == ".json" else yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f) if path.suffix == ".json" else yaml.safe_load(f)
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
+        raise SystemExit(f"preset {path}: not valid {path.suffix[1:].upper()} ({error})") from None
     if not isinstance(values, dict):
         raise SystemExit(f"preset {path}: expected a mapping of option names to values")
     return values
 
 
-def load_metric(name: str):
-    """evaluate.load of the module shipped in metrics/: the same computation as the Hub's, no network."""
-    return evaluate.load(str(METRICS / name))
+# --- the output folder --------------------------------------------------------------------------------
 
 
-def output_frames(duration: float, stride: int = 4) -> int:
-    """CTC frames for an utterance of `duration` seconds: ceil((1 + samples // 160) / stride)."""
-    return math.ceil((1 + int(round(duration * 16000)) // 160) / stride)
+def last_complete_checkpoint(output_dir) -> str | None:
+    """The newest checkpoint-N folder that was written to the end (the Trainer saves trainer_state.json last,
+    so a save that was killed midway has none)."""
+    folder = Path(output_dir)
+    steps = []
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        suffix = path.name.rsplit("-", 1)[1]
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            steps.append((int(suffix), path))
+    return str(max(steps)[1]) if steps else None
 
 
-def ctc_feasible(dataset: datasets.Dataset, stride: int):
-    """Remove utterances whose transcript cannot fit their frames: CTC needs one frame per character
-    plus a blank between repeated characters. Such labels give an infinite loss."""
-    keep = []
-    for index, (duration, text) in enumerate(zip(dataset["duration"], dataset["text"])):
-        needed = len(text) + sum(a == b for a, b in zip(text, text[1:]))
-        if needed <= output_frames(duration, stride):
-            keep.append(index)
-    report = SelectionReport("CTC length check", len(dataset))
-    report.removed = {"with a transcript longer than the output frames": len(dataset) - len(keep)}
-    return dataset.select(keep), report
+def prepare_output_dir(training_args, run_args) -> str | None:
+    """Decides what happens to an earlier run in the output folder; returns the checkpoint to resume from.
+
+    Refuses to train into a folder that holds an earlier run (its model would be replaced and the Trainer's
+    `save_total_limit` rotation would delete its checkpoints) unless the user asks to resume or overwrite."""
+    out = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    if resume is not None and resume.lower() in ("last", "true"):
+        resume = last_complete_checkpoint(out) if out.is_dir() else None
+        if resume is None:
+            raise SystemExit(f"--resume_from_checkpoint last: no complete checkpoint in {out}")
+        logger.info("resuming from the last complete checkpoint: %s", resume)
+    if resume is not None:
+        check_checkpoint(resume)
+        return resume
+    earlier = sorted(p.name for p in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) if out.is_dir() else []
+    earlier += [name for name in MODEL_FILES if (out / name).exists()]
+    if not earlier or not training_args.do_train:
+        return None
+    if not run_args.overwrite_output_dir:
+        last = last_complete_checkpoint(out)
+        resume_hint = f"--resume_from_checkpoint last (continues from {last}), " if last else ""
+        raise SystemExit(
+            f"{out} holds an earlier run ({', '.join(earlier[:6])}{', ...' if len(earlier) > 6 else ''}). Pass "
+            f"{resume_hint}--overwrite_output_dir true (replaces it and deletes its checkpoints), or another "
+            "--output_dir."
+        )
+    for name in earlier:
+        if name.startswith(PREFIX_CHECKPOINT_DIR) and training_args.should_save:
+            logger.warning("--overwrite_output_dir: deleting the earlier run's %s", out / name)
+            shutil.rmtree(out / name)
+    return None
 
 
-def prepare_train(data_args, tokenizer, stride):
+def check_checkpoint(path):
+    """A checkpoint folder that resuming can read; errors name the folder and the file at fault."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SystemExit(f"--resume_from_checkpoint: no folder {folder}")
+    if not (folder / "trainer_state.json").is_file():
+        raise SystemExit(f"--resume_from_checkpoint: {folder} is incomplete (no trainer_state.json; was the "
+                         "save interrupted?); use an earlier checkpoint or `last`")  # fmt: skip
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(weights, "pt") as f:
+                for key in f.keys():
+                    f.get_slice(key)
+        except (SafetensorError, OSError) as error:
+            raise SystemExit(f"--resume_from_checkpoint: {weights} cannot be read ({error}); the file is corrupt "
+                             "or truncated, use an earlier checkpoint") from None  # fmt: skip
+
+
+# --- data -----------------------------------------------------------------------------------------------
+
+
+def prepare_train(data_args, processor, model):
     dataset = load_golos(data_args.data_dir, data_args.train_domains, "train", decode="none", **_load_kwargs(data_args))
     reports = []
     if data_args.course_filter:
@@ -170,9 +292,11 @@ def prepare_train(data_args, tokenizer, stride):
     if data_args.train_subset_seconds:
         dataset, report = random_subset_by_duration(dataset, data_args.train_subset_seconds, data_args.subset_seed)
         reports.append(report)
-    for step in (lambda d: normalize_and_check_texts(d, tokenizer), lambda d: ctc_feasible(d, stride)):
-        dataset, report = step(dataset)
-        reports.append(report)
+    dataset, report = normalize_and_check_texts(dataset, processor.tokenizer)
+    reports.append(report)
+    dataset, report = ctc_feasible(dataset, lambda durations: output_frames(model, processor.feature_extractor,
+                                                                           durations))  # fmt: skip
+    reports.append(report)
     for report in reports:
         logger.info("train selection: %s", report)
     if len(dataset) == 0:
@@ -187,6 +311,8 @@ def prepare_eval(data_args, tokenizer, train_dataset):
     sets = {}
     for name in [s.strip() for s in data_args.eval_sets.split(",") if s.strip()]:
         if name == "train":
+            if train_dataset is None:
+                raise SystemExit("--eval_sets train needs --do_train true (it evaluates on the train selection)")
             sets[name] = train_dataset
             continue
         if name not in ("crowd", "farfield"):
@@ -207,38 +333,21 @@ def _load_kwargs(data_args):
             "cache_dir": data_args.dataset_cache_dir}  # fmt: skip
 
 
-@dataclass
-class CTCCollator:
-    """Decoded examples -> padded log-mel features, frame mask and -100-padded labels."""
-
-    processor: EBranchformerProcessor
-
-    def __call__(self, examples):
-        audio = [example["audio"]["array"] for example in examples]
-        batch = self.processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt")
-        if "text" in examples[0]:
-            batch["labels"] = self.processor.labels([e["text"] for e in examples], return_tensors="pt")["input_ids"]
-        return batch
-
-
-def greedy_ids(logits, attention_mask, model) -> torch.Tensor:
-    """Best class per frame, -100 on frames that are padding (they would otherwise add junk characters)."""
-    lengths = model.get_output_lengths(attention_mask.sum(-1))
-    ids = logits.argmax(-1)
-    return ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) >= lengths[:, None], -100)
-
-
-def decode_ids(tokenizer, ids, group_tokens=True) -> list[str]:
-    ids = [[i for i in row if i >= 0] for row in ids.tolist()]
-    return tokenizer.batch_decode(ids, group_tokens=group_tokens)
+# --- training -------------------------------------------------------------------------------------------
 
 
 class CTCTrainer(Trainer):
-    """Trainer with greedy CTC predictions that ignore padded frames, and non-finite losses skipped."""
+    """Trainer with greedy CTC predictions that ignore padded frames, and non-finite losses skipped.
 
-    def __init__(self, *args, logged_predictions=3, card_metadata=None, **kwargs):
+    Infinite CTC losses: utterances whose transcript cannot fit their frames are removed before training
+    (`ctc_feasible`, counted), so the loss is finite unless something else is wrong (bad audio, a numerical
+    problem). Such a batch is skipped, with no gradient, and counted (`nonfinite_losses` in the logs and
+    results) instead of spoiling the weights; `config.ctc_zero_infinity` stays as the model's option for
+    users of the model alone. Checking the loss reads one scalar on the host per step, the same read
+    Trainer's own `logging_nan_inf_filter` makes."""
+
+    def __init__(self, *args, card_metadata=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.logged_predictions = logged_predictions
         self.card_metadata = card_metadata or {}
         self.nonfinite_losses = 0
 
@@ -261,7 +370,7 @@ class CTCTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         if logits is not None:
-            logits = greedy_ids(logits, inputs["attention_mask"], self.accelerator.unwrap_model(model))
+            logits = self.accelerator.unwrap_model(model).greedy_ids(logits, inputs["attention_mask"])
         return loss, logits, labels
 
     def create_model_card(self, *args, **kwargs):
@@ -273,8 +382,12 @@ def make_compute_metrics(tokenizer, logged_predictions):
     wer, cer = load_metric("wer"), load_metric("cer")
 
     def compute_metrics(prediction):
-        hypotheses = decode_ids(tokenizer, torch.as_tensor(prediction.predictions))
-        references = decode_ids(tokenizer, torch.as_tensor(prediction.label_ids), group_tokens=False)
+        # The Trainer pads predictions and labels of different lengths with -100 when it gathers them.
+        ids = torch.as_tensor(prediction.predictions).masked_fill(torch.as_tensor(prediction.predictions) < 0,
+                                                                  tokenizer.pad_token_id)  # fmt: skip
+        labels = torch.as_tensor(prediction.label_ids)
+        hypotheses = tokenizer.batch_decode(ids)
+        references = tokenizer.batch_decode(labels.masked_fill(labels < 0, tokenizer.pad_token_id), group_tokens=False)
         for reference, hypothesis in list(zip(references, hypotheses))[:logged_predictions]:
             logger.info("reference : %s", reference)
             logger.info("prediction: %s", hypothesis)
@@ -287,79 +400,39 @@ def make_compute_metrics(tokenizer, logged_predictions):
     return compute_metrics
 
 
-def write_model_card(output_dir, base_model=None, data_dir=None, metrics=None, preset=None, source=None):
-    """README.md with Hub metadata: model-index holds the WER/CER of every evaluated domain."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    metrics = metrics or {}
-    results = []
-    for key, value in sorted(metrics.items()):
-        parts = key.split("_")  # eval_<domain>_<metric>
-        if len(parts) == 3 and parts[0] == "eval" and parts[2] in ("wer", "cer"):
-            results.append(EvalResult(
-                task_type="automatic-speech-recognition", task_name="Speech recognition",
-                dataset_type="golos", dataset_name=f"Golos ({parts[1]})", dataset_config=parts[1],
-                dataset_split="test", metric_type=parts[2], metric_name=parts[2].upper(), metric_value=round(value, 4),
-            ))  # fmt: skip
-    data = ModelCardData(
-        language="ru", license="apache-2.0", library_name="transformers", pipeline_tag="automatic-speech-recognition",
-        tags=["ctc", "e-branchformer", "golos"], base_model=base_model, model_name=Path(output_dir).name,
-        eval_results=results or None,
-    )  # fmt: skip
-    table = "\n".join(f"| {r.dataset_config} | {r.metric_name} | {100 * r.metric_value:.2f} % |" for r in results)
-    text = f"""---
-{data.to_yaml()}
----
-
-# {Path(output_dir).name}
-
-A CTC speech recogniser for Russian ({source or 'E-Branchformer'}), trained with `train_ctc.py`
-(preset `{preset}`) on `{data_dir}`{f', starting from `{base_model}`' if base_model else ''}.
-
-| test set | metric | value |
-|---|---|---|
-{table or '| - | - | not evaluated |'}
-
-Greedy CTC decoding, no language model. Text normalised as the tokenizer does (lower case, ё -> е).
-
-```python
-from transformers import pipeline
-asr = pipeline("automatic-speech-recognition", model="PATH_OR_REPO", trust_remote_code=True)
-asr("speech.wav")  # 16 kHz mono
-```
-"""
-    os.makedirs(output_dir, exist_ok=True)
-    path = Path(output_dir) / "README.md"
-    path.with_suffix(".md.tmp").write_text(text, encoding="utf-8")
-    os.replace(path.with_suffix(".md.tmp"), path)
-    return ModelCard(text)
-
-
 def load_model_and_processor(model_args):
     if model_args.model_name_or_path:
-        processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
         # Only passed when asked for: QuartzNet has no attention, and transformers picks SDPA where it exists.
         extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
-        model = AutoModelForCTC.from_pretrained(model_args.model_name_or_path, trust_remote_code=True, **extra)
+        try:
+            model = load_ctc_model(model_args.model_name_or_path, model_args.trust_remote_code, **extra)
+            processor = load_processor(model_args.model_name_or_path, model_args.trust_remote_code)
+        except ModelLoadError as error:
+            raise SystemExit(f"--model_name_or_path: {error}") from None
         return model, processor
     config = EBranchformerConfig()
     if model_args.config_overrides:
-        config.update_from_string(model_args.config_overrides)
-        config._validate()
+        try:
+            config.update_from_string(model_args.config_overrides)
+            config = EBranchformerConfig(**config.to_dict())  # validated as a new config
+        except ValueError as error:
+            raise SystemExit(f"--config_overrides {model_args.config_overrides!r}: {error}") from None
     model = EBranchformerForCTC._from_config(config, attn_implementation=model_args.attn_implementation or "sdpa")
-    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
-    return model, processor
+    return model, EBranchformerProcessor()
 
 
-def model_summary(model) -> str:
-    lines = [f"{'module':<40} {'type':<34} {'parameters':>12}"]
-    for name, module in model.named_modules():
-        if name.count(".") > 1 or not name or (name.count(".") == 1 and not name.startswith(model.base_model_prefix)):
-            continue
-        count = sum(p.numel() for p in module.parameters())
-        kind = type(module).__name__ + (f" x{len(module)}" if isinstance(module, torch.nn.ModuleList) else "")
-        lines.append(f"{name:<40} {kind:<34} {count:>12,}")
-    return "\n".join(lines) + "\n" + format_counts(parameter_counts(model))
+def final_evaluation(trainer, eval_sets) -> dict:
+    """Metrics of every eval set for the final model: those of an evaluation the Trainer ran at the last
+    step, or a new evaluation when there was none (evaluating the same weights twice costs minutes)."""
+    step = trainer.state.global_step
+    logged = {}
+    for entry in trainer.state.log_history:
+        if entry.get("step") == step:
+            logged.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+    if all(f"eval_{name}_wer" in logged for name in eval_sets):
+        logger.info("final evaluation: the one at step %d", step)
+        return logged
+    return trainer.evaluate()
 
 
 def run(argv=None):
@@ -373,16 +446,17 @@ def run(argv=None):
     transformers.utils.logging.set_verbosity_warning()
     if not os.path.isdir(data_args.data_dir):
         raise SystemExit(f"data folder not found: {data_args.data_dir} (expected train_opus/ and test_opus/ inside)")
+    resume = prepare_output_dir(training_args, run_args) if training_args.do_train else None
     set_seed(training_args.seed)
     if training_args.device.type == "cpu":
         training_args.dataloader_pin_memory = False  # page-locked memory only helps copies to an accelerator
+    logger.info("processes: %d (%s)", training_args.world_size, training_args.parallel_mode.value)
 
     model, processor = load_model_and_processor(model_args)
     logger.info("model summary:\n%s", model_summary(model))
-    stride = getattr(model.config, "subsampling_stride", None) or model.config.inputs_to_logits_ratio // 160
 
     with training_args.main_process_first(desc="preparing Golos"):
-        train_dataset = prepare_train(data_args, processor.tokenizer, stride) if training_args.do_train else None
+        train_dataset = prepare_train(data_args, processor, model) if training_args.do_train else None
         eval_sets = prepare_eval(data_args, processor.tokenizer, train_dataset) if training_args.do_eval else {}
     if train_dataset is not None:
         logger.info("train: %d utterances, %.1f min", len(train_dataset), sum(train_dataset["duration"]) / 60)
@@ -396,25 +470,23 @@ def run(argv=None):
     trainer = CTCTrainer(
         model=model,
         args=training_args,
-        data_collator=CTCCollator(processor),
+        data_collator=DataCollatorCTC(processor),
         train_dataset=train_dataset,
         eval_dataset=eval_sets or None,
         processing_class=processor,
         compute_metrics=make_compute_metrics(processor.tokenizer, run_args.logged_predictions),
-        logged_predictions=run_args.logged_predictions,
-        card_metadata={"base_model": model_args.model_name_or_path, "data_dir": data_args.data_dir,
-                       "preset": run_args.preset, "source": type(model).__name__},  # fmt: skip
+        card_metadata=card_metadata(model, model_args, data_args, run_args),
     )
 
     metrics = {}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        result = trainer.train(resume_from_checkpoint=resume)
         metrics.update(result.metrics)
         metrics["nonfinite_losses"] = trainer.nonfinite_losses
         trainer.save_model()  # model.safetensors, config, processor and the code for trust_remote_code
         trainer.save_state()  # trainer_state.json: the log history that scripts/plot_training.py draws
     if eval_sets:
-        metrics.update(trainer.evaluate())
+        metrics.update(final_evaluation(trainer, eval_sets) if training_args.do_train else trainer.evaluate())
     trainer.log_metrics("all", metrics)
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics)
@@ -423,6 +495,24 @@ def run(argv=None):
     if training_args.push_to_hub:
         trainer.push_to_hub()
     return trainer, metrics
+
+
+def card_metadata(model, model_args, data_args, run_args) -> dict:
+    """What the model card says of this run. Local paths are written as names only: the card is published
+    by `push_to_hub`, and a path of this machine means nothing elsewhere (and may say too much)."""
+    data = "the embedded Golos-format corpus" if Path(data_args.data_dir).resolve() == EMBEDDED_CORPUS else (
+        f"Golos (`{Path(data_args.data_dir).name}`)")  # fmt: skip
+    base = model_args.model_name_or_path
+    if base and os.path.isdir(base):
+        base = None  # a local folder: no Hub id to link as base_model
+    start = f", starting from `{Path(model_args.model_name_or_path).name}`" if model_args.model_name_or_path else ""
+    preset = Path(run_args.preset).stem
+    return {
+        "description": f"A CTC speech recogniser for Russian ({type(model).__name__}), trained with `train_ctc.py` "
+                       f"(preset `{preset}`) on {data}{start}.",  # fmt: skip
+        "tags": ["e-branchformer" if model.config.model_type == "ebranchformer" else model.config.model_type, "golos"],
+        "base_model": base,
+    }
 
 
 if __name__ == "__main__":

@@ -16,8 +16,12 @@ import torch
 from common import machine, table, timed
 
 import golos
-import train_ctc
-from modeling_ebranchformer import EBranchformerCTCTokenizer, EBranchformerFeatureExtractor, EBranchformerProcessor
+from modeling_ebranchformer import (
+    DataCollatorCTC,
+    EBranchformerCTCTokenizer,
+    EBranchformerFeatureExtractor,
+    EBranchformerProcessor,
+)
 
 
 def librosa_log_mel(wave):
@@ -64,7 +68,7 @@ def main(argv=None):
 
     # 2. Data pipeline in one worker: Opus decoding + collator, batches of 16 from the Arrow dataset.
     processor = EBranchformerProcessor(extractor, EBranchformerCTCTokenizer())
-    collator = train_ctc.CTCCollator(processor)
+    collator = DataCollatorCTC(processor)
     indices = [list(range(i, min(i + 16, len(decoded)))) for i in range(0, len(decoded), 16)]
     decode_only = timed(lambda: [decoded[i] for i in indices], args.repeats)
     pipeline = timed(lambda: [collator([decoded[j] for j in i]) for i in indices], args.repeats)

@@ -19,13 +19,7 @@ from common import machine, table, timed
 from transformers import pipeline
 
 import golos
-from modeling_ebranchformer import (
-    EBranchformerConfig,
-    EBranchformerCTCTokenizer,
-    EBranchformerFeatureExtractor,
-    EBranchformerForCTC,
-    EBranchformerProcessor,
-)
+from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 
 
 def joined_audio(seconds: float) -> np.ndarray:
@@ -49,7 +43,7 @@ def main(argv=None):
 
     folder = tempfile.mkdtemp()
     model = EBranchformerForCTC(EBranchformerConfig()).eval()
-    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    processor = EBranchformerProcessor()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     asr = pipeline("automatic-speech-recognition", model=folder)

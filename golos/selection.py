@@ -82,3 +82,19 @@ def normalize_and_check_texts(dataset: datasets.Dataset, tokenizer):
     normalized = [normalize_text(t) for t in dataset["text"]]
     dataset = dataset.remove_columns("text").add_column("text", normalized)
     return dataset, report
+
+
+def ctc_feasible(dataset: datasets.Dataset, output_frames):
+    """Remove utterances whose transcript cannot fit their CTC frames: CTC needs one frame per character plus
+    a blank between repeated characters, or the loss is infinite. `output_frames(durations)` gives the CTC
+    frames of each duration (`modeling_ebranchformer.ctc.output_frames` binds a model and its features)."""
+    frames = output_frames(dataset["duration"])
+    keep = [i for i, (text, n) in enumerate(zip(dataset["text"], frames)) if ctc_target_frames(text) <= n]
+    report = SelectionReport("CTC length check", len(dataset))
+    report.removed = {"with a transcript longer than the output frames": len(dataset) - len(keep)}
+    return dataset.select(keep), report
+
+
+def ctc_target_frames(text: str) -> int:
+    """The fewest CTC frames that can emit `text`: its characters plus a blank between each repeated pair."""
+    return len(text) + sum(a == b for a, b in zip(text, text[1:]))

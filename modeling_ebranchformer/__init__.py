@@ -4,7 +4,8 @@ Importing the package registers the model types "ebranchformer" and "quartznet" 
 pretrained QuartzNet checkpoint; same features, tokenizer and processor) with the Auto classes (AutoConfig,
 AutoModel, AutoModelForCTC, AutoFeatureExtractor, AutoTokenizer, AutoProcessor) and marks the classes for
 `save_pretrained` to write an `auto_map` and copy the code, so a saved folder also loads with
-`trust_remote_code=True` where this package is not installed.
+`trust_remote_code=True` where this package is not installed. It also makes `evaluate.load("wer")` and
+`("cer")` work offline (see `metrics`).
 """
 
 from transformers import (
@@ -16,16 +17,18 @@ from transformers import (
     AutoTokenizer,
 )
 
+from . import audio, metrics
 from .configuration import EBranchformerConfig
 from .configuration_quartznet import QuartzNetConfig
 from .feature_extraction import EBranchformerFeatureExtractor
 from .modeling import EBranchformerForCTC, EBranchformerModel, EBranchformerPreTrainedModel
 from .modeling_quartznet import QuartzNetForCTC, QuartzNetModel, QuartzNetPreTrainedModel
-from .processing import EBranchformerProcessor
+from .processing import DataCollatorCTC, EBranchformerProcessor
 from .tokenization import COURSE_LABELS, EBranchformerCTCTokenizer, normalize_text
 
 __all__ = [
     "COURSE_LABELS",
+    "DataCollatorCTC",
     "EBranchformerCTCTokenizer",
     "EBranchformerConfig",
     "EBranchformerFeatureExtractor",
@@ -63,3 +66,4 @@ def _register():
 
 
 _register()
+metrics.install_offline_modules()

@@ -14,7 +14,6 @@ over time, so an utterance gives the same logits alone and in a padded batch.
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,17 +21,11 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.modeling_outputs import CausalLMOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from .configuration import EBranchformerConfig
-
-
-@dataclass
-class EBranchformerModelOutput(BaseModelOutput):
-    """`BaseModelOutput` plus `output_lengths`: valid encoder steps per utterance (the rest is padding)."""
-
-    output_lengths: torch.LongTensor | None = None
+from .ctc import CTCEncoderOutput, CTCGenerationMixin, check_input_features, ctc_loss
 
 
 class EBranchformerDropout(nn.Dropout):
@@ -295,7 +288,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> EBranchformerModelOutput | tuple:
+    ) -> CTCEncoderOutput | tuple:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
             Log-mel features from `EBranchformerFeatureExtractor`.
@@ -307,11 +300,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if input_features.dim() != 3 or input_features.shape[-1] != self.config.num_mel_bins:
-            raise ValueError(
-                f"input_features must have shape (batch, frames, {self.config.num_mel_bins}), "
-                f"got {tuple(input_features.shape)}"
-            )
+        check_input_features(input_features, self.config.num_mel_bins)
 
         batch, frames, _ = input_features.shape
         if attention_mask is not None:
@@ -347,7 +336,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
 
         if not return_dict:
             return tuple(v for v in (hidden_states, all_hidden_states, all_attentions, output_lengths) if v is not None)
-        return EBranchformerModelOutput(
+        return CTCEncoderOutput(
             last_hidden_state=hidden_states,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
@@ -355,7 +344,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         )
 
 
-class EBranchformerForCTC(EBranchformerPreTrainedModel):
+class EBranchformerForCTC(CTCGenerationMixin, EBranchformerPreTrainedModel):
     """The encoder and a linear CTC head over the characters and the blank."""
 
     def __init__(self, config: EBranchformerConfig):
@@ -387,7 +376,7 @@ class EBranchformerForCTC(EBranchformerPreTrainedModel):
             return_dict=True,
         )
         logits = self.lm_head(outputs.last_hidden_state)
-        loss = self.ctc_loss(logits, outputs.output_lengths, labels) if labels is not None else None
+        loss = ctc_loss(logits, outputs.output_lengths, labels, self.config) if labels is not None else None
 
         if not return_dict:
             extra = tuple(v for v in (outputs.hidden_states, outputs.attentions) if v is not None)
@@ -396,38 +385,3 @@ class EBranchformerForCTC(EBranchformerPreTrainedModel):
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
-    def ctc_loss(self, logits, output_lengths, labels):
-        return ctc_loss(logits, output_lengths, labels, self.config)
-
-
-def ctc_loss(logits, output_lengths, labels, config):
-    """CTC loss as `Wav2Vec2ForCTC` computes it: labels padded at the end with -100, log-softmax in float32,
-    the blank `config.pad_token_id`, `config.ctc_loss_reduction` and `config.ctc_zero_infinity`."""
-    label_mask = labels >= 0
-    label_lengths = label_mask.sum(-1)
-    # Checked where it costs nothing (on an accelerator it would synchronise every step; the processor's
-    # labels are valid).
-    if labels.device.type == "cpu" and label_mask.any():
-        valid = labels[label_mask]
-        if bool((valid >= config.vocab_size).any() | (valid == config.pad_token_id).any()):
-            raise ValueError(
-                f"labels hold ids outside [0, {config.vocab_size}) or the CTC blank "
-                f"({config.pad_token_id}); pad labels with -100"
-            )
-        if not torch.equal(label_mask, torch.arange(labels.shape[-1]) < label_lengths[:, None]):
-            raise ValueError("labels must be padded with -100 at the end only")
-    # Padded (batch, max_length) targets rather than Wav2Vec2's `masked_select` to one flat sequence: the
-    # flat form has a data-dependent size, which would make the host wait for the device every step.
-    targets = labels.masked_fill(~label_mask, 0)
-    log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
-    # cuDNN's CTC kernel needs int32 lengths on the CPU and other constraints; the native one is as fast here.
-    with torch.backends.cudnn.flags(enabled=False):
-        return F.ctc_loss(
-            log_probs,
-            targets,
-            output_lengths,
-            label_lengths,
-            blank=config.pad_token_id,
-            reduction=config.ctc_loss_reduction,
-            zero_infinity=config.ctc_zero_infinity,
-        )

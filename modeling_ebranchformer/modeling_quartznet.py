@@ -12,22 +12,13 @@ Same inputs (log-mel features from `EBranchformerFeatureExtractor`), outputs and
 logits alone and in a padded batch.
 """
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.modeling_outputs import CausalLMOutput
 
 from .configuration_quartznet import QuartzNetConfig
-from .modeling import ctc_loss
-
-
-@dataclass
-class QuartzNetModelOutput(BaseModelOutput):
-    """`BaseModelOutput` plus `output_lengths`: valid encoder steps per utterance (the rest is padding)."""
-
-    output_lengths: torch.LongTensor | None = None
+from .ctc import CTCEncoderOutput, CTCGenerationMixin, check_input_features, ctc_loss
 
 
 def masked(hidden_states: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
@@ -128,7 +119,7 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> QuartzNetModelOutput | tuple:
+    ) -> CTCEncoderOutput | tuple:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
             Log-mel features from `EBranchformerFeatureExtractor`.
@@ -139,11 +130,7 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if input_features.dim() != 3 or input_features.shape[-1] != self.config.num_mel_bins:
-            raise ValueError(
-                f"input_features must have shape (batch, frames, {self.config.num_mel_bins}), "
-                f"got {tuple(input_features.shape)}"
-            )
+        check_input_features(input_features, self.config.num_mel_bins)
         batch, frames, _ = input_features.shape
         lengths = attention_mask.sum(-1) if attention_mask is not None else None
         hidden_states = input_features.transpose(1, 2)  # convolutions run over (B, C, T)
@@ -163,7 +150,7 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
         hidden_states = hidden_states.transpose(1, 2)
         if not return_dict:
             return tuple(v for v in (hidden_states, all_hidden_states, lengths) if v is not None)
-        return QuartzNetModelOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states,
+        return CTCEncoderOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states,
                                     output_lengths=lengths)  # fmt: skip
 
     @staticmethod
@@ -175,7 +162,7 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
         return (torch.arange(steps, device=like.device) < lengths[:, None])[:, None, :].to(like.dtype)
 
 
-class QuartzNetForCTC(QuartzNetPreTrainedModel):
+class QuartzNetForCTC(CTCGenerationMixin, QuartzNetPreTrainedModel):
     """The encoder and a linear CTC head over the characters and the blank."""
 
     def __init__(self, config: QuartzNetConfig):

@@ -38,6 +38,20 @@ def format_counts(counts: dict[str, int]) -> str:
     return "\n".join(f"{labels[key]:<56} {value:>12,}" for key, value in counts.items())
 
 
+def model_summary(model: nn.Module) -> str:
+    """A table of the model's top-level modules (and the encoder's children) with their parameter counts,
+    followed by `format_counts`."""
+    lines = [f"{'module':<40} {'type':<34} {'parameters':>12}"]
+    for name, module in model.named_modules():
+        depth = name.count(".")
+        if not name or depth > 1 or (depth == 1 and not name.startswith(model.base_model_prefix)):
+            continue
+        count = sum(p.numel() for p in module.parameters())
+        kind = type(module).__name__ + (f" x{len(module)}" if isinstance(module, nn.ModuleList) else "")
+        lines.append(f"{name:<40} {kind:<34} {count:>12,}")
+    return "\n".join(lines) + "\n" + format_counts(parameter_counts(model))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", nargs="?", help="a from_pretrained folder; default: a fresh default model")
@@ -49,7 +63,7 @@ def main(argv=None):
 
     model = AutoModelForCTC.from_pretrained(args.model) if args.model else EBranchformerForCTC(EBranchformerConfig())
     print(f"{type(model).__name__} ({args.model or 'default configuration'})")
-    print(format_counts(parameter_counts(model)))
+    print(model_summary(model))
 
 
 if __name__ == "__main__":

@@ -63,5 +63,3 @@ def test_ctc_loss_is_torch_ctc_loss_over_the_valid_frames():
     assert torch.isfinite(out.loss) and torch.allclose(out.loss, expected, rtol=1e-6)
     out.loss.backward()
     assert model.lm_head.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="pad labels with -100"):
-        model(torch.randn(1, 120, 64), labels=torch.tensor([[1, 33]]))
