@@ -6,10 +6,18 @@ Reads the course archive layout, or any folder of NeMo-style manifests:
     DATA_DIR/test_opus/crowd/manifest.jsonl
     DATA_DIR/test_opus/farfield/manifest.jsonl
 
-Each manifest line is a JSON object with `audio_filepath` (relative to the manifest's folder), `text`,
-`duration` (seconds, optional: read from the file when absent) and optionally `id` and `domain`. In the
-train manifest the domain is the `domain` key or else the first folder of `audio_filepath`
-("crowd/..." or "farfield/..."; anything else counts as crowd).
+Each manifest line is a UTF-8 JSON object with `audio_filepath`, a non-empty `text`, `duration`
+(seconds, a positive number; optional: read from the file when absent) and optionally `id` (a string or
+an integer, unique within the split; the file's name without extension when absent) and `domain`. In
+the train manifest the domain is the `domain` key ("crowd" or "farfield") or else the first folder of
+`audio_filepath` ("crowd/..." or "farfield/..."; anything else counts as crowd).
+
+`audio_filepath` is relative to the manifest's folder. An absolute path, or one whose `..` leaves the
+folder, is used as it is: it works while the file exists there, but the data folder is then no longer
+self-contained (moving or copying it leaves such files behind).
+
+With `verify_audio` "header" or "full" the audio's duration (the header's, or the decoded one) must match
+the manifest's within `DURATION_TOLERANCE`: a truncated or replaced file is reported, not trained on.
 
 Configurations: "crowd", "farfield", "all" (both domains); splits "train" and "test".
 
@@ -21,10 +29,12 @@ With `datasets` < 4 this file also works as a loading script:
 """
 
 import json
+import math
 import os
 from dataclasses import dataclass
 
 import datasets
+import numpy as np
 import soundfile as sf
 
 SAMPLING_RATE = 16000
@@ -33,6 +43,11 @@ MANIFESTS = {
     "test": ["test_opus/crowd/manifest.jsonl", "test_opus/farfield/manifest.jsonl"],
 }
 DOMAINS = {"crowd": ("crowd",), "farfield": ("farfield",), "all": ("crowd", "farfield")}
+# How far the audio's duration may be from the manifest's. Golos manifests round durations to a few
+# decimals (at most 5 ms off at 2 decimals), and an Opus encoder that does not trim its last frame adds
+# up to one frame (at most 60 ms in practice); 0.1 s passes both. A truncated Opus file loses whole Ogg
+# pages (up to a second of audio each with common encoders), and half of its bytes about half of it.
+DURATION_TOLERANCE = 0.1
 
 
 class ManifestError(ValueError):
@@ -44,16 +59,32 @@ class ManifestError(ValueError):
         self.reason = reason
 
 
+def split_manifests(data_dir: str, split: str, domains: tuple) -> list:
+    """The manifests that a split of these domains reads: the train manifest, or one test manifest per domain."""
+    return [
+        os.path.join(data_dir, manifest)
+        for manifest in MANIFESTS[split]
+        if split == "train" or os.path.basename(os.path.dirname(manifest)) in domains
+    ]
+
+
+def audio_path(manifest: str, audio_filepath: str) -> str:
+    """Where a manifest's `audio_filepath` points: relative to the manifest's folder, or absolute."""
+    return os.path.normpath(os.path.join(os.path.dirname(manifest), audio_filepath))
+
+
 @dataclass
 class GolosConfig(datasets.BuilderConfig):
     """
     Args:
         splits: the splits to prepare (load_golos prepares only the one asked for: a test set then
             never waits for a pass over the 1.1 M train lines).
-        skip_invalid: skip bad lines and files (counted in the split's report) instead of raising.
-        verify_audio: "header" reads each file's header (rate, channels, length); "full" also decodes
-            all samples (finds truncated or corrupted files, slow on the full train set); "none" only
-            checks that the file exists.
+        skip_invalid: skip bad lines and files (counted in the split's report) instead of raising. A
+            missing or empty manifest, or a split left with no example, still raises.
+        verify_audio: "header" reads each file's header (rate, channels, length, which must match the
+            manifest's duration); "full" also decodes all samples (finds corrupted files and NaN or
+            infinite samples, and compares the decoded length; slow on the full train set); "none" only
+            checks that the file exists and trusts the manifest's duration.
     """
 
     domains: tuple = ("crowd", "farfield")
@@ -101,46 +132,73 @@ class Golos(datasets.GeneratorBasedBuilder):
             raise ValueError("Golos needs data_dir: the folder that holds train_opus/ and test_opus/")
         data_dir = os.path.abspath(os.path.expanduser(data_dir))
         generators = []
-        for split, manifests in MANIFESTS.items():
-            if split not in self.config.splits:
-                continue
-            paths = [os.path.join(data_dir, m) for m in manifests]
-            present = [p for p in paths if os.path.isfile(p)]
-            if present:
-                generators.append(
-                    datasets.SplitGenerator(name=split, gen_kwargs={"manifests": present, "split": split})
-                )
-        if not generators:
-            raise FileNotFoundError(
-                f"{data_dir}: no Golos manifest found (expected {', '.join(sum(MANIFESTS.values(), []))})"
-            )
+        for split in self.config.splits:
+            manifests = split_manifests(data_dir, split, self.config.domains)
+            for manifest in manifests:
+                if os.path.isdir(manifest):
+                    raise IsADirectoryError(f"{manifest} is a folder: the Golos manifest must be a JSON-lines file")
+                if not os.path.isfile(manifest):
+                    folder = os.path.dirname(manifest)
+                    missing = "file not found" if os.path.isdir(folder) else f"its folder {folder} is missing"
+                    raise FileNotFoundError(
+                        f"no Golos manifest for the {split} set {self.config.name!r}: {manifest} ({missing}; "
+                        f"data_dir must be the folder that holds train_opus/ and test_opus/)"
+                    )
+            generators.append(datasets.SplitGenerator(name=split, gen_kwargs={"manifests": manifests, "split": split}))
         return generators
 
     def _generate_examples(self, manifests, split):
         report = SplitReport()
-        for manifest in manifests:
+        # id -> where it first appeared, packed as manifest index << 32 | line number: at 1.1 M train lines
+        # this holds about 170 MB (the ids themselves included), 60 MB less than (manifest, line) tuples.
+        first_line = {}
+        other_domains = 0
+        for index, manifest in enumerate(manifests):
             test_domain = os.path.basename(os.path.dirname(manifest))  # test_opus/<domain>/manifest.jsonl
-            with open(manifest, encoding="utf-8") as lines:
+            lines_read = 0
+            # Binary, decoded line by line, so that a line that is not UTF-8 is reported by its number.
+            with open(manifest, "rb") as lines:
                 for number, line in enumerate(lines, start=1):
                     if not line.strip():
                         continue
+                    lines_read += 1
                     try:
                         example = self._parse(line, manifest, number, test_domain)
+                        first = first_line.setdefault(example["id"], index << 32 | number)
+                        if first != index << 32 | number:
+                            raise ManifestError(
+                                f"{manifest}, line {number}", "duplicate id",
+                                f" {example['id']!r}, first on {manifests[first >> 32]}, line {first & 0xFFFFFFFF}: "
+                                "ids must be unique",
+                            )  # fmt: skip
                     except ManifestError as error:
                         if not self.config.skip_invalid:
                             raise
                         report.skip(error)
                         continue
                     if example["domain"] not in self.config.domains:
+                        other_domains += 1
                         continue
                     report.kept += 1
                     yield f"{manifest}:{number}", example
+            if lines_read == 0:
+                raise ManifestError(manifest, "empty manifest", ": it has no lines")
+        if report.kept == 0:  # datasets would only say "Instruction 'test' corresponds to no data"
+            raise ManifestError(
+                ", ".join(manifests), "no examples",
+                f" for Golos {self.config.name!r} {split}: of the lines, {other_domains} are of other domains and "
+                f"{len(report.skipped)} invalid {report.reasons}",
+            )  # fmt: skip
         self.reports[split] = report.summary(manifests, self.config.name)
 
     def _parse(self, line, manifest, number, test_domain):
         where = f"{manifest}, line {number}"
         try:
-            entry = json.loads(line)
+            entry = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            byte = line[error.start : error.start + 1]
+            detail = f" (byte {error.start + 1} is {byte!r}): save the manifest as UTF-8"
+            raise ManifestError(where, "not UTF-8", detail) from None
         except json.JSONDecodeError as error:
             raise ManifestError(where, "not valid JSON", f" ({error.msg})") from None
         if not isinstance(entry, dict):
@@ -148,20 +206,40 @@ class Golos(datasets.GeneratorBasedBuilder):
         for key in ("audio_filepath", "text"):
             if not isinstance(entry.get(key), str):
                 reason = f"missing key {key!r}" if key not in entry else f"{key!r} is not a string"
-                raise ManifestError(where, reason)
-        path = os.path.normpath(os.path.join(os.path.dirname(manifest), entry["audio_filepath"]))
-        if not os.path.isfile(path):
-            raise ManifestError(where, "audio file not found", f": {path}")
+                raise ManifestError(where, reason, "" if key not in entry else f": {entry[key]!r}")
+        if not entry["text"].strip():
+            raise ManifestError(where, "empty transcript", ": nothing to train or score on")
         duration = entry.get("duration")
+        if duration is not None:
+            if isinstance(duration, bool) or not isinstance(duration, (int, float)):
+                raise ManifestError(where, "'duration' is not a number", f": {duration!r} (seconds, or leave it out)")
+            if not (math.isfinite(duration) and duration > 0):
+                raise ManifestError(where, "'duration' is not a positive number", f": {duration!r}")
+        id_ = entry.get("id")
+        if id_ is not None and (isinstance(id_, bool) or not isinstance(id_, (str, int)) or id_ == ""):
+            raise ManifestError(where, "'id' is not a non-empty string", f": {id_!r}")
+        path = audio_path(manifest, entry["audio_filepath"])
         if self.config.verify_audio != "none" or duration is None:
-            duration = self._check_audio(path, where)
+            measured = self._check_audio(path, where)
+            if duration is not None and abs(measured - duration) > DURATION_TOLERANCE:
+                raise ManifestError(
+                    where, "duration differs from the audio",
+                    f": the manifest says {duration} s, {path} has {measured:.3f} s (truncated or replaced file, "
+                    f"or a wrong manifest: fix whichever is wrong)",
+                )  # fmt: skip
+            duration = measured
+        elif not os.path.isfile(path):
+            raise ManifestError(where, "audio file not found", f": {path}")
         if test_domain in ("crowd", "farfield"):
             domain = test_domain
+        elif entry.get("domain") is not None:
+            domain = entry["domain"]
+            if domain not in ("crowd", "farfield"):
+                raise ManifestError(where, "unknown 'domain'", f": {domain!r} (use 'crowd' or 'farfield')")
         else:
-            domain = entry.get("domain") or entry["audio_filepath"].split("/", 1)[0]
-            domain = "farfield" if domain == "farfield" else "crowd"
+            domain = "farfield" if entry["audio_filepath"].split("/", 1)[0] == "farfield" else "crowd"
         return {
-            "id": str(entry.get("id") or os.path.splitext(os.path.basename(path))[0]),
+            "id": str(id_) if id_ is not None else os.path.splitext(os.path.basename(path))[0],
             "audio": {"path": path, "bytes": None},
             "text": entry["text"],
             "duration": float(duration),
@@ -169,21 +247,33 @@ class Golos(datasets.GeneratorBasedBuilder):
         }
 
     def _check_audio(self, path, where):
+        """The audio's duration in seconds: the header's, or with verify_audio "full" the decoded one.
+        One header read per file (no separate existence check: a missing file is told apart only on failure)."""
         try:
             info = sf.info(path)
+            frames = info.frames
             if self.config.verify_audio == "full":
                 samples, _ = sf.read(path, dtype="float32")
-                if len(samples) == 0:
-                    raise ManifestError(where, "audio file has no samples", f": {path}")
+                frames = len(samples)
+                finite = np.isfinite(samples)
+                if not finite.all():
+                    bad = finite.size - np.count_nonzero(finite)
+                    raise ManifestError(where, "non-finite audio samples", f": {path} has {bad} NaN or infinite values")
         except ManifestError:
             raise
         except Exception as error:  # libsndfile raises several types for unreadable data
+            if not os.path.exists(path):
+                raise ManifestError(where, "audio file not found", f": {path}") from None
+            if os.path.isdir(path):
+                raise ManifestError(where, "audio file not found", f": {path} is a folder") from None
             raise ManifestError(where, "cannot decode audio file", f" {path} ({error})") from None
         if info.samplerate != SAMPLING_RATE:
             raise ManifestError(where, "wrong sampling rate", f": {path} is at {info.samplerate} Hz, expected {SAMPLING_RATE}")
         if info.channels != 1:
             raise ManifestError(where, "not mono", f": {path} has {info.channels} channels")
-        return info.frames / info.samplerate
+        if frames == 0:
+            raise ManifestError(where, "audio file has no samples", f": {path}")
+        return frames / info.samplerate
 
 
 class SplitReport:

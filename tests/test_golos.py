@@ -113,11 +113,27 @@ def bad_corpus(tmp_path, speech_like):
         json.dumps({"audio_filepath": "files/missing.opus", "text": "нет", "duration": 1.0}),
         json.dumps({"audio_filepath": "files/broken.opus", "text": "нет", "duration": 1.0}),
         json.dumps({"audio_filepath": "files/rate.wav", "text": "нет", "duration": 1.0}),
+        '{"audio_filepath": "files/good.opus", "text": "\udcff", "duration": 1.0}',  # byte 0xff: not UTF-8
+        json.dumps({**good, "id": "a", "duration": "1.0"}),
+        json.dumps({**good, "id": "b", "duration": -1.0}),
+        json.dumps({**good, "id": "c", "duration": float("nan")}),
+        json.dumps({**good, "id": "d", "text": 5}),
+        json.dumps({**good, "id": "e", "text": " \t"}),
+        json.dumps({**good, "id": "f", "id": ["f"]}),
+        json.dumps({**good, "text": "нет"}),  # the same id as line 1: its file name
+        json.dumps({**good, "audio_filepath": "files"}),
     ]
-    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
     return tmp_path / "bad", folder / "manifest.jsonl", lines
 
 
+def load_all(root, split="test", name="crowd", streaming=False, **kwargs):
+    """Prepare, or stream through, a whole split; returns the ids."""
+    dataset = load_golos(root, name, split, decode="none", streaming=streaming, **kwargs)
+    return [example["id"] for example in dataset]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["prepared", "streaming"])
 @pytest.mark.parametrize(
     "bad_line, message",
     [
@@ -127,24 +143,40 @@ def bad_corpus(tmp_path, speech_like):
         (5, "line 5: audio file not found: .*missing.opus"),
         (6, "line 6: cannot decode audio file .*broken.opus"),
         (7, "line 7: wrong sampling rate: .*rate.wav is at 8000 Hz, expected 16000"),
+        (8, "line 8: not UTF-8 \\(byte 48 is b'\\\\xff'\\): save the manifest as UTF-8"),
+        (9, "line 9: 'duration' is not a number: '1.0'"),
+        (10, "line 10: 'duration' is not a positive number: -1.0"),
+        (11, "line 11: 'duration' is not a positive number: nan"),
+        (12, "line 12: 'text' is not a string: 5"),
+        (13, "line 13: empty transcript"),
+        (14, "line 14: 'id' is not a non-empty string: \\['f'\\]"),
+        (15, "line 15: duplicate id 'good', first on .*manifest.jsonl, line 1"),
+        (16, "line 16: audio file not found: .*files is a folder"),
     ],
 )
-def test_each_bad_line_raises_naming_manifest_and_line(bad_corpus, tmp_path, bad_line, message):
+def test_each_bad_line_raises_naming_manifest_and_line(bad_corpus, tmp_path, bad_line, message, streaming):
     root, manifest, lines = bad_corpus
-    manifest.write_text(lines[0] + "\n" + lines[bad_line - 1] + "\n" if bad_line > 1 else lines[0])
+    manifest.write_text(lines[0] + "\n" + lines[bad_line - 1] + "\n", encoding="utf-8", errors="surrogateescape")
     # the bad line is now line 2 of the manifest
     with pytest.raises(ManifestError, match=str(manifest) + ", " + message.replace(f"line {bad_line}", "line 2")):
-        load_golos(root, "crowd", "test", cache_dir=tmp_path / "cache")
+        load_all(root, streaming=streaming, cache_dir=tmp_path / "cache")
 
 
-def test_skip_invalid_counts_every_skipped_line(bad_corpus, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True], ids=["prepared", "streaming"])
+def test_skip_invalid_counts_every_skipped_line(bad_corpus, tmp_path, streaming):
     root, _, _ = bad_corpus
-    dataset, report = load_golos(root, "crowd", "test", cache_dir=tmp_path / "c", skip_invalid=True, return_report=True)
-    assert dataset.num_rows == 1 and report["kept"] == 1 and report["skipped"] == 6
-    assert report["skipped_by_reason"] == {
+    expected = {
         "not valid JSON": 1, "missing key 'audio_filepath'": 1, "missing key 'text'": 1,
-        "audio file not found": 1, "cannot decode audio file": 1, "wrong sampling rate": 1,
+        "audio file not found": 2, "cannot decode audio file": 1, "wrong sampling rate": 1, "not UTF-8": 1,
+        "'duration' is not a number": 1, "'duration' is not a positive number": 2, "'text' is not a string": 1,
+        "empty transcript": 1, "'id' is not a non-empty string": 1, "duplicate id": 1,
     }  # fmt: skip
+    if streaming:  # no report: the skipped lines are counted in the warning after a full pass
+        assert load_all(root, streaming=True, skip_invalid=True) == ["good"]
+        return
+    dataset, report = load_golos(root, "crowd", "test", cache_dir=tmp_path / "c", skip_invalid=True, return_report=True)
+    assert dataset.num_rows == 1 and report["kept"] == 1 and report["skipped"] == 15
+    assert report["skipped_by_reason"] == expected
     # A cached load gives the same report.
     _, again = load_golos(root, "crowd", "test", cache_dir=tmp_path / "c", skip_invalid=True, return_report=True)
     assert again == report
@@ -161,13 +193,101 @@ def test_truncated_audio_is_found_by_full_verification(tmp_path, speech_like):
         load_golos(tmp_path / "t", "crowd", "test", cache_dir=tmp_path / "c", verify_audio="full")
 
 
-def test_missing_folder_and_unknown_configuration(tmp_path):
+@pytest.mark.parametrize("streaming", [False, True], ids=["prepared", "streaming"])
+@pytest.mark.parametrize("verify_audio", ["header", "full"])
+def test_audio_shorter_than_its_manifest_duration(tmp_path, speech_like, verify_audio, streaming):
+    """Half of an Opus file's bytes decode without error to about half of its audio: only the manifest's
+    duration tells. Durations rounded as in Golos manifests still pass."""
+    folder = tmp_path / "t" / "test_opus" / "crowd"
+    folder.mkdir(parents=True)
+    for name in ("whole", "cut"):
+        sf.write(folder / f"{name}.opus", speech_like(4.0), 16000, format="OGG", subtype="OPUS")
+    data = (folder / "cut.opus").read_bytes()
+    (folder / "cut.opus").write_bytes(data[: len(data) // 2])
+    assert 0 < sf.info(folder / "cut.opus").frames < 3 * 16000  # it decodes, only shorter
+    lines = [{"audio_filepath": "whole.opus", "text": "да", "duration": 4.04},  # rounded, within tolerance
+             {"audio_filepath": "cut.opus", "text": "нет", "duration": 4.0}]  # fmt: skip
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    kwargs = {"verify_audio": verify_audio, "streaming": streaming, "cache_dir": tmp_path / "c"}
+    message = r"line 2: duration differs from the audio: the manifest says 4.0 s, .*cut.opus has [0-2]\.\d+ s"
+    with pytest.raises(ManifestError, match=message):
+        load_all(tmp_path / "t", **kwargs)
+    assert load_all(tmp_path / "t", skip_invalid=True, **kwargs) == ["whole"]
+    if not streaming:
+        _, report = load_golos(tmp_path / "t", "crowd", "test", skip_invalid=True, return_report=True, **kwargs)
+        assert report["skipped_by_reason"] == {"duration differs from the audio": 1}
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["prepared", "streaming"])
+def test_non_finite_samples_are_named_by_file(tmp_path, speech_like, streaming):
+    folder = tmp_path / "n" / "test_opus" / "crowd"
+    folder.mkdir(parents=True)
+    samples = speech_like(1.0)
+    samples[[100, 200]] = np.nan
+    sf.write(folder / "nan.wav", samples, 16000, subtype="FLOAT")
+    (folder / "manifest.jsonl").write_text(json.dumps({"audio_filepath": "nan.wav", "text": "да"}) + "\n")
+    root, kwargs = tmp_path / "n", {"streaming": streaming, "cache_dir": tmp_path / "c"}
+    with pytest.raises(ManifestError, match="line 1: non-finite audio samples: .*nan.wav has 2 NaN or infinite"):
+        load_all(root, verify_audio="full", **kwargs)
+    # The header cannot tell: reading the example names the file.
+    dataset = load_golos(root, "crowd", "test", **kwargs)
+    with pytest.raises(ValueError, match="nan.wav: 2 non-finite samples"):
+        next(iter(dataset))
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["prepared", "streaming"])
+def test_train_domain_must_be_known_and_every_split_must_have_examples(tmp_path, speech_like, streaming):
+    folder = tmp_path / "d" / "train_opus"
+    (folder / "crowd").mkdir(parents=True)
+    sf.write(folder / "crowd" / "a.wav", speech_like(1.0), 16000)
+    good = {"audio_filepath": "crowd/a.wav", "text": "да"}
+    (folder / "manifest.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "b", "domain": "far"}))
+    kwargs = {"split": "train", "streaming": streaming, "cache_dir": tmp_path / "c"}
+    with pytest.raises(ManifestError, match="line 2: unknown 'domain': 'far' \\(use 'crowd' or 'farfield'\\)"):
+        load_all(tmp_path / "d", **kwargs)
+    assert load_all(tmp_path / "d", skip_invalid=True, **kwargs) == ["a"]
+    # No farfield line: a clear error instead of datasets' "Instruction 'train' corresponds to no data".
+    message = "no examples for Golos 'farfield' train: of the lines, 1 are of other domains and 1 invalid"
+    with pytest.raises(ManifestError, match=message):
+        load_all(tmp_path / "d", name="farfield", skip_invalid=True, **kwargs)
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["prepared", "streaming"])
+def test_missing_or_misplaced_folders_and_manifests(tmp_path, streaming):
     with pytest.raises(FileNotFoundError, match="Golos data folder not found"):
-        load_golos(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="no Golos manifest found"):
-        load_golos(tmp_path, cache_dir=tmp_path / "c")
+        load_golos(tmp_path / "nowhere", streaming=streaming)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="file is a file: data_dir is the folder that holds train_opus/"):
+        load_golos(tmp_path / "file", streaming=streaming)
+    message = f"no Golos manifest for the train set 'all': .*its folder {tmp_path}/train_opus is missing"
+    with pytest.raises(FileNotFoundError, match=message):
+        load_golos(tmp_path, cache_dir=tmp_path / "c", streaming=streaming)
+    # A test set that is asked for and missing is an error, even when the other one is there.
+    shutil.copytree(CORPUS / "test_opus" / "crowd", tmp_path / "test_opus" / "crowd")
+    for name in ("farfield", "all"):
+        message = f"no Golos manifest for the test set '{name}': .*farfield/manifest.jsonl \\(its folder .*farfield is"
+        with pytest.raises(FileNotFoundError, match=message):
+            load_all(tmp_path, "test", name, streaming=streaming, cache_dir=tmp_path / "c")
+    (tmp_path / "test_opus" / "farfield" / "manifest.jsonl").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match="farfield/manifest.jsonl is a folder: the Golos manifest must be a"):
+        load_all(tmp_path, "test", "farfield", streaming=streaming, cache_dir=tmp_path / "c")
+    (tmp_path / "test_opus" / "farfield" / "manifest.jsonl").rmdir()
+    (tmp_path / "test_opus" / "farfield" / "manifest.jsonl").write_text("\n")
+    with pytest.raises(ManifestError, match="farfield/manifest.jsonl: empty manifest"):
+        load_all(tmp_path, "test", "farfield", streaming=streaming, skip_invalid=True, cache_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="unknown Golos configuration 'near'"):
-        load_golos(CORPUS, "near")
+        load_golos(CORPUS, "near", streaming=streaming)
+
+
+def test_a_replaced_audio_file_is_read_again(tmp_path, speech_like):
+    """The cache is keyed on every listed file's size and modification time, not only on the manifests."""
+    folder = tmp_path / "r" / "test_opus" / "crowd"
+    folder.mkdir(parents=True)
+    sf.write(folder / "a.wav", speech_like(1.0), 16000)
+    (folder / "manifest.jsonl").write_text(json.dumps({"audio_filepath": "a.wav", "text": "да"}) + "\n")
+    assert load_golos(tmp_path / "r", "crowd", "test", cache_dir=tmp_path / "c")[0]["duration"] == 1.0
+    sf.write(folder / "a.wav", speech_like(2.0), 16000)
+    assert load_golos(tmp_path / "r", "crowd", "test", cache_dir=tmp_path / "c")[0]["duration"] == 2.0
 
 
 # --- selections -------------------------------------------------------------------------------------
@@ -201,7 +321,8 @@ def test_texts_outside_the_vocabulary_are_reported_not_dropped_silently(tmp_path
     folder = tmp_path / "v" / "test_opus" / "crowd"
     folder.mkdir(parents=True)
     sf.write(folder / "a.wav", speech_like(1.0), 16000)
-    lines = [{"audio_filepath": "a.wav", "text": t} for t in ("Ёлка  зелёная", "в 5 часов", "ok", "да")]
+    texts = ("Ёлка  зелёная", "в 5 часов", "ok", "да")
+    lines = [{"id": str(i), "audio_filepath": "a.wav", "text": t} for i, t in enumerate(texts)]
     (folder / "manifest.jsonl").write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
     dataset = load_golos(tmp_path / "v", "crowd", "test", cache_dir=tmp_path / "c", decode="none")
     checked, report = normalize_and_check_texts(dataset, EBranchformerCTCTokenizer())
