@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from transformers import AutoProcessor, AutoTokenizer
@@ -40,6 +42,13 @@ def test_greedy_ctc_decoding_collapses_repeats_and_drops_blanks(tok):
     assert tok.decode([18, 18, 33, 18, 1, 0, 0, 32]) == "сса я"
     out = tok.decode([18, 18, 33, 1, 0, 32], output_word_offsets=True)
     assert [(w["word"], w["start_offset"], w["end_offset"]) for w in out.word_offsets] == [("са", 0, 4), ("я", 5, 6)]
+
+
+def test_offsets_are_plain_ints(tok):
+    out = tok.decode([18, 18, 33, 1, 0, 32], output_char_offsets=True, output_word_offsets=True)
+    values = [o[key] for o in out.char_offsets + out.word_offsets for key in ("start_offset", "end_offset")]
+    assert values and all(type(v) is int for v in values)
+    json.dumps({"chars": out.char_offsets, "words": out.word_offsets})  # numpy ints made this raise
 
 
 def test_processor_gives_padded_labels_and_round_trips_with_auto_processor(tmp_path):
