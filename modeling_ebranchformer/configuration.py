@@ -5,6 +5,9 @@ The defaults are the course configuration `ebranchformer_ctc`: 64 log-mel bins s
 (33 characters + blank).
 """
 
+import math
+import numbers
+
 from transformers import PretrainedConfig
 
 
@@ -21,7 +24,7 @@ class EBranchformerConfig(PretrainedConfig):
             Frames stacked into one encoder step. The time axis is zero-padded to a multiple of it and
             `stride * num_mel_bins` values are projected to `hidden_size`.
         hidden_size (`int`, defaults to 256):
-            Width of the encoder.
+            Width of the encoder (even with sinusoidal positions: the table pairs sin and cos channels).
         num_hidden_layers (`int`, defaults to 8):
             Number of E-Branchformer layers.
         num_attention_heads (`int`, defaults to 4):
@@ -46,7 +49,7 @@ class EBranchformerConfig(PretrainedConfig):
         attention_dropout (`float`, defaults to 0.0):
             Dropout on the attention probabilities.
         layer_norm_eps (`float`, defaults to 1e-5):
-            Epsilon of every LayerNorm.
+            Epsilon of every LayerNorm (positive: with 0, a constant frame, such as padding, gives NaN).
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of linear and convolution weights.
         ctc_loss_reduction (`str`, defaults to `"mean"`):
@@ -65,7 +68,7 @@ class EBranchformerConfig(PretrainedConfig):
         mask_feature_prob (`float`, defaults to 0.0):
             Fraction of mel bins masked (approximately).
         mask_feature_length (`int`, defaults to 10):
-            Length of each frequency mask, in mel bins.
+            Length of each frequency mask, in mel bins (at most `num_mel_bins` when frequency masking is on).
         mask_feature_min_masks (`int`, defaults to 0):
             Minimum number of frequency masks per utterance.
     """
@@ -130,20 +133,46 @@ class EBranchformerConfig(PretrainedConfig):
         self.mask_feature_min_masks = mask_feature_min_masks
         self._validate()
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # `from_pretrained(..., layer_norm_eps=0)` sets its keyword arguments after construction: check again.
+        result = super().from_dict(config_dict, **kwargs)
+        (result[0] if isinstance(result, tuple) else result)._validate()
+        return result
+
+    def validate(self):
+        """Transformers' checks, then ours; `save_pretrained` runs it, so values changed since construction
+        are checked before they are saved."""
+        super().validate()
+        self._validate()
+
     def _validate(self):
+        owner = "EBranchformerConfig"
         positive = (
             "vocab_size", "num_mel_bins", "subsampling_stride", "hidden_size", "num_hidden_layers",
             "num_attention_heads", "cgmlp_intermediate_size", "cgmlp_conv_kernel_size",
             "ffn_intermediate_size", "merge_conv_kernel_size", "max_position_embeddings",
+            "mask_time_length", "mask_feature_length",
         )  # fmt: skip
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"EBranchformerConfig: {name} must be a positive integer, got {value!r}")
+            check_integer(owner, name, getattr(self, name), minimum=1)
+        for name in ("mask_time_min_masks", "mask_feature_min_masks"):
+            check_integer(owner, name, getattr(self, name), minimum=0)
+        for name in ("dropout", "attention_dropout", "mask_time_prob", "mask_feature_prob"):
+            check_probability(owner, name, getattr(self, name))
+        check_positive_number(owner, "layer_norm_eps", self.layer_norm_eps, "LayerNorm divides by sqrt(variance + eps)")
+        check_positive_number(owner, "initializer_range", self.initializer_range, "the std of the initial weights")
+        for name in ("apply_spec_augment", "ctc_zero_infinity"):
+            check_flag(owner, name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"EBranchformerConfig: hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.position_embedding_type == "sinusoidal" and self.hidden_size % 2:
+            raise ValueError(
+                f"EBranchformerConfig: hidden_size ({self.hidden_size}) must be even with position_embedding_type="
+                "'sinusoidal': the table fills its channels with sin and cos pairs"
             )
         if self.cgmlp_intermediate_size % 2:
             raise ValueError(
@@ -165,16 +194,51 @@ class EBranchformerConfig(PretrainedConfig):
             raise ValueError(
                 f"EBranchformerConfig: ctc_loss_reduction must be 'mean' or 'sum', got {self.ctc_loss_reduction!r}"
             )
-        if not 0 <= self.pad_token_id < self.vocab_size:
+        if not is_integer(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
-                f"EBranchformerConfig: pad_token_id (the CTC blank, {self.pad_token_id}) must be a class of the "
+                f"EBranchformerConfig: pad_token_id (the CTC blank, {self.pad_token_id!r}) must be a class of the "
                 f"CTC head, i.e. in [0, vocab_size={self.vocab_size})"
             )
-        for name in ("dropout", "attention_dropout", "mask_time_prob", "mask_feature_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"EBranchformerConfig: {name} must lie in [0, 1], got {getattr(self, name)!r}")
+        if self.apply_spec_augment and self.mask_feature_prob > 0 and self.mask_feature_length > self.num_mel_bins:
+            raise ValueError(
+                f"EBranchformerConfig: mask_feature_length ({self.mask_feature_length}) must be at most num_mel_bins "
+                f"({self.num_mel_bins}) when frequency masking is on (apply_spec_augment, mask_feature_prob > 0)"
+            )
 
     @property
     def inputs_to_logits_ratio(self) -> int:
         """Audio samples per output frame: 160 samples per feature frame (hop) times the stacking stride."""
         return 160 * self.subsampling_stride
+
+
+# Checks shared with QuartzNetConfig. `owner` names the config in the message; each names the value at fault.
+
+
+def is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_integer(owner: str, name: str, value, minimum: int):
+    if not is_integer(value) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{owner}: {name} must be {kind}, got {value!r}")
+
+
+def is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_probability(owner: str, name: str, value):
+    if not is_real(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{owner}: {name} must lie in [0, 1], got {value!r}")
+
+
+def check_positive_number(owner: str, name: str, value, role: str):
+    if not is_real(value) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive number ({role}), got {value!r}")
+
+
+def check_flag(owner: str, name: str, value):
+    # Any object is truthy or not, so a string such as "false" would silently switch the option on.
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}: {name} must be True or False, got {value!r}")

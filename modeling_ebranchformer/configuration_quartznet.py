@@ -7,6 +7,8 @@ CTC head as the E-Branchformer, eight blocks of 1-D convolutions with an overall
 
 from transformers import PretrainedConfig
 
+from .configuration import check_flag, check_integer, check_positive_number, check_probability, is_integer
+
 # (channels, repeat, kernel, stride, dilation, residual, separable) of the course's quartznet_5x5_ru.
 COURSE_BLOCKS = (
     (256, 1, 33, 4, 1, False, True),
@@ -45,7 +47,8 @@ class QuartzNetConfig(PretrainedConfig):
             Whether the convolutions carry biases (course implementations differ; the converter reads it
             from the checkpoint).
         batch_norm_eps (`float`, defaults to 1e-5):
-            Epsilon of the batch norms (PyTorch's default; NeMo's Jasper code uses 1e-3).
+            Epsilon of the batch norms (PyTorch's default; NeMo's Jasper code uses 1e-3). Positive: with 0, a
+            channel that is constant over the batch gives NaN.
         dropout (`float`, defaults to 0.0):
             Dropout after each sub-block's ReLU.
         ctc_loss_reduction (`str`, defaults to `"mean"`): `"mean"` or `"sum"`, as for `EBranchformerConfig`.
@@ -84,8 +87,9 @@ class QuartzNetConfig(PretrainedConfig):
         self.block_kernel_sizes = list(block_kernel_sizes)
         self.block_strides = list(block_strides)
         self.block_dilations = list(block_dilations)
-        self.block_residual = [bool(x) for x in block_residual]
-        self.block_separable = [bool(x) for x in block_separable]
+        # 0 and 1 (and numpy booleans) become bools; anything else is left for _validate to reject.
+        self.block_residual = [bool(x) if _is_bit(x) else x for x in block_residual]
+        self.block_separable = [bool(x) if _is_bit(x) else x for x in block_separable]
         self.conv_bias = conv_bias
         self.batch_norm_eps = batch_norm_eps
         self.dropout = dropout
@@ -94,7 +98,21 @@ class QuartzNetConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self._validate()
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # `from_pretrained(..., batch_norm_eps=0)` sets its keyword arguments after construction: check again.
+        result = super().from_dict(config_dict, **kwargs)
+        (result[0] if isinstance(result, tuple) else result)._validate()
+        return result
+
+    def validate(self):
+        """Transformers' checks, then ours; `save_pretrained` runs it, so values changed since construction
+        are checked before they are saved."""
+        super().validate()
+        self._validate()
+
     def _validate(self):
+        owner = "QuartzNetConfig"
         lists = ("block_channels", "block_repeats", "block_kernel_sizes", "block_strides", "block_dilations",
                  "block_residual", "block_separable")  # fmt: skip
         lengths = {name: len(getattr(self, name)) for name in lists}
@@ -102,19 +120,28 @@ class QuartzNetConfig(PretrainedConfig):
             raise ValueError(f"QuartzNetConfig: the block_* lists must be non-empty and equally long, got {lengths}")
         for name in lists[:5]:
             for index, value in enumerate(getattr(self, name)):
-                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise ValueError(f"QuartzNetConfig: {name}[{index}] must be a positive integer, got {value!r}")
+                check_integer(owner, f"{name}[{index}]", value, minimum=1)
+        for name in lists[5:]:
+            for index, value in enumerate(getattr(self, name)):
+                check_flag(owner, f"{name}[{index}]", value)
         for index, kernel in enumerate(self.block_kernel_sizes):
             if kernel % 2 == 0:
                 raise ValueError(
                     f"QuartzNetConfig: block_kernel_sizes[{index}] ({kernel}) must be odd for 'same' padding"
                 )
+        for name in ("vocab_size", "num_mel_bins"):
+            check_integer(owner, name, getattr(self, name), minimum=1)
+        check_probability(owner, "dropout", self.dropout)
+        check_positive_number(owner, "batch_norm_eps", self.batch_norm_eps, "batch norm divides by sqrt(var + eps)")
+        check_positive_number(owner, "initializer_range", self.initializer_range, "the std of the initial weights")
+        for name in ("conv_bias", "ctc_zero_infinity"):
+            check_flag(owner, name, getattr(self, name))
         if self.ctc_loss_reduction not in ("mean", "sum"):
-            raise ValueError(f"QuartzNetConfig: ctc_loss_reduction must be 'mean' or 'sum', got {self.ctc_loss_reduction!r}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"QuartzNetConfig: pad_token_id ({self.pad_token_id}) must lie in [0, vocab_size)")
-        if not 0.0 <= self.dropout <= 1.0:
-            raise ValueError(f"QuartzNetConfig: dropout must lie in [0, 1], got {self.dropout!r}")
+            raise ValueError(
+                f"QuartzNetConfig: ctc_loss_reduction must be 'mean' or 'sum', got {self.ctc_loss_reduction!r}"
+            )
+        if not is_integer(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"QuartzNetConfig: pad_token_id ({self.pad_token_id!r}) must lie in [0, vocab_size)")
 
     @property
     def hidden_size(self) -> int:
@@ -132,3 +159,7 @@ class QuartzNetConfig(PretrainedConfig):
     def inputs_to_logits_ratio(self) -> int:
         """Audio samples per output frame: 160 per feature frame times the blocks' strides."""
         return 160 * self.total_stride
+
+
+def _is_bit(value) -> bool:
+    return not isinstance(value, str) and value in (0, 1)

@@ -7,10 +7,26 @@ out   = log(clamp(mel, 1e-9, 1e9))
 An utterance of n samples gives 1 + n // 160 frames. No dither, pre-emphasis or normalisation.
 """
 
+import numbers
+import warnings
+
 import numpy as np
 import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
+
+
+# At most this many values per row of a 2-D array (or per list item) reads as channels, not a batch.
+MAX_CHANNELS = 8
+# Float audio peaking above this (18 dB over full scale) is almost surely integer PCM stored as floats.
+FLOAT_PEAK_WARNING = 8.0
+# Integer PCM formats: offset subtracted and scale divided by. uint8 is offset binary (8-bit WAV); int64 and
+# other integer types are not PCM formats, and their full scale cannot be guessed.
+PCM_FORMATS = {
+    np.dtype(np.uint8): (128.0, 2.0**7),
+    np.dtype(np.int16): (0.0, 2.0**15),
+    np.dtype(np.int32): (0.0, 2.0**31),
+}
 
 
 class EBranchformerFeatureExtractor(SequenceFeatureExtractor):
@@ -19,10 +35,21 @@ class EBranchformerFeatureExtractor(SequenceFeatureExtractor):
     `attention_mask` over frames.
 
     Accepted audio: a 1-D array (one utterance), a list of 1-D arrays, or a 2-D array of shape
-    (batch, samples). Float samples are taken as they are (nominally in [-1, 1]); integer PCM (int16,
-    int32) is scaled by 1 / 2^(bits-1), so a WAV read as int16 gives the same features as read as float.
-    Stereo is rejected: downmix first (e.g. `audio.mean(axis=1)`), which is a choice that belongs to
-    the caller. Other sampling rates are rejected; resample first (e.g. `librosa.resample`).
+    (batch, samples); numpy arrays, torch tensors or lists of numbers.
+
+    Sample formats are those audio readers return. Float samples are taken as they are (nominally in
+    [-1, 1]; a warning is given when they peak far above, as integer PCM stored as floats does). int16 and
+    int32 PCM is scaled by 1 / 2^(bits-1) and uint8 (8-bit WAV, offset binary: 128 is silence) by
+    (x - 128) / 128, so a WAV read as integers gives the same features as read as float. Other integer
+    types have no known full scale and are rejected, int64 included, which is what a list of Python ints
+    becomes: say which PCM format the numbers are (e.g. `np.asarray(audio, dtype=np.int16)`) or give
+    floats.
+
+    Stereo is rejected, which includes a channels-last (samples, channels) array such as `soundfile.read`
+    returns: at most 8 "samples" per utterance and more utterances than that is read as one. Downmix first
+    (e.g. `audio.mean(axis=1)`), a choice that belongs to the caller. A (channels, samples) array cannot be
+    told from a batch and is read as a batch. Other sampling rates are rejected; resample first (e.g.
+    `librosa.resample`).
 
     Args:
         feature_size (`int`, defaults to 64): mel bins.
@@ -88,9 +115,13 @@ class EBranchformerFeatureExtractor(SequenceFeatureExtractor):
 
     def _to_float_waveforms(self, raw_speech) -> list[np.ndarray]:
         if isinstance(raw_speech, torch.Tensor):
-            raw_speech = raw_speech.numpy(force=True)
+            raw_speech = tensor_to_numpy(raw_speech)
+        shape = None
         if isinstance(raw_speech, np.ndarray):
-            if raw_speech.ndim == 1:
+            shape = raw_speech.shape
+            if raw_speech.ndim == 1 and raw_speech.dtype == object:
+                raw_speech = list(raw_speech)  # a ragged batch as pandas or datasets hold it, or boxed numbers
+            elif raw_speech.ndim == 1:
                 raw_speech = [raw_speech]
             elif raw_speech.ndim == 2:
                 raw_speech = list(raw_speech)
@@ -100,27 +131,60 @@ class EBranchformerFeatureExtractor(SequenceFeatureExtractor):
                 )
         elif not isinstance(raw_speech, (list, tuple)):
             raise ValueError(f"audio must be an array or a list of arrays, got {type(raw_speech).__name__}")
-        elif raw_speech and np.isscalar(raw_speech[0]):
-            raw_speech = [np.asarray(raw_speech)]
+        if not raw_speech:
+            raise ValueError("audio is an empty batch; give at least one utterance")
+        if isinstance(raw_speech[0], (str, bytes)):
+            raise ValueError(
+                f"audio is a list of {type(raw_speech[0]).__name__} ({raw_speech[0]!r}, ...), not of samples; to "
+                "transcribe files, read them first (e.g. modeling_ebranchformer.audio.read_audio(path))"
+            )
+        if np.isscalar(raw_speech[0]):  # a list of numbers is one utterance
+            speeches = [np.asarray(raw_speech)]
+        else:
+            speeches = [tensor_to_numpy(s) if isinstance(s, torch.Tensor) else np.asarray(s) for s in raw_speech]
+            if speeches[0].ndim == 0:  # so is a list of 0-d arrays, as list(tensor) gives
+                speeches = [np.stack(speeches)]
+        longest = max(s.shape[0] if s.ndim else 0 for s in speeches)
+        if len(speeches) > MAX_CHANNELS >= longest:
+            # No utterance is this short (0.5 ms, a fiftieth of one analysis window): this is one
+            # channels-last recording, which would otherwise cost an STFT per two samples and give garbage.
+            given = f"an array of shape {shape}" if shape is not None else f"a list of {len(speeches)} items"
+            raise ValueError(
+                f"audio is {given}, which reads as a batch of {len(speeches)} utterances of at most {longest} "
+                "samples: it looks channels-last (samples, channels), which is what soundfile.read, "
+                "librosa.load(mono=False) and scipy.io.wavfile.read return. Downmix it to mono first "
+                "(e.g. audio.mean(axis=1)), so the weighting is yours to choose."
+            )
 
-        waveforms = []
-        for index, speech in enumerate(raw_speech):
-            speech = np.asarray(speech.numpy(force=True) if isinstance(speech, torch.Tensor) else speech)
+        waveforms, loud = [], []
+        for index, speech in enumerate(speeches):
             if speech.ndim != 1:
-                hint = " (stereo? downmix first, e.g. audio.mean(axis=1))" if speech.ndim == 2 else ""
+                hint = ""
+                if speech.ndim == 2:
+                    axis = 1 if speech.shape[1] <= MAX_CHANNELS else 0  # the channel axis is the short one
+                    hint = f" (stereo? downmix first, e.g. audio.mean(axis={axis}))"
                 raise ValueError(f"audio item {index} must be 1-D mono samples, got shape {speech.shape}{hint}")
             if speech.size == 0:
                 raise ValueError(f"audio item {index} is empty")
-            if np.issubdtype(speech.dtype, np.signedinteger):
-                speech = speech.astype(np.float32) / float(2 ** (8 * speech.itemsize - 1))
-            elif not np.issubdtype(speech.dtype, np.floating):
-                raise ValueError(f"audio item {index} has unsupported dtype {speech.dtype}; use float or int16/int32")
-            # A read-only array (e.g. from a memory map) is copied: torch cannot share it safely.
-            speech = speech.astype(np.float32, copy=not speech.flags.writeable)
-            if not np.isfinite(speech).all():
+            is_float = np.issubdtype(speech.dtype, np.floating)
+            speech = pcm_to_float(speech, index)
+            peak = np.abs(speech).max()
+            if not np.isfinite(peak):
                 bad = int(np.flatnonzero(~np.isfinite(speech))[0])
                 raise ValueError(f"audio item {index} holds NaN or infinite samples (first at sample {bad})")
+            if is_float and peak > FLOAT_PEAK_WARNING:
+                loud.append((index, float(peak)))
             waveforms.append(speech)
+        if loud:
+            index, peak = loud[0]
+            warnings.warn(
+                f"float audio item {index} peaks at {peak:g} ({len(loud)} of {len(waveforms)} items peak above "
+                f"{FLOAT_PEAK_WARNING:g}): float samples are taken as they are, nominally in [-1, 1], so integer "
+                "PCM values stored as floats give wrong features and transcripts. Scale them (e.g. divide "
+                "16-bit values by 32768) or pass the integer array itself.",
+                UserWarning,
+                stacklevel=3,
+            )
         return waveforms
 
     def extract(self, waveforms: list[np.ndarray]) -> list[torch.Tensor]:
@@ -160,6 +224,13 @@ class EBranchformerFeatureExtractor(SequenceFeatureExtractor):
                 are counted in feature frames (100 per second).
             return_tensors: "pt" or "np"; lists of arrays when None.
         """
+        if sampling_rate is not None and (
+            isinstance(sampling_rate, (bool, np.bool_)) or not isinstance(sampling_rate, numbers.Real)
+        ):
+            raise ValueError(
+                f"sampling_rate must be a number of samples per second, got {sampling_rate!r} "
+                f"({type(sampling_rate).__name__}); e.g. sampling_rate={self.sampling_rate}"
+            )
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(
                 f"audio at {sampling_rate} Hz given to a feature extractor for {self.sampling_rate} Hz; "
@@ -184,3 +255,32 @@ def center_pad(waveform: torch.Tensor, half: int) -> torch.Tensor:
     more samples than the pad, so clips shorter than that (< 12.5 ms) are padded with zeros instead."""
     mode = "reflect" if waveform.shape[0] > half else "constant"
     return torch.nn.functional.pad(waveform[None], (half, half), mode=mode)[0]
+
+
+def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a numpy array; float types numpy lacks (bfloat16, float8) become float32."""
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+        tensor = tensor.float()
+    return tensor.numpy(force=True)
+
+
+def pcm_to_float(speech: np.ndarray, index: int) -> np.ndarray:
+    """float32 samples of one utterance: floats as they are, integer PCM scaled to [-1, 1]; anything else,
+    whose scale would be a guess, raises."""
+    if speech.dtype in PCM_FORMATS:
+        offset, scale = PCM_FORMATS[speech.dtype]
+        return (speech.astype(np.float32) - np.float32(offset)) / np.float32(scale)
+    if np.issubdtype(speech.dtype, np.integer):
+        source = " (numpy's and torch's default for Python ints, e.g. from a list)" if speech.dtype == np.int64 else ""
+        raise ValueError(
+            f"audio item {index} has dtype {speech.dtype}{source}, which is not a PCM format, so its full scale "
+            "is unknown: give float samples in [-1, 1] or int16, int32 or uint8 PCM (e.g. "
+            "np.asarray(audio, dtype=np.int16) if the values are 16-bit samples)"
+        )
+    if not np.issubdtype(speech.dtype, np.floating):
+        raise ValueError(
+            f"audio item {index} has unsupported dtype {speech.dtype}; give float samples in [-1, 1] "
+            "(e.g. np.asarray(audio, dtype=np.float32)) or int16/int32/uint8 PCM"
+        )
+    # A read-only array (e.g. from a memory map) is copied: torch cannot share it safely.
+    return speech.astype(np.float32, copy=not speech.flags.writeable)

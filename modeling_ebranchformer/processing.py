@@ -35,6 +35,12 @@ class EBranchformerProcessor(Wav2Vec2Processor):
         labels = self.labels(text, return_tensors=return_tensors)
         if audio is None:
             return labels
+        transcripts = 1 if isinstance(text, str) else len(text)
+        if transcripts != len(inputs["input_features"]):
+            raise ValueError(
+                f"{len(inputs['input_features'])} utterances of audio but {transcripts} transcript(s): give one "
+                "transcript per utterance"
+            )
         inputs["labels"] = labels["input_ids"]
         return inputs
 
@@ -43,11 +49,17 @@ class EBranchformerProcessor(Wav2Vec2Processor):
 
         This is where labels are checked (the model's loss does not check them, to keep the host from
         waiting on the device): an empty transcript has no CTC target and is refused, and the blank can
-        never be a label because the tokenizer has no character for it."""
-        texts = [text] if isinstance(text, str) else list(text)
+        never be a label because the tokenizer has no character for it. The tokenizer also takes token ids
+        and pre-split words, which as labels would pass unchecked ids (the blank among them) or glue words
+        together: only text is taken here."""
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, (list, tuple)):
+            raise ValueError(f"text must be a transcript (str) or a list of them, got {type(text).__name__}: {text!r}")
         for index, item in enumerate(texts):
-            if not isinstance(item, str) or not item.strip():
-                raise ValueError(f"transcript {index} is empty or not a string ({item!r}): CTC needs a target")
+            if not isinstance(item, str):
+                raise ValueError(f"transcript {index} is not a string ({item!r}); give the text, not ids or words")
+            if not item.strip():
+                raise ValueError(f"transcript {index} is empty ({item!r}): CTC needs a target")
         encoded = self.tokenizer(text, padding=return_tensors is not None, return_tensors=return_tensors)
         if return_tensors is not None:
             encoded["input_ids"] = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)

@@ -57,6 +57,13 @@ class EBranchformerCTCTokenizer(Wav2Vec2CTCTokenizer):
         """Characters of the normalised `text` that the vocabulary lacks, in order of first appearance."""
         return list(dict.fromkeys(c for c in normalize_text(text) if c not in self.characters))
 
+    @staticmethod
+    def _compute_offsets(char_repetitions, chars, ctc_token):
+        """Wav2Vec2's character offsets as plain ints instead of numpy ints: the ASR pipeline multiplies them
+        into its timestamps, which were np.float64 and so not JSON-serialisable."""
+        offsets = Wav2Vec2CTCTokenizer._compute_offsets(char_repetitions, chars, ctc_token)
+        return [{**o, "start_offset": int(o["start_offset"]), "end_offset": int(o["end_offset"])} for o in offsets]
+
     def _tokenize(self, text, **kwargs):
         text = normalize_text(text)
         unknown = self.unknown_characters(text)

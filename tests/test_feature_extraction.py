@@ -1,3 +1,5 @@
+import warnings
+
 import librosa
 import numpy as np
 import pytest
@@ -49,12 +51,71 @@ def test_batch_equals_single_and_masks_padding(fe, speech_like):
         assert (batch.input_features[i, n:] == 0).all()
 
 
-def test_int16_gives_the_features_of_float(fe, speech_like):
-    wave = speech_like(0.5)
-    pcm = np.round(wave * 32768).astype(np.int16)
+@pytest.mark.parametrize("dtype, offset, scale", [(np.int16, 0, 2**15), (np.int32, 0, 2**31), (np.uint8, 128, 2**7)])
+def test_pcm_gives_the_features_of_float(fe, speech_like, dtype, offset, scale):
+    # uint8 is 8-bit WAV's offset binary: 128 is silence.
+    pcm = (np.round(speech_like(0.5) * (scale - 1)) + offset).astype(dtype)
     a = fe(pcm, sampling_rate=16000).input_features[0]
-    b = fe(pcm.astype(np.float32) / 32768, sampling_rate=16000).input_features[0]
+    b = fe((pcm.astype(np.float64) - offset).astype(np.float32) / scale, sampling_rate=16000).input_features[0]
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "audio, message",
+    [
+        (np.full(1600, 1000, np.int64), "dtype int64 \(numpy's and torch's default for Python ints"),
+        ([1000, -1000] * 800, "dtype int64 .* np.asarray\(audio, dtype=np.int16\)"),
+        (torch.tensor([1000, -1000] * 800), "dtype int64"),
+        (np.full(1600, 10, np.int8), "dtype int8, which is not a PCM format"),
+        (np.full(1600, 10, np.uint32), "dtype uint32, which is not a PCM format"),
+    ],
+)
+def test_integers_of_no_pcm_format_are_rejected(fe, audio, message):
+    # Scaled by 2^63 (or 2^7), they gave features at the log floor and an empty transcript.
+    with pytest.raises(ValueError, match=message):
+        fe(audio, sampling_rate=16000)
+
+
+def test_float_audio_in_integer_range_warns(fe, speech_like):
+    wave = speech_like(0.5)
+    pcm_values = np.round(wave / np.abs(wave).max() * 30000)  # int16 samples cast to float, not scaled
+    with pytest.warns(UserWarning, match="float audio item 1 peaks at 30000 \\(1 of 2 items.*divide 16-bit values by"):
+        fe([wave, pcm_values], sampling_rate=16000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fe([wave, np.clip(wave * 20, -1.5, 1.5)], sampling_rate=16000)  # clipped or hot float audio: no warning
+
+
+@pytest.mark.parametrize(
+    "audio",
+    [
+        np.zeros((3000, 2), np.float32),  # soundfile.read of a stereo file
+        torch.zeros(3000, 2),
+        [[0.0, 0.0]] * 3000,
+        np.zeros((3000, 6), np.float32),  # 5.1
+    ],
+)
+def test_channels_last_audio_is_rejected_not_read_as_a_batch(fe, audio):
+    with pytest.raises(ValueError, match="looks channels-last \(samples, channels\).*soundfile.read.*mean\(axis=1\)"):
+        fe(audio, sampling_rate=16000)
+
+
+def test_a_batch_of_short_clips_is_still_a_batch(fe):
+    assert len(fe(np.full((8, 9), 0.1, np.float32)).input_features) == 8
+    assert len(fe(np.full((2, 16000), 0.1, np.float32)).input_features) == 2
+
+
+def test_other_containers_of_samples(fe, speech_like):
+    wave = speech_like(0.5)
+    expected = fe(wave, sampling_rate=16000).input_features[0]
+    as_list = fe(list(torch.from_numpy(wave)), sampling_rate=16000).input_features[0]  # 0-d tensors
+    assert np.array_equal(as_list, expected)
+    ragged = np.empty(2, dtype=object)  # a column of arrays, as pandas and datasets hold audio
+    ragged[0], ragged[1] = wave, wave[:4000]
+    batch = fe(ragged, sampling_rate=16000, return_tensors="np")
+    assert np.array_equal(batch.input_features[0], expected) and batch.attention_mask.sum(-1).tolist() == [51, 26]
+    bf16 = torch.from_numpy(wave).bfloat16()
+    assert np.array_equal(fe(bf16).input_features[0], fe(bf16.float().numpy()).input_features[0])
 
 
 def test_padding_and_truncation_options(fe, speech_like):
@@ -76,8 +137,13 @@ def test_padding_and_truncation_options(fe, speech_like):
         ([np.zeros(10, np.float32), np.array([np.inf] * 500)], {}, "item 1 holds NaN"),
         (np.zeros((2, 3, 100), np.float32), {}, "1-D .* or 2-D"),
         ([np.zeros((16000, 2), np.float32)], {}, "stereo\\? downmix"),
-        (np.zeros(100, np.uint8), {}, "unsupported dtype uint8"),
+        (np.zeros(100, bool), {}, "unsupported dtype bool"),
         ("audio.wav", {}, "array or a list of arrays"),
+        (["a.wav", "b.wav"], {}, "list of str \('a.wav', ...\), not of samples.*read_audio"),
+        ([], {}, "empty batch"),
+        (np.zeros((0, 100), np.float32), {}, "empty batch"),
+        (np.zeros(16000, np.float32), {"sampling_rate": "16000"}, "number of samples per second, got '16000' \(str\)"),
+        (np.zeros(16000, np.float32), {"sampling_rate": True}, "got True \(bool\)"),
     ],
 )
 def test_bad_audio_raises_a_clear_error(fe, audio, kwargs, message):

@@ -106,6 +106,7 @@ def test_pipeline_on_an_array_and_word_timestamps(saved_model, speech_like):
     for (_, (start, end)), (_, (want_start, want_end)) in zip(got, expected):
         assert start == pytest.approx(want_start) and end == pytest.approx(want_end)
         assert 0 <= start < end <= 3.0 + 0.04
+        assert type(start) is float and type(end) is float  # not np.float64: json.dumps(result) must work
 
 
 def test_pipeline_chunks_a_long_input(saved_model, speech_like):
@@ -117,6 +118,7 @@ def test_pipeline_chunks_a_long_input(saved_model, speech_like):
     starts = [c["timestamp"][0] for c in result["chunks"]]
     assert starts == sorted(starts) and starts[-1] > 45.0  # words from the whole minute, in order
     assert all(c["timestamp"][1] <= 70.0 + 0.04 for c in result["chunks"])
+    assert all(type(t) is float for c in result["chunks"] for t in c["timestamp"])
 
 
 def test_pipeline_on_a_file(saved_model, tmp_path, speech_like):

@@ -26,7 +26,7 @@ def test_labels_are_end_padded_with_minus_100_and_never_the_blank(processor):
 
 @pytest.mark.parametrize("text", ["", "   ", None, 5])
 def test_an_empty_or_non_text_transcript_is_refused(processor, text):
-    with pytest.raises(ValueError, match="transcript 1 is empty or not a string"):
+    with pytest.raises(ValueError, match="transcript 1 is (empty|not a string)"):
         processor.labels(["да", text], return_tensors="pt")
 
 

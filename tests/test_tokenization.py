@@ -1,3 +1,6 @@
+import json
+
+import numpy as np
 import pytest
 import torch
 from transformers import AutoProcessor, AutoTokenizer
@@ -42,6 +45,13 @@ def test_greedy_ctc_decoding_collapses_repeats_and_drops_blanks(tok):
     assert [(w["word"], w["start_offset"], w["end_offset"]) for w in out.word_offsets] == [("са", 0, 4), ("я", 5, 6)]
 
 
+def test_offsets_are_plain_ints(tok):
+    out = tok.decode([18, 18, 33, 1, 0, 32], output_char_offsets=True, output_word_offsets=True)
+    values = [o[key] for o in out.char_offsets + out.word_offsets for key in ("start_offset", "end_offset")]
+    assert values and all(type(v) is int for v in values)
+    json.dumps({"chars": out.char_offsets, "words": out.word_offsets})  # numpy ints made this raise
+
+
 def test_processor_gives_padded_labels_and_round_trips_with_auto_processor(tmp_path):
     processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
     batch = processor(
@@ -61,3 +71,30 @@ def test_processor_gives_padded_labels_and_round_trips_with_auto_processor(tmp_p
     assert isinstance(AutoTokenizer.from_pretrained(tmp_path), EBranchformerCTCTokenizer)
     assert loaded(text="да").input_ids == [5, 1]
     assert loaded.batch_decode([[5, 5, 33, 1]]) == ["да"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (123, "text must be a transcript \\(str\\) or a list of them, got int: 123"),
+        (b"\xd0\xb4\xd0\xb0", "got bytes"),
+        ([33, 99], "transcript 0 is not a string \\(33\\)"),  # ids, the blank among them, went through as labels
+        ([["да", "нет"]], "transcript 0 is not a string \\(\\['да', 'нет'\\]\\)"),  # became "данет"
+        (["да", None], "transcript 1 is not a string \\(None\\)"),
+    ],
+)
+def test_processor_takes_only_text_as_transcripts(text, message):
+    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    with pytest.raises(ValueError, match=message):
+        processor(text=text, return_tensors="pt")
+
+
+def test_processor_needs_one_transcript_per_utterance():
+    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    audio = [np.full(1600, 0.01, np.float32)] * 2
+    with pytest.raises(ValueError, match="2 utterances of audio but 3 transcript\\(s\\)"):
+        processor(audio=audio, sampling_rate=16000, text=["да", "нет", "да"], return_tensors="pt")
+    with pytest.raises(ValueError, match="2 utterances of audio but 1 transcript\\(s\\)"):
+        processor(audio=audio, sampling_rate=16000, text="да")
+    one = processor(audio=audio[0], sampling_rate=16000, text="да")
+    assert one["labels"] == [5, 1]
