@@ -113,7 +113,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a from_pretrained folder (or Hub id)")
     parser.add_argument("--data_dir", default=str(EMBEDDED_CORPUS), help=DATA_DIR_HELP)
@@ -124,6 +124,11 @@ def main(argv=None):
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="run Python code from the model folder or repo (only for model types this package "
                              "does not provide; only if you trust it)")  # fmt: skip
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     sets = list(dict.fromkeys(s.strip() for s in args.sets.split(",") if s.strip()))

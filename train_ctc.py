@@ -33,6 +33,7 @@ from golos import random_subset_by_duration
 from golos.selection import ctc_feasible
 from modeling_ebranchformer import DataCollatorCTC, EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 from modeling_ebranchformer.ctc import output_frames
+from modeling_ebranchformer.files import publish_modes
 from modeling_ebranchformer.hub import ModelLoadError, load_ctc_model, load_processor
 from modeling_ebranchformer.metrics import load_metric
 from modeling_ebranchformer.model_card import write_model_card
@@ -373,6 +374,10 @@ class CTCTrainer(Trainer):
             logits = self.accelerator.unwrap_model(model).greedy_ids(logits, inputs["attention_mask"])
         return loss, logits, labels
 
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        publish_modes(output_dir or self.args.output_dir, recursive=False)  # safetensors writes 0600 files
+
     def create_model_card(self, *args, **kwargs):
         if self.is_world_process_zero():
             write_model_card(self.args.output_dir, **self.card_metadata)
@@ -456,8 +461,11 @@ def run(argv=None):
     logger.info("model summary:\n%s", model_summary(model))
 
     with training_args.main_process_first(desc="preparing Golos"):
-        train_dataset = prepare_train(data_args, processor, model) if training_args.do_train else None
-        eval_sets = prepare_eval(data_args, processor.tokenizer, train_dataset) if training_args.do_eval else {}
+        try:
+            train_dataset = prepare_train(data_args, processor, model) if training_args.do_train else None
+            eval_sets = prepare_eval(data_args, processor.tokenizer, train_dataset) if training_args.do_eval else {}
+        except (OSError, ValueError) as error:  # golos names the folder, manifest, line or file at fault
+            raise SystemExit(f"{type(error).__name__}: {error}") from None
     if train_dataset is not None:
         logger.info("train: %d utterances, %.1f min", len(train_dataset), sum(train_dataset["duration"]) / 60)
         if run_args.eval_every_epochs:

@@ -71,8 +71,9 @@ def write_folder_atomically(output_dir, write, overwrite: bool = False) -> None:
             shutil.rmtree(old)
 
 
-def publish_modes(folder) -> None:
-    """Give `folder` and everything under it the modes a normal write would have given (see module doc)."""
+def publish_modes(folder, recursive: bool = True) -> None:
+    """Give `folder` and the files in it (and below, if `recursive`) the modes a normal write would have
+    given (see the module docstring). safetensors' `save_file` (0.8) also leaves its file at 0600."""
     mask = _umask()
     for root, folders, files in os.walk(folder):
         os.chmod(root, 0o777 & ~mask)
@@ -80,3 +81,5 @@ def publish_modes(folder) -> None:
             path = os.path.join(root, name)
             executable = os.stat(path).st_mode & 0o111
             os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+        if not recursive:
+            break
