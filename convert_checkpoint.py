@@ -20,10 +20,14 @@ The folder holds model.safetensors, config.json (with auto_map), the processor f
   refused (e.g. Hydra/OmegaConf objects in `hyper_parameters`), the error names the classes;
   `--inert-objects` then loads the tensors with those objects replaced by inert placeholders (still no code
   from the file runs), and `--unsafe-unpickle` unpickles fully (only for files you trust).
-- The output folder appears complete or not at all; an existing one is replaced only with `--overwrite`.
+- The output folder appears complete or not at all, with the modes a plain write gives (umask respected).
+  An existing one is replaced only with `--overwrite` and only if it holds nothing but model files; a folder
+  that holds the checkpoint or the working directory, a symbolic link or a file is never replaced. Where the
+  folder can go is checked before the checkpoint is read.
 """
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import modeling_ebranchformer
 from modeling_ebranchformer import (
     EBranchformerConfig,
     EBranchformerCTCTokenizer,
@@ -359,66 +364,161 @@ def check_complete(model: torch.nn.Module, mapped: dict, unexpected: list[str]):
 def convert(checkpoint_path, output_dir, arch="auto", overwrite=False, inert_objects=False, unsafe_unpickle=False,
             num_mel_bins=64, num_attention_heads=4, positions="auto", block_strides=None, block_dilations=None,
             batch_norm_eps=1e-5):  # fmt: skip
-    """Converts and writes the folder; returns the model (eval mode) and a report dict."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise ConversionError(f"{output_dir} exists; pass --overwrite to replace it")
+    """Converts and writes the folder; returns the model (eval mode) and a report dict.
+
+    What can be checked without the weights (the paths, a writable place for the folder) is checked before
+    the checkpoint is read, so a mistake costs no loading time."""
+    output_dir = Path(os.path.abspath(output_dir))  # "." and "x/.." get their real name and parent
+    check_output_dir(output_dir, checkpoint_path, overwrite)
     args = argparse.Namespace(num_mel_bins=num_mel_bins, num_attention_heads=num_attention_heads, positions=positions,
                               block_strides=block_strides, block_dilations=block_dilations,
                               batch_norm_eps=batch_norm_eps)  # fmt: skip
-    state_dict, meta = load_checkpoint(checkpoint_path, inert_objects, unsafe_unpickle)
-    state_dict = strip_prefix(state_dict)
-    arch = detect_architecture(state_dict) if arch == "auto" else arch
-    try:
-        if arch == "ebranchformer":
-            config, positions = ebranchformer_config(state_dict, args)
-            model = EBranchformerForCTC(config)
-            mapped, unexpected = map_ebranchformer(state_dict, config, positions)
-        else:
-            config = quartznet_config(state_dict, args)
-            model = QuartzNetForCTC(config)
-            mapped, unexpected = map_quartznet(state_dict, config)
-    except ValueError as error:  # a config built from the shapes that the package rejects
-        raise ConversionError(f"the checkpoint's shapes give an invalid configuration: {error}") from None
-    check_complete(model, mapped, unexpected)
-    model.load_state_dict(mapped, strict=False)  # strict except num_batches_tracked, checked above
-    model.eval()
+    with _staging_folder(output_dir) as staging:
+        state_dict, meta = load_checkpoint(checkpoint_path, inert_objects, unsafe_unpickle)
+        state_dict = strip_prefix(state_dict)
+        arch = detect_architecture(state_dict) if arch == "auto" else arch
+        try:
+            if arch == "ebranchformer":
+                config, positions = ebranchformer_config(state_dict, args)
+                model = EBranchformerForCTC(config)
+                mapped, unexpected = map_ebranchformer(state_dict, config, positions)
+            else:
+                config = quartznet_config(state_dict, args)
+                model = QuartzNetForCTC(config)
+                mapped, unexpected = map_quartznet(state_dict, config)
+        except ValueError as error:  # a config built from the shapes that the package rejects
+            raise ConversionError(f"the checkpoint's shapes give an invalid configuration: {error}") from None
+        check_complete(model, mapped, unexpected)
+        model.load_state_dict(mapped, strict=False)  # strict except num_batches_tracked, checked above
+        model.eval()
 
-    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
-    report = {
-        "source": str(checkpoint_path), "sha256": _sha256(checkpoint_path), "architecture": arch,
-        "tensors": len(state_dict), "epoch": meta.get("epoch"), "global_step": meta.get("global_step"),
-        "lightning": meta.get("pytorch-lightning_version"), "positions": positions if arch == "ebranchformer" else None,
-        "counts": parameter_counts(model), "name": output_dir.name,
-    }  # fmt: skip
-    _write_atomically(output_dir, overwrite, lambda tmp: _write_folder(tmp, model, processor, report))
+        processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+        report = {
+            "source": str(checkpoint_path), "sha256": _sha256(checkpoint_path), "architecture": arch,
+            "tensors": len(state_dict), "epoch": meta.get("epoch"), "global_step": meta.get("global_step"),
+            "lightning": meta.get("pytorch-lightning_version"), "positions": positions if arch == "ebranchformer" else None,
+            "counts": parameter_counts(model), "name": output_dir.name,
+        }  # fmt: skip
+        try:
+            _write_folder(staging, model, processor, report)
+        except OSError as error:
+            raise ConversionError(f"writing {output_dir} failed: {error}; nothing written") from None
+        _move_into_place(staging, output_dir, checkpoint_path, overwrite)
     return model, report
+
+
+# What a model folder of this package holds (save_pretrained of the model and processor, the copied code, the
+# model card). --overwrite replaces only a folder holding nothing else: a mistyped output path must not delete
+# a folder of other files.
+MODEL_FOLDER_FILES = {
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "tokenizer.json", "README.md",
+    *(path.name for path in Path(modeling_ebranchformer.__file__).parent.glob("*.py") if path.name != "__init__.py"),
+}  # fmt: skip
+MODEL_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
+
+
+def check_output_dir(output_dir: Path, checkpoint_path, overwrite: bool):
+    """Refuses an output folder whose replacement would delete what the user did not ask to delete: one that
+    holds the checkpoint or the current directory, a symbolic link, a file, an existing folder without
+    --overwrite, or one with files a model folder does not hold. `output_dir` is absolute."""
+    real = output_dir.resolve()
+    inside = {Path(os.path.abspath(checkpoint_path)): f"the checkpoint {checkpoint_path}", Path.cwd(): "the current directory"}
+    for path, what in [*inside.items(), *((path.resolve(), what) for path, what in inside.items())]:
+        for folder in (output_dir, real):
+            if path == folder or folder in path.parents:
+                raise ConversionError(
+                    f"{output_dir} {'is' if path == folder else 'contains'} {what}: the converted folder would replace "
+                    "it. Choose another output folder."
+                )
+    if output_dir.is_symlink():
+        raise ConversionError(
+            f"{output_dir} is a symbolic link (to {os.readlink(output_dir)}): the converter would replace the link by "
+            "a folder. Give the folder it points to, or remove the link."
+        )
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise ConversionError(f"{output_dir} is a file, not a folder: choose another output folder")
+    if not overwrite:
+        raise ConversionError(f"{output_dir} exists; pass --overwrite to replace it")
+    foreign = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in output_dir.iterdir()
+                     if entry.is_dir() or not (entry.name in MODEL_FOLDER_FILES or MODEL_SHARD.fullmatch(entry.name)))  # fmt: skip
+    if foreign:
+        raise ConversionError(
+            f"{output_dir} holds what a model folder does not ({', '.join(foreign[:8])}{' ...' if len(foreign) > 8 else ''}): "
+            "--overwrite replaces only a folder of model files. Move those away or choose another output folder."
+        )
+
+
+@contextlib.contextmanager
+def _staging_folder(output_dir: Path):
+    """A hidden temporary folder beside `output_dir`, made before anything is loaded, so that a place where
+    nothing can be written fails at once. On leaving it is removed unless it was moved into place, and so
+    are the parent folders made for it if they are still empty."""
+    made = []
+    try:
+        for folder in reversed([output_dir.parent, *output_dir.parent.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    except OSError as error:
+        _remove_if_empty(made)
+        raise ConversionError(
+            f"cannot write the output folder {output_dir}: {error.strerror} ({error.filename}). Choose a place "
+            "where you may create folders."
+        ) from None
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+        _remove_if_empty(made)
+
+
+def _remove_if_empty(folders: list[Path]):
+    for folder in reversed(folders):
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _write_folder(folder: Path, model, processor, report):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     (folder / "README.md").write_text(model_card(folder, report), encoding="utf-8")
+    # mkdtemp makes the folder 0700 and safetensors writes through a 0600 temporary file: give everything
+    # the mode a plain write would (0666/0777 less the umask), so the folder can be shared like any other.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def _write_atomically(output_dir: Path, overwrite: bool, write):
-    """Write into a temporary sibling folder, then rename it into place: readers never see half a folder."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+def _move_into_place(staging: Path, output_dir: Path, checkpoint_path, overwrite: bool):
+    """Rename the written folder into place: readers never see half a folder. An existing folder (checked
+    again: it may have appeared since the start) is first renamed aside and is put back if the second
+    rename fails; it is deleted only once the new folder is in place."""
+    check_output_dir(output_dir, checkpoint_path, overwrite)
+    if not output_dir.exists():
+        try:
+            os.replace(staging, output_dir)
+        except OSError as error:
+            raise ConversionError(f"cannot rename the new folder to {output_dir} ({error.strerror}); nothing written") from None
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old.", dir=output_dir.parent))
     try:
-        write(tmp)
-        if output_dir.exists():
-            if not overwrite:
-                raise ConversionError(f"{output_dir} exists; pass --overwrite to replace it")
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old.", dir=output_dir.parent))
-            os.replace(output_dir, old / "folder")
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        os.replace(output_dir, old)  # onto the empty placeholder, in the same parent folder
+    except OSError as error:
+        old.rmdir()
+        raise ConversionError(f"cannot move the existing {output_dir} aside ({error.strerror}); nothing written") from None
+    try:
+        os.replace(staging, output_dir)
+    except OSError as error:
+        os.replace(old, output_dir)
+        raise ConversionError(f"cannot rename the new folder to {output_dir} ({error.strerror}); nothing changed") from None
+    shutil.rmtree(old)
 
 
 def _sha256(path) -> str:

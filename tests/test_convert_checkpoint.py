@@ -1,10 +1,13 @@
 """convert_checkpoint.py: course-layout modules (tests/course_modules.py, written from REFERENCE.md) are saved
 as Lightning checkpoints, converted, and compared with the converted models."""
 
+import errno
 import os
+import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,28 +228,113 @@ def test_an_existing_output_folder_is_replaced_only_with_overwrite(tmp_path):
     torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
     with pytest.raises(ConversionError, match="out exists; pass --overwrite"):
         convert(tmp_path / "q.ckpt", out)
-    assert (out / "keep.txt").read_text() == "mine"
     result = subprocess.run([sys.executable, str(ROOT / "convert_checkpoint.py"), str(tmp_path / "q.ckpt"), str(out)],
                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert result.returncode == 1 and "exists; pass --overwrite to replace it" in result.stderr
-    convert(tmp_path / "q.ckpt", out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    convert(tmp_path / "q.ckpt", out, overwrite=True)  # an empty folder
+    (out / "model.safetensors").write_bytes(b"an older conversion")
+    convert(tmp_path / "q.ckpt", out, overwrite=True)  # a model folder
+    assert (out / "model.safetensors").read_bytes() != b"an older conversion"
     assert leftovers(tmp_path) == []
 
 
-def test_a_failure_while_writing_leaves_no_folder(tmp_path, monkeypatch):
+def test_the_output_folder_never_replaces_the_checkpoint_the_working_directory_or_other_files(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    source.mkdir()
+    torch.save(lightning_checkpoint(course_model("quartznet", "flat")), source / "model.ckpt")
+    (source / "notes.txt").write_text("mine")
+    kept = {path: path.read_bytes() for path in source.iterdir()}
+    refusals = [
+        (source, r"source contains the checkpoint"),  # the checkpoint's own folder (issue #12, item 3)
+        (source / "model.ckpt", r"model.ckpt is the checkpoint"),
+        (source / "notes.txt", r"notes.txt is a file, not a folder"),
+        (tmp_path, r"contains the checkpoint"),
+        (".", r"here is the current directory"),  # was a raw OSError leaving an empty ..old.* folder behind
+        ("..", r"work contains the current directory"),
+    ]
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")  # it would be replaced by a folder, the target kept
+    refusals.append((tmp_path / "link", r"link is a symbolic link \(to .*target\)"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "config.json").write_text("{}")  # one model-folder name does not make a model folder
+    (tmp_path / "data" / "keep.txt").write_text("mine")
+    (tmp_path / "data" / "runs").mkdir()
+    refusals.append((tmp_path / "data", r"data holds what a model folder does not \(keep.txt, runs/\)"))
+    (tmp_path / "work" / "here").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work" / "here")
+    for output_dir, message in refusals:
+        with pytest.raises(ConversionError, match=message):
+            convert(source / "model.ckpt", output_dir, overwrite=True)
+    # A link to the checkpoint does not hide where it lies.
+    (tmp_path / "elsewhere.ckpt").symlink_to(source / "model.ckpt")
+    with pytest.raises(ConversionError, match=r"source contains the checkpoint .*elsewhere.ckpt"):
+        convert(tmp_path / "elsewhere.ckpt", source, overwrite=True)
+    assert {path: path.read_bytes() for path in source.iterdir()} == kept
+    assert (tmp_path / "data" / "keep.txt").read_text() == "mine" and (tmp_path / "link").is_symlink()
+    assert leftovers(tmp_path) == [] and leftovers(source) == [] and leftovers(tmp_path / "work") == []
+
+
+def test_an_unwritable_place_fails_before_the_checkpoint_is_read(tmp_path, monkeypatch):
+    (tmp_path / "q.ckpt").write_bytes(b"never read")
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+
+    def read(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the output place was checked")
+
+    monkeypatch.setattr(convert_checkpoint, "load_checkpoint", read)
+    with pytest.raises(ConversionError, match=r"cannot write the output folder .*notes.txt/out: Not a directory"):
+        convert(tmp_path / "q.ckpt", tmp_path / "notes.txt" / "out")
+
+    def read_only(*args, dir=None, **kwargs):  # what a read-only folder gives (chmod does not stop root)
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr(convert_checkpoint.tempfile, "mkdtemp", read_only)
+    with pytest.raises(ConversionError, match=r"cannot write the output folder .*new/models/out: Permission denied"):
+        convert(tmp_path / "q.ckpt", tmp_path / "new" / "models" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "q.ckpt"]  # the parents made are gone
+
+
+def test_files_and_folder_get_the_modes_of_a_plain_write(tmp_path):
+    torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
+    umask = os.umask(0o027)
+    try:
+        convert(tmp_path / "q.ckpt", tmp_path / "out")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750  # mkdtemp made it 0700
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "out").iterdir()}
+    assert modes["model.safetensors"] == 0o640  # written through a 0600 temporary file
+    assert set(modes.values()) == {0o640}
+
+
+def test_a_failure_while_writing_changes_nothing(tmp_path, monkeypatch):
     torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(convert_checkpoint.EBranchformerProcessor, "save_pretrained", fail)
-    with pytest.raises(OSError, match="disk full"):
-        convert(tmp_path / "q.ckpt", tmp_path / "out")
+    with monkeypatch.context() as patch:
+        patch.setattr(convert_checkpoint.EBranchformerProcessor, "save_pretrained", fail)
+        with pytest.raises(ConversionError, match=r"writing .*out failed: disk full; nothing written"):
+            convert(tmp_path / "q.ckpt", tmp_path / "out")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    # Replacing: when the new folder cannot be renamed into place, the old one is put back.
+    convert(tmp_path / "q.ckpt", tmp_path / "out")
+    before = {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()}
+    rename = os.replace
+
+    def fail_from_staging(source, target):
+        if Path(source).name.startswith(".out.") and ".old." not in Path(source).name:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        rename(source, target)
+
+    monkeypatch.setattr(convert_checkpoint.os, "replace", fail_from_staging)
+    with pytest.raises(ConversionError, match=r"cannot rename the new folder to .*out \(Invalid cross-device link\)"):
+        convert(tmp_path / "q.ckpt", tmp_path / "out", overwrite=True)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()} == before
+    assert leftovers(tmp_path) == []
 
 
 class CreatesAFile:
