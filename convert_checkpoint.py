@@ -9,6 +9,9 @@ The folder holds model.safetensors, config.json (with auto_map), the processor f
 - The architecture is detected from the keys (`--arch` overrides). Sizes are read from tensor shapes; what
   shapes cannot tell (attention heads, strides, dilations, batch-norm epsilon) comes from options whose
   defaults are the course configurations.
+- The CTC head's outputs are the course's 34 symbols (space, а..я, blank) unless `--vocab` gives the
+  vocabulary the model was trained with (a vocab.json: symbol -> output index); a head of another size
+  without a vocabulary that fits is refused, since its outputs would decode as the wrong letters.
 - Every source tensor must be used and every target parameter filled with the right shape; otherwise
   nothing is written and the error lists the missing, unexpected and mismatched keys.
 - Positions: the course adds its (5000, 1, 256) sinusoidal table to batch-first activations, so item b of a
@@ -29,6 +32,7 @@ The folder holds model.safetensors, config.json (with auto_map), the processor f
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -134,6 +138,67 @@ def _load_with_inert_objects(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+# --- the vocabulary ---------------------------------------------------------------------------------------
+
+
+def read_vocab(path) -> dict[str, int]:
+    """A --vocab file: a JSON object mapping each symbol to its output index, like vocab.json in a model
+    folder, with "|" for the space and "<pad>" for the CTC blank, and the indices 0..N-1 each once."""
+
+    def refuse_repeats(pairs):
+        symbols = [symbol for symbol, _ in pairs]
+        repeated = sorted({symbol for symbol in symbols if symbols.count(symbol) > 1})
+        if repeated:
+            raise ConversionError(f"--vocab {path}: symbols listed twice: {repeated}")
+        return dict(pairs)
+
+    try:
+        vocab = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=refuse_repeats)
+    except OSError as error:
+        raise ConversionError(f"--vocab {path}: cannot read it ({error.strerror})") from None
+    except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ConversionError(f"--vocab {path}: not a UTF-8 JSON file ({error})") from None
+    if not isinstance(vocab, dict) or not all(type(index) is int for index in vocab.values()):
+        raise ConversionError(
+            f"--vocab {path}: expected a JSON object mapping each symbol to its output index, like "
+            '{"|": 0, "а": 1, ..., "<pad>": 33} (modeling_ebranchformer/vocab.json)'
+        )
+    indices, size = sorted(vocab.values()), len(vocab)
+    if indices != list(range(size)):
+        problems = {"repeated": sorted({index for index in indices if indices.count(index) > 1}),
+                    "missing": sorted(set(range(size)) - set(indices)),
+                    "outside": [index for index in indices if not 0 <= index < size]}  # fmt: skip
+        raise ConversionError(
+            f"--vocab {path}: the {size} indices must be 0..{size - 1}, each once; "
+            + "; ".join(f"{label}: {values[:8]}" for label, values in problems.items() if values)
+        )
+    for symbol, role in (("<pad>", "the CTC blank"), ("|", "the space")):
+        if symbol not in vocab:
+            hint = ' (write the space as "|", not " ")' if symbol == "|" and " " in vocab else ""
+            raise ConversionError(f'--vocab {path}: no "{symbol}" ({role}), which the tokenizer needs{hint}')
+    return vocab
+
+
+def tokenizer_for_head(classes: int, vocab_path=None, vocab: dict | None = None) -> EBranchformerCTCTokenizer:
+    """The tokenizer whose ids are the head's `classes` outputs: the course's, or the one `vocab_path` gives."""
+    if vocab is None:
+        tokenizer = EBranchformerCTCTokenizer()
+        if classes != len(tokenizer):
+            raise ConversionError(
+                f"the CTC head (decoder.layers.0.weight) has {classes} outputs, but the course vocabulary has "
+                f"{len(tokenizer)} (space, а..я, blank), so the outputs would decode as the wrong symbols. Pass "
+                f"--vocab VOCAB.json mapping each of the {classes} outputs to its symbol, in the order the model was "
+                'trained with ("|" for the space, "<pad>" for the CTC blank).'
+            )
+        return tokenizer
+    if len(vocab) != classes:
+        raise ConversionError(
+            f"--vocab {vocab_path} has {len(vocab)} symbols but the CTC head (decoder.layers.0.weight) has {classes} "
+            "outputs: give the vocabulary the model was trained with"
+        )
+    return EBranchformerCTCTokenizer(vocab_file=str(vocab_path))
+
+
 # --- architecture detection and hyper-parameters --------------------------------------------------------
 
 
@@ -190,7 +255,7 @@ def ebranchformer_config(state_dict: dict, args) -> tuple[EBranchformerConfig, s
         positions = "batch-quirk" if pe is not None and pe.dim() == 3 and pe.shape[1] == 1 else "per-frame"
     config = EBranchformerConfig(
         vocab_size=_shape(state_dict, "decoder.layers.0.weight")[0],
-        pad_token_id=_shape(state_dict, "decoder.layers.0.weight")[0] - 1,
+        pad_token_id=args.blank_id,
         num_mel_bins=args.num_mel_bins,
         subsampling_stride=stacked // args.num_mel_bins,
         hidden_size=hidden,
@@ -283,7 +348,7 @@ def quartznet_config(state_dict: dict, args) -> QuartzNetConfig:
         raise ConversionError("some QuartzNet convolutions have biases and others not; this package expects either")
     decoder = _shape(state_dict, "decoder.layers.0.weight")
     return QuartzNetConfig(
-        vocab_size=decoder[0], pad_token_id=decoder[0] - 1, num_mel_bins=args.num_mel_bins,
+        vocab_size=decoder[0], pad_token_id=args.blank_id, num_mel_bins=args.num_mel_bins,
         block_channels=channels, block_repeats=repeats, block_kernel_sizes=kernels, block_strides=strides,
         block_dilations=dilations, block_residual=residual, block_separable=separable, conv_bias=biases.pop(),
         batch_norm_eps=args.batch_norm_eps,
@@ -363,13 +428,14 @@ def check_complete(model: torch.nn.Module, mapped: dict, unexpected: list[str]):
 
 def convert(checkpoint_path, output_dir, arch="auto", overwrite=False, inert_objects=False, unsafe_unpickle=False,
             num_mel_bins=64, num_attention_heads=4, positions="auto", block_strides=None, block_dilations=None,
-            batch_norm_eps=1e-5):  # fmt: skip
+            batch_norm_eps=1e-5, vocab=None):  # fmt: skip
     """Converts and writes the folder; returns the model (eval mode) and a report dict.
 
     What can be checked without the weights (the paths, a writable place for the folder) is checked before
     the checkpoint is read, so a mistake costs no loading time."""
     output_dir = Path(os.path.abspath(output_dir))  # "." and "x/.." get their real name and parent
     check_output_dir(output_dir, checkpoint_path, overwrite)
+    vocabulary = read_vocab(vocab) if vocab is not None else None
     args = argparse.Namespace(num_mel_bins=num_mel_bins, num_attention_heads=num_attention_heads, positions=positions,
                               block_strides=block_strides, block_dilations=block_dilations,
                               batch_norm_eps=batch_norm_eps)  # fmt: skip
@@ -377,6 +443,8 @@ def convert(checkpoint_path, output_dir, arch="auto", overwrite=False, inert_obj
         state_dict, meta = load_checkpoint(checkpoint_path, inert_objects, unsafe_unpickle)
         state_dict = strip_prefix(state_dict)
         arch = detect_architecture(state_dict) if arch == "auto" else arch
+        tokenizer = tokenizer_for_head(_shape(state_dict, "decoder.layers.0.weight")[0], vocab, vocabulary)
+        args.blank_id = tokenizer.pad_token_id
         try:
             if arch == "ebranchformer":
                 config, positions = ebranchformer_config(state_dict, args)
@@ -392,12 +460,13 @@ def convert(checkpoint_path, output_dir, arch="auto", overwrite=False, inert_obj
         model.load_state_dict(mapped, strict=False)  # strict except num_batches_tracked, checked above
         model.eval()
 
-        processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+        processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), tokenizer)
         report = {
             "source": str(checkpoint_path), "sha256": _sha256(checkpoint_path), "architecture": arch,
             "tensors": len(state_dict), "epoch": meta.get("epoch"), "global_step": meta.get("global_step"),
             "lightning": meta.get("pytorch-lightning_version"), "positions": positions if arch == "ebranchformer" else None,
             "counts": parameter_counts(model), "name": output_dir.name,
+            "vocabulary": f"`{Path(vocab).name}`, {len(tokenizer)} symbols" if vocab is not None else "the course's 34 symbols",
         }  # fmt: skip
         try:
             _write_folder(staging, model, processor, report)
@@ -551,6 +620,7 @@ tags: [ctc, {report['architecture']}, golos, converted]
 {report['architecture']} CTC model converted by `convert_checkpoint.py` from the course checkpoint
 `{Path(report['source']).name}` (sha256 `{report['sha256'][:16]}...`; epoch {report['epoch']}, global step
 {report['global_step']}, Lightning {report['lightning']}). {report['tensors']} source tensors, all used.
+Vocabulary: {report['vocabulary']}.
 {positions}
 | parameters | count |
 |---|---|
@@ -581,6 +651,9 @@ def main(argv=None):
                         help="load with non-tensor objects replaced by inert placeholders (runs no code from the file)")
     parser.add_argument("--unsafe-unpickle", action="store_true",
                         help="unpickle fully: runs code from the file, only for checkpoints you trust")
+    parser.add_argument("--vocab", metavar="VOCAB.json",
+                        help="the vocabulary the CTC head was trained with, as a vocab.json (symbol -> output index, "
+                             '"|" the space, "<pad>" the blank); default: the course\'s 34 symbols')
     parser.add_argument("--num-mel-bins", type=int, default=64)
     parser.add_argument("--num-attention-heads", type=int, default=4, help="E-Branchformer (not in the shapes)")
     parser.add_argument("--positions", choices=["auto", "batch-quirk", "per-frame"], default="auto",
@@ -593,7 +666,7 @@ def main(argv=None):
         model, report = convert(
             args.checkpoint, args.output_dir, args.arch, args.overwrite, args.inert_objects, args.unsafe_unpickle,
             args.num_mel_bins, args.num_attention_heads, args.positions, args.block_strides, args.block_dilations,
-            args.batch_norm_eps,
+            args.batch_norm_eps, args.vocab,
         )  # fmt: skip
     except ConversionError as error:
         sys.exit(f"convert_checkpoint: {error}")
@@ -603,8 +676,7 @@ def main(argv=None):
     print(f"{args.checkpoint} -> {args.output_dir}: {report['architecture']}, epoch {report['epoch']}, "
           f"step {report['global_step']}, {report['tensors']} tensors")  # fmt: skip
     print(format_counts(report["counts"]))
-    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
-    inputs = processor.feature_extractor(check_signal(), sampling_rate=16000, return_tensors="pt")
+    inputs = EBranchformerFeatureExtractor()(check_signal(), sampling_rate=16000, return_tensors="pt")
     reloaded = AutoModelForCTC.from_pretrained(args.output_dir).eval()
     with torch.no_grad():
         before, after = model(**inputs).logits.log_softmax(-1), reloaded(**inputs).logits.log_softmax(-1)

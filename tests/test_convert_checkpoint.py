@@ -2,6 +2,7 @@
 as Lightning checkpoints, converted, and compared with the converted models."""
 
 import errno
+import json
 import os
 import stat
 import subprocess
@@ -222,6 +223,53 @@ def test_wrong_shapes_missing_and_unexpected_keys_are_listed_and_nothing_is_writ
     torch.save(checkpoint, tmp_path / "q.ckpt")
     with pytest.raises(ConversionError, match=r"missing \(1\): quartznet.blocks.2.sub_blocks.1.norm.running_var"):
         convert(tmp_path / "q.ckpt", tmp_path / "out")
+
+
+def test_a_head_of_another_size_needs_a_vocabulary_that_fits(tmp_path):
+    torch.manual_seed(0)
+    source = randomize_batch_norms(CourseCTCModel(CourseQuartzNetEncoder(), CourseDecoder(1024, classes=40))).eval()
+    torch.save(lightning_checkpoint(source), tmp_path / "q40.ckpt")
+    # It converted without comment and got the 34-symbol course tokenizer, which has no symbol for outputs 34..39
+    # (the blank among them); a smaller head's blank decoded as a letter.
+    with pytest.raises(ConversionError, match=r"CTC head .* has 40 outputs, but the course vocabulary has 34 .*--vocab"):
+        convert(tmp_path / "q40.ckpt", tmp_path / "out")
+    symbols = ["<pad>", "|", *"абвгдежзийклмнопрстуфхцчшщъыьэюя", *"abcdef"]  # the blank first, this time
+    vocab = {symbol: index for index, symbol in enumerate(symbols)}
+    (tmp_path / "vocab34.json").write_text(json.dumps(dict(list(vocab.items())[:34])), encoding="utf-8")
+    with pytest.raises(ConversionError, match=r"vocab34.json has 34 symbols but the CTC head .* has 40 outputs"):
+        convert(tmp_path / "q40.ckpt", tmp_path / "out", vocab=tmp_path / "vocab34.json")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    model, _ = convert(tmp_path / "q40.ckpt", tmp_path / "out", vocab=tmp_path / "vocab.json")
+    assert model.config.vocab_size == 40 and model.config.pad_token_id == 0  # the blank is where the vocabulary says
+    tokenizer = EBranchformerCTCTokenizer.from_pretrained(tmp_path / "out")
+    assert tokenizer.get_vocab() == vocab and tokenizer.pad_token_id == 0
+    assert tokenizer.decode([0, 2, 0, 1, 39]) == "а f"
+    assert "Vocabulary: `vocab.json`, 40 symbols" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_a_vocabulary_file_that_cannot_be_right_is_refused_before_the_checkpoint_is_read(tmp_path, monkeypatch):
+    def read(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the vocabulary was checked")
+
+    monkeypatch.setattr(convert_checkpoint, "load_checkpoint", read)
+    course = json.loads((ROOT / "modeling_ebranchformer" / "vocab.json").read_text(encoding="utf-8"))
+    cases = [
+        ("{not json", r"not a UTF-8 JSON file"),
+        (json.dumps(list(course)), r"expected a JSON object mapping each symbol to its output index"),
+        ('{"|": 0, "а": 1, "а": 2, "<pad>": 3}', r"symbols listed twice: \['а'\]"),
+        (json.dumps({**course, "я": 33, "<pad>": 34}), r"the 34 indices must be 0..33, each once; missing: \[32\]; outside: \[34\]"),
+        (json.dumps({**course, "я": 0}), r"the 34 indices .*; repeated: \[0\]; missing: \[32\]"),
+        (json.dumps({k: v for k, v in course.items() if k != "<pad>"} | {"ё": 33}), r'no "<pad>" \(the CTC blank\)'),
+        (json.dumps({(" " if k == "|" else k): v for k, v in course.items()}), r'no "\|" .*write the space as "\|"'),
+    ]
+    for index, (text, message) in enumerate(cases):
+        (tmp_path / f"vocab{index}.json").write_text(text, encoding="utf-8")
+        with pytest.raises(ConversionError, match=rf"--vocab .*vocab{index}.json: {message}"):
+            convert(tmp_path / "model.ckpt", tmp_path / "out", vocab=tmp_path / f"vocab{index}.json")
+    with pytest.raises(ConversionError, match=r"--vocab .*absent.json: cannot read it \(No such file or directory\)"):
+        convert(tmp_path / "model.ckpt", tmp_path / "out", vocab=tmp_path / "absent.json")
 
 
 def test_an_existing_output_folder_is_replaced_only_with_overwrite(tmp_path):
