@@ -30,14 +30,11 @@ The folder holds model.safetensors, config.json (with auto_map), the processor f
 """
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +51,8 @@ from modeling_ebranchformer import (
     QuartzNetForCTC,
 )
 from modeling_ebranchformer.configuration_quartznet import COURSE_BLOCKS
+from modeling_ebranchformer.files import OutputFolderError, staged_folder
+from modeling_ebranchformer.model_card import write_model_card
 from modeling_ebranchformer.summary import format_counts, parameter_counts
 
 
@@ -484,41 +483,50 @@ def convert(checkpoint_path, output_dir, arch="auto", overwrite=False, inert_obj
     check_checkpoint_file(checkpoint_path)
     check_output_dir(output_dir, checkpoint_path, overwrite)
     vocabulary = read_vocab(vocab) if vocab is not None else None
-    with _staging_folder(output_dir) as staging:
-        state_dict, meta = load_checkpoint(checkpoint_path, inert_objects, unsafe_unpickle)
-        state_dict = strip_prefix(state_dict)
-        arch = detect_architecture(state_dict, arch)
-        _apply_architecture_options(args, arch)
-        tokenizer = tokenizer_for_head(_shape(state_dict, "decoder.layers.0.weight")[0], vocab, vocabulary)
-        args.blank_id = tokenizer.pad_token_id
-        try:
-            if arch == "ebranchformer":
-                config, positions = ebranchformer_config(state_dict, args)
-                model = EBranchformerForCTC(config)
-                mapped, unexpected = map_ebranchformer(state_dict, config, positions)
-            else:
-                config = quartznet_config(state_dict, args)
-                model = QuartzNetForCTC(config)
-                mapped, unexpected = map_quartznet(state_dict, config)
-        except ValueError as error:  # a config built from the shapes that the package rejects
-            raise ConversionError(f"the checkpoint's shapes give an invalid configuration: {error}") from None
-        check_complete(model, mapped, unexpected)
-        model.load_state_dict(mapped, strict=False)  # strict except num_batches_tracked, checked above
-        model.eval()
+    try:
+        with staged_folder(output_dir, overwrite, check=lambda: check_output_dir(output_dir, checkpoint_path,
+                                                                               overwrite)) as staging:  # fmt: skip
+            return _convert_into(staging, checkpoint_path, output_dir, args, vocab, vocabulary)
+    except OutputFolderError as error:  # the staging folder could not be made: nothing was loaded
+        raise ConversionError(f"{error.strerror} ({error.filename}). Choose a place where you may create folders.") from None
+    except OSError as error:
+        raise ConversionError(f"writing {output_dir} failed: {error.strerror or error}; nothing written, an earlier "
+                              "folder is unchanged") from None  # fmt: skip
 
-        processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), tokenizer)
-        report = {
-            "source": str(checkpoint_path), "sha256": _sha256(checkpoint_path), "architecture": arch,
-            "tensors": len(state_dict), "epoch": meta.get("epoch"), "global_step": meta.get("global_step"),
-            "lightning": meta.get("pytorch-lightning_version"), "positions": positions if arch == "ebranchformer" else None,
-            "counts": parameter_counts(model), "name": output_dir.name,
-            "vocabulary": f"`{Path(vocab).name}`, {len(tokenizer)} symbols" if vocab else "the course's 34 symbols",
-        }  # fmt: skip
-        try:
-            _write_folder(staging, model, processor, report)
-        except OSError as error:
-            raise ConversionError(f"writing {output_dir} failed: {error}; nothing written") from None
-        _move_into_place(staging, output_dir, checkpoint_path, overwrite)
+
+def _convert_into(staging: Path, checkpoint_path, output_dir, args, vocab, vocabulary):
+    state_dict, meta = load_checkpoint(checkpoint_path, args.inert_objects, args.unsafe_unpickle)
+    state_dict = strip_prefix(state_dict)
+    arch = detect_architecture(state_dict, args.arch)
+    _apply_architecture_options(args, arch)
+    tokenizer = tokenizer_for_head(_shape(state_dict, "decoder.layers.0.weight")[0], vocab, vocabulary)
+    args.blank_id = tokenizer.pad_token_id
+    try:
+        if arch == "ebranchformer":
+            config, positions = ebranchformer_config(state_dict, args)
+            model = EBranchformerForCTC(config)
+            mapped, unexpected = map_ebranchformer(state_dict, config, positions)
+        else:
+            config = quartznet_config(state_dict, args)
+            model = QuartzNetForCTC(config)
+            mapped, unexpected = map_quartznet(state_dict, config)
+    except ValueError as error:  # a config built from the shapes that the package rejects
+        raise ConversionError(f"the checkpoint's shapes give an invalid configuration: {error}") from None
+    check_complete(model, mapped, unexpected)
+    model.load_state_dict(mapped, strict=False)  # strict except num_batches_tracked, checked above
+    model.eval()
+
+    processor = EBranchformerProcessor(tokenizer=tokenizer)
+    report = {
+        "source": str(checkpoint_path), "sha256": _sha256(checkpoint_path), "architecture": arch,
+        "tensors": len(state_dict), "epoch": meta.get("epoch"), "global_step": meta.get("global_step"),
+        "lightning": meta.get("pytorch-lightning_version"), "positions": positions if arch == "ebranchformer" else None,
+        "counts": parameter_counts(model), "name": output_dir.name,
+        "vocabulary": f"`{Path(vocab).name}`, {len(tokenizer)} symbols" if vocab else "the course's 34 symbols",
+    }  # fmt: skip
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    write_model_card(staging, model_card(report), tags=[report["architecture"], "golos", "converted"])
     return model, report
 
 
@@ -614,77 +622,6 @@ def check_output_dir(output_dir: Path, checkpoint_path, overwrite: bool):
         )
 
 
-@contextlib.contextmanager
-def _staging_folder(output_dir: Path):
-    """A hidden temporary folder beside `output_dir`, made before anything is loaded, so that a place where
-    nothing can be written fails at once. On leaving it is removed unless it was moved into place, and so
-    are the parent folders made for it if they are still empty."""
-    made = []
-    try:
-        for folder in reversed([output_dir.parent, *output_dir.parent.parents]):
-            if not folder.exists():
-                folder.mkdir()
-                made.append(folder)
-        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    except OSError as error:
-        _remove_if_empty(made)
-        raise ConversionError(
-            f"cannot write the output folder {output_dir}: {error.strerror} ({error.filename}). Choose a place "
-            "where you may create folders."
-        ) from None
-    try:
-        yield staging
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-        _remove_if_empty(made)
-
-
-def _remove_if_empty(folders: list[Path]):
-    for folder in reversed(folders):
-        if folder.exists() and not any(folder.iterdir()):
-            folder.rmdir()
-
-
-def _write_folder(folder: Path, model, processor, report):
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    (folder / "README.md").write_text(model_card(folder, report), encoding="utf-8")
-    # mkdtemp makes the folder 0700 and safetensors writes through a 0600 temporary file: give everything
-    # the mode a plain write would (0666/0777 less the umask), so the folder can be shared like any other.
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def _move_into_place(staging: Path, output_dir: Path, checkpoint_path, overwrite: bool):
-    """Rename the written folder into place: readers never see half a folder. An existing folder (checked
-    again: it may have appeared since the start) is first renamed aside and is put back if the second
-    rename fails; it is deleted only once the new folder is in place."""
-    check_output_dir(output_dir, checkpoint_path, overwrite)
-    if not output_dir.exists():
-        try:
-            os.replace(staging, output_dir)
-        except OSError as error:
-            raise ConversionError(f"cannot rename the new folder to {output_dir} ({error.strerror})") from None
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old.", dir=output_dir.parent))
-    try:
-        os.replace(output_dir, old)  # onto the empty placeholder, in the same parent folder
-    except OSError as error:
-        old.rmdir()
-        raise ConversionError(f"cannot move {output_dir} aside ({error.strerror}); it is unchanged") from None
-    try:
-        os.replace(staging, output_dir)
-    except OSError as error:
-        os.replace(old, output_dir)
-        raise ConversionError(
-            f"cannot rename the new folder to {output_dir} ({error.strerror}); the old one is back in place"
-        ) from None
-    shutil.rmtree(old)
-
-
 def _sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -693,7 +630,8 @@ def _sha256(path) -> str:
     return digest.hexdigest()
 
 
-def model_card(folder: Path, report: dict) -> str:
+def model_card(report: dict) -> str:
+    """The model card's description of a converted checkpoint (see `write_model_card`)."""
     counts = "\n".join(f"| {k} | {v:,} |" for k, v in report["counts"].items())
     positions = ""
     if report["positions"] == "batch-quirk":
@@ -703,16 +641,7 @@ depended on an utterance's place in the batch. Row 0 (what an utterance gets at 
 into the subsampling bias and positions are off (`position_embedding_type="none"`): this model gives every
 utterance of any batch what the course model gave it at batch size 1.
 """
-    return f"""---
-language: ru
-library_name: transformers
-pipeline_tag: automatic-speech-recognition
-tags: [ctc, {report['architecture']}, golos, converted]
----
-
-# {report['name']}
-
-{report['architecture']} CTC model converted by `convert_checkpoint.py` from the course checkpoint
+    return f"""{report['architecture']} CTC model converted by `convert_checkpoint.py` from the course checkpoint
 `{Path(report['source']).name}` (sha256 `{report['sha256'][:16]}...`; epoch {report['epoch']}, global step
 {report['global_step']}, Lightning {report['lightning']}). {report['tensors']} source tensors, all used.
 Vocabulary: {report['vocabulary']}.
@@ -720,11 +649,6 @@ Vocabulary: {report['vocabulary']}.
 | parameters | count |
 |---|---|
 {counts}
-
-```python
-from transformers import pipeline
-asr = pipeline("automatic-speech-recognition", model="PATH", trust_remote_code=True)
-```
 """
 
 

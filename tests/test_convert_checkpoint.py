@@ -400,7 +400,7 @@ def test_an_unwritable_place_fails_before_the_checkpoint_is_read(tmp_path, monke
     def read_only(*args, dir=None, **kwargs):  # what a read-only folder gives (chmod does not stop root)
         raise PermissionError(errno.EACCES, "Permission denied", str(dir))
 
-    monkeypatch.setattr(convert_checkpoint.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr("tempfile.mkdtemp", read_only)
     with pytest.raises(ConversionError, match=r"cannot write the output folder .*new/models/out: Permission denied"):
         convert(tmp_path / "q.ckpt", tmp_path / "new" / "models" / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "q.ckpt"]  # the parents made are gone
@@ -441,7 +441,7 @@ def test_a_failure_while_writing_changes_nothing(tmp_path, monkeypatch):
         rename(source, target)
 
     monkeypatch.setattr(convert_checkpoint.os, "replace", fail_from_staging)
-    with pytest.raises(ConversionError, match=r"cannot rename the new folder to .*out \(Invalid cross-device link\)"):
+    with pytest.raises(ConversionError, match=r"writing .*out failed: Invalid cross-device link; nothing written, an earlier folder is unchanged"):
         convert(tmp_path / "q.ckpt", tmp_path / "out", overwrite=True)
     assert {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()} == before
     assert leftovers(tmp_path) == []
