@@ -140,6 +140,11 @@ def masked_depthwise_conv(conv: nn.Conv1d, hidden_states: torch.Tensor, frame_ma
     return output.squeeze(2).transpose(1, 2)
 
 
+class EBranchformerCSGUConv(nn.Conv1d):
+    """The CSGU's depthwise convolution over time. A class of its own because it has an initialisation of
+    its own (see `_init_weights`), and Transformers initialises the modules that own parameters."""
+
+
 class EBranchformerCSGU(nn.Module):
     """Convolutional spatial gating unit: value half * depthwise_conv(LayerNorm(gate half))."""
 
@@ -148,7 +153,7 @@ class EBranchformerCSGU(nn.Module):
         channels = config.cgmlp_intermediate_size // 2
         kernel = config.cgmlp_conv_kernel_size
         self.norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
-        self.conv = nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels)
+        self.conv = EBranchformerCSGUConv(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels)
         self.dropout = EBranchformerDropout(config.dropout)
 
     def forward(self, hidden_states, frame_mask):
@@ -224,11 +229,11 @@ class EBranchformerPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)  # normal(0, initializer_range) weights, zero biases, unit LayerNorms
-        if isinstance(module, EBranchformerCSGU):
+        if isinstance(module, EBranchformerCSGUConv):
             # As ESPnet: the gate starts as ~1 (tiny conv weights, unit bias), so a fresh cgMLP passes
             # its value half through and training starts from a plain MLP.
-            init.normal_(module.conv.weight, std=1e-6)
-            init.ones_(module.conv.bias)
+            init.normal_(module.weight, std=1e-6)
+            init.ones_(module.bias)
         elif isinstance(module, EBranchformerSinusoidalPositions):
             init.copy_(module.table, module.make_table(self.config))
 

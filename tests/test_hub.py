@@ -137,4 +137,5 @@ def test_pipeline_on_the_real_golos_recording(saved_model, golos_example):
     _, folder = saved_model
     asr = pipeline("automatic-speech-recognition", model=str(folder))
     result = asr(pipeline_input(golos_example), return_timestamps="word")
+    assert len(result["chunks"]) == len(result["text"].split()) > 0
     assert all(0 <= c["timestamp"][0] <= c["timestamp"][1] <= 4.04 for c in result["chunks"])

@@ -1,26 +1,29 @@
-"""The project's WER and CER modules (metrics/wer, metrics/cer) against edit distances counted by hand.
+"""The package's WER and CER modules (modeling_ebranchformer/metrics) against edit distances counted by hand,
+and `evaluate.load("wer")` offline.
 
 Each case lists its substitutions, deletions and insertions as a person counts them; the expected rate is
 (S + D + I) / N with N the number of reference words (characters, spaces included, for CER). Over several
 utterances the rate is the corpus one: all errors over all reference words, not a mean of per-utterance rates.
 """
 
-from pathlib import Path
+import os
+import subprocess
+import sys
+import textwrap
 
-import evaluate
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from modeling_ebranchformer.metrics import evaluate_modules_cache, load_metric
 
 
 @pytest.fixture(scope="module")
 def wer():
-    return evaluate.load(str(ROOT / "metrics" / "wer"))
+    return load_metric("wer")
 
 
 @pytest.fixture(scope="module")
 def cer():
-    return evaluate.load(str(ROOT / "metrics" / "cer"))
+    return load_metric("cer")
 
 
 # (reference, hypothesis, substitutions, deletions, insertions, reference words)
@@ -91,3 +94,30 @@ def test_a_perfect_corpus_scores_zero(wer, cer):
     references = ["джой включи свет", "да", "сколько будет стоить"]
     assert wer.compute(predictions=references, references=references) == 0.0
     assert cer.compute(predictions=references, references=references) == 0.0
+
+
+def test_evaluate_load_by_name_works_offline_outside_the_repository(tmp_path):
+    """What users type, `evaluate.load("wer")`, in a fresh module cache, offline, from another folder: the
+    first process imports the package (which places the modules), the second uses only evaluate."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    env.pop("PYTHONPATH", None)
+    compute = textwrap.dedent("""
+        import evaluate
+        wer = evaluate.load("wer").compute(predictions=["джой свет", "да"], references=["джой включи свет", "да"])
+        cer = evaluate.load("cer").compute(predictions=["дажой"], references=["джой"])
+        print(wer, cer)
+    """)
+    for code in ("import modeling_ebranchformer\n" + compute, compute):
+        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split() == [str(1 / 4), str(1 / 4)]  # 1 deletion in 4 words; 1 insertion in 4 chars
+
+
+def test_the_module_cache_is_where_evaluate_looks(tmp_path, monkeypatch):
+    import evaluate.loading
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    assert evaluate_modules_cache() == tmp_path / "modules" / "evaluate_modules"
+    monkeypatch.delenv("HF_MODULES_CACHE")
+    expected = evaluate.loading.init_dynamic_modules()  # evaluate's own default (HF_HOME or ~/.cache)
+    assert str(evaluate_modules_cache()) == expected

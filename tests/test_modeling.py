@@ -206,14 +206,6 @@ def test_dropout_zeroes_a_fraction_p_and_keeps_the_expected_value():
     assert torch.equal(dropout.eval()(x), x)
 
 
-CSGU_INIT_NEVER_RUNS = (
-    "package bug: transformers 5 never calls _init_weights on EBranchformerCSGU (custom code without parameters "
-    "of its own: PreTrainedModel._initialize_weights marks it done on all() over nothing), so the CSGU conv keeps "
-    "the default N(0, 0.02) weights and zero bias; give the init to a module that owns the conv's tensors"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=CSGU_INIT_NEVER_RUNS)
 def test_fresh_csgu_gate_is_one_so_the_cgmlp_starts_as_a_plain_mlp(tiny_config):
     """ESPnet's initialisation: depthwise conv weights ~N(0, 1e-6) and bias 1, so the gate is ~1 and the
     CSGU passes its value half through unchanged."""
