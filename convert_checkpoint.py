@@ -660,7 +660,7 @@ def check_signal(seconds=1.5, seed=0) -> np.ndarray:
     return (0.3 * signal + 0.01 * np.random.default_rng(seed).standard_normal(t.size)).astype(np.float32)
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a Lightning .ckpt or a saved state dict")
     parser.add_argument("output_dir", help="the from_pretrained folder to write")
@@ -682,7 +682,11 @@ def main(argv=None):
     parser.add_argument("--block-strides", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
     parser.add_argument("--block-dilations", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
     parser.add_argument("--batch-norm-eps", type=float, help="QuartzNet; default: 1e-5 (PyTorch's)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         model, report = convert(
             args.checkpoint, args.output_dir, args.arch, args.overwrite, args.inert_objects, args.unsafe_unpickle,

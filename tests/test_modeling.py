@@ -220,3 +220,17 @@ def test_fresh_csgu_gate_is_one_so_the_cgmlp_starts_as_a_plain_mlp(tiny_config):
     value_half = x[..., : tiny_config.cgmlp_intermediate_size // 2]
     with torch.no_grad():
         assert torch.allclose(csgus[0].eval()(x, None), value_half, atol=1e-4)
+
+
+def test_return_dict_false_gives_the_same_values_as_a_tuple(tiny_config, features):
+    from modeling_ebranchformer import QuartzNetConfig, QuartzNetForCTC
+
+    labels = torch.tensor([[1, 2], [3, -100], [4, 5]])
+    for model in (EBranchformerForCTC(tiny_config).eval(), QuartzNetForCTC(QuartzNetConfig()).eval()):
+        named = model(**features, labels=labels, output_hidden_states=True)
+        as_tuple = model(**features, labels=labels, output_hidden_states=True, return_dict=False)
+        assert len(as_tuple) == 3 and torch.equal(as_tuple[0], named.loss) and torch.equal(as_tuple[1], named.logits)
+        assert len(as_tuple[2]) == len(named.hidden_states) > 1
+        model.config.return_dict = False  # the config's choice holds too, and generate() still works
+        assert torch.equal(model(**features)[0], named.logits)
+        assert model.generate(**features).shape == named.logits.shape[:2]
