@@ -28,7 +28,7 @@ import yaml
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from golos import EMBEDDED_CORPUS, course_filter, decode_with_soundfile, load_golos, normalize_and_check_texts
+from golos import EMBEDDED_CORPUS, TEST_SETS, course_filter, decode_with_soundfile, load_golos, normalize_and_check_texts
 from golos import random_subset_by_duration
 from golos.selection import ctc_feasible
 from modeling_ebranchformer import DataCollatorCTC, EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
@@ -89,7 +89,7 @@ class DataArguments:
     )
     train_domains: str = field(default="all", metadata={"help": "Train on 'crowd', 'farfield' or 'all'."})
     eval_sets: str = field(
-        default="crowd,farfield",
+        default=",".join(TEST_SETS),
         metadata={"help": "Comma-separated test domains to evaluate on; 'train' evaluates on the train selection."},
     )
     train_subset_seconds: float | None = field(
@@ -316,8 +316,8 @@ def prepare_eval(data_args, tokenizer, train_dataset):
                 raise SystemExit("--eval_sets train needs --do_train true (it evaluates on the train selection)")
             sets[name] = train_dataset
             continue
-        if name not in ("crowd", "farfield"):
-            raise SystemExit(f"unknown eval set {name!r}: use crowd, farfield or train")
+        if name not in TEST_SETS:
+            raise SystemExit(f"unknown eval set {name!r}: use {', '.join(TEST_SETS)} or train")
         dataset = load_golos(data_args.data_dir, name, "test", decode="none", **_load_kwargs(data_args))
         dataset, report = normalize_and_check_texts(dataset, tokenizer)
         logger.info("eval set %s: %s", name, report)
