@@ -189,6 +189,32 @@ def test_missing_and_damaged_model_folders_are_named(trained, tmp_path):
         train_ctc.run(args(tmp_path, "--model_name_or_path", str(tmp_path / "model")))
 
 
+@pytest.mark.parametrize("arch,variant", [("quartznet", "flat"), ("ebranchformer", "sequential")])
+def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tmp_path):
+    from test_convert_checkpoint import convert, course_model, lightning_checkpoint
+    from transformers import AutoModelForCTC
+
+    from evaluate_ctc import main as evaluate_main
+
+    torch.save(lightning_checkpoint(course_model(arch, variant)), tmp_path / "model.ckpt")
+    convert(tmp_path / "model.ckpt", tmp_path / "converted")
+    rows = evaluate_main([str(tmp_path / "converted"), "--max_samples", "4", "--output_dir", str(tmp_path / "eval")])
+    assert [row["utterances"] for row in rows] == [4, 4]
+    trainer, metrics = train_ctc.run([
+        "--model_name_or_path", str(tmp_path / "converted"), "--max_steps", "3", "--per_device_train_batch_size", "4",
+        "--train_subset_seconds", "15", "--max_eval_samples", "4", "--eval_strategy", "no", "--save_strategy", "no",
+        "--report_to", "none", "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false",
+        "--logging_steps", "1", "--output_dir", str(tmp_path / "tuned"), "--dataset_cache_dir", str(tmp_path / "cache"),
+        "--disable_tqdm", "true",
+    ])  # fmt: skip
+    assert trainer.state.global_step == 3 and metrics["eval_crowd_utterances"] == 4
+    tuned = AutoModelForCTC.from_pretrained(tmp_path / "tuned")
+    converted = AutoModelForCTC.from_pretrained(tmp_path / "converted")
+    assert type(tuned) is type(converted)
+    changed = [n for n, p in tuned.state_dict().items() if not torch.equal(p, converted.state_dict()[n])]
+    assert any(n.startswith("lm_head") for n in changed)  # the weights were trained
+
+
 # --- several processes ------------------------------------------------------------------------------
 
 
