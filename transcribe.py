@@ -202,7 +202,7 @@ class Transcriber:
             left = 0 if start == 0 else self.stride
             begin = start - left
             end = min(n, start + step + self.stride)
-            keep_end = min(n, start + step)  # the last sample this chunk is responsible for
+            keep_end = n if end >= n else start + step  # up to here this chunk is responsible for the frames
             out.append((begin, samples[begin:end], left // spf, math.ceil(keep_end / spf) - math.ceil(start / spf)))
             if end >= n:
                 break
