@@ -132,8 +132,11 @@ class TorchBackend:
         if threads:
             torch.set_num_threads(threads)
         self.torch, self.device = torch, device
-        self.model = AutoModelForCTC.from_pretrained(model_dir).to(device).eval()
-        self.processor = AutoProcessor.from_pretrained(model_dir)
+        try:
+            self.model = AutoModelForCTC.from_pretrained(model_dir).to(device).eval()
+            self.processor = AutoProcessor.from_pretrained(model_dir)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"{model_dir}: cannot load a CTC model and processor ({error})") from error
         self.sampling_rate = self.processor.feature_extractor.sampling_rate
         self.samples_per_frame = int(self.model.config.inputs_to_logits_ratio)
         tokenizer = self.processor.tokenizer
@@ -406,6 +409,10 @@ def run(args) -> int:
                          "transcribe several to .jsonl with --timestamps, or run once per recording")  # fmt: skip
 
     output = Path(args.output) if args.output else None
+    if output is not None:
+        if output.is_dir():
+            raise UsageError(f"--output {output} is a folder; name a file")
+        output.parent.mkdir(parents=True, exist_ok=True)
     journal = output.with_name(f".{output.name}.journal.jsonl") if output else None
     done, journaled = [], []
     if output and args.overwrite:
@@ -423,11 +430,14 @@ def run(args) -> int:
     # Headers only (fast): durations for batching by length and for the progress bar.
     failures, sized = [], []
     for item in todo:
+        if not os.path.isfile(item["path"]):
+            failures.append((item["path"], "audio file not found"))
+            continue
         try:
             info = audio.sf.info(item["path"])
             sized.append((item, info.frames / info.samplerate))
         except Exception as error:  # noqa: BLE001 (any unreadable file is reported, never fatal)
-            failures.append((item["path"], reason(item["path"], error)))
+            failures.append((item["path"], f"cannot read audio ({error})"))
     for path, why in failures:
         print(f"error: {path}: {why}", file=sys.stderr)
 

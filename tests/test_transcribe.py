@@ -238,3 +238,23 @@ def test_bad_arguments(tiny_model, tmp_path, capsys):
     assert foreign.read_text(encoding="utf-8") == "a line that is no record\n"  # not overwritten
     assert transcribe.main([str(tmp_path), str(wav)]) == 2
     assert "neither a model folder" in capsys.readouterr().err
+
+
+def test_each_unreadable_file_is_named_with_its_reason(tiny_model, tmp_path, capsys):
+    import soundfile as sf
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(CROWD / "files" / "test_opus_crowd_0000.opus", folder)
+    sf.write(folder / "eight_khz.wav", np.zeros(8000, dtype=np.float32), 8000)
+    sf.write(folder / "stereo.wav", np.zeros((16000, 2), dtype=np.float32), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio_filepath": "in/gone.opus", "text": "нет"}\n', encoding="utf-8")
+    output = tmp_path / "deep" / "er" / "out.jsonl"  # folders are made
+    assert transcribe.main([str(tiny_model), str(folder), str(manifest), "--output", str(output), "--no_progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{folder / 'eight_khz.wav'}: sampling rate 8000 Hz, expected 16000 Hz" in err
+    assert f"{folder / 'stereo.wav'}: 2 channels, expected mono" in err
+    assert f"{tmp_path / 'in' / 'gone.opus'}: audio file not found" in err
+    assert "1 transcribed" in err and "3 failed" in err
+    assert [r["path"] for r in records(output)] == [str(folder / "test_opus_crowd_0000.opus")]
