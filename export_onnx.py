@@ -116,20 +116,33 @@ def parity_check(model, processor, onnx_path, waveforms, tolerance, threads=None
             logits = model(**inputs).logits
             reference = torch.log_softmax(logits.float(), -1).numpy()
             lengths = model.get_output_lengths(inputs["attention_mask"].sum(-1)).numpy()
-        log_probs, onnx_lengths = session.run(None, {"input_features": inputs["input_features"].numpy(),
-                                                     "attention_mask": inputs["attention_mask"].numpy().astype(np.int64)})  # fmt: skip
+        log_probs, onnx_lengths = session.run(
+            None,
+            {
+                "input_features": inputs["input_features"].numpy(),
+                "attention_mask": inputs["attention_mask"].numpy().astype(np.int64),
+            },
+        )
         if log_probs.shape != reference.shape or not np.array_equal(onnx_lengths, lengths):
-            raise ExportError(f"ONNX output shape {log_probs.shape}/lengths {onnx_lengths.tolist()} differ from PyTorch's "
-                              f"{reference.shape}/{lengths.tolist()}")  # fmt: skip
+            raise ExportError(
+                f"ONNX output shape {log_probs.shape}/lengths {onnx_lengths.tolist()} differ from PyTorch's "
+                f"{reference.shape}/{lengths.tolist()}"
+            )
         return max(float(np.abs(log_probs[i, :n] - reference[i, :n]).max()) for i, n in enumerate(lengths))
 
     single = max(compare([w]) for w in waveforms)
     padded = compare(waveforms)
-    result = {"utterances": len(waveforms), "max_abs_diff_batch1": single, "max_abs_diff_padded_batch": padded,
-              "tolerance": tolerance}  # fmt: skip
+    result = {
+        "utterances": len(waveforms),
+        "max_abs_diff_batch1": single,
+        "max_abs_diff_padded_batch": padded,
+        "tolerance": tolerance,
+    }
     if not (single <= tolerance and padded <= tolerance):
-        raise ExportError(f"ONNX Runtime's log-probabilities differ from PyTorch's by {max(single, padded):.3g} "
-                          f"(batch 1: {single:.3g}, padded batch: {padded:.3g}) > {tolerance:g}; nothing written")  # fmt: skip
+        raise ExportError(
+            f"ONNX Runtime's log-probabilities differ from PyTorch's by {max(single, padded):.3g} "
+            f"(batch 1: {single:.3g}, padded batch: {padded:.3g}) > {tolerance:g}; nothing written"
+        )
     return result
 
 
@@ -167,16 +180,25 @@ def load_runtime():
     return load_standalone("onnx_runtime")
 
 
-def export(model_dir, out_dir, int8=False, overwrite=False, tolerance=1e-4, check_audio=None, wer_sets=None,
-           threads=None, log=print):  # fmt: skip
+def export(
+    model_dir,
+    out_dir,
+    int8=False,
+    overwrite=False,
+    tolerance=1e-4,
+    check_audio=None,
+    wer_sets=None,
+    threads=None,
+    log=print,
+):
     """Export, check and publish; returns the `onnx_export.json` content."""
     import torch
     import transformers
+    from transformers import AutoModelForCTC, AutoProcessor
 
     import modeling_ebranchformer
     from modeling_ebranchformer.audio import read_audio
     from modeling_ebranchformer.files import write_folder_atomically
-    from transformers import AutoModelForCTC, AutoProcessor
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -202,43 +224,58 @@ def export(model_dir, out_dir, int8=False, overwrite=False, tolerance=1e-4, chec
         seconds = time.perf_counter() - started
         log(f"exported {type(model).__name__} to ONNX (opset {OPSET}) in {seconds:.1f} s")
         check = parity_check(model, processor, folder / "model.onnx", waveforms, tolerance, threads)
-        log(f"check on {check['utterances']} utterances: max |log-prob difference| batch 1 "
+        log(
+            f"check on {check['utterances']} utterances: max |log-prob difference| batch 1 "
             f"{check['max_abs_diff_batch1']:.2e}, padded batch {check['max_abs_diff_padded_batch']:.2e} "
-            f"(tolerance {tolerance:g})")  # fmt: skip
+            f"(tolerance {tolerance:g})"
+        )
         processor.save_pretrained(folder)
         model.config.save_pretrained(folder)
         files = {"fp32": "model.onnx"}
         if int8:
             quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
             files["int8"] = "model.int8.onnx"
-        info.update({
-            "format": "ebranchformer-ctc-onnx",
-            "model_type": model.config.model_type,
-            "files": files,
-            "default": "fp32",
-            "inputs": {"input_features": ["batch", "frames", model.config.num_mel_bins], "attention_mask": ["batch", "frames"]},
-            "outputs": {"log_probs": ["batch", "steps", model.config.vocab_size], "output_lengths": ["batch"]},
-            "samples_per_frame": int(model.config.inputs_to_logits_ratio),
-            "opset": OPSET,
-            "exporter": f"torch.onnx.export (TorchScript), torch {torch.__version__}, transformers {transformers.__version__}",
-            "source": str(model_dir),
-            "check": check,
-        })  # fmt: skip
-        (folder / "onnx_export.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        info.update(
+            {
+                "format": "ebranchformer-ctc-onnx",
+                "model_type": model.config.model_type,
+                "files": files,
+                "default": "fp32",
+                "inputs": {
+                    "input_features": ["batch", "frames", model.config.num_mel_bins],
+                    "attention_mask": ["batch", "frames"],
+                },
+                "outputs": {"log_probs": ["batch", "steps", model.config.vocab_size], "output_lengths": ["batch"]},
+                "samples_per_frame": int(model.config.inputs_to_logits_ratio),
+                "opset": OPSET,
+                "exporter": f"torch.onnx.export (TorchScript), torch {torch.__version__}, "
+                f"transformers {transformers.__version__}",
+                "source": str(model_dir),
+                "check": check,
+            }
+        )
+        (folder / "onnx_export.json").write_text(
+            json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         if int8 and wer_sets:
-            wer = {variant: word_error_rates(onnx_recogniser(folder, variant == "int8", threads), wer_sets)
-                   for variant in ("fp32", "int8")}  # fmt: skip
+            wer = {
+                variant: word_error_rates(onnx_recogniser(folder, variant == "int8", threads), wer_sets)
+                for variant in ("fp32", "int8")
+            }
             info["wer"] = wer
             for name in wer_sets:
                 fp32, q = wer["fp32"][name], wer["int8"][name]
-                log(f"{name}: WER fp32 {fp32['wer']:.2f} %, int8 {q['wer']:.2f} % ({q['wer'] - fp32['wer']:+.2f}); "
-                    f"CER fp32 {fp32['cer']:.2f} %, int8 {q['cer']:.2f} %")  # fmt: skip
+                log(
+                    f"{name}: WER fp32 {fp32['wer']:.2f} %, int8 {q['wer']:.2f} % ({q['wer'] - fp32['wer']:+.2f}); "
+                    f"CER fp32 {fp32['cer']:.2f} %, int8 {q['cer']:.2f} %"
+                )
             worst = max(wer["int8"][n]["wer"] - wer["fp32"][n]["wer"] for n in wer_sets)
             info["int8_within_1_point_wer"] = worst <= 1.0
             if worst > 1.0:
                 log(f"warning: int8 costs up to {worst:.2f} WER points (> 1); fp32 stays the default")
-            (folder / "onnx_export.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n",
-                                                     encoding="utf-8")  # fmt: skip
+            (folder / "onnx_export.json").write_text(
+                json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
 
     write_folder_atomically(out_dir, write, overwrite=overwrite)
     log(f"wrote {out_dir}")
@@ -246,15 +283,21 @@ def export(model_dir, out_dir, int8=False, overwrite=False, tolerance=1e-4, chec
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", help="a model folder of this package (train_ctc.py, convert_checkpoint.py)")
     parser.add_argument("out_dir", help="the folder to create")
     parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised model.int8.onnx")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |log-prob difference| ONNX vs PyTorch")
     parser.add_argument("--check_audio", nargs="+", help="audio files for the check (default: 8 embedded test files)")
-    parser.add_argument("--wer_manifest", nargs="+", metavar="NAME=MANIFEST",
-                        help="test sets for the int8 WER report (default: the embedded crowd and farfield sets)")
+    parser.add_argument(
+        "--wer_manifest",
+        nargs="+",
+        metavar="NAME=MANIFEST",
+        help="test sets for the int8 WER report (default: the embedded crowd and farfield sets)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if not args.tolerance > 0:
@@ -270,7 +313,16 @@ def main(argv=None) -> int:
     if not Path(args.model).is_dir():
         parser.error(f"MODEL {args.model}: not a folder")
     try:
-        export(args.model, args.out_dir, args.int8, args.overwrite, args.tolerance, args.check_audio, wer_sets, args.threads)
+        export(
+            args.model,
+            args.out_dir,
+            args.int8,
+            args.overwrite,
+            args.tolerance,
+            args.check_audio,
+            wer_sets,
+            args.threads,
+        )
     except (ExportError, FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -82,7 +82,9 @@ def collect_inputs(inputs, extensions) -> list[dict]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in extensions and p.is_file())
             if not found:
-                print(f"warning: {given}: no files with extensions {sorted(extensions)} in this folder", file=sys.stderr)
+                print(
+                    f"warning: {given}: no files with extensions {sorted(extensions)} in this folder", file=sys.stderr
+                )
             for p in found:
                 add(p)
         elif path.suffix.lower() in MANIFEST_EXTENSIONS:
@@ -110,7 +112,7 @@ def read_manifest(path: Path):
             except json.JSONDecodeError as error:
                 raise UsageError(f"{path}:{number}: not a JSON object ({error.msg})") from None
             if not isinstance(entry, dict) or not isinstance(entry.get("audio_filepath"), str):
-                raise UsageError(f"{path}:{number}: needs an \"audio_filepath\" string")
+                raise UsageError(f'{path}:{number}: needs an "audio_filepath" string')
             text = entry.get("text")
             yield path.parent / entry["audio_filepath"], text if isinstance(text, str) else None
 
@@ -123,9 +125,9 @@ class TorchBackend:
 
     def __init__(self, model_dir, device="cpu", threads=None):
         import torch
+        from transformers import AutoModelForCTC, AutoProcessor
 
         import modeling_ebranchformer  # noqa: F401  (registers the model types)
-        from transformers import AutoModelForCTC, AutoProcessor
 
         if device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda: no CUDA device is available to torch")
@@ -140,7 +142,9 @@ class TorchBackend:
         self.sampling_rate = self.processor.feature_extractor.sampling_rate
         self.samples_per_frame = int(self.model.config.inputs_to_logits_ratio)
         tokenizer = self.processor.tokenizer
-        self.vocabulary = runtime.CTCVocabulary(tokenizer.get_vocab(), tokenizer.pad_token, tokenizer.word_delimiter_token)
+        self.vocabulary = runtime.CTCVocabulary(
+            tokenizer.get_vocab(), tokenizer.pad_token, tokenizer.word_delimiter_token
+        )
 
     def __call__(self, waveforms):
         torch = self.torch
@@ -171,7 +175,9 @@ def load_backend(model_dir, device="cpu", threads=None, quantized=False):
     if quantized:
         raise UsageError(f"--quantized needs a folder made by export_onnx.py --int8; {model_dir} is not an ONNX export")
     if path.exists() and not (path / "config.json").is_file():
-        raise UsageError(f"{model_dir}: neither a model folder (config.json) nor an ONNX export ({runtime.EXPORT_FILE})")
+        raise UsageError(
+            f"{model_dir}: neither a model folder (config.json) nor an ONNX export ({runtime.EXPORT_FILE})"
+        )
     return TorchBackend(model_dir, device, threads)
 
 
@@ -256,8 +262,11 @@ def subtitle_cues(words, max_pause=0.6, max_duration=6.0, max_chars=84) -> list[
     for word in words:
         if current:
             text = " ".join(w["word"] for w in current + [word])
-            if (word["start"] - current[-1]["end"] > max_pause or word["end"] - current[0]["start"] > max_duration
-                    or len(text) > max_chars):  # fmt: skip
+            if (
+                word["start"] - current[-1]["end"] > max_pause
+                or word["end"] - current[0]["start"] > max_duration
+                or len(text) > max_chars
+            ):
                 cues.append(current)
                 current = []
         current.append(word)
@@ -293,8 +302,10 @@ def read_done(output: Path, suffix: str) -> list[dict]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
-                    raise UsageError(f"{output}:{number}: not JSON; is this an output of transcribe.py? "
-                                     "Pass --overwrite to replace it") from None  # fmt: skip
+                    raise UsageError(
+                        f"{output}:{number}: not JSON; is this an output of transcribe.py? "
+                        "Pass --overwrite to replace it"
+                    ) from None
                 if not isinstance(record, dict) or "path" not in record or "text" not in record:
                     raise UsageError(f"{output}:{number}: no path and text; pass --overwrite to replace the file")
             elif suffix == ".txt":
@@ -340,8 +351,13 @@ class Progress:
         except ImportError:
             self.start, self.total, self.done = time.monotonic(), seconds, 0.0
             return
-        self.bar = tqdm(total=round(seconds / 3600, 4), unit="h", file=sys.stderr, dynamic_ncols=True,
-                        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h audio [{elapsed}<{remaining}]{postfix}")  # fmt: skip
+        self.bar = tqdm(
+            total=round(seconds / 3600, 4),
+            unit="h",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h audio [{elapsed}<{remaining}]{postfix}",
+        )
         self.bar.set_postfix_str(f"files 0/{files}")
 
     def update(self, files: int, seconds: float):
@@ -355,8 +371,11 @@ class Progress:
         self.done += seconds
         elapsed = time.monotonic() - self.start
         eta = elapsed * (self.total - self.done) / self.done if self.done else float("nan")
-        print(f"files {self.done_files}/{self.files}, audio {self.done / 3600:.3f}/{self.total / 3600:.3f} h, "
-              f"ETA {eta:.0f} s", file=sys.stderr)  # fmt: skip
+        print(
+            f"files {self.done_files}/{self.files}, audio {self.done / 3600:.3f}/{self.total / 3600:.3f} h, "
+            f"ETA {eta:.0f} s",
+            file=sys.stderr,
+        )
 
     def close(self):
         if self.bar is not None:
@@ -367,10 +386,14 @@ class Progress:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", help="model folder (PyTorch) or export_onnx.py output folder (ONNX Runtime)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders, manifests (.json/.jsonl)")
-    parser.add_argument("--output", help=f"output file, format by extension: {', '.join(OUTPUT_FORMATS)}; default stdout")
+    parser.add_argument(
+        "--output", help=f"output file, format by extension: {', '.join(OUTPUT_FORMATS)}; default stdout"
+    )
     parser.add_argument("--batch_size", type=int, default=16, help="recordings (or chunks) per forward pass")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--chunk_length_s", type=float, default=30.0, help="files longer than this are chunked")
@@ -405,8 +428,10 @@ def run(args) -> int:
     suffix = Path(args.output).suffix.lower() if args.output else None
     timestamps = args.timestamps or suffix in (".srt", ".vtt")
     if suffix in (".srt", ".vtt") and len(items) != 1:
-        raise UsageError(f"--output {args.output}: a subtitle file holds one recording, and {len(items)} were given; "
-                         "transcribe several to .jsonl with --timestamps, or run once per recording")  # fmt: skip
+        raise UsageError(
+            f"--output {args.output}: a subtitle file holds one recording, and {len(items)} were given; "
+            "transcribe several to .jsonl with --timestamps, or run once per recording"
+        )
 
     output = Path(args.output) if args.output else None
     if output is not None:
@@ -442,7 +467,11 @@ def run(args) -> int:
         print(f"error: {path}: {why}", file=sys.stderr)
 
     backend = load_backend(args.model, args.device, args.threads, args.quantized) if sized else None
-    transcriber = Transcriber(backend, args.batch_size, args.chunk_length_s, args.stride_length_s, timestamps) if backend else None
+    transcriber = (
+        Transcriber(backend, args.batch_size, args.chunk_length_s, args.stride_length_s, timestamps)
+        if backend
+        else None
+    )
 
     started = time.monotonic()
     new_records, audio_seconds = [], 0.0
@@ -455,8 +484,12 @@ def run(args) -> int:
             # A batch: up to batch_size recordings, or one long recording that is cut into chunks.
             batch = [sized[index]]
             index += 1
-            while (index < len(sized) and len(batch) < args.batch_size and sized[index][1] <= args.chunk_length_s
-                   and batch[0][1] <= args.chunk_length_s):  # fmt: skip
+            while (
+                index < len(sized)
+                and len(batch) < args.batch_size
+                and sized[index][1] <= args.chunk_length_s
+                and batch[0][1] <= args.chunk_length_s
+            ):
                 batch.append(sized[index])
                 index += 1
             good, waveforms = [], []
@@ -492,7 +525,9 @@ def run(args) -> int:
 
     elapsed = time.monotonic() - started
     if output:
-        records = done + [r for r in journaled if os.path.abspath(r["path"]) not in {os.path.abspath(d["path"]) for d in done}]
+        records = done + [
+            r for r in journaled if os.path.abspath(r["path"]) not in {os.path.abspath(d["path"]) for d in done}
+        ]
         records += new_records
         order = {os.path.abspath(item["path"]): n for n, item in enumerate(items)}
         records.sort(key=lambda r: order.get(os.path.abspath(r["path"]), -1))  # stable: earlier outputs first
@@ -504,8 +539,10 @@ def run(args) -> int:
         for record in new_records:
             print(f"{record['path']}\t{record['text']}")
 
-    summary = (f"{len(new_records)} transcribed ({audio_seconds / 3600:.3f} h of audio in {elapsed:.1f} s), "
-               f"{skipped} already done, {len(failures)} failed")  # fmt: skip
+    summary = (
+        f"{len(new_records)} transcribed ({audio_seconds / 3600:.3f} h of audio in {elapsed:.1f} s), "
+        f"{skipped} already done, {len(failures)} failed"
+    )
     print(summary, file=sys.stderr)
     for path, why in failures:
         print(f"  failed: {path}: {why}", file=sys.stderr)
@@ -515,7 +552,7 @@ def run(args) -> int:
 def reason(path, error: Exception) -> str:
     text = str(error)
     prefix = f"{path}: "
-    return text[len(prefix):] if text.startswith(prefix) else f"{type(error).__name__}: {text}"
+    return text[len(prefix) :] if text.startswith(prefix) else f"{type(error).__name__}: {text}"
 
 
 if __name__ == "__main__":

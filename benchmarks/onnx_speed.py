@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, table  # noqa: E402
+from common import ROOT, machine, table
 
 TEST = ROOT / "data" / "golos_mini" / "test_opus"
 SETS = {"crowd": TEST / "crowd" / "manifest.jsonl", "farfield": TEST / "farfield" / "manifest.jsonl"}
@@ -85,16 +85,17 @@ class OnnxVariant:
 class TorchVariant:
     def __init__(self, model_dir, quantized, threads):
         import torch
+        from transformers import AutoModelForCTC, AutoProcessor
 
         import modeling_ebranchformer  # noqa: F401
-        from transformers import AutoModelForCTC, AutoProcessor
 
         torch.set_num_threads(threads)
         self.torch = torch
         self.model = AutoModelForCTC.from_pretrained(model_dir).eval()
         if quantized:
-            self.model = torch.ao.quantization.quantize_dynamic(copy.deepcopy(self.model), {torch.nn.Linear},
-                                                                dtype=torch.qint8)  # fmt: skip
+            self.model = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(self.model), {torch.nn.Linear}, dtype=torch.qint8
+            )
         self.processor = AutoProcessor.from_pretrained(model_dir)
 
     def features(self, waveforms):
@@ -199,8 +200,10 @@ def main(argv=None):
     import onnxruntime
 
     print(machine())
-    print(f"onnxruntime {onnxruntime.__version__}; model {args.model}; load average at start "
-          f"{' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print(
+        f"onnxruntime {onnxruntime.__version__}; model {args.model}; load average at start "
+        f"{' '.join(open('/proc/loadavg').read().split()[:3])}"
+    )
     if args.onnx_dir is None:
         import export_onnx
 
@@ -228,8 +231,19 @@ def main(argv=None):
     memory = {}
     for shape in SHAPES:
         for name in VARIANTS:
-            command = [sys.executable, __file__, args.model, "--onnx_dir", args.onnx_dir, "--threads", str(args.threads),
-                       "--memory_child", name, "--shape", shape]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                args.model,
+                "--onnx_dir",
+                args.onnx_dir,
+                "--threads",
+                str(args.threads),
+                "--memory_child",
+                name,
+                "--shape",
+                shape,
+            ]
             _, result = run_process(command)
             memory[shape, name] = json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -244,19 +258,29 @@ def main(argv=None):
             values = throughput[shape][name]
             median = statistics.median(values)
             mem = memory[shape, name]
-            rows.append([shape, name, f"{median:.0f} ({min(values):.0f}-{max(values):.0f})",
-                         f"**{median / base[shape]:.2f}**", f"{mem['peak_mib']:.0f}",
-                         "yes" if mem["torch_imported"] else "no"])  # fmt: skip
-    print(f"\nModel throughput, audio s / s on {args.threads} threads: median (min-max) of {args.rounds} interleaved "
-          "rounds; memory: peak RSS of a fresh process running that variant and shape")  # fmt: skip
+            rows.append(
+                [
+                    shape,
+                    name,
+                    f"{median:.0f} ({min(values):.0f}-{max(values):.0f})",
+                    f"**{median / base[shape]:.2f}**",
+                    f"{mem['peak_mib']:.0f}",
+                    "yes" if mem["torch_imported"] else "no",
+                ]
+            )
+    print(
+        f"\nModel throughput, audio s / s on {args.threads} threads: median (min-max) of {args.rounds} interleaved "
+        "rounds; memory: peak RSS of a fresh process running that variant and shape"
+    )
     print(table(["batch x length", "variant", "audio s/s", "vs PyTorch fp32", "peak RSS MiB", "torch imported"], rows))
 
     rows = []
     for name in VARIANTS:
         (cw, cc), (fw, fc) = wer[name]["crowd"], wer[name]["farfield"]
         base_c, base_f = wer["PyTorch fp32"]["crowd"][0], wer["PyTorch fp32"]["farfield"][0]
-        rows.append([name, f"{cw:.2f} % ({cw - base_c:+.2f})", f"{cc:.2f} %", f"{fw:.2f} % ({fw - base_f:+.2f})",
-                     f"{fc:.2f} %"])  # fmt: skip
+        rows.append(
+            [name, f"{cw:.2f} % ({cw - base_c:+.2f})", f"{cc:.2f} %", f"{fw:.2f} % ({fw - base_f:+.2f})", f"{fc:.2f} %"]
+        )
     print("\nAccuracy on the embedded test sets (45 + 45 utterances; WER change against PyTorch fp32)")
     print(table(["variant", "crowd WER", "crowd CER", "farfield WER", "farfield CER"], rows))
 
@@ -266,11 +290,19 @@ def main(argv=None):
     commands = {
         "transcribe.py, PyTorch model": [sys.executable, "transcribe.py", args.model, *map(str, SETS.values())],
         "transcribe.py, ONNX fp32": [sys.executable, "transcribe.py", args.onnx_dir, *map(str, SETS.values())],
-        "transcribe.py, ONNX int8": [sys.executable, "transcribe.py", args.onnx_dir, *map(str, SETS.values()),
-                                     "--quantized"],
-        "loop over pipeline(...), PyTorch model": [sys.executable, "-c", PIPELINE_LOOP.format(
-            root=str(ROOT), threads=args.threads, model=args.model, files=files)],
-    }  # fmt: skip
+        "transcribe.py, ONNX int8": [
+            sys.executable,
+            "transcribe.py",
+            args.onnx_dir,
+            *map(str, SETS.values()),
+            "--quantized",
+        ],
+        "loop over pipeline(...), PyTorch model": [
+            sys.executable,
+            "-c",
+            PIPELINE_LOOP.format(root=str(ROOT), threads=args.threads, model=args.model, files=files),
+        ],
+    }
     seconds = {name: [] for name in commands}
     for round_ in range(args.e2e_rounds):
         for name, command in commands.items():
@@ -283,10 +315,18 @@ def main(argv=None):
     rows = []
     for name, values in seconds.items():
         median = statistics.median(values)
-        rows.append([name, f"{median:.1f} ({min(values):.1f}-{max(values):.1f})", f"{len(files) / median:.2f}",
-                     f"**{base / median:.2f}**"])  # fmt: skip
-    print(f"\nEnd to end on the {len(files)} embedded test files (whole process incl. start-up and model loading; "
-          f"median (min-max) of {args.e2e_rounds} interleaved rounds)")  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{median:.1f} ({min(values):.1f}-{max(values):.1f})",
+                f"{len(files) / median:.2f}",
+                f"**{base / median:.2f}**",
+            ]
+        )
+    print(
+        f"\nEnd to end on the {len(files)} embedded test files (whole process incl. start-up and model loading; "
+        f"median (min-max) of {args.e2e_rounds} interleaved rounds)"
+    )
     print(table(["command", "wall s", "files / s", "vs pipeline loop"], rows))
     print(f"\nload average at the end {' '.join(open('/proc/loadavg').read().split()[:3])}")
 

@@ -47,16 +47,28 @@ class LogMelFeatures:
     """power = |STFT|^2 (periodic Hann, centred, reflect padding) -> HTK mel -> log(clamp); 1 + n // hop frames
     for n samples. Matches the torch feature extractor to float32 rounding (tested)."""
 
-    def __init__(self, feature_size=64, sampling_rate=16000, hop_length=160, n_fft=400, f_min=0.0, f_max=8000.0,
-                 log_floor=1e-9, log_ceiling=1e9, padding_value=0.0, **_):  # fmt: skip
+    def __init__(
+        self,
+        feature_size=64,
+        sampling_rate=16000,
+        hop_length=160,
+        n_fft=400,
+        f_min=0.0,
+        f_max=8000.0,
+        log_floor=1e-9,
+        log_ceiling=1e9,
+        padding_value=0.0,
+        **_,
+    ):
         self.feature_size = int(feature_size)
         self.sampling_rate = int(sampling_rate)
         self.hop_length = int(hop_length)
         self.n_fft = int(n_fft)
         self.log_floor, self.log_ceiling = float(log_floor), float(log_ceiling)
         self.padding_value = float(padding_value)
-        self.mel_filters = htk_mel_filter_bank(self.n_fft // 2 + 1, self.feature_size, f_min, f_max,
-                                               self.sampling_rate).astype(np.float32)  # fmt: skip
+        self.mel_filters = htk_mel_filter_bank(
+            self.n_fft // 2 + 1, self.feature_size, f_min, f_max, self.sampling_rate
+        ).astype(np.float32)
         n = np.arange(self.n_fft)
         self.window = (0.5 - 0.5 * np.cos(2 * np.pi * n / self.n_fft)).astype(np.float32)  # periodic Hann
 
@@ -122,8 +134,9 @@ class CTCVocabulary:
         if not vocab_path.is_file():
             raise ValueError(f"{folder}: vocab.json is missing")
         settings = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
-        return cls(_read_json(vocab_path), settings.get("pad_token") or "<pad>",
-                   settings.get("word_delimiter_token") or "|")  # fmt: skip
+        return cls(
+            _read_json(vocab_path), settings.get("pad_token") or "<pad>", settings.get("word_delimiter_token") or "|"
+        )
 
     def token_runs(self, ids: np.ndarray) -> list[tuple[str, int, int]]:
         """(character, first frame, end frame) of every non-blank run of equal ids."""
@@ -215,8 +228,11 @@ class OnnxCTCModel:
 
     def run_features(self, input_features: np.ndarray, attention_mask: np.ndarray):
         log_probs, lengths = self.session.run(
-            ["log_probs", "output_lengths"], {"input_features": np.asarray(input_features, dtype=np.float32),
-             "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
+            ["log_probs", "output_lengths"],
+            {
+                "input_features": np.asarray(input_features, dtype=np.float32),
+                "attention_mask": np.asarray(attention_mask, dtype=np.int64),
+            },
         )
         return log_probs, lengths
 

@@ -14,23 +14,35 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-import export_onnx  # noqa: E402
-import transcribe  # noqa: E402
-from conftest import CORPUS, ROOT  # noqa: E402
+from conftest import CORPUS, ROOT
+
+import export_onnx
+import transcribe
 
 CROWD = CORPUS / "test_opus" / "crowd"
 FILES = sorted((CROWD / "files").glob("*.opus"))[:6]
 
 
 def save_tiny(folder, quartznet=False):
-    from modeling_ebranchformer import (EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor,
-                                        QuartzNetConfig, QuartzNetForCTC)  # fmt: skip
+    from modeling_ebranchformer import (
+        EBranchformerConfig,
+        EBranchformerForCTC,
+        EBranchformerProcessor,
+        QuartzNetConfig,
+        QuartzNetForCTC,
+    )
 
     torch.manual_seed(0)
     if quartznet:
-        config = QuartzNetConfig(block_channels=[32, 32, 48], block_repeats=[1, 2, 1], block_kernel_sizes=[11, 9, 1],
-                                 block_strides=[4, 1, 1], block_dilations=[1, 2, 1], block_residual=[False, True, False],
-                                 block_separable=[True, True, False])  # fmt: skip
+        config = QuartzNetConfig(
+            block_channels=[32, 32, 48],
+            block_repeats=[1, 2, 1],
+            block_kernel_sizes=[11, 9, 1],
+            block_strides=[4, 1, 1],
+            block_dilations=[1, 2, 1],
+            block_residual=[False, True, False],
+            block_separable=[True, True, False],
+        )
         model = QuartzNetForCTC(config)
         with torch.no_grad():  # running statistics that are not the identity, so batch norm is really checked
             for module in model.modules():
@@ -38,9 +50,15 @@ def save_tiny(folder, quartznet=False):
                     module.running_mean.uniform_(-0.5, 0.5)
                     module.running_var.uniform_(0.5, 2.0)
     else:
-        config = EBranchformerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     cgmlp_intermediate_size=48, ffn_intermediate_size=64, merge_conv_kernel_size=7,
-                                     max_position_embeddings=2000)  # fmt: skip
+        config = EBranchformerConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            cgmlp_intermediate_size=48,
+            ffn_intermediate_size=64,
+            merge_conv_kernel_size=7,
+            max_position_embeddings=2000,
+        )
         model = EBranchformerForCTC(config)
     model.eval().save_pretrained(folder)
     EBranchformerProcessor().save_pretrained(folder)
@@ -52,7 +70,9 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     model_dir = save_tiny(root / "model")
     sets = {"crowd": CROWD / "manifest.jsonl"}
-    info = export_onnx.export(model_dir, root / "onnx", int8=True, check_audio=FILES, wer_sets=sets, log=lambda *a: None)
+    info = export_onnx.export(
+        model_dir, root / "onnx", int8=True, check_audio=FILES, wer_sets=sets, log=lambda *a: None
+    )
     return model_dir, root / "onnx", info
 
 
@@ -62,8 +82,14 @@ def test_export_is_checked_and_self_contained(exported):
     assert check["utterances"] == len(FILES) and check["max_abs_diff_batch1"] <= 1e-4
     assert check["max_abs_diff_padded_batch"] <= 1e-4
     assert json.loads((out / "onnx_export.json").read_text()) == info
-    for name in ("model.onnx", "model.int8.onnx", "config.json", "processor_config.json", "vocab.json",
-                 "tokenizer_config.json"):  # fmt: skip
+    for name in (
+        "model.onnx",
+        "model.int8.onnx",
+        "config.json",
+        "processor_config.json",
+        "vocab.json",
+        "tokenizer_config.json",
+    ):
         assert (out / name).is_file(), name
     assert info["samples_per_frame"] == 640 and info["files"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
     assert set(info["wer"]) == {"fp32", "int8"} and info["wer"]["int8"]["crowd"]["utterances"] == 45
@@ -144,10 +170,19 @@ def test_transcribe_onnx_without_torch(exported, tmp_path):
     outputs = {}
     for variant in ("fp32", "int8"):
         output = tmp_path / f"{variant}.jsonl"
-        command = [sys.executable, str(ROOT / "transcribe.py"), str(out), *files, "--output", str(output),
-                   "--no_progress", "--timestamps"] + (["--quantized"] if variant == "int8" else [])  # fmt: skip
-        result = subprocess.run([sys.executable, str(probe), *command[1:]], env=env, capture_output=True, text=True,
-                                timeout=120)  # fmt: skip
+        command = [
+            sys.executable,
+            str(ROOT / "transcribe.py"),
+            str(out),
+            *files,
+            "--output",
+            str(output),
+            "--no_progress",
+            "--timestamps",
+        ] + (["--quantized"] if variant == "int8" else [])
+        result = subprocess.run(
+            [sys.executable, str(probe), *command[1:]], env=env, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
         assert f"{len(files)} transcribed" in result.stderr
         outputs[variant] = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import CORPUS
 
 import transcribe
-from conftest import CORPUS
 
 CROWD = CORPUS / "test_opus" / "crowd"
 FARFIELD = CORPUS / "test_opus" / "farfield"
@@ -19,8 +19,15 @@ def tiny_model(tmp_path_factory):
     from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 
     torch.manual_seed(0)
-    config = EBranchformerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, cgmlp_intermediate_size=48,
-                                 ffn_intermediate_size=64, merge_conv_kernel_size=7, max_position_embeddings=2000)  # fmt: skip
+    config = EBranchformerConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        cgmlp_intermediate_size=48,
+        ffn_intermediate_size=64,
+        merge_conv_kernel_size=7,
+        max_position_embeddings=2000,
+    )
     folder = tmp_path_factory.mktemp("tiny_model")
     EBranchformerForCTC(config).eval().save_pretrained(folder)
     EBranchformerProcessor().save_pretrained(folder)
@@ -66,8 +73,19 @@ def reference_texts(model_dir, paths):
 def test_folder_manifest_and_broken_file(tiny_model, inputs, tmp_path, capsys):
     folder, manifest, lines = inputs
     output = tmp_path / "out.jsonl"
-    status = transcribe.main([str(tiny_model), str(folder), str(manifest), "--output", str(output), "--batch_size", "3",
-                              "--timestamps", "--no_progress"])  # fmt: skip
+    status = transcribe.main(
+        [
+            str(tiny_model),
+            str(folder),
+            str(manifest),
+            "--output",
+            str(output),
+            "--batch_size",
+            "3",
+            "--timestamps",
+            "--no_progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 1  # a file failed, the others are done
     assert f"{folder / 'broken.wav'}:" in err and "7 transcribed" in err and "1 failed" in err
@@ -140,12 +158,15 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
 
 
 def test_subtitles():
-    words = [{"word": "привет", "start": 0.1, "end": 0.5}, {"word": "мир", "start": 0.6, "end": 0.9},
-             {"word": "после", "start": 3660.0, "end": 3660.4}, {"word": "паузы", "start": 3660.5, "end": 3661.25}]  # fmt: skip
+    words = [
+        {"word": "привет", "start": 0.1, "end": 0.5},
+        {"word": "мир", "start": 0.6, "end": 0.9},
+        {"word": "после", "start": 3660.0, "end": 3660.4},
+        {"word": "паузы", "start": 3660.5, "end": 3661.25},
+    ]
     record = {"path": "a.wav", "text": "привет мир после паузы", "words": words}
     assert transcribe.render([record], ".srt") == (
-        "1\n00:00:00,100 --> 00:00:00,900\nпривет мир\n\n"
-        "2\n01:01:00,000 --> 01:01:01,250\nпосле паузы\n"
+        "1\n00:00:00,100 --> 00:00:00,900\nпривет мир\n\n2\n01:01:00,000 --> 01:01:01,250\nпосле паузы\n"
     )
     assert transcribe.render([record], ".vtt") == (
         "WEBVTT\n\n00:00:00.100 --> 00:00:00.900\nпривет мир\n\n01:01:00.000 --> 01:01:01.250\nпосле паузы\n"
@@ -217,7 +238,9 @@ def test_chunks_join_without_gaps(seconds):
     assert np.array_equal(frames, expected % backend.vocab)
     assert np.allclose(times[0], expected * 0.04)
     assert len(frames) >= int(seconds * 16000) // 640  # the whole file is covered
-    assert real is not None and len(backend.batches) == (1 if seconds < 20 else -(-len(transcriber.chunks(samples)) // 4))
+    assert real is not None and len(backend.batches) == (
+        1 if seconds < 20 else -(-len(transcriber.chunks(samples)) // 4)
+    )
 
 
 def test_bad_arguments(tiny_model, tmp_path, capsys):
@@ -226,7 +249,7 @@ def test_bad_arguments(tiny_model, tmp_path, capsys):
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text('{"audio_filepath": "a.wav"}\n{"text": "no path"}\n', encoding="utf-8")
     assert transcribe.main([str(tiny_model), str(manifest)]) == 2
-    assert f"{manifest}:2: needs an \"audio_filepath\" string" in capsys.readouterr().err
+    assert f'{manifest}:2: needs an "audio_filepath" string' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         transcribe.main([str(tiny_model), str(manifest), "--output", "out.csv"])
     assert "the extension must be one of .jsonl, .txt, .srt, .vtt" in capsys.readouterr().err
