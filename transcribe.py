@@ -501,7 +501,9 @@ def run(args) -> int:
                     failures.append((item["path"], reason(item["path"], error)))
                     print(f"\nerror: {item['path']}: {failures[-1][1]}", file=sys.stderr)
             if waveforms:
-                records = transcriber.transcribe(waveforms)
+                records = transcribe_or_isolate(transcriber, good, waveforms, failures)
+                kept = [t for t in zip(good, waveforms, records) if t[2] is not None]
+                good, waveforms, records = [t[0] for t in kept], [t[1] for t in kept], [t[2] for t in kept]
                 lines = []
                 for item, samples, record in zip(good, waveforms, records):
                     duration = round(len(samples) / backend.sampling_rate, 3)
@@ -517,6 +519,9 @@ def run(args) -> int:
                     journal_file.write("".join(lines))
                     journal_file.flush()
                     os.fsync(journal_file.fileno())
+                elif output is None:
+                    for record in new_records[len(new_records) - len(lines) :]:
+                        print(f"{record['path']}\t{record['text']}", flush=True)
             progress.update(len(batch), sum(d for _, d in batch))
     finally:
         progress.close()
@@ -535,9 +540,6 @@ def run(args) -> int:
             files = load_standalone("files")
             files.atomic_write_text(output, render(records, suffix))
         journal.unlink(missing_ok=True)
-    else:
-        for record in new_records:
-            print(f"{record['path']}\t{record['text']}")
 
     summary = (
         f"{len(new_records)} transcribed ({audio_seconds / 3600:.3f} h of audio in {elapsed:.1f} s), "
@@ -547,6 +549,19 @@ def run(args) -> int:
     for path, why in failures:
         print(f"  failed: {path}: {why}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def transcribe_or_isolate(transcriber, items, waveforms, failures) -> list:
+    """Records of a batch; if the batch fails, each recording alone, so that one recording the model cannot
+    take (e.g. longer than its positions with a large --chunk_length_s) fails alone, named, with the reason."""
+    try:
+        return transcriber.transcribe(list(waveforms))
+    except Exception as error:  # noqa: BLE001
+        if len(waveforms) == 1:
+            failures.append((items[0]["path"], f"{type(error).__name__}: {error}"))
+            print(f"\nerror: {items[0]['path']}: {failures[-1][1]}", file=sys.stderr)
+            return [None]
+    return [transcribe_or_isolate(transcriber, [i], [w], failures)[0] for i, w in zip(items, waveforms)]
 
 
 def reason(path, error: Exception) -> str:

@@ -281,3 +281,28 @@ def test_each_unreadable_file_is_named_with_its_reason(tiny_model, tmp_path, cap
     assert f"{tmp_path / 'in' / 'gone.opus'}: audio file not found" in err
     assert "1 transcribed" in err and "3 failed" in err
     assert [r["path"] for r in records(output)] == [str(folder / "test_opus_crowd_0000.opus")]
+
+
+def test_a_recording_the_model_fails_on_fails_alone(tiny_model, inputs, tmp_path, capsys, monkeypatch):
+    """A batch that raises is retried one recording at a time: only the recording at fault is lost."""
+    folder, _, _ = inputs
+    (folder / "broken.wav").unlink()
+    bad = str(folder / "test_opus_crowd_0001.opus")
+    real = transcribe.Transcriber.transcribe
+    bad_length = len(transcribe.audio.read_audio(bad))
+
+    def refuse_one(self, waveforms):
+        if any(len(w) == bad_length for w in waveforms):
+            raise ValueError("Input of 9999 encoder steps is longer than max_position_embeddings")
+        return real(self, waveforms)
+
+    monkeypatch.setattr(transcribe.Transcriber, "transcribe", refuse_one)
+    output = tmp_path / "out.jsonl"
+    assert transcribe.main([str(tiny_model), str(folder), "--output", str(output), "--no_progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: ValueError: Input of 9999 encoder steps" in err and "3 transcribed" in err and "1 failed" in err
+    assert bad not in [r["path"] for r in records(output)] and len(records(output)) == 3
+    # stdout when there is no --output
+    monkeypatch.setattr(transcribe.Transcriber, "transcribe", real)
+    assert transcribe.main([str(tiny_model), bad, "--no_progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"{bad}\t")
