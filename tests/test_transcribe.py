@@ -306,3 +306,25 @@ def test_a_recording_the_model_fails_on_fails_alone(tiny_model, inputs, tmp_path
     monkeypatch.setattr(transcribe.Transcriber, "transcribe", real)
     assert transcribe.main([str(tiny_model), bad, "--no_progress"]) == 0
     assert capsys.readouterr().out.startswith(f"{bad}\t")
+
+
+def test_numpy_front_end_matches_the_feature_extractor(speech_like):
+    """The torch-free log-mel features of onnx_runtime.py against EBranchformerFeatureExtractor: real and
+    synthetic audio, lengths around the reflection limit and the hop."""
+    from modeling_ebranchformer import EBranchformerFeatureExtractor
+    from modeling_ebranchformer.audio import read_audio
+
+    extractor = EBranchformerFeatureExtractor()
+    numpy_features = transcribe.runtime.LogMelFeatures(**extractor.to_dict())
+    waves = [read_audio(p) for p in sorted((CROWD / "files").glob("*.opus"))[:10]] + [speech_like(1.3)]
+    waves += [speech_like(1.0)[:n] for n in (1, 150, 200, 201, 320, 16001)]
+    for wave in waves:
+        expected = extractor(wave, sampling_rate=16000, return_tensors="np")["input_features"][0]
+        assert numpy_features(wave).shape == expected.shape
+        assert np.abs(numpy_features(wave) - expected).max() < 1e-3  # float32 rounding on near-silent bins
+    features, mask = numpy_features.batch(waves[:3])
+    assert (
+        features.shape[0] == 3
+        and mask.dtype == np.int64
+        and mask.sum(1).tolist() == [numpy_features.num_frames(len(w)) for w in waves[:3]]
+    )
