@@ -253,6 +253,7 @@ def main(argv=None):
 
     rows = []
     base = {shape: statistics.median(throughput[shape]["PyTorch fp32"]) for shape in SHAPES}
+    best = {shape: max(throughput[shape]["PyTorch fp32"]) for shape in SHAPES}
     for shape in SHAPES:
         for name in VARIANTS:
             values = throughput[shape][name]
@@ -264,15 +265,18 @@ def main(argv=None):
                     name,
                     f"{median:.0f} ({min(values):.0f}-{max(values):.0f})",
                     f"**{median / base[shape]:.2f}**",
+                    f"{max(values) / best[shape]:.2f}",
                     f"{mem['peak_mib']:.0f}",
                     "yes" if mem["torch_imported"] else "no",
                 ]
             )
     print(
         f"\nModel throughput, audio s / s on {args.threads} threads: median (min-max) of {args.rounds} interleaved "
-        "rounds; memory: peak RSS of a fresh process running that variant and shape"
+        "rounds; ratios of the medians and of the best rounds; memory: peak RSS of a fresh process running that "
+        "variant and shape"
     )
-    print(table(["batch x length", "variant", "audio s/s", "vs PyTorch fp32", "peak RSS MiB", "torch imported"], rows))
+    header = ["batch x length", "variant", "audio s/s", "vs PyTorch fp32", "best vs best", "peak RSS MiB"]
+    print(table(header + ["torch imported"], rows))
 
     rows = []
     for name in VARIANTS:
