@@ -171,7 +171,10 @@ class OnnxBackend:
 def load_backend(model_dir, device="cpu", threads=None, quantized=False):
     path = Path(model_dir)
     if path.is_dir() and runtime.is_onnx_folder(path):
-        return OnnxBackend(path, device, threads, quantized)
+        try:
+            return OnnxBackend(path, device, threads, quantized)
+        except ValueError as error:  # a missing int8 model, no CUDA provider, a damaged folder: named
+            raise UsageError(str(error)) from error
     if quantized:
         raise UsageError(f"--quantized needs a folder made by export_onnx.py --int8; {model_dir} is not an ONNX export")
     if path.exists() and not (path / "config.json").is_file():

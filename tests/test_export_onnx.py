@@ -123,11 +123,22 @@ def test_numpy_runtime_matches_pytorch(exported):
         assert np.abs(lp - reference[i, : len(lp)]).max() < 1e-3
 
 
-def test_quartznet_export(tmp_path):
+def test_quartznet_export(tmp_path, capsys):
     model_dir = save_tiny(tmp_path / "q", quartznet=True)
     info = export_onnx.export(model_dir, tmp_path / "q_onnx", check_audio=FILES[:3], log=lambda *a: None)
     assert info["model_type"] == "quartznet" and info["check"]["max_abs_diff_padded_batch"] <= 1e-4
     assert "int8" not in info["files"] and not (tmp_path / "q_onnx" / "model.int8.onnx").exists()
+    # the torch-free runtime gives the PyTorch model's transcripts
+    texts = [r["text"] for r in run_transcribe(tmp_path / "q_onnx", FILES[:3], tmp_path / "q.jsonl")]
+    assert texts == [r["text"] for r in run_transcribe(model_dir, FILES[:3], tmp_path / "q_torch.jsonl")]
+    # asking for the int8 model of an export without one is a named error
+    assert transcribe.main([str(tmp_path / "q_onnx"), str(FILES[0]), "--quantized"]) == 2
+    assert "no int8 model in this export (run export_onnx.py with --int8)" in capsys.readouterr().err
+
+
+def run_transcribe(model, files, output):
+    assert transcribe.main([str(model), *map(str, files), "--output", str(output), "--no_progress"]) == 0
+    return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
 
 
 def test_out_dir_is_never_overwritten_or_half_written(exported, tmp_path, capsys):
