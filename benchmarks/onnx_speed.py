@@ -188,6 +188,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--e2e_rounds", type=int, default=3)
+    parser.add_argument("--parts", default="throughput,memory,wer,e2e", help="which measurements (comma-separated)")
     parser.add_argument("--memory_child", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -228,8 +229,9 @@ def main(argv=None):
         throughput[shape] = {name: [batch * seconds / t for t in ts] for name, ts in times.items()}
 
     # Memory: a fresh process per variant and shape.
+    parts = set(args.parts.split(","))
     memory = {}
-    for shape in SHAPES:
+    for shape in SHAPES if "memory" in parts else []:
         for name in VARIANTS:
             command = [
                 sys.executable,
@@ -248,7 +250,7 @@ def main(argv=None):
             memory[shape, name] = json.loads(result.stdout.strip().splitlines()[-1])
 
     # Accuracy.
-    wer = {name: word_error_rates(v) for name, v in variants.items()}
+    wer = {name: word_error_rates(v) for name, v in variants.items()} if "wer" in parts else {}
     del variants
 
     rows = []
@@ -258,7 +260,7 @@ def main(argv=None):
         for name in VARIANTS:
             values = throughput[shape][name]
             median = statistics.median(values)
-            mem = memory[shape, name]
+            mem = memory.get((shape, name), {"peak_mib": float("nan"), "torch_imported": name.startswith("PyTorch")})
             rows.append(
                 [
                     shape,
@@ -279,15 +281,18 @@ def main(argv=None):
     print(table(header + ["torch imported"], rows))
 
     rows = []
-    for name in VARIANTS:
+    for name in VARIANTS if wer else []:
         (cw, cc), (fw, fc) = wer[name]["crowd"], wer[name]["farfield"]
         base_c, base_f = wer["PyTorch fp32"]["crowd"][0], wer["PyTorch fp32"]["farfield"][0]
         rows.append(
             [name, f"{cw:.2f} % ({cw - base_c:+.2f})", f"{cc:.2f} %", f"{fw:.2f} % ({fw - base_f:+.2f})", f"{fc:.2f} %"]
         )
-    print("\nAccuracy on the embedded test sets (45 + 45 utterances; WER change against PyTorch fp32)")
-    print(table(["variant", "crowd WER", "crowd CER", "farfield WER", "farfield CER"], rows))
+    if rows:
+        print("\nAccuracy on the embedded test sets (45 + 45 utterances; WER change against PyTorch fp32)")
+        print(table(["variant", "crowd WER", "crowd CER", "farfield WER", "farfield CER"], rows))
 
+    if "e2e" not in parts:
+        return
     # End to end on the 90 test files.
     files = [str(p) for s in SETS.values() for p, _ in manifest_entries(s)]
     out = Path(tempfile.mkdtemp())
