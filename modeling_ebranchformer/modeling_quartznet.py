@@ -139,7 +139,9 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
         for block in self.blocks:
             if lengths is not None:
                 lengths = torch.div(lengths - 1, block.stride, rounding_mode="floor") + 1
-            output_mask = self._frame_mask(lengths, -(-hidden_states.shape[-1] // block.stride), hidden_states)
+            # ceil(T / stride) written without negative floor division, which the ONNX exporter gets wrong
+            steps = (hidden_states.shape[-1] + block.stride - 1) // block.stride
+            output_mask = self._frame_mask(lengths, steps, hidden_states)
             hidden_states = block(hidden_states, frame_mask, output_mask)
             frame_mask = output_mask
             if output_hidden_states:

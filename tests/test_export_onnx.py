@@ -1,0 +1,206 @@
+"""export_onnx.py: ONNX Runtime log-probabilities agree with PyTorch's on real audio (batch 1 and a padded
+batch) for E-Branchformer and QuartzNet; int8; the folder is complete or absent; and transcribe.py runs the
+export in a process where torch cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from conftest import CORPUS, ROOT
+
+import export_onnx
+import transcribe
+
+CROWD = CORPUS / "test_opus" / "crowd"
+FILES = sorted((CROWD / "files").glob("*.opus"))[:6]
+
+
+def save_tiny(folder, quartznet=False):
+    from modeling_ebranchformer import (
+        EBranchformerConfig,
+        EBranchformerForCTC,
+        EBranchformerProcessor,
+        QuartzNetConfig,
+        QuartzNetForCTC,
+    )
+
+    torch.manual_seed(0)
+    if quartznet:
+        config = QuartzNetConfig(
+            block_channels=[32, 32, 48],
+            block_repeats=[1, 2, 1],
+            block_kernel_sizes=[11, 9, 1],
+            block_strides=[4, 1, 1],
+            block_dilations=[1, 2, 1],
+            block_residual=[False, True, False],
+            block_separable=[True, True, False],
+        )
+        model = QuartzNetForCTC(config)
+        with torch.no_grad():  # running statistics that are not the identity, so batch norm is really checked
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm1d):
+                    module.running_mean.uniform_(-0.5, 0.5)
+                    module.running_var.uniform_(0.5, 2.0)
+    else:
+        config = EBranchformerConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            cgmlp_intermediate_size=48,
+            ffn_intermediate_size=64,
+            merge_conv_kernel_size=7,
+            max_position_embeddings=2000,
+        )
+        model = EBranchformerForCTC(config)
+    model.eval().save_pretrained(folder)
+    EBranchformerProcessor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    model_dir = save_tiny(root / "model")
+    sets = {"crowd": CROWD / "manifest.jsonl"}
+    info = export_onnx.export(
+        model_dir, root / "onnx", int8=True, check_audio=FILES, wer_sets=sets, log=lambda *a: None
+    )
+    return model_dir, root / "onnx", info
+
+
+def test_export_is_checked_and_self_contained(exported):
+    model_dir, out, info = exported
+    check = info["check"]
+    assert check["utterances"] == len(FILES) and check["max_abs_diff_batch1"] <= 1e-4
+    assert check["max_abs_diff_padded_batch"] <= 1e-4
+    assert json.loads((out / "onnx_export.json").read_text()) == info
+    for name in (
+        "model.onnx",
+        "model.int8.onnx",
+        "config.json",
+        "processor_config.json",
+        "vocab.json",
+        "tokenizer_config.json",
+    ):
+        assert (out / name).is_file(), name
+    assert info["samples_per_frame"] == 640 and info["files"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    assert set(info["wer"]) == {"fp32", "int8"} and info["wer"]["int8"]["crowd"]["utterances"] == 45
+    # the processor loads from the folder alone
+    from transformers import AutoProcessor
+
+    assert AutoProcessor.from_pretrained(out).tokenizer.pad_token_id == 33
+
+
+def test_numpy_runtime_matches_pytorch(exported):
+    """The torch-free path (numpy features + ONNX Runtime) against the PyTorch model on real audio: log-mel
+    features within float32 rounding, log-probabilities close, identical greedy transcripts."""
+    from transformers import AutoModelForCTC, AutoProcessor
+
+    from modeling_ebranchformer.audio import read_audio
+
+    model_dir, out, _ = exported
+    model, processor = AutoModelForCTC.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
+    onnx = transcribe.runtime.OnnxCTCModel(out)
+    waveforms = [read_audio(p) for p in FILES]
+    inputs = processor(audio=waveforms, sampling_rate=16000, return_tensors="pt")
+    features, mask = onnx.features.batch(waveforms)
+    assert np.array_equal(mask, inputs["attention_mask"].numpy())
+    assert np.abs(features - inputs["input_features"].numpy()).max() < 1e-3  # near-silent bins, log domain
+    texts = processor.batch_decode(model.generate(**inputs))
+    log_probs = onnx(waveforms)
+    assert [onnx.vocabulary.decode(lp.argmax(-1)) for lp in log_probs] == texts
+    with torch.no_grad():
+        reference = torch.log_softmax(model(**inputs).logits, -1).numpy()
+    for i, lp in enumerate(log_probs):
+        assert np.abs(lp - reference[i, : len(lp)]).max() < 1e-3
+
+
+def test_quartznet_export(tmp_path, capsys):
+    model_dir = save_tiny(tmp_path / "q", quartznet=True)
+    info = export_onnx.export(model_dir, tmp_path / "q_onnx", check_audio=FILES[:3], log=lambda *a: None)
+    assert info["model_type"] == "quartznet" and info["check"]["max_abs_diff_padded_batch"] <= 1e-4
+    assert "int8" not in info["files"] and not (tmp_path / "q_onnx" / "model.int8.onnx").exists()
+    # the torch-free runtime gives the PyTorch model's transcripts
+    texts = [r["text"] for r in run_transcribe(tmp_path / "q_onnx", FILES[:3], tmp_path / "q.jsonl")]
+    assert texts == [r["text"] for r in run_transcribe(model_dir, FILES[:3], tmp_path / "q_torch.jsonl")]
+    # asking for the int8 model of an export without one is a named error
+    assert transcribe.main([str(tmp_path / "q_onnx"), str(FILES[0]), "--quantized"]) == 2
+    assert "no int8 model in this export (run export_onnx.py with --int8)" in capsys.readouterr().err
+
+
+def run_transcribe(model, files, output):
+    assert transcribe.main([str(model), *map(str, files), "--output", str(output), "--no_progress"]) == 0
+    return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+
+
+def test_out_dir_is_never_overwritten_or_half_written(exported, tmp_path, capsys):
+    model_dir, out, _ = exported
+    before = sorted(os.listdir(out))
+    assert export_onnx.main([str(model_dir), str(out)]) == 1
+    assert f"{out} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == before
+    # a failed check writes nothing
+    target = tmp_path / "strict"
+    with pytest.raises(export_onnx.ExportError, match="differ from PyTorch's by .* > 1e-12; nothing written"):
+        export_onnx.export(model_dir, target, tolerance=1e-12, check_audio=FILES[:2], log=lambda *a: None)
+    assert not target.exists() and not list(tmp_path.glob(".strict*"))
+    with pytest.raises(SystemExit):
+        export_onnx.main([str(tmp_path / "nothing"), str(target)])
+    assert "MODEL " + str(tmp_path / "nothing") + ": not a folder" in capsys.readouterr().err
+
+
+def test_transcribe_onnx_without_torch(exported, tmp_path):
+    """transcribe.py on the export in a process where `import torch` and `import transformers` fail: same
+    transcripts as the PyTorch model, fp32 and int8."""
+    model_dir, out, _ = exported
+    blocker = tmp_path / "blocker"
+    for name in ("torch", "transformers"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    probe = tmp_path / "probe.py"  # runs the script, then checks that neither module got imported
+    probe.write_text(
+        "import runpy, sys\n"
+        "sys.argv = sys.argv[1:]\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    status = exit.code\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch or transformers imported'\n"
+        "sys.exit(status)\n"
+    )
+    files = [str(f) for f in FILES]
+    outputs = {}
+    for variant in ("fp32", "int8"):
+        output = tmp_path / f"{variant}.jsonl"
+        command = [
+            sys.executable,
+            str(ROOT / "transcribe.py"),
+            str(out),
+            *files,
+            "--output",
+            str(output),
+            "--no_progress",
+            "--timestamps",
+        ] + (["--quantized"] if variant == "int8" else [])
+        result = subprocess.run(
+            [sys.executable, str(probe), *command[1:]], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"{len(files)} transcribed" in result.stderr
+        outputs[variant] = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    # the same folder through the PyTorch model
+    reference = tmp_path / "torch.jsonl"
+    assert transcribe.main([str(model_dir), *files, "--output", str(reference), "--no_progress", "--timestamps"]) == 0
+    expected = [json.loads(line) for line in reference.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in outputs["fp32"]] == [r["text"] for r in expected]
+    assert [r["words"] for r in outputs["fp32"]] == [r["words"] for r in expected]
+    assert [r["path"] for r in outputs["int8"]] == files

@@ -1,0 +1,330 @@
+"""transcribe.py: folders, manifests, a broken file, resuming, chunking, output formats, bad arguments."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import CORPUS
+
+import transcribe
+
+CROWD = CORPUS / "test_opus" / "crowd"
+FARFIELD = CORPUS / "test_opus" / "farfield"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
+
+    torch.manual_seed(0)
+    config = EBranchformerConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        cgmlp_intermediate_size=48,
+        ffn_intermediate_size=64,
+        merge_conv_kernel_size=7,
+        max_position_embeddings=2000,
+    )
+    folder = tmp_path_factory.mktemp("tiny_model")
+    EBranchformerForCTC(config).eval().save_pretrained(folder)
+    EBranchformerProcessor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """A folder of 4 recordings (one in a subfolder), a broken file, a text file to ignore; a manifest of 3."""
+    folder = tmp_path / "recordings"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(CROWD / "files" / f"test_opus_crowd_000{i}.opus", folder)
+    shutil.copy(CROWD / "files" / "test_opus_crowd_0003.opus", folder / "sub")
+    (folder / "broken.wav").write_bytes(b"RIFF not really a wav file")
+    (folder / "notes.txt").write_text("not audio")
+    manifest = tmp_path / "manifest.jsonl"
+    lines = [json.loads(line) for line in (FARFIELD / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[:3]]
+    for line in lines:
+        line["audio_filepath"] = str(FARFIELD / line["audio_filepath"])
+    manifest.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+    return folder, manifest, lines
+
+
+def records(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def reference_texts(model_dir, paths):
+    """What the model's own greedy decoding gives (`generate` + `batch_decode`), file by file."""
+    from transformers import AutoModelForCTC, AutoProcessor
+
+    from modeling_ebranchformer.audio import read_audio
+
+    model, processor = AutoModelForCTC.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
+    texts = []
+    for path in paths:
+        features = processor(audio=read_audio(path), sampling_rate=16000, return_tensors="pt")
+        texts.append(processor.batch_decode(model.generate(**features))[0])
+    return texts
+
+
+def test_folder_manifest_and_broken_file(tiny_model, inputs, tmp_path, capsys):
+    folder, manifest, lines = inputs
+    output = tmp_path / "out.jsonl"
+    status = transcribe.main(
+        [
+            str(tiny_model),
+            str(folder),
+            str(manifest),
+            "--output",
+            str(output),
+            "--batch_size",
+            "3",
+            "--timestamps",
+            "--no_progress",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert status == 1  # a file failed, the others are done
+    assert f"{folder / 'broken.wav'}:" in err and "7 transcribed" in err and "1 failed" in err
+    result = records(output)
+    paths = [r["path"] for r in result]
+    # input order: the folder's files sorted (subfolder included, .txt ignored), then the manifest's
+    expected = sorted(str(p) for p in folder.rglob("*.opus")) + [line["audio_filepath"] for line in lines]
+    assert paths == expected
+    assert [r.get("reference") for r in result[4:]] == [line["text"] for line in lines]
+    assert all(abs(r["duration"] - line["duration"]) < 0.01 for r, line in zip(result[4:], lines))
+    # the same transcripts as model.generate + processor.batch_decode, file by file (here in batches of 3)
+    assert [r["text"] for r in result] == reference_texts(tiny_model, paths)
+    for r in result:
+        assert "".join(w["word"] for w in r["words"]) == r["text"].replace(" ", "")
+        times = [t for w in r["words"] for t in (w["start"], w["end"])]
+        assert times == sorted(times) and (not times or times[-1] <= r["duration"] + 0.04)
+    assert not list(tmp_path.glob(".out.jsonl*"))  # no journal left
+
+
+def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, tmp_path, capsys, monkeypatch):
+    folder, manifest, _ = inputs
+    (folder / "broken.wav").unlink()
+    output = tmp_path / "out.txt"
+    args = [str(tiny_model), str(folder), "--output", str(output), "--batch_size", "2", "--no_progress"]
+    assert transcribe.main(args) == 0
+    first = output.read_text(encoding="utf-8")
+    assert len(first.splitlines()) == 4 and all("\t" in line for line in first.splitlines())
+
+    # A rerun transcribes nothing; with a new file only that one.
+    assert transcribe.main(args) == 0
+    assert "0 transcribed" in capsys.readouterr().err and output.read_text(encoding="utf-8") == first
+    shutil.copy(CROWD / "files" / "test_opus_crowd_0004.opus", folder)
+    assert transcribe.main(args) == 0
+    err = capsys.readouterr().err
+    assert "1 transcribed" in err and "4 already done" in err
+    second = output.read_text(encoding="utf-8").splitlines()
+    assert len(second) == 5 and len({line.split("\t")[0] for line in second}) == 5
+
+    # A run that stops after its first batch leaves the output as it was and a journal to resume from.
+    shutil.copy(CROWD / "files" / "test_opus_crowd_0005.opus", folder)
+    shutil.copy(CROWD / "files" / "test_opus_crowd_0006.opus", folder)
+    shutil.copy(CROWD / "files" / "test_opus_crowd_0007.opus", folder)
+    real, calls = transcribe.Transcriber.transcribe, []
+
+    def stop_on_second_batch(self, waveforms):
+        calls.append(len(waveforms))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, waveforms)
+
+    monkeypatch.setattr(transcribe.Transcriber, "transcribe", stop_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        transcribe.main(args)
+    assert output.read_text(encoding="utf-8").splitlines() == second
+    journal = tmp_path / ".out.txt.journal.jsonl"
+    assert len(journal.read_text(encoding="utf-8").splitlines()) == 2
+    with open(journal, "a", encoding="utf-8") as file:
+        file.write('{"path": "cut off mid-wri')  # the line being written when the process died
+    monkeypatch.setattr(transcribe.Transcriber, "transcribe", real)
+    capsys.readouterr()
+    assert transcribe.main(args) == 0
+    err = capsys.readouterr().err
+    assert "1 transcribed" in err and "7 already done" in err
+    final = output.read_text(encoding="utf-8").splitlines()
+    assert len(final) == 8 and len({line.split("\t")[0] for line in final}) == 8 and not journal.exists()
+    assert final[:5] == second
+    # --overwrite starts over
+    assert transcribe.main(args + ["--overwrite"]) == 0
+    assert "8 transcribed" in capsys.readouterr().err
+
+
+def test_subtitles():
+    words = [
+        {"word": "привет", "start": 0.1, "end": 0.5},
+        {"word": "мир", "start": 0.6, "end": 0.9},
+        {"word": "после", "start": 3660.0, "end": 3660.4},
+        {"word": "паузы", "start": 3660.5, "end": 3661.25},
+    ]
+    record = {"path": "a.wav", "text": "привет мир после паузы", "words": words}
+    assert transcribe.render([record], ".srt") == (
+        "1\n00:00:00,100 --> 00:00:00,900\nпривет мир\n\n2\n01:01:00,000 --> 01:01:01,250\nпосле паузы\n"
+    )
+    assert transcribe.render([record], ".vtt") == (
+        "WEBVTT\n\n00:00:00.100 --> 00:00:00.900\nпривет мир\n\n01:01:00.000 --> 01:01:01.250\nпосле паузы\n"
+    )
+    long = [{"word": "слово", "start": i * 0.5, "end": i * 0.5 + 0.4} for i in range(30)]
+    cues = transcribe.subtitle_cues(long)
+    assert all(end - start <= 6.0 and len(text) <= 84 for start, end, text in cues) and len(cues) > 2
+    assert " ".join(text for *_, text in cues) == " ".join(["слово"] * 30)
+
+
+def test_srt_output_of_one_recording(tiny_model, tmp_path, capsys):
+    output = tmp_path / "talk.srt"
+    wav = CROWD / "files" / "test_opus_crowd_0000.opus"
+    assert transcribe.main([str(tiny_model), str(wav), "--output", str(output), "--no_progress"]) == 0
+    text = output.read_text(encoding="utf-8")
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    assert blocks and all(b.splitlines()[0].isdigit() and " --> " in b.splitlines()[1] for b in blocks)
+    # subtitles hold one recording: several are refused before any work
+    assert transcribe.main([str(tiny_model), str(CROWD / "files"), "--output", str(tmp_path / "x.srt")]) == 2
+    assert "a subtitle file holds one recording, and 45 were given" in capsys.readouterr().err
+
+
+class FrameIndexBackend:
+    """Each output frame's argmax is the index (mod vocab) of the audio sample it starts at, divided by 640:
+    after chunking and dropping the overlaps, a file's ids must count 0, 1, 2, ... without gaps or repeats."""
+
+    sampling_rate, samples_per_frame, vocab = 16000, 640, 33
+
+    def __init__(self):
+        from transcribe import runtime
+
+        self.vocabulary = runtime.CTCVocabulary({str(i): i for i in range(self.vocab + 1)} | {"<pad>": 99})
+        self.batches = []
+
+    def __call__(self, waveforms):
+        self.batches.append(len(waveforms))
+        out = []
+        for w in waveforms:
+            frames = -(-(1 + len(w) // 160) // 4)
+            starts = np.rint(w[np.minimum(np.arange(frames) * 640, len(w) - 1)]).astype(int) // 640
+            log_probs = np.full((frames, self.vocab), -10.0, dtype=np.float32)
+            log_probs[np.arange(frames), starts % self.vocab] = 0
+            out.append(log_probs)
+        return out
+
+
+@pytest.mark.parametrize("seconds", [29.0, 70.0, 70.02, 95.5])
+def test_chunks_join_without_gaps(seconds):
+    backend = FrameIndexBackend()
+    transcriber = transcribe.Transcriber(backend, batch_size=4, chunk_length_s=20, stride_length_s=3)
+    samples = np.arange(int(seconds * 16000), dtype=np.float64)  # sample values are their own index
+    ids, times = [], []
+    real = backend.vocabulary
+
+    class Recorder:
+        def decode(self, frame_ids):
+            ids.append(frame_ids)
+            return ""
+
+        def words(self, frame_ids, frame_times, frame_seconds):
+            times.append(frame_times)
+            return []
+
+    backend.vocabulary = Recorder()
+    transcriber.timestamps = True
+    transcriber.transcribe([samples])
+    frames = np.concatenate(ids)
+    expected = np.arange(len(frames))
+    assert np.array_equal(frames, expected % backend.vocab)
+    assert np.allclose(times[0], expected * 0.04)
+    assert len(frames) >= int(seconds * 16000) // 640  # the whole file is covered
+    assert real is not None and len(backend.batches) == (
+        1 if seconds < 20 else -(-len(transcriber.chunks(samples)) // 4)
+    )
+
+
+def test_bad_arguments(tiny_model, tmp_path, capsys):
+    assert transcribe.main([str(tiny_model), str(tmp_path / "missing.wav")]) == 2
+    assert f"{tmp_path / 'missing.wav'}: no such file or folder" in capsys.readouterr().err
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_text('{"audio_filepath": "a.wav"}\n{"text": "no path"}\n', encoding="utf-8")
+    assert transcribe.main([str(tiny_model), str(manifest)]) == 2
+    assert f'{manifest}:2: needs an "audio_filepath" string' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        transcribe.main([str(tiny_model), str(manifest), "--output", "out.csv"])
+    assert "the extension must be one of .jsonl, .txt, .srt, .vtt" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text("a line that is no record\n", encoding="utf-8")
+    wav = CROWD / "files" / "test_opus_crowd_0000.opus"
+    assert transcribe.main([str(tiny_model), str(wav), "--output", str(foreign)]) == 2
+    assert f"{foreign}:1: not JSON" in capsys.readouterr().err
+    assert foreign.read_text(encoding="utf-8") == "a line that is no record\n"  # not overwritten
+    assert transcribe.main([str(tmp_path), str(wav)]) == 2
+    assert "neither a model folder" in capsys.readouterr().err
+
+
+def test_each_unreadable_file_is_named_with_its_reason(tiny_model, tmp_path, capsys):
+    import soundfile as sf
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(CROWD / "files" / "test_opus_crowd_0000.opus", folder)
+    sf.write(folder / "eight_khz.wav", np.zeros(8000, dtype=np.float32), 8000)
+    sf.write(folder / "stereo.wav", np.zeros((16000, 2), dtype=np.float32), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio_filepath": "in/gone.opus", "text": "нет"}\n', encoding="utf-8")
+    output = tmp_path / "deep" / "er" / "out.jsonl"  # folders are made
+    assert transcribe.main([str(tiny_model), str(folder), str(manifest), "--output", str(output), "--no_progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{folder / 'eight_khz.wav'}: sampling rate 8000 Hz, expected 16000 Hz" in err
+    assert f"{folder / 'stereo.wav'}: 2 channels, expected mono" in err
+    assert f"{tmp_path / 'in' / 'gone.opus'}: audio file not found" in err
+    assert "1 transcribed" in err and "3 failed" in err
+    assert [r["path"] for r in records(output)] == [str(folder / "test_opus_crowd_0000.opus")]
+
+
+def test_a_recording_the_model_fails_on_fails_alone(tiny_model, inputs, tmp_path, capsys, monkeypatch):
+    """A batch that raises is retried one recording at a time: only the recording at fault is lost."""
+    folder, _, _ = inputs
+    (folder / "broken.wav").unlink()
+    bad = str(folder / "test_opus_crowd_0001.opus")
+    real = transcribe.Transcriber.transcribe
+    bad_length = len(transcribe.audio.read_audio(bad))
+
+    def refuse_one(self, waveforms):
+        if any(len(w) == bad_length for w in waveforms):
+            raise ValueError("Input of 9999 encoder steps is longer than max_position_embeddings")
+        return real(self, waveforms)
+
+    monkeypatch.setattr(transcribe.Transcriber, "transcribe", refuse_one)
+    output = tmp_path / "out.jsonl"
+    assert transcribe.main([str(tiny_model), str(folder), "--output", str(output), "--no_progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: ValueError: Input of 9999 encoder steps" in err and "3 transcribed" in err and "1 failed" in err
+    assert bad not in [r["path"] for r in records(output)] and len(records(output)) == 3
+    # stdout when there is no --output
+    monkeypatch.setattr(transcribe.Transcriber, "transcribe", real)
+    assert transcribe.main([str(tiny_model), bad, "--no_progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"{bad}\t")
+
+
+def test_numpy_front_end_matches_the_feature_extractor(speech_like):
+    """The torch-free log-mel features of onnx_runtime.py against EBranchformerFeatureExtractor: real and
+    synthetic audio, lengths around the reflection limit and the hop."""
+    from modeling_ebranchformer import EBranchformerFeatureExtractor
+    from modeling_ebranchformer.audio import read_audio
+
+    extractor = EBranchformerFeatureExtractor()
+    numpy_features = transcribe.runtime.LogMelFeatures(**extractor.to_dict())
+    waves = [read_audio(p) for p in sorted((CROWD / "files").glob("*.opus"))[:10]] + [speech_like(1.3)]
+    waves += [speech_like(1.0)[:n] for n in (1, 150, 200, 201, 320, 16001)]
+    for wave in waves:
+        expected = extractor(wave, sampling_rate=16000, return_tensors="np")["input_features"][0]
+        assert numpy_features(wave).shape == expected.shape
+        assert np.abs(numpy_features(wave) - expected).max() < 1e-3  # float32 rounding on near-silent bins
+    features, mask = numpy_features.batch(waves[:3])
+    assert (
+        features.shape[0] == 3
+        and mask.dtype == np.int64
+        and mask.sum(1).tolist() == [numpy_features.num_frames(len(w)) for w in waves[:3]]
+    )
