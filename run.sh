@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=test
+EXTRAS=test,onnx
 
 setup() {
     local stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
@@ -19,7 +19,7 @@ setup() {
     "$VENV/bin/python" -m pip install -q --upgrade pip
     echo "run.sh: [2/3] installing $TORCH_SPEC (CPU build where available)" >&2
     "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
-    echo "run.sh: [3/3] installing this package with its test extras (transformers, datasets, ...)" >&2
+    echo "run.sh: [3/3] installing this package with its extras [$EXTRAS] (transformers, datasets, ...)" >&2
     "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
     touch "$stamp"
     echo "run.sh: set-up done" >&2
