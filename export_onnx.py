@@ -292,7 +292,7 @@ def export(
     return info
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -309,6 +309,11 @@ def main(argv=None) -> int:
         help="test sets for the int8 WER report (default: the embedded crowd and farfield sets)",
     )
     parser.add_argument("--threads", type=int, default=None)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.tolerance > 0:
         parser.error(f"--tolerance must be positive, got {args.tolerance}")

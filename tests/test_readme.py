@@ -109,6 +109,8 @@ def test_every_command_line_names_a_script_and_options_it_accepts():
         module = load(script)
         if hasattr(module, "parse_arguments"):  # train_ctc.py
             module.parse_arguments(options)
+        elif hasattr(module, "parse_args"):  # transcribe.py: its own checks after argparse's
+            module.parse_args(options)
         else:
             module.build_parser().parse_args(options)
         checked += 1
