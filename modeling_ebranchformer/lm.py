@@ -544,7 +544,7 @@ class CTCBeamSearchDecoder:
         """LM score of a finished word: alpha * ln P + beta, the unknown-word offset, the hotword bonus."""
         score = self.beta
         lm = self.language_model
-        if lm is not None:
+        if lm is not None and self.alpha > 0:  # alpha = 0: no LM at all, the unknown-word offset included
             score += self.alpha * lm.score(context, word)
             if not lm.in_vocabulary(word) and word not in hot.words:
                 score += self.unk_score_offset
@@ -557,7 +557,7 @@ class CTCBeamSearchDecoder:
         score = 0.0
         if hot and partial in hot.prefixes:
             return hot.partial(partial)
-        if self.language_model is not None and partial not in self._vocabulary_prefixes():
+        if self.language_model is not None and self.alpha > 0 and partial not in self._vocabulary_prefixes():
             score += self.unk_score_offset
         return score
 
@@ -568,9 +568,10 @@ class CTCBeamSearchDecoder:
     def _search(self, logp, beam_width, beam_prune_logp, token_min_logp, hot):
         labels, blank, space = self.labels, self.blank, self.space
         start_context = (BOS,) if self.score_boundary else ()
-        # A beam: text -> [p_blank, p_nonblank, lm (finished words), lm partial, context, words, word start, end]
-        # `words` holds (word, start frame, end frame) of finished words; start/end: the unfinished word's.
-        beams = {"": [0.0, NEG_INF, 0.0, 0.0, start_context, (), -1, -1]}
+        # A beam: text -> [p_blank, p_nonblank, lm (finished words), lm partial, context, words, word start, end,
+        # best]: `words` holds (word, start frame, end frame) of finished words; start/end: the unfinished word's,
+        # taken from the likeliest path that reached the text in this frame (`best`, its log-probability).
+        beams = {"": [0.0, NEG_INF, 0.0, 0.0, start_context, (), -1, -1, 0.0]}
         frames = logp.shape[0]
         above = logp > token_min_logp
         above[:, blank] = False
@@ -586,19 +587,23 @@ class CTCBeamSearchDecoder:
                 for beam in beams.values():
                     beam[0] = _logaddexp(beam[0], beam[1]) + blank_lp
                     beam[1] = NEG_INF
+                    beam[8] = beam[0]
                 continue
             lps = [(c, labels[c], float(row[c])) for c in candidates]
             new = {}
             for text, beam in beams.items():
-                pb, pnb, lm, lm_partial, context, words, wstart, wend = beam
+                pb, pnb, lm, lm_partial, context, words, wstart, wend, _ = beam
                 total = _logaddexp(pb, pnb)
                 last = text[-1] if text else ""
                 # blank: same text
+                p = total + blank_lp
                 entry = new.get(text)
                 if entry is None:
-                    new[text] = [total + blank_lp, NEG_INF, lm, lm_partial, context, words, wstart, wend]
+                    new[text] = [p, NEG_INF, lm, lm_partial, context, words, wstart, wend, p]
                 else:
-                    entry[0] = _logaddexp(entry[0], total + blank_lp)
+                    entry[0] = _logaddexp(entry[0], p)
+                    if p > entry[8]:
+                        entry[5], entry[6], entry[7], entry[8] = words, wstart, wend, p
                 for c, ch, lp in lps:
                     if ch == " ":
                         if not text or last == " ":  # a leading or repeated space leaves the text as it is
@@ -613,15 +618,19 @@ class CTCBeamSearchDecoder:
                             word = text[text.rfind(" ") + 1 :]
                             score = lm + self._word_score(context, word, hot)
                             new[new_text] = [NEG_INF, p, score, 0.0, self._next_context(context, word),
-                                             words + ((word, wstart, wend),), -1, -1]  # fmt: skip
+                                             words + ((word, wstart, wend),), -1, -1, p]  # fmt: skip
                         else:
                             entry[1] = _logaddexp(entry[1], p)
+                            if p > entry[8]:
+                                entry[5], entry[8] = words + ((text[text.rfind(" ") + 1 :], wstart, wend),), p
                         continue
                     if ch == last:
                         # the same character again: collapsed (from non-blank) or a new one (after a blank)
                         entry = new[text]
-                        entry[1] = _logaddexp(entry[1], pnb + lp)
-                        entry[7] = t + 1
+                        p = pnb + lp
+                        entry[1] = _logaddexp(entry[1], p)
+                        if p > entry[8]:
+                            entry[5], entry[6], entry[7], entry[8] = words, wstart, t + 1, p
                         p = pb + lp
                     else:
                         p = total + lp
@@ -629,13 +638,15 @@ class CTCBeamSearchDecoder:
                         continue
                     new_text = text + ch
                     entry = new.get(new_text)
+                    starts_word = not text or last == " "
                     if entry is None:
-                        starts_word = not text or last == " "
                         partial = ch if starts_word else new_text[new_text.rfind(" ") + 1 :]
                         new[new_text] = [NEG_INF, p, lm, self._partial_score(partial, hot), context, words,
-                                         t if starts_word else wstart, t + 1]  # fmt: skip
+                                         t if starts_word else wstart, t + 1, p]  # fmt: skip
                     else:
                         entry[1] = _logaddexp(entry[1], p)
+                        if p > entry[8]:
+                            entry[5], entry[6], entry[7], entry[8] = words, t if starts_word else wstart, t + 1, p
             # keep the best beams
             scored = [(_logaddexp(b[0], b[1]) + b[2] + b[3], text) for text, b in new.items()]
             # best first: the next frame's entries then take their word frames from the likeliest beam
@@ -647,14 +658,14 @@ class CTCBeamSearchDecoder:
     def _finish(self, beams, frames, hot):
         finished = {}
         for text, beam in beams.items():
-            pb, pnb, lm, lm_partial, context, words, wstart, wend = beam
+            pb, pnb, lm, lm_partial, context, words, wstart, wend, _ = beam
             acoustic = _logaddexp(pb, pnb)
             if text and text[-1] != " ":
                 word = text[text.rfind(" ") + 1 :]
                 lm += self._word_score(context, word, hot)
                 context = self._next_context(context, word)
                 words = words + ((word, wstart, wend),)
-            if self.language_model is not None and self.score_boundary and words:
+            if self.language_model is not None and self.alpha > 0 and self.score_boundary and words:
                 lm += self.alpha * self.language_model.score(context, EOS)
             final = text.strip()
             previous = finished.get(final)
