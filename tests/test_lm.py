@@ -520,3 +520,20 @@ def test_an_alphabet_that_does_not_cover_the_tokenizer_is_refused(lm_folder, tmp
     (copy / "alphabet.json").write_text(json.dumps(alphabet, ensure_ascii=False))
     with pytest.raises(LanguageModelError, match="lm.arpa is neither an ARPA"):
         AutoProcessor.from_pretrained(copy)
+
+
+def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
+    import train_ctc
+    from transformers import AutoProcessor
+
+    _, folder, _ = lm_folder
+    tiny = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,cgmlp_intermediate_size=48,ffn_intermediate_size=64"
+    train_ctc.run([
+        "--model_name_or_path", str(folder), "--config_overrides", tiny, "--report_to", "none", "--max_steps", "1",
+        "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false", "--per_device_train_batch_size",
+        "4", "--save_strategy", "no", "--eval_strategy", "no", "--do_eval", "false", "--train_subset_seconds", "20",
+        "--dataset_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true",
+    ])  # fmt: skip
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    assert type(processor) is EBranchformerProcessorWithLM
+    assert (tmp_path / "out" / "language_model" / "lm.arpa").read_text() == (folder / "language_model" / "lm.arpa").read_text()
