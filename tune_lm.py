@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from evaluate_ctc import load_test_sets, lm_decode, transcribe_logits
+from evaluate_ctc import lm_decode, load_test_sets, transcribe_logits
 from golos import EMBEDDED_CORPUS, decode_with_soundfile
 from modeling_ebranchformer.files import atomic_write_text
 from modeling_ebranchformer.hub import ModelLoadError, load_ctc_model, load_processor
@@ -78,7 +78,7 @@ def tune(model_dir, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), subset
         raise SystemExit(f"{type(error).__name__}: {error}") from None
     tuning = {"references": [], "greedy": [], "log_probs": []}
     unseen = {"references": [], "greedy": [], "log_probs": []}
-    for name, (dataset, _) in test_sets.items():
+    for dataset, _ in test_sets.values():
         greedy, log_probs = transcribe_logits(model, processor, decode_with_soundfile(dataset), batch_size)
         for index, (reference, hypothesis, values) in enumerate(zip(dataset["text"], greedy, log_probs)):
             target = tuning if subset == "all" or index % 2 == (0 if subset == "even" else 1) else unseen

@@ -78,7 +78,7 @@ def main(argv=None):
                  *(f"{100 * v:.2f} %" for v in wer(greedy).values())]]  # fmt: skip
         for beam in [int(b) for b in args.beams.split(",")]:
             elapsed, hypotheses = median_time(
-                lambda: [decoder.decode_beams(x, beam_width=beam)[0][0] for x in log_probs], args.repeats)
+                lambda beam=beam: [decoder.decode_beams(x, beam_width=beam)[0][0] for x in log_probs], args.repeats)
             label = f"LM, beam {beam}" + (" (default)" if beam == DEFAULT_BEAM_WIDTH else "")
             rows.append([label, f"{elapsed:.3f}", f"{elapsed / seconds:.5f}", f"{(elapsed - greedy_time) / seconds:.5f}",
                          *(f"{100 * v:.2f} %" for v in wer(hypotheses).values())])  # fmt: skip

@@ -18,7 +18,6 @@ import gzip
 import heapq
 import json
 import math
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -56,7 +55,7 @@ class LanguageModelError(ValueError):
 
 def _discount(adjusted: dict) -> float:
     """Kneser-Ney's discount D = n1 / (n1 + 2 n2) from the counts of counts; 0.5 where they do not define it."""
-    counts = Counter(v for v in adjusted.values())
+    counts = Counter(adjusted.values())
     n1, n2 = counts.get(1, 0), counts.get(2, 0)
     if n1 == 0 or n2 == 0:
         return 0.5
@@ -100,7 +99,7 @@ def kneser_ney(sentences, order: int = 3):
     backoffs = {}  # context ngram -> interpolation weight (linear)
     # Unigrams.
     d1 = _discount(adjusted[1])
-    vocabulary = set(g[0] for g in adjusted[1]) | {UNK}
+    vocabulary = {g[0] for g in adjusted[1]} | {UNK}
     total = sum(adjusted[1].values())
     types = len(adjusted[1])
     uniform = d1 * types / total / len(vocabulary)
@@ -356,7 +355,7 @@ class KenLMLanguageModel:
             ) from None
         try:
             model = kenlm.Model(str(path))
-        except Exception as error:  # kenlm raises OSError/RuntimeError with its own messages
+        except Exception as error:  # noqa: BLE001 - kenlm raises OSError/RuntimeError/its own with its messages
             raise LanguageModelError(f"{path}: kenlm cannot read this file ({error})") from None
         return cls(model, path)
 
@@ -566,12 +565,13 @@ class CTCBeamSearchDecoder:
         return (context + (word,))[-(order - 1) :] if order > 1 else ()
 
     def _search(self, logp, beam_width, beam_prune_logp, token_min_logp, hot):
-        labels, blank, space = self.labels, self.blank, self.space
+        labels, blank = self.labels, self.blank
         start_context = (BOS,) if self.score_boundary else ()
         # A beam: text -> [p_blank, p_nonblank, lm (finished words), lm partial, context, words, word start, end,
         # best]: `words` holds (word, start frame, end frame) of finished words; start/end: the unfinished word's,
         # taken from the likeliest path that reached the text in this frame (`best`, its log-probability).
         beams = {"": [0.0, NEG_INF, 0.0, 0.0, start_context, (), -1, -1, 0.0]}
+        partial_scores = {}  # unfinished word -> its score (a function of the word alone)
         frames = logp.shape[0]
         above = logp > token_min_logp
         above[:, blank] = False
@@ -641,7 +641,10 @@ class CTCBeamSearchDecoder:
                     starts_word = not text or last == " "
                     if entry is None:
                         partial = ch if starts_word else new_text[new_text.rfind(" ") + 1 :]
-                        new[new_text] = [NEG_INF, p, lm, self._partial_score(partial, hot), context, words,
+                        partial_score = partial_scores.get(partial)
+                        if partial_score is None:
+                            partial_score = partial_scores[partial] = self._partial_score(partial, hot)
+                        new[new_text] = [NEG_INF, p, lm, partial_score, context, words,
                                          t if starts_word else wstart, t + 1, p]  # fmt: skip
                     else:
                         entry[1] = _logaddexp(entry[1], p)
@@ -658,7 +661,7 @@ class CTCBeamSearchDecoder:
     def _finish(self, beams, frames, hot):
         finished = {}
         for text, beam in beams.items():
-            pb, pnb, lm, lm_partial, context, words, wstart, wend, _ = beam
+            pb, pnb, lm, _, context, words, wstart, wend, _ = beam
             acoustic = _logaddexp(pb, pnb)
             if text and text[-1] != " ":
                 word = text[text.rfind(" ") + 1 :]
@@ -715,7 +718,7 @@ class CTCBeamSearchDecoder:
             alphabet = json.loads(alphabet_path.read_text(encoding="utf-8"))
             labels = alphabet["labels"]
             if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-                raise TypeError("labels must be a list of strings")
+                raise TypeError
         except (ValueError, KeyError, TypeError) as error:
             raise LanguageModelError(f"{alphabet_path} is not a valid alphabet ({error})") from None
         if alphabet.get("is_bpe"):
@@ -730,10 +733,10 @@ class CTCBeamSearchDecoder:
         if attrs_path.is_file():
             try:
                 attrs = json.loads(attrs_path.read_text(encoding="utf-8"))
-                if not isinstance(attrs, dict):
-                    raise ValueError("not a JSON object")
             except ValueError as error:
                 raise LanguageModelError(f"{attrs_path} is not valid JSON ({error})") from None
+            if not isinstance(attrs, dict):
+                raise LanguageModelError(f"{attrs_path} must hold a JSON object, got {type(attrs).__name__}")
             unknown = set(attrs) - {"alpha", "beta", "unk_score_offset", "score_boundary"}
             if unknown:
                 raise LanguageModelError(f"{attrs_path}: unknown keys {sorted(unknown)}")

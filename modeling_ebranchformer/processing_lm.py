@@ -53,7 +53,7 @@ def _resolve_folder(pretrained_model_name_or_path, **kwargs):
     try:
         return Path(snapshot_download(pretrained_model_name_or_path, allow_patterns=[ALPHABET_FILE, f"{LM_DIR}/*"],
                                       **hub_kwargs))  # fmt: skip
-    except Exception as error:  # offline, no such repo: the tokenizer load has said so already
+    except Exception as error:  # noqa: BLE001 - offline, no such repo: the tokenizer load has said so already
         logger.warning(f"no language model files could be fetched for {pretrained_model_name_or_path}: {error}")
         return None
 
@@ -213,5 +213,5 @@ def register_pipeline():
     task["impl"] = EBranchformerASRPipeline
 
 
-__all__ = ["EBranchformerDecoderWithLMOutput", "EBranchformerProcessorWithLM", "EBranchformerASRPipeline", "ATTRS_FILE",
+__all__ = ["ATTRS_FILE", "EBranchformerASRPipeline", "EBranchformerDecoderWithLMOutput", "EBranchformerProcessorWithLM",
            "LanguageModelError"]  # fmt: skip

@@ -459,7 +459,7 @@ def test_folder_loads_without_the_package_through_trust_remote_code(lm_folder, t
         piped = asr(np.load({str(tmp_path / "wave.npy")!r}))["text"]
         print(json.dumps([text, piped]))
     """)
-    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     text, piped = json.loads(run.stdout.strip().splitlines()[-1])
     assert text == processor.batch_decode(logits).text[0] == piped
@@ -523,8 +523,9 @@ def test_an_alphabet_that_does_not_cover_the_tokenizer_is_refused(lm_folder, tmp
 
 
 def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
-    import train_ctc
     from transformers import AutoProcessor
+
+    import train_ctc
 
     _, folder, _ = lm_folder
     tiny = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,cgmlp_intermediate_size=48,ffn_intermediate_size=64"
