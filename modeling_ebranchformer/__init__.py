@@ -30,6 +30,7 @@ from .tokenization import COURSE_LABELS, EBranchformerCTCTokenizer, normalize_te
 __all__ = [
     "COURSE_LABELS",
     "DataCollatorCTC",
+    "EBranchformerASRPipeline",
     "EBranchformerCTCTokenizer",
     "EBranchformerConfig",
     "EBranchformerFeatureExtractor",
@@ -38,7 +39,6 @@ __all__ = [
     "EBranchformerPreTrainedModel",
     "EBranchformerProcessor",
     "EBranchformerProcessorWithLM",
-    "EBranchformerASRPipeline",
     "QuartzNetConfig",
     "QuartzNetForCTC",
     "QuartzNetModel",
