@@ -185,8 +185,21 @@ class EBranchformerASRPipeline(AutomaticSpeechRecognitionPipeline):
 
     def __init__(self, model, feature_extractor=None, tokenizer=None, decoder=None, device=None,
                  language_model=True, **kwargs):  # fmt: skip
-        if decoder is None and language_model and getattr(model.config, "model_type", None) in self.MODEL_TYPES:
+        ours = getattr(model.config, "model_type", None) in self.MODEL_TYPES
+        if decoder is None and language_model and ours:
             decoder = self._folder_decoder(model, tokenizer)
+        if isinstance(decoder, CTCBeamSearchDecoder):
+            # the pipeline warns that pyctcdecode decoding is deprecated; this decoder is not pyctcdecode
+            from transformers.pipelines import automatic_speech_recognition as stock
+
+            level = stock.logger.level
+            stock.logger.setLevel(40)
+            try:
+                super().__init__(model, feature_extractor=feature_extractor, tokenizer=tokenizer, decoder=decoder,
+                                 device=device, **kwargs)  # fmt: skip
+            finally:
+                stock.logger.setLevel(level)
+            return
         super().__init__(model, feature_extractor=feature_extractor, tokenizer=tokenizer, decoder=decoder,
                          device=device, **kwargs)  # fmt: skip
 
