@@ -91,10 +91,17 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
                 self.decoder = decoder
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "repo_id", "token", "private") if k in kwargs}
         files = super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
         self.decoder.save_to_dir(save_directory)
-        if push_to_hub:  # upload once the LM files are there too
-            super().save_pretrained(save_directory, push_to_hub=True, **kwargs)
+        if push_to_hub:  # upload the whole folder, LM files included, once they are all written
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=hub_kwargs.get("token"))
+            repo_id = hub_kwargs.get("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            repo_id = api.create_repo(repo_id, exist_ok=True, private=hub_kwargs.get("private")).repo_id
+            api.upload_folder(folder_path=save_directory, repo_id=repo_id,
+                              commit_message=hub_kwargs.get("commit_message") or "Upload processor with language model")  # fmt: skip
         return files
 
     @classmethod
