@@ -214,6 +214,9 @@ def main(argv=None):
     parser.add_argument("--beam_width", type=positive_int, help="beam width of LM decoding (default 32)")
     parser.add_argument("--alpha", type=float, help="LM weight (default: the folder's attrs.json)")
     parser.add_argument("--beta", type=float, help="word insertion bonus (default: the folder's attrs.json)")
+    parser.add_argument("--best_alignment", action="store_true",
+                        help="score a text by its best CTC alignment instead of the sum of all (Viterbi); with "
+                             "--alpha 0 --beta 0 this reproduces greedy decoding")  # fmt: skip
     parser.add_argument("--update_model_card", action="store_true",
                         help="write the greedy (and LM) figures into the model folder's README.md")  # fmt: skip
     args = parser.parse_args(argv)
@@ -227,7 +230,8 @@ def main(argv=None):
         raise SystemExit(f"data folder not found: {args.data_dir}")
     return evaluate_model(args.model, args.data_dir, sets, args.output_dir, args.batch_size, args.max_samples,
                           args.trust_remote_code, use_lm=not args.no_lm, update_model_card=args.update_model_card,
-                          lm_options={"beam_width": args.beam_width, "alpha": args.alpha, "beta": args.beta})  # fmt: skip
+                          lm_options={"beam_width": args.beam_width, "alpha": args.alpha, "beta": args.beta,
+                                      "sum_alignments": False if args.best_alignment else None})  # fmt: skip
 
 
 if __name__ == "__main__":

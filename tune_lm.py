@@ -35,7 +35,7 @@ from modeling_ebranchformer.lm import (
 )
 
 DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1,1.5,2"
-DEFAULT_BETAS = "-1,0,0.5,1,1.5,2,3"
+DEFAULT_BETAS = "-1,0,1,2,3,4,5"
 
 
 def word_error_rate(references, hypotheses) -> float:

@@ -517,10 +517,14 @@ class CTCBeamSearchDecoder:
     # ---- decoding
 
     def decode_beams(self, logits, beam_width=None, beam_prune_logp=None, token_min_logp=None, prune_history=False,
-                     hotwords=None, hotword_weight=None, **unused):  # fmt: skip
+                     hotwords=None, hotword_weight=None, sum_alignments=True, **unused):  # fmt: skip
         """Beams for one utterance, best first, as pyctcdecode gives them: tuples (text, None, word frames
         [(word, (start, end))], acoustic log-score, combined score). `logits`: (frames, labels), logits or
-        log-probabilities (a log-softmax is applied)."""
+        log-probabilities (a log-softmax is applied).
+
+        `sum_alignments=True` (prefix beam search): a text's acoustic score sums all its CTC alignments.
+        `False`: the score of its best alignment (Viterbi); with alpha = beta = 0 the result is then exactly
+        the greedy transcript, which makes a check of the search."""
         logits = np.asarray(logits)
         if logits.ndim != 2 or logits.shape[1] != len(self.labels):
             raise LanguageModelError(f"logits must have shape (frames, {len(self.labels)}), got {logits.shape}")
@@ -534,7 +538,8 @@ class CTCBeamSearchDecoder:
         weight = DEFAULT_HOTWORD_WEIGHT if hotword_weight is None else hotword_weight
         check_range("hotword_weight", weight, 0.0, 1000.0)
         hot = _Hotwords([hotwords] if isinstance(hotwords, str) else hotwords, weight, self.characters)
-        return self._search(log_softmax(logits), int(beam_width), float(beam_prune_logp), float(token_min_logp), hot)
+        return self._search(log_softmax(logits), int(beam_width), float(beam_prune_logp), float(token_min_logp), hot,
+                            _logaddexp if sum_alignments else max)  # fmt: skip
 
     def decode(self, logits, **kwargs) -> str:
         return self.decode_beams(logits, **kwargs)[0][0]
@@ -564,7 +569,7 @@ class CTCBeamSearchDecoder:
         order = getattr(self.language_model, "order", 1)
         return (context + (word,))[-(order - 1) :] if order > 1 else ()
 
-    def _search(self, logp, beam_width, beam_prune_logp, token_min_logp, hot):
+    def _search(self, logp, beam_width, beam_prune_logp, token_min_logp, hot, merge=_logaddexp):
         labels, blank = self.labels, self.blank
         start_context = (BOS,) if self.score_boundary else ()
         # A beam: text -> [p_blank, p_nonblank, lm (finished words), lm partial, context, words, word start, end,
@@ -585,7 +590,7 @@ class CTCBeamSearchDecoder:
             blank_lp = float(row[blank])
             if not candidates:  # only the blank: every beam stays, no new text
                 for beam in beams.values():
-                    beam[0] = _logaddexp(beam[0], beam[1]) + blank_lp
+                    beam[0] = merge(beam[0], beam[1]) + blank_lp
                     beam[1] = NEG_INF
                     beam[8] = beam[0]
                 continue
@@ -593,7 +598,7 @@ class CTCBeamSearchDecoder:
             new = {}
             for text, beam in beams.items():
                 pb, pnb, lm, lm_partial, context, words, wstart, wend, _ = beam
-                total = _logaddexp(pb, pnb)
+                total = merge(pb, pnb)
                 last = text[-1] if text else ""
                 # blank: same text
                 p = total + blank_lp
@@ -601,14 +606,14 @@ class CTCBeamSearchDecoder:
                 if entry is None:
                     new[text] = [p, NEG_INF, lm, lm_partial, context, words, wstart, wend, p]
                 else:
-                    entry[0] = _logaddexp(entry[0], p)
+                    entry[0] = merge(entry[0], p)
                     if p > entry[8]:
                         entry[5], entry[6], entry[7], entry[8] = words, wstart, wend, p
                 for c, ch, lp in lps:
                     if ch == " ":
                         if not text or last == " ":  # a leading or repeated space leaves the text as it is
                             entry = new.get(text)
-                            entry[1] = _logaddexp(entry[1], total + lp)
+                            entry[1] = merge(entry[1], total + lp)
                             continue
                         # a space ends the word
                         p = total + lp
@@ -620,7 +625,7 @@ class CTCBeamSearchDecoder:
                             new[new_text] = [NEG_INF, p, score, 0.0, self._next_context(context, word),
                                              words + ((word, wstart, wend),), -1, -1, p]  # fmt: skip
                         else:
-                            entry[1] = _logaddexp(entry[1], p)
+                            entry[1] = merge(entry[1], p)
                             if p > entry[8]:
                                 entry[5], entry[8] = words + ((text[text.rfind(" ") + 1 :], wstart, wend),), p
                         continue
@@ -628,7 +633,7 @@ class CTCBeamSearchDecoder:
                         # the same character again: collapsed (from non-blank) or a new one (after a blank)
                         entry = new[text]
                         p = pnb + lp
-                        entry[1] = _logaddexp(entry[1], p)
+                        entry[1] = merge(entry[1], p)
                         if p > entry[8]:
                             entry[5], entry[6], entry[7], entry[8] = words, wstart, t + 1, p
                         p = pb + lp
@@ -647,22 +652,22 @@ class CTCBeamSearchDecoder:
                         new[new_text] = [NEG_INF, p, lm, partial_score, context, words,
                                          t if starts_word else wstart, t + 1, p]  # fmt: skip
                     else:
-                        entry[1] = _logaddexp(entry[1], p)
+                        entry[1] = merge(entry[1], p)
                         if p > entry[8]:
                             entry[5], entry[6], entry[7], entry[8] = words, t if starts_word else wstart, t + 1, p
             # keep the best beams
-            scored = [(_logaddexp(b[0], b[1]) + b[2] + b[3], text) for text, b in new.items()]
+            scored = [(merge(b[0], b[1]) + b[2] + b[3], text) for text, b in new.items()]
             # best first: the next frame's entries then take their word frames from the likeliest beam
             scored = heapq.nlargest(beam_width, scored) if len(scored) > beam_width else sorted(scored, reverse=True)
             threshold = scored[0][0] + beam_prune_logp
             beams = {text: new[text] for score, text in scored if score >= threshold}
-        return self._finish(beams, frames, hot)
+        return self._finish(beams, frames, hot, merge)
 
-    def _finish(self, beams, frames, hot):
+    def _finish(self, beams, frames, hot, merge=_logaddexp):
         finished = {}
         for text, beam in beams.items():
             pb, pnb, lm, _, context, words, wstart, wend, _ = beam
-            acoustic = _logaddexp(pb, pnb)
+            acoustic = merge(pb, pnb)
             if text and text[-1] != " ":
                 word = text[text.rfind(" ") + 1 :]
                 lm += self._word_score(context, word, hot)
@@ -675,7 +680,7 @@ class CTCBeamSearchDecoder:
             if previous is None:
                 finished[final] = [acoustic, lm, words]
             else:
-                previous[0] = _logaddexp(previous[0], acoustic)
+                previous[0] = merge(previous[0], acoustic)
         output = [(text, None, [(w, (s, e)) for w, s, e in words], acoustic, acoustic + lm)
                   for text, (acoustic, lm, words) in finished.items()]  # fmt: skip
         output.sort(key=lambda beam: beam[4], reverse=True)

@@ -125,7 +125,8 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
 
     def batch_decode(self, logits, *args, beam_width=None, beam_prune_logp=None, token_min_logp=None, hotwords=None,
                      hotword_weight=None, alpha=None, beta=None, unk_score_offset=None, lm_score_boundary=None,
-                     output_word_offsets=False, n_best=1, lengths=None, pool=None, num_processes=None, **kwargs):  # fmt: skip
+                     output_word_offsets=False, n_best=1, lengths=None, sum_alignments=True, pool=None,
+                     num_processes=None, **kwargs):  # fmt: skip
         """Beam search with the LM over float logits (batch, frames, labels); token ids go to the tokenizer
         (greedy, as `EBranchformerProcessor.batch_decode`). Parameters not given come from attrs.json."""
         array = _as_array(logits)
@@ -149,7 +150,7 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
                 results.append(self.decoder.decode_beams(
                     item, beam_width=beam_width if beam_width is not None else DEFAULT_BEAM_WIDTH,
                     beam_prune_logp=beam_prune_logp, token_min_logp=token_min_logp, hotwords=hotwords,
-                    hotword_weight=hotword_weight,
+                    hotword_weight=hotword_weight, sum_alignments=sum_alignments,
                 ))  # fmt: skip
         finally:
             self.decoder.reset_params(alpha=saved["alpha"], beta=saved["beta"],

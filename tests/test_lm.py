@@ -266,6 +266,8 @@ def test_on_the_embedded_test_sets_alpha_beta_zero_stays_within_half_a_point_of_
     assert 0.1 < greedy_wer < 0.5  # the crafted errors are there
     assert abs(beam_wer - greedy_wer) <= 0.005
     assert lm_wer < 0.5 * greedy_wer
+    # scoring texts by their best alignment, the search must find exactly the greedy transcripts
+    assert [plain.decode(x, sum_alignments=False) for x in logits] == [greedy(x) for x in logits]
 
 
 def near_miss(text, confused_index, wrong_char, margin=0.4):
