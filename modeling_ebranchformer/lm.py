@@ -745,6 +745,12 @@ class CTCBeamSearchDecoder:
             unknown = set(attrs) - {"alpha", "beta", "unk_score_offset", "score_boundary"}
             if unknown:
                 raise LanguageModelError(f"{attrs_path}: unknown keys {sorted(unknown)}")
+            try:
+                check_range("alpha", attrs.get("alpha"), *ALPHA_RANGE)
+                check_range("beta", attrs.get("beta"), *BETA_RANGE)
+                check_range("unk_score_offset", attrs.get("unk_score_offset"), -1000.0, 0.0)
+            except LanguageModelError as error:
+                raise LanguageModelError(f"{attrs_path}: {error}") from None
         unigrams = None
         unigrams_path = lm_dir / UNIGRAMS_FILE
         if unigrams_path.is_file():

@@ -517,6 +517,13 @@ def test_an_alphabet_that_does_not_cover_the_tokenizer_is_refused(lm_folder, tmp
     (copy / "alphabet.json").write_text(json.dumps(alphabet, ensure_ascii=False))
     with pytest.raises(LanguageModelError, match=r"alphabet.json does not cover the tokenizer: it lacks \['я'\]"):
         AutoProcessor.from_pretrained(copy)
+    attrs = copy / "language_model" / "attrs.json"
+    attrs.write_text(json.dumps({"alpha": 0.5, "beta": 99.0}))
+    alphabet["labels"] = LABELS
+    (copy / "alphabet.json").write_text(json.dumps(alphabet, ensure_ascii=False))
+    with pytest.raises(LanguageModelError, match=r"attrs.json: beta=99.0 is out of range"):
+        AutoProcessor.from_pretrained(copy)
+    attrs.write_text(json.dumps({"alpha": 0.5, "beta": 1.0}))
     (copy / "language_model" / "lm.arpa").write_bytes(b"\x00\xff" * 100)
     alphabet["labels"] = LABELS
     (copy / "alphabet.json").write_text(json.dumps(alphabet, ensure_ascii=False))
