@@ -60,7 +60,8 @@ def parse_grid(text, name, bounds):
 
 
 def tune(model_dir, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), subset="even", alphas=None, betas=None,
-         beam_width=DEFAULT_BEAM_WIDTH, batch_size=16, dry_run=False, trust_remote_code=False) -> dict:  # fmt: skip
+         beam_width=DEFAULT_BEAM_WIDTH, batch_size=16, dry_run=False, trust_remote_code=False,
+         max_samples=None) -> dict:  # fmt: skip
     model_dir = Path(model_dir)
     alphas = alphas or parse_grid(DEFAULT_ALPHAS, "alphas", ALPHA_RANGE)
     betas = betas or parse_grid(DEFAULT_BETAS, "betas", BETA_RANGE)
@@ -73,7 +74,7 @@ def tune(model_dir, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), subset
     if decoder is None:
         raise SystemExit(f"{model_dir} has no {LM_DIR}/: add one with build_lm.py first")
     try:
-        test_sets = load_test_sets(data_dir, sets, processor.tokenizer)
+        test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)
     except (OSError, ValueError) as error:
         raise SystemExit(f"{type(error).__name__}: {error}") from None
     tuning = {"references": [], "greedy": [], "log_probs": []}
@@ -126,6 +127,7 @@ def main(argv=None):
     parser.add_argument("--betas", default=DEFAULT_BETAS, help=f"grid of word bonuses (default {DEFAULT_BETAS})")
     parser.add_argument("--beam_width", type=int, default=DEFAULT_BEAM_WIDTH, help="beam width while tuning")
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_samples", type=int, help="use the first N utterances of each set")
     parser.add_argument("--dry_run", action="store_true", help="print the choice, do not write attrs.json")
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
@@ -137,7 +139,7 @@ def main(argv=None):
         parser.error("--beam_width must be at least 1")
     return tune(args.model_dir, args.data_dir, sets, args.subset, parse_grid(args.alphas, "alphas", ALPHA_RANGE),
                 parse_grid(args.betas, "betas", BETA_RANGE), args.beam_width, args.batch_size, args.dry_run,
-                args.trust_remote_code)  # fmt: skip
+                args.trust_remote_code, args.max_samples)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -547,3 +547,39 @@ def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     assert type(processor) is EBranchformerProcessorWithLM
     assert (tmp_path / "out" / "language_model" / "lm.arpa").read_text() == (folder / "language_model" / "lm.arpa").read_text()
+
+
+def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(lm_folder, tmp_path):
+    from huggingface_hub import ModelCard
+
+    import tune_lm
+    from evaluate_ctc import main as evaluate_main
+
+    _, folder, plain = lm_folder
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    rows = evaluate_main([str(copy), "--max_samples", "3", "--output_dir", str(tmp_path / "eval"), "--update_model_card"])
+    lines = [json.loads(x) for x in (tmp_path / "eval" / "utterances_crowd.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert 0 <= row["lm_wer"] and 0 <= row["lm_cer"] <= 1
+    references = [x["reference"] for x in lines]
+    assert rows[0]["lm_wer"] == pytest.approx(jiwer.wer(references, [x["lm_hypothesis"] for x in lines]))
+    assert rows[0]["wer"] == pytest.approx(jiwer.wer(references, [x["hypothesis"] for x in lines]))
+    assert "| LM WER | LM CER |" in (tmp_path / "eval" / "results.md").read_text()
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["lm_decoding"]["alpha"] == 0.5
+    card = ModelCard.load(copy / "README.md")
+    names = {(r.dataset_config, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert names[("farfield", "WER (3-gram LM)")] == pytest.approx(rows[1]["lm_wer"], abs=1e-4)
+    assert names[("crowd", "WER")] == pytest.approx(rows[0]["wer"], abs=1e-4)
+    assert "| WER, greedy | WER, with the LM |" in card.text
+    greedy_only = evaluate_main([str(plain), "--max_samples", "2", "--output_dir", str(tmp_path / "eval2")])
+    assert "lm_wer" not in greedy_only[0]
+    before = (copy / "language_model" / "attrs.json").read_text()
+    summary = tune_lm.main([str(copy), "--max_samples", "4", "--alphas", "0,1", "--betas", "0,2", "--dry_run"])
+    assert (copy / "language_model" / "attrs.json").read_text() == before
+    tune_lm.main([str(copy), "--max_samples", "4", "--alphas", "0,1", "--betas", "0,2"])
+    attrs = json.loads((copy / "language_model" / "attrs.json").read_text())
+    assert (attrs["alpha"], attrs["beta"]) == (summary["alpha"], summary["beta"])
+    assert summary["tuning_utterances"] == 4 and summary["unseen_utterances"] == 4
+    with pytest.raises(SystemExit, match="alpha=11.0 is out of range"):
+        tune_lm.main([str(copy), "--alphas", "0,11"])
