@@ -216,6 +216,7 @@ class NGramLanguageModel:
 
         expected = {}
         probs, backoffs = {}, {}
+        pool = {}
         section = None  # None: before \data\, 0: in \data\, n: in \n-grams:
         seen = Counter()
         ended = False
@@ -253,17 +254,18 @@ class NGramLanguageModel:
                     fail(number, f"bad count line {line[:60]!r}")
                 expected[n] = count
                 continue
-            fields = line.split("\t") if "\t" in line else line.split()
             n = section
             if "\t" in line:
+                fields = line.split("\t")
                 if len(fields) not in (2, 3):
                     fail(number, f"expected 'log10p<TAB>words[<TAB>backoff]', got {line[:60]!r}")
-                words = tuple(fields[1].split())
+                words = tuple([pool.setdefault(w, w) for w in fields[1].split()])  # one string object per word
                 bow = fields[2] if len(fields) == 3 else None
             else:
+                fields = line.split()
                 if len(fields) not in (n + 1, n + 2):
                     fail(number, f"expected a {n}-gram line, got {line[:60]!r}")
-                words = tuple(fields[1 : n + 1])
+                words = tuple([pool.setdefault(w, w) for w in fields[1 : n + 1]])
                 bow = fields[n + 1] if len(fields) == n + 2 else None
             if len(words) != n:
                 fail(number, f"{len(words)} words in the {n}-grams section: {line[:60]!r}")
