@@ -563,8 +563,10 @@ class CTCBeamSearchDecoder:
         score = 0.0
         if hot and partial in hot.prefixes:
             return hot.partial(partial)
-        if self.language_model is not None and self.alpha > 0 and partial not in self._vocabulary_prefixes():
-            score += self.unk_score_offset
+        if self.language_model is not None and self.alpha > 0:
+            prefixes = self._vocabulary_prefixes()
+            if prefixes and partial not in prefixes:  # no word list (a KenLM binary alone): no penalty
+                score += self.unk_score_offset
         return score
 
     def _next_context(self, context, word):
@@ -711,7 +713,8 @@ class CTCBeamSearchDecoder:
         unigrams = self.unigrams
         if unigrams is None:
             unigrams = sorted(w for w in self.language_model.vocabulary if w not in (BOS, EOS, UNK))
-        (lm_dir / UNIGRAMS_FILE).write_text("".join(w + "\n" for w in unigrams), encoding="utf-8")
+        if unigrams:  # a KenLM binary read alone has no word list
+            (lm_dir / UNIGRAMS_FILE).write_text("".join(w + "\n" for w in unigrams), encoding="utf-8")
 
     @classmethod
     def load_from_dir(cls, folder, **overrides):

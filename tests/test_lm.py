@@ -583,3 +583,45 @@ def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(l
     assert summary["tuning_utterances"] == 4 and summary["unseen_utterances"] == 4
     with pytest.raises(SystemExit, match="alpha=11.0 is out of range"):
         tune_lm.main([str(copy), "--alphas", "0,11"])
+
+
+class FakeKenLM:
+    """A stand-in for the `kenlm` module (not installed here) with the calls KenLMLanguageModel makes, answering
+    from an ARPA model: it checks our adapter's state handling and units, not kenlm itself."""
+
+    class State:
+        def __init__(self):
+            self.context = ()
+
+    class Model:
+        def __init__(self, path):
+            self._lm = NGramLanguageModel.from_file(str(path) + ".arpa")
+            self.order = self._lm.order
+
+        def __contains__(self, word):
+            return word in self._lm.vocabulary
+
+        def BeginSentenceWrite(self, state):  # noqa: N802 - kenlm's names
+            state.context = ("<s>",)
+
+        def NullContextWrite(self, state):  # noqa: N802
+            state.context = ()
+
+        def BaseScore(self, state, word, out):  # noqa: N802
+            out.context = (state.context + (word,))[-(self.order - 1) :]
+            return self._lm.score(state.context, word) / math.log(10)
+
+
+def test_a_kenlm_binary_is_read_through_the_kenlm_module(tmp_path, monkeypatch, corpus_lm):
+    binary = tmp_path / "golos.binary"
+    binary.write_bytes(b"mmap lm http://kheafield.com/code format version 5\n")
+    (tmp_path / "golos.binary.arpa").write_text(build_arpa(train_sentences(), 3), encoding="utf-8")
+    monkeypatch.setitem(sys.modules, "kenlm", FakeKenLM)
+    from modeling_ebranchformer.lm import load_language_model
+
+    lm = load_language_model(binary)
+    assert lm.score(("<s>", "салют"), "выключи") == pytest.approx(corpus_lm.score(("<s>", "салют"), "выключи"))
+    assert lm.score(("джой",), "позвони") == pytest.approx(corpus_lm.score(("джой",), "позвони"))
+    assert lm.in_vocabulary("салют") and not lm.in_vocabulary("кукуруза")
+    logits = near_miss("салют выключи свет", 3, "о")
+    assert CTCBeamSearchDecoder(LABELS, lm).decode(logits) == "салют выключи свет"
