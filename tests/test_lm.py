@@ -260,14 +260,14 @@ def test_on_the_embedded_test_sets_alpha_beta_zero_stays_within_half_a_point_of_
             logits.append(crafted_logits(references[-1], rng, noise=1.5, confusion=0.06, confusion_margin=0.8))
     greedy_wer = jiwer.wer(references, [greedy(x) for x in logits])
     plain = CTCBeamSearchDecoder(LABELS, corpus_lm, alpha=0.0, beta=0.0)
-    beam_wer = jiwer.wer(references, [plain.decode(x) for x in logits])
+    beam_wer = jiwer.wer(references, [plain.decode(x, beam_width=16) for x in logits])
     lm = CTCBeamSearchDecoder(LABELS, corpus_lm, alpha=0.5, beta=1.0)
-    lm_wer = jiwer.wer(references, [lm.decode(x) for x in logits])
+    lm_wer = jiwer.wer(references, [lm.decode(x, beam_width=16) for x in logits])
     assert 0.1 < greedy_wer < 0.5  # the crafted errors are there
     assert abs(beam_wer - greedy_wer) <= 0.005
     assert lm_wer < 0.5 * greedy_wer
     # scoring texts by their best alignment, the search must find exactly the greedy transcripts
-    assert [plain.decode(x, sum_alignments=False) for x in logits] == [greedy(x) for x in logits]
+    assert [plain.decode(x, beam_width=8, sum_alignments=False) for x in logits] == [greedy(x) for x in logits]
 
 
 def near_miss(text, confused_index, wrong_char, margin=0.4):
