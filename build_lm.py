@@ -203,7 +203,7 @@ def build(model_dir, data_dir=None, texts=(), order=3, arpa=None, alpha=None, be
     return summary
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", help="the model folder the language model is added to")
     parser.add_argument("--data_dir", help="Golos-layout folder whose train_opus/manifest.jsonl transcripts are "
@@ -216,6 +216,11 @@ def main(argv=None):
     parser.add_argument("--beta", type=float, help=f"word insertion bonus (default {DEFAULT_BETA})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing language model")
     parser.add_argument("--trust_remote_code", action="store_true", help="for model types this package lacks")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.arpa and (args.text or args.data_dir):
         parser.error("--arpa replaces building: give either --arpa or --data_dir/--text")

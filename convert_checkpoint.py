@@ -6,9 +6,12 @@
 The folder holds model.safetensors, config.json (with auto_map), the processor files, the code for
 `trust_remote_code=True` and a model card naming the source checkpoint, its epoch and step.
 
-- The architecture is detected from the keys (`--arch` overrides). Sizes are read from tensor shapes; what
-  shapes cannot tell (attention heads, strides, dilations, batch-norm epsilon) comes from options whose
-  defaults are the course configurations.
+- The architecture is detected from the keys (a given `--arch` must agree). Sizes are read from tensor
+  shapes; what shapes cannot tell (attention heads, strides, dilations, batch-norm epsilon) comes from
+  options whose defaults are the course configurations; an option of the other architecture is refused.
+- The CTC head's outputs are the course's 34 symbols (space, а..я, blank) unless `--vocab` gives the
+  vocabulary the model was trained with (a vocab.json: symbol -> output index); a head of another size
+  without a vocabulary that fits is refused, since its outputs would decode as the wrong letters.
 - Every source tensor must be used and every target parameter filled with the right shape; otherwise
   nothing is written and the error lists the missing, unexpected and mismatched keys.
 - Positions: the course adds its (5000, 1, 256) sinusoidal table to batch-first activations, so item b of a
@@ -20,21 +23,24 @@ The folder holds model.safetensors, config.json (with auto_map), the processor f
   refused (e.g. Hydra/OmegaConf objects in `hyper_parameters`), the error names the classes;
   `--inert-objects` then loads the tensors with those objects replaced by inert placeholders (still no code
   from the file runs), and `--unsafe-unpickle` unpickles fully (only for files you trust).
-- The output folder appears complete or not at all; an existing one is replaced only with `--overwrite`.
+- The output folder appears complete or not at all, with the modes a plain write gives (umask respected).
+  An existing one is replaced only with `--overwrite` and only if it holds nothing but model files; a folder
+  that holds the checkpoint or the working directory, a symbolic link or a file is never replaced. Where the
+  folder can go is checked before the checkpoint is read.
 """
 
 import argparse
 import hashlib
+import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import modeling_ebranchformer
 from modeling_ebranchformer import (
     EBranchformerConfig,
     EBranchformerCTCTokenizer,
@@ -45,6 +51,8 @@ from modeling_ebranchformer import (
     QuartzNetForCTC,
 )
 from modeling_ebranchformer.configuration_quartznet import COURSE_BLOCKS
+from modeling_ebranchformer.files import OutputFolderError, staged_folder
+from modeling_ebranchformer.model_card import write_model_card
 from modeling_ebranchformer.summary import format_counts, parameter_counts
 
 
@@ -65,11 +73,25 @@ class InertObject:
         self.state = state
 
 
+def check_checkpoint_file(path: Path):
+    """Refuses, before anything is loaded or made, a checkpoint path that names no readable, non-empty file."""
+    if path.is_dir():
+        raise ConversionError(f"{path} is a folder: give the checkpoint file (a Lightning .ckpt or a saved state dict)")
+    if not path.exists():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            empty = not f.read(1)
+    except OSError as error:
+        raise ConversionError(f"{path}: cannot read it ({error.strerror})") from None
+    if empty:
+        raise ConversionError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch the checkpoint again")
+
+
 def load_checkpoint(path: str | Path, inert_objects=False, unsafe_unpickle=False) -> tuple[dict, dict]:
     """The state dict and the Lightning metadata (epoch, global_step, version) of a .ckpt or bare state dict."""
     path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
+    check_checkpoint_file(path)
     try:
         if unsafe_unpickle:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -80,7 +102,14 @@ def load_checkpoint(path: str | Path, inert_objects=False, unsafe_unpickle=False
     except ConversionError:
         raise
     except Exception as error:  # torch raises pickle.UnpicklingError, RuntimeError, EOFError, ... by format
-        if "weights_only" in str(error) or "Weights only load failed" in str(error):
+        refused = "weights_only" in str(error) or "Weights only load failed" in str(error)
+        if refused and inert_objects:  # the placeholders did not suffice: only torch's reason can help
+            raise ConversionError(
+                f"{path}: torch.load(weights_only=True) refused it even with the classes it names replaced by inert "
+                f"placeholders (--inert-objects): {_weights_only_reason(error)}\nOnly --unsafe-unpickle can load it, "
+                "which runs whatever code the file names: use it only if you trust the file."
+            ) from None
+        if refused:
             names = _unsafe_globals(path)
             raise ConversionError(
                 f"{path}: torch.load(weights_only=True) refused it: the pickle names classes or functions beyond "
@@ -111,8 +140,11 @@ def load_checkpoint(path: str | Path, inert_objects=False, unsafe_unpickle=False
 
 
 def _weights_only_reason(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines()]
-    return next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+    """torch's own reason, without its advice: the text after "WeightsUnpickler error:", which may start on
+    the next line, up to the pointer to the documentation."""
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in lines if not line.startswith("Check the documentation")), "")
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -129,6 +161,67 @@ def _load_with_inert_objects(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+# --- the vocabulary ---------------------------------------------------------------------------------------
+
+
+def read_vocab(path) -> dict[str, int]:
+    """A --vocab file: a JSON object mapping each symbol to its output index, like vocab.json in a model
+    folder, with "|" for the space and "<pad>" for the CTC blank, and the indices 0..N-1 each once."""
+
+    def refuse_repeats(pairs):
+        symbols = [symbol for symbol, _ in pairs]
+        repeated = sorted({symbol for symbol in symbols if symbols.count(symbol) > 1})
+        if repeated:
+            raise ConversionError(f"--vocab {path}: symbols listed twice: {repeated}")
+        return dict(pairs)
+
+    try:
+        vocab = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=refuse_repeats)
+    except OSError as error:
+        raise ConversionError(f"--vocab {path}: cannot read it ({error.strerror})") from None
+    except ValueError as error:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ConversionError(f"--vocab {path}: not a UTF-8 JSON file ({error})") from None
+    if not isinstance(vocab, dict) or not all(type(index) is int for index in vocab.values()):
+        raise ConversionError(
+            f"--vocab {path}: expected a JSON object mapping each symbol to its output index, like "
+            '{"|": 0, "а": 1, ..., "<pad>": 33} (modeling_ebranchformer/vocab.json)'
+        )
+    indices, size = sorted(vocab.values()), len(vocab)
+    if indices != list(range(size)):
+        problems = {"repeated": sorted({index for index in indices if indices.count(index) > 1}),
+                    "missing": sorted(set(range(size)) - set(indices)),
+                    "outside": [index for index in indices if not 0 <= index < size]}  # fmt: skip
+        raise ConversionError(
+            f"--vocab {path}: the {size} indices must be 0..{size - 1}, each once; "
+            + "; ".join(f"{label}: {values[:8]}" for label, values in problems.items() if values)
+        )
+    for symbol, role in (("<pad>", "the CTC blank"), ("|", "the space")):
+        if symbol not in vocab:
+            hint = ' (write the space as "|", not " ")' if symbol == "|" and " " in vocab else ""
+            raise ConversionError(f'--vocab {path}: no "{symbol}" ({role}), which the tokenizer needs{hint}')
+    return vocab
+
+
+def tokenizer_for_head(classes: int, vocab_path=None, vocab: dict | None = None) -> EBranchformerCTCTokenizer:
+    """The tokenizer whose ids are the head's `classes` outputs: the course's, or the one `vocab_path` gives."""
+    if vocab is None:
+        tokenizer = EBranchformerCTCTokenizer()
+        if classes != len(tokenizer):
+            raise ConversionError(
+                f"the CTC head (decoder.layers.0.weight) has {classes} outputs, but the course vocabulary has "
+                f"{len(tokenizer)} (space, а..я, blank), so the outputs would decode as the wrong symbols. Pass "
+                f"--vocab VOCAB.json mapping each of the {classes} outputs to its symbol, in the order the model was "
+                'trained with ("|" for the space, "<pad>" for the CTC blank).'
+            )
+        return tokenizer
+    if len(vocab) != classes:
+        raise ConversionError(
+            f"--vocab {vocab_path} has {len(vocab)} symbols but the CTC head (decoder.layers.0.weight) has {classes} "
+            "outputs: give the vocabulary the model was trained with"
+        )
+    return EBranchformerCTCTokenizer(vocab_file=str(vocab_path))
+
+
 # --- architecture detection and hyper-parameters --------------------------------------------------------
 
 
@@ -139,16 +232,30 @@ def strip_prefix(state_dict: dict) -> dict:
     return state_dict
 
 
-def detect_architecture(state_dict: dict) -> str:
-    if any(re.match(r"encoder\.layers\.\d+\.cgmlp\.", k) for k in state_dict):
-        return "ebranchformer"
-    if any(re.match(r"encoder\.layers\.\d+\.conv\.", k) for k in state_dict):
-        return "quartznet"
-    raise ConversionError(
-        "cannot tell the architecture: no 'encoder.layers.N.cgmlp.*' (E-Branchformer) or "
-        f"'encoder.layers.N.conv.*' (QuartzNet) keys; first keys: {sorted(state_dict)[:8]}. "
-        "Is this a course checkpoint? --arch forces one."
-    )
+ARCHITECTURE_KEYS = {  # name: (key pattern, what it is, the keys in words)
+    "ebranchformer": (r"encoder\.layers\.\d+\.cgmlp\.", "E-Branchformer", "encoder.layers.N.cgmlp.*"),
+    "quartznet": (r"encoder\.layers\.\d+\.conv\.", "QuartzNet", "encoder.layers.N.conv.*"),
+}
+
+
+def detect_architecture(state_dict: dict, arch="auto") -> str:
+    """The architecture the keys show; a given `arch` (--arch) must be the one they show."""
+    shown = next((name for name, (pattern, _, _) in ARCHITECTURE_KEYS.items()
+                  if any(re.match(pattern, k) for k in state_dict)), None)  # fmt: skip
+    if shown is None:
+        raise ConversionError(
+            "cannot tell the architecture: no 'encoder.layers.N.cgmlp.*' (E-Branchformer) or "
+            f"'encoder.layers.N.conv.*' (QuartzNet) keys; first keys: {sorted(state_dict)[:8]}. "
+            "This converter reads the course's layout (encoder.*, decoder.*, perhaps under 'model.'): is this a "
+            "course checkpoint?"
+        )
+    if arch not in ("auto", shown):
+        _, name, keys = ARCHITECTURE_KEYS[shown]
+        raise ConversionError(
+            f"--arch {arch}, but the checkpoint is a{'n' if name[0] in 'AEIOU' else ''} {name} (its keys have {keys}): "
+            f"drop --arch or give --arch {shown}"
+        )
+    return shown
 
 
 def _shape(state_dict, key, dims=None):
@@ -185,7 +292,7 @@ def ebranchformer_config(state_dict: dict, args) -> tuple[EBranchformerConfig, s
         positions = "batch-quirk" if pe is not None and pe.dim() == 3 and pe.shape[1] == 1 else "per-frame"
     config = EBranchformerConfig(
         vocab_size=_shape(state_dict, "decoder.layers.0.weight")[0],
-        pad_token_id=_shape(state_dict, "decoder.layers.0.weight")[0] - 1,
+        pad_token_id=args.blank_id,
         num_mel_bins=args.num_mel_bins,
         subsampling_stride=stacked // args.num_mel_bins,
         hidden_size=hidden,
@@ -268,7 +375,7 @@ def quartznet_config(state_dict: dict, args) -> QuartzNetConfig:
                 f"encoder.layers.{block}.conv: {len(convs)} convolutions and {len(norms)} batch norms do not form "
                 "sub-blocks of (conv, batch norm) or (depthwise conv, pointwise conv, batch norm)"
             )
-        channels.append(state_dict[norms[0][0] + "weight"].shape[0])
+        channels.append(state_dict[norms[0][0] + "running_mean"].shape[0])
         repeats.append(len(norms))
         kernels.append(state_dict[convs[0][0] + "weight"].shape[-1])
         separable.append(len(convs) == 2 * len(norms))
@@ -278,7 +385,7 @@ def quartznet_config(state_dict: dict, args) -> QuartzNetConfig:
         raise ConversionError("some QuartzNet convolutions have biases and others not; this package expects either")
     decoder = _shape(state_dict, "decoder.layers.0.weight")
     return QuartzNetConfig(
-        vocab_size=decoder[0], pad_token_id=decoder[0] - 1, num_mel_bins=args.num_mel_bins,
+        vocab_size=decoder[0], pad_token_id=args.blank_id, num_mel_bins=args.num_mel_bins,
         block_channels=channels, block_repeats=repeats, block_kernel_sizes=kernels, block_strides=strides,
         block_dilations=dilations, block_residual=residual, block_separable=separable, conv_bias=biases.pop(),
         batch_norm_eps=args.batch_norm_eps,
@@ -300,7 +407,10 @@ def _modules(state_dict: dict, prefix: str) -> list[tuple[str, str]]:
     modules = []
     for module in sorted(found, key=_natural):
         names = found[module]
-        kind = "norm" if "running_mean" in names else "conv" if state_dict[module + "weight"].dim() == 3 else "?"
+        if "running_mean" in names:
+            kind = "norm"
+        else:
+            kind = "conv" if "weight" in names and state_dict[module + "weight"].dim() == 3 else "?"
         if kind == "?":
             raise ConversionError(f"{module}*: neither a convolution nor a batch norm ({sorted(names)})")
         modules.append((module, kind))
@@ -357,18 +467,40 @@ def check_complete(model: torch.nn.Module, mapped: dict, unexpected: list[str]):
 
 
 def convert(checkpoint_path, output_dir, arch="auto", overwrite=False, inert_objects=False, unsafe_unpickle=False,
-            num_mel_bins=64, num_attention_heads=4, positions="auto", block_strides=None, block_dilations=None,
-            batch_norm_eps=1e-5):  # fmt: skip
-    """Converts and writes the folder; returns the model (eval mode) and a report dict."""
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not overwrite:
-        raise ConversionError(f"{output_dir} exists; pass --overwrite to replace it")
-    args = argparse.Namespace(num_mel_bins=num_mel_bins, num_attention_heads=num_attention_heads, positions=positions,
+            num_mel_bins=64, num_attention_heads=None, positions=None, block_strides=None, block_dilations=None,
+            batch_norm_eps=None, vocab=None):  # fmt: skip
+    """Converts and writes the folder; returns the model (eval mode) and a report dict.
+
+    What can be checked without the weights (the options, the paths, the vocabulary, a writable place for
+    the folder) is checked before the checkpoint is read, so a mistake costs no loading time. An option of
+    the other architecture than the checkpoint's is refused, not ignored."""
+    args = argparse.Namespace(arch=arch, inert_objects=inert_objects, unsafe_unpickle=unsafe_unpickle,
+                              num_mel_bins=num_mel_bins, num_attention_heads=num_attention_heads, positions=positions,
                               block_strides=block_strides, block_dilations=block_dilations,
                               batch_norm_eps=batch_norm_eps)  # fmt: skip
-    state_dict, meta = load_checkpoint(checkpoint_path, inert_objects, unsafe_unpickle)
+    check_options(args)
+    checkpoint_path, output_dir = Path(checkpoint_path), Path(os.path.abspath(output_dir))  # "." gets its name
+    check_checkpoint_file(checkpoint_path)
+    check_output_dir(output_dir, checkpoint_path, overwrite)
+    vocabulary = read_vocab(vocab) if vocab is not None else None
+    try:
+        with staged_folder(output_dir, overwrite, check=lambda: check_output_dir(output_dir, checkpoint_path,
+                                                                               overwrite)) as staging:  # fmt: skip
+            return _convert_into(staging, checkpoint_path, output_dir, args, vocab, vocabulary)
+    except OutputFolderError as error:  # the staging folder could not be made: nothing was loaded
+        raise ConversionError(f"{error.strerror} ({error.filename}). Choose a place where you may create folders.") from None
+    except OSError as error:
+        raise ConversionError(f"writing {output_dir} failed: {error.strerror or error}; nothing written, an earlier "
+                              "folder is unchanged") from None  # fmt: skip
+
+
+def _convert_into(staging: Path, checkpoint_path, output_dir, args, vocab, vocabulary):
+    state_dict, meta = load_checkpoint(checkpoint_path, args.inert_objects, args.unsafe_unpickle)
     state_dict = strip_prefix(state_dict)
-    arch = detect_architecture(state_dict) if arch == "auto" else arch
+    arch = detect_architecture(state_dict, args.arch)
+    _apply_architecture_options(args, arch)
+    tokenizer = tokenizer_for_head(_shape(state_dict, "decoder.layers.0.weight")[0], vocab, vocabulary)
+    args.blank_id = tokenizer.pad_token_id
     try:
         if arch == "ebranchformer":
             config, positions = ebranchformer_config(state_dict, args)
@@ -384,41 +516,110 @@ def convert(checkpoint_path, output_dir, arch="auto", overwrite=False, inert_obj
     model.load_state_dict(mapped, strict=False)  # strict except num_batches_tracked, checked above
     model.eval()
 
-    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    processor = EBranchformerProcessor(tokenizer=tokenizer)
     report = {
         "source": str(checkpoint_path), "sha256": _sha256(checkpoint_path), "architecture": arch,
         "tensors": len(state_dict), "epoch": meta.get("epoch"), "global_step": meta.get("global_step"),
         "lightning": meta.get("pytorch-lightning_version"), "positions": positions if arch == "ebranchformer" else None,
         "counts": parameter_counts(model), "name": output_dir.name,
+        "vocabulary": f"`{Path(vocab).name}`, {len(tokenizer)} symbols" if vocab else "the course's 34 symbols",
     }  # fmt: skip
-    _write_atomically(output_dir, overwrite, lambda tmp: _write_folder(tmp, model, processor, report))
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    write_model_card(staging, model_card(report), tags=[report["architecture"], "golos", "converted"])
     return model, report
 
 
-def _write_folder(folder: Path, model, processor, report):
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    (folder / "README.md").write_text(model_card(folder, report), encoding="utf-8")
+def check_options(args):
+    """Refuses option values that no checkpoint can use."""
+    if args.inert_objects and args.unsafe_unpickle:
+        raise ConversionError("--inert-objects and --unsafe-unpickle contradict each other: give one")
+    for name, value, allowed in (("arch", args.arch, ["auto", *ARCHITECTURE_KEYS]),
+                                 ("positions", args.positions, ["auto", "batch-quirk", "per-frame"])):  # fmt: skip
+        if value not in (None, *allowed):
+            raise ConversionError(f"--{name} {value!r}: expected one of {allowed}")
+    positive = [("num-mel-bins", args.num_mel_bins), ("num-attention-heads", args.num_attention_heads),
+                ("batch-norm-eps", args.batch_norm_eps),
+                *(("block-strides", v) for v in args.block_strides or ()),
+                *(("block-dilations", v) for v in args.block_dilations or ())]  # fmt: skip
+    for name, value in positive:
+        if value is not None and not value > 0:
+            raise ConversionError(f"--{name} {value}: must be positive")
+    for name in ("block_strides", "block_dilations"):
+        if getattr(args, name) == []:
+            raise ConversionError(f"--{name.replace('_', '-')}: give one value per QuartzNet block")
 
 
-def _write_atomically(output_dir: Path, overwrite: bool, write):
-    """Write into a temporary sibling folder, then rename it into place: readers never see half a folder."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        write(tmp)
-        if output_dir.exists():
-            if not overwrite:
-                raise ConversionError(f"{output_dir} exists; pass --overwrite to replace it")
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old.", dir=output_dir.parent))
-            os.replace(output_dir, old / "folder")
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+# Options that only one architecture reads, with their course values; None means "not given".
+ARCHITECTURE_OPTIONS = {
+    "ebranchformer": {"num_attention_heads": 4, "positions": "auto"},
+    "quartznet": {"block_strides": None, "block_dilations": None, "batch_norm_eps": 1e-5},
+}
+
+
+def _apply_architecture_options(args, arch: str):
+    """Refuses options set for the other architecture (they would be ignored); fills this one's not given."""
+    other = next(name for name in ARCHITECTURE_OPTIONS if name != arch)
+    given = [name for name, course in ARCHITECTURE_OPTIONS[other].items() if getattr(args, name) not in (None, course)]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConversionError(
+            f"{options} appl{'ies' if len(given) == 1 else 'y'} to {ARCHITECTURE_KEYS[other][1]} checkpoints, but this "
+            f"one is {ARCHITECTURE_KEYS[arch][1]}: drop {'it' if len(given) == 1 else 'them'}"
+        )
+    for name, default in ARCHITECTURE_OPTIONS[arch].items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
+# What a model folder of this package holds (save_pretrained of the model and processor, the copied code, the
+# model card). --overwrite replaces only a folder holding nothing else: a mistyped output path must not delete
+# a folder of other files.
+MODEL_FOLDER_FILES = {
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "tokenizer.json", "README.md",
+    *(path.name for path in Path(modeling_ebranchformer.__file__).parent.glob("*.py") if path.name != "__init__.py"),
+}  # fmt: skip
+MODEL_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
+
+
+def check_output_dir(output_dir: Path, checkpoint_path, overwrite: bool):
+    """Refuses an output folder whose replacement would delete what the user did not ask to delete: one that
+    holds the checkpoint or the current directory, a symbolic link, a file, an existing folder without
+    --overwrite, or one with files a model folder does not hold. `output_dir` is absolute."""
+    real = output_dir.resolve()
+    inside = {Path(os.path.abspath(checkpoint_path)): f"the checkpoint {checkpoint_path}",
+              Path.cwd(): "the current directory"}  # fmt: skip
+    for path, what in [*inside.items(), *((path.resolve(), what) for path, what in inside.items())]:
+        for folder in (output_dir, real):
+            if path == folder or folder in path.parents:
+                raise ConversionError(
+                    f"{output_dir} {'is' if path == folder else 'contains'} {what}: the converted folder would replace "
+                    "it. Choose another output folder."
+                )
+    if output_dir.is_symlink():
+        raise ConversionError(
+            f"{output_dir} is a symbolic link (to {os.readlink(output_dir)}): the converter would replace the link by "
+            "a folder. Give the folder it points to, or remove the link."
+        )
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise ConversionError(f"{output_dir} is a file, not a folder: choose another output folder")
+    if not overwrite:
+        raise ConversionError(f"{output_dir} exists; pass --overwrite to replace it")
+    foreign = sorted(
+        entry.name + ("/" if entry.is_dir() else "")
+        for entry in output_dir.iterdir()
+        if entry.is_dir() or not (entry.name in MODEL_FOLDER_FILES or MODEL_SHARD.fullmatch(entry.name))
+    )
+    if foreign:
+        listed = ", ".join(foreign[:8]) + (" ..." if len(foreign) > 8 else "")
+        raise ConversionError(
+            f"{output_dir} holds what a model folder does not ({listed}): --overwrite replaces only a folder of "
+            "model files. Move those away or choose another output folder."
+        )
 
 
 def _sha256(path) -> str:
@@ -429,7 +630,8 @@ def _sha256(path) -> str:
     return digest.hexdigest()
 
 
-def model_card(folder: Path, report: dict) -> str:
+def model_card(report: dict) -> str:
+    """The model card's description of a converted checkpoint (see `write_model_card`)."""
     counts = "\n".join(f"| {k} | {v:,} |" for k, v in report["counts"].items())
     positions = ""
     if report["positions"] == "batch-quirk":
@@ -439,27 +641,14 @@ depended on an utterance's place in the batch. Row 0 (what an utterance gets at 
 into the subsampling bias and positions are off (`position_embedding_type="none"`): this model gives every
 utterance of any batch what the course model gave it at batch size 1.
 """
-    return f"""---
-language: ru
-library_name: transformers
-pipeline_tag: automatic-speech-recognition
-tags: [ctc, {report['architecture']}, golos, converted]
----
-
-# {report['name']}
-
-{report['architecture']} CTC model converted by `convert_checkpoint.py` from the course checkpoint
+    return f"""{report['architecture']} CTC model converted by `convert_checkpoint.py` from the course checkpoint
 `{Path(report['source']).name}` (sha256 `{report['sha256'][:16]}...`; epoch {report['epoch']}, global step
 {report['global_step']}, Lightning {report['lightning']}). {report['tensors']} source tensors, all used.
+Vocabulary: {report['vocabulary']}.
 {positions}
 | parameters | count |
 |---|---|
 {counts}
-
-```python
-from transformers import pipeline
-asr = pipeline("automatic-speech-recognition", model="PATH", trust_remote_code=True)
-```
 """
 
 
@@ -471,29 +660,38 @@ def check_signal(seconds=1.5, seed=0) -> np.ndarray:
     return (0.3 * signal + 0.01 * np.random.default_rng(seed).standard_normal(t.size)).astype(np.float32)
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a Lightning .ckpt or a saved state dict")
     parser.add_argument("output_dir", help="the from_pretrained folder to write")
-    parser.add_argument("--arch", choices=["auto", "ebranchformer", "quartznet"], default="auto")
+    parser.add_argument("--arch", choices=["auto", "ebranchformer", "quartznet"], default="auto",
+                        help="default: from the keys; a given one must be what the keys show")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--inert-objects", action="store_true",
-                        help="load with non-tensor objects replaced by inert placeholders (runs no code from the file)")
-    parser.add_argument("--unsafe-unpickle", action="store_true",
-                        help="unpickle fully: runs code from the file, only for checkpoints you trust")
+    loading = parser.add_mutually_exclusive_group()
+    loading.add_argument("--inert-objects", action="store_true", help="load with non-tensor objects replaced by "
+                         "inert placeholders (runs no code from the file)")
+    loading.add_argument("--unsafe-unpickle", action="store_true",
+                         help="unpickle fully: runs code from the file, only for checkpoints you trust")
+    parser.add_argument("--vocab", metavar="VOCAB.json",
+                        help="the vocabulary the CTC head was trained with, as a vocab.json (symbol -> output index, "
+                             '"|" the space, "<pad>" the blank); default: the course\'s 34 symbols')
     parser.add_argument("--num-mel-bins", type=int, default=64)
-    parser.add_argument("--num-attention-heads", type=int, default=4, help="E-Branchformer (not in the shapes)")
-    parser.add_argument("--positions", choices=["auto", "batch-quirk", "per-frame"], default="auto",
-                        help="E-Branchformer table: auto = batch-quirk for a (max_len, 1, d) table")
+    parser.add_argument("--num-attention-heads", type=int, help="E-Branchformer (not in the shapes); default: 4")
+    parser.add_argument("--positions", choices=["auto", "batch-quirk", "per-frame"],
+                        help="E-Branchformer table: auto (default) = batch-quirk for a (max_len, 1, d) table")
     parser.add_argument("--block-strides", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
     parser.add_argument("--block-dilations", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
-    parser.add_argument("--batch-norm-eps", type=float, default=1e-5, help="QuartzNet (PyTorch's default)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch-norm-eps", type=float, help="QuartzNet; default: 1e-5 (PyTorch's)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     try:
         model, report = convert(
             args.checkpoint, args.output_dir, args.arch, args.overwrite, args.inert_objects, args.unsafe_unpickle,
             args.num_mel_bins, args.num_attention_heads, args.positions, args.block_strides, args.block_dilations,
-            args.batch_norm_eps,
+            args.batch_norm_eps, args.vocab,
         )  # fmt: skip
     except ConversionError as error:
         sys.exit(f"convert_checkpoint: {error}")
@@ -503,8 +701,7 @@ def main(argv=None):
     print(f"{args.checkpoint} -> {args.output_dir}: {report['architecture']}, epoch {report['epoch']}, "
           f"step {report['global_step']}, {report['tensors']} tensors")  # fmt: skip
     print(format_counts(report["counts"]))
-    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
-    inputs = processor.feature_extractor(check_signal(), sampling_rate=16000, return_tensors="pt")
+    inputs = EBranchformerFeatureExtractor()(check_signal(), sampling_rate=16000, return_tensors="pt")
     reloaded = AutoModelForCTC.from_pretrained(args.output_dir).eval()
     with torch.no_grad():
         before, after = model(**inputs).logits.log_softmax(-1), reloaded(**inputs).logits.log_softmax(-1)

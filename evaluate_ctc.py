@@ -23,7 +23,7 @@ from pathlib import Path
 import jiwer
 import torch
 
-from golos import EMBEDDED_CORPUS, decode_with_soundfile, load_golos, normalize_and_check_texts
+from golos import EMBEDDED_CORPUS, TEST_SETS, decode_with_soundfile, load_golos, normalize_and_check_texts
 from modeling_ebranchformer.files import atomic_write_files
 from modeling_ebranchformer.hub import ModelLoadError, load_ctc_model, load_processor
 from modeling_ebranchformer.metrics import load_metric
@@ -108,7 +108,7 @@ def load_test_sets(data_dir, sets, tokenizer, max_samples=None) -> dict:
     return loaded
 
 
-def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), output_dir=None,
+def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=TEST_SETS, output_dir=None,
                    batch_size=16, max_samples=None, trust_remote_code=False, use_lm=True, lm_options=None,
                    update_model_card=False):  # fmt: skip
     try:
@@ -198,11 +198,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a from_pretrained folder (or Hub id)")
     parser.add_argument("--data_dir", default=str(EMBEDDED_CORPUS), help=DATA_DIR_HELP)
-    parser.add_argument("--sets", default="crowd,farfield", help="comma-separated test domains (crowd, farfield)")
+    parser.add_argument("--sets", default=",".join(TEST_SETS), help=f"comma-separated test sets ({', '.join(TEST_SETS)})")
     parser.add_argument("--output_dir", help="where the results go; default: MODEL/eval")
     parser.add_argument("--batch_size", type=positive_int, default=16, help="utterances per forward pass")
     parser.add_argument("--max_samples", type=positive_int, help="evaluate on the first N utterances of each set")
@@ -219,13 +219,18 @@ def main(argv=None):
                              "--alpha 0 --beta 0 this reproduces greedy decoding")  # fmt: skip
     parser.add_argument("--update_model_card", action="store_true",
                         help="write the greedy (and LM) figures into the model folder's README.md")  # fmt: skip
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     sets = list(dict.fromkeys(s.strip() for s in args.sets.split(",") if s.strip()))
     if not sets:
-        parser.error("--sets names no test set: use crowd and/or farfield")
-    if unknown := [s for s in sets if s not in ("crowd", "farfield")]:
-        parser.error(f"unknown test set(s) {unknown}: use crowd and/or farfield")
+        parser.error(f"--sets names no test set: use {' and/or '.join(TEST_SETS)}")
+    if unknown := [s for s in sets if s not in TEST_SETS]:
+        parser.error(f"unknown test set(s) {unknown}: use {' and/or '.join(TEST_SETS)}")
     if not os.path.isdir(args.data_dir):
         raise SystemExit(f"data folder not found: {args.data_dir}")
     return evaluate_model(args.model, args.data_dir, sets, args.output_dir, args.batch_size, args.max_samples,

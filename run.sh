@@ -8,15 +8,21 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+EXTRAS=test
 
 setup() {
     local stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
     [ -f "$stamp" ] && return 0
+    echo "run.sh: first-time set-up in $VENV (about 2-3 minutes; later runs skip it)" >&2
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    echo "run.sh: [1/3] upgrading pip" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip
+    echo "run.sh: [2/3] installing $TORCH_SPEC (CPU build where available)" >&2
     "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    echo "run.sh: [3/3] installing this package with its test extras (transformers, datasets, ...)" >&2
+    "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
     touch "$stamp"
+    echo "run.sh: set-up done" >&2
 }
 
 command=${1:-}

@@ -28,11 +28,12 @@ import yaml
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from golos import EMBEDDED_CORPUS, course_filter, decode_with_soundfile, load_golos, normalize_and_check_texts
+from golos import EMBEDDED_CORPUS, TEST_SETS, course_filter, decode_with_soundfile, load_golos, normalize_and_check_texts
 from golos import random_subset_by_duration
 from golos.selection import ctc_feasible
 from modeling_ebranchformer import DataCollatorCTC, EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 from modeling_ebranchformer.ctc import output_frames
+from modeling_ebranchformer.files import publish_modes
 from modeling_ebranchformer.hub import ModelLoadError, load_ctc_model, load_processor
 from modeling_ebranchformer.metrics import load_metric
 from modeling_ebranchformer.model_card import write_model_card
@@ -88,7 +89,7 @@ class DataArguments:
     )
     train_domains: str = field(default="all", metadata={"help": "Train on 'crowd', 'farfield' or 'all'."})
     eval_sets: str = field(
-        default="crowd,farfield",
+        default=",".join(TEST_SETS),
         metadata={"help": "Comma-separated test domains to evaluate on; 'train' evaluates on the train selection."},
     )
     train_subset_seconds: float | None = field(
@@ -315,8 +316,8 @@ def prepare_eval(data_args, tokenizer, train_dataset):
                 raise SystemExit("--eval_sets train needs --do_train true (it evaluates on the train selection)")
             sets[name] = train_dataset
             continue
-        if name not in ("crowd", "farfield"):
-            raise SystemExit(f"unknown eval set {name!r}: use crowd, farfield or train")
+        if name not in TEST_SETS:
+            raise SystemExit(f"unknown eval set {name!r}: use {', '.join(TEST_SETS)} or train")
         dataset = load_golos(data_args.data_dir, name, "test", decode="none", **_load_kwargs(data_args))
         dataset, report = normalize_and_check_texts(dataset, tokenizer)
         logger.info("eval set %s: %s", name, report)
@@ -372,6 +373,10 @@ class CTCTrainer(Trainer):
         if logits is not None:
             logits = self.accelerator.unwrap_model(model).greedy_ids(logits, inputs["attention_mask"])
         return loss, logits, labels
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        publish_modes(output_dir or self.args.output_dir, recursive=False)  # safetensors writes 0600 files
 
     def create_model_card(self, *args, **kwargs):
         if self.is_world_process_zero():
@@ -456,8 +461,11 @@ def run(argv=None):
     logger.info("model summary:\n%s", model_summary(model))
 
     with training_args.main_process_first(desc="preparing Golos"):
-        train_dataset = prepare_train(data_args, processor, model) if training_args.do_train else None
-        eval_sets = prepare_eval(data_args, processor.tokenizer, train_dataset) if training_args.do_eval else {}
+        try:
+            train_dataset = prepare_train(data_args, processor, model) if training_args.do_train else None
+            eval_sets = prepare_eval(data_args, processor.tokenizer, train_dataset) if training_args.do_eval else {}
+        except (OSError, ValueError) as error:  # golos names the folder, manifest, line or file at fault
+            raise SystemExit(f"{type(error).__name__}: {error}") from None
     if train_dataset is not None:
         logger.info("train: %d utterances, %.1f min", len(train_dataset), sum(train_dataset["duration"]) / 60)
         if run_args.eval_every_epochs:

@@ -116,7 +116,7 @@ def tune(model_dir, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), subset
     return summary
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", help="a model folder with a language model (build_lm.py)")
     parser.add_argument("--data_dir", default=str(EMBEDDED_CORPUS), help="Golos-layout folder (default: embedded)")
@@ -130,6 +130,11 @@ def main(argv=None):
     parser.add_argument("--max_samples", type=int, help="use the first N utterances of each set")
     parser.add_argument("--dry_run", action="store_true", help="print the choice, do not write attrs.json")
     parser.add_argument("--trust_remote_code", action="store_true")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]

@@ -18,7 +18,6 @@ from common import machine, table, timed
 import golos
 from modeling_ebranchformer import (
     DataCollatorCTC,
-    EBranchformerCTCTokenizer,
     EBranchformerFeatureExtractor,
     EBranchformerProcessor,
 )
@@ -67,7 +66,7 @@ def main(argv=None):
     print(f"same numbers: max |ours - librosa| in the log domain over the {len(waves)} utterances: {difference:.1e}")
 
     # 2. Data pipeline in one worker: Opus decoding + collator, batches of 16 from the Arrow dataset.
-    processor = EBranchformerProcessor(extractor, EBranchformerCTCTokenizer())
+    processor = EBranchformerProcessor(extractor)
     collator = DataCollatorCTC(processor)
     indices = [list(range(i, min(i + 16, len(decoded)))) for i in range(0, len(decoded), 16)]
     decode_only = timed(lambda: [decoded[i] for i in indices], args.repeats)

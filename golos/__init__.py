@@ -13,14 +13,25 @@ from pathlib import Path
 import datasets
 
 from modeling_ebranchformer.audio import read_audio
+from modeling_ebranchformer.files import atomic_write_text
 
-from .golos import DOMAINS, MANIFESTS, SAMPLING_RATE, Golos, GolosConfig, ManifestError, audio_path, split_manifests
+from .golos import (
+    DOMAINS,
+    MANIFESTS,
+    SAMPLING_RATE,
+    TEST_SETS,
+    Golos,
+    GolosConfig,
+    ManifestError,
+    audio_path,
+    split_manifests,
+)
 from .selection import SelectionReport, course_filter, normalize_and_check_texts, random_subset_by_duration
 
 EMBEDDED_CORPUS = Path(__file__).resolve().parents[1] / "data" / "golos_mini"
 
 __all__ = [
-    "EMBEDDED_CORPUS", "Golos", "GolosConfig", "ManifestError", "SelectionReport", "course_filter",
+    "EMBEDDED_CORPUS", "TEST_SETS", "Golos", "GolosConfig", "ManifestError", "SelectionReport", "course_filter",
     "decode_with_soundfile", "load_golos", "normalize_and_check_texts", "random_subset_by_duration",
 ]  # fmt: skip
 
@@ -105,7 +116,7 @@ def load_golos(
     """
     if split not in MANIFESTS:
         raise ValueError(f"unknown Golos split {split!r}: use 'train' or 'test'")
-    if name not in ("crowd", "farfield", "all"):
+    if name not in DOMAINS:
         raise ValueError(f"unknown Golos configuration {name!r}: use 'crowd', 'farfield' or 'all'")
     if decode not in ("soundfile", "datasets", "none"):
         raise ValueError(f"decode must be 'soundfile', 'datasets' or 'none', got {decode!r}")
@@ -148,10 +159,7 @@ def _saved_report(builder, split):
     """The preparation report, kept beside the cached Arrow files so that a cached load still has it."""
     path = os.path.join(builder.cache_dir, f"golos_report_{split}.json")
     if split in builder.reports:  # prepared just now
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(builder.reports[split], f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(builder.reports[split], ensure_ascii=False, indent=1))
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as f:

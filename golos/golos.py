@@ -42,7 +42,8 @@ MANIFESTS = {
     "train": ["train_opus/manifest.jsonl"],
     "test": ["test_opus/crowd/manifest.jsonl", "test_opus/farfield/manifest.jsonl"],
 }
-DOMAINS = {"crowd": ("crowd",), "farfield": ("farfield",), "all": ("crowd", "farfield")}
+TEST_SETS = ("crowd", "farfield")  # the domains of Golos, each with its own test set
+DOMAINS = {"crowd": ("crowd",), "farfield": ("farfield",), "all": TEST_SETS}
 # How far the audio's duration may be from the manifest's. Golos manifests round durations to a few
 # decimals (at most 5 ms off at 2 decimals), and an Opus encoder that does not trim its last frame adds
 # up to one frame (at most 60 ms in practice); 0.1 s passes both. A truncated Opus file loses whole Ogg
@@ -87,7 +88,7 @@ class GolosConfig(datasets.BuilderConfig):
             checks that the file exists and trusts the manifest's duration.
     """
 
-    domains: tuple = ("crowd", "farfield")
+    domains: tuple = TEST_SETS
     splits: tuple = ("train", "test")
     skip_invalid: bool = False
     verify_audio: str = "header"
@@ -119,7 +120,7 @@ class Golos(datasets.GeneratorBasedBuilder):
                     "audio": {"bytes": datasets.Value("binary"), "path": datasets.Value("string")},
                     "text": datasets.Value("string"),
                     "duration": datasets.Value("float32"),
-                    "domain": datasets.ClassLabel(names=["crowd", "farfield"]),
+                    "domain": datasets.ClassLabel(names=list(TEST_SETS)),
                 }
             ),
             homepage="https://github.com/salute-developers/golos",
@@ -230,11 +231,11 @@ class Golos(datasets.GeneratorBasedBuilder):
             duration = measured
         elif not os.path.isfile(path):
             raise ManifestError(where, "audio file not found", f": {path}")
-        if test_domain in ("crowd", "farfield"):
+        if test_domain in TEST_SETS:
             domain = test_domain
         elif entry.get("domain") is not None:
             domain = entry["domain"]
-            if domain not in ("crowd", "farfield"):
+            if domain not in TEST_SETS:
                 raise ManifestError(where, "unknown 'domain'", f": {domain!r} (use 'crowd' or 'farfield')")
         else:
             domain = "farfield" if entry["audio_filepath"].split("/", 1)[0] == "farfield" else "crowd"

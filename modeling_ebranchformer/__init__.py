@@ -17,7 +17,7 @@ from transformers import (
     AutoTokenizer,
 )
 
-from . import audio, metrics, processing_lm
+from . import audio, metrics, processing_lm  # noqa: F401  (modeling_ebranchformer.audio.read_audio, ... work after a plain import)
 from .configuration import EBranchformerConfig
 from .configuration_quartznet import QuartzNetConfig
 from .feature_extraction import EBranchformerFeatureExtractor

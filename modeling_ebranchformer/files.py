@@ -1,20 +1,38 @@
 """Writing outputs so that a reader never sees half of them: a temporary sibling, then a rename.
 
-Temporary files made by `tempfile` are private (0600, folders 0700) and keep that mode after the rename;
-these helpers give every output the mode a plain `open(..., "w")` or `mkdir` would (the umask applies),
-so another user or a serving process can read what was written.
+Temporary files made by `tempfile` are private (0600, folders 0700) and keep that mode after the rename, and
+safetensors' `save_file` (0.8) also leaves its file at 0600; these helpers give every output the mode a plain
+`open(..., "w")` or `mkdir` would (0666/0777 less the umask), so another user or a serving process can read it.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 
+class OutputFolderError(OSError):
+    """The output folder cannot be made where it was asked for (read-only place, a file in the path...)."""
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def publish_modes(folder, recursive: bool = True) -> None:
+    """Give `folder` and the files in it (and below, if `recursive`) the modes a plain write would have given."""
+    mask = _umask()
+    for root, _, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(root, name)
+            executable = os.stat(path).st_mode & 0o111
+            os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+        if not recursive:
+            break
 
 
 def atomic_write_files(texts: dict) -> None:
@@ -38,45 +56,67 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_files({path: text})
 
 
-def write_folder_atomically(output_dir, write, overwrite: bool = False) -> None:
-    """`write(tmp_folder)` fills a temporary sibling of `output_dir`, which is then renamed into place:
-    the folder appears complete or not at all. An existing `output_dir` is replaced only with `overwrite`
-    (it is moved aside first and removed only once the new folder is in place)."""
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    old = None
+@contextlib.contextmanager
+def staged_folder(output_dir, overwrite: bool = False, check=None):
+    """Yields a hidden temporary sibling of `output_dir` to fill; when the block ends without an error, the
+    folder is renamed into place with plain modes, so it appears complete or not at all.
+
+    The sibling (and any missing parent folder) is made at once, so a place where nothing can be written
+    fails before any work. An existing `output_dir` is replaced only with `overwrite`: it is moved aside
+    first, put back if the rename fails, and deleted only once the new folder is in place. `check()`, if
+    given, runs again just before the rename (the folder may have changed meanwhile). On an error the
+    sibling is removed, and so are the parent folders made for it."""
+    output_dir = Path(os.path.abspath(output_dir))
+    made = []
     try:
-        write(tmp)
-        publish_modes(tmp)
-        if output_dir.exists():
-            if not overwrite:
-                raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
-            old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-            os.replace(output_dir, old)
-            try:
-                os.replace(tmp, output_dir)
-            except BaseException:
-                os.replace(old, output_dir)  # the earlier folder goes back: nothing is lost
-                old = None
-                raise
-        else:
-            os.replace(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        if old is not None and old.exists():
-            shutil.rmtree(old)
+        for folder in reversed([output_dir.parent, *output_dir.parent.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    except OSError as error:
+        _remove_if_empty(made)
+        raise OutputFolderError(error.errno, f"cannot write the output folder {output_dir}: {error.strerror}",
+                                error.filename) from None  # fmt: skip
+    try:
+        yield staging
+        publish_modes(staging)
+        if check is not None:
+            check()
+        _move_into_place(staging, output_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_empty(made)
+        raise
 
 
-def publish_modes(folder) -> None:
-    """Give `folder` and everything under it the modes a normal write would have given (see module doc)."""
-    mask = _umask()
-    for root, folders, files in os.walk(folder):
-        os.chmod(root, 0o777 & ~mask)
-        for name in files:
-            path = os.path.join(root, name)
-            executable = os.stat(path).st_mode & 0o111
-            os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+def write_folder_atomically(output_dir, write, overwrite: bool = False) -> None:
+    """`write(folder)` fills a temporary folder that then replaces `output_dir` (see `staged_folder`)."""
+    with staged_folder(output_dir, overwrite) as staging:
+        write(staging)
+
+
+def _move_into_place(staging: Path, output_dir: Path, overwrite: bool):
+    if not output_dir.exists():
+        os.replace(staging, output_dir)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{output_dir} exists; pass --overwrite to replace it")
+    old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old.", dir=output_dir.parent))
+    try:
+        os.replace(output_dir, old)  # onto the empty placeholder, in the same parent folder
+    except OSError:
+        old.rmdir()
+        raise
+    try:
+        os.replace(staging, output_dir)
+    except OSError:
+        os.replace(old, output_dir)  # the earlier folder goes back: nothing is lost
+        raise
+    shutil.rmtree(old)
+
+
+def _remove_if_empty(folders: list[Path]):
+    for folder in reversed(folders):
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
+from transformers.utils import can_return_tuple
 
 from .configuration_quartznet import QuartzNetConfig
 from .ctc import CTCEncoderOutput, CTCGenerationMixin, check_input_features, ctc_loss
@@ -112,14 +113,14 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
         self.blocks = nn.ModuleList(QuartzNetBlock(config, i, c) for i, c in enumerate(in_channels))
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_features: torch.FloatTensor,
         attention_mask: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> CTCEncoderOutput | tuple:
+    ) -> CTCEncoderOutput:
         r"""
         input_features (`torch.FloatTensor` of shape `(batch, frames, num_mel_bins)`):
             Log-mel features from `EBranchformerFeatureExtractor`.
@@ -129,7 +130,6 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         check_input_features(input_features, self.config.num_mel_bins)
         batch, frames, _ = input_features.shape
         lengths = attention_mask.sum(-1) if attention_mask is not None else None
@@ -148,10 +148,8 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
         if lengths is None:
             lengths = torch.full((batch,), hidden_states.shape[-1], device=hidden_states.device)
         hidden_states = hidden_states.transpose(1, 2)
-        if not return_dict:
-            return tuple(v for v in (hidden_states, all_hidden_states, lengths) if v is not None)
         return CTCEncoderOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states,
-                                    output_lengths=lengths)  # fmt: skip
+                                output_lengths=lengths)  # fmt: skip
 
     @staticmethod
     def _frame_mask(lengths, steps, like):
@@ -171,25 +169,21 @@ class QuartzNetForCTC(CTCGenerationMixin, QuartzNetPreTrainedModel):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_features: torch.FloatTensor,
         attention_mask: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> CausalLMOutput | tuple:
+    ) -> CausalLMOutput:
         r"""
         labels (`torch.LongTensor` of shape `(batch, target_length)`, *optional*):
             Character ids of the transcripts, padded with -100.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.quartznet(input_features, attention_mask=attention_mask,
                                  output_hidden_states=output_hidden_states, return_dict=True)  # fmt: skip
         logits = self.lm_head(outputs.last_hidden_state)
         loss = ctc_loss(logits, outputs.output_lengths, labels, self.config) if labels is not None else None
-        if not return_dict:
-            extra = (outputs.hidden_states,) if outputs.hidden_states is not None else ()
-            return ((loss,) if loss is not None else ()) + (logits,) + extra
         return CausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

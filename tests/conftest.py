@@ -53,3 +53,28 @@ def speech_like():
         return (0.1 * voice * envelope + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
 
     return make
+
+
+TINY = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,cgmlp_intermediate_size=48,ffn_intermediate_size=64"
+
+
+def train_args(tmp_path, *extra):
+    """train_ctc.py options for a tiny model on 40 s of the embedded corpus, quick enough for tests."""
+    return [
+        "--preset", "mini", "--config_overrides", TINY, "--report_to", "none", "--dataloader_num_workers", "0",
+        "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_strategy", "no", "--eval_strategy", "no",
+        "--train_subset_seconds", "40", "--max_eval_samples", "6", "--dataset_cache_dir", str(tmp_path / "cache"),
+        "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A finished train_ctc.py run: 8 steps with checkpoints at 4 and 8, evaluated at the end.
+    Returns (tmp folder, trainer, metrics); the run is in tmp/out. Tests must not modify it."""
+    import train_ctc
+
+    tmp = tmp_path_factory.mktemp("run")
+    trainer, metrics = train_ctc.run(train_args(tmp, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4",
+                                                "--save_total_limit", "2"))  # fmt: skip
+    return tmp, trainer, metrics

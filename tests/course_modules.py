@@ -231,3 +231,24 @@ def randomize_batch_norms(model: nn.Module, seed=0):
             module.bias.data.copy_(0.1 * torch.randn(n, generator=generator))
             module.num_batches_tracked.fill_(9794)
     return model
+
+
+def realistic_weights(model: nn.Module, seed=0):
+    """Weights of the scale a trained model has, so that a leak of padding shows in the outputs.
+
+    Fresh initialisations (std 0.02, ESPnet's CSGU conv ~N(0, 1e-6)) shrink the signal layer after layer:
+    logits come out ~1e-3 and a broken mask moves them by ~1e-5, under any sensible tolerance. Here
+    matrices and convolution kernels get std 1/sqrt(fan_in) (activations stay ~1), biases std 0.1, norm
+    scales 1 + 0.1 noise; batch norms also get trained-looking running statistics.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if p.dim() == 1 and "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * noise)
+            elif p.dim() == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(noise / math.sqrt(p[0].numel()))
+    return randomize_batch_norms(model, seed)

@@ -1,10 +1,14 @@
 """convert_checkpoint.py: course-layout modules (tests/course_modules.py, written from REFERENCE.md) are saved
 as Lightning checkpoints, converted, and compared with the converted models."""
 
+import errno
+import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,30 +146,6 @@ def test_fresh_process_with_only_transformers_loads_transcribes_and_matches(tmp_
     assert lines["TEXT"] == lines["GREEDY"]
 
 
-@pytest.mark.parametrize("arch,variant", [("quartznet", "flat"), ("ebranchformer", "sequential")])
-def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tmp_path):
-    import train_ctc
-    from evaluate_ctc import main as evaluate_main
-
-    torch.save(lightning_checkpoint(course_model(arch, variant)), tmp_path / "model.ckpt")
-    convert(tmp_path / "model.ckpt", tmp_path / "converted")
-    rows = evaluate_main([str(tmp_path / "converted"), "--max_samples", "4", "--output_dir", str(tmp_path / "eval")])
-    assert [row["utterances"] for row in rows] == [4, 4]
-    trainer, metrics = train_ctc.run([
-        "--model_name_or_path", str(tmp_path / "converted"), "--max_steps", "3", "--per_device_train_batch_size", "4",
-        "--train_subset_seconds", "15", "--max_eval_samples", "4", "--eval_strategy", "no", "--save_strategy", "no",
-        "--report_to", "none", "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false",
-        "--logging_steps", "1", "--output_dir", str(tmp_path / "tuned"), "--dataset_cache_dir", str(tmp_path / "cache"),
-        "--disable_tqdm", "true",
-    ])  # fmt: skip
-    assert trainer.state.global_step == 3 and metrics["eval_crowd_utterances"] == 4
-    tuned = AutoModelForCTC.from_pretrained(tmp_path / "tuned")
-    converted = AutoModelForCTC.from_pretrained(tmp_path / "converted")
-    assert type(tuned) is type(converted)
-    changed = [n for n, p in tuned.state_dict().items() if not torch.equal(p, converted.state_dict()[n])]
-    assert any(n.startswith("lm_head") for n in changed)  # the weights were trained
-
-
 # --- bad input ------------------------------------------------------------------------------------------
 
 
@@ -221,32 +201,226 @@ def test_wrong_shapes_missing_and_unexpected_keys_are_listed_and_nothing_is_writ
         convert(tmp_path / "q.ckpt", tmp_path / "out")
 
 
+def test_a_folder_an_empty_file_and_incomplete_modules_get_a_message_not_a_traceback(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConversionError, match=r"run is a folder: give the checkpoint file"):  # was "no such file"
+        convert(tmp_path / "run", tmp_path / "out")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    with pytest.raises(ConversionError, match=r"empty.ckpt is empty \(0 bytes\)"):  # was "EOFError: "
+        convert(tmp_path / "empty.ckpt", tmp_path / "out")
+    # A batch norm without affine weights, a convolution with a bias but no weight: were raw KeyErrors.
+    checkpoint = lightning_checkpoint(course_model("quartznet", "flat-bias"))
+    state = checkpoint["state_dict"]
+    del state["encoder.layers.0.conv.2.weight"], state["encoder.layers.0.conv.2.bias"]
+    torch.save(checkpoint, tmp_path / "no_affine.ckpt")
+    with pytest.raises(ConversionError, match=r"missing \(2\): quartznet.blocks.0.sub_blocks.0.norm.bias, .*.weight"):
+        convert(tmp_path / "no_affine.ckpt", tmp_path / "out")
+    del state["encoder.layers.1.conv.5.weight"]
+    torch.save(checkpoint, tmp_path / "no_weight.ckpt")
+    with pytest.raises(ConversionError, match=r"encoder.layers.1.conv.5.\*: neither a convolution nor a batch norm"):
+        convert(tmp_path / "no_weight.ckpt", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+class AttributeDict(dict):
+    """A dict subclass in `hyper_parameters`, as Lightning saves them: no inert placeholder can stand in for it."""
+
+
+def test_the_advice_names_the_real_problem(tmp_path):
+    torch.save(lightning_checkpoint(course_model("ebranchformer", "linear")), tmp_path / "e.ckpt")
+    torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
+    with pytest.raises(ConversionError, match=r"--arch quartznet, but the checkpoint is an E-Branchformer") as error:
+        convert(tmp_path / "e.ckpt", tmp_path / "out", arch="quartznet")
+    assert "strides" not in str(error.value)  # it said: give --block-strides and --block-dilations
+    with pytest.raises(ConversionError, match=r"--arch ebranchformer, but the checkpoint is a QuartzNet"):
+        convert(tmp_path / "q.ckpt", tmp_path / "out", arch="ebranchformer")
+    # Refused even with placeholders: torch's reason is given, not the advice to use --inert-objects again.
+    checkpoint = lightning_checkpoint(course_model("quartznet", "flat"))
+    checkpoint["hyper_parameters"] = AttributeDict(lr=1e-3)
+    torch.save(checkpoint, tmp_path / "hparams.ckpt")
+    with pytest.raises(ConversionError, match=r"(?s)even with .* inert placeholders .*: Can only SETITEM for dict.*"
+                                              r"Only --unsafe-unpickle") as error:  # fmt: skip
+        convert(tmp_path / "hparams.ckpt", tmp_path / "out", inert_objects=True)
+    assert "Rerun with --inert-objects" not in str(error.value)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_options_that_cannot_apply_are_refused_not_ignored(tmp_path):
+    torch.save(lightning_checkpoint(course_model("ebranchformer", "linear")), tmp_path / "e.ckpt")
+    torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
+    with pytest.raises(ConversionError, match=r"--block-strides, --batch-norm-eps apply to QuartzNet checkpoints, but "
+                                              r"this one is E-Branchformer: drop them"):  # fmt: skip
+        convert(tmp_path / "e.ckpt", tmp_path / "out", block_strides=[2] * 8, batch_norm_eps=1e-3)
+    with pytest.raises(ConversionError, match=r"--positions applies to E-Branchformer checkpoints"):
+        convert(tmp_path / "q.ckpt", tmp_path / "out", positions="per-frame")
+    with pytest.raises(ConversionError, match=r"--num-mel-bins 0: must be positive"):  # was a ZeroDivisionError
+        convert(tmp_path / "e.ckpt", tmp_path / "out", num_mel_bins=0)
+    with pytest.raises(ConversionError, match=r"--inert-objects and --unsafe-unpickle contradict each other"):
+        convert(tmp_path / "q.ckpt", tmp_path / "out", inert_objects=True, unsafe_unpickle=True)
+    # The course values said out loud change nothing.
+    convert(tmp_path / "q.ckpt", tmp_path / "out", num_attention_heads=4, positions="auto")
+    assert leftovers(tmp_path) == []
+
+
+def test_a_head_of_another_size_needs_a_vocabulary_that_fits(tmp_path):
+    torch.manual_seed(0)
+    source = randomize_batch_norms(CourseCTCModel(CourseQuartzNetEncoder(), CourseDecoder(1024, classes=40))).eval()
+    torch.save(lightning_checkpoint(source), tmp_path / "q40.ckpt")
+    # It converted without comment and got the 34-symbol course tokenizer, which has no symbol for outputs 34..39
+    # (the blank among them); a smaller head's blank decoded as a letter.
+    with pytest.raises(ConversionError, match=r"head .* has 40 outputs, but the course vocabulary has 34 .*--vocab"):
+        convert(tmp_path / "q40.ckpt", tmp_path / "out")
+    symbols = ["<pad>", "|", *"абвгдежзийклмнопрстуфхцчшщъыьэюя", *"abcdef"]  # the blank first, this time
+    vocab = {symbol: index for index, symbol in enumerate(symbols)}
+    (tmp_path / "vocab34.json").write_text(json.dumps(dict(list(vocab.items())[:34])), encoding="utf-8")
+    with pytest.raises(ConversionError, match=r"vocab34.json has 34 symbols but the CTC head .* has 40 outputs"):
+        convert(tmp_path / "q40.ckpt", tmp_path / "out", vocab=tmp_path / "vocab34.json")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    model, _ = convert(tmp_path / "q40.ckpt", tmp_path / "out", vocab=tmp_path / "vocab.json")
+    assert model.config.vocab_size == 40 and model.config.pad_token_id == 0  # the blank is where the vocabulary says
+    tokenizer = EBranchformerCTCTokenizer.from_pretrained(tmp_path / "out")
+    assert tokenizer.get_vocab() == vocab and tokenizer.pad_token_id == 0
+    assert tokenizer.decode([0, 2, 0, 1, 39]) == "а f"
+    assert "Vocabulary: `vocab.json`, 40 symbols" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_a_vocabulary_file_that_cannot_be_right_is_refused_before_the_checkpoint_is_read(tmp_path, monkeypatch):
+    def read(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the vocabulary was checked")
+
+    monkeypatch.setattr(convert_checkpoint, "load_checkpoint", read)
+    (tmp_path / "model.ckpt").write_bytes(b"never read")
+    course = json.loads((ROOT / "modeling_ebranchformer" / "vocab.json").read_text(encoding="utf-8"))
+    cases = [
+        ("{not json", r"not a UTF-8 JSON file"),
+        (json.dumps(list(course)), r"expected a JSON object mapping each symbol to its output index"),
+        ('{"|": 0, "а": 1, "а": 2, "<pad>": 3}', r"symbols listed twice: \['а'\]"),
+        (json.dumps({**course, "я": 33, "<pad>": 34}), r"the 34 indices .*; missing: \[32\]; outside: \[34\]"),
+        (json.dumps({**course, "я": 0}), r"the 34 indices .*; repeated: \[0\]; missing: \[32\]"),
+        (json.dumps({k: v for k, v in course.items() if k != "<pad>"} | {"ё": 33}), r'no "<pad>" \(the CTC blank\)'),
+        (json.dumps({(" " if k == "|" else k): v for k, v in course.items()}), r'no "\|" .*write the space as "\|"'),
+    ]
+    for index, (text, message) in enumerate(cases):
+        (tmp_path / f"vocab{index}.json").write_text(text, encoding="utf-8")
+        with pytest.raises(ConversionError, match=rf"--vocab .*vocab{index}.json: {message}"):
+            convert(tmp_path / "model.ckpt", tmp_path / "out", vocab=tmp_path / f"vocab{index}.json")
+    with pytest.raises(ConversionError, match=r"--vocab .*absent.json: cannot read it \(No such file or directory\)"):
+        convert(tmp_path / "model.ckpt", tmp_path / "out", vocab=tmp_path / "absent.json")
+
+
 def test_an_existing_output_folder_is_replaced_only_with_overwrite(tmp_path):
     torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
     with pytest.raises(ConversionError, match="out exists; pass --overwrite"):
         convert(tmp_path / "q.ckpt", out)
-    assert (out / "keep.txt").read_text() == "mine"
     result = subprocess.run([sys.executable, str(ROOT / "convert_checkpoint.py"), str(tmp_path / "q.ckpt"), str(out)],
                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert result.returncode == 1 and "exists; pass --overwrite to replace it" in result.stderr
-    convert(tmp_path / "q.ckpt", out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    convert(tmp_path / "q.ckpt", out, overwrite=True)  # an empty folder
+    (out / "model.safetensors").write_bytes(b"an older conversion")
+    convert(tmp_path / "q.ckpt", out, overwrite=True)  # a model folder
+    assert (out / "model.safetensors").read_bytes() != b"an older conversion"
     assert leftovers(tmp_path) == []
 
 
-def test_a_failure_while_writing_leaves_no_folder(tmp_path, monkeypatch):
+def test_the_output_folder_never_replaces_the_checkpoint_the_working_directory_or_other_files(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    source.mkdir()
+    torch.save(lightning_checkpoint(course_model("quartznet", "flat")), source / "model.ckpt")
+    (source / "notes.txt").write_text("mine")
+    kept = {path: path.read_bytes() for path in source.iterdir()}
+    refusals = [
+        (source, r"source contains the checkpoint"),  # the checkpoint's own folder (issue #12, item 3)
+        (source / "model.ckpt", r"model.ckpt is the checkpoint"),
+        (source / "notes.txt", r"notes.txt is a file, not a folder"),
+        (tmp_path, r"contains the checkpoint"),
+        (".", r"here is the current directory"),  # was a raw OSError leaving an empty ..old.* folder behind
+        ("..", r"work contains the current directory"),
+    ]
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")  # it would be replaced by a folder, the target kept
+    refusals.append((tmp_path / "link", r"link is a symbolic link \(to .*target\)"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "config.json").write_text("{}")  # one model-folder name does not make a model folder
+    (tmp_path / "data" / "keep.txt").write_text("mine")
+    (tmp_path / "data" / "runs").mkdir()
+    refusals.append((tmp_path / "data", r"data holds what a model folder does not \(keep.txt, runs/\)"))
+    (tmp_path / "work" / "here").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work" / "here")
+    for output_dir, message in refusals:
+        with pytest.raises(ConversionError, match=message):
+            convert(source / "model.ckpt", output_dir, overwrite=True)
+    # A link to the checkpoint does not hide where it lies.
+    (tmp_path / "elsewhere.ckpt").symlink_to(source / "model.ckpt")
+    with pytest.raises(ConversionError, match=r"source contains the checkpoint .*elsewhere.ckpt"):
+        convert(tmp_path / "elsewhere.ckpt", source, overwrite=True)
+    assert {path: path.read_bytes() for path in source.iterdir()} == kept
+    assert (tmp_path / "data" / "keep.txt").read_text() == "mine" and (tmp_path / "link").is_symlink()
+    assert leftovers(tmp_path) == [] and leftovers(source) == [] and leftovers(tmp_path / "work") == []
+
+
+def test_an_unwritable_place_fails_before_the_checkpoint_is_read(tmp_path, monkeypatch):
+    (tmp_path / "q.ckpt").write_bytes(b"never read")
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+
+    def read(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the output place was checked")
+
+    monkeypatch.setattr(convert_checkpoint, "load_checkpoint", read)
+    with pytest.raises(ConversionError, match=r"cannot write the output folder .*notes.txt/out: Not a directory"):
+        convert(tmp_path / "q.ckpt", tmp_path / "notes.txt" / "out")
+
+    def read_only(*args, dir=None, **kwargs):  # what a read-only folder gives (chmod does not stop root)
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr("tempfile.mkdtemp", read_only)
+    with pytest.raises(ConversionError, match=r"cannot write the output folder .*new/models/out: Permission denied"):
+        convert(tmp_path / "q.ckpt", tmp_path / "new" / "models" / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "q.ckpt"]  # the parents made are gone
+
+
+def test_files_and_folder_get_the_modes_of_a_plain_write(tmp_path):
+    torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
+    umask = os.umask(0o027)
+    try:
+        convert(tmp_path / "q.ckpt", tmp_path / "out")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750  # mkdtemp made it 0700
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "out").iterdir()}
+    assert modes["model.safetensors"] == 0o640  # written through a 0600 temporary file
+    assert set(modes.values()) == {0o640}
+
+
+def test_a_failure_while_writing_changes_nothing(tmp_path, monkeypatch):
     torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(convert_checkpoint.EBranchformerProcessor, "save_pretrained", fail)
-    with pytest.raises(OSError, match="disk full"):
-        convert(tmp_path / "q.ckpt", tmp_path / "out")
+    with monkeypatch.context() as patch:
+        patch.setattr(convert_checkpoint.EBranchformerProcessor, "save_pretrained", fail)
+        with pytest.raises(ConversionError, match=r"writing .*out failed: disk full; nothing written"):
+            convert(tmp_path / "q.ckpt", tmp_path / "out")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    # Replacing: when the new folder cannot be renamed into place, the old one is put back.
+    convert(tmp_path / "q.ckpt", tmp_path / "out")
+    before = {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()}
+    rename = os.replace
+
+    def fail_from_staging(source, target):
+        if Path(source).name.startswith(".out.") and ".old." not in Path(source).name:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        rename(source, target)
+
+    monkeypatch.setattr(convert_checkpoint.os, "replace", fail_from_staging)
+    with pytest.raises(ConversionError, match=r"writing .*out failed: Invalid cross-device link; nothing written, an earlier folder is unchanged"):
+        convert(tmp_path / "q.ckpt", tmp_path / "out", overwrite=True)
+    assert {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()} == before
+    assert leftovers(tmp_path) == []
 
 
 class CreatesAFile:

@@ -66,6 +66,7 @@ def test_decodes_real_opus_without_ffmpeg(tmp_path):
 def test_streaming_gives_the_same_examples(tmp_path):
     prepared = load_golos(CORPUS, "crowd", "test", cache_dir=tmp_path)
     streamed = list(load_golos(CORPUS, "crowd", "test", streaming=True).take(3))
+    assert len(streamed) == 3
     for a, b in zip(streamed, prepared.select(range(3))):
         assert a["id"] == b["id"] and np.array_equal(a["audio"]["array"], b["audio"]["array"])
 

@@ -1,7 +1,10 @@
 """QuartzNetForCTC: configuration checks, output lengths, padding invariance and the CTC loss."""
 
+import re
+
 import pytest
 import torch
+from course_modules import CourseQuartzNetEncoder, realistic_weights
 
 from modeling_ebranchformer import QuartzNetConfig, QuartzNetForCTC
 
@@ -36,20 +39,53 @@ def test_output_lengths_match_the_logits():
 
 
 def test_padding_does_not_change_the_logits():
-    torch.manual_seed(0)
-    model = QuartzNetForCTC(QuartzNetConfig(**SMALL))
-    model.train()  # a few steps of batch-norm statistics, so that eval is not the identity
-    for _ in range(3):
-        model(torch.randn(4, 200, 64))
-    model.eval()
+    """Each utterance gives the same logits alone as in the padded batch, whatever the padding holds. With
+    weights of realistic scale (logits ~1) a padded frame leaking into a convolution moves them by >1e-2."""
+    model = realistic_weights(QuartzNetForCTC(QuartzNetConfig(**SMALL))).eval()
     lengths = [200, 157, 61, 9]
-    features = torch.randn(4, 200, 64)
+    features = torch.randn(4, 200, 64, generator=torch.Generator().manual_seed(0))
     mask = (torch.arange(200) < torch.tensor(lengths)[:, None]).long()
     with torch.no_grad():
         batch = model(features, attention_mask=mask).logits
         for i, n in enumerate(lengths):
             alone = model(features[i : i + 1, :n]).logits[0]
-            assert (batch[i, : alone.shape[0]] - alone).abs().max() <= 1e-4
+            assert alone.shape[0] == (n - 1) // 4 + 1
+            assert alone.abs().mean() > 0.1  # logits of a realistic size, so 1e-4 is a relative bound too
+            difference = (batch[i, : alone.shape[0]] - alone).abs().max().item()
+            assert difference <= 1e-4, f"utterance {i}: max difference {difference}"
+
+
+def course_quartznet_weights_to_ours(course: CourseQuartzNetEncoder, config: QuartzNetConfig) -> dict:
+    """Course names (nested sub-blocks: depthwise, pointwise, batch norm) -> this package's QuartzNetModel's."""
+    out = {}
+    for name, tensor in course.state_dict().items():
+        block, rest = re.fullmatch(r"layers\.(\d+)\.(.*)", name).groups()
+        if rest.startswith("res.0."):
+            index, field = rest[len("res.0.") :].split(".", 1)
+            out[f"blocks.{block}.residual.{['conv', 'norm'][int(index)]}.{field}"] = tensor
+            continue
+        sub_block, index, field = re.fullmatch(r"conv\.(\d+)\.(\d+)\.(.*)", rest).groups()
+        parts = ["depthwise_conv", "pointwise_conv", "norm"] if config.block_separable[int(block)] else ["conv", "norm"]
+        out[f"blocks.{block}.sub_blocks.{sub_block}.{parts[int(index)]}.{field}"] = tensor
+    return out
+
+
+def test_encoder_equals_the_course_quartznet_on_the_same_weights():
+    """Blocks, residual connections, strides and dilations as the course's NeMo-style encoder computes them."""
+    config = QuartzNetConfig(**SMALL)
+    course_blocks = list(zip(config.block_channels, config.block_repeats, config.block_kernel_sizes,
+                             config.block_strides, config.block_dilations, config.block_residual,
+                             config.block_separable))  # fmt: skip
+    course = realistic_weights(CourseQuartzNetEncoder(blocks=course_blocks, nested=True)).eval()
+    ours = QuartzNetForCTC(config).quartznet.eval()
+    ours.load_state_dict(course_quartznet_weights_to_ours(course, config))
+    features = torch.randn(2, 101, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = course(features)
+        got = ours(features).last_hidden_state
+    assert got.shape == expected.shape == (2, 26, 48)
+    assert expected.abs().mean() > 0.1  # a real computation, not zeros
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 
 
 def test_ctc_loss_is_torch_ctc_loss_over_the_valid_frames():

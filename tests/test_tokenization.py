@@ -9,7 +9,6 @@ from modeling_ebranchformer import (
     COURSE_LABELS,
     EBranchformerConfig,
     EBranchformerCTCTokenizer,
-    EBranchformerFeatureExtractor,
     EBranchformerProcessor,
     normalize_text,
 )
@@ -53,7 +52,7 @@ def test_offsets_are_plain_ints(tok):
 
 
 def test_processor_gives_padded_labels_and_round_trips_with_auto_processor(tmp_path):
-    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    processor = EBranchformerProcessor()
     batch = processor(
         audio=[torch.zeros(1600).numpy() + 0.01, torch.zeros(800).numpy() + 0.01],
         sampling_rate=16000,
@@ -84,13 +83,13 @@ def test_processor_gives_padded_labels_and_round_trips_with_auto_processor(tmp_p
     ],
 )
 def test_processor_takes_only_text_as_transcripts(text, message):
-    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    processor = EBranchformerProcessor()
     with pytest.raises(ValueError, match=message):
         processor(text=text, return_tensors="pt")
 
 
 def test_processor_needs_one_transcript_per_utterance():
-    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    processor = EBranchformerProcessor()
     audio = [np.full(1600, 0.01, np.float32)] * 2
     with pytest.raises(ValueError, match="2 utterances of audio but 3 transcript\\(s\\)"):
         processor(audio=audio, sampling_rate=16000, text=["да", "нет", "да"], return_tensors="pt")

@@ -1,0 +1,129 @@
+"""evaluate_ctc.py: figures checked by an independent decoding, files written together, bad input named."""
+
+import json
+import shutil
+
+import jiwer
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import CORPUS
+
+from evaluate_ctc import main as evaluate_main
+
+
+def reference_transcripts(folder, manifest, count):
+    """Greedy transcripts computed here without the package's decoding helpers: each utterance alone
+    (no padding), argmax per frame, repeats collapsed, blanks dropped, ids mapped through vocab.json."""
+    from transformers import AutoModelForCTC
+
+    from modeling_ebranchformer import EBranchformerFeatureExtractor
+
+    model = AutoModelForCTC.from_pretrained(folder).eval()
+    vocab = {i: c for c, i in json.loads((folder / "vocab.json").read_text()).items()}
+    blank = model.config.pad_token_id
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()][:count]
+    texts = {}
+    for line in lines:
+        audio, _ = sf.read(manifest.parent / line["audio_filepath"], dtype="float32")
+        features = EBranchformerFeatureExtractor()(audio, sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            ids = model(features["input_features"]).logits[0].argmax(-1).tolist()
+        collapsed = [i for n, i in enumerate(ids) if i != blank and (n == 0 or i != ids[n - 1])]
+        texts[line["id"]] = " ".join("".join(vocab[i] for i in collapsed).replace("|", " ").split())
+    return texts
+
+
+def test_figures_agree_with_the_trainer_and_an_independent_decoding(trained, tmp_path):
+    tmp, _, metrics = trained
+    rows = evaluate_main([str(tmp / "out"), "--max_samples", "6", "--output_dir", str(tmp_path / "eval"),
+                          "--batch_size", "4"])  # fmt: skip
+    by_set = {row["set"]: row for row in rows}
+    assert list(by_set) == ["crowd", "farfield"]
+    for name in ("crowd", "farfield"):
+        lines = [json.loads(x) for x in (tmp_path / "eval" / f"utterances_{name}.jsonl").read_text().splitlines()]
+        assert len(lines) == 6 and by_set[name]["utterances"] == 6
+        expected = reference_transcripts(tmp / "out", CORPUS / "test_opus" / name / "manifest.jsonl", 6)
+        assert {x["id"]: x["hypothesis"] for x in lines} == expected  # batches of 4, padded: same text
+        assert by_set[name]["wer"] == pytest.approx(jiwer.wer([x["reference"] for x in lines], list(expected.values())))
+        assert by_set[name]["wer"] == pytest.approx(metrics[f"eval_{name}_wer"], abs=1e-9)
+        errors = sum(x["substitutions"] + x["deletions"] + x["insertions"] for x in lines)
+        assert errors / sum(x["reference_words"] for x in lines) == pytest.approx(by_set[name]["wer"])
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
+    assert [r["set"] for r in saved] == ["crowd", "farfield"]
+    assert "| crowd | 6 |" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_a_missing_test_set_writes_nothing(trained, tmp_path):
+    tmp, _, _ = trained
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text("earlier")
+    data = tmp_path / "golos"
+    shutil.copytree(CORPUS, data, ignore=shutil.ignore_patterns("farfield"))
+    with pytest.raises(SystemExit, match="farfield"):
+        evaluate_main([str(tmp / "out"), "--data_dir", str(data), "--output_dir", str(out)])
+    assert [p.name for p in out.iterdir()] == ["results.json"] and (out / "results.json").read_text() == "earlier"
+
+
+def test_an_empty_test_set_writes_nothing(trained, tmp_path):
+    tmp, _, _ = trained
+    data = tmp_path / "golos"
+    shutil.copytree(CORPUS, data)
+    manifest = data / "test_opus" / "farfield" / "manifest.jsonl"
+    manifest.write_text("")
+    with pytest.raises(SystemExit, match="farfield"):
+        evaluate_main([str(tmp / "out"), "--data_dir", str(data), "--output_dir", str(tmp_path / "eval")])
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--batch_size", "0"], "--batch_size: must be at least 1, got 0"),
+        (["--max_samples", "-3"], "--max_samples: must be at least 1, got -3"),
+        (["--max_samples", "0"], "--max_samples: must be at least 1, got 0"),
+        (["--sets", "crowd,street"], r"unknown test set\(s\) \['street'\]"),
+        (["--sets", ","], "names no test set"),
+    ],
+)
+def test_bad_options_are_named(trained, tmp_path, capsys, extra, message):
+    tmp, _, _ = trained
+    with pytest.raises(SystemExit) as error:
+        evaluate_main([str(tmp / "out"), "--output_dir", str(tmp_path / "eval"), *extra])
+    assert error.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path):
+    from test_train_ctc import foreign_model_folder
+
+    folder, marker = foreign_model_folder(tmp_path)
+    with pytest.raises(SystemExit, match="--trust_remote_code true only if you trust"):
+        evaluate_main([str(folder)])
+    assert not marker.exists()
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    with pytest.raises(SystemExit, match=f"no model folder {tmp_path / 'nowhere'} here"):
+        evaluate_main([str(tmp_path / "nowhere")])
+
+
+def test_help_describes_the_data_layout(capsys):
+    with pytest.raises(SystemExit):
+        evaluate_main(["--help"])
+    assert "test_opus/crowd/manifest.jsonl" in capsys.readouterr().out
+
+
+def test_pipeline_word_timestamps_are_plain_floats(trained):
+    from transformers import pipeline
+
+    tmp, _, _ = trained
+    asr = pipeline("automatic-speech-recognition", model=str(tmp / "out"))
+    audio, rate = sf.read(next((CORPUS / "test_opus" / "crowd").rglob("*.opus")), dtype="float32")
+    out = asr({"raw": np.asarray(audio), "sampling_rate": rate}, return_timestamps="word")
+    assert out["chunks"]
+    assert all(type(t) is float for chunk in out["chunks"] for t in chunk["timestamp"])
+    json.dumps(out)

@@ -1,0 +1,115 @@
+"""The README's code, as written: every Python block runs (in a process without FFmpeg), and every command
+line of the bash blocks names a file that exists and options that its script accepts."""
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import CORPUS, ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The one substitution: the README's examples point at the real corpus, the tests at the embedded one.
+SUBSTITUTIONS = {"/data/golos": str(CORPUS)}
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.S | re.M)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder with what the README's Python blocks use: a model at outputs/mini and some audio files."""
+    from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
+
+    folder = tmp_path_factory.mktemp("readme")
+    model = EBranchformerForCTC(EBranchformerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                    cgmlp_intermediate_size=48, ffn_intermediate_size=64))  # fmt: skip
+    model.save_pretrained(folder / "outputs" / "mini")
+    EBranchformerProcessor().save_pretrained(folder / "outputs" / "mini")
+    speech, rate = sf.read(next((CORPUS / "test_opus" / "crowd").rglob("*.opus")), dtype="float32")
+    sf.write(folder / "speech.opus", speech, rate, format="OGG", subtype="OPUS")
+    sf.write(folder / "speech.wav", speech, rate)
+    sf.write(folder / "long.wav", np.tile(speech, 45 // max(1, len(speech) // rate)), rate)  # ~45 s
+    return folder
+
+
+def without_ffmpeg_env(tmp_path):
+    """PATH without any folder that holds an ffmpeg executable (the README's default path must not need it)."""
+    folders = [p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "ffmpeg").exists()]
+    return dict(os.environ, PATH=os.pathsep.join(folders), HF_HUB_OFFLINE="1",
+                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_python_block_runs_as_written(index, workdir, tmp_path):
+    code = blocks("python")[index]
+    for old, new in SUBSTITUTIONS.items():
+        code = code.replace(old, new)
+    env = without_ffmpeg_env(tmp_path)
+    env["HF_DATASETS_CACHE"] = str(tmp_path / "datasets")
+    result = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, f"README python block {index + 1}:\n{code}\n{result.stderr[-3000:]}"
+
+
+def command_lines() -> list[list[str]]:
+    """Each command of the bash blocks as argv, continuation lines joined and comments dropped."""
+    lines = []
+    for block in blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line and not line.startswith("#"):
+                lines.append(shlex.split(line))
+    return lines
+
+
+def script_and_options(argv: list[str]):
+    """(script path, its options) of a command line, through python, accelerate launch, torchrun, run.sh."""
+    if argv[:3] == ["bash", "run.sh", "train"]:
+        return ROOT / "train_ctc.py", argv[3:]
+    if argv[:3] == ["bash", "run.sh", "test"]:
+        return ROOT / "tests", None
+    for position, word in enumerate(argv):
+        if word.endswith(".py"):
+            return ROOT / word, argv[position + 1 :]
+    if argv[:2] == ["python", "-m"]:
+        return ROOT / Path(*argv[2].split(".")).with_suffix(".py"), argv[3:]
+    return None, None
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"readme_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def test_every_command_line_names_a_script_and_options_it_accepts():
+    checked = 0
+    for argv in command_lines():
+        if argv[0] in ("pip", "cd", "git", "export"):
+            continue
+        script, options = script_and_options(argv)
+        assert script is not None, f"README command not understood by this test: {' '.join(argv)}"
+        assert script.exists(), f"README command names {script}, which does not exist: {' '.join(argv)}"
+        if options is None or script.parent != ROOT:
+            continue  # benchmarks and scripts/: the file exists; their options are their own
+        options = [SUBSTITUTIONS.get(o, o) for o in options]
+        module = load(script)
+        if hasattr(module, "parse_arguments"):  # train_ctc.py
+            module.parse_arguments(options)
+        else:
+            module.build_parser().parse_args(options)
+        checked += 1
+    assert checked >= 10
