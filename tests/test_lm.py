@@ -601,13 +601,13 @@ class FakeKenLM:
         def __contains__(self, word):
             return word in self._lm.vocabulary
 
-        def BeginSentenceWrite(self, state):  # noqa: N802 - kenlm's names
+        def BeginSentenceWrite(self, state):
             state.context = ("<s>",)
 
-        def NullContextWrite(self, state):  # noqa: N802
+        def NullContextWrite(self, state):
             state.context = ()
 
-        def BaseScore(self, state, word, out):  # noqa: N802
+        def BaseScore(self, state, word, out):
             out.context = (state.context + (word,))[-(self.order - 1) :]
             return self._lm.score(state.context, word) / math.log(10)
 
