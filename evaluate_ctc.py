@@ -5,6 +5,12 @@
 Writes to DIR (default MODEL_FOLDER/eval): `results.md` and `results.json` (one row per test set) and
 `utterances_<set>.jsonl` (id, reference, hypothesis and the word errors of every utterance). Every test set
 is loaded and checked before anything is written, and the files of one evaluation are written together.
+
+When the folder holds a language model (`build_lm.py`), every set is decoded twice from the same logits,
+greedily and by beam search with the LM, and the results have both: `WER`/`CER` (greedy) and
+`LM WER`/`LM CER`, the LM hypothesis of every utterance, and the decoding settings (`--no_lm` skips it;
+`--beam_width`, `--alpha`, `--beta` override the folder's attrs.json; `--update_model_card` writes both
+figures into the folder's README.md).
 """
 
 import argparse
@@ -46,6 +52,47 @@ def transcribe(model, processor, dataset, batch_size=16) -> list[str]:
     return hypotheses
 
 
+# --- language model decoding (issue #11) ---------------------------------------------------------------------
+
+
+def transcribe_logits(model, processor, dataset, batch_size=16):
+    """Greedy transcripts and each utterance's log-probabilities (frames, labels) as float32 numpy arrays, in
+    the dataset's order: the input of LM decoding, computed once so that decoding settings can be compared."""
+    durations = dataset["duration"]
+    order = sorted(range(len(dataset)), key=durations.__getitem__)
+    hypotheses, log_probs = [None] * len(dataset), [None] * len(dataset)
+    device = next(model.parameters()).device
+    rate = processor.feature_extractor.sampling_rate
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        audio = [dataset[i]["audio"]["array"] for i in indices]
+        inputs = processor.feature_extractor(audio, sampling_rate=rate, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            logits = model(**inputs).logits
+            ids = model.greedy_ids(logits, inputs.get("attention_mask"))
+            mask = inputs.get("attention_mask")
+            lengths = (model.get_output_lengths(mask.sum(-1)) if mask is not None
+                       else torch.full((len(indices),), logits.shape[1]))  # fmt: skip
+            values = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        for row, (index, text) in enumerate(zip(indices, processor.tokenizer.batch_decode(ids.cpu()))):
+            hypotheses[index] = text
+            log_probs[index] = values[row, : int(lengths[row])]
+    return hypotheses, log_probs
+
+
+def lm_decode(decoder, log_probs, **options) -> list[str]:
+    """Beam search with the LM over `transcribe_logits`' log-probabilities."""
+    return [decoder.decode_beams(item, **options)[0][0] for item in log_probs]
+
+
+def word_errors(reference, hypothesis) -> dict:
+    errors = jiwer.process_words(reference, hypothesis)
+    return {"substitutions": errors.substitutions, "deletions": errors.deletions, "insertions": errors.insertions}
+
+
+# --- end of language model decoding --------------------------------------------------------------------------
+
+
 def load_test_sets(data_dir, sets, tokenizer, max_samples=None) -> dict:
     """Each requested test set, normalised and checked; raises before any work if one is missing or empty."""
     loaded = {}
@@ -62,7 +109,8 @@ def load_test_sets(data_dir, sets, tokenizer, max_samples=None) -> dict:
 
 
 def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=TEST_SETS, output_dir=None,
-                   batch_size=16, max_samples=None, trust_remote_code=False):  # fmt: skip
+                   batch_size=16, max_samples=None, trust_remote_code=False, use_lm=True, lm_options=None,
+                   update_model_card=False):  # fmt: skip
     try:
         model = load_ctc_model(model_path, trust_remote_code).eval()
         processor = load_processor(model_path, trust_remote_code)
@@ -74,16 +122,38 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=TEST_SETS, output_
     except (OSError, ValueError) as error:  # the message names the folder, manifest or line
         raise SystemExit(f"{type(error).__name__}: {error}") from None
     output_dir = Path(output_dir or Path(model_path) / "eval")
+    # language model (issue #11): decode the same logits greedily and with the LM
+    decoder = getattr(processor, "decoder", None) if use_lm else None
+    lm_options = {k: v for k, v in (lm_options or {}).items() if v is not None}
+    decoding = None
+    if decoder is not None:
+        from modeling_ebranchformer.lm import DEFAULT_BEAM_WIDTH, LanguageModelError
+
+        try:
+            decoder.reset_params(alpha=lm_options.pop("alpha", None), beta=lm_options.pop("beta", None))
+        except LanguageModelError as error:
+            raise SystemExit(str(error)) from None
+        lm_options.setdefault("beam_width", DEFAULT_BEAM_WIDTH)
+        decoding = {"language_model": Path(decoder.language_model.path).name, "order": decoder.language_model.order,
+                    **decoder.attrs, **lm_options}  # fmt: skip
     rows, files = [], {}
     for name, (dataset, report) in test_sets.items():
         references = dataset["text"]
-        hypotheses = transcribe(model, processor, decode_with_soundfile(dataset), batch_size)
+        if decoder is None:
+            hypotheses = transcribe(model, processor, decode_with_soundfile(dataset), batch_size)
+            lm_hypotheses = None
+        else:
+            hypotheses, log_probs = transcribe_logits(model, processor, decode_with_soundfile(dataset), batch_size)
+            lm_hypotheses = lm_decode(decoder, log_probs, **lm_options)
         lines = []
-        for id_, reference, hypothesis in zip(dataset["id"], references, hypotheses):
+        for index, (id_, reference, hypothesis) in enumerate(zip(dataset["id"], references, hypotheses)):
             errors = jiwer.process_words(reference, hypothesis)
             lines.append({"id": id_, "reference": reference, "hypothesis": hypothesis,
                           "substitutions": errors.substitutions, "deletions": errors.deletions,
                           "insertions": errors.insertions, "reference_words": len(reference.split())})  # fmt: skip
+            if lm_hypotheses is not None:
+                lines[-1]["lm_hypothesis"] = lm_hypotheses[index]
+                lines[-1]["lm_errors"] = word_errors(reference, lm_hypotheses[index])
         files[output_dir / f"utterances_{name}.jsonl"] = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
         rows.append({
             "set": name, "utterances": len(references), "words": sum(len(r.split()) for r in references),
@@ -91,14 +161,29 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=TEST_SETS, output_
             "wer": wer.compute(predictions=hypotheses, references=references),
             "cer": cer.compute(predictions=hypotheses, references=references),
         })  # fmt: skip
-    table = ["| test set | utterances | words | hours | WER | CER |", "|---|---:|---:|---:|---:|---:|"]
+        if lm_hypotheses is not None:
+            rows[-1]["lm_wer"] = wer.compute(predictions=lm_hypotheses, references=references)
+            rows[-1]["lm_cer"] = cer.compute(predictions=lm_hypotheses, references=references)
+    lm = decoding is not None
+    table = ["| test set | utterances | words | hours | WER | CER |" + (" LM WER | LM CER |" if lm else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if lm else "")]  # fmt: skip
     table += [f"| {r['set']} | {r['utterances']} | {r['words']} | {r['hours']:.3f} | {100 * r['wer']:.2f} % | "
-              f"{100 * r['cer']:.2f} % |" for r in rows]  # fmt: skip
-    files[output_dir / "results.md"] = f"Model: `{model_path}`, data: `{data_dir}`\n\n" + "\n".join(table) + "\n"
+              f"{100 * r['cer']:.2f} % |" + (f" {100 * r['lm_wer']:.2f} % | {100 * r['lm_cer']:.2f} % |" if lm else "")
+              for r in rows]  # fmt: skip
+    header = f"Model: `{model_path}`, data: `{data_dir}`\n\n"
+    if lm:
+        header += ("WER/CER: greedy decoding; LM WER/CER: beam search with the language model ("
+                   + ", ".join(f"{k} {v}" for k, v in decoding.items()) + ")\n\n")  # fmt: skip
+    files[output_dir / "results.md"] = header + "\n".join(table) + "\n"
     files[output_dir / "results.json"] = json.dumps({"model": str(model_path), "data_dir": str(data_dir),
+                                                     **({"lm_decoding": decoding} if lm else {}),
                                                      "results": rows}, indent=1)  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_files(files)
+    if update_model_card:
+        from modeling_ebranchformer.model_card import write_decoding_results
+
+        write_decoding_results(model_path, rows, decoding)
     print("\n".join(table))
     return rows
 
@@ -124,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="run Python code from the model folder or repo (only for model types this package "
                              "does not provide; only if you trust it)")  # fmt: skip
+    # language model (issue #11)
+    parser.add_argument("--no_lm", action="store_true", help="greedy decoding only, even where the folder has an LM")
+    parser.add_argument("--beam_width", type=positive_int, help="beam width of LM decoding (default 32)")
+    parser.add_argument("--alpha", type=float, help="LM weight (default: the folder's attrs.json)")
+    parser.add_argument("--beta", type=float, help="word insertion bonus (default: the folder's attrs.json)")
+    parser.add_argument("--best_alignment", action="store_true",
+                        help="score a text by its best CTC alignment instead of the sum of all (Viterbi); with "
+                             "--alpha 0 --beta 0 this reproduces greedy decoding")  # fmt: skip
+    parser.add_argument("--update_model_card", action="store_true",
+                        help="write the greedy (and LM) figures into the model folder's README.md")  # fmt: skip
     return parser
 
 
@@ -139,7 +234,9 @@ def main(argv=None):
     if not os.path.isdir(args.data_dir):
         raise SystemExit(f"data folder not found: {args.data_dir}")
     return evaluate_model(args.model, args.data_dir, sets, args.output_dir, args.batch_size, args.max_samples,
-                          args.trust_remote_code)  # fmt: skip
+                          args.trust_remote_code, use_lm=not args.no_lm, update_model_card=args.update_model_card,
+                          lm_options={"beam_width": args.beam_width, "alpha": args.alpha, "beta": args.beta,
+                                      "sum_alignments": False if args.best_alignment else None})  # fmt: skip
 
 
 if __name__ == "__main__":

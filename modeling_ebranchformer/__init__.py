@@ -17,18 +17,20 @@ from transformers import (
     AutoTokenizer,
 )
 
-from . import audio, metrics  # noqa: F401  (modeling_ebranchformer.audio.read_audio, ... work after a plain import)
+from . import audio, metrics, processing_lm  # noqa: F401  (modeling_ebranchformer.audio.read_audio, ... work after a plain import)
 from .configuration import EBranchformerConfig
 from .configuration_quartznet import QuartzNetConfig
 from .feature_extraction import EBranchformerFeatureExtractor
 from .modeling import EBranchformerForCTC, EBranchformerModel, EBranchformerPreTrainedModel
 from .modeling_quartznet import QuartzNetForCTC, QuartzNetModel, QuartzNetPreTrainedModel
 from .processing import DataCollatorCTC, EBranchformerProcessor
+from .processing_lm import EBranchformerASRPipeline, EBranchformerProcessorWithLM  # language model (issue #11)
 from .tokenization import COURSE_LABELS, EBranchformerCTCTokenizer, normalize_text
 
 __all__ = [
     "COURSE_LABELS",
     "DataCollatorCTC",
+    "EBranchformerASRPipeline",
     "EBranchformerCTCTokenizer",
     "EBranchformerConfig",
     "EBranchformerFeatureExtractor",
@@ -36,6 +38,7 @@ __all__ = [
     "EBranchformerModel",
     "EBranchformerPreTrainedModel",
     "EBranchformerProcessor",
+    "EBranchformerProcessorWithLM",
     "QuartzNetConfig",
     "QuartzNetForCTC",
     "QuartzNetModel",
@@ -63,6 +66,13 @@ def _register():
     EBranchformerFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
     EBranchformerCTCTokenizer.register_for_auto_class("AutoTokenizer")
     EBranchformerProcessor.register_for_auto_class("AutoProcessor")
+    # Language model (issue #11): folders with language_model/ name EBranchformerProcessorWithLM in
+    # processor_config.json; AutoProcessor finds a class by that name among registered processors, which are
+    # keyed by config (one per model type), so it is registered under a key of its own. The ASR pipeline
+    # then decodes with the folder's LM (a stock pipeline for other models).
+    AutoProcessor.register("ebranchformer-processor-with-lm", EBranchformerProcessorWithLM, exist_ok=True)
+    EBranchformerProcessorWithLM.register_for_auto_class("AutoProcessor")
+    processing_lm.register_pipeline()
 
 
 _register()

@@ -1,0 +1,94 @@
+"""Decoding time per audio second: greedy against beam search with the language model (beam 16, 32, 64, 128),
+on the embedded test sets, from the same logits; and the WER each gives.
+
+    python benchmarks/lm_decoding.py MODEL_DIR [--threads 2] [--beams 16,32,64,128] [--repeats 3]
+
+MODEL_DIR should be a trained model with a language model (`build_lm.py`); a folder without one gets a
+3-gram of the embedded train transcripts in a temporary copy. The model's forward pass (2 threads) is
+timed once and reported for scale; decoding is timed over all utterances of both test sets (median of
+`--repeats` runs); "RTF added" is decoding time / audio time beyond greedy decoding's.
+"""
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import jiwer
+import torch
+from common import machine, table
+
+from evaluate_ctc import load_test_sets, transcribe_logits
+from golos import EMBEDDED_CORPUS, decode_with_soundfile
+from modeling_ebranchformer.hub import load_ctc_model, load_processor
+from modeling_ebranchformer.lm import DEFAULT_BEAM_WIDTH, LM_DIR
+
+
+def median_time(function, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2], result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--beams", default="16,32,64,128")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model_dir = Path(args.model_dir)
+    temporary = None
+    if not (model_dir / LM_DIR).is_dir():
+        import build_lm
+
+        temporary = Path(tempfile.mkdtemp())
+        shutil.copytree(model_dir, temporary / "model", ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
+        model_dir = temporary / "model"
+        build_lm.main([str(model_dir)])
+    try:
+        model = load_ctc_model(str(model_dir)).eval()
+        processor = load_processor(str(model_dir))
+        decoder = processor.decoder
+        print(machine())
+        print(f"model {args.model_dir}; LM {decoder.language_model.path} (order {decoder.language_model.order}); "
+              f"alpha {decoder.alpha}, beta {decoder.beta}")  # fmt: skip
+        references, log_probs, seconds = [], [], 0.0
+        start = time.perf_counter()
+        for name, (dataset, _) in load_test_sets(EMBEDDED_CORPUS, ("crowd", "farfield"), processor.tokenizer).items():
+            _, values = transcribe_logits(model, processor, decode_with_soundfile(dataset))
+            references += [(name, r) for r in dataset["text"]]
+            log_probs += values
+            seconds += sum(dataset["duration"])
+        forward = time.perf_counter() - start
+        tokenizer = processor.tokenizer
+
+        def wer(hypotheses):
+            return {name: jiwer.wer([r for (n, r) in references if n == name],
+                                    [h for (n, _), h in zip(references, hypotheses) if n == name])
+                    for name in ("crowd", "farfield")}  # fmt: skip
+
+        greedy_time, greedy = median_time(lambda: [tokenizer.decode(x.argmax(-1)) for x in log_probs], args.repeats)
+        rows = [["greedy", f"{greedy_time:.3f}", f"{greedy_time / seconds:.5f}", "-",
+                 *(f"{100 * v:.2f} %" for v in wer(greedy).values())]]  # fmt: skip
+        for beam in [int(b) for b in args.beams.split(",")]:
+            elapsed, hypotheses = median_time(
+                lambda beam=beam: [decoder.decode_beams(x, beam_width=beam)[0][0] for x in log_probs], args.repeats)
+            label = f"LM, beam {beam}" + (" (default)" if beam == DEFAULT_BEAM_WIDTH else "")
+            rows.append([label, f"{elapsed:.3f}", f"{elapsed / seconds:.5f}", f"{(elapsed - greedy_time) / seconds:.5f}",
+                         *(f"{100 * v:.2f} %" for v in wer(hypotheses).values())])  # fmt: skip
+        print(f"{len(log_probs)} utterances, {seconds:.1f} s of audio; model forward (features + encoder, "
+              f"{args.threads} threads, batches of 16): {forward:.2f} s, RTF {forward / seconds:.4f}")  # fmt: skip
+        print(table(["decoding", "time (s)", "RTF", "RTF added", "WER crowd", "WER farfield"], rows))
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
