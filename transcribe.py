@@ -56,6 +56,18 @@ def load_standalone(name: str):
 
 runtime = load_standalone("onnx_runtime")
 audio = load_standalone("audio")
+lm = load_standalone("lm")  # numpy only: LM decoding works for ONNX folders too
+
+
+def load_lm_decoder(model_dir):
+    """The model folder's language model (`build_lm.py`), as `--decoder lm` uses it; errors name the folder."""
+    if not lm.has_language_model(model_dir):
+        raise UsageError(f"--decoder lm: {model_dir} has no language_model/ folder; add one with "
+                         f"`python build_lm.py {model_dir}`, or use --decoder greedy")  # fmt: skip
+    try:
+        return lm.CTCBeamSearchDecoder.load_from_dir(model_dir)
+    except lm.LanguageModelError as error:
+        raise UsageError(f"--decoder lm: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -190,8 +202,10 @@ def load_backend(model_dir, device="cpu", threads=None, quantized=False):
 class Transcriber:
     """Waveforms -> records, with chunking of long files and length-grouped batches."""
 
-    def __init__(self, backend, batch_size=16, chunk_length_s=30.0, stride_length_s=None, timestamps=False):
-        self.backend, self.batch_size, self.timestamps = backend, batch_size, timestamps
+    def __init__(self, backend, batch_size=16, chunk_length_s=30.0, stride_length_s=None, timestamps=False,
+                 decoder=None):  # fmt: skip
+        """`decoder`: a `CTCBeamSearchDecoder` (beam search with the folder's LM); None decodes greedily."""
+        self.backend, self.batch_size, self.timestamps, self.decoder = backend, batch_size, timestamps, decoder
         rate, spf = backend.sampling_rate, backend.samples_per_frame
         if chunk_length_s <= 0:
             raise UsageError(f"--chunk_length_s must be positive, got {chunk_length_s}")
@@ -231,20 +245,35 @@ class Transcriber:
                 outputs[index] = log_probs
         records = []
         for i in range(len(waveforms)):
-            ids, times = [], []
+            frames, times = [], []
             for (owner, (start, _, drop, keep)), log_probs in zip(pieces, outputs):
                 if owner != i:
                     continue
-                frames = log_probs.argmax(-1)[drop:]
-                frames = frames if keep is None else frames[:keep]
-                ids.append(frames)
-                times.append(start / self.backend.sampling_rate + (drop + np.arange(len(frames))) * self.frame_seconds)
-            ids, times = np.concatenate(ids), np.concatenate(times)
+                kept = log_probs[drop:] if keep is None else log_probs[drop : drop + keep]
+                frames.append(kept)
+                times.append(start / self.backend.sampling_rate + (drop + np.arange(len(kept))) * self.frame_seconds)
+            log_probs, times = np.concatenate(frames), np.concatenate(times)
+            if self.decoder is not None:
+                records.append(self.beam_search(log_probs, times))
+                continue
+            ids = log_probs.argmax(-1)
             record = {"text": self.backend.vocabulary.decode(ids)}
             if self.timestamps:
                 record["words"] = self.backend.vocabulary.words(ids, times, self.frame_seconds)
             records.append(record)
         return records
+
+
+    def beam_search(self, log_probs: np.ndarray, times: np.ndarray) -> dict:
+        """The best beam of the LM decoder over a recording's joined frames; word times as greedy gives them."""
+        text, _, words, *_ = self.decoder.decode_beams(log_probs)[0]
+        record = {"text": text}
+        if self.timestamps:
+            last = len(times) - 1
+            record["words"] = [{"word": word, "start": round(float(times[min(begin, last)]), 3),
+                                "end": round(float(times[min(end, len(times)) - 1]) + self.frame_seconds, 3)}
+                               for word, (begin, end) in words]  # fmt: skip
+        return record
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -399,6 +428,8 @@ def parse_args(argv=None):
     )
     parser.add_argument("--batch_size", type=int, default=16, help="recordings (or chunks) per forward pass")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--decoder", choices=["greedy", "lm"], default="greedy",
+                        help="lm: beam search with the model folder's language model (build_lm.py)")  # fmt: skip
     parser.add_argument("--chunk_length_s", type=float, default=30.0, help="files longer than this are chunked")
     parser.add_argument("--stride_length_s", type=float, default=None, help="overlap on each side (chunk / 6)")
     parser.add_argument("--timestamps", action="store_true", help="word times in .jsonl (always for .srt/.vtt)")
@@ -471,7 +502,8 @@ def run(args) -> int:
 
     backend = load_backend(args.model, args.device, args.threads, args.quantized) if sized else None
     transcriber = (
-        Transcriber(backend, args.batch_size, args.chunk_length_s, args.stride_length_s, timestamps)
+        Transcriber(backend, args.batch_size, args.chunk_length_s, args.stride_length_s, timestamps,
+                    load_lm_decoder(args.model) if args.decoder == "lm" else None)
         if backend
         else None
     )

@@ -328,3 +328,30 @@ def test_numpy_front_end_matches_the_feature_extractor(speech_like):
         and mask.dtype == np.int64
         and mask.sum(1).tolist() == [numpy_features.num_frames(len(w)) for w in waves[:3]]
     )
+
+
+def test_decoder_lm_uses_the_folders_language_model(tiny_model, inputs, tmp_path, capsys):
+    from transformers import AutoModelForCTC, AutoProcessor
+
+    import build_lm
+    from modeling_ebranchformer.audio import read_audio
+
+    folder = tmp_path / "with_lm"
+    shutil.copytree(tiny_model, folder)
+    args = [str(folder), str(inputs[1]), "--output", str(tmp_path / "lm.jsonl"), "--decoder", "lm", "--no_progress"]
+    assert transcribe.main(args) == 2  # no language model yet: named, with the command that adds one
+    assert "has no language_model/" in capsys.readouterr().err
+    build_lm.main([str(folder)])
+    assert transcribe.main(args + ["--timestamps", "--batch_size", "2"]) == 0
+    result = records(tmp_path / "lm.jsonl")
+    model, processor = AutoModelForCTC.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    expected = []
+    for r in result:
+        features = processor(audio=read_audio(r["path"]), sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            expected.append(processor.batch_decode(model(**features).logits).text[0])
+    assert [r["text"] for r in result] == expected and len(expected) == 3
+    greedy = reference_texts(folder, [r["path"] for r in result])
+    assert expected != greedy  # the LM changed something: the switch is not a no-op
+    for r in result:
+        assert [w["word"] for w in r["words"]] == r["text"].split()
