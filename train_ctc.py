@@ -368,6 +368,17 @@ class CTCTrainer(Trainer):
             result = (loss, *result[1:]) if return_outputs else loss
         return result
 
+    def _get_train_sampler(self, train_dataset=None):
+        # The Trainer reads the lengths as `train_dataset["duration"]`: with datasets >= 4 a lazy column
+        # that the length-grouped sampler indexes one row at a time, through decode_with_soundfile's
+        # transform, which decodes that row's audio: every epoch would decode the whole train set (hours
+        # at the 1.1 M Golos lines). The plain column, read once, is the same list (2 s at 1.1 M).
+        sampler = super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(getattr(sampler, "lengths", None), datasets.arrow_dataset.Column):
+            sampler.lengths = dataset.with_format(None)[self.args.length_column_name][:]
+        return sampler
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         if logits is not None:
