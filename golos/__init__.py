@@ -171,7 +171,7 @@ def load_golos(
         stale = _changed_audio(builder, split, dataset) if recheck_audio and split not in builder.reports else None
         if stale:
             datasets.logging.get_logger(__name__).warning(f"Golos {name} {split}: {stale}: preparing it again")
-            _prepare(builder, datasets.DownloadMode.FORCE_REDOWNLOAD)
+            _prepare(builder, datasets.DownloadMode.FORCE_REDOWNLOAD, datasets.VerificationMode.NO_CHECKS)
             dataset = builder.as_dataset(split=split)
         _save_stamps(builder, split)
         report = _saved_report(builder, split)
@@ -184,9 +184,10 @@ def load_golos(
     return (dataset, report) if return_report else dataset
 
 
-def _prepare(builder, download_mode=None):
+def _prepare(builder, download_mode=None, verification_mode=None):
     try:
-        builder.download_and_prepare(download_mode=download_mode)
+        # (NO_CHECKS when preparing again: the number of examples may change, datasets would refuse it)
+        builder.download_and_prepare(download_mode=download_mode, verification_mode=verification_mode)
     except datasets.exceptions.DatasetGenerationError as error:
         if isinstance(error.__cause__, (ManifestError, OSError)):
             raise error.__cause__ from None  # the message names the manifest, line or file

@@ -28,7 +28,7 @@ SHARD_LINES = 20000
 UNCHECKED, MEASURED, EXISTS, FAILED = 0, 1, 2, 3
 
 
-def shard_offsets(manifest: str, shard_lines: int = SHARD_LINES) -> list:
+def shard_offsets(manifest: str, shard_lines: int) -> list:
     """(byte offset, first line number, number of lines) of each shard of the manifest."""
     shards, offset, number = [], 0, 0
     start, start_number = 0, 1
@@ -44,7 +44,8 @@ def shard_offsets(manifest: str, shard_lines: int = SHARD_LINES) -> list:
     return shards
 
 
-def manifest_key(manifest: str, verify_audio: str, shard_lines: int = SHARD_LINES) -> str:
+def manifest_key(manifest: str, verify_audio: str, shard_lines: int | None = None) -> str:
+    shard_lines = shard_lines or SHARD_LINES
     digest = hashlib.sha256()
     for code in ("golos.py", "prepare.py"):
         digest.update(Path(__file__).with_name(code).read_bytes())
@@ -53,9 +54,10 @@ def manifest_key(manifest: str, verify_audio: str, shard_lines: int = SHARD_LINE
     return digest.hexdigest()[:16]
 
 
-def verify_manifest(manifest, verify_audio, work_dir, num_proc=None, shard_lines=SHARD_LINES, log=None) -> dict:
+def verify_manifest(manifest, verify_audio, work_dir, num_proc=None, shard_lines=None, log=None) -> dict:
     """Check every file the manifest lists, shard by shard, reusing the shards saved by an earlier,
     interrupted run; returns the results of every line (arrays indexed by line number - 1)."""
+    shard_lines = shard_lines or SHARD_LINES
     os.makedirs(work_dir, exist_ok=True)
     shards = shard_offsets(manifest, shard_lines)
     paths = [os.path.join(work_dir, f"shard-{k:05d}.npz") for k in range(len(shards))]
