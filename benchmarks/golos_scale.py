@@ -140,14 +140,57 @@ def step_select(args):
             "epoch_order_s": drawn - built, "order_per_step_ms": 1000 * (drawn - built) / (len(order) / BATCH)}  # fmt: skip
 
 
-STEPS = {"prepare": step_prepare, "stream": step_stream, "select": step_select}
+def step_train(args):
+    """train_ctc.py on the folder: a tiny model, batch 4 on the CPU, 2 DataLoader workers, length-grouped
+    batches, a checkpoint every half of the steps (keeping 1); then resumed from the last one for 10 more
+    steps. Startup: from the start of run() to the first training step."""
+    import tempfile
+
+    import transformers
+
+    import train_ctc
+
+    first_step = []
+    training_step = transformers.Trainer.training_step
+
+    def timed_step(self, *a, **k):
+        if not first_step:
+            first_step.append(time.perf_counter())
+        return training_step(self, *a, **k)
+
+    transformers.Trainer.training_step = timed_step
+    output_dir = tempfile.mkdtemp()
+    argv = ["--data_dir", str(args.root), "--dataset_cache_dir", args.cache_dir, "--output_dir", output_dir,
+            "--config_overrides", args.tiny, "--per_device_train_batch_size", "4", "--do_eval", "false",
+            "--max_steps", str(args.train_steps), "--save_steps", str(max(1, args.train_steps // 2)),
+            "--save_total_limit", "1", "--dataloader_num_workers", "2", "--logging_steps", "10",
+            "--report_to", "none", "--use_cpu", "true"]  # fmt: skip
+    start = time.perf_counter()
+    trainer, metrics = train_ctc.run(argv)
+    end = time.perf_counter()
+    startup = first_step[0] - start
+    checkpoints = sorted(p.name for p in Path(output_dir).glob("checkpoint-*"))
+    steps = trainer.state.global_step
+    first_step.clear()
+    resume_start = time.perf_counter()
+    argv[argv.index("--max_steps") + 1] = str(args.train_steps + 10)
+    trainer, _ = train_ctc.run(argv + ["--resume_from_checkpoint", "last"])
+    resumed = time.perf_counter()
+    shutil.rmtree(output_dir)
+    return {"seconds": end - start, "startup_s": startup, "steps": steps, "checkpoints": checkpoints,
+            "resumed_to": trainer.state.global_step, "resume_startup_s": first_step[0] - resume_start,
+            "resume_s": resumed - resume_start, "train_loss": metrics.get("train_loss")}  # fmt: skip
+
+
+STEPS = {"prepare": step_prepare, "stream": step_stream, "select": step_select, "train": step_train}
 
 
 def run_step(args, step, timeout=None, **overrides) -> dict:
     """Runs one step in a fresh process; returns its result with peak resident memory (the process and
     its workers) and the wall time of the whole process."""
     command = [sys.executable, __file__, "--step", step, "--root", str(args.root), "--cache_dir", args.cache_dir,
-               "--verify_audio", args.verify_audio, "--recheck", str(args.recheck), "--num_proc", str(args.num_proc or 0)]
+               "--verify_audio", args.verify_audio, "--recheck", str(args.recheck), "--num_proc", str(args.num_proc or 0),
+               "--train_steps", str(args.train_steps)]
     for key, value in overrides.items():
         command[command.index(f"--{key}") + 1] = str(value)
     start = time.perf_counter()
@@ -181,6 +224,7 @@ def main(argv=None):
     parser.add_argument("--interrupt", type=float, default=0, help="also kill a header preparation after S s")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the figures")
     parser.add_argument("--keep", action="store_true", help="keep the folder and caches (default: deleted)")
+    parser.add_argument("--train_steps", type=int, default=0, help="also train train_ctc.py for N steps (item 3)")
     parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
     parser.add_argument("--cache_dir", default="", help=argparse.SUPPRESS)
     parser.add_argument("--verify_audio", default="header", help=argparse.SUPPRESS)
@@ -223,6 +267,8 @@ def main(argv=None):
     record("cached reload, no recheck", run_step(args, "prepare", recheck=False), "<= 10 s")
     record("streaming, first batch of 64", run_step(args, "stream"), "<= 5 s")
     record("train selection + grouping", run_step(args, "select"))
+    if args.train_steps:
+        record(f"train_ctc.py, {args.train_steps} steps", run_step(args, "train", train_steps=args.train_steps))
     figures["load_after"] = os.getloadavg()
 
     print(f"\n{args.lines:,} train lines; cache {figures['cache_mb_header']} MB on disk (header), "
