@@ -24,7 +24,6 @@ from .golos import (
     Golos,
     GolosConfig,
     ManifestError,
-    audio_path,
     split_manifests,
 )
 from .selection import SelectionReport, course_filter, normalize_and_check_texts, random_subset_by_duration

@@ -84,7 +84,7 @@ def verify_manifest(manifest, verify_audio, work_dir, num_proc=None, shard_lines
 
 def verify_shard(task):
     """Check the files of one shard and save the results atomically (see the module's docstring)."""
-    from .golos import ManifestError, audio_path, check_audio  # noqa: PLC0415 (golos imports this module)
+    from .golos import ManifestError, audio_path, check_audio  # golos.golos imports this module
 
     manifest, offset, _first, count, verify_audio, out = task
     status = np.zeros(count, np.int8)

@@ -17,9 +17,9 @@ from modeling_ebranchformer import (
 )
 from modeling_ebranchformer.hub import load_ctc_model
 
-QUARTZNET = dict(block_channels=[32, 32, 48], block_repeats=[1, 2, 1], block_kernel_sizes=[11, 9, 1],
-                 block_strides=[4, 1, 1], block_dilations=[1, 2, 1], block_residual=[False, True, False],
-                 block_separable=[True, True, False])  # fmt: skip
+QUARTZNET = {"block_channels": [32, 32, 48], "block_repeats": [1, 2, 1], "block_kernel_sizes": [11, 9, 1],
+             "block_strides": [4, 1, 1], "block_dilations": [1, 2, 1], "block_residual": [False, True, False],
+             "block_separable": [True, True, False]}  # fmt: skip
 WER = {100: 0.50, 200: 0.30, 300: 0.40, 400: 0.35}
 
 
