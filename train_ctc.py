@@ -30,7 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from golos import EMBEDDED_CORPUS, TEST_SETS, course_filter, decode_with_soundfile, load_golos, normalize_and_check_texts
 from golos import random_subset_by_duration
-from golos.selection import ctc_feasible
+from golos.selection import column, ctc_feasible
 from modeling_ebranchformer import DataCollatorCTC, EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 from modeling_ebranchformer.ctc import output_frames
 from modeling_ebranchformer.files import publish_modes
@@ -368,6 +368,17 @@ class CTCTrainer(Trainer):
             result = (loss, *result[1:]) if return_outputs else loss
         return result
 
+    def _get_train_sampler(self, train_dataset=None):
+        # The Trainer reads the lengths as `train_dataset["duration"]`: with datasets >= 4 a lazy column
+        # that the length-grouped sampler indexes one row at a time, through decode_with_soundfile's
+        # transform, which decodes that row's audio: every epoch would decode the whole train set (hours
+        # at the 1.1 M Golos lines). The plain column, read once through Arrow, is the same list (0.1 s).
+        sampler = super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(getattr(sampler, "lengths", None), datasets.arrow_dataset.Column):
+            sampler.lengths = column(dataset, self.args.length_column_name)
+        return sampler
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
         if logits is not None:
@@ -467,7 +478,7 @@ def run(argv=None):
         except (OSError, ValueError) as error:  # golos names the folder, manifest, line or file at fault
             raise SystemExit(f"{type(error).__name__}: {error}") from None
     if train_dataset is not None:
-        logger.info("train: %d utterances, %.1f min", len(train_dataset), sum(train_dataset["duration"]) / 60)
+        logger.info("train: %d utterances, %.1f min", len(train_dataset), sum(column(train_dataset, "duration")) / 60)
         if run_args.eval_every_epochs:
             per_step = training_args.per_device_train_batch_size * training_args.world_size
             per_step *= training_args.gradient_accumulation_steps

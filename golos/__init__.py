@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from modeling_ebranchformer.audio import read_audio
 from modeling_ebranchformer.files import atomic_write_text
@@ -23,7 +24,6 @@ from .golos import (
     Golos,
     GolosConfig,
     ManifestError,
-    audio_path,
     split_manifests,
 )
 from .selection import SelectionReport, course_filter, normalize_and_check_texts, random_subset_by_duration
@@ -37,34 +37,51 @@ __all__ = [
 
 
 def _fingerprint(data_dir: str, split: str, name: str) -> str:
-    """Changes when this builder's code, one of the split's manifests, or the size or modification time of
-    an audio file they list changes, so a stale cache is never reused: a replaced file is read again.
-
-    Cost, on every non-streaming load (streaming caches nothing): one JSON parse and one stat per manifest
-    line, no audio opened. Measured 12 us a line (4 us parsing, 3 us stat) for 100 k files on a local disk
-    with a warm cache, on a busy 2-core machine: about 13 s for the 1.1 M train lines, a small part of
-    preparing them (a header read each). A file replaced by one of the same size and modification time
-    (`cp -p` of an equally long file) is not noticed.
-    """
-    digest = hashlib.sha256(Path(__file__).with_name("golos.py").read_bytes())
+    """Changes when this builder's code or one of the split's manifests (path, size, modification time)
+    changes. The audio files are not stat'ed here (12 us a line, 13 s for the 1.1 M train lines): the
+    stamps (size, modification time) of every prepared file are saved beside the cache instead, and
+    `recheck_audio` compares them on a cached load (see load_golos)."""
+    digest = hashlib.sha256()
+    for code in ("golos.py", "prepare.py"):
+        digest.update(Path(__file__).with_name(code).read_bytes())
     for manifest in split_manifests(data_dir, split, DOMAINS[name]):
         if not os.path.isfile(manifest):
             continue  # the builder says what is missing
         stat = os.stat(manifest)
         digest.update(f"{manifest}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        with open(manifest, "rb") as lines:
-            digest.update("\n".join(_audio_stamp(manifest, line) for line in lines).encode())
     return digest.hexdigest()[:16]
 
 
-def _audio_stamp(manifest: str, line: bytes) -> str:
-    """Size and modification time of the audio file a manifest line names; "-" for a line or file that the
-    builder will report (the manifest's own stamp covers the line's text)."""
-    try:
-        stat = os.stat(audio_path(manifest, json.loads(line)["audio_filepath"]))
-    except (ValueError, KeyError, TypeError, OSError):
-        return "-"
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+def _changed_audio(builder, split, dataset) -> str | None:
+    """Why the cached split is stale (a listed file whose size or modification time is not the one
+    prepared, or no saved stamps), or None. One stat per example: about 3 s for 1.1 M files."""
+    path = os.path.join(builder.cache_dir, f"golos_stamps_{split}.npy")
+    if not os.path.exists(path):
+        return "no saved audio stamps"
+    saved = np.load(path)
+    paths = dataset.data.column("audio").combine_chunks().field("path").to_pylist()
+    if len(saved) != len(paths):
+        return "the saved audio stamps do not match the cache"
+    now = np.full((len(paths), 2), -1, np.int64)
+    stat = os.stat
+    for index, file in enumerate(paths):
+        try:
+            info = stat(file)
+        except OSError:
+            continue
+        now[index] = info.st_size, info.st_mtime_ns
+    changed = np.flatnonzero((now != saved).any(axis=1))
+    if len(changed):
+        return f"{len(changed)} audio files changed since preparation, e.g. {paths[changed[0]]}"
+    return None
+
+
+def _save_stamps(builder, split):
+    if split in builder.stamps:
+        path = os.path.join(builder.cache_dir, f"golos_stamps_{split}.npy")
+        tmp = f"{path}.tmp-{os.getpid()}.npy"
+        np.save(tmp, builder.stamps[split])
+        os.replace(tmp, path)
 
 
 def _decode(audio: dict) -> dict:
@@ -96,9 +113,12 @@ def load_golos(
     decode="soundfile",
     cache_dir=None,
     return_report=False,
+    num_proc=None,
+    recheck_audio=True,
 ):
     """Prepare (once, cached) and return one split of Golos. The cache is prepared again when this builder,
-    one of the split's manifests, or the size or modification time of an audio file they list changes.
+    one of the split's manifests, or (with `recheck_audio`) the size or modification time of an audio file
+    they list changes.
 
     Args:
         data_dir: folder with train_opus/ and test_opus/ (default: the embedded mini corpus).
@@ -113,6 +133,12 @@ def load_golos(
             FFmpeg) or "none" (the `audio` column holds paths; see `decode_with_soundfile`).
         return_report: also return the preparation report (kept and skipped examples, with reasons);
             None for streaming, where it is only known after a full pass.
+        num_proc: processes that check the audio when the split is prepared (default: one per CPU core).
+            The checks are saved shard by shard: a preparation killed midway goes on from the shards it
+            finished (see golos.prepare).
+        recheck_audio: on a cached load, stat every listed file and prepare the split again if one's size
+            or modification time changed since it was prepared (a replaced file; about 3 s for the 1.1 M
+            train files). False trusts the cache: only the manifests and this code are compared.
     """
     if split not in MANIFESTS:
         raise ValueError(f"unknown Golos split {split!r}: use 'train' or 'test'")
@@ -133,19 +159,21 @@ def load_golos(
         splits=(split,),
         skip_invalid=skip_invalid,
         verify_audio=verify_audio,
+        num_proc=num_proc,
     )
     report = None
     if streaming:
         dataset = builder.as_streaming_dataset(split=split)
     else:
-        try:
-            builder.download_and_prepare()
-        except datasets.exceptions.DatasetGenerationError as error:
-            if isinstance(error.__cause__, (ManifestError, OSError)):
-                raise error.__cause__ from None  # the message names the manifest, line or file
-            raise
-        report = _saved_report(builder, split)
+        _prepare(builder)
         dataset = builder.as_dataset(split=split)
+        stale = _changed_audio(builder, split, dataset) if recheck_audio and split not in builder.reports else None
+        if stale:
+            datasets.logging.get_logger(__name__).warning(f"Golos {name} {split}: {stale}: preparing it again")
+            _prepare(builder, datasets.DownloadMode.FORCE_REDOWNLOAD, datasets.VerificationMode.NO_CHECKS)
+            dataset = builder.as_dataset(split=split)
+        _save_stamps(builder, split)
+        report = _saved_report(builder, split)
     if decode == "datasets":
         dataset = dataset.cast_column("audio", datasets.Audio(sampling_rate=SAMPLING_RATE))
     elif not streaming:  # an IterableDataset would re-encode Audio on every example, which needs torchcodec
@@ -153,6 +181,16 @@ def load_golos(
     if decode == "soundfile":
         dataset = decode_with_soundfile(dataset)
     return (dataset, report) if return_report else dataset
+
+
+def _prepare(builder, download_mode=None, verification_mode=None):
+    try:
+        # (NO_CHECKS when preparing again: the number of examples may change, datasets would refuse it)
+        builder.download_and_prepare(download_mode=download_mode, verification_mode=verification_mode)
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, (ManifestError, OSError)):
+            raise error.__cause__ from None  # the message names the manifest, line or file
+        raise
 
 
 def _saved_report(builder, split):

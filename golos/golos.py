@@ -28,14 +28,21 @@ With `datasets` < 4 this file also works as a loading script:
 `load_dataset("golos/golos.py", "farfield", data_dir=...)`. With any version, use `golos.load_golos`.
 """
 
+import array
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import datasets
 import numpy as np
 import soundfile as sf
+
+try:
+    from . import prepare
+except ImportError:  # a loading script (datasets < 4): the audio is checked line by line, in one process
+    prepare = None
 
 SAMPLING_RATE = 16000
 MANIFESTS = {
@@ -58,6 +65,7 @@ class ManifestError(ValueError):
     def __init__(self, where: str, reason: str, detail: str = ""):
         super().__init__(f"{where}: {reason}{detail}")
         self.reason = reason
+        self.detail = detail
 
 
 def split_manifests(data_dir: str, split: str, domains: tuple) -> list:
@@ -102,9 +110,34 @@ class Golos(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [GolosConfig(name=name, domains=domains) for name, domains in DOMAINS.items()]
     DEFAULT_CONFIG_NAME = "all"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, num_proc=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.num_proc = num_proc  # processes that check the audio of a preparation (not part of the cache key)
         self.reports = {}  # split -> what preparing it kept and skipped (see SplitReport)
+        self.stamps = {}  # split -> (size, modification time) of each kept example's file, in dataset order
+        self._verified = {}  # manifest -> the results of golos.prepare.verify_manifest
+
+    def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
+        """Checks the audio first, in parallel and restartably (golos.prepare), then writes the Arrow cache in
+        one process from those results; the saved shards are deleted once the cache is written. Runs only
+        when the split is not cached yet, and never for streaming."""
+        work_dirs = []
+        for split in self.config.splits:
+            data_dir = os.path.abspath(os.path.expanduser(self.config.data_dir or ""))
+            for manifest in split_manifests(data_dir, split, self.config.domains):
+                if prepare is not None and os.path.isfile(manifest):  # _split_generators says what is missing
+                    work_dir = os.path.join(self._cache_dir_root, "golos_verify",
+                                            prepare.manifest_key(manifest, self.config.verify_audio))  # fmt: skip
+                    self._verified[manifest] = prepare.verify_manifest(
+                        manifest, self.config.verify_audio, work_dir, self.num_proc, log=_logger().info
+                    )
+                    work_dirs.append(work_dir)
+        try:
+            super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
+        finally:
+            self._verified = {}
+        for work_dir in work_dirs:  # only after success: an interrupted run keeps its finished shards
+            shutil.rmtree(work_dir, ignore_errors=True)
 
     def _info(self):
         if self.config.verify_audio not in ("none", "header", "full"):
@@ -150,6 +183,7 @@ class Golos(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, manifests, split):
         report = SplitReport()
+        kept_lines = [array.array("q") for _ in manifests]  # line index of each kept example, per manifest
         # id -> where it first appeared, packed as manifest index << 32 | line number: at 1.1 M train lines
         # this holds about 170 MB (the ids themselves included), 60 MB less than (manifest, line) tuples.
         first_line = {}
@@ -164,7 +198,7 @@ class Golos(datasets.GeneratorBasedBuilder):
                         continue
                     lines_read += 1
                     try:
-                        example = self._parse(line, manifest, number, test_domain)
+                        example = self._parse(line, manifest, number, test_domain, self._verified.get(manifest))
                         first = first_line.setdefault(example["id"], index << 32 | number)
                         if first != index << 32 | number:
                             raise ManifestError(
@@ -181,6 +215,7 @@ class Golos(datasets.GeneratorBasedBuilder):
                         other_domains += 1
                         continue
                     report.kept += 1
+                    kept_lines[index].append(number - 1)
                     yield f"{manifest}:{number}", example
             if lines_read == 0:
                 raise ManifestError(manifest, "empty manifest", ": it has no lines")
@@ -191,8 +226,13 @@ class Golos(datasets.GeneratorBasedBuilder):
                 f"{len(report.skipped)} invalid {report.reasons}",
             )  # fmt: skip
         self.reports[split] = report.summary(manifests, self.config.name)
+        if all(manifest in self._verified for manifest in manifests):
+            self.stamps[split] = np.concatenate([
+                np.stack([self._verified[m]["size"][lines], self._verified[m]["mtime"][lines]], axis=1)
+                for m, lines in zip(manifests, (np.frombuffer(k, np.int64) for k in kept_lines))
+            ])  # fmt: skip
 
-    def _parse(self, line, manifest, number, test_domain):
+    def _parse(self, line, manifest, number, test_domain, verified=None):
         where = f"{manifest}, line {number}"
         try:
             entry = json.loads(line.decode("utf-8"))
@@ -220,8 +260,14 @@ class Golos(datasets.GeneratorBasedBuilder):
         if id_ is not None and (isinstance(id_, bool) or not isinstance(id_, (str, int)) or id_ == ""):
             raise ManifestError(where, "'id' is not a non-empty string", f": {id_!r}")
         path = audio_path(manifest, entry["audio_filepath"])
+        status = verified["status"][number - 1] if verified is not None else -1
+        if verified is not None and status == prepare.FAILED:
+            raise ManifestError(where, *verified["errors"][number - 1])
         if self.config.verify_audio != "none" or duration is None:
-            measured = self._check_audio(path, where)
+            if verified is not None and status == prepare.MEASURED:
+                measured = float(verified["duration"][number - 1])
+            else:
+                measured = check_audio(path, self.config.verify_audio, where)
             if duration is not None and abs(measured - duration) > DURATION_TOLERANCE:
                 raise ManifestError(
                     where, "duration differs from the audio",
@@ -229,7 +275,7 @@ class Golos(datasets.GeneratorBasedBuilder):
                     f"or a wrong manifest: fix whichever is wrong)",
                 )  # fmt: skip
             duration = measured
-        elif not os.path.isfile(path):
+        elif (verified is None or status != prepare.EXISTS) and not os.path.isfile(path):
             raise ManifestError(where, "audio file not found", f": {path}")
         if test_domain in TEST_SETS:
             domain = test_domain
@@ -247,34 +293,39 @@ class Golos(datasets.GeneratorBasedBuilder):
             "domain": domain,
         }
 
-    def _check_audio(self, path, where):
-        """The audio's duration in seconds: the header's, or with verify_audio "full" the decoded one.
-        One header read per file (no separate existence check: a missing file is told apart only on failure)."""
-        try:
-            info = sf.info(path)
-            frames = info.frames
-            if self.config.verify_audio == "full":
-                samples, _ = sf.read(path, dtype="float32")
-                frames = len(samples)
-                finite = np.isfinite(samples)
-                if not finite.all():
-                    bad = finite.size - np.count_nonzero(finite)
-                    raise ManifestError(where, "non-finite audio samples", f": {path} has {bad} NaN or infinite values")
-        except ManifestError:
-            raise
-        except Exception as error:  # libsndfile raises several types for unreadable data
-            if not os.path.exists(path):
-                raise ManifestError(where, "audio file not found", f": {path}") from None
-            if os.path.isdir(path):
-                raise ManifestError(where, "audio file not found", f": {path} is a folder") from None
-            raise ManifestError(where, "cannot decode audio file", f" {path} ({error})") from None
-        if info.samplerate != SAMPLING_RATE:
-            raise ManifestError(where, "wrong sampling rate", f": {path} is at {info.samplerate} Hz, expected {SAMPLING_RATE}")
-        if info.channels != 1:
-            raise ManifestError(where, "not mono", f": {path} has {info.channels} channels")
-        if frames == 0:
-            raise ManifestError(where, "audio file has no samples", f": {path}")
-        return frames / info.samplerate
+
+def check_audio(path, verify_audio, where=""):
+    """The audio's duration in seconds: the header's, or with verify_audio "full" the decoded one.
+    One header read per file (no separate existence check: a missing file is told apart only on failure)."""
+    try:
+        info = sf.info(path)
+        frames = info.frames
+        if verify_audio == "full":
+            samples, _ = sf.read(path, dtype="float32")
+            frames = len(samples)
+            finite = np.isfinite(samples)
+            if not finite.all():
+                bad = finite.size - np.count_nonzero(finite)
+                raise ManifestError(where, "non-finite audio samples", f": {path} has {bad} NaN or infinite values")
+    except ManifestError:
+        raise
+    except Exception as error:  # libsndfile raises several types for unreadable data
+        if not os.path.exists(path):
+            raise ManifestError(where, "audio file not found", f": {path}") from None
+        if os.path.isdir(path):
+            raise ManifestError(where, "audio file not found", f": {path} is a folder") from None
+        raise ManifestError(where, "cannot decode audio file", f" {path} ({error})") from None
+    if info.samplerate != SAMPLING_RATE:
+        raise ManifestError(where, "wrong sampling rate", f": {path} is at {info.samplerate} Hz, expected {SAMPLING_RATE}")
+    if info.channels != 1:
+        raise ManifestError(where, "not mono", f": {path} has {info.channels} channels")
+    if frames == 0:
+        raise ManifestError(where, "audio file has no samples", f": {path}")
+    return frames / info.samplerate
+
+
+def _logger():
+    return datasets.logging.get_logger(__name__)
 
 
 class SplitReport:

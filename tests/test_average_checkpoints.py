@@ -1,0 +1,124 @@
+"""average_checkpoints.py against a hand-computed mean, on fake Trainer runs of tiny models."""
+
+import json
+
+import pytest
+import torch
+from conftest import TINY
+from safetensors.torch import load_file
+
+import average_checkpoints
+from modeling_ebranchformer import (
+    EBranchformerConfig,
+    EBranchformerForCTC,
+    EBranchformerProcessor,
+    QuartzNetConfig,
+    QuartzNetForCTC,
+)
+from modeling_ebranchformer.hub import load_ctc_model
+
+QUARTZNET = {"block_channels": [32, 32, 48], "block_repeats": [1, 2, 1], "block_kernel_sizes": [11, 9, 1],
+             "block_strides": [4, 1, 1], "block_dilations": [1, 2, 1], "block_residual": [False, True, False],
+             "block_separable": [True, True, False]}  # fmt: skip
+WER = {100: 0.50, 200: 0.30, 300: 0.40, 400: 0.35}
+
+
+def make_model(kind):
+    torch.manual_seed(0)
+    if kind == "quartznet":
+        return QuartzNetForCTC(QuartzNetConfig(**QUARTZNET))
+    config = EBranchformerConfig()
+    config.update_from_string(TINY)
+    return EBranchformerForCTC(EBranchformerConfig(**config.to_dict()))
+
+
+def fake_run(run_dir, kind="quartznet", steps=tuple(WER)):
+    """checkpoint-STEP folders as the Trainer writes them, each with other weights and batch-norm counters,
+    and the eval WER logged at each step."""
+    model, processor = make_model(kind), EBranchformerProcessor()
+    history = []
+    for index, step in enumerate(steps):
+        with torch.no_grad():
+            for number, (name, tensor) in enumerate(model.state_dict().items()):
+                if tensor.is_floating_point():
+                    values = torch.randn(tensor.shape, generator=torch.Generator().manual_seed(step + number))
+                    tensor.copy_(values.abs() + 0.5 if "running_var" in name else values)
+                else:
+                    tensor.fill_(step // 100 + index)  # num_batches_tracked
+        folder = run_dir / f"checkpoint-{step}"
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        (folder / "optimizer.pt").write_bytes(b"optimizer state")
+        history.append({"step": step, "eval_crowd_wer": WER[step], "eval_loss": 1.0})
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step, "log_history": history}))
+    return model
+
+
+@pytest.mark.parametrize("kind", ["quartznet", "ebranchformer"])
+def test_the_last_n_are_averaged_exactly(tmp_path, kind):
+    fake_run(tmp_path / "run", kind)
+    output = average_checkpoints.main([str(tmp_path / "run"), "--last", "3"])
+    assert output == tmp_path / "run" / "average-last-3"
+    states = [load_file(tmp_path / "run" / f"checkpoint-{s}" / "model.safetensors") for s in (200, 300, 400)]
+    averaged = load_file(output / "model.safetensors")
+    assert averaged.keys() == states[0].keys()
+    integers = 0
+    for name, tensor in averaged.items():
+        if tensor.is_floating_point():
+            expected = (states[0][name].double() + states[1][name].double() + states[2][name].double()) / 3
+            assert tensor.dtype == states[0][name].dtype
+            assert torch.allclose(tensor.double(), expected, atol=1e-6), name
+        else:
+            integers += 1
+            assert torch.equal(tensor, states[2][name]), name  # from the newest
+    assert integers == (sum("num_batches_tracked" in n for n in averaged) if kind == "quartznet" else 0)
+    if kind == "quartznet":
+        assert integers > 0 and any("running_var" in n for n in averaged)  # batch-norm statistics averaged
+    record = json.loads((output / "averaging.json").read_text())
+    assert record["checkpoints"] == ["checkpoint-200", "checkpoint-300", "checkpoint-400"]
+    assert not (output / "optimizer.pt").exists() and not (output / "trainer_state.json").exists()
+    model = load_ctc_model(output).eval()  # a loadable model folder, with its processor
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, averaged[name])
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 50, model.config.num_mel_bins)).logits).all()
+
+
+def test_the_best_n_by_the_logged_wer(tmp_path):
+    fake_run(tmp_path / "run")
+    (tmp_path / "run" / "checkpoint-500").mkdir()  # a save that was killed: no trainer_state.json
+    output = average_checkpoints.main([str(tmp_path / "run"), "--best", "2", "--output_dir", str(tmp_path / "avg")])
+    record = json.loads((output / "averaging.json").read_text())
+    assert record["checkpoints"] == ["checkpoint-200", "checkpoint-400"]  # WER 0.30 and 0.35
+    assert record["method"] == "best 2 by eval_crowd_wer"
+    states = [load_file(tmp_path / "run" / f"checkpoint-{s}" / "model.safetensors") for s in (200, 400)]
+    for name, tensor in load_file(output / "model.safetensors").items():
+        if tensor.is_floating_point():
+            assert torch.allclose(tensor, (states[0][name] + states[1][name]) / 2, atol=1e-6)
+
+
+def test_refusals_leave_nothing_behind(tmp_path):
+    run = tmp_path / "run"
+    fake_run(run)
+    with pytest.raises(SystemExit, match="--last 5: .* holds 4 complete checkpoints"):
+        average_checkpoints.main([str(run), "--last", "5"])
+    with pytest.raises(SystemExit, match="logged no 'eval_farfield_wer'"):
+        average_checkpoints.main([str(run), "--best", "2", "--metric", "eval_farfield_wer"])
+    with pytest.raises(SystemExit, match="no complete checkpoint"):
+        average_checkpoints.main([str(tmp_path), "--last", "1"])
+    # a checkpoint of another model: shapes differ, nothing is written
+    other = make_model("ebranchformer")
+    other.save_pretrained(run / "checkpoint-500")
+    (run / "checkpoint-500" / "trainer_state.json").write_text(json.dumps({"log_history": []}))
+    with pytest.raises(SystemExit, match="other tensors than the first"):
+        average_checkpoints.main([str(run), "--last", "2"])
+    assert sorted(p.name for p in run.iterdir()) == [f"checkpoint-{s}" for s in (100, 200, 300, 400, 500)]
+    # an existing output folder is replaced only when asked
+    average_checkpoints.main([str(run), "--last", "1"])
+    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
+        average_checkpoints.main([str(run), "--last", "1"])
+    average_checkpoints.main([str(run), "--last", "1", "--overwrite"])
+    with pytest.raises(SystemExit):
+        average_checkpoints.build_parser().parse_args([str(run), "--last", "2", "--best", "2"])
+    with pytest.raises(SystemExit):
+        average_checkpoints.build_parser().parse_args([str(run), "--last", "0"])
