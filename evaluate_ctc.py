@@ -34,30 +34,10 @@ DATA_DIR_HELP = ("Golos-layout folder holding test_opus/crowd/manifest.jsonl and
                  "default: the embedded corpus")  # fmt: skip
 
 
-def transcribe(model, processor, dataset, batch_size=16) -> list[str]:
-    """Greedy transcripts of a decoded dataset, in its order; batches of similar durations."""
-    durations = dataset["duration"]  # the column alone: reading rows would decode every file just to sort
-    order = sorted(range(len(dataset)), key=durations.__getitem__)
-    hypotheses = [None] * len(dataset)
-    device = next(model.parameters()).device
-    rate = processor.feature_extractor.sampling_rate
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        audio = [dataset[i]["audio"]["array"] for i in indices]
-        inputs = processor.feature_extractor(audio, sampling_rate=rate, return_tensors="pt").to(device)
-        with torch.inference_mode():
-            ids = model.generate(**inputs)
-        for index, text in zip(indices, processor.batch_decode(ids.cpu())):
-            hypotheses[index] = text
-    return hypotheses
-
-
-# --- language model decoding (issue #11) ---------------------------------------------------------------------
-
-
 def transcribe_logits(model, processor, dataset, batch_size=16):
-    """Greedy transcripts and each utterance's log-probabilities (frames, labels) as float32 numpy arrays, in
-    the dataset's order: the input of LM decoding, computed once so that decoding settings can be compared."""
+    """Greedy transcripts (batches of similar durations, padded frames blanked) and each utterance's
+    log-probabilities (frames, labels) as float32 numpy arrays, in the dataset's order: the input of LM
+    decoding, computed once so that greedy and LM decoding (and LM settings) see the same logits."""
     durations = dataset["duration"]
     order = sorted(range(len(dataset)), key=durations.__getitem__)
     hypotheses, log_probs = [None] * len(dataset), [None] * len(dataset)
@@ -78,6 +58,9 @@ def transcribe_logits(model, processor, dataset, batch_size=16):
             hypotheses[index] = text
             log_probs[index] = values[row, : int(lengths[row])]
     return hypotheses, log_probs
+
+
+# --- language model decoding (issue #11) ---------------------------------------------------------------------
 
 
 def lm_decode(decoder, log_probs, **options) -> list[str]:
@@ -139,12 +122,8 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=TEST_SETS, output_
     rows, files = [], {}
     for name, (dataset, report) in test_sets.items():
         references = dataset["text"]
-        if decoder is None:
-            hypotheses = transcribe(model, processor, decode_with_soundfile(dataset), batch_size)
-            lm_hypotheses = None
-        else:
-            hypotheses, log_probs = transcribe_logits(model, processor, decode_with_soundfile(dataset), batch_size)
-            lm_hypotheses = lm_decode(decoder, log_probs, **lm_options)
+        hypotheses, log_probs = transcribe_logits(model, processor, decode_with_soundfile(dataset), batch_size)
+        lm_hypotheses = lm_decode(decoder, log_probs, **lm_options) if decoder is not None else None
         lines = []
         for index, (id_, reference, hypothesis) in enumerate(zip(dataset["id"], references, hypotheses)):
             errors = jiwer.process_words(reference, hypothesis)
