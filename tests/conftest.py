@@ -24,35 +24,32 @@ def golos_example():
     return wav
 
 
+# A small E-Branchformer for tests (module-scoped fixtures use it directly: EBranchformerConfig(**TINY_CONFIG)).
+TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, cgmlp_intermediate_size=48,
+                   ffn_intermediate_size=64, merge_conv_kernel_size=7, max_position_embeddings=2000)  # fmt: skip
+
+
 @pytest.fixture
 def tiny_config():
     from modeling_ebranchformer import EBranchformerConfig
 
-    return EBranchformerConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        cgmlp_intermediate_size=48,
-        ffn_intermediate_size=64,
-        merge_conv_kernel_size=7,
-        max_position_embeddings=2000,
-    )
+    return EBranchformerConfig(**TINY_CONFIG)
+
+
+def speech_like_signal(seconds=1.0, seed=0):
+    """A deterministic speech-like signal: harmonics of a gliding pitch with a syllable envelope, plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / 16000
+    voice = sum(np.sin(k * phase) / k for k in range(1, 12))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2
+    return (0.1 * voice * envelope + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @pytest.fixture
 def speech_like():
-    """A deterministic speech-like signal: harmonics of a gliding pitch with a syllable envelope, plus noise."""
-
-    def make(seconds=1.0, seed=0):
-        rng = np.random.default_rng(seed)
-        t = np.arange(int(16000 * seconds)) / 16000
-        f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + seed)
-        phase = 2 * np.pi * np.cumsum(f0) / 16000
-        voice = sum(np.sin(k * phase) / k for k in range(1, 12))
-        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2
-        return (0.1 * voice * envelope + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
-
-    return make
+    return speech_like_signal
 
 
 TINY = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,cgmlp_intermediate_size=48,ffn_intermediate_size=64"

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from conftest import CORPUS, ROOT
+from conftest import CORPUS, ROOT, TINY_CONFIG
 
 import export_onnx
 import transcribe
@@ -50,16 +50,7 @@ def save_tiny(folder, quartznet=False):
                     module.running_mean.uniform_(-0.5, 0.5)
                     module.running_var.uniform_(0.5, 2.0)
     else:
-        config = EBranchformerConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            cgmlp_intermediate_size=48,
-            ffn_intermediate_size=64,
-            merge_conv_kernel_size=7,
-            max_position_embeddings=2000,
-        )
-        model = EBranchformerForCTC(config)
+        model = EBranchformerForCTC(EBranchformerConfig(**TINY_CONFIG))
     model.eval().save_pretrained(folder)
     EBranchformerProcessor().save_pretrained(folder)
     return folder

@@ -120,7 +120,7 @@ def bad_corpus(tmp_path, speech_like):
         json.dumps({**good, "id": "c", "duration": float("nan")}),
         json.dumps({**good, "id": "d", "text": 5}),
         json.dumps({**good, "id": "e", "text": " \t"}),
-        json.dumps({**good, "id": "f", "id": ["f"]}),
+        json.dumps({**good, "id": ["f"]}),
         json.dumps({**good, "text": "нет"}),  # the same id as line 1: its file name
         json.dumps({**good, "audio_filepath": "files"}),
     ]

@@ -16,12 +16,12 @@ import jiwer
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS
+from conftest import CORPUS, TINY_CONFIG, speech_like_signal
 
 import build_lm
 from modeling_ebranchformer import (
+    EBranchformerConfig,
     EBranchformerCTCTokenizer,
-    EBranchformerFeatureExtractor,
     EBranchformerForCTC,
     EBranchformerProcessor,
     EBranchformerProcessorWithLM,
@@ -322,15 +322,15 @@ def test_out_of_range_weights_are_refused_naming_the_value(corpus_lm, name, valu
 
 
 @pytest.fixture(scope="module")
-def lm_folder(tmp_path_factory, tiny_config_module, speech_like_module):
+def lm_folder(tmp_path_factory):
     torch.manual_seed(0)
-    model = EBranchformerForCTC(tiny_config_module).eval()
-    processor = EBranchformerProcessor(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer())
+    model = EBranchformerForCTC(EBranchformerConfig(**TINY_CONFIG)).eval()
+    processor = EBranchformerProcessor()
     # As in test_hub: a random encoder with a head that reads one channel, "в" where it is above its median,
     # space where below, so that transcripts have many words with distinct times; other letters slightly less
     # likely than blank, so that the beam search has candidates to weigh.
     with torch.no_grad():
-        inputs = processor(audio=speech_like_module(3.0), sampling_rate=16000, return_tensors="pt")
+        inputs = processor(audio=speech_like_signal(3.0), sampling_rate=16000, return_tensors="pt")
         hidden = model.ebranchformer(**inputs).last_hidden_state[0]
         channel = int(hidden.std(0).argmax())
         model.lm_head.weight.zero_()
@@ -345,30 +345,6 @@ def lm_folder(tmp_path_factory, tiny_config_module, speech_like_module):
     shutil.copytree(folder, plain)
     build_lm.main([str(folder)])
     return model, folder, plain
-
-
-@pytest.fixture(scope="module")
-def speech_like_module():
-    """conftest's `speech_like`, for module-scoped fixtures."""
-
-    def make(seconds=1.0, seed=0):
-        rng = np.random.default_rng(seed)
-        t = np.arange(int(16000 * seconds)) / 16000
-        f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + seed)
-        phase = 2 * np.pi * np.cumsum(f0) / 16000
-        voice = sum(np.sin(k * phase) / k for k in range(1, 12))
-        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2
-        return (0.1 * voice * envelope + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
-
-    return make
-
-
-@pytest.fixture(scope="module")
-def tiny_config_module():
-    from modeling_ebranchformer import EBranchformerConfig
-
-    return EBranchformerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, cgmlp_intermediate_size=48,
-                               ffn_intermediate_size=64, merge_conv_kernel_size=7, max_position_embeddings=2000)  # fmt: skip
 
 
 def model_logits(model, processor, wave):

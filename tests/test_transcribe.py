@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS
+from conftest import CORPUS, TINY_CONFIG
 
 import transcribe
 
@@ -19,15 +19,7 @@ def tiny_model(tmp_path_factory):
     from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 
     torch.manual_seed(0)
-    config = EBranchformerConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        cgmlp_intermediate_size=48,
-        ffn_intermediate_size=64,
-        merge_conv_kernel_size=7,
-        max_position_embeddings=2000,
-    )
+    config = EBranchformerConfig(**TINY_CONFIG)
     folder = tmp_path_factory.mktemp("tiny_model")
     EBranchformerForCTC(config).eval().save_pretrained(folder)
     EBranchformerProcessor().save_pretrained(folder)
