@@ -26,12 +26,14 @@ import torch
 import transformers
 import yaml
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from golos import EMBEDDED_CORPUS, TEST_SETS, course_filter, decode_with_soundfile, load_golos, normalize_and_check_texts
+from golos import EMBEDDED_CORPUS, course_filter, find_test_sets, decode_with_soundfile, load_golos, normalize_and_check_texts
 from golos import random_subset_by_duration
 from golos.selection import column, ctc_feasible
 from modeling_ebranchformer import DataCollatorCTC, EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
+from modeling_ebranchformer.augmentation import AudioAugmentation, AugmentationArguments, AugmentationCallback
 from modeling_ebranchformer.ctc import output_frames
 from modeling_ebranchformer.files import publish_modes
 from modeling_ebranchformer.hub import ModelLoadError, load_ctc_model, load_processor
@@ -51,7 +53,6 @@ COMMON_DEFAULTS = {
     "lr_scheduler_type": "cosine",
     "max_grad_norm": 1.0,
     "train_sampling_strategy": "group_by_length",
-    "dataloader_persistent_workers": True,
     "report_to": "tensorboard",
     "seed": 42,
 }
@@ -88,9 +89,10 @@ class DataArguments:
         metadata={"help": "Golos folder: train_opus/manifest.jsonl, test_opus/{crowd,farfield}/manifest.jsonl."},
     )
     train_domains: str = field(default="all", metadata={"help": "Train on 'crowd', 'farfield' or 'all'."})
-    eval_sets: str = field(
-        default=",".join(TEST_SETS),
-        metadata={"help": "Comma-separated test domains to evaluate on; 'train' evaluates on the train selection."},
+    eval_sets: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated test sets to evaluate on (default: all of data_dir's test_opus/, e.g. "
+                          "crowd,farfield,heldout_voice); 'train' evaluates on the train selection."},  # fmt: skip
     )
     train_subset_seconds: float | None = field(
         default=None,
@@ -125,7 +127,9 @@ class RunArguments:
 
 def parse_arguments(argv=None):
     # No abbreviations: a mistyped flag (--learning_rat) must be an error, not silently another option.
-    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, TrainingArguments), allow_abbrev=False)
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, AugmentationArguments, RunArguments, TrainingArguments), allow_abbrev=False
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     early = HfArgumentParser(RunArguments, allow_abbrev=False)
     early.add_argument("--do_eval", type=transformers.hf_argparser.string_to_bool, default=None)
@@ -149,16 +153,19 @@ def parse_arguments(argv=None):
         # train its own copy.
         defaults["use_cpu"] = True
     parser.set_defaults(**defaults)
-    *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    try:
+        *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:  # a dataclass's own check (augmentation ranges, TrainingArguments)
+        raise SystemExit(f"{error}") from None
     if remaining:
         parser.error(f"unrecognized arguments: {' '.join(remaining)} (see python train_ctc.py --help)")
-    model_args, data_args, run_args, training_args = parsed
+    model_args, data_args, augment_args, run_args, training_args = parsed
     for name, value in REQUIRED.items():
         setattr(training_args, name, value)
     if training_args.dataloader_num_workers == 0:
         training_args.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
     check_arguments(data_args, run_args, training_args)
-    return model_args, data_args, run_args, training_args
+    return model_args, data_args, augment_args, run_args, training_args
 
 
 def _accelerator_available() -> bool:
@@ -190,7 +197,8 @@ def check_arguments(data_args, run_args, training_args):
         raise SystemExit(f"--verify_audio must be 'none', 'header' or 'full', got {data_args.verify_audio!r}")
 
 
-def load_preset(preset: str) -> dict:
+def load_preset(preset: str, _seen=()) -> dict:
+    """A preset's values; `base: NAME` in a preset starts from another preset's values."""
     path = Path(preset)
     if path.suffix not in (".yaml", ".yml", ".json"):
         path = PRESETS / f"{preset}.yaml"
@@ -206,6 +214,11 @@ def load_preset(preset: str) -> dict:
         raise SystemExit(f"preset {path}: not valid {path.suffix[1:].upper()} ({error})") from None
     if not isinstance(values, dict):
         raise SystemExit(f"preset {path}: expected a mapping of option names to values")
+    if "base" in values:
+        base = str(values.pop("base"))
+        if base in _seen or base == preset:
+            raise SystemExit(f"preset {path}: 'base: {base}' makes a loop ({' -> '.join((*_seen, preset, base))})")
+        values = {**load_preset(base, (*_seen, preset)), **values}
     return values
 
 
@@ -282,7 +295,9 @@ def check_checkpoint(path):
 # --- data -----------------------------------------------------------------------------------------------
 
 
-def prepare_train(data_args, processor, model):
+def prepare_train(data_args, processor, model, fastest=1.0):
+    """The train selection. `fastest`: the highest speed-perturbation factor, which shortens audio and with
+    it the CTC frames that the transcript must fit in."""
     dataset = load_golos(data_args.data_dir, data_args.train_domains, "train", decode="none", **_load_kwargs(data_args))
     reports = []
     if data_args.course_filter:
@@ -295,8 +310,8 @@ def prepare_train(data_args, processor, model):
         reports.append(report)
     dataset, report = normalize_and_check_texts(dataset, processor.tokenizer)
     reports.append(report)
-    dataset, report = ctc_feasible(dataset, lambda durations: output_frames(model, processor.feature_extractor,
-                                                                           durations))  # fmt: skip
+    dataset, report = ctc_feasible(dataset, lambda durations: output_frames(
+        model, processor.feature_extractor, [d / fastest for d in durations]))  # fmt: skip
     reports.append(report)
     for report in reports:
         logger.info("train selection: %s", report)
@@ -310,14 +325,17 @@ def prepare_train(data_args, processor, model):
 
 def prepare_eval(data_args, tokenizer, train_dataset):
     sets = {}
-    for name in [s.strip() for s in data_args.eval_sets.split(",") if s.strip()]:
+    available = find_test_sets(data_args.data_dir)
+    names = data_args.eval_sets.split(",") if data_args.eval_sets is not None else available
+    for name in [s.strip() for s in names if s.strip()]:
         if name == "train":
             if train_dataset is None:
                 raise SystemExit("--eval_sets train needs --do_train true (it evaluates on the train selection)")
             sets[name] = train_dataset
             continue
-        if name not in TEST_SETS:
-            raise SystemExit(f"unknown eval set {name!r}: use {', '.join(TEST_SETS)} or train")
+        if name not in available:
+            raise SystemExit(f"unknown eval set {name!r}: use {', '.join(available)} (the test sets of "
+                             f"{data_args.data_dir}) or train")  # fmt: skip
         dataset = load_golos(data_args.data_dir, name, "test", decode="none", **_load_kwargs(data_args))
         dataset, report = normalize_and_check_texts(dataset, tokenizer)
         logger.info("eval set %s: %s", name, report)
@@ -335,6 +353,25 @@ def _load_kwargs(data_args):
 
 
 # --- training -------------------------------------------------------------------------------------------
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Transformers' length-grouped order, drawn from (seed, epoch) alone. The Trainer's own sampler draws
+    from the global torch generator, whose state at an epoch's start depends on what ran before it: a
+    run resumed mid-epoch drew another order for that epoch (and skipped the wrong batches), and DataLoader
+    workers shift the generator differently in a resumed run. The Trainer calls `set_epoch` (through
+    Accelerate's DataLoaderShard) before every epoch."""
+
+    def __init__(self, batch_size, lengths, seed):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
 
 
 class CTCTrainer(Trainer):
@@ -369,12 +406,22 @@ class CTCTrainer(Trainer):
         return result
 
     def _get_train_sampler(self, train_dataset=None):
-        # The Trainer reads the lengths as `train_dataset["duration"]`: with datasets >= 4 a lazy column
-        # that the length-grouped sampler indexes one row at a time, through decode_with_soundfile's
-        # transform, which decodes that row's audio: every epoch would decode the whole train set (hours
-        # at the 1.1 M Golos lines). The plain column, read once through Arrow, is the same list (0.1 s).
-        sampler = super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        sampler = self._plain_lengths(super()._get_train_sampler(train_dataset), dataset)
+        if type(sampler) is LengthGroupedSampler:
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, lengths=sampler.lengths, seed=seed)
+        return sampler
+
+    def _get_eval_sampler(self, eval_dataset):
+        return self._plain_lengths(super()._get_eval_sampler(eval_dataset), eval_dataset)
+
+    def _plain_lengths(self, sampler, dataset):
+        # The Trainer reads the lengths as `dataset["duration"]`: with datasets >= 4 a lazy column that
+        # the length-grouped sampler indexes one row at a time, through decode_with_soundfile's transform,
+        # which decodes that row's audio: every epoch (and every evaluation) would decode the whole set once
+        # more just for the lengths (hours at the 1.1 M Golos lines). The plain column, read once through
+        # Arrow, is the same list (0.1 s).
         if isinstance(getattr(sampler, "lengths", None), datasets.arrow_dataset.Column):
             sampler.lengths = column(dataset, self.args.length_column_name)
         return sampler
@@ -453,7 +500,7 @@ def final_evaluation(trainer, eval_sets) -> dict:
 
 def run(argv=None):
     """Train and/or evaluate as the arguments say; returns the trainer and the final metrics."""
-    model_args, data_args, run_args, training_args = parse_arguments(argv)
+    model_args, data_args, augment_args, run_args, training_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
                         handlers=[logging.StreamHandler(sys.stdout)])  # fmt: skip
     # Our own messages (summary, selections, reference/prediction pairs) from the main process only.
@@ -473,7 +520,8 @@ def run(argv=None):
 
     with training_args.main_process_first(desc="preparing Golos"):
         try:
-            train_dataset = prepare_train(data_args, processor, model) if training_args.do_train else None
+            fastest = max(augment_args.speed_perturbation, default=1.0)
+            train_dataset = prepare_train(data_args, processor, model, fastest) if training_args.do_train else None
             eval_sets = prepare_eval(data_args, processor.tokenizer, train_dataset) if training_args.do_eval else {}
         except (OSError, ValueError) as error:  # golos names the folder, manifest, line or file at fault
             raise SystemExit(f"{type(error).__name__}: {error}") from None
@@ -483,7 +531,16 @@ def run(argv=None):
             per_step = training_args.per_device_train_batch_size * training_args.world_size
             per_step *= training_args.gradient_accumulation_steps
             training_args.eval_steps = max(1, round(run_args.eval_every_epochs * math.ceil(len(train_dataset) / per_step)))
-    train_dataset = decode_with_soundfile(train_dataset) if train_dataset is not None else None
+    callbacks = []
+    augmentation = None
+    if train_dataset is not None and augment_args.enabled:
+        # Training audio only: the eval sets (even --eval_sets train) are decoded separately, untouched.
+        augmentation = AudioAugmentation(augment_args, seed=training_args.seed,
+                                         sampling_rate=processor.feature_extractor.sampling_rate)  # fmt: skip
+        callbacks.append(AugmentationCallback(augmentation))
+    logger.info("augmentation: %s; SpecAugment: %s", augment_args.describe(), spec_augment_summary(model.config))
+    train_dataset = (decode_with_soundfile(train_dataset, augmentation.transform if augmentation else None)
+                     if train_dataset is not None else None)  # fmt: skip
     eval_sets = {name: decode_with_soundfile(dataset) for name, dataset in eval_sets.items()}
 
     trainer = CTCTrainer(
@@ -494,7 +551,8 @@ def run(argv=None):
         eval_dataset=eval_sets or None,
         processing_class=processor,
         compute_metrics=make_compute_metrics(processor.tokenizer, run_args.logged_predictions),
-        card_metadata=card_metadata(model, model_args, data_args, run_args),
+        card_metadata=card_metadata(model, model_args, data_args, augment_args, run_args),
+        callbacks=callbacks,
     )
 
     metrics = {}
@@ -516,7 +574,14 @@ def run(argv=None):
     return trainer, metrics
 
 
-def card_metadata(model, model_args, data_args, run_args) -> dict:
+def spec_augment_summary(config) -> str:
+    if not getattr(config, "apply_spec_augment", False):
+        return "off"
+    return (f"time masks {config.mask_time_length} frames covering ~{config.mask_time_prob:.0%}, "
+            f"frequency masks {config.mask_feature_length} bins covering ~{config.mask_feature_prob:.0%}")  # fmt: skip
+
+
+def card_metadata(model, model_args, data_args, augment_args, run_args) -> dict:
     """What the model card says of this run. Local paths are written as names only: the card is published
     by `push_to_hub`, and a path of this machine means nothing elsewhere (and may say too much)."""
     data = "the embedded Golos-format corpus" if Path(data_args.data_dir).resolve() == EMBEDDED_CORPUS else (
@@ -526,9 +591,12 @@ def card_metadata(model, model_args, data_args, run_args) -> dict:
         base = None  # a local folder: no Hub id to link as base_model
     start = f", starting from `{Path(model_args.model_name_or_path).name}`" if model_args.model_name_or_path else ""
     preset = Path(run_args.preset).stem
+    augmented = ""
+    if augment_args.enabled or getattr(model.config, "apply_spec_augment", False):
+        augmented = f" Augmentation: {augment_args.describe()}; SpecAugment: {spec_augment_summary(model.config)}."
     return {
         "description": f"A CTC speech recogniser for Russian ({type(model).__name__}), trained with `train_ctc.py` "
-                       f"(preset `{preset}`) on {data}{start}.",  # fmt: skip
+                       f"(preset `{preset}`) on {data}{start}.{augmented}",  # fmt: skip
         "tags": ["e-branchformer" if model.config.model_type == "ebranchformer" else model.config.model_type, "golos"],
         "base_model": base,
     }

@@ -140,7 +140,7 @@ def test_the_length_grouped_sampler_gets_durations_without_decoding(tmp_path, mo
         raise AssertionError(f"decoded {audio['path']}")
 
     output = tmp_path / "out"
-    model_args, data_args, _, training_args = train_ctc.parse_arguments([
+    model_args, data_args, _, _, training_args = train_ctc.parse_arguments([
         "--output_dir", str(output), "--config_overrides", TINY, "--dataset_cache_dir", str(tmp_path / "c"),
         "--do_eval", "false", "--report_to", "none", "--per_device_train_batch_size", "4",
     ])  # fmt: skip

@@ -297,7 +297,7 @@ def test_unknown_preset_and_option(tmp_path, capsys):
 
 @pytest.mark.parametrize("preset", ["course", "finetune_farfield", "mini", "overfit"])
 def test_every_preset_parses_and_keeps_the_requirements(preset):
-    model_args, data_args, run_args, training_args = train_ctc.parse_arguments(["--preset", preset])
+    model_args, data_args, _, run_args, training_args = train_ctc.parse_arguments(["--preset", preset])
     assert run_args.preset == preset and training_args.output_dir == f"outputs/{preset}"
     assert training_args.do_train and training_args.max_grad_norm == 1.0 and training_args.weight_decay == 0.0
     assert training_args.remove_unused_columns is False and training_args.length_column_name == "duration"
