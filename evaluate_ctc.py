@@ -23,7 +23,7 @@ from pathlib import Path
 import jiwer
 import torch
 
-from golos import EMBEDDED_CORPUS, TEST_SETS, decode_with_soundfile, load_golos, normalize_and_check_texts
+from golos import EMBEDDED_CORPUS, decode_with_soundfile, find_test_sets, load_golos, normalize_and_check_texts
 from modeling_ebranchformer.files import atomic_write_files
 from modeling_ebranchformer.hub import ModelLoadError, load_ctc_model, load_processor
 from modeling_ebranchformer.metrics import load_metric
@@ -91,7 +91,7 @@ def load_test_sets(data_dir, sets, tokenizer, max_samples=None) -> dict:
     return loaded
 
 
-def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=TEST_SETS, output_dir=None,
+def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=None,
                    batch_size=16, max_samples=None, trust_remote_code=False, use_lm=True, lm_options=None,
                    update_model_card=False):  # fmt: skip
     try:
@@ -100,6 +100,7 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=TEST_SETS, output_
     except ModelLoadError as error:
         raise SystemExit(str(error)) from None
     wer, cer = load_metric("wer"), load_metric("cer")
+    sets = sets or find_test_sets(data_dir)
     try:
         test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)
     except (OSError, ValueError) as error:  # the message names the folder, manifest or line
@@ -181,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a from_pretrained folder (or Hub id)")
     parser.add_argument("--data_dir", default=str(EMBEDDED_CORPUS), help=DATA_DIR_HELP)
-    parser.add_argument("--sets", default=",".join(TEST_SETS), help=f"comma-separated test sets ({', '.join(TEST_SETS)})")
+    parser.add_argument("--sets", help="comma-separated test sets (folders of DATA_DIR/test_opus/ with a manifest.jsonl; "
+                                        "default: all of them, e.g. crowd,farfield,heldout_voice for the embedded corpus)")
     parser.add_argument("--output_dir", help="where the results go; default: MODEL/eval")
     parser.add_argument("--batch_size", type=positive_int, default=16, help="utterances per forward pass")
     parser.add_argument("--max_samples", type=positive_int, help="evaluate on the first N utterances of each set")
@@ -205,13 +207,19 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    sets = list(dict.fromkeys(s.strip() for s in args.sets.split(",") if s.strip()))
-    if not sets:
-        parser.error(f"--sets names no test set: use {' and/or '.join(TEST_SETS)}")
-    if unknown := [s for s in sets if s not in TEST_SETS]:
-        parser.error(f"unknown test set(s) {unknown}: use {' and/or '.join(TEST_SETS)}")
     if not os.path.isdir(args.data_dir):
         raise SystemExit(f"data folder not found: {args.data_dir}")
+    available = find_test_sets(args.data_dir)
+    if args.sets is None:
+        sets = available
+    else:
+        sets = list(dict.fromkeys(s.strip() for s in args.sets.split(",") if s.strip()))
+        if not sets:
+            parser.error(f"--sets names no test set: the test sets of {args.data_dir} are {', '.join(available)}")
+        if unknown := [s for s in sets if s not in available]:
+            parser.error(f"unknown test set(s) {unknown}: the test sets of {args.data_dir} are {', '.join(available)}")
+    if not sets:
+        raise SystemExit(f"{args.data_dir}: no test set (no test_opus/<set>/manifest.jsonl)")
     return evaluate_model(args.model, args.data_dir, sets, args.output_dir, args.batch_size, args.max_samples,
                           args.trust_remote_code, use_lm=not args.no_lm, update_model_card=args.update_model_card,
                           lm_options={"beam_width": args.beam_width, "alpha": args.alpha, "beta": args.beta,

@@ -24,6 +24,7 @@ from .golos import (
     Golos,
     GolosConfig,
     ManifestError,
+    find_test_sets,
     split_manifests,
 )
 from .selection import SelectionReport, course_filter, normalize_and_check_texts, random_subset_by_duration
@@ -31,12 +32,12 @@ from .selection import SelectionReport, course_filter, normalize_and_check_texts
 EMBEDDED_CORPUS = Path(__file__).resolve().parents[1] / "data" / "golos_mini"
 
 __all__ = [
-    "EMBEDDED_CORPUS", "TEST_SETS", "Golos", "GolosConfig", "ManifestError", "SelectionReport", "course_filter",
+    "EMBEDDED_CORPUS", "TEST_SETS", "Golos", "find_test_sets", "GolosConfig", "ManifestError", "SelectionReport", "course_filter",
     "decode_with_soundfile", "load_golos", "normalize_and_check_texts", "random_subset_by_duration",
 ]  # fmt: skip
 
 
-def _fingerprint(data_dir: str, split: str, name: str) -> str:
+def _fingerprint(data_dir: str, split: str, test_sets: tuple) -> str:
     """Changes when this builder's code or one of the split's manifests (path, size, modification time)
     changes. The audio files are not stat'ed here (12 us a line, 13 s for the 1.1 M train lines): the
     stamps (size, modification time) of every prepared file are saved beside the cache instead, and
@@ -44,7 +45,7 @@ def _fingerprint(data_dir: str, split: str, name: str) -> str:
     digest = hashlib.sha256()
     for code in ("golos.py", "prepare.py"):
         digest.update(Path(__file__).with_name(code).read_bytes())
-    for manifest in split_manifests(data_dir, split, DOMAINS[name]):
+    for manifest in split_manifests(data_dir, split, test_sets):
         if not os.path.isfile(manifest):
             continue  # the builder says what is missing
         stat = os.stat(manifest)
@@ -94,12 +95,26 @@ def _decode_batch(batch: dict) -> dict:
     return batch
 
 
-def decode_with_soundfile(dataset):
+class _DecodeThen:
+    """Decoding followed by a batch transform (a class, not a closure: DataLoader workers may pickle it)."""
+
+    def __init__(self, then):
+        self.then = then
+
+    def __call__(self, batch: dict) -> dict:
+        return self.then(_decode_batch(batch))
+
+
+def decode_with_soundfile(dataset, augment=None):
     """Decode `audio` with soundfile when examples are read (no FFmpeg needed): each example's audio
-    becomes {"path", "array", "sampling_rate"}, as `datasets.Audio` gave before torchcodec."""
+    becomes {"path", "array", "sampling_rate"}, as `datasets.Audio` gave before torchcodec. `augment`, a
+    function of a decoded batch (`AudioAugmentation.transform`), then changes it: it runs where the
+    examples are read, in the DataLoader workers."""
     if isinstance(dataset, datasets.IterableDataset):
+        if augment is not None:
+            raise ValueError("augmentation of a streamed dataset is not supported: prepare it (streaming=False)")
         return dataset.map(lambda example: {"audio": _decode(example["audio"])})
-    return dataset.with_transform(_decode_batch)
+    return dataset.with_transform(_DecodeThen(augment) if augment is not None else _decode_batch)
 
 
 def load_golos(
@@ -122,7 +137,8 @@ def load_golos(
 
     Args:
         data_dir: folder with train_opus/ and test_opus/ (default: the embedded mini corpus).
-        name: "crowd", "farfield" or "all".
+        name: "crowd", "farfield" or "all"; for the test split also any other test set of the folder
+            (test_opus/<name>/manifest.jsonl, see `find_test_sets`), e.g. the embedded corpus's "heldout_voice".
         split: "train" or "test".
         streaming: an `IterableDataset` read straight from the manifests: training starts at once,
             nothing is written to the cache.
@@ -142,20 +158,25 @@ def load_golos(
     """
     if split not in MANIFESTS:
         raise ValueError(f"unknown Golos split {split!r}: use 'train' or 'test'")
+    data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
+    config = {"config_name": name}
     if name not in DOMAINS:
-        raise ValueError(f"unknown Golos configuration {name!r}: use 'crowd', 'farfield' or 'all'")
+        others = find_test_sets(data_dir) if split == "test" and os.path.isdir(data_dir) else []
+        if name not in others:
+            hint = f"; the test sets of {data_dir} are {', '.join(others)}" if others else ""
+            raise ValueError(f"unknown Golos configuration {name!r}: use 'crowd', 'farfield' or 'all'{hint}")
+        config = {"config_name": "all", "test_sets": (name,)}  # another test set, with every domain it holds
     if decode not in ("soundfile", "datasets", "none"):
         raise ValueError(f"decode must be 'soundfile', 'datasets' or 'none', got {decode!r}")
-    data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
     if os.path.isfile(data_dir):
         raise NotADirectoryError(f"{data_dir} is a file: data_dir is the folder that holds train_opus/ and test_opus/")
     if not os.path.isdir(data_dir):
         raise FileNotFoundError(f"Golos data folder not found: {data_dir}")
     builder = Golos(
-        config_name=name,
+        **config,
         data_dir=data_dir,
         cache_dir=cache_dir,
-        hash=None if streaming else _fingerprint(data_dir, split, name),  # streaming caches nothing
+        hash=None if streaming else _fingerprint(data_dir, split, config.get("test_sets", DOMAINS.get(name))),  # streaming caches nothing
         splits=(split,),
         skip_invalid=skip_invalid,
         verify_audio=verify_audio,

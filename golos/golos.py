@@ -68,13 +68,20 @@ class ManifestError(ValueError):
         self.detail = detail
 
 
-def split_manifests(data_dir: str, split: str, domains: tuple) -> list:
-    """The manifests that a split of these domains reads: the train manifest, or one test manifest per domain."""
-    return [
-        os.path.join(data_dir, manifest)
-        for manifest in MANIFESTS[split]
-        if split == "train" or os.path.basename(os.path.dirname(manifest)) in domains
-    ]
+def split_manifests(data_dir: str, split: str, test_sets: tuple) -> list:
+    """The manifests that a split reads: the train manifest, or test_opus/<set>/manifest.jsonl per test set."""
+    if split == "train":
+        return [os.path.join(data_dir, manifest) for manifest in MANIFESTS["train"]]
+    return [os.path.join(data_dir, "test_opus", name, "manifest.jsonl") for name in test_sets]
+
+
+def find_test_sets(data_dir) -> list:
+    """The test sets of a Golos-layout folder: Golos's own (crowd, farfield) first, then any other folder of
+    test_opus/ that holds a manifest.jsonl (your own recordings, or the embedded corpus's held-out voice)."""
+    folder = os.path.join(os.path.expanduser(str(data_dir)), "test_opus")
+    found = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n, "manifest.jsonl"))) \
+        if os.path.isdir(folder) else []  # fmt: skip
+    return [n for n in TEST_SETS if n in found] + [n for n in found if n not in TEST_SETS]
 
 
 def audio_path(manifest: str, audio_filepath: str) -> str:
@@ -86,6 +93,9 @@ def audio_path(manifest: str, audio_filepath: str) -> str:
 class GolosConfig(datasets.BuilderConfig):
     """
     Args:
+        test_sets: the test sets the test split reads (test_opus/<set>/manifest.jsonl); default: one per
+            domain of the configuration. Other sets' examples take their domain from the line's `domain`
+            key or their path, as train examples do.
         splits: the splits to prepare (load_golos prepares only the one asked for: a test set then
             never waits for a pass over the 1.1 M train lines).
         skip_invalid: skip bad lines and files (counted in the split's report) instead of raising. A
@@ -97,6 +107,7 @@ class GolosConfig(datasets.BuilderConfig):
     """
 
     domains: tuple = TEST_SETS
+    test_sets: tuple | None = None
     splits: tuple = ("train", "test")
     skip_invalid: bool = False
     verify_audio: str = "header"
@@ -109,6 +120,10 @@ class Golos(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIG_CLASS = GolosConfig
     BUILDER_CONFIGS = [GolosConfig(name=name, domains=domains) for name, domains in DOMAINS.items()]
     DEFAULT_CONFIG_NAME = "all"
+
+    @property
+    def test_sets(self) -> tuple:
+        return self.config.test_sets or self.config.domains
 
     def __init__(self, *args, num_proc=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -124,7 +139,7 @@ class Golos(datasets.GeneratorBasedBuilder):
         work_dirs = []
         for split in self.config.splits:
             data_dir = os.path.abspath(os.path.expanduser(self.config.data_dir or ""))
-            for manifest in split_manifests(data_dir, split, self.config.domains):
+            for manifest in split_manifests(data_dir, split, self.test_sets):
                 if prepare is not None and os.path.isfile(manifest):  # _split_generators says what is missing
                     work_dir = os.path.join(self._cache_dir_root, "golos_verify",
                                             prepare.manifest_key(manifest, self.config.verify_audio))  # fmt: skip
@@ -167,7 +182,7 @@ class Golos(datasets.GeneratorBasedBuilder):
         data_dir = os.path.abspath(os.path.expanduser(data_dir))
         generators = []
         for split in self.config.splits:
-            manifests = split_manifests(data_dir, split, self.config.domains)
+            manifests = split_manifests(data_dir, split, self.test_sets)
             for manifest in manifests:
                 if os.path.isdir(manifest):
                     raise IsADirectoryError(f"{manifest} is a folder: the Golos manifest must be a JSON-lines file")
