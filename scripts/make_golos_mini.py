@@ -1,18 +1,39 @@
 """Generate `data/golos_mini/`: a small corpus in exactly the layout and format of the course's Golos archive.
 
-    data/golos_mini/train_opus/manifest.jsonl          + train_opus/{crowd,farfield}/*.opus
-    data/golos_mini/test_opus/crowd/manifest.jsonl     + test_opus/crowd/files/*.opus
-    data/golos_mini/test_opus/farfield/manifest.jsonl  + test_opus/farfield/files/*.opus
+    data/golos_mini/train_opus/manifest.jsonl               + train_opus/{crowd,farfield}/*.opus
+    data/golos_mini/test_opus/crowd/manifest.jsonl          + test_opus/crowd/files/*.opus
+    data/golos_mini/test_opus/farfield/manifest.jsonl       + test_opus/farfield/files/*.opus
+    data/golos_mini/test_opus/heldout_voice/manifest.jsonl  + test_opus/heldout_voice/files/*.opus
 
-Train mixes the two domains as Golos does (here 180 crowd + 40 farfield utterances), the domain being
-the first folder of `audio_filepath`.
-Speech comes from a real Russian synthesiser, espeak-ng, with several voice variants, speaking rates and
-pitches, reading Golos-like voice-assistant requests (names and patronymics, numbers, money, time, short
-questions, "салют ...", "джой ..."). The farfield test set is made distant: a synthetic room impulse
-response (reverberation), a level drop and room noise. Audio is 16 kHz mono Opus, as in Golos.
+Train mixes the two domains as Golos does (400 crowd + 100 farfield utterances, about 25 minutes), the domain
+being the first folder of `audio_filepath`. Texts are Golos-like voice-assistant requests (names and
+patronymics, numbers, money, time, questions, "салют ...", "джой ...") of at most 68 characters in the
+33-letter alphabet; a text goes to the test sets iff crc32(text) % 4 == 0, so no test sentence is in train.
 
-Needs (only this script): Debian's `espeak-ng` package (apt-get install espeak-ng) and scipy (pip).
-The output is the same for the same --seed and espeak-ng version.
+Voices. Train, test crowd and test farfield share one family of voices, all from what Debian packages:
+- espeak-ng (formant synthesis), about two thirds of the utterances: 67 voice variants (m1-m8, f1-f5 and
+  the named ones such as Andy, Annie, Denis, Gene, Jacky, Lee, Mario, Michael, Pablo, Storm...; not the
+  effect voices: whisper, croak, robots), random rate 125-195 words per minute and pitch 25-75;
+- festival with msu_ru_nsh_clunits, about a third: unit selection from a real male Russian speaker's
+  recordings, the most natural voice here. Its units keep their recorded durations and F0 (festival's
+  Duration_Stretch has no effect on it), so each utterance is resampled by a random factor 0.88-1.12 and
+  kept as 16 kHz: pitch, formants (like a shorter or longer vocal tract) and tempo shift together.
+test_opus/heldout_voice is clean speech (`"domain": "crowd"` in each line) from espeak-ng's Klatt
+variants (klatt, klatt2, klatt3, klatt4, klatt6: another waveform generator, a Klatt cascade/parallel
+formant synthesiser with its own glottal source), which no other split contains (nor the named
+variants that switch to Klatt synthesis: adam, benjamin, caleb, david, edward...). It measures how a model
+does on a voice it has never heard; the in-voice test sets measure the rest. Each manifest line also
+has "speaker" (e.g. "espeak-ng:m3", "festival:msu_ru_nsh:104", the resampling factor in percent), which
+the Golos builder ignores.
+
+Each recording gets 0.1-0.4 s of silence on both sides and a random level (peak 0.3-0.85); farfield ones are
+made distant (`make_distant`: reverberation, a 12-20 dB level drop, room noise). Audio is 16 kHz mono Opus,
+as in Golos, with pinned Ogg serial numbers; durations are read back from the written files.
+
+Needs (only this script): Debian's `espeak-ng`, `festival` and `festvox-ru` packages
+(apt-get install espeak-ng festival festvox-ru) and scipy (pip). Takes about 2.5 minutes on one core.
+The output is the same for the same --seed and package versions; everything random about an utterance
+depends on (seed, split, index) only, so changing one split leaves the others' bytes as they are.
 
     python scripts/make_golos_mini.py [--out data/golos_mini] [--seed 0]
 """
@@ -24,15 +45,35 @@ import random
 import shutil
 import subprocess
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import fftconvolve, resample_poly
 
-# split folder -> (utterances, how many of them are farfield)
-SPLITS = {"train_opus": (220, 40), "test_opus/crowd": (45, 0), "test_opus/farfield": (45, 45)}
-VOICES = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
+# split folder -> (utterances, how many of them are farfield, voice family)
+SPLITS = {
+    "train_opus": (500, 100, "train"),
+    "test_opus/crowd": (60, 0, "train"),
+    "test_opus/farfield": (60, 60, "train"),
+    "test_opus/heldout_voice": (60, 0, "heldout"),
+}
+# espeak-ng variants on its default (formant) synthesiser: the numbered ones and the named ones that do not
+# switch to the Klatt synthesiser; left out as well are the effect voices (whisper, croak, Demonic, robots).
+ESPEAK_VOICES = [
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2", "Henrique",
+    "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "RicishayMax", "anika", "antonio",
+    "aunty", "belinda", "boris", "ed", "grandma", "grandpa", "gustave", "iven", "iven2", "iven3", "iven4", "john",
+    "linda", "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert",
+    "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac",
+]  # fmt: skip
+# The held-out family: espeak-ng's Klatt-synthesiser variants, a different way of making the waveform
+# (cascade/parallel formant resonators with a Klatt glottal source); none of them is in any other split.
+HELDOUT_VOICES = ["klatt", "klatt2", "klatt3", "klatt4", "klatt6"]
+FESTIVAL_SHARE = 1 / 3  # of the training-family utterances: festival's msu_ru_nsh (unit selection, a real speaker)
+TEST_TEXTS = 4  # a text belongs to the test sets iff crc32(text) % TEST_TEXTS == 0: train and test never share one
 ALPHABET = set(" абвгдежзийклмнопрстуфхцчшщъыьэюя")
 
 FIRST_NAMES = [
@@ -43,10 +84,23 @@ FIRST_NAMES = [
 ]  # fmt: skip
 SURNAMES = ["николенко", "иванову", "смирновой", "кузнецову", "поповой", "соколову", "лебедевой", "козлову",
             "новиковой", "морозову", "волковой", "зайцеву", "павловой", "семенову", "голубевой", "орлову"]  # fmt: skip
-CITIES = ["москве", "казани", "самаре", "новосибирске", "екатеринбурге", "сочи", "твери", "омске", "перми"]
-THINGS = ["молоко", "хлеб", "билеты в кино", "новый телефон", "пицца", "такси до дома", "цветы", "кофе"]
+CITIES = ["москве", "казани", "самаре", "новосибирске", "екатеринбурге", "сочи", "твери", "омске", "перми",
+          "уфе", "хабаровске", "челябинске", "ярославле", "калининграде", "владивостоке", "мурманске", "тюмени"]  # fmt: skip
+THINGS = ["молоко", "хлеб", "билеты в кино", "новый телефон", "пицца", "такси до дома", "цветы", "кофе",
+          "щетка для зубов", "шоколад", "фрукты", "подъезд к аэропорту", "чай с лимоном", "детский шампунь",
+          "электрический чайник", "юбка", "ящик для инструментов"]  # fmt: skip
 ACTIONS = ["включи музыку", "выключи свет", "поставь будильник", "найди рецепт борща", "позвони маме",
-           "открой погоду", "сделай погромче", "расскажи анекдот", "включи новости", "найди ближайшую аптеку"]  # fmt: skip
+           "открой погоду", "сделай погромче", "расскажи анекдот", "включи новости", "найди ближайшую аптеку",
+           "сделай потише", "включи сериал", "открой объявления", "покажи фильмы с участием джеки чана",
+           "найди щенка хаски", "выключи телевизор", "прочитай сказку", "закажи пиццу на вечер",
+           "включи зарядку для спины", "расскажи про эйфелеву башню", "открой юмористические видео",
+           "подскажи время работы магазина", "выключи звук", "включи песню про цыган"]  # fmt: skip
+QUESTIONS = ["что такое фотосинтез", "кто написал войну и мир", "как приготовить щи", "почему небо голубое",
+             "сколько лет луне", "где находится эльбрус", "как пройти к центральной площади",
+             "когда откроется бассейн", "как будет по английски счастье", "чем заняться в субботу",
+             "какой курс юаня сегодня", "где ближайший банкомат", "как сварить съедобный гриб",
+             "когда начнется хоккей", "какие фильмы идут в кинотеатре"]  # fmt: skip
+DAYS = ["в понедельник", "во вторник", "в среду", "в четверг", "в пятницу", "в субботу", "в воскресенье"]
 CURRENCIES = [("рубль", "рубля", "рублей"), ("доллар", "доллара", "долларов"), ("тенге", "тенге", "тенге"),
               ("евро", "евро", "евро")]  # fmt: skip
 
@@ -88,7 +142,9 @@ def number_words(n: int, feminine=False) -> str:
     return " ".join(words + below_thousand(rest, feminine))
 
 
-def make_text(rng: random.Random) -> str:
+def make_text(rng: random.Random, test: bool) -> str:
+    """A Golos-like request of at most 68 characters, from the test half of the texts (crc32 % TEST_TEXTS == 0)
+    or the train half, so that no test sentence is heard in training."""
     first, patronymic = rng.choice(FIRST_NAMES)
     templates = [
         lambda: f"салют вызов {first} {patronymic} {rng.choice(SURNAMES)}",
@@ -105,23 +161,48 @@ def make_text(rng: random.Random) -> str:
         lambda: f"который час в {rng.choice(CITIES)}",
         lambda: f"напомни купить {rng.choice(THINGS)} через {number_words(m := rng.randint(2, 50), True)} "
         f"{plural(m, ('минуту', 'минуты', 'минут'))}",
-        lambda: f"сколько будет {number_words(rng.randint(2, 999))} плюс {number_words(rng.randint(2, 999))}",
+        lambda: f"сколько будет {number_words(rng.randint(2, 999))} {rng.choice(['плюс', 'минус', 'умножить на'])}"
+        f" {number_words(rng.randint(2, 999))}",
+        lambda: f"{rng.choice(['салют', 'джой', 'сбер'])} {rng.choice(QUESTIONS)}",
+        lambda: rng.choice(QUESTIONS),
+        lambda: f"запиши меня к врачу {rng.choice(DAYS)}",
+        lambda: f"напиши {first} что я опоздаю на {number_words(m := rng.randint(5, 40), True)} "
+        f"{plural(m, ('минуту', 'минуты', 'минут'))}",
+        lambda: f"сколько ехать до {rng.choice(['вокзала', 'аэропорта', 'работы', 'школы', 'дачи'])}",
+        lambda: f"какая погода будет {rng.choice(DAYS)} в {rng.choice(CITIES)}",
     ]
     for _ in range(100):
         text = rng.choice(templates)()
-        if len(text) <= 68:  # the course's train filter; keep every utterance usable
+        if len(text) <= 68 and (zlib.crc32(text.encode()) % TEST_TEXTS == 0) == test:  # 68: the course's filter
             assert set(text) <= ALPHABET, text
             return text
-    raise RuntimeError("no text within 68 characters")
+    raise RuntimeError("no text within 68 characters in this half")
 
 
-def synthesise(text: str, voice: str, rate: int, pitch: int, workdir: Path) -> np.ndarray:
+def espeak(text: str, voice: str, rng: random.Random, workdir: Path) -> tuple[np.ndarray, str]:
+    """espeak-ng's Russian with a voice variant, a random rate (words per minute) and pitch (0-99)."""
+    rate, pitch = rng.randint(125, 195), rng.randint(25, 75)
     wav = workdir / "tts.wav"
     subprocess.run(["espeak-ng", "-v", f"ru+{voice}", "-s", str(rate), "-p", str(pitch), "-w", str(wav), text],
                    check=True, capture_output=True)  # fmt: skip
     samples, rate_hz = sf.read(wav, dtype="float64")
     assert rate_hz == 22050, rate_hz
-    return resample_poly(samples, 320, 441)  # 22.05 kHz -> 16 kHz
+    return resample_poly(samples, 320, 441), f"espeak-ng:{voice}"  # 22.05 kHz -> 16 kHz
+
+
+def festival(text: str, rng: random.Random, workdir: Path) -> tuple[np.ndarray, str]:
+    """festival's msu_ru_nsh_clunits (unit selection from one male speaker's recordings; reads UTF-8 text).
+    Its units keep their recorded durations and F0, so the speaker is varied afterwards: the 16 kHz signal is
+    resampled by a factor 0.88-1.12 and kept as 16 kHz, which scales pitch, formants (as a shorter or longer
+    vocal tract would) and tempo together."""
+    txt, wav = workdir / "tts.txt", workdir / "tts.wav"
+    txt.write_text(text + "\n", encoding="utf-8")
+    subprocess.run(["text2wave", "-eval", "(voice_msu_ru_nsh_clunits)", str(txt), "-o", str(wav)],
+                   check=True, capture_output=True)  # fmt: skip
+    samples, rate_hz = sf.read(wav, dtype="float64")
+    assert rate_hz == 16000, rate_hz
+    factor = rng.randint(88, 112)  # percent: above 100 higher and faster, below lower and slower
+    return resample_poly(samples, 100, factor), f"festival:msu_ru_nsh:{factor}"
 
 
 def make_distant(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -172,39 +253,50 @@ def main():
     parser.add_argument("--out", default="data/golos_mini")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if shutil.which("espeak-ng") is None:
-        raise SystemExit("espeak-ng is not installed: apt-get install espeak-ng")
+    for tool in ("espeak-ng", "text2wave"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed: apt-get install espeak-ng festival festvox-ru")
 
-    rng = random.Random(args.seed)
-    noise_rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     tmp_out = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp_out, ignore_errors=True)
     with tempfile.TemporaryDirectory() as workdir:
-        for split, (count, farfield) in SPLITS.items():
+        for split, (count, farfield, family) in SPLITS.items():
             lines = []
             for index in range(count):
+                # everything random about an utterance depends on (seed, split, index) only
+                rng = random.Random(f"{args.seed}:{split}:{index}")
+                noise_rng = np.random.default_rng([args.seed, zlib.crc32(split.encode()), index])
                 distant = index >= count - farfield
                 folder = ("farfield" if distant else "crowd") if split == "train_opus" else "files"
                 (tmp_out / split / folder).mkdir(parents=True, exist_ok=True)
-                text = make_text(rng)
-                voice, rate, pitch = rng.choice(VOICES), rng.randint(130, 190), rng.randint(30, 70)
-                samples = synthesise(text, voice, rate, pitch, Path(workdir))
+                text = make_text(rng, test=split != "train_opus")
+                if family == "heldout":
+                    samples, speaker = espeak(text, rng.choice(HELDOUT_VOICES), rng, Path(workdir))
+                elif rng.random() < FESTIVAL_SHARE:
+                    samples, speaker = festival(text, rng, Path(workdir))
+                else:
+                    samples, speaker = espeak(text, rng.choice(ESPEAK_VOICES), rng, Path(workdir))
                 pad = np.zeros(int(16000 * rng.uniform(0.1, 0.4)))  # silence around speech, as recorded
                 samples = np.concatenate([pad, samples, pad])
+                samples *= rng.uniform(0.3, 0.85) / np.abs(samples).max()  # a recording level
                 if distant:
                     samples = make_distant(samples, noise_rng)
-                samples = (0.9 * samples / max(1.0, np.abs(samples).max())).astype(np.float32)
+                samples = (samples * min(1.0, 0.85 / np.abs(samples).max())).astype(np.float32)  # Opus overshoots a bit
                 name = f"{split.replace('/', '_')}_{index:04d}"
                 path = tmp_out / split / folder / f"{name}.opus"
                 sf.write(path, samples, 16000, format="OGG", subtype="OPUS")
                 pin_ogg_serial(path, serial=index + 1)
                 duration = sf.info(path).duration
-                lines.append({"id": name, "audio_filepath": f"{folder}/{name}.opus", "text": text,
-                              "duration": round(duration, 3)})  # fmt: skip
+                line = {"id": name, "audio_filepath": f"{folder}/{name}.opus", "text": text,
+                        "duration": round(duration, 3)}  # fmt: skip
+                if family == "heldout":
+                    line["domain"] = "crowd"  # clean speech: what it tests is the voice
+                line["speaker"] = speaker  # the builder ignores it; for per-voice analysis
+                lines.append(line)
             with open(tmp_out / split / "manifest.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-            print(f"{split}: {count} utterances, {sum(x['duration'] for x in lines) / 60:.1f} min")
+            print(f"{split}: {count} utterances, {sum(x['duration'] for x in lines) / 60:.1f} min", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp_out, out)  # the finished corpus appears at once, never half-written
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
