@@ -119,7 +119,7 @@ def step_select(args):
     dataset = load_golos(args.root, "all", "train", cache_dir=args.cache_dir, decode="none", recheck_audio=False)
     loaded = time.perf_counter()
     output_dir = tempfile.mkdtemp()
-    model_args, data_args, _, training_args = train_ctc.parse_arguments([
+    model_args, data_args, _, _, training_args = train_ctc.parse_arguments([
         "--data_dir", str(args.root), "--dataset_cache_dir", args.cache_dir, "--output_dir", output_dir,
         "--config_overrides", args.tiny, "--per_device_train_batch_size", str(BATCH), "--report_to", "none",
         "--do_eval", "false",

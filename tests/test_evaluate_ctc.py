@@ -40,8 +40,8 @@ def test_figures_agree_with_the_trainer_and_an_independent_decoding(trained, tmp
     rows = evaluate_main([str(tmp / "out"), "--max_samples", "6", "--output_dir", str(tmp_path / "eval"),
                           "--batch_size", "4"])  # fmt: skip
     by_set = {row["set"]: row for row in rows}
-    assert list(by_set) == ["crowd", "farfield"]
-    for name in ("crowd", "farfield"):
+    assert list(by_set) == ["crowd", "farfield", "heldout_voice"]  # every test set of the folder, Golos's first
+    for name in by_set:
         lines = [json.loads(x) for x in (tmp_path / "eval" / f"utterances_{name}.jsonl").read_text().splitlines()]
         assert len(lines) == 6 and by_set[name]["utterances"] == 6
         expected = reference_transcripts(tmp / "out", CORPUS / "test_opus" / name / "manifest.jsonl", 6)
@@ -51,20 +51,32 @@ def test_figures_agree_with_the_trainer_and_an_independent_decoding(trained, tmp
         errors = sum(x["substitutions"] + x["deletions"] + x["insertions"] for x in lines)
         assert errors / sum(x["reference_words"] for x in lines) == pytest.approx(by_set[name]["wer"])
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
-    assert [r["set"] for r in saved] == ["crowd", "farfield"]
+    assert [r["set"] for r in saved] == ["crowd", "farfield", "heldout_voice"]
     assert "| crowd | 6 |" in (tmp_path / "eval" / "results.md").read_text()
 
 
-def test_a_missing_test_set_writes_nothing(trained, tmp_path):
+def test_a_test_set_that_cannot_be_read_writes_nothing(trained, tmp_path):
     tmp, _, _ = trained
     out = tmp_path / "eval"
     out.mkdir()
     (out / "results.json").write_text("earlier")
     data = tmp_path / "golos"
-    shutil.copytree(CORPUS, data, ignore=shutil.ignore_patterns("farfield"))
-    with pytest.raises(SystemExit, match="farfield"):
+    shutil.copytree(CORPUS, data)
+    missing = sorted((data / "test_opus" / "heldout_voice" / "files").iterdir())[-1]
+    missing.unlink()  # the last set, read after the others
+    with pytest.raises(SystemExit, match=f"heldout_voice/manifest.jsonl, line [0-9]+: audio file not found.*{missing.name}"):
         evaluate_main([str(tmp / "out"), "--data_dir", str(data), "--output_dir", str(out)])
     assert [p.name for p in out.iterdir()] == ["results.json"] and (out / "results.json").read_text() == "earlier"
+
+
+def test_a_test_set_the_folder_lacks_is_named(trained, tmp_path, capsys):
+    tmp, _, _ = trained
+    data = tmp_path / "golos"
+    shutil.copytree(CORPUS, data, ignore=shutil.ignore_patterns("farfield"))
+    with pytest.raises(SystemExit) as error:
+        evaluate_main([str(tmp / "out"), "--data_dir", str(data), "--sets", "crowd,farfield"])
+    assert error.value.code == 2
+    assert f"unknown test set(s) ['farfield']: the test sets of {data} are crowd, heldout_voice" in capsys.readouterr().err
 
 
 def test_an_empty_test_set_writes_nothing(trained, tmp_path):

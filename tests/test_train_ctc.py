@@ -199,7 +199,7 @@ def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tm
     torch.save(lightning_checkpoint(course_model(arch, variant)), tmp_path / "model.ckpt")
     convert(tmp_path / "model.ckpt", tmp_path / "converted")
     rows = evaluate_main([str(tmp_path / "converted"), "--max_samples", "4", "--output_dir", str(tmp_path / "eval")])
-    assert [row["utterances"] for row in rows] == [4, 4]
+    assert [(row["set"], row["utterances"]) for row in rows] == [("crowd", 4), ("farfield", 4), ("heldout_voice", 4)]
     trainer, metrics = train_ctc.run([
         "--model_name_or_path", str(tmp_path / "converted"), "--max_steps", "3", "--per_device_train_batch_size", "4",
         "--train_subset_seconds", "15", "--max_eval_samples", "4", "--eval_strategy", "no", "--save_strategy", "no",
@@ -281,7 +281,7 @@ def test_two_processes_are_data_parallel(tmp_path):
 
 
 def test_unknown_preset_and_option(tmp_path, capsys):
-    with pytest.raises(SystemExit, match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'mini', 'overfit'\]"):
+    with pytest.raises(SystemExit, match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'golos', 'mini', 'overfit'\]"):
         train_ctc.run(["--preset", "fast"])
     with pytest.raises(SystemExit) as error:
         train_ctc.run(args(tmp_path, "--learning_rat", "1"))
@@ -295,7 +295,7 @@ def test_unknown_preset_and_option(tmp_path, capsys):
         train_ctc.run(["--preset", str(bad)])
 
 
-@pytest.mark.parametrize("preset", ["course", "finetune_farfield", "mini", "overfit"])
+@pytest.mark.parametrize("preset", ["course", "finetune_farfield", "golos", "mini", "overfit"])
 def test_every_preset_parses_and_keeps_the_requirements(preset):
     model_args, data_args, _, run_args, training_args = train_ctc.parse_arguments(["--preset", preset])
     assert run_args.preset == preset and training_args.output_dir == f"outputs/{preset}"
