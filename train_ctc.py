@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 import transformers
 import yaml
@@ -326,6 +327,9 @@ def prepare_train(data_args, processor, model, fastest=1.0):
 def prepare_eval(data_args, tokenizer, train_dataset):
     sets = {}
     available = find_test_sets(data_args.data_dir)
+    if data_args.eval_sets is None and not available:
+        raise SystemExit(f"{data_args.data_dir} has no test set (test_opus/<set>/manifest.jsonl) to evaluate on: "
+                         "pass --eval_sets train, or --do_eval false")  # fmt: skip
     names = data_args.eval_sets.split(",") if data_args.eval_sets is not None else available
     for name in [s.strip() for s in names if s.strip()]:
         if name == "train":
@@ -370,7 +374,8 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         self.epoch = epoch
 
     def __iter__(self):
-        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        seed = int(np.random.SeedSequence((self.seed, self.epoch)).generate_state(1, np.uint64)[0] >> 1)
+        self.generator = torch.Generator().manual_seed(seed)  # (seed, epoch) as a pair: seed 1 epoch 2 != 2, 1
         return super().__iter__()
 
 
@@ -535,7 +540,8 @@ def run(argv=None):
     augmentation = None
     if train_dataset is not None and augment_args.enabled:
         # Training audio only: the eval sets (even --eval_sets train) are decoded separately, untouched.
-        augmentation = AudioAugmentation(augment_args, seed=training_args.seed,
+        seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        augmentation = AudioAugmentation(augment_args, seed=seed,
                                          sampling_rate=processor.feature_extractor.sampling_rate)  # fmt: skip
         callbacks.append(AugmentationCallback(augmentation))
     logger.info("augmentation: %s; SpecAugment: %s", augment_args.describe(), spec_augment_summary(model.config))

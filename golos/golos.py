@@ -50,6 +50,7 @@ MANIFESTS = {
     "test": ["test_opus/crowd/manifest.jsonl", "test_opus/farfield/manifest.jsonl"],
 }
 TEST_SETS = ("crowd", "farfield")  # the domains of Golos, each with its own test set
+RESERVED_NAMES = ("all", "train")  # never a test set's name: the configuration of both domains, the train split
 DOMAINS = {"crowd": ("crowd",), "farfield": ("farfield",), "all": TEST_SETS}
 # How far the audio's duration may be from the manifest's. Golos manifests round durations to a few
 # decimals (at most 5 ms off at 2 decimals), and an Opus encoder that does not trim its last frame adds
@@ -77,10 +78,13 @@ def split_manifests(data_dir: str, split: str, test_sets: tuple) -> list:
 
 def find_test_sets(data_dir) -> list:
     """The test sets of a Golos-layout folder: Golos's own (crowd, farfield) first, then any other folder of
-    test_opus/ that holds a manifest.jsonl (your own recordings, or the embedded corpus's held-out voice)."""
+    test_opus/ that holds a manifest.jsonl (your own recordings, or the embedded corpus's held-out voice),
+    except "all" and "train", which name the configuration of both domains and the train selection."""
     folder = os.path.join(os.path.expanduser(str(data_dir)), "test_opus")
-    found = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n, "manifest.jsonl"))) \
-        if os.path.isdir(folder) else []  # fmt: skip
+    if not os.path.isdir(folder):
+        return []
+    found = sorted(n for n in os.listdir(folder)
+                   if n not in RESERVED_NAMES and os.path.isfile(os.path.join(folder, n, "manifest.jsonl")))  # fmt: skip
     return [n for n in TEST_SETS if n in found] + [n for n in found if n not in TEST_SETS]
 
 

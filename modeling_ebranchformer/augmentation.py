@@ -8,7 +8,8 @@ changes the audio before the features, in the DataLoader workers, on the trainin
                 factor drawn per utterance and epoch (as Lhotse's and NeMo's online perturbation) gives the
                 same mixture without tripling an epoch.
     reverb      convolution with a room impulse response: one from `rir_dir`, or a synthetic one
-                (exponentially decaying noise with RT60 drawn from a range, the direct path first, as in
+                (exponentially decaying noise with RT60 drawn from a range, after a direct path whose
+                direct-to-reverberant ratio is drawn in [-5, 10] dB, a talker one to a few metres away; as in
                 Kaldi's and ESPnet's simulated-RIR recipes). The wet signal keeps the dry one's length and
                 level, so the transcript still fits and loudness is left to `volume`.
     noise       additive noise at an SNR drawn in dB (NeMo's NoisePerturbation, ESPnet's noise_scp): a
@@ -20,16 +21,16 @@ changes the audio before the features, in the DataLoader workers, on the trainin
 Audio is never clipped: if a step leaves a peak above 1, the whole utterance is scaled down to peak 0.99
 (what a recording chain with automatic gain would give), never cut.
 
-Determinism: the random draws of an utterance come from `numpy.random.default_rng((seed, epoch, crc32(id)))`,
+Determinism: the random draws of an utterance come from `numpy.random.default_rng((seed, epoch, hash(id)))` (a BLAKE2 hash),
 so they depend only on the seed, the epoch and the utterance, not on the number of workers, the batch
 or the order of reading, and a run resumed from a checkpoint sees exactly what the uninterrupted run saw.
 The epoch lives in shared memory: `AugmentationCallback` sets it when each epoch begins, and persistent
 DataLoader workers see it.
 """
 
+import hashlib
 import math
 import os
-import zlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -71,11 +72,17 @@ class AugmentationArguments:
     )
 
     def __post_init__(self):
-        def pair(name, low=-math.inf):
+        def pair(name, low=-math.inf, optional=False):
             values = getattr(self, name)
-            if values and (len(values) != 2 or not low <= values[0] <= values[1] or not all(map(math.isfinite, values))):
-                raise ValueError(f"--{name} takes a range 'min max' with {low} <= min <= max, got {values}")
+            if optional and not values:
+                return
+            if (not isinstance(values, (list, tuple)) or len(values) != 2 or not all(map(math.isfinite, values))
+                    or not low <= values[0] <= values[1]):  # fmt: skip
+                raise ValueError(f"--{name} takes a range 'min max' with {low} <= min <= max, got {values!r}")
 
+        if not isinstance(self.speed_perturbation, (list, tuple)):
+            raise ValueError(f"--speed_perturbation takes a list of factors, e.g. 0.9 1.0 1.1 (in a preset: "
+                             f"[0.9, 1.0, 1.1]), got {self.speed_perturbation!r}")  # fmt: skip
         if any(not (0.5 <= f <= 2.0) for f in self.speed_perturbation):
             raise ValueError(f"--speed_perturbation factors must lie in [0.5, 2], got {self.speed_perturbation}")
         for name in ("reverb_probability", "noise_probability"):
@@ -83,7 +90,7 @@ class AugmentationArguments:
                 raise ValueError(f"--{name} must lie in [0, 1], got {getattr(self, name)}")
         pair("reverb_rt60", low=0.05)
         pair("noise_snr_db")
-        pair("volume_perturbation_db")
+        pair("volume_perturbation_db", optional=True)
         for name in ("rir_dir", "noise_dir"):
             folder = getattr(self, name)
             if folder is not None and not os.path.isdir(folder):
@@ -95,7 +102,7 @@ class AugmentationArguments:
             set(self.speed_perturbation) - {1.0}
             or self.reverb_probability
             or self.noise_probability
-            or self.volume_perturbation_db
+            or any(self.volume_perturbation_db)
         )
 
     def describe(self) -> str:
@@ -110,7 +117,7 @@ class AugmentationArguments:
             source = f"noise from {Path(self.noise_dir).name}" if self.noise_dir else "synthetic coloured noise"
             parts.append(f"{source} at {self.noise_snr_db[0]:g}-{self.noise_snr_db[1]:g} dB SNR "
                          f"on {self.noise_probability:.0%}")  # fmt: skip
-        if self.volume_perturbation_db:
+        if any(self.volume_perturbation_db):
             parts.append("volume {:+g} to {:+g} dB".format(*self.volume_perturbation_db))
         return ", ".join(parts) if parts else "none"
 
@@ -142,12 +149,17 @@ class AudioAugmentation:
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent workers
         self.rir_files = _audio_files(args.rir_dir) if args.rir_dir and args.reverb_probability else []
         for path in self.rir_files:
-            _check_rate(path, sf.info(path), sampling_rate)
+            info = sf.info(path)
+            _check_rate(path, info, sampling_rate)
+            if info.frames == 0:
+                raise ValueError(f"{path}: an empty impulse response")
         self.noise_files, self.noise_frames = [], []
         if args.noise_dir and args.noise_probability:
             for path in _audio_files(args.noise_dir):
                 info = sf.info(path)
                 _check_rate(path, info, sampling_rate)
+                if info.frames == 0:
+                    raise ValueError(f"{path}: an empty noise file")
                 self.noise_files.append(path)
                 self.noise_frames.append(info.frames)
 
@@ -159,18 +171,24 @@ class AudioAugmentation:
         self._epoch.fill_(epoch)
 
     def rng(self, key: str) -> np.random.Generator:
-        return np.random.default_rng((self.seed, self.epoch, zlib.crc32(str(key).encode("utf-8"))))
+        utterance = int.from_bytes(hashlib.blake2b(str(key).encode("utf-8"), digest_size=8).digest(), "little")
+        return np.random.default_rng((self.seed, self.epoch, utterance))
 
     def augment(self, samples: np.ndarray, key: str) -> np.ndarray:
         """One utterance's training audio (float32 at `sampling_rate`); `key` (its id) picks the draws."""
         rng = self.rng(key)
         args = self.args
         samples = np.asarray(samples, dtype=np.float64)
-        # Every draw happens whatever is switched on, so that one setting never shifts another's draws.
-        speed = rng.choice(args.speed_perturbation) if args.speed_perturbation else 1.0
-        reverb, noise = rng.random() < args.reverb_probability, rng.random() < args.noise_probability
+        if samples.size == 0:
+            return samples.astype(np.float32)
+        # The same draws whatever is switched on, so that one setting never shifts another's draws.
+        speed_draw, reverb_draw, noise_draw, gain_draw = rng.random(4)
         reverb_rng, noise_rng = rng.spawn(2)
-        gain_db = rng.uniform(*args.volume_perturbation_db) if args.volume_perturbation_db else 0.0
+        factors = args.speed_perturbation
+        speed = factors[int(speed_draw * len(factors))] if factors else 1.0
+        reverb, noise = reverb_draw < args.reverb_probability, noise_draw < args.noise_probability
+        low, high = args.volume_perturbation_db or (0.0, 0.0)
+        gain_db = low + gain_draw * (high - low)
         if speed != 1.0:
             samples = self.change_speed(samples, speed)
         if reverb:
@@ -198,7 +216,7 @@ class AudioAugmentation:
             rt60 = rng.uniform(*self.args.reverb_rt60)
             t = np.arange(int(self.sampling_rate * rt60)) / self.sampling_rate
             rir = rng.standard_normal(t.size) * np.exp(-6.9 * t / rt60)  # -60 dB at t = rt60
-            rir[0] = max(1.0, np.abs(rir[1:]).max())  # the direct path, the strongest
+            rir[0] = np.sqrt(np.sum(rir[1:] ** 2) * 10 ** (rng.uniform(-5.0, 10.0) / 10))  # the direct path
         wet = fftconvolve(samples, rir)[: samples.size]
         dry_rms, wet_rms = np.sqrt(np.mean(samples**2)), np.sqrt(np.mean(wet**2))
         return wet * (dry_rms / wet_rms) if wet_rms > 0 else samples

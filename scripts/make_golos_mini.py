@@ -35,7 +35,13 @@ Needs (only this script): Debian's `espeak-ng`, `festival` and `festvox-ru` pack
 The output is the same for the same --seed and package versions; everything random about an utterance
 depends on (seed, split, index) only, so changing one split leaves the others' bytes as they are.
 
-    python scripts/make_golos_mini.py [--out data/golos_mini] [--seed 0]
+    python scripts/make_golos_mini.py --overwrite          # regenerate data/golos_mini
+    python scripts/make_golos_mini.py --out DIR [--seed 0] [--limit N]
+
+`--limit N` makes only the first N utterances of each split, byte for byte those of the full corpus
+(tests/test_make_golos_mini.py compares them with the committed files). An existing --out folder is
+replaced only with --overwrite, and only if it is a corpus this script made (its manifests name their
+`speaker` as this script writes them): a real Golos folder has the same layout and is never replaced.
 """
 
 import argparse
@@ -248,22 +254,44 @@ def pin_ogg_serial(path: Path, serial: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def made_here(folder: Path) -> bool:
+    """Whether `folder` holds a corpus this script made, and nothing else."""
+    if folder.is_symlink() or not folder.is_dir() or {p.name for p in folder.iterdir()} != {"train_opus", "test_opus"}:
+        return False
+    try:
+        with open(folder / "train_opus" / "manifest.jsonl", encoding="utf-8") as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and str(first.get("speaker", "")).startswith(("espeak-ng:", "festival:"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data/golos_mini")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="only the first N utterances of each split (for checks; needs --out)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it is a corpus made by this script")
     args = parser.parse_args()
+    if args.limit is not None and (args.limit < 1 or args.out == parser.get_default("out")):
+        parser.error("--limit must be at least 1 and needs an --out other than the embedded corpus")
+    out = Path(args.out)
+    if out.exists() or out.is_symlink():
+        if not args.overwrite:
+            raise SystemExit(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+        if not made_here(out):
+            raise SystemExit(f"{out} is not a corpus made by this script (train_opus/ and test_opus/ with manifests "
+                             "whose lines name a synthesiser as speaker): it is left as it is")  # fmt: skip
     for tool in ("espeak-ng", "text2wave"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed: apt-get install espeak-ng festival festvox-ru")
 
-    out = Path(args.out)
     tmp_out = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp_out, ignore_errors=True)
     with tempfile.TemporaryDirectory() as workdir:
         for split, (count, farfield, family) in SPLITS.items():
             lines = []
-            for index in range(count):
+            for index in range(count if args.limit is None else min(count, args.limit)):
                 # everything random about an utterance depends on (seed, split, index) only
                 rng = random.Random(f"{args.seed}:{split}:{index}")
                 noise_rng = np.random.default_rng([args.seed, zlib.crc32(split.encode()), index])
@@ -296,7 +324,7 @@ def main():
                 lines.append(line)
             with open(tmp_out / split / "manifest.jsonl", "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-            print(f"{split}: {count} utterances, {sum(x['duration'] for x in lines) / 60:.1f} min", flush=True)
+            print(f"{split}: {len(lines)} utterances, {sum(x['duration'] for x in lines) / 60:.1f} min", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp_out, out)  # the finished corpus appears at once, never half-written
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

@@ -158,12 +158,12 @@ AUGMENT = ["--speed_perturbation", "0.9", "1.0", "1.1", "--noise_probability", "
 @pytest.fixture(scope="module")
 def augmented_run(tmp_path_factory):
     """4 steps (2 epochs of the 40 s subset, batch 8) with augmentation, one DataLoader worker,
-    a checkpoint after each epoch, evaluated at the end."""
+    a checkpoint after each step, evaluated at the end."""
     import train_ctc
 
     tmp = tmp_path_factory.mktemp("augmented")
     trainer, _ = train_ctc.run(train_args(tmp, *AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
-                                          "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "2"))  # fmt: skip
+                                          "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "4"))  # fmt: skip
     return tmp, trainer
 
 
@@ -188,12 +188,13 @@ def test_training_audio_is_augmented_and_evaluation_audio_is_not(augmented_run):
             assert any(x.shape == row.shape and np.allclose(x, row, rtol=0, atol=1e-4) for x in alone), name
 
 
-def test_augmented_training_resumes_exactly(augmented_run, tmp_path):
+@pytest.mark.parametrize("step", [2, 3])  # at an epoch's start, and mid-epoch
+def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step):
     import train_ctc
 
     tmp, trainer = augmented_run
     (tmp_path / "out").mkdir()
-    shutil.copytree(tmp / "out" / "checkpoint-2", tmp_path / "out" / "checkpoint-2")
+    shutil.copytree(tmp / "out" / f"checkpoint-{step}", tmp_path / "out" / f"checkpoint-{step}")
     resumed, _ = train_ctc.run(train_args(tmp_path, *AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
                                           "--do_eval", "false", "--resume_from_checkpoint", "last"))  # fmt: skip
     loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -232,3 +233,32 @@ def test_the_train_order_depends_on_seed_and_epoch_only():
     again = train_ctc.EpochSeededLengthGroupedSampler(8, lengths, seed=3)
     again.set_epoch(1)
     assert list(again) == second
+
+
+def test_each_epoch_draws_anew(tmp_path, monkeypatch):
+    """The callback tells the augmentation which epoch it is in: 2 epochs of 2 steps see epochs 0 and 1."""
+    import train_ctc
+
+    seen = []
+    augment = AudioAugmentation.augment
+    monkeypatch.setattr(AudioAugmentation, "augment", lambda self, samples, key: seen.append((self.epoch, key))
+                        or augment(self, samples, key))  # fmt: skip
+    train_ctc.run(train_args(tmp_path, *AUGMENT, "--max_steps", "4", "--do_eval", "false"))  # no workers: seen here
+    epochs = [epoch for epoch, _ in seen]
+    assert epochs == sorted(epochs) and set(epochs) == {0, 1}
+    assert sorted(k for e, k in seen if e == 0) == sorted(k for e, k in seen if e == 1)  # each utterance once a epoch
+
+
+def test_empty_audio_and_empty_files(tmp_path):
+    import soundfile as sf
+
+    aug = only(speed_perturbation=[1.1], noise_probability=1.0, reverb_probability=1.0, volume_perturbation_db=[-6, 6])
+    assert aug.augment(np.zeros(0, np.float32), "a").size == 0
+    (tmp_path / "rir").mkdir()
+    sf.write(tmp_path / "rir" / "empty.wav", np.zeros(0), RATE)
+    with pytest.raises(ValueError, match=r"empty.wav: an empty impulse response"):
+        only(reverb_probability=1.0, rir_dir=str(tmp_path / "rir"))
+    with pytest.raises(ValueError, match=r"--reverb_rt60 takes a range"):
+        AugmentationArguments(reverb_rt60=[])
+    with pytest.raises(ValueError, match=r"--speed_perturbation takes a list of factors.*got 1.1"):
+        AugmentationArguments(speed_perturbation=1.1)  # a YAML scalar

@@ -9,6 +9,7 @@ from conftest import CORPUS
 from golos import (
     ManifestError,
     course_filter,
+    find_test_sets,
     load_golos,
     normalize_and_check_texts,
     random_subset_by_duration,
@@ -17,7 +18,7 @@ from modeling_ebranchformer import EBranchformerCTCTokenizer
 
 
 def manifest_lines(split):
-    path = CORPUS / {"train": "train_opus", "crowd": "test_opus/crowd", "farfield": "test_opus/farfield"}[split]
+    path = CORPUS / ("train_opus" if split == "train" else f"test_opus/{split}")
     return [json.loads(line) for line in (path / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
@@ -42,6 +43,41 @@ def test_every_configuration_and_split_of_the_embedded_corpus(tmp_path, name, sp
     assert np.allclose(dataset["duration"], [line["duration"] for line in expected], atol=1e-3)
     names = dataset.features["domain"].names
     assert {names[d] for d in dataset["domain"]} == ({name} if name != "all" else {"crowd", "farfield"})
+
+
+def test_the_held_out_voice_is_a_test_set_of_its_own(tmp_path):
+    assert find_test_sets(CORPUS) == ["crowd", "farfield", "heldout_voice"]
+    dataset = load_golos(CORPUS, "heldout_voice", "test", cache_dir=tmp_path, decode="none")
+    lines = manifest_lines("heldout_voice")
+    assert dataset["id"] == [line["id"] for line in lines] and dataset["text"] == [line["text"] for line in lines]
+    assert set(dataset["domain"]) == {dataset.features["domain"].names.index("crowd")}
+    # the corpus's promise: its voices appear nowhere else, and no test sentence is a train sentence
+    others = {line["speaker"] for split in ("train", "crowd", "farfield") for line in manifest_lines(split)}
+    assert {line["speaker"] for line in lines}.isdisjoint(others)
+    train_texts = {line["text"] for line in manifest_lines("train")}
+    assert all(line["text"] not in train_texts for split in ("crowd", "farfield", "heldout_voice")
+               for line in manifest_lines(split))  # fmt: skip
+
+
+def test_a_test_set_of_ones_own(tmp_path):
+    data = tmp_path / "golos"
+    (data / "test_opus" / "mine").mkdir(parents=True)
+    (data / "test_opus" / "empty_folder").mkdir()
+    for reserved in ("all", "train"):  # names that mean something else
+        (data / "test_opus" / reserved).mkdir()
+        (data / "test_opus" / reserved / "manifest.jsonl").write_text("")
+    lines = manifest_lines("crowd")[:3]
+    for line in lines:  # absolute paths, and a domain of the line's own
+        line.update(audio_filepath=str(CORPUS / "test_opus" / "crowd" / line["audio_filepath"]), domain="farfield")
+    (data / "test_opus" / "mine" / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    shutil.copytree(CORPUS / "test_opus" / "farfield", data / "test_opus" / "farfield")
+    assert find_test_sets(data) == ["farfield", "mine"]  # Golos's own first, then the others
+    mine = load_golos(data, "mine", "test", cache_dir=tmp_path / "cache", decode="none")
+    assert mine["id"] == [x["id"] for x in lines] and set(mine["domain"]) == {1}
+    with pytest.raises(ValueError, match=r"unknown Golos configuration 'theirs'.*the test sets of .* are farfield, mine"):
+        load_golos(data, "theirs", "test", cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"unknown Golos configuration 'mine': use 'crowd', 'farfield' or 'all'$"):
+        load_golos(data, "mine", "train", cache_dir=tmp_path / "cache")  # train has no other sets
 
 
 def test_corpus_size_and_durations():

@@ -345,9 +345,13 @@ def test_missing_data_folder(tmp_path):
 
 def test_a_missing_test_set_is_named_before_training(tmp_path):
     data = tmp_path / "golos"
-    shutil.copytree(CORPUS, data, ignore=shutil.ignore_patterns("farfield"))
-    with pytest.raises(SystemExit, match="farfield"):
-        train_ctc.run(args(tmp_path, "--data_dir", str(data), "--max_steps", "2"))
+    shutil.copytree(CORPUS, data)
+    shutil.rmtree(data / "test_opus" / "farfield")
+    with pytest.raises(SystemExit, match=r"unknown eval set 'farfield': use crowd, heldout_voice \(the test sets of"):
+        train_ctc.run(args(tmp_path, "--data_dir", str(data), "--max_steps", "2", "--eval_sets", "crowd,farfield"))
+    shutil.rmtree(data / "test_opus")
+    with pytest.raises(SystemExit, match="has no test set .* pass --eval_sets train, or --do_eval false"):
+        train_ctc.run(args(tmp_path, "--data_dir", str(data), "--max_steps", "2"))  # the default: every test set
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
@@ -390,3 +394,14 @@ def test_a_non_finite_loss_skips_the_batch_and_is_counted(tmp_path):
     assert loss.item() == 0.0 and trainer.nonfinite_losses == 1
     loss.backward()
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+
+
+def test_a_preset_can_start_from_another(tmp_path):
+    course, golos = train_ctc.load_preset("course"), train_ctc.load_preset("golos")
+    assert {k: v for k, v in golos.items() if k in course and k != "output_dir"} == {
+        k: v for k, v in course.items() if k != "output_dir"}  # fmt: skip
+    assert golos["speed_perturbation"] == [0.9, 1.0, 1.1] and "apply_spec_augment=true" in golos["config_overrides"]
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\nlearning_rate: 1.0\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(SystemExit, match="makes a loop"):
+        train_ctc.load_preset(str(tmp_path / "a.yaml"))
