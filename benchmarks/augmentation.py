@@ -3,46 +3,79 @@ in-voice test sets (crowd, farfield), on the held-out voice (heldout_voice: espe
 trained on), and the transcript and CER of real Golos recordings.
 
     python benchmarks/augmentation.py                        # trains each variant, then evaluates (about 1 h)
-    python benchmarks/augmentation.py --variants none,full --epochs 35 --out outputs/augmentation
+    python benchmarks/augmentation.py --variants none,full --epochs 32 --out outputs/augmentation
     python benchmarks/augmentation.py --skip_training        # evaluate the folders of an earlier run
+    python benchmarks/augmentation.py --probe 200 --variants none,speed,reverb,noise,volume   # how fast each learns
 
 Every variant is `train_ctc.py --preset mini` with the same epochs, seed and data order; only the options
 below differ, all given explicitly so that the comparison does not depend on what the preset holds. The
 variants train one after the other: on 2 cores, two runs at once would slow each other unevenly. Real
 recordings: a manifest (`--recordings`, default ../shared/golos_example/manifest.jsonl, absent in a user's
-checkout: then that column is left out).
+checkout: then that column is left out). `--probe N` stops each run after N steps of the same schedule and
+prints the training loss logged there instead (each augmentation alone: how much it slows learning).
 """
 
 import argparse
+import ast
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from common import ROOT, machine, table
 
 OFF = ["--speed_perturbation", "1.0", "--reverb_probability", "0", "--noise_probability", "0",
        "--volume_perturbation_db", "0", "0"]  # fmt: skip
-WAVEFORM = ["--speed_perturbation", "0.9", "1.0", "1.1", "--reverb_probability", "0.3", "--noise_probability", "0.3",
-            "--noise_snr_db", "5", "30", "--volume_perturbation_db", "-18", "6"]  # fmt: skip
+SPEED = ["--speed_perturbation", "0.9", "1.0", "1.1"]
+ROOM = ["--reverb_probability", "0.3", "--noise_probability", "0.3", "--noise_snr_db", "5", "30"]
+VOLUME = ["--volume_perturbation_db", "-18", "6"]
 SPEC_AUGMENT = ("apply_spec_augment=true,mask_time_prob=0.12,mask_time_length=10,mask_feature_prob=0.3,"
                 "mask_feature_length=10,mask_feature_min_masks=2")  # fmt: skip
-VARIANTS = {
-    "none": [*OFF, "--config_overrides", "apply_spec_augment=false"],
-    "waveform": [*WAVEFORM, "--config_overrides", "apply_spec_augment=false"],
+NO_SPEC_AUGMENT = ["--config_overrides", "apply_spec_augment=false"]
+VARIANTS = {  # later options override OFF's
+    "none": [*OFF, *NO_SPEC_AUGMENT],
+    "speed": [*OFF, *SPEED, *NO_SPEC_AUGMENT],
+    "speed_room": [*OFF, *SPEED, *ROOM, *NO_SPEC_AUGMENT],
+    "waveform": [*OFF, *SPEED, *ROOM, *VOLUME, *NO_SPEC_AUGMENT],
+    "full": [*OFF, *SPEED, *ROOM, *VOLUME, "--config_overrides", SPEC_AUGMENT],
+    # each alone, for --probe
+    "reverb": [*OFF, "--reverb_probability", "0.3", *NO_SPEC_AUGMENT],
+    "noise": [*OFF, "--noise_probability", "0.3", "--noise_snr_db", "5", "30", *NO_SPEC_AUGMENT],
+    "volume": [*OFF, *VOLUME, *NO_SPEC_AUGMENT],
     "specaugment": [*OFF, "--config_overrides", SPEC_AUGMENT],
-    "full": [*WAVEFORM, "--config_overrides", SPEC_AUGMENT],
 }
+LOGGING_STEPS = 20
 
 
-def train(name, out, epochs, extra):
+def train(name, out, epochs, extra, probe=None):
+    """Trains one variant; with `probe`, stops after that many steps and returns the losses logged so far."""
     command = [sys.executable, str(ROOT / "train_ctc.py"), "--preset", "mini", "--output_dir", str(out / name),
                "--num_train_epochs", str(epochs), "--eval_strategy", "no", "--do_eval", "false",
                "--report_to", "none", "--disable_tqdm", "true", "--overwrite_output_dir", "true",
-               *VARIANTS[name], *extra]  # fmt: skip
+               "--logging_steps", str(LOGGING_STEPS), *VARIANTS[name], *extra]  # fmt: skip
+    if probe:
+        command += ["--save_strategy", "no"]
     print("$", " ".join(command[1:]), flush=True)
-    with open(out / f"{name}.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    log_path = out / f"{name}.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        while process.poll() is None:
+            losses = logged_losses(log_path)
+            if probe and len(losses) * LOGGING_STEPS >= probe:
+                process.terminate()
+                process.wait()
+                return losses
+            time.sleep(2)
+    if process.returncode:
+        raise SystemExit(f"{name}: train_ctc.py failed, see {log_path}")
+    return logged_losses(log_path)
+
+
+def logged_losses(log_path) -> list:
+    """The training losses in a train_ctc.py log (the Trainer prints one dict per logging step)."""
+    return [float(ast.literal_eval(line.strip())["loss"]) for line in open(log_path, encoding="utf-8", errors="replace")
+            if line.startswith("{'loss'")]  # fmt: skip
 
 
 def transcribe_recordings(folder, manifest):
@@ -66,10 +99,11 @@ def transcribe_recordings(folder, manifest):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="none,full", help=f"comma-separated, of {', '.join(VARIANTS)}")
-    parser.add_argument("--epochs", type=float, default=35)
+    parser.add_argument("--epochs", type=float, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "augmentation")
     parser.add_argument("--recordings", type=Path, default=ROOT.parent / "shared" / "golos_example" / "manifest.jsonl")
     parser.add_argument("--skip_training", action="store_true", help="evaluate the folders already in --out")
+    parser.add_argument("--probe", type=int, help="stop each run after N steps and report its training loss there")
     args, extra = parser.parse_known_args()  # anything else goes to train_ctc.py
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if unknown := [v for v in variants if v not in VARIANTS]:
@@ -79,6 +113,10 @@ def main():
 
     from evaluate_ctc import evaluate_model
 
+    if args.probe:
+        rows = [[name, args.probe, f"{train(name, args.out, args.epochs, extra, args.probe)[-1]:.3f}"] for name in variants]
+        print(table(["variant", "steps", "training loss there"], rows))
+        return
     rows, transcripts = [], []
     for name in variants:
         if not args.skip_training:

@@ -3,7 +3,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, speech_like_signal, train_args
+from conftest import CORPUS, TINY, speech_like_signal, train_args
 from safetensors.torch import load_file
 
 from modeling_ebranchformer.audio import read_audio
@@ -152,17 +152,19 @@ def test_bad_options_are_refused(tmp_path, option, message):
 
 AUGMENT = ["--speed_perturbation", "0.9", "1.0", "1.1", "--noise_probability", "0.5", "--reverb_probability", "0.5",
            "--volume_perturbation_db", "-18", "6"]  # fmt: skip
-
+# and SpecAugment in the model, on the tiny test model
+SPEC_AUGMENT = ["--config_overrides", f"{TINY},apply_spec_augment=true,mask_time_prob=0.12,mask_feature_prob=0.3,"
+                "mask_feature_min_masks=2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def augmented_run(tmp_path_factory):
-    """4 steps (2 epochs of the 40 s subset, batch 8) with augmentation, one DataLoader worker,
+    """4 steps (2 epochs of the 40 s subset, batch 8) with augmentation and SpecAugment, one DataLoader worker,
     a checkpoint after each step, evaluated at the end."""
     import train_ctc
 
     tmp = tmp_path_factory.mktemp("augmented")
-    trainer, _ = train_ctc.run(train_args(tmp, *AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
+    trainer, _ = train_ctc.run(train_args(tmp, *AUGMENT, *SPEC_AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
                                           "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "4"))  # fmt: skip
     return tmp, trainer
 
@@ -195,7 +197,7 @@ def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step):
     tmp, trainer = augmented_run
     (tmp_path / "out").mkdir()
     shutil.copytree(tmp / "out" / f"checkpoint-{step}", tmp_path / "out" / f"checkpoint-{step}")
-    resumed, _ = train_ctc.run(train_args(tmp_path, *AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
+    resumed, _ = train_ctc.run(train_args(tmp_path, *AUGMENT, *SPEC_AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
                                           "--do_eval", "false", "--resume_from_checkpoint", "last"))  # fmt: skip
     loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert [e["loss"] for e in resumed.state.log_history if "loss" in e] == pytest.approx(loss, rel=1e-5)

@@ -334,7 +334,7 @@ def test_options_that_would_fail_deep_inside_are_refused(tmp_path, extra, messag
 
 
 def test_do_eval_false_switches_off_the_presets_evaluation():
-    *_, training_args = train_ctc.parse_arguments(["--preset", "mini", "--do_eval", "false"])
+    *_, training_args = train_ctc.parse_arguments(["--preset", "overfit", "--do_eval", "false"])
     assert training_args.do_eval is False and training_args.eval_strategy.value == "no"
 
 
