@@ -1,6 +1,6 @@
 """WER and CER of a model folder on the Golos test sets (homework step 5).
 
-    python evaluate_ctc.py MODEL_FOLDER [--data_dir data/golos_mini] [--sets crowd,farfield] [--output_dir DIR]
+    python evaluate_ctc.py MODEL_FOLDER [--data_dir data/golos_mini] [--sets crowd,farfield,heldout_voice] [--output_dir DIR]
 
 Writes to DIR (default MODEL_FOLDER/eval): `results.md` and `results.json` (one row per test set) and
 `utterances_<set>.jsonl` (id, reference, hypothesis and the word errors of every utterance). Every test set
@@ -29,7 +29,7 @@ from modeling_ebranchformer.hub import ModelLoadError, load_ctc_model, load_proc
 from modeling_ebranchformer.metrics import load_metric
 
 logger = logging.getLogger("evaluate_ctc")
-DATA_DIR_HELP = ("Golos-layout folder holding test_opus/crowd/manifest.jsonl and test_opus/farfield/manifest.jsonl "
+DATA_DIR_HELP = ("Golos-layout folder holding test_opus/<set>/manifest.jsonl (crowd, farfield, and any other set) "
                  "(NeMo manifests: one JSON object per line with audio_filepath, text, duration); "
                  "default: the embedded corpus")  # fmt: skip
 
