@@ -79,20 +79,17 @@ def logged_losses(log_path) -> list:
 
 
 def transcribe_recordings(folder, manifest):
-    """(reference, hypothesis) of each line of a manifest of real recordings."""
-    import jiwer
+    """(reference, hypothesis, CER) of each line of a manifest of real recordings."""
+    from asrkit.audio import read_audio
+    from asrkit.inference import TorchBackend, Transcriber
+    from asrkit.manifest import audio_path, read_manifest
+    from asrkit.metrics import cer
 
-    from modeling_ebranchformer.audio import read_audio
-    from modeling_ebranchformer.hub import load_ctc_model, load_processor
-
-    model, processor = load_ctc_model(folder).eval(), load_processor(folder)
+    transcriber = Transcriber(TorchBackend.from_folder(folder))
     results = []
-    for line in manifest.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        audio = read_audio(manifest.parent / entry["audio_filepath"])
-        inputs = processor(audio=audio, sampling_rate=16000, return_tensors="pt")
-        hypothesis = processor.batch_decode(model.generate(**inputs))[0]
-        results.append((entry["text"], hypothesis, jiwer.cer(entry["text"], hypothesis)))
+    for _, entry in read_manifest(manifest):
+        hypothesis = transcriber.transcribe([read_audio(audio_path(manifest, entry["audio_filepath"]))])[0]["text"]
+        results.append((entry["text"], hypothesis, cer([entry["text"]], [hypothesis])))
     return results
 
 
@@ -111,7 +108,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     print(machine(), flush=True)
 
-    from evaluate_ctc import evaluate_model
+    from asrkit.evaluation import evaluate_model
 
     if args.probe:
         rows = [[name, args.probe, f"{train(name, args.out, args.epochs, extra, args.probe)[-1]:.3f}"] for name in variants]

@@ -1,15 +1,16 @@
 """Shared helpers of the benchmarks: machine description, timing, memory, tables."""
 
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
@@ -58,3 +59,14 @@ def table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def model_speed(name, phase, batch, seconds, threads, repeats) -> dict:
+    """One figure of `model_speed.py` (a model, inference or training, a batch shape) measured in a fresh process
+    of its own, so that no figure is taken in a process another measurement has warmed or fragmented."""
+    command = [sys.executable, str(Path(__file__).with_name("model_speed.py")), "--worker", name, phase, str(batch),
+               str(seconds), "--threads", str(threads), "--repeats", str(repeats)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if result.returncode:
+        raise SystemExit(f"{name} {phase} {batch}x{seconds}s failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -13,7 +13,7 @@ memory counted with its worker processes):
     prepare none / header  load_golos(root, "all", "train", verify_audio=...) into an empty cache
     cached reload           the same call again (with and without recheck_audio)
     streaming first batch   load_golos(..., streaming=True) until 64 decoded examples
-    selection               course filter, vocabulary check, CTC length check (train_ctc.prepare_train)
+    selection               course filter, vocabulary check, CTC length check (training.prepare_train)
     grouping                the Trainer's length-grouped sampler: build it and draw one epoch's order
     interrupted             (--interrupt S) a header preparation killed after S s, then run again
 
@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 FULL_TRAIN_LINES = 1_103_799
 BATCH = 64
 
@@ -111,7 +110,7 @@ def step_select(args):
     epoch as its Trainer draws it (CTCTrainer._get_train_sampler, batch 64)."""
     import tempfile
 
-    import train_ctc
+    from asrkit import training
     from golos import decode_with_soundfile, load_golos
     from modeling_ebranchformer import DataCollatorCTC
 
@@ -119,15 +118,15 @@ def step_select(args):
     dataset = load_golos(args.root, "all", "train", cache_dir=args.cache_dir, decode="none", recheck_audio=False)
     loaded = time.perf_counter()
     output_dir = tempfile.mkdtemp()
-    model_args, data_args, _, _, training_args = train_ctc.parse_arguments([
+    model_args, data_args, _, _, training_args = training.parse_args([
         "--data_dir", str(args.root), "--dataset_cache_dir", args.cache_dir, "--output_dir", output_dir,
         "--config_overrides", args.tiny, "--per_device_train_batch_size", str(BATCH), "--report_to", "none",
         "--do_eval", "false",
     ])  # fmt: skip
-    model, processor = train_ctc.load_model_and_processor(model_args)
-    selected = train_ctc.prepare_train(data_args, processor, model)  # calls load_golos again: cached
+    model, processor = training.load_model_and_processor(model_args)
+    selected = training.prepare_train(data_args, processor, model)  # calls load_golos again: cached
     selection = time.perf_counter()
-    trainer = train_ctc.CTCTrainer(model=model, args=training_args, data_collator=DataCollatorCTC(processor),
+    trainer = training.CTCTrainer(model=model, args=training_args, data_collator=DataCollatorCTC(processor),
                                    train_dataset=decode_with_soundfile(selected))  # fmt: skip
     sampler = trainer._get_train_sampler()
     built = time.perf_counter()
@@ -148,7 +147,7 @@ def step_train(args):
 
     import transformers
 
-    import train_ctc
+    from asrkit import training
 
     first_step = []
     training_step = transformers.Trainer.training_step
@@ -166,7 +165,7 @@ def step_train(args):
             "--save_total_limit", "1", "--dataloader_num_workers", "2", "--logging_steps", "10",
             "--report_to", "none", "--use_cpu", "true"]  # fmt: skip
     start = time.perf_counter()
-    trainer, metrics = train_ctc.run(argv)
+    trainer, metrics = training.run(argv)
     end = time.perf_counter()
     startup = first_step[0] - start
     checkpoints = sorted(p.name for p in Path(output_dir).glob("checkpoint-*"))
@@ -174,7 +173,7 @@ def step_train(args):
     first_step.clear()
     resume_start = time.perf_counter()
     argv[argv.index("--max_steps") + 1] = str(args.train_steps + 10)
-    trainer, _ = train_ctc.run(argv + ["--resume_from_checkpoint", "last"])
+    trainer, _ = training.run(argv + ["--resume_from_checkpoint", "last"])
     resumed = time.perf_counter()
     shutil.rmtree(output_dir)
     return {"seconds": end - start, "startup_s": startup, "steps": steps, "checkpoints": checkpoints,

@@ -15,16 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import jiwer
 import torch
 from common import machine, table
 
-from evaluate_ctc import load_test_sets, transcribe_logits
-from golos import EMBEDDED_CORPUS, decode_with_soundfile
-from modeling_ebranchformer.hub import load_ctc_model, load_processor
-from modeling_ebranchformer.lm import DEFAULT_BEAM_WIDTH, LM_DIR
-
-
+from asrkit.evaluation import load_test_sets, set_log_probs
+from asrkit.inference import TorchBackend, Transcriber
+from asrkit.metrics import wer as word_error_rate
+from golos import EMBEDDED_CORPUS
+from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH, LM_DIR
 def median_time(function, repeats):
     times = []
     for _ in range(repeats):
@@ -45,15 +43,15 @@ def main(argv=None):
     model_dir = Path(args.model_dir)
     temporary = None
     if not (model_dir / LM_DIR).is_dir():
-        import build_lm
+        from asrkit import lm_building
 
         temporary = Path(tempfile.mkdtemp())
         shutil.copytree(model_dir, temporary / "model", ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
         model_dir = temporary / "model"
-        build_lm.main([str(model_dir)])
+        lm_building.run([str(model_dir)])
     try:
-        model = load_ctc_model(str(model_dir)).eval()
-        processor = load_processor(str(model_dir))
+        backend = TorchBackend.from_folder(str(model_dir))
+        processor, transcriber = backend.processor, Transcriber(backend)
         decoder = processor.decoder
         print(machine())
         print(f"model {args.model_dir}; LM {decoder.language_model.path} (order {decoder.language_model.order}); "
@@ -61,24 +59,24 @@ def main(argv=None):
         references, log_probs, seconds = [], [], 0.0
         start = time.perf_counter()
         for name, (dataset, _) in load_test_sets(EMBEDDED_CORPUS, ("crowd", "farfield"), processor.tokenizer).items():
-            _, values = transcribe_logits(model, processor, decode_with_soundfile(dataset))
+            values = set_log_probs(transcriber, dataset)
             references += [(name, r) for r in dataset["text"]]
             log_probs += values
             seconds += sum(dataset["duration"])
         forward = time.perf_counter() - start
-        tokenizer = processor.tokenizer
 
         def wer(hypotheses):
-            return {name: jiwer.wer([r for (n, r) in references if n == name],
-                                    [h for (n, _), h in zip(references, hypotheses) if n == name])
+            return {name: word_error_rate([r for (n, r) in references if n == name],
+                                          [h for (n, _), h in zip(references, hypotheses) if n == name])
                     for name in ("crowd", "farfield")}  # fmt: skip
 
-        greedy_time, greedy = median_time(lambda: [tokenizer.decode(x.argmax(-1)) for x in log_probs], args.repeats)
+        greedy_time, greedy = median_time(lambda: [backend.vocabulary.decode(x.argmax(-1)) for x in log_probs],
+                                          args.repeats)  # fmt: skip
         rows = [["greedy", f"{greedy_time:.3f}", f"{greedy_time / seconds:.5f}", "-",
                  *(f"{100 * v:.2f} %" for v in wer(greedy).values())]]  # fmt: skip
         for beam in [int(b) for b in args.beams.split(",")]:
             elapsed, hypotheses = median_time(
-                lambda beam=beam: [decoder.decode_beams(x, beam_width=beam)[0][0] for x in log_probs], args.repeats)
+                lambda beam=beam: [decoder.decode_beams(x, beam_width=beam)[0].text for x in log_probs], args.repeats)
             label = f"LM, beam {beam}" + (" (default)" if beam == DEFAULT_BEAM_WIDTH else "")
             rows.append([label, f"{elapsed:.3f}", f"{elapsed / seconds:.5f}", f"{(elapsed - greedy_time) / seconds:.5f}",
                          *(f"{100 * v:.2f} %" for v in wer(hypotheses).values())])  # fmt: skip

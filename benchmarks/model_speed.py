@@ -19,10 +19,8 @@ optimizer state), not the shared baseline of Python and torch.
 
 import argparse
 import json
-import subprocess
-import sys
 
-from common import ROOT, machine, peak_rss_mib, rss_mib, table, timed
+from common import machine, model_speed, peak_rss_mib, rss_mib, table, timed
 
 PEERS = ["ebranchformer", "espnet-ebranchformer", "parakeet", "parakeet-4x", "wav2vec2-conformer"]
 ESPNET_HINT = "pip install --no-deps espnet typeguard"
@@ -147,15 +145,6 @@ def espnet_available():
         return False
 
 
-def measure(name, phase, batch, seconds, args):
-    command = [sys.executable, __file__, "--worker", name, phase, str(batch), str(seconds),
-               "--threads", str(args.threads), "--repeats", str(args.repeats)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    if result.returncode:
-        raise SystemExit(f"{name} {phase} {batch}x{seconds}s failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="1x10,16x8,64x4", help="BATCHxSECONDS, comma-separated")
@@ -178,7 +167,7 @@ def main(argv=None):
         models.remove("espnet-ebranchformer")
     for shape in args.shapes.split(","):
         batch, seconds = int(shape.split("x")[0]), float(shape.split("x")[1])
-        results = {m: {phase: measure(m, phase, batch, seconds, args) for phase in ("inference", "training")}
+        results = {m: {phase: model_speed(m, phase, batch, seconds, args.threads, args.repeats) for phase in ("inference", "training")}
                    for m in models}  # fmt: skip
         ours = results["ebranchformer"]
         rows = []

@@ -28,18 +28,22 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, table
 
-TEST = ROOT / "data" / "golos_mini" / "test_opus"
+from asrkit import onnx_runtime
+from asrkit.manifest import audio_path, read_manifest
+from asrkit.metrics import cer, wer
+from golos import EMBEDDED_CORPUS
+from modeling_ebranchformer.text import normalize_text
+
+TEST = EMBEDDED_CORPUS / "test_opus"
 SETS = {"crowd": TEST / "crowd" / "manifest.jsonl", "farfield": TEST / "farfield" / "manifest.jsonl"}
 SHAPES = {"1 x 10 s": (1, 10.0), "16 x 8 s": (16, 8.0)}
 VARIANTS = ["PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8", "PyTorch int8 (torch.ao dynamic)"]
 
 
 def manifest_entries(path):
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [(Path(path).parent / e["audio_filepath"], e["text"]) for e in map(json.loads, filter(str.strip, lines))]
+    return [(audio_path(path, e["audio_filepath"]), e["text"]) for _, e in read_manifest(path)]
 
 
 def joined_audio(seconds, offset=0):
@@ -61,16 +65,9 @@ def shape_audio(name):
     return [joined_audio(seconds, offset=7 * i) for i in range(batch)]
 
 
-def load_runtime():
-    sys.path.insert(0, str(ROOT))
-    from transcribe import runtime
-
-    return runtime
-
-
 class OnnxVariant:
     def __init__(self, onnx_dir, quantized, threads):
-        self.model = load_runtime().OnnxCTCModel(onnx_dir, quantized=quantized, num_threads=threads)
+        self.model = onnx_runtime.OnnxCTCModel(onnx_dir, quantized=quantized, num_threads=threads)
 
     def features(self, waveforms):
         return self.model.features.batch(waveforms)
@@ -137,26 +134,17 @@ def high_water_mib() -> float:
 
 
 def word_error_rates(variant):
-    import jiwer
-
-    tokenizer_norm = load_normaliser()
     import soundfile as sf
 
     out = {}
     for name, manifest in SETS.items():
         entries = manifest_entries(manifest)
-        references = [tokenizer_norm(t) for _, t in entries]
+        references = [normalize_text(t) for _, t in entries]
         hypotheses = []
         for start in range(0, len(entries), 16):
             hypotheses += variant.texts([sf.read(str(p), dtype="float32")[0] for p, _ in entries[start : start + 16]])
-        out[name] = (100 * jiwer.wer(references, hypotheses), 100 * jiwer.cer(references, hypotheses))
+        out[name] = (100 * wer(references, hypotheses), 100 * cer(references, hypotheses))
     return out
-
-
-def load_normaliser():
-    from modeling_ebranchformer import normalize_text
-
-    return normalize_text
 
 
 def run_process(command, env=None):
@@ -169,11 +157,10 @@ def run_process(command, env=None):
 
 PIPELINE_LOOP = """
 import sys, time
-sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads({threads})
 import modeling_ebranchformer
-from modeling_ebranchformer.audio import pipeline_input
+from asrkit.audio import pipeline_input
 from transformers import pipeline
 asr = pipeline("automatic-speech-recognition", model={model!r})
 for path in {files!r}:
@@ -206,10 +193,10 @@ def main(argv=None):
         f"{' '.join(open('/proc/loadavg').read().split()[:3])}"
     )
     if args.onnx_dir is None:
-        import export_onnx
+        from asrkit import onnx_export
 
         args.onnx_dir = str(Path(tempfile.mkdtemp()) / "onnx")
-        export_onnx.export(args.model, args.onnx_dir, int8=True, wer_sets={}, threads=args.threads)
+        onnx_export.export(args.model, args.onnx_dir, int8=True, wer_sets={}, threads=args.threads)
     variants = {name: make_variant(name, args.model, args.onnx_dir, args.threads) for name in VARIANTS}
 
     # Throughput, interleaved rounds.
@@ -309,7 +296,7 @@ def main(argv=None):
         "loop over pipeline(...), PyTorch model": [
             sys.executable,
             "-c",
-            PIPELINE_LOOP.format(root=str(ROOT), threads=args.threads, model=args.model, files=files),
+            PIPELINE_LOOP.format(threads=args.threads, model=args.model, files=files),
         ],
     }
     seconds = {name: [] for name in commands}

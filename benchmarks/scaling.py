@@ -12,8 +12,7 @@
 import argparse
 
 import torch
-from common import machine, table
-from model_speed import measure
+from common import machine, model_speed, table
 
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
@@ -56,8 +55,8 @@ def main(argv=None):
     rows = []
     for seconds in [float(s) for s in args.lengths.split(",")]:
         steps = -(-(1 + int(16000 * seconds) // 160) // 4)
-        inference = measure("ebranchformer", "inference", 1, seconds, args)
-        training = measure("ebranchformer", "training", 1, seconds, args)
+        inference = model_speed("ebranchformer", "inference", 1, seconds, args.threads, args.repeats)
+        training = model_speed("ebranchformer", "training", 1, seconds, args.threads, args.repeats)
         attention, matmul = time_shares(model, seconds)
         rows.append([f"{seconds:g} s", steps, f"{inference['audio_per_second']:.0f}",
                      f"{training['audio_per_second']:.1f}", f"{inference['memory_mib']:.0f}",
@@ -69,7 +68,7 @@ def main(argv=None):
 
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
-        training = measure("ebranchformer", "training", batch, 8.0, args)
+        training = model_speed("ebranchformer", "training", batch, 8.0, args.threads, args.repeats)
         rows.append([batch, f"{training['audio_per_second']:.1f}", f"{training['memory_mib']:.0f}",
                      f"{training['memory_mib'] / batch:.0f}"])  # fmt: skip
     print(f"\n8 s utterances, training, {args.threads} threads")

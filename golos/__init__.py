@@ -13,8 +13,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from modeling_ebranchformer.audio import read_audio
-from modeling_ebranchformer.files import atomic_write_text
+from asrkit.audio import read_audio
+from asrkit.files import atomic_write_text
 
 from .golos import (
     DOMAINS,

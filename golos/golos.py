@@ -29,7 +29,6 @@ With `datasets` < 4 this file also works as a loading script:
 """
 
 import array
-import json
 import math
 import os
 import shutil
@@ -38,6 +37,8 @@ from dataclasses import dataclass
 import datasets
 import numpy as np
 import soundfile as sf
+
+from asrkit.manifest import ManifestError, audio_path, parse_line
 
 try:
     from . import prepare
@@ -59,16 +60,6 @@ DOMAINS = {"crowd": ("crowd",), "farfield": ("farfield",), "all": TEST_SETS}
 DURATION_TOLERANCE = 0.1
 
 
-class ManifestError(ValueError):
-    """A bad manifest line or audio file; the message names the manifest, the line and the fault,
-    `reason` is the kind of fault (what skip reports count by)."""
-
-    def __init__(self, where: str, reason: str, detail: str = ""):
-        super().__init__(f"{where}: {reason}{detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 def split_manifests(data_dir: str, split: str, test_sets: tuple) -> list:
     """The manifests that a split reads: the train manifest, or test_opus/<set>/manifest.jsonl per test set."""
     if split == "train":
@@ -86,11 +77,6 @@ def find_test_sets(data_dir) -> list:
     found = sorted(n for n in os.listdir(folder)
                    if n not in RESERVED_NAMES and os.path.isfile(os.path.join(folder, n, "manifest.jsonl")))  # fmt: skip
     return [n for n in TEST_SETS if n in found] + [n for n in found if n not in TEST_SETS]
-
-
-def audio_path(manifest: str, audio_filepath: str) -> str:
-    """Where a manifest's `audio_filepath` points: relative to the manifest's folder, or absolute."""
-    return os.path.normpath(os.path.join(os.path.dirname(manifest), audio_filepath))
 
 
 @dataclass
@@ -253,20 +239,10 @@ class Golos(datasets.GeneratorBasedBuilder):
 
     def _parse(self, line, manifest, number, test_domain, verified=None):
         where = f"{manifest}, line {number}"
-        try:
-            entry = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            byte = line[error.start : error.start + 1]
-            detail = f" (byte {error.start + 1} is {byte!r}): save the manifest as UTF-8"
-            raise ManifestError(where, "not UTF-8", detail) from None
-        except json.JSONDecodeError as error:
-            raise ManifestError(where, "not valid JSON", f" ({error.msg})") from None
-        if not isinstance(entry, dict):
-            raise ManifestError(where, "not a JSON object", f", got {type(entry).__name__}")
-        for key in ("audio_filepath", "text"):
-            if not isinstance(entry.get(key), str):
-                reason = f"missing key {key!r}" if key not in entry else f"{key!r} is not a string"
-                raise ManifestError(where, reason, "" if key not in entry else f": {entry[key]!r}")
+        entry = parse_line(line, where)
+        if not isinstance(entry.get("text"), str):
+            reason = "missing key 'text'" if "text" not in entry else "'text' is not a string"
+            raise ManifestError(where, reason, "" if "text" not in entry else f": {entry['text']!r}")
         if not entry["text"].strip():
             raise ManifestError(where, "empty transcript", ": nothing to train or score on")
         duration = entry.get("duration")

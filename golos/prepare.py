@@ -84,7 +84,9 @@ def verify_manifest(manifest, verify_audio, work_dir, num_proc=None, shard_lines
 
 def verify_shard(task):
     """Check the files of one shard and save the results atomically (see the module's docstring)."""
-    from .golos import ManifestError, audio_path, check_audio  # golos.golos imports this module
+    from asrkit.manifest import ManifestError, audio_path, parse_line
+
+    from .golos import check_audio  # golos.golos imports this module
 
     manifest, offset, _first, count, verify_audio, out = task
     status = np.zeros(count, np.int8)
@@ -97,7 +99,7 @@ def verify_shard(task):
         for index in range(count):
             line = lines.readline()
             try:
-                entry = json.loads(line)
+                entry = parse_line(line, f"{manifest}")
                 path = audio_path(manifest, entry["audio_filepath"])
                 stated = entry.get("duration")
             except (ValueError, KeyError, TypeError, AttributeError):

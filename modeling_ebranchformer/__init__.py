@@ -1,53 +1,76 @@
 """E-Branchformer CTC speech recognition for Russian as a Hugging Face Transformers model package.
 
-Importing the package registers the model types "ebranchformer" and "quartznet" (for the course's
-pretrained QuartzNet checkpoint; same features, tokenizer and processor) with the Auto classes (AutoConfig,
-AutoModel, AutoModelForCTC, AutoFeatureExtractor, AutoTokenizer, AutoProcessor) and marks the classes for
-`save_pretrained` to write an `auto_map` and copy the code, so a saved folder also loads with
-`trust_remote_code=True` where this package is not installed. It also makes `evaluate.load("wer")` and
-`("cer")` work offline (see `metrics`).
+Importing the package registers the model types "ebranchformer" and "quartznet" (for the course's pretrained
+QuartzNet checkpoint; same features, tokenizer and processor) with the Auto classes (AutoConfig, AutoModel,
+AutoModelForCTC, AutoFeatureExtractor, AutoTokenizer, AutoProcessor), and marks the classes for
+`save_pretrained` to write an `auto_map` and copy the code, so that a saved folder also loads with
+`trust_remote_code=True` where this package is not installed. That is all it does: it writes nothing, and
+changes no registry, pipeline or logger of Transformers beyond adding our own types.
+
+Names load lazily, as in Transformers' own `__init__` files. Where torch or transformers cannot be imported
+(a deployment with ONNX Runtime only), nothing is registered and the numpy modules still import:
+`from modeling_ebranchformer import beam_search, ngram`.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoFeatureExtractor,
-    AutoModel,
-    AutoModelForCTC,
-    AutoProcessor,
-    AutoTokenizer,
-)
+import importlib
 
-from . import audio, metrics, processing_lm  # noqa: F401  (modeling_ebranchformer.audio.read_audio, ... work after a plain import)
-from .configuration import EBranchformerConfig
-from .configuration_quartznet import QuartzNetConfig
-from .feature_extraction import EBranchformerFeatureExtractor
-from .modeling import EBranchformerForCTC, EBranchformerModel, EBranchformerPreTrainedModel
-from .modeling_quartznet import QuartzNetForCTC, QuartzNetModel, QuartzNetPreTrainedModel
-from .processing import DataCollatorCTC, EBranchformerProcessor
-from .processing_lm import EBranchformerASRPipeline, EBranchformerProcessorWithLM  # language model (issue #11)
-from .tokenization import COURSE_LABELS, EBranchformerCTCTokenizer, normalize_text
+# name -> submodule that defines it
+_LAZY = {
+    "EBranchformerConfig": "configuration",
+    "QuartzNetConfig": "configuration_quartznet",
+    "EBranchformerFeatureExtractor": "feature_extraction",
+    "EBranchformerModel": "modeling",
+    "EBranchformerForCTC": "modeling",
+    "EBranchformerPreTrainedModel": "modeling",
+    "QuartzNetModel": "modeling_quartznet",
+    "QuartzNetForCTC": "modeling_quartznet",
+    "QuartzNetPreTrainedModel": "modeling_quartznet",
+    "DataCollatorCTC": "processing",
+    "EBranchformerProcessor": "processing",
+    "EBranchformerProcessorWithLM": "processing_lm",
+    "EBranchformerASRPipeline": "asr_pipeline",
+    "CTCBeamSearchDecoder": "beam_search",
+    "COURSE_LABELS": "tokenization",
+    "EBranchformerCTCTokenizer": "tokenization",
+    "normalize_text": "text",
+}
+__all__ = sorted(_LAZY)
 
-__all__ = [
-    "COURSE_LABELS",
-    "DataCollatorCTC",
-    "EBranchformerASRPipeline",
-    "EBranchformerCTCTokenizer",
-    "EBranchformerConfig",
-    "EBranchformerFeatureExtractor",
-    "EBranchformerForCTC",
-    "EBranchformerModel",
-    "EBranchformerPreTrainedModel",
-    "EBranchformerProcessor",
-    "EBranchformerProcessorWithLM",
-    "QuartzNetConfig",
-    "QuartzNetForCTC",
-    "QuartzNetModel",
-    "QuartzNetPreTrainedModel",
-    "normalize_text",
-]
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
 
 
 def _register():
+    try:
+        import torch  # noqa: F401
+        from transformers import (
+            AutoConfig,
+            AutoFeatureExtractor,
+            AutoModel,
+            AutoModelForCTC,
+            AutoProcessor,
+            AutoTokenizer,
+        )
+    except ImportError:  # no torch or transformers here: the numpy modules are all that can be used
+        return
+    from .configuration import EBranchformerConfig
+    from .configuration_quartznet import QuartzNetConfig
+    from .feature_extraction import EBranchformerFeatureExtractor
+    from .modeling import EBranchformerForCTC, EBranchformerModel
+    from .modeling_quartznet import QuartzNetForCTC, QuartzNetModel
+    from .processing import EBranchformerProcessor
+    from .processing_lm import EBranchformerProcessorWithLM
+    from .tokenization import EBranchformerCTCTokenizer
+
     for config, model, model_for_ctc in (
         (EBranchformerConfig, EBranchformerModel, EBranchformerForCTC),
         (QuartzNetConfig, QuartzNetModel, QuartzNetForCTC),
@@ -66,14 +89,11 @@ def _register():
     EBranchformerFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
     EBranchformerCTCTokenizer.register_for_auto_class("AutoTokenizer")
     EBranchformerProcessor.register_for_auto_class("AutoProcessor")
-    # Language model (issue #11): folders with language_model/ name EBranchformerProcessorWithLM in
-    # processor_config.json; AutoProcessor finds a class by that name among registered processors, which are
-    # keyed by config (one per model type), so it is registered under a key of its own. The ASR pipeline
-    # then decodes with the folder's LM (a stock pipeline for other models).
+    # Folders with language_model/ name EBranchformerProcessorWithLM in processor_config.json; AutoProcessor finds
+    # a class by that name among registered processors, which are keyed by config (one per model type), so it is
+    # registered under a key of its own.
     AutoProcessor.register("ebranchformer-processor-with-lm", EBranchformerProcessorWithLM, exist_ok=True)
     EBranchformerProcessorWithLM.register_for_auto_class("AutoProcessor")
-    processing_lm.register_pipeline()
 
 
 _register()
-metrics.install_offline_modules()

@@ -1,4 +1,4 @@
-"""The processor with a word n-gram language model, and the ASR pipeline that decodes with it.
+"""The processor with a word n-gram language model (the ASR pipeline that decodes with it: `asr_pipeline.py`).
 
 A model folder with `alphabet.json` and `language_model/` (what `build_lm.py` writes: the layout of
 Transformers' `Wav2Vec2ProcessorWithLM`) loads as `EBranchformerProcessorWithLM` through `AutoProcessor`;
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutomaticSpeechRecognitionPipeline
 from transformers.utils import ModelOutput, logging
 
-from .lm import (
+from .beam_search import (
     ALPHABET_FILE,
     ATTRS_FILE,
+    DECODE_OPTIONS,
     DEFAULT_BEAM_WIDTH,
     LM_DIR,
     CTCBeamSearchDecoder,
@@ -137,30 +137,30 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
                              f" got {array.shape}; token ids are decoded greedily")  # fmt: skip
         if not isinstance(n_best, int) or n_best < 1:
             raise ValueError(f"n_best must be a positive integer, got {n_best!r}")
-        saved = self.decoder.attrs
-        self.decoder.reset_params(alpha=alpha, beta=beta, unk_score_offset=unk_score_offset,
-                                  lm_score_boundary=lm_score_boundary)  # fmt: skip
-        try:
-            results = []
-            for index, item in enumerate(array):
-                if lengths is not None:
-                    item = item[: int(lengths[index])]
-                else:
-                    item = item[(item != -100.0).all(axis=-1)]  # the pipeline's padding value
+        if kwargs:
+            raise LanguageModelError(f"unknown decoding option(s) {sorted(kwargs)}; the options are {DECODE_OPTIONS}")
+        results = []
+        for index, item in enumerate(array):
+            if lengths is not None:
+                item = item[: int(lengths[index])]
+            else:
+                item = item[(item != -100.0).all(axis=-1)]  # the pipeline's padding value
+            try:
                 results.append(self.decoder.decode_beams(
                     item, beam_width=beam_width if beam_width is not None else DEFAULT_BEAM_WIDTH,
                     beam_prune_logp=beam_prune_logp, token_min_logp=token_min_logp, hotwords=hotwords,
-                    hotword_weight=hotword_weight, sum_alignments=sum_alignments,
+                    hotword_weight=hotword_weight, sum_alignments=sum_alignments, alpha=alpha, beta=beta,
+                    unk_score_offset=unk_score_offset, lm_score_boundary=lm_score_boundary,
                 ))  # fmt: skip
-        finally:
-            self.decoder.reset_params(alpha=saved["alpha"], beta=saved["beta"],
-                                      unk_score_offset=saved["unk_score_offset"],
-                                      lm_score_boundary=saved["score_boundary"])  # fmt: skip
+            except LanguageModelError as error:
+                if str(error).startswith("frame "):  # which utterance of the batch
+                    raise LanguageModelError(f"utterance {index}, {error}") from None
+                raise
         texts, logit_scores, lm_scores, offsets = [], [], [], []
         for beams in results:
             chosen = beams[:n_best]
-            one = [b[0] for b in chosen], [b[3] for b in chosen], [b[4] for b in chosen]
-            words = [[{"word": w, "start_offset": s, "end_offset": e} for w, (s, e) in b[2]] for b in chosen]
+            one = [b.text for b in chosen], [b.logit_score for b in chosen], [b.lm_score for b in chosen]
+            words = [[{"word": w, "start_offset": s, "end_offset": e} for w, (s, e) in b.word_offsets] for b in chosen]
             if n_best == 1:
                 texts.append(one[0][0]), logit_scores.append(one[1][0]), lm_scores.append(one[2][0])
                 offsets.append(words[0])
@@ -178,61 +178,4 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
         return self.tokenizer.decode(logits, **kwargs)
 
 
-class EBranchformerASRPipeline(AutomaticSpeechRecognitionPipeline):
-    """Transformers' ASR pipeline, which decodes with the folder's LM for this package's models.
-
-    The stock pipeline uses an LM only through pyctcdecode + kenlm (`type == "ctc_with_lm"` with a
-    `decoder`). Importing this package makes `pipeline("automatic-speech-recognition", ...)` build this
-    subclass instead; for every other model, or a folder without `language_model/`, it is the stock pipeline.
-    For ours with an LM it passes the folder's `CTCBeamSearchDecoder` as the `decoder`, so the pipeline's own
-    `ctc_with_lm` code path runs it, including `chunk_length_s` and `return_timestamps="word"`.
-    `decoder_kwargs={"beam_width": 64, "hotwords": [...]}` reach the beam search; `language_model=False`
-    gives greedy decoding."""
-
-    MODEL_TYPES = ("ebranchformer", "quartznet")
-
-    def __init__(self, model, feature_extractor=None, tokenizer=None, decoder=None, device=None,
-                 language_model=True, **kwargs):  # fmt: skip
-        ours = getattr(model.config, "model_type", None) in self.MODEL_TYPES
-        if decoder is None and language_model and ours:
-            decoder = self._folder_decoder(model, tokenizer)
-        if isinstance(decoder, CTCBeamSearchDecoder):
-            # the pipeline warns that pyctcdecode decoding is deprecated; this decoder is not pyctcdecode
-            from transformers.pipelines import automatic_speech_recognition as stock
-
-            level = stock.logger.level
-            stock.logger.setLevel(40)
-            try:
-                super().__init__(model, feature_extractor=feature_extractor, tokenizer=tokenizer, decoder=decoder,
-                                 device=device, **kwargs)  # fmt: skip
-            finally:
-                stock.logger.setLevel(level)
-            return
-        super().__init__(model, feature_extractor=feature_extractor, tokenizer=tokenizer, decoder=decoder,
-                         device=device, **kwargs)  # fmt: skip
-
-    @staticmethod
-    def _folder_decoder(model, tokenizer):
-        name = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
-        if not name:
-            return None
-        folder = _resolve_folder(name) if os.path.isdir(name) or "/" in name else None
-        if folder is None or not (folder / LM_DIR).is_dir():
-            return None
-        decoder = CTCBeamSearchDecoder.load_from_dir(folder)
-        if tokenizer is not None and not isinstance(tokenizer, str):
-            check_alphabet(decoder.labels, tokenizer, str(folder / ALPHABET_FILE))
-        return decoder
-
-
-def register_pipeline():
-    """Make `pipeline("automatic-speech-recognition")` build `EBranchformerASRPipeline` (a no-op subclass for
-    other models); keeps the task's model classes and defaults."""
-    from transformers.pipelines import PIPELINE_REGISTRY
-
-    task = PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"]
-    task["impl"] = EBranchformerASRPipeline
-
-
-__all__ = ["ATTRS_FILE", "EBranchformerASRPipeline", "EBranchformerDecoderWithLMOutput", "EBranchformerProcessorWithLM",
-           "LanguageModelError"]  # fmt: skip
+__all__ = ["ATTRS_FILE", "EBranchformerDecoderWithLMOutput", "EBranchformerProcessorWithLM", "LanguageModelError"]

@@ -1,21 +1,14 @@
 """Character CTC tokenizer whose ids are the course's output indices: space 0, а..я 1..32, blank 33."""
 
 import os
-import re
 
 from transformers import Wav2Vec2CTCTokenizer
+
+from .text import normalize_text
 
 # The course labels, in output-index order; "|" stands for the space (the Wav2Vec2 word delimiter).
 COURSE_LABELS = [" "] + list("абвгдежзийклмнопрстуфхцчшщъыьэюя")
 DEFAULT_VOCAB_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vocab.json")
-
-_WHITESPACE = re.compile(r"\s+")
-
-
-def normalize_text(text: str) -> str:
-    """The normalisation that training, evaluation and the tokenizer share: lower case, ё -> е (the course
-    alphabet has no ё), runs of whitespace -> one space, no leading or trailing space."""
-    return _WHITESPACE.sub(" ", text.lower().replace("ё", "е")).strip()
 
 
 class EBranchformerCTCTokenizer(Wav2Vec2CTCTokenizer):

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from asrkit.audio import read_audio
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerFeatureExtractor
-from modeling_ebranchformer.audio import read_audio
 from modeling_ebranchformer.modeling import EBranchformerLayer, EBranchformerModel
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ESPNET_HINT = "pip install --no-deps espnet typeguard"
 CROWD_TEST = ROOT / "data" / "golos_mini" / "test_opus" / "crowd" / "files"

@@ -8,14 +8,11 @@ for the full-size model that the README quotes.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import golos  # noqa: E402
-from modeling_ebranchformer import EBranchformerConfig, EBranchformerFeatureExtractor, EBranchformerForCTC  # noqa: E402
+import golos
+from modeling_ebranchformer import EBranchformerConfig, EBranchformerFeatureExtractor, EBranchformerForCTC
 
 
 def main(argv=None):

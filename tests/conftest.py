@@ -69,9 +69,9 @@ def train_args(tmp_path, *extra):
 def trained(tmp_path_factory):
     """A finished train_ctc.py run: 8 steps with checkpoints at 4 and 8, evaluated at the end.
     Returns (tmp folder, trainer, metrics); the run is in tmp/out. Tests must not modify it."""
-    import train_ctc
+    from asrkit import training
 
     tmp = tmp_path_factory.mktemp("run")
-    trainer, metrics = train_ctc.run(train_args(tmp, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4",
+    trainer, metrics = training.run(train_args(tmp, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4",
                                                 "--save_total_limit", "2"))  # fmt: skip
     return tmp, trainer, metrics

@@ -3,11 +3,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, TINY, speech_like_signal, train_args
+from conftest import TINY, speech_like_signal, train_args
 from safetensors.torch import load_file
 
-from modeling_ebranchformer.audio import read_audio
-from modeling_ebranchformer.augmentation import PEAK, AudioAugmentation, AugmentationArguments, AugmentationCallback
+from asrkit.audio import read_audio
+from asrkit.augmentation import PEAK, AudioAugmentation, AugmentationArguments, AugmentationCallback
 
 RATE = 16000
 SPEECH = speech_like_signal(3.0, seed=1) * 5  # peak ~0.6: loud enough that +6 dB would clip
@@ -142,10 +142,10 @@ def test_persistent_workers_see_the_epoch():
     ],
 )
 def test_bad_options_are_refused(tmp_path, option, message):
-    import train_ctc
+    from asrkit import training
 
     with pytest.raises(SystemExit, match=message):
-        train_ctc.parse_arguments(train_args(tmp_path, *option))
+        training.parse_args(train_args(tmp_path, *option))
 
 
 # --- in train_ctc.py ------------------------------------------------------------------------------------
@@ -161,10 +161,10 @@ SPEC_AUGMENT = ["--config_overrides", f"{TINY},apply_spec_augment=true,mask_time
 def augmented_run(tmp_path_factory):
     """4 steps (2 epochs of the 40 s subset, batch 8) with augmentation and SpecAugment, one DataLoader worker,
     a checkpoint after each step, evaluated at the end."""
-    import train_ctc
+    from asrkit import training
 
     tmp = tmp_path_factory.mktemp("augmented")
-    trainer, _ = train_ctc.run(train_args(tmp, *AUGMENT, *SPEC_AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
+    trainer, _ = training.run(train_args(tmp, *AUGMENT, *SPEC_AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
                                           "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "4"))  # fmt: skip
     return tmp, trainer
 
@@ -192,12 +192,12 @@ def test_training_audio_is_augmented_and_evaluation_audio_is_not(augmented_run):
 
 @pytest.mark.parametrize("step", [2, 3])  # at an epoch's start, and mid-epoch
 def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step):
-    import train_ctc
+    from asrkit import training
 
     tmp, trainer = augmented_run
     (tmp_path / "out").mkdir()
     shutil.copytree(tmp / "out" / f"checkpoint-{step}", tmp_path / "out" / f"checkpoint-{step}")
-    resumed, _ = train_ctc.run(train_args(tmp_path, *AUGMENT, *SPEC_AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
+    resumed, _ = training.run(train_args(tmp_path, *AUGMENT, *SPEC_AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
                                           "--do_eval", "false", "--resume_from_checkpoint", "last"))  # fmt: skip
     loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert [e["loss"] for e in resumed.state.log_history if "loss" in e] == pytest.approx(loss, rel=1e-5)
@@ -208,44 +208,44 @@ def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step):
 
 def test_the_speed_factor_is_counted_in_the_ctc_length_check(tmp_path):
     """At speed 2 audio is half as long: transcripts that fit only at 1.0 must be filtered out."""
-    import train_ctc
+    from asrkit import training
     from golos.selection import column, ctc_target_frames
     from modeling_ebranchformer.ctc import output_frames
 
-    model_args, data_args, *_ = train_ctc.parse_arguments(train_args(tmp_path, "--train_subset_seconds", "0"))
-    model, processor = train_ctc.load_model_and_processor(model_args)
-    plain = train_ctc.prepare_train(data_args, processor, model)
-    fast = train_ctc.prepare_train(data_args, processor, model, fastest=2.0)
+    model_args, data_args, *_ = training.parse_args(train_args(tmp_path, "--train_subset_seconds", "0"))
+    model, processor = training.load_model_and_processor(model_args)
+    plain = training.prepare_train(data_args, processor, model)
+    fast = training.prepare_train(data_args, processor, model, fastest=2.0)
     assert 0 < len(fast) < len(plain)
     frames = output_frames(model, processor.feature_extractor, [d / 2 for d in column(fast, "duration")])
     assert all(ctc_target_frames(text) <= n for text, n in zip(column(fast, "text"), frames))
 
 
 def test_the_train_order_depends_on_seed_and_epoch_only():
-    import train_ctc
+    from asrkit import training
 
     lengths = list(np.random.default_rng(0).uniform(1, 10, 100))
-    sampler = train_ctc.EpochSeededLengthGroupedSampler(8, lengths, seed=3)
+    sampler = training.EpochSeededLengthGroupedSampler(8, lengths, seed=3)
     first = list(sampler)
     torch.manual_seed(123)  # the global generator plays no part
     assert list(sampler) == first
     sampler.set_epoch(1)
     second = list(sampler)
     assert second != first and sorted(second) == sorted(first) == list(range(100))
-    again = train_ctc.EpochSeededLengthGroupedSampler(8, lengths, seed=3)
+    again = training.EpochSeededLengthGroupedSampler(8, lengths, seed=3)
     again.set_epoch(1)
     assert list(again) == second
 
 
 def test_each_epoch_draws_anew(tmp_path, monkeypatch):
     """The callback tells the augmentation which epoch it is in: 2 epochs of 2 steps see epochs 0 and 1."""
-    import train_ctc
+    from asrkit import training
 
     seen = []
     augment = AudioAugmentation.augment
     monkeypatch.setattr(AudioAugmentation, "augment", lambda self, samples, key: seen.append((self.epoch, key))
                         or augment(self, samples, key))  # fmt: skip
-    train_ctc.run(train_args(tmp_path, *AUGMENT, "--max_steps", "4", "--do_eval", "false"))  # no workers: seen here
+    training.run(train_args(tmp_path, *AUGMENT, "--max_steps", "4", "--do_eval", "false"))  # no workers: seen here
     epochs = [epoch for epoch, _ in seen]
     assert epochs == sorted(epochs) and set(epochs) == {0, 1}
     assert sorted(k for e, k in seen if e == 0) == sorted(k for e, k in seen if e == 1)  # each utterance once a epoch

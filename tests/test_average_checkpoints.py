@@ -7,7 +7,7 @@ import torch
 from conftest import TINY
 from safetensors.torch import load_file
 
-import average_checkpoints
+from asrkit import averaging
 from modeling_ebranchformer import (
     EBranchformerConfig,
     EBranchformerForCTC,
@@ -15,7 +15,7 @@ from modeling_ebranchformer import (
     QuartzNetConfig,
     QuartzNetForCTC,
 )
-from modeling_ebranchformer.hub import load_ctc_model
+from asrkit.hub import load_ctc_model
 
 QUARTZNET = {"block_channels": [32, 32, 48], "block_repeats": [1, 2, 1], "block_kernel_sizes": [11, 9, 1],
              "block_strides": [4, 1, 1], "block_dilations": [1, 2, 1], "block_residual": [False, True, False],
@@ -57,7 +57,7 @@ def fake_run(run_dir, kind="quartznet", steps=tuple(WER)):
 @pytest.mark.parametrize("kind", ["quartznet", "ebranchformer"])
 def test_the_last_n_are_averaged_exactly(tmp_path, kind):
     fake_run(tmp_path / "run", kind)
-    output = average_checkpoints.main([str(tmp_path / "run"), "--last", "3"])
+    output = averaging.run([str(tmp_path / "run"), "--last", "3"])
     assert output == tmp_path / "run" / "average-last-3"
     states = [load_file(tmp_path / "run" / f"checkpoint-{s}" / "model.safetensors") for s in (200, 300, 400)]
     averaged = load_file(output / "model.safetensors")
@@ -87,7 +87,7 @@ def test_the_last_n_are_averaged_exactly(tmp_path, kind):
 def test_the_best_n_by_the_logged_wer(tmp_path):
     fake_run(tmp_path / "run")
     (tmp_path / "run" / "checkpoint-500").mkdir()  # a save that was killed: no trainer_state.json
-    output = average_checkpoints.main([str(tmp_path / "run"), "--best", "2", "--output_dir", str(tmp_path / "avg")])
+    output = averaging.run([str(tmp_path / "run"), "--best", "2", "--output_dir", str(tmp_path / "avg")])
     record = json.loads((output / "averaging.json").read_text())
     assert record["checkpoints"] == ["checkpoint-200", "checkpoint-400"]  # WER 0.30 and 0.35
     assert record["method"] == "best 2 by eval_crowd_wer"
@@ -101,24 +101,24 @@ def test_refusals_leave_nothing_behind(tmp_path):
     run = tmp_path / "run"
     fake_run(run)
     with pytest.raises(SystemExit, match="--last 5: .* holds 4 complete checkpoints"):
-        average_checkpoints.main([str(run), "--last", "5"])
+        averaging.run([str(run), "--last", "5"])
     with pytest.raises(SystemExit, match="logged no 'eval_farfield_wer'"):
-        average_checkpoints.main([str(run), "--best", "2", "--metric", "eval_farfield_wer"])
+        averaging.run([str(run), "--best", "2", "--metric", "eval_farfield_wer"])
     with pytest.raises(SystemExit, match="no complete checkpoint"):
-        average_checkpoints.main([str(tmp_path), "--last", "1"])
+        averaging.run([str(tmp_path), "--last", "1"])
     # a checkpoint of another model: shapes differ, nothing is written
     other = make_model("ebranchformer")
     other.save_pretrained(run / "checkpoint-500")
     (run / "checkpoint-500" / "trainer_state.json").write_text(json.dumps({"log_history": []}))
     with pytest.raises(SystemExit, match="other tensors than the first"):
-        average_checkpoints.main([str(run), "--last", "2"])
+        averaging.run([str(run), "--last", "2"])
     assert sorted(p.name for p in run.iterdir()) == [f"checkpoint-{s}" for s in (100, 200, 300, 400, 500)]
     # an existing output folder is replaced only when asked
-    average_checkpoints.main([str(run), "--last", "1"])
+    averaging.run([str(run), "--last", "1"])
     with pytest.raises(SystemExit, match="exists; pass --overwrite"):
-        average_checkpoints.main([str(run), "--last", "1"])
-    average_checkpoints.main([str(run), "--last", "1", "--overwrite"])
+        averaging.run([str(run), "--last", "1"])
+    averaging.run([str(run), "--last", "1", "--overwrite"])
     with pytest.raises(SystemExit):
-        average_checkpoints.build_parser().parse_args([str(run), "--last", "2", "--best", "2"])
+        averaging.build_parser().parse_args([str(run), "--last", "2", "--best", "2"])
     with pytest.raises(SystemExit):
-        average_checkpoints.build_parser().parse_args([str(run), "--last", "0"])
+        averaging.build_parser().parse_args([str(run), "--last", "0"])

@@ -25,8 +25,8 @@ from course_modules import (
 )
 from transformers import AutoModelForCTC
 
-import convert_checkpoint
-from convert_checkpoint import ConversionError, convert
+from asrkit import conversion
+from asrkit.conversion import ConversionError, convert
 from modeling_ebranchformer import (
     EBranchformerCTCTokenizer,
     EBranchformerFeatureExtractor,
@@ -290,7 +290,7 @@ def test_a_vocabulary_file_that_cannot_be_right_is_refused_before_the_checkpoint
     def read(*args, **kwargs):
         raise AssertionError("the checkpoint was read before the vocabulary was checked")
 
-    monkeypatch.setattr(convert_checkpoint, "load_checkpoint", read)
+    monkeypatch.setattr(conversion, "load_checkpoint", read)
     (tmp_path / "model.ckpt").write_bytes(b"never read")
     course = json.loads((ROOT / "modeling_ebranchformer" / "vocab.json").read_text(encoding="utf-8"))
     cases = [
@@ -369,7 +369,7 @@ def test_an_unwritable_place_fails_before_the_checkpoint_is_read(tmp_path, monke
     def read(*args, **kwargs):
         raise AssertionError("the checkpoint was read before the output place was checked")
 
-    monkeypatch.setattr(convert_checkpoint, "load_checkpoint", read)
+    monkeypatch.setattr(conversion, "load_checkpoint", read)
     with pytest.raises(ConversionError, match=r"cannot write the output folder .*notes.txt/out: Not a directory"):
         convert(tmp_path / "q.ckpt", tmp_path / "notes.txt" / "out")
 
@@ -402,7 +402,7 @@ def test_a_failure_while_writing_changes_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(convert_checkpoint.EBranchformerProcessor, "save_pretrained", fail)
+        patch.setattr(conversion.EBranchformerProcessor, "save_pretrained", fail)
         with pytest.raises(ConversionError, match=r"writing .*out failed: disk full; nothing written"):
             convert(tmp_path / "q.ckpt", tmp_path / "out")
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -416,7 +416,7 @@ def test_a_failure_while_writing_changes_nothing(tmp_path, monkeypatch):
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         rename(source, target)
 
-    monkeypatch.setattr(convert_checkpoint.os, "replace", fail_from_staging)
+    monkeypatch.setattr(conversion.os, "replace", fail_from_staging)
     with pytest.raises(ConversionError, match=r"writing .*out failed: Invalid cross-device link; nothing written, an earlier folder is unchanged"):
         convert(tmp_path / "q.ckpt", tmp_path / "out", overwrite=True)
     assert {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()} == before

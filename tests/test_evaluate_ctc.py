@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from conftest import CORPUS
 
-from evaluate_ctc import main as evaluate_main
+from asrkit.evaluation import run as evaluate_main
 
 
 def reference_transcripts(folder, manifest, count):

@@ -16,8 +16,7 @@ pytest.importorskip("onnx")
 
 from conftest import CORPUS, ROOT, TINY_CONFIG
 
-import export_onnx
-import transcribe
+from asrkit import onnx_export, onnx_runtime, transcription
 
 CROWD = CORPUS / "test_opus" / "crowd"
 FILES = sorted((CROWD / "files").glob("*.opus"))[:6]
@@ -61,7 +60,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     model_dir = save_tiny(root / "model")
     sets = {"crowd": CROWD / "manifest.jsonl"}
-    info = export_onnx.export(
+    info = onnx_export.export(
         model_dir, root / "onnx", int8=True, check_audio=FILES, wer_sets=sets, log=lambda *a: None
     )
     return model_dir, root / "onnx", info
@@ -97,11 +96,11 @@ def test_numpy_runtime_matches_pytorch(exported):
     features within float32 rounding, log-probabilities close, identical greedy transcripts."""
     from transformers import AutoModelForCTC, AutoProcessor
 
-    from modeling_ebranchformer.audio import read_audio
+    from asrkit.audio import read_audio
 
     model_dir, out, _ = exported
     model, processor = AutoModelForCTC.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
-    onnx = transcribe.runtime.OnnxCTCModel(out)
+    onnx = onnx_runtime.OnnxCTCModel(out)
     waveforms = [read_audio(p) for p in FILES]
     inputs = processor(audio=waveforms, sampling_rate=16000, return_tensors="pt")
     features, mask = onnx.features.batch(waveforms)
@@ -118,35 +117,35 @@ def test_numpy_runtime_matches_pytorch(exported):
 
 def test_quartznet_export(tmp_path, capsys):
     model_dir = save_tiny(tmp_path / "q", quartznet=True)
-    info = export_onnx.export(model_dir, tmp_path / "q_onnx", check_audio=FILES[:3], log=lambda *a: None)
+    info = onnx_export.export(model_dir, tmp_path / "q_onnx", check_audio=FILES[:3], log=lambda *a: None)
     assert info["model_type"] == "quartznet" and info["check"]["max_abs_diff_padded_batch"] <= 1e-4
     assert "int8" not in info["files"] and not (tmp_path / "q_onnx" / "model.int8.onnx").exists()
     # the torch-free runtime gives the PyTorch model's transcripts
     texts = [r["text"] for r in run_transcribe(tmp_path / "q_onnx", FILES[:3], tmp_path / "q.jsonl")]
     assert texts == [r["text"] for r in run_transcribe(model_dir, FILES[:3], tmp_path / "q_torch.jsonl")]
     # asking for the int8 model of an export without one is a named error
-    assert transcribe.main([str(tmp_path / "q_onnx"), str(FILES[0]), "--quantized"]) == 2
+    assert transcription.main([str(tmp_path / "q_onnx"), str(FILES[0]), "--quantized"]) == 2
     assert "no int8 model in this export (run export_onnx.py with --int8)" in capsys.readouterr().err
 
 
 def run_transcribe(model, files, output):
-    assert transcribe.main([str(model), *map(str, files), "--output", str(output), "--no_progress"]) == 0
+    assert transcription.main([str(model), *map(str, files), "--output", str(output), "--no_progress"]) == 0
     return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
 
 
 def test_out_dir_is_never_overwritten_or_half_written(exported, tmp_path, capsys):
     model_dir, out, _ = exported
     before = sorted(os.listdir(out))
-    assert export_onnx.main([str(model_dir), str(out)]) == 1
+    assert onnx_export.main([str(model_dir), str(out)]) == 1
     assert f"{out} exists; pass --overwrite to replace it" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == before
     # a failed check writes nothing
     target = tmp_path / "strict"
-    with pytest.raises(export_onnx.ExportError, match="differ from PyTorch's by .* > 1e-12; nothing written"):
-        export_onnx.export(model_dir, target, tolerance=1e-12, check_audio=FILES[:2], log=lambda *a: None)
+    with pytest.raises(onnx_export.ExportError, match="differ from PyTorch's by .* > 1e-12; nothing written"):
+        onnx_export.export(model_dir, target, tolerance=1e-12, check_audio=FILES[:2], log=lambda *a: None)
     assert not target.exists() and not list(tmp_path.glob(".strict*"))
     with pytest.raises(SystemExit):
-        export_onnx.main([str(tmp_path / "nothing"), str(target)])
+        onnx_export.main([str(tmp_path / "nothing"), str(target)])
     assert "MODEL " + str(tmp_path / "nothing") + ": not a folder" in capsys.readouterr().err
 
 
@@ -158,7 +157,8 @@ def test_transcribe_onnx_without_torch(exported, tmp_path):
     for name in ("torch", "transformers"):
         (blocker / name).mkdir(parents=True)
         (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
-    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    # the repository as `python transcribe.py` puts it on sys.path (runpy puts the probe's folder there instead)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])}
     probe = tmp_path / "probe.py"  # runs the script, then checks that neither module got imported
     probe.write_text(
         "import runpy, sys\n"
@@ -192,7 +192,7 @@ def test_transcribe_onnx_without_torch(exported, tmp_path):
         outputs[variant] = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     # the same folder through the PyTorch model
     reference = tmp_path / "torch.jsonl"
-    assert transcribe.main([str(model_dir), *files, "--output", str(reference), "--no_progress", "--timestamps"]) == 0
+    assert transcription.main([str(model_dir), *files, "--output", str(reference), "--no_progress", "--timestamps"]) == 0
     expected = [json.loads(line) for line in reference.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in outputs["fp32"]] == [r["text"] for r in expected]
     assert [r["words"] for r in outputs["fp32"]] == [r["words"] for r in expected]

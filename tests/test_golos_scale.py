@@ -134,19 +134,19 @@ def test_cached_loads_recheck_the_audio_stamps_only_when_asked(tmp_path, big_cor
 
 
 def test_the_length_grouped_sampler_gets_durations_without_decoding(tmp_path, monkeypatch):
-    import train_ctc
+    from asrkit import training
 
     def no_decoding(audio):
         raise AssertionError(f"decoded {audio['path']}")
 
     output = tmp_path / "out"
-    model_args, data_args, _, _, training_args = train_ctc.parse_arguments([
+    model_args, data_args, _, _, training_args = training.parse_args([
         "--output_dir", str(output), "--config_overrides", TINY, "--dataset_cache_dir", str(tmp_path / "c"),
         "--do_eval", "false", "--report_to", "none", "--per_device_train_batch_size", "4",
     ])  # fmt: skip
-    model, processor = train_ctc.load_model_and_processor(model_args)
-    selected = train_ctc.prepare_train(data_args, processor, model)
-    trainer = train_ctc.CTCTrainer(model=model, args=training_args, train_dataset=golos.decode_with_soundfile(selected))
+    model, processor = training.load_model_and_processor(model_args)
+    selected = training.prepare_train(data_args, processor, model)
+    trainer = training.CTCTrainer(model=model, args=training_args, train_dataset=golos.decode_with_soundfile(selected))
     monkeypatch.setattr(golos, "_decode", no_decoding)
     sampler = trainer._get_train_sampler()
     assert sampler.lengths == selected["duration"][:]

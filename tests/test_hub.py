@@ -17,7 +17,7 @@ from modeling_ebranchformer import (
     EBranchformerForCTC,
     EBranchformerProcessor,
 )
-from modeling_ebranchformer.audio import pipeline_input
+from asrkit.audio import pipeline_input
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import jiwer
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, TINY_CONFIG, speech_like_signal
+from conftest import CORPUS, ROOT, TINY_CONFIG, speech_like_signal
 
-import build_lm
+from asrkit import lm_building
 from modeling_ebranchformer import (
     EBranchformerConfig,
     EBranchformerCTCTokenizer,
@@ -26,14 +26,8 @@ from modeling_ebranchformer import (
     EBranchformerProcessor,
     EBranchformerProcessorWithLM,
 )
-from modeling_ebranchformer.lm import (
-    CTCBeamSearchDecoder,
-    LanguageModelError,
-    NGramLanguageModel,
-    build_arpa,
-    kneser_ney,
-    tokenizer_labels,
-)
+from modeling_ebranchformer.beam_search import CTCBeamSearchDecoder, tokenizer_labels
+from modeling_ebranchformer.ngram import LanguageModelError, NGramLanguageModel, build_arpa, kneser_ney
 
 TOKENIZER = EBranchformerCTCTokenizer()
 LABELS = tokenizer_labels(TOKENIZER)
@@ -343,7 +337,7 @@ def lm_folder(tmp_path_factory):
     processor.save_pretrained(folder)
     plain = folder.with_name("plain")
     shutil.copytree(folder, plain)
-    build_lm.main([str(folder)])
+    lm_building.run([str(folder)])
     return model, folder, plain
 
 
@@ -396,10 +390,12 @@ def test_batch_decode_beam_searches_logits_and_decodes_ids_greedily(lm_folder, s
 def test_pipeline_decodes_with_the_lm_with_chunks_and_word_times(lm_folder, speech_like):
     from transformers import AutoProcessor, pipeline
 
+    from modeling_ebranchformer import EBranchformerASRPipeline
+
     model, folder, plain = lm_folder
     processor = AutoProcessor.from_pretrained(folder)
-    asr = pipeline("automatic-speech-recognition", model=str(folder))
-    assert asr.type == "ctc_with_lm"
+    asr = pipeline("automatic-speech-recognition", model=str(folder), pipeline_class=EBranchformerASRPipeline)
+    assert type(asr) is EBranchformerASRPipeline and asr.type == "ctc_with_lm"
     wave = speech_like(3.0, 5)
     result = asr(wave.copy(), return_timestamps="word")
     output = processor.batch_decode(model_logits(model, processor, wave), output_word_offsets=True)
@@ -411,8 +407,14 @@ def test_pipeline_decodes_with_the_lm_with_chunks_and_word_times(lm_folder, spee
     chunked = asr(long, chunk_length_s=10, return_timestamps="word")
     starts = [c["timestamp"][0] for c in chunked["chunks"]]
     assert starts == sorted(starts) and starts[-1] > 15.0
-    assert pipeline("automatic-speech-recognition", model=str(plain)).type == "ctc"
-    assert pipeline("automatic-speech-recognition", model=str(folder), language_model=False).type == "ctc"
+    assert pipeline("automatic-speech-recognition", model=str(plain), pipeline_class=EBranchformerASRPipeline).type == "ctc"
+    greedy = pipeline("automatic-speech-recognition", model=str(folder), pipeline_class=EBranchformerASRPipeline,
+                      language_model=False)  # fmt: skip
+    assert greedy.type == "ctc"
+    # the stock pipeline: greedy unless given the decoder, then the same LM decoding
+    assert pipeline("automatic-speech-recognition", model=str(folder)).type == "ctc"
+    stock = pipeline("automatic-speech-recognition", model=str(folder), decoder=processor.decoder)
+    assert type(stock) is not EBranchformerASRPipeline and stock(wave.copy())["text"] == output.text[0]
 
 
 def test_folder_loads_without_the_package_through_trust_remote_code(lm_folder, tmp_path, speech_like):
@@ -449,26 +451,26 @@ def test_build_lm_refuses_bad_input_and_leaves_the_folder_as_it_was(lm_folder, t
     shutil.copytree(folder, copy)
     before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     with pytest.raises(SystemExit, match="language_model exists; pass --overwrite"):
-        build_lm.main([str(copy)])
+        lm_building.run([str(copy)])
     text = tmp_path / "corpus.txt"
     text.write_text("привет мир\nhello мир\n", encoding="utf-8")
     with pytest.raises(SystemExit, match=r"corpus.txt, line 2: characters \['e', 'h', 'l', 'o'\]"):
-        build_lm.main([str(copy), "--text", str(text), "--overwrite"])
+        lm_building.run([str(copy), "--text", str(text), "--overwrite"])
     with pytest.raises(SystemExit, match="alpha=12.0 is out of range"):
-        build_lm.main([str(copy), "--overwrite", "--alpha", "12"])
+        lm_building.run([str(copy), "--overwrite", "--alpha", "12"])
     corrupt = tmp_path / "golos.arpa"
     corrupt.write_text(ARPA.replace("\\end\\\n", ""))
     with pytest.raises(SystemExit, match="golos.arpa: no \\\\end\\\\ line"):
-        build_lm.main([str(copy), "--arpa", str(corrupt), "--overwrite"])
+        lm_building.run([str(copy), "--arpa", str(corrupt), "--overwrite"])
     after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     assert after == before
     # an ARPA file given as it is, and a text corpus, replace the LM with --overwrite
     latin_free = ARPA.replace("а", "д").replace("б", "е")
     (tmp_path / "given.arpa").write_text(latin_free)
-    build_lm.main([str(copy), "--arpa", str(tmp_path / "given.arpa"), "--overwrite", "--alpha", "0.7"])
+    lm_building.run([str(copy), "--arpa", str(tmp_path / "given.arpa"), "--overwrite", "--alpha", "0.7"])
     assert (copy / "language_model" / "given.arpa").read_text() == latin_free
     assert not (copy / "language_model" / "lm.arpa").exists()
-    build_lm.main([str(copy), "--text", str(_ok_text(tmp_path)), "--overwrite", "--order", "2"])
+    lm_building.run([str(copy), "--text", str(_ok_text(tmp_path)), "--overwrite", "--order", "2"])
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(copy)
@@ -510,11 +512,11 @@ def test_an_alphabet_that_does_not_cover_the_tokenizer_is_refused(lm_folder, tmp
 def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
     from transformers import AutoProcessor
 
-    import train_ctc
+    from asrkit import training
 
     _, folder, _ = lm_folder
     tiny = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,cgmlp_intermediate_size=48,ffn_intermediate_size=64"
-    train_ctc.run([
+    training.run([
         "--model_name_or_path", str(folder), "--config_overrides", tiny, "--report_to", "none", "--max_steps", "1",
         "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false", "--per_device_train_batch_size",
         "4", "--save_strategy", "no", "--eval_strategy", "no", "--do_eval", "false", "--train_subset_seconds", "20",
@@ -528,8 +530,8 @@ def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
 def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(lm_folder, tmp_path):
     from huggingface_hub import ModelCard
 
-    import tune_lm
-    from evaluate_ctc import main as evaluate_main
+    from asrkit import lm_tuning
+    from asrkit.evaluation import run as evaluate_main
 
     _, folder, plain = lm_folder
     copy = tmp_path / "model"
@@ -551,14 +553,14 @@ def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(l
     greedy_only = evaluate_main([str(plain), "--max_samples", "2", "--output_dir", str(tmp_path / "eval2")])
     assert "lm_wer" not in greedy_only[0]
     before = (copy / "language_model" / "attrs.json").read_text()
-    summary = tune_lm.main([str(copy), "--max_samples", "4", "--alphas", "0,1", "--betas", "0,2", "--dry_run"])
+    summary = lm_tuning.run([str(copy), "--max_samples", "4", "--alphas", "0,1", "--betas", "0,2", "--dry_run"])
     assert (copy / "language_model" / "attrs.json").read_text() == before
-    tune_lm.main([str(copy), "--max_samples", "4", "--alphas", "0,1", "--betas", "0,2"])
+    lm_tuning.run([str(copy), "--max_samples", "4", "--alphas", "0,1", "--betas", "0,2"])
     attrs = json.loads((copy / "language_model" / "attrs.json").read_text())
     assert (attrs["alpha"], attrs["beta"]) == (summary["alpha"], summary["beta"])
     assert summary["tuning_utterances"] == 4 and summary["unseen_utterances"] == 4
     with pytest.raises(SystemExit, match="alpha=11.0 is out of range"):
-        tune_lm.main([str(copy), "--alphas", "0,11"])
+        lm_tuning.run([str(copy), "--alphas", "0,11"])
 
 
 class FakeKenLM:
@@ -593,7 +595,7 @@ def test_a_kenlm_binary_is_read_through_the_kenlm_module(tmp_path, monkeypatch, 
     binary.write_bytes(b"mmap lm http://kheafield.com/code format version 5\n")
     (tmp_path / "golos.binary.arpa").write_text(build_arpa(train_sentences(), 3), encoding="utf-8")
     monkeypatch.setitem(sys.modules, "kenlm", FakeKenLM)
-    from modeling_ebranchformer.lm import load_language_model
+    from modeling_ebranchformer.ngram import load_language_model
 
     lm = load_language_model(binary)
     assert lm.score(("<s>", "салют"), "выключи") == pytest.approx(corpus_lm.score(("<s>", "салют"), "выключи"))
@@ -601,3 +603,131 @@ def test_a_kenlm_binary_is_read_through_the_kenlm_module(tmp_path, monkeypatch, 
     assert lm.in_vocabulary("салют") and not lm.in_vocabulary("кукуруза")
     logits = near_miss("салют выключи свет", 3, "о")
     assert CTCBeamSearchDecoder(LABELS, lm).decode(logits) == "салют выключи свет"
+
+
+# ---- hotwords, options, non-finite logits, hotwords from the command line
+
+HOTWORDS = ["будильник", "двести", "восемнадцать", "андрей", "салют"]
+
+
+@pytest.mark.parametrize("weight", [10.0, 20.0, 50.0])
+@pytest.mark.parametrize("text, hotword", [("будет", "будильник"), ("два", "двести"), ("восемь", "восемнадцать"),
+                                           ("андроид", "андрей"), ("салуд", "салют")])  # fmt: skip
+def test_a_word_sharing_a_hotwords_prefix_is_not_cut_short(corpus_lm, text, hotword, weight):
+    """The partial-word bonus draws beams towards the hotword; a word that leaves the hotword's spelling must
+    still win where the audio says it (it was cut to 'бу', 'дв', 'восемн', 'андре', 'сал')."""
+    logits = crafted_logits(f"позвони {text} сейчас", np.random.default_rng(3), noise=0.5)
+    assert greedy(logits) == f"позвони {text} сейчас"
+    for lm in (None, corpus_lm):
+        decoder = CTCBeamSearchDecoder(LABELS, lm)
+        words = decoder.decode(logits, hotwords=[hotword], hotword_weight=weight).split()
+        assert len(words) == 3 and words[1] in (text, hotword), (lm, words)
+
+
+def test_hotwords_cost_little_on_speech_without_them(corpus_lm):
+    """On the embedded test sets' transcripts (crafted logits with near misses), hotwords that share prefixes
+    with many words leave the WER within a point of decoding without them."""
+    from asrkit.metrics import wer
+
+    rng = np.random.default_rng(1)
+    references, logits = [], []
+    for name in ("crowd", "farfield"):
+        for line in (CORPUS / "test_opus" / name / "manifest.jsonl").open():
+            references.append(json.loads(line)["text"])
+            logits.append(crafted_logits(references[-1], rng, noise=1.5, confusion=0.06, confusion_margin=0.8))
+    decoder = CTCBeamSearchDecoder(LABELS, corpus_lm)
+    plain = wer(references, [decoder.decode(x) for x in logits])
+    for weight in (20.0, 50.0):
+        boosted = wer(references, [decoder.decode(x, hotwords=HOTWORDS, hotword_weight=weight) for x in logits])
+        assert boosted <= plain + 0.01, (weight, plain, boosted)
+
+
+def test_options_are_applied_or_refused_by_name(corpus_lm):
+    logits = crafted_logits("салют выключи свет", np.random.default_rng(0), noise=1.5, confusion=0.2)
+    decoder = CTCBeamSearchDecoder(LABELS, corpus_lm, alpha=0.5, beta=1.0)
+    zero = CTCBeamSearchDecoder(LABELS, corpus_lm, alpha=0.0, beta=0.0).decode_beams(logits)[0]
+    # alpha and beta given to decode_beams apply to that call only (the pipeline's decoder_kwargs reach here)
+    assert decoder.decode_beams(logits, alpha=0.0, beta=0.0)[0] == zero
+    assert (decoder.alpha, decoder.beta) == (0.5, 1.0)
+    for wrong in ({"beamwidth": 8}, {"hotword": ["салют"]}, {"lm_start_state": object()}):
+        with pytest.raises(LanguageModelError, match=next(iter(wrong))):
+            decoder.decode_beams(logits, **wrong)
+    with pytest.raises(LanguageModelError, match="hotword_weight=5000"):
+        decoder.decode_beams(logits, hotwords=["салют"], hotword_weight=5000)
+
+
+def test_non_finite_logits_are_named_by_frame_and_utterance(corpus_lm):
+    from modeling_ebranchformer import EBranchformerCTCTokenizer, EBranchformerFeatureExtractor
+    from modeling_ebranchformer.processing_lm import EBranchformerProcessorWithLM
+
+    logits = crafted_logits("салют", np.random.default_rng(0))
+    bad = logits.copy()
+    bad[4, 7] = np.nan
+    decoder = CTCBeamSearchDecoder(LABELS, corpus_lm)
+    with pytest.raises(LanguageModelError, match="frame 4 .*NaN or infinite"):
+        decoder.decode_beams(bad)
+    processor = EBranchformerProcessorWithLM(EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer(), decoder)
+    frames = min(len(logits), len(bad))
+    with pytest.raises(LanguageModelError, match="utterance 1, frame 4"):
+        processor.batch_decode(np.stack([logits[:frames], bad[:frames]]))
+
+
+def test_pipeline_decoder_kwargs_reach_the_search_and_unknown_ones_are_refused(tmp_path, tiny_config, speech_like):
+    import torch
+    from transformers import AutoProcessor, pipeline
+
+    from asrkit import lm_building
+    from modeling_ebranchformer import EBranchformerASRPipeline, EBranchformerForCTC, EBranchformerProcessor
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    EBranchformerForCTC(tiny_config).save_pretrained(folder)
+    EBranchformerProcessor().save_pretrained(folder)
+    lm_building.run([str(folder)])
+    processor = AutoProcessor.from_pretrained(folder)
+    asr = pipeline("automatic-speech-recognition", model=str(folder), pipeline_class=EBranchformerASRPipeline)
+    wave = speech_like(2.0, 3)
+    with torch.no_grad():
+        logits = asr.model(**processor(audio=wave, sampling_rate=16000, return_tensors="pt")).logits
+    for options in ({"alpha": 0.0, "beta": 0.0}, {"alpha": 2.0, "beta": -3.0, "beam_width": 4}):
+        expected = processor.batch_decode(logits.numpy(), **options).text[0]
+        assert asr(wave.copy(), decoder_kwargs=options)["text"] == expected
+    with pytest.raises(LanguageModelError, match="beamwidth"):
+        asr(wave.copy(), decoder_kwargs={"beamwidth": 8})
+
+
+@pytest.mark.slow
+def test_hotwords_through_transcribe_py(tmp_path, tiny_config):
+    """`transcribe.py --decoder lm --hotwords ...` as a user runs it (the script's own process): a hotword the
+    acoustics barely allow comes out with a large weight, and not without it; a hotword outside the alphabet
+    is refused by name before any work."""
+    import torch
+
+    from asrkit import lm_building
+    from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
+
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    EBranchformerForCTC(tiny_config).save_pretrained(folder)  # random weights: every character about as likely
+    EBranchformerProcessor().save_pretrained(folder)
+    lm_building.run([str(folder)])
+    audio = sorted((CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))[:2]
+    shutil.copy(audio[0], tmp_path / "a.opus")
+
+    def transcribe(*extra):
+        output = tmp_path / "out.jsonl"
+        command = [sys.executable, str(ROOT / "transcribe.py"), str(folder), str(tmp_path / "a.opus"), "--decoder",
+                   "lm", "--output", str(output), "--overwrite", "--no_progress", *extra]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        text = json.loads(output.read_text(encoding="utf-8"))["text"] if result.returncode == 0 else None
+        return result, text
+
+    result, plain = transcribe()
+    assert result.returncode == 0, result.stderr[-2000:]
+    result, boosted = transcribe("--hotwords", "джой", "--hotword_weight", "60")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "джой" in boosted.split() and "джой" not in plain.split()
+    result, _ = transcribe("--hotwords", "joy")
+    assert result.returncode == 2 and "hotword 'joy' has characters" in result.stderr
+    result, _ = transcribe("--hotwords", "джой", "--hotword_weight", "5000")
+    assert result.returncode == 2 and "hotword_weight=5000" in result.stderr

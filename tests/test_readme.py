@@ -1,7 +1,7 @@
-"""The README's code, as written: every Python block runs (in a process without FFmpeg), and every command
-line of the bash blocks names a file that exists and options that its script accepts."""
+"""The code of the README and of docs/*.md, as written: every Python block runs (in a process without FFmpeg),
+and every command line of the bash blocks names a file that exists and options that its script accepts."""
 
-import importlib.util
+import importlib
 import os
 import re
 import shlex
@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 from conftest import CORPUS, ROOT
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = "\n".join(path.read_text(encoding="utf-8") for path in DOCUMENTS)
 # The one substitution: the README's examples point at the real corpus, the tests at the embedded one.
 SUBSTITUTIONS = {"/data/golos": str(CORPUS)}
 
@@ -80,19 +81,16 @@ def script_and_options(argv: list[str]):
         if word.endswith(".py"):
             return ROOT / word, argv[position + 1 :]
     if argv[:2] == ["python", "-m"]:
-        return ROOT / Path(*argv[2].split(".")).with_suffix(".py"), argv[3:]
+        module = ROOT / Path(*argv[2].split("."))
+        return (module / "__main__.py" if module.is_dir() else module.with_suffix(".py")), argv[3:]
     return None, None
 
 
 def load(path: Path):
-    spec = importlib.util.spec_from_file_location(f"readme_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
+    """The module whose command line a script is (`from asrkit.transcription import main`)."""
+    match = re.search(r"^from (asrkit\.\w+) import main$", path.read_text(encoding="utf-8"), flags=re.M)
+    assert match, f"{path.name} is not a thin command line over a module of asrkit"
+    return importlib.import_module(match.group(1))
 
 
 def test_every_command_line_names_a_script_and_options_it_accepts():
@@ -107,9 +105,7 @@ def test_every_command_line_names_a_script_and_options_it_accepts():
             continue  # benchmarks and scripts/: the file exists; their options are their own
         options = [SUBSTITUTIONS.get(o, o) for o in options]
         module = load(script)
-        if hasattr(module, "parse_arguments"):  # train_ctc.py
-            module.parse_arguments(options)
-        elif hasattr(module, "parse_args"):  # transcribe.py: its own checks after argparse's
+        if hasattr(module, "parse_args"):  # its own checks after the parser's (train_ctc.py: presets too)
             module.parse_args(options)
         else:
             module.build_parser().parse_args(options)

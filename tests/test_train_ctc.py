@@ -14,14 +14,14 @@ import torch
 from conftest import CORPUS, ROOT, train_args
 from safetensors.torch import load_file
 
-import train_ctc
+from asrkit import training
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
 args = train_args
 
 
 def test_training_lowers_the_loss(tmp_path):
-    trainer, _ = train_ctc.run(args(tmp_path, "--max_steps", "30", "--learning_rate", "3e-3", "--warmup_steps", "3",
+    trainer, _ = training.run(args(tmp_path, "--max_steps", "30", "--learning_rate", "3e-3", "--warmup_steps", "3",
                                     "--do_eval", "false"))  # fmt: skip
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 30
@@ -72,7 +72,7 @@ def test_outputs_get_the_modes_of_a_normal_write(trained, tmp_path):
 
 
 def test_the_final_evaluation_is_not_run_twice(tmp_path):
-    trainer, metrics = train_ctc.run(args(tmp_path, "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "4"))
+    trainer, metrics = training.run(args(tmp_path, "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "4"))
     evaluations = [e for e in trainer.state.log_history if "eval_crowd_wer" in e]
     assert len(evaluations) == 1 and evaluations[0]["step"] == 4
     assert metrics["eval_crowd_wer"] == evaluations[0]["eval_crowd_wer"]
@@ -83,7 +83,7 @@ def test_resume_matches_an_uninterrupted_run(trained, tmp_path):
     resumed_dir = tmp_path / "out"
     resumed_dir.mkdir()
     shutil.copytree(tmp / "out" / "checkpoint-4", resumed_dir / "checkpoint-4")
-    resumed, _ = train_ctc.run(args(tmp_path, "--max_steps", "8", "--do_eval", "false",
+    resumed, _ = training.run(args(tmp_path, "--max_steps", "8", "--do_eval", "false",
                                     "--resume_from_checkpoint", str(resumed_dir / "checkpoint-4")))  # fmt: skip
     assert resumed.state.global_step == trainer.state.global_step == 8
     lr = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
@@ -112,7 +112,7 @@ def test_an_earlier_run_is_refused_and_left_untouched(trained, tmp_path):
     with pytest.raises(SystemExit, match=r"holds an earlier run \(checkpoint-4, checkpoint-8, model.safetensors.*"
                                          r"--resume_from_checkpoint last \(continues from .*checkpoint-8\), "
                                          r"--overwrite_output_dir true"):  # fmt: skip
-        train_ctc.run(args(tmp_path, "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "2",
+        training.run(args(tmp_path, "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "2",
                            "--save_total_limit", "1"))  # fmt: skip
     assert snapshot(tmp_path / "out") == before
 
@@ -121,19 +121,19 @@ def test_resume_last_takes_the_newest_complete_checkpoint(trained, tmp_path):
     tmp, trainer, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
     (tmp_path / "out" / "checkpoint-8" / "trainer_state.json").unlink()  # as if killed while saving
-    assert train_ctc.last_complete_checkpoint(tmp_path / "out") == str(tmp_path / "out" / "checkpoint-4")
-    resumed, _ = train_ctc.run(args(tmp_path, "--max_steps", "8", "--do_eval", "false", "--save_strategy", "steps",
+    assert training.last_complete_checkpoint(tmp_path / "out") == str(tmp_path / "out" / "checkpoint-4")
+    resumed, _ = training.run(args(tmp_path, "--max_steps", "8", "--do_eval", "false", "--save_strategy", "steps",
                                     "--save_steps", "4", "--resume_from_checkpoint", "last"))  # fmt: skip
     loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert [e["loss"] for e in resumed.state.log_history if "loss" in e] == pytest.approx(loss, rel=1e-4)
     with pytest.raises(SystemExit, match="no complete checkpoint in .*elsewhere"):
-        train_ctc.run(args(tmp_path, "--resume_from_checkpoint", "last", "--output_dir", str(tmp_path / "elsewhere")))
+        training.run(args(tmp_path, "--resume_from_checkpoint", "last", "--output_dir", str(tmp_path / "elsewhere")))
 
 
 def test_overwrite_output_dir_replaces_the_earlier_run(trained, tmp_path):
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
-    train_ctc.run(args(tmp_path, "--max_steps", "2", "--do_eval", "false", "--overwrite_output_dir", "true"))
+    training.run(args(tmp_path, "--max_steps", "2", "--do_eval", "false", "--overwrite_output_dir", "true"))
     assert not list((tmp_path / "out").glob("checkpoint-*"))
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
 
@@ -145,9 +145,9 @@ def test_a_damaged_checkpoint_is_named(trained, tmp_path):
     weights = checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(SystemExit, match=f"{weights} cannot be read .*corrupt or truncated"):
-        train_ctc.run(args(tmp_path, "--resume_from_checkpoint", str(checkpoint)))
+        training.run(args(tmp_path, "--resume_from_checkpoint", str(checkpoint)))
     with pytest.raises(SystemExit, match="no folder .*nowhere"):
-        train_ctc.run(args(tmp_path, "--resume_from_checkpoint", str(tmp_path / "nowhere")))
+        training.run(args(tmp_path, "--resume_from_checkpoint", str(tmp_path / "nowhere")))
 
 
 # --- models from folders --------------------------------------------------------------------------------
@@ -168,25 +168,25 @@ def foreign_model_folder(tmp_path):
 def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path):
     folder, marker = foreign_model_folder(tmp_path)
     with pytest.raises(SystemExit, match="--trust_remote_code true only if you trust"):
-        train_ctc.run(args(tmp_path, "--model_name_or_path", str(folder)))
+        training.run(args(tmp_path, "--model_name_or_path", str(folder)))
     assert not marker.exists()
 
 
 def test_our_folders_load_without_trust_remote_code(trained, tmp_path):
     tmp, _, _ = trained
-    model, processor = train_ctc.load_model_and_processor(train_ctc.ModelArguments(str(tmp / "out")))
+    model, processor = training.load_model_and_processor(training.ModelArguments(str(tmp / "out")))
     assert type(model) is EBranchformerForCTC and model.config.hidden_size == 32  # our class, not a copy
 
 
 def test_missing_and_damaged_model_folders_are_named(trained, tmp_path):
     with pytest.raises(SystemExit, match=f"no model folder {tmp_path / 'nowhere'} here"):
-        train_ctc.run(args(tmp_path, "--model_name_or_path", str(tmp_path / "nowhere")))
+        training.run(args(tmp_path, "--model_name_or_path", str(tmp_path / "nowhere")))
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "model", ignore=shutil.ignore_patterns("checkpoint-*"))
     weights = tmp_path / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(SystemExit, match=f"{weights} cannot be read .*corrupt or truncated"):
-        train_ctc.run(args(tmp_path, "--model_name_or_path", str(tmp_path / "model")))
+        training.run(args(tmp_path, "--model_name_or_path", str(tmp_path / "model")))
 
 
 @pytest.mark.parametrize("arch,variant", [("quartznet", "flat"), ("ebranchformer", "sequential")])
@@ -194,13 +194,13 @@ def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tm
     from test_convert_checkpoint import convert, course_model, lightning_checkpoint
     from transformers import AutoModelForCTC
 
-    from evaluate_ctc import main as evaluate_main
+    from asrkit.evaluation import run as evaluate_main
 
     torch.save(lightning_checkpoint(course_model(arch, variant)), tmp_path / "model.ckpt")
     convert(tmp_path / "model.ckpt", tmp_path / "converted")
     rows = evaluate_main([str(tmp_path / "converted"), "--max_samples", "4", "--output_dir", str(tmp_path / "eval")])
     assert [(row["set"], row["utterances"]) for row in rows] == [("crowd", 4), ("farfield", 4), ("heldout_voice", 4)]
-    trainer, metrics = train_ctc.run([
+    trainer, metrics = training.run([
         "--model_name_or_path", str(tmp_path / "converted"), "--max_steps", "3", "--per_device_train_batch_size", "4",
         "--train_subset_seconds", "15", "--max_eval_samples", "4", "--eval_strategy", "no", "--save_strategy", "no",
         "--report_to", "none", "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false",
@@ -225,23 +225,23 @@ def test_two_processes_are_data_parallel(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import json, os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        import train_ctc
+        from asrkit import training
         from safetensors.torch import save_file
 
         seen = []
-        class RecordingCollator(train_ctc.DataCollatorCTC):
+        class RecordingCollator(training.DataCollatorCTC):
             def __call__(self, examples):
                 if "text" in examples[0] and train_ctc_trainer[0].model.training:
                     seen.append([e["id"] for e in examples])
                 return super().__call__(examples)
         train_ctc_trainer = []
-        original = train_ctc.CTCTrainer.__init__
+        original = training.CTCTrainer.__init__
         def init(self, *a, **k):
             original(self, *a, **k)
             train_ctc_trainer.append(self)
-        train_ctc.CTCTrainer.__init__ = init
-        train_ctc.DataCollatorCTC = RecordingCollator
-        trainer, metrics = train_ctc.run({args(tmp_path, "--num_train_epochs", "2", "--max_eval_samples", "7")!r})
+        training.CTCTrainer.__init__ = init
+        training.DataCollatorCTC = RecordingCollator
+        trainer, metrics = training.run({args(tmp_path, "--num_train_epochs", "2", "--max_eval_samples", "7")!r})
         rank = int(os.environ["RANK"])
         state = {{k: v.contiguous() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}}
         save_file(state, {str(tmp_path)!r} + f"/rank{{rank}}.safetensors")
@@ -282,22 +282,22 @@ def test_two_processes_are_data_parallel(tmp_path):
 
 def test_unknown_preset_and_option(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'golos', 'mini', 'overfit'\]"):
-        train_ctc.run(["--preset", "fast"])
+        training.run(["--preset", "fast"])
     with pytest.raises(SystemExit) as error:
-        train_ctc.run(args(tmp_path, "--learning_rat", "1"))
+        training.run(args(tmp_path, "--learning_rat", "1"))
     assert error.value.code == 2 and "--learning_rat" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 1.0e-3\nwarmup: 10\n")
     with pytest.raises(SystemExit, match=r"preset .*bad.yaml: unknown option\(s\) \['warmup'\]"):
-        train_ctc.run(["--preset", str(bad)])
+        training.run(["--preset", str(bad)])
     bad.write_text("learning_rate: [1\n")
     with pytest.raises(SystemExit, match=r"preset .*bad.yaml: not valid YAML"):
-        train_ctc.run(["--preset", str(bad)])
+        training.run(["--preset", str(bad)])
 
 
 @pytest.mark.parametrize("preset", ["course", "finetune_farfield", "golos", "mini", "overfit"])
 def test_every_preset_parses_and_keeps_the_requirements(preset):
-    model_args, data_args, _, run_args, training_args = train_ctc.parse_arguments(["--preset", preset])
+    model_args, data_args, _, run_args, training_args = training.parse_args(["--preset", preset])
     assert run_args.preset == preset and training_args.output_dir == f"outputs/{preset}"
     assert training_args.do_train and training_args.max_grad_norm == 1.0 and training_args.weight_decay == 0.0
     assert training_args.remove_unused_columns is False and training_args.length_column_name == "duration"
@@ -306,11 +306,11 @@ def test_every_preset_parses_and_keeps_the_requirements(preset):
 def test_presets_hold_only_what_differs():
     import yaml
 
-    presets = [yaml.safe_load(p.read_text()) for p in sorted(train_ctc.PRESETS.glob("*.yaml"))]
+    presets = [yaml.safe_load(p.read_text()) for p in sorted(training.PRESETS.glob("*.yaml"))]
     shared = {k: v for k, v in presets[0].items() if all(p.get(k, object()) == v for p in presets[1:])}
-    assert not shared, f"put these in train_ctc.COMMON_DEFAULTS: {shared}"
+    assert not shared, f"put these in training.COMMON_DEFAULTS: {shared}"
     for preset in presets:
-        assert not set(preset) & set(train_ctc.REQUIRED)
+        assert not set(preset) & set(training.REQUIRED)
 
 
 @pytest.mark.parametrize(
@@ -329,18 +329,18 @@ def test_presets_hold_only_what_differs():
 )
 def test_options_that_would_fail_deep_inside_are_refused(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
-        train_ctc.run(args(tmp_path, *extra))
+        training.run(args(tmp_path, *extra))
     assert not (tmp_path / "out").exists()
 
 
 def test_do_eval_false_switches_off_the_presets_evaluation():
-    *_, training_args = train_ctc.parse_arguments(["--preset", "overfit", "--do_eval", "false"])
+    *_, training_args = training.parse_args(["--preset", "overfit", "--do_eval", "false"])
     assert training_args.do_eval is False and training_args.eval_strategy.value == "no"
 
 
 def test_missing_data_folder(tmp_path):
     with pytest.raises(SystemExit, match="data folder not found: .*nowhere"):
-        train_ctc.run(args(tmp_path, "--data_dir", str(tmp_path / "nowhere")))
+        training.run(args(tmp_path, "--data_dir", str(tmp_path / "nowhere")))
 
 
 def test_a_missing_test_set_is_named_before_training(tmp_path):
@@ -348,17 +348,17 @@ def test_a_missing_test_set_is_named_before_training(tmp_path):
     shutil.copytree(CORPUS, data)
     shutil.rmtree(data / "test_opus" / "farfield")
     with pytest.raises(SystemExit, match=r"unknown eval set 'farfield': use crowd, heldout_voice \(the test sets of"):
-        train_ctc.run(args(tmp_path, "--data_dir", str(data), "--max_steps", "2", "--eval_sets", "crowd,farfield"))
+        training.run(args(tmp_path, "--data_dir", str(data), "--max_steps", "2", "--eval_sets", "crowd,farfield"))
     shutil.rmtree(data / "test_opus")
     with pytest.raises(SystemExit, match="has no test set .* pass --eval_sets train, or --do_eval false"):
-        train_ctc.run(args(tmp_path, "--data_dir", str(data), "--max_steps", "2"))  # the default: every test set
+        training.run(args(tmp_path, "--data_dir", str(data), "--max_steps", "2"))  # the default: every test set
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_train_set_left_empty_by_the_filters(tmp_path):
     total = len((CORPUS / "train_opus" / "manifest.jsonl").read_text(encoding="utf-8").splitlines())
     with pytest.raises(SystemExit, match=f"empty after the filters: course filter: kept 0 of {total}"):
-        train_ctc.run(args(tmp_path, "--min_duration", "100", "--train_subset_seconds", "0"))
+        training.run(args(tmp_path, "--min_duration", "100", "--train_subset_seconds", "0"))
 
 
 def test_transcripts_longer_than_the_output_frames_are_removed_and_counted():
@@ -385,7 +385,7 @@ def test_a_non_finite_loss_skips_the_batch_and_is_counted(tmp_path):
     config = EBranchformerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                  cgmlp_intermediate_size=48, ffn_intermediate_size=64)  # fmt: skip
     model = EBranchformerForCTC(config)
-    trainer = train_ctc.CTCTrainer(model=model, args=TrainingArguments(str(tmp_path), report_to="none"))
+    trainer = training.CTCTrainer(model=model, args=TrainingArguments(str(tmp_path), report_to="none"))
     inputs = {"input_features": torch.randn(1, 20, 64), "attention_mask": torch.ones(1, 20, dtype=torch.long),
               "labels": torch.ones(1, 12, dtype=torch.long)}  # 12 labels, 5 frames: CTC loss is infinite  # fmt: skip
     model.train()
@@ -397,11 +397,11 @@ def test_a_non_finite_loss_skips_the_batch_and_is_counted(tmp_path):
 
 
 def test_a_preset_can_start_from_another(tmp_path):
-    course, golos = train_ctc.load_preset("course"), train_ctc.load_preset("golos")
+    course, golos = training.load_preset("course"), training.load_preset("golos")
     assert {k: v for k, v in golos.items() if k in course and k != "output_dir"} == {
         k: v for k, v in course.items() if k != "output_dir"}  # fmt: skip
     assert golos["speed_perturbation"] == [0.9, 1.0, 1.1] and "apply_spec_augment=true" in golos["config_overrides"]
     (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\nlearning_rate: 1.0\n")
     (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
     with pytest.raises(SystemExit, match="makes a loop"):
-        train_ctc.load_preset(str(tmp_path / "a.yaml"))
+        training.load_preset(str(tmp_path / "a.yaml"))

@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import CORPUS, TINY_CONFIG
 
-import transcribe
+from asrkit import onnx_runtime, transcription
+from asrkit.audio import read_audio
 
 CROWD = CORPUS / "test_opus" / "crowd"
 FARFIELD = CORPUS / "test_opus" / "farfield"
@@ -52,7 +53,7 @@ def reference_texts(model_dir, paths):
     """What the model's own greedy decoding gives (`generate` + `batch_decode`), file by file."""
     from transformers import AutoModelForCTC, AutoProcessor
 
-    from modeling_ebranchformer.audio import read_audio
+    from asrkit.audio import read_audio
 
     model, processor = AutoModelForCTC.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
     texts = []
@@ -65,7 +66,7 @@ def reference_texts(model_dir, paths):
 def test_folder_manifest_and_broken_file(tiny_model, inputs, tmp_path, capsys):
     folder, manifest, lines = inputs
     output = tmp_path / "out.jsonl"
-    status = transcribe.main(
+    status = transcription.main(
         [
             str(tiny_model),
             str(folder),
@@ -102,15 +103,15 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
     (folder / "broken.wav").unlink()
     output = tmp_path / "out.txt"
     args = [str(tiny_model), str(folder), "--output", str(output), "--batch_size", "2", "--no_progress"]
-    assert transcribe.main(args) == 0
+    assert transcription.main(args) == 0
     first = output.read_text(encoding="utf-8")
     assert len(first.splitlines()) == 4 and all("\t" in line for line in first.splitlines())
 
     # A rerun transcribes nothing; with a new file only that one.
-    assert transcribe.main(args) == 0
+    assert transcription.main(args) == 0
     assert "0 transcribed" in capsys.readouterr().err and output.read_text(encoding="utf-8") == first
     shutil.copy(CROWD / "files" / "test_opus_crowd_0004.opus", folder)
-    assert transcribe.main(args) == 0
+    assert transcription.main(args) == 0
     err = capsys.readouterr().err
     assert "1 transcribed" in err and "4 already done" in err
     second = output.read_text(encoding="utf-8").splitlines()
@@ -120,7 +121,7 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
     shutil.copy(CROWD / "files" / "test_opus_crowd_0005.opus", folder)
     shutil.copy(CROWD / "files" / "test_opus_crowd_0006.opus", folder)
     shutil.copy(CROWD / "files" / "test_opus_crowd_0007.opus", folder)
-    real, calls = transcribe.Transcriber.transcribe, []
+    real, calls = transcription.Transcriber.transcribe, []
 
     def stop_on_second_batch(self, waveforms):
         calls.append(len(waveforms))
@@ -128,24 +129,24 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
             raise KeyboardInterrupt
         return real(self, waveforms)
 
-    monkeypatch.setattr(transcribe.Transcriber, "transcribe", stop_on_second_batch)
+    monkeypatch.setattr(transcription.Transcriber, "transcribe", stop_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        transcribe.main(args)
+        transcription.main(args)
     assert output.read_text(encoding="utf-8").splitlines() == second
     journal = tmp_path / ".out.txt.journal.jsonl"
     assert len(journal.read_text(encoding="utf-8").splitlines()) == 2
     with open(journal, "a", encoding="utf-8") as file:
         file.write('{"path": "cut off mid-wri')  # the line being written when the process died
-    monkeypatch.setattr(transcribe.Transcriber, "transcribe", real)
+    monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
     capsys.readouterr()
-    assert transcribe.main(args) == 0
+    assert transcription.main(args) == 0
     err = capsys.readouterr().err
     assert "1 transcribed" in err and "7 already done" in err
     final = output.read_text(encoding="utf-8").splitlines()
     assert len(final) == 8 and len({line.split("\t")[0] for line in final}) == 8 and not journal.exists()
     assert final[:5] == second
     # --overwrite starts over
-    assert transcribe.main(args + ["--overwrite"]) == 0
+    assert transcription.main(args + ["--overwrite"]) == 0
     assert "8 transcribed" in capsys.readouterr().err
 
 
@@ -157,14 +158,14 @@ def test_subtitles():
         {"word": "паузы", "start": 3660.5, "end": 3661.25},
     ]
     record = {"path": "a.wav", "text": "привет мир после паузы", "words": words}
-    assert transcribe.render([record], ".srt") == (
+    assert transcription.render([record], ".srt") == (
         "1\n00:00:00,100 --> 00:00:00,900\nпривет мир\n\n2\n01:01:00,000 --> 01:01:01,250\nпосле паузы\n"
     )
-    assert transcribe.render([record], ".vtt") == (
+    assert transcription.render([record], ".vtt") == (
         "WEBVTT\n\n00:00:00.100 --> 00:00:00.900\nпривет мир\n\n01:01:00.000 --> 01:01:01.250\nпосле паузы\n"
     )
     long = [{"word": "слово", "start": i * 0.5, "end": i * 0.5 + 0.4} for i in range(30)]
-    cues = transcribe.subtitle_cues(long)
+    cues = transcription.subtitle_cues(long)
     assert all(end - start <= 6.0 and len(text) <= 84 for start, end, text in cues) and len(cues) > 2
     assert " ".join(text for *_, text in cues) == " ".join(["слово"] * 30)
 
@@ -172,12 +173,12 @@ def test_subtitles():
 def test_srt_output_of_one_recording(tiny_model, tmp_path, capsys):
     output = tmp_path / "talk.srt"
     wav = CROWD / "files" / "test_opus_crowd_0000.opus"
-    assert transcribe.main([str(tiny_model), str(wav), "--output", str(output), "--no_progress"]) == 0
+    assert transcription.main([str(tiny_model), str(wav), "--output", str(output), "--no_progress"]) == 0
     text = output.read_text(encoding="utf-8")
     blocks = [b for b in text.split("\n\n") if b.strip()]
     assert blocks and all(b.splitlines()[0].isdigit() and " --> " in b.splitlines()[1] for b in blocks)
     # subtitles hold one recording: several are refused before any work
-    assert transcribe.main([str(tiny_model), str(CROWD / "files"), "--output", str(tmp_path / "x.srt")]) == 2
+    assert transcription.main([str(tiny_model), str(CROWD / "files"), "--output", str(tmp_path / "x.srt")]) == 2
     given = len(list((CROWD / "files").glob("*.opus")))
     assert f"a subtitle file holds one recording, and {given} were given" in capsys.readouterr().err
 
@@ -189,9 +190,7 @@ class FrameIndexBackend:
     sampling_rate, samples_per_frame, vocab = 16000, 640, 33
 
     def __init__(self):
-        from transcribe import runtime
-
-        self.vocabulary = runtime.CTCVocabulary({str(i): i for i in range(self.vocab + 1)} | {"<pad>": 99})
+        self.vocabulary = onnx_runtime.CTCVocabulary({str(i): i for i in range(self.vocab + 1)} | {"<pad>": 99})
         self.batches = []
 
     def __call__(self, waveforms):
@@ -209,7 +208,7 @@ class FrameIndexBackend:
 @pytest.mark.parametrize("seconds", [29.0, 70.0, 70.02, 95.5])
 def test_chunks_join_without_gaps(seconds):
     backend = FrameIndexBackend()
-    transcriber = transcribe.Transcriber(backend, batch_size=4, chunk_length_s=20, stride_length_s=3)
+    transcriber = transcription.Transcriber(backend, batch_size=4, chunk_length_s=20, stride_length_s=3)
     samples = np.arange(int(seconds * 16000), dtype=np.float64)  # sample values are their own index
     ids, times = [], []
     real = backend.vocabulary
@@ -237,22 +236,22 @@ def test_chunks_join_without_gaps(seconds):
 
 
 def test_bad_arguments(tiny_model, tmp_path, capsys):
-    assert transcribe.main([str(tiny_model), str(tmp_path / "missing.wav")]) == 2
+    assert transcription.main([str(tiny_model), str(tmp_path / "missing.wav")]) == 2
     assert f"{tmp_path / 'missing.wav'}: no such file or folder" in capsys.readouterr().err
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text('{"audio_filepath": "a.wav"}\n{"text": "no path"}\n', encoding="utf-8")
-    assert transcribe.main([str(tiny_model), str(manifest)]) == 2
-    assert f'{manifest}:2: needs an "audio_filepath" string' in capsys.readouterr().err
+    assert transcription.main([str(tiny_model), str(manifest)]) == 2
+    assert f"{manifest}, line 2: missing key 'audio_filepath'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        transcribe.main([str(tiny_model), str(manifest), "--output", "out.csv"])
+        transcription.main([str(tiny_model), str(manifest), "--output", "out.csv"])
     assert "the extension must be one of .jsonl, .txt, .srt, .vtt" in capsys.readouterr().err
     foreign = tmp_path / "foreign.jsonl"
     foreign.write_text("a line that is no record\n", encoding="utf-8")
     wav = CROWD / "files" / "test_opus_crowd_0000.opus"
-    assert transcribe.main([str(tiny_model), str(wav), "--output", str(foreign)]) == 2
+    assert transcription.main([str(tiny_model), str(wav), "--output", str(foreign)]) == 2
     assert f"{foreign}:1: not JSON" in capsys.readouterr().err
     assert foreign.read_text(encoding="utf-8") == "a line that is no record\n"  # not overwritten
-    assert transcribe.main([str(tmp_path), str(wav)]) == 2
+    assert transcription.main([str(tmp_path), str(wav)]) == 2
     assert "neither a model folder" in capsys.readouterr().err
 
 
@@ -267,7 +266,7 @@ def test_each_unreadable_file_is_named_with_its_reason(tiny_model, tmp_path, cap
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"audio_filepath": "in/gone.opus", "text": "нет"}\n', encoding="utf-8")
     output = tmp_path / "deep" / "er" / "out.jsonl"  # folders are made
-    assert transcribe.main([str(tiny_model), str(folder), str(manifest), "--output", str(output), "--no_progress"]) == 1
+    assert transcription.main([str(tiny_model), str(folder), str(manifest), "--output", str(output), "--no_progress"]) == 1
     err = capsys.readouterr().err
     assert f"{folder / 'eight_khz.wav'}: sampling rate 8000 Hz, expected 16000 Hz" in err
     assert f"{folder / 'stereo.wav'}: 2 channels, expected mono" in err
@@ -281,23 +280,23 @@ def test_a_recording_the_model_fails_on_fails_alone(tiny_model, inputs, tmp_path
     folder, _, _ = inputs
     (folder / "broken.wav").unlink()
     bad = str(folder / "test_opus_crowd_0001.opus")
-    real = transcribe.Transcriber.transcribe
-    bad_length = len(transcribe.audio.read_audio(bad))
+    real = transcription.Transcriber.transcribe
+    bad_length = len(read_audio(bad))
 
     def refuse_one(self, waveforms):
         if any(len(w) == bad_length for w in waveforms):
             raise ValueError("Input of 9999 encoder steps is longer than max_position_embeddings")
         return real(self, waveforms)
 
-    monkeypatch.setattr(transcribe.Transcriber, "transcribe", refuse_one)
+    monkeypatch.setattr(transcription.Transcriber, "transcribe", refuse_one)
     output = tmp_path / "out.jsonl"
-    assert transcribe.main([str(tiny_model), str(folder), "--output", str(output), "--no_progress"]) == 1
+    assert transcription.main([str(tiny_model), str(folder), "--output", str(output), "--no_progress"]) == 1
     err = capsys.readouterr().err
     assert f"{bad}: ValueError: Input of 9999 encoder steps" in err and "3 transcribed" in err and "1 failed" in err
     assert bad not in [r["path"] for r in records(output)] and len(records(output)) == 3
     # stdout when there is no --output
-    monkeypatch.setattr(transcribe.Transcriber, "transcribe", real)
-    assert transcribe.main([str(tiny_model), bad, "--no_progress"]) == 0
+    monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
+    assert transcription.main([str(tiny_model), bad, "--no_progress"]) == 0
     assert capsys.readouterr().out.startswith(f"{bad}\t")
 
 
@@ -305,10 +304,10 @@ def test_numpy_front_end_matches_the_feature_extractor(speech_like):
     """The torch-free log-mel features of onnx_runtime.py against EBranchformerFeatureExtractor: real and
     synthetic audio, lengths around the reflection limit and the hop."""
     from modeling_ebranchformer import EBranchformerFeatureExtractor
-    from modeling_ebranchformer.audio import read_audio
+    from asrkit.audio import read_audio
 
     extractor = EBranchformerFeatureExtractor()
-    numpy_features = transcribe.runtime.LogMelFeatures(**extractor.to_dict())
+    numpy_features = onnx_runtime.LogMelFeatures(**extractor.to_dict())
     waves = [read_audio(p) for p in sorted((CROWD / "files").glob("*.opus"))[:10]] + [speech_like(1.3)]
     waves += [speech_like(1.0)[:n] for n in (1, 150, 200, 201, 320, 16001)]
     for wave in waves:
@@ -326,16 +325,16 @@ def test_numpy_front_end_matches_the_feature_extractor(speech_like):
 def test_decoder_lm_uses_the_folders_language_model(tiny_model, inputs, tmp_path, capsys):
     from transformers import AutoModelForCTC, AutoProcessor
 
-    import build_lm
-    from modeling_ebranchformer.audio import read_audio
+    from asrkit import lm_building
+    from asrkit.audio import read_audio
 
     folder = tmp_path / "with_lm"
     shutil.copytree(tiny_model, folder)
     args = [str(folder), str(inputs[1]), "--output", str(tmp_path / "lm.jsonl"), "--decoder", "lm", "--no_progress"]
-    assert transcribe.main(args) == 2  # no language model yet: named, with the command that adds one
+    assert transcription.main(args) == 2  # no language model yet: named, with the command that adds one
     assert "has no language_model/" in capsys.readouterr().err
-    build_lm.main([str(folder)])
-    assert transcribe.main(args + ["--timestamps", "--batch_size", "2"]) == 0
+    lm_building.run([str(folder)])
+    assert transcription.main(args + ["--timestamps", "--batch_size", "2"]) == 0
     result = records(tmp_path / "lm.jsonl")
     model, processor = AutoModelForCTC.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
     expected = []

@@ -1,4 +1,4 @@
-"""Parameter counts of a model: `python -m modeling_ebranchformer.summary [MODEL_FOLDER]`.
+"""Parameter counts of a model: `python -m asrkit.summary [MODEL_FOLDER]`.
 
 Without a folder it counts the default configuration (the course's `ebranchformer_ctc`).
 """
@@ -59,7 +59,7 @@ def main(argv=None):
 
     from transformers import AutoModelForCTC
 
-    from . import EBranchformerConfig, EBranchformerForCTC
+    from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
     model = AutoModelForCTC.from_pretrained(args.model) if args.model else EBranchformerForCTC(EBranchformerConfig())
     print(f"{type(model).__name__} ({args.model or 'default configuration'})")

@@ -1,0 +1,163 @@
+"""Average the weights of several checkpoints of a train_ctc.py run into one loadable model folder.
+
+    python average_checkpoints.py outputs/course --last 5          # the 5 newest checkpoints
+    python average_checkpoints.py outputs/course --best 5          # the 5 with the lowest logged eval WER
+    python evaluate_ctc.py outputs/course/average-last-5
+
+What ESPnet (`ave_10best`), NeMo and icefall (`--avg`) do: every floating-point tensor of the model (batch-norm
+running means and variances included) becomes the mean of its values in the chosen checkpoints, computed in
+float64 and stored in the checkpoints' dtype; integer tensors (batch norm's `num_batches_tracked`) are taken
+from the newest checkpoint. A checkpoint is one `checkpoint-STEP/` folder whose save finished (it holds
+`trainer_state.json`). `--best` ranks checkpoints by the eval WER that the Trainer logged at their step
+(`--metric`, default the run's first `eval_*_wer`), lower is better; checkpoints without one are left out.
+
+The output folder (default RUN_DIR/average-last-N or average-best-N) holds the newest chosen checkpoint's
+config, processor and code with the averaged `model.safetensors`, and `averaging.json` (the checkpoints and
+the method). It is written to a temporary sibling, loaded once as a check, then renamed into place: it
+appears complete or not at all. An existing folder is replaced only with --overwrite.
+"""
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+# Files of a Trainer checkpoint that belong to the training state, not to the model.
+TRAINING_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|"
+                            r"training_args\.bin|model\.safetensors|pytorch_model\.bin|.*\.index\.json)$")  # fmt: skip
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", help="a train_ctc.py output folder holding checkpoint-STEP/ folders")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--last", type=positive_int, metavar="N", help="average the N newest checkpoints")
+    which.add_argument("--best", type=positive_int, metavar="N", help="average the N with the lowest eval WER")
+    parser.add_argument("--metric", help="--best: the logged metric to rank by, e.g. eval_crowd_wer "
+                                         "(default: the run's first eval_*_wer)")  # fmt: skip
+    parser.add_argument("--output_dir", help="default: RUN_DIR/average-last-N or RUN_DIR/average-best-N")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    return parser
+
+
+def complete_checkpoints(run_dir) -> dict:
+    """step -> folder of every checkpoint whose save finished, oldest first."""
+    found = {}
+    for path in Path(run_dir).glob("checkpoint-*"):
+        suffix = path.name.rsplit("-", 1)[1]
+        if suffix.isdigit() and (path / "trainer_state.json").is_file() and (path / "model.safetensors").is_file():
+            found[int(suffix)] = path
+    return dict(sorted(found.items()))
+
+
+def logged_metric(checkpoints: dict, metric: str | None) -> tuple[str, dict]:
+    """(metric, step -> value) from the newest checkpoint's log history (it holds every earlier evaluation)."""
+    history = json.loads((checkpoints[max(checkpoints)] / "trainer_state.json").read_text())["log_history"]
+    if metric is None:
+        names = [k for entry in history for k in entry if k.startswith("eval_") and k.endswith("_wer")]
+        if not names:
+            raise SystemExit("--best: the run logged no eval WER (was it trained with evaluation?); use --last")
+        metric = names[0]
+    values = {entry["step"]: entry[metric] for entry in history if metric in entry}
+    if not values:
+        raise SystemExit(f"--best: the run logged no {metric!r}")
+    return metric, values
+
+
+def choose(run_dir, last=None, best=None, metric=None) -> tuple[list, dict]:
+    """The checkpoint folders to average (oldest first) and what chose them."""
+    checkpoints = complete_checkpoints(run_dir)
+    if not checkpoints:
+        raise SystemExit(f"no complete checkpoint-STEP folder in {run_dir}")
+    if last:
+        if last > len(checkpoints):
+            raise SystemExit(f"--last {last}: {run_dir} holds {len(checkpoints)} complete checkpoints "
+                             f"({', '.join(p.name for p in checkpoints.values())})")  # fmt: skip
+        steps = list(checkpoints)[-last:]
+        return [checkpoints[s] for s in steps], {"method": f"last {last}"}
+    metric, values = logged_metric(checkpoints, metric)
+    ranked = sorted((values[s], -s) for s in checkpoints if s in values)  # ties: the newer first
+    if best > len(ranked):
+        raise SystemExit(f"--best {best}: only {len(ranked)} checkpoints have a logged {metric}")
+    steps = sorted(-s for _, s in ranked[:best])
+    return [checkpoints[s] for s in steps], {"method": f"best {best} by {metric}",
+                                             metric: {s: values[s] for s in steps}}  # fmt: skip
+
+
+def average_state_dicts(state_dicts: list) -> dict:
+    """The mean of every floating-point tensor (in float64, stored in its dtype); other tensors from the
+    last (newest) state dict. All must have the same names, shapes and dtypes."""
+    import torch
+
+    first, newest = state_dicts[0], state_dicts[-1]
+    for index, state in enumerate(state_dicts[1:], start=1):
+        if state.keys() != first.keys():
+            different = sorted(set(state) ^ set(first))[:5]
+            raise SystemExit(f"checkpoint {index + 1} has other tensors than the first: {different}")
+        for name, tensor in state.items():
+            if tensor.shape != first[name].shape or tensor.dtype != first[name].dtype:
+                raise SystemExit(f"checkpoint {index + 1}: {name} is {tuple(tensor.shape)} {tensor.dtype}, "
+                                 f"the first has {tuple(first[name].shape)} {first[name].dtype}")  # fmt: skip
+    averaged = {}
+    for name, tensor in newest.items():
+        if tensor.is_floating_point():
+            total = torch.zeros(tensor.shape, dtype=torch.float64)
+            for state in state_dicts:
+                total += state[name].to(torch.float64)
+            averaged[name] = (total / len(state_dicts)).to(tensor.dtype).contiguous()
+        else:
+            averaged[name] = tensor.clone()
+    return averaged
+
+
+def average_checkpoints(run_dir, last=None, best=None, metric=None, output_dir=None, overwrite=False) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    from asrkit.files import staged_folder
+    from asrkit.hub import ModelLoadError, load_ctc_model
+
+    folders, chosen = choose(run_dir, last, best, metric)
+    output_dir = Path(output_dir or Path(run_dir) / (f"average-last-{last}" if last else f"average-best-{best}"))
+    if output_dir.exists() and not overwrite:
+        raise SystemExit(f"{output_dir} exists; pass --overwrite to replace it")
+    state_dicts = [load_file(folder / "model.safetensors") for folder in folders]
+    averaged = average_state_dicts(state_dicts)
+    del state_dicts
+    newest = folders[-1]
+    with staged_folder(output_dir, overwrite=overwrite) as staging:
+        for path in newest.iterdir():
+            if path.is_file() and not TRAINING_STATE.match(path.name):
+                shutil.copy2(path, staging / path.name)
+        save_file(averaged, staging / "model.safetensors", metadata={"format": "pt"})
+        record = {**chosen, "checkpoints": [f.name for f in folders], "run_dir": str(Path(run_dir).resolve()),
+                  "floating_point": "mean in float64", "integer": f"from {newest.name}"}  # fmt: skip
+        (staging / "averaging.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        try:
+            load_ctc_model(staging)  # refuse to publish a folder that does not load
+        except ModelLoadError as error:
+            raise SystemExit(f"the averaged folder does not load: {error}") from None
+    print(f"{output_dir}: the mean of {', '.join(f.name for f in folders)} ({chosen['method']})")
+    return output_dir
+
+
+def run(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.metric and not args.best:
+        build_parser().error("--metric goes with --best")
+    if not Path(args.run_dir).is_dir():
+        raise SystemExit(f"run folder not found: {args.run_dir}")
+    return average_checkpoints(args.run_dir, args.last, args.best, args.metric, args.output_dir, args.overwrite)
+
+
+def main(argv=None) -> int:
+    """The command line: `run`, exit status 0 (errors exit with their message)."""
+    run(argv)
+    return 0

@@ -1,0 +1,229 @@
+"""Add a word n-gram language model to a model folder, for beam-search decoding (issue #11).
+
+    python build_lm.py MODEL_DIR                              # 3-gram from the embedded corpus's train transcripts
+    python build_lm.py MODEL_DIR --data_dir /data/golos       # from the train manifest of a Golos-layout folder
+    python build_lm.py MODEL_DIR --text corpus.txt [--text more.txt] [--order 4]   # from text files (one sentence a line)
+    python build_lm.py MODEL_DIR --arpa golos_3gram.arpa      # an existing ARPA model (KenLM binary: needs kenlm)
+
+Text is normalised exactly as the tokenizer normalises training text (lower case, ё -> е, whitespace
+collapsed). A text file line with characters outside the model's alphabet is an error naming the file and
+line; manifest utterances with such characters are left out and counted, as training leaves them out.
+The model is interpolated Kneser-Ney (see `modeling_ebranchformer/ngram.py`), written as ARPA.
+
+The folder gets the layout of Transformers' `Wav2Vec2ProcessorWithLM`: `alphabet.json`,
+`language_model/{lm.arpa, attrs.json (alpha, beta, ...), unigrams.txt}`, and a processor config naming
+`EBranchformerProcessorWithLM` (with its code, for `trust_remote_code`). The whole folder is replaced
+atomically; an existing language model is replaced only with --overwrite. Then `AutoProcessor` gives the
+processor with the LM and `pipeline("automatic-speech-recognition", model=MODEL_DIR)` decodes with it.
+Tune alpha and beta with `python tune_lm.py MODEL_DIR`.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from asrkit.files import write_folder_atomically
+from golos import EMBEDDED_CORPUS
+from golos.golos import DOMAINS, split_manifests
+from modeling_ebranchformer.beam_search import (
+    ALPHA_RANGE,
+    ALPHABET_FILE,
+    BETA_RANGE,
+    DEFAULT_ALPHA,
+    DEFAULT_BETA,
+    LM_DIR,
+    CTCBeamSearchDecoder,
+    check_range,
+    tokenizer_labels,
+)
+from modeling_ebranchformer.ngram import BOS, EOS, UNK, LanguageModelError, build_arpa, load_language_model
+from modeling_ebranchformer.processing_lm import EBranchformerProcessorWithLM
+from modeling_ebranchformer.tokenization import normalize_text
+
+
+class TextError(ValueError):
+    pass
+
+
+def read_text_file(path, characters) -> list:
+    """Sentences (lists of words) of a text file, one a line; raises naming the file and line of a character
+    outside the alphabet."""
+    sentences = []
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                text = normalize_text(line)
+                if not text:
+                    continue
+                unknown = sorted({c for c in text if c not in characters and c != " "})
+                if unknown:
+                    raise TextError(f"{path}, line {number}: characters {unknown} are outside the model's alphabet "
+                                    f"(after normalisation: {text[:80]!r}); remove or transliterate them")  # fmt: skip
+                sentences.append(text.split())
+    except UnicodeDecodeError as error:
+        raise TextError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except FileNotFoundError:
+        raise TextError(f"text file not found: {path}") from None
+    return sentences
+
+
+def read_manifests(data_dir, characters) -> tuple:
+    """Sentences of the train manifest of a Golos-layout folder, and how many utterances were left out."""
+    manifests = split_manifests(str(data_dir), "train", DOMAINS["all"])
+    sentences, skipped = [], 0
+    for manifest in manifests:
+        if not os.path.isfile(manifest):
+            raise TextError(f"no train manifest {manifest} (a Golos-layout folder has train_opus/manifest.jsonl); "
+                            "give --text files instead")  # fmt: skip
+        with open(manifest, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                    if not isinstance(text, str):
+                        raise TypeError
+                except (ValueError, KeyError, TypeError):
+                    raise TextError(f"{manifest}, line {number}: not a JSON object with a text string") from None
+                text = normalize_text(text)
+                if any(c not in characters and c != " " for c in text):
+                    skipped += 1
+                    continue
+                if text:
+                    sentences.append(text.split())
+    return sentences, skipped
+
+
+def check_language_model_words(model, characters, path):
+    """Words of an existing LM that the model cannot spell are never decoded; say how many; refuse if all."""
+    words = [w for w in model.vocabulary if w not in (BOS, EOS, UNK)]
+    foreign = [w for w in words if any(c not in characters for c in w)]
+    if words and len(foreign) == len(words):
+        raise LanguageModelError(f"{path}: none of its {len(words)} words can be spelt with the model's alphabet "
+                                 f"(e.g. {foreign[:5]}); is it a language model for this language and normalisation?")  # fmt: skip
+    if foreign:
+        print(f"warning: {len(foreign)} of {len(words)} words of {path} have characters outside the model's alphabet "
+              f"and can never be decoded, e.g. {sorted(foreign)[:5]}", file=sys.stderr)  # fmt: skip
+
+
+def _copy_folder(source: Path, target: Path):
+    """Everything of the model folder except an earlier LM; hard links where possible (checkpoints are large)."""
+    for item in source.iterdir():
+        if item.name in (LM_DIR, ALPHABET_FILE):
+            continue
+        destination = target / item.name
+        if item.is_dir():
+            shutil.copytree(item, destination, copy_function=_link_or_copy, symlinks=True)
+        else:
+            _link_or_copy(item, destination)
+
+
+def _link_or_copy(source, destination):
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+    return destination
+
+
+def build(model_dir, data_dir=None, texts=(), order=3, arpa=None, alpha=None, beta=None, overwrite=False,
+          trust_remote_code=False) -> dict:  # fmt: skip
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise SystemExit(f"model folder not found: {model_dir}")
+    if (model_dir / LM_DIR).exists() and not overwrite:
+        raise SystemExit(f"{model_dir / LM_DIR} exists; pass --overwrite to replace the language model")
+    try:
+        check_range("alpha", alpha, *ALPHA_RANGE)
+        check_range("beta", beta, *BETA_RANGE)
+    except LanguageModelError as error:
+        raise SystemExit(str(error)) from None
+    if not isinstance(order, int) or not 1 <= order <= 10:
+        raise SystemExit(f"--order must be between 1 and 10, got {order}")
+    from modeling_ebranchformer import EBranchformerProcessor
+
+    try:  # the plain processor: an LM being replaced is not read (it may be the broken thing being replaced)
+        processor = EBranchformerProcessor.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{model_dir}: cannot load the model's processor ({error})") from None
+    tokenizer = processor.tokenizer
+    labels = tokenizer_labels(tokenizer)
+    characters = set(labels) - {"", " "}
+    summary = {"model": str(model_dir)}
+    sentences = []
+    try:
+        if arpa is None:
+            for path in texts:
+                found = read_text_file(path, characters)
+                summary[f"text {path}"] = f"{len(found)} sentences"
+                sentences += found
+            if data_dir is not None or not texts:
+                source = Path(data_dir) if data_dir is not None else EMBEDDED_CORPUS
+                found, skipped = read_manifests(source, characters)
+                summary[f"train manifest of {source}"] = f"{len(found)} sentences, {skipped} left out (characters)"
+                sentences += found
+            if not sentences:
+                raise TextError("no sentences to build a language model from")
+            arpa_text = build_arpa(sentences, order)
+        else:
+            model = load_language_model(arpa)
+            check_language_model_words(model, characters, arpa)
+    except (TextError, LanguageModelError) as error:
+        raise SystemExit(f"{type(error).__name__}: {error}") from None
+
+    def write(tmp):
+        tmp = Path(tmp)
+        _copy_folder(model_dir, tmp)
+        if arpa is None:
+            (tmp / LM_DIR).mkdir()
+            lm_path = tmp / LM_DIR / "lm.arpa"
+            lm_path.write_text(arpa_text, encoding="utf-8")
+            language_model = load_language_model(lm_path)
+        else:
+            language_model = model
+        decoder = CTCBeamSearchDecoder(labels, language_model, alpha=DEFAULT_ALPHA if alpha is None else alpha,
+                                       beta=DEFAULT_BETA if beta is None else beta)  # fmt: skip
+        with_lm = EBranchformerProcessorWithLM(processor.feature_extractor, tokenizer, decoder=decoder)
+        with_lm.save_pretrained(str(tmp))
+        words = [w for w in language_model.vocabulary if w not in (BOS, EOS, UNK)]
+        summary.update({"order": language_model.order, "words": len(words), "alpha": decoder.alpha,
+                        "beta": decoder.beta, "language model": str(model_dir / LM_DIR / Path(language_model.path).name)})  # fmt: skip
+
+    write_folder_atomically(model_dir, write, overwrite=True)
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", help="the model folder the language model is added to")
+    parser.add_argument("--data_dir", help="Golos-layout folder whose train_opus/manifest.jsonl transcripts are "
+                                           "used (default: the embedded corpus, unless --text is given)")  # fmt: skip
+    parser.add_argument("--text", action="append", default=[], help="a text file, one sentence a line (repeatable)")
+    parser.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    parser.add_argument("--arpa", help="use this ARPA file (.arpa or .arpa.gz; a KenLM binary if the kenlm module "
+                                       "is installed) instead of building one")  # fmt: skip
+    parser.add_argument("--alpha", type=float, help=f"LM weight written to attrs.json (default {DEFAULT_ALPHA})")
+    parser.add_argument("--beta", type=float, help=f"word insertion bonus (default {DEFAULT_BETA})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing language model")
+    parser.add_argument("--trust_remote_code", action="store_true", help="for model types this package lacks")
+    return parser
+
+
+def run(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.arpa and (args.text or args.data_dir):
+        parser.error("--arpa replaces building: give either --arpa or --data_dir/--text")
+    return build(args.model_dir, args.data_dir, args.text, args.order, args.arpa, args.alpha, args.beta,
+                 args.overwrite, args.trust_remote_code)  # fmt: skip
+
+
+def main(argv=None) -> int:
+    """The command line: `run`, exit status 0 (errors exit with their message)."""
+    run(argv)
+    return 0

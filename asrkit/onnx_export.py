@@ -1,0 +1,320 @@
+"""Export a CTC model folder (E-Branchformer or QuartzNet) to ONNX, checked against PyTorch.
+
+    python export_onnx.py outputs/mini outputs/mini_onnx            # model.onnx + processor files + check
+    python export_onnx.py outputs/mini outputs/mini_onnx --int8     # + model.int8.onnx and its WER
+    python transcribe.py outputs/mini_onnx recordings/ --output out.jsonl   # ONNX Runtime, no torch
+
+The graph takes `input_features` (batch, frames, mel bins) float32 and `attention_mask` (batch, frames)
+int64, with dynamic batch and frame axes, and gives `log_probs` (batch, steps, vocab) float32 and
+`output_lengths` (batch,) int64; frames past an utterance's length are padding. It is made with
+`torch.onnx.export`'s TorchScript exporter (opset 17): the dynamo exporter gives an equally fast graph but
+takes 16x longer and needs a change to the model (its padding test is data-dependent), and Optimum's
+exporter requires transformers < 4.58.
+
+OUT_DIR is self-contained: the model(s), `config.json`, the processor files (`processor_config.json`,
+`vocab.json`, `tokenizer_config.json`, with the code for `trust_remote_code`) and `onnx_export.json`
+(files, output frame rate, the check's figures, WER). Before anything is written, ONNX Runtime's
+log-probabilities are compared with PyTorch's on real audio (each utterance alone and all together as one
+padded batch) and must agree within `--tolerance` (1e-4). `--int8` adds a dynamically quantised model
+(int8 weights of the matrix multiplications, `onnxruntime.quantization.quantize_dynamic`) and reports
+WER/CER of fp32 and int8 on the embedded test sets; fp32 stays the default in transcribe.py
+(`--quantized` picks int8). The folder appears complete or not at all, and an existing OUT_DIR is replaced
+only with `--overwrite`.
+"""
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from golos import EMBEDDED_CORPUS
+from modeling_ebranchformer.text import normalize_text
+
+from .audio import read_audio
+from .files import write_folder_atomically
+from .inference import InferenceError, OnnxBackend, TorchBackend, Transcriber
+from .manifest import audio_path, read_manifest
+from .metrics import cer, wer
+
+CORPUS = EMBEDDED_CORPUS / "test_opus"
+DEFAULT_SETS = {"crowd": CORPUS / "crowd" / "manifest.jsonl", "farfield": CORPUS / "farfield" / "manifest.jsonl"}
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def export_graph(model, path, opset=OPSET):
+    """`model` as an ONNX graph at `path` (inputs and outputs in the module docstring)."""
+    import torch
+
+    class LogProbs(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_features, attention_mask):
+            logits = self.model(input_features, attention_mask=attention_mask).logits
+            return torch.log_softmax(logits.float(), dim=-1), self.model.get_output_lengths(attention_mask.sum(-1))
+
+    wrapper = LogProbs(model).eval()
+    bins = model.config.num_mel_bins
+    # A padded example, so the traced graph keeps the padding masks (they change nothing where nothing is padded).
+    features = torch.randn(2, 203, bins)
+    mask = torch.ones(2, 203, dtype=torch.long)
+    mask[1, 150:] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python values: the masks are always applied
+        torch.onnx.export(
+            wrapper,
+            (features, mask),
+            str(path),
+            input_names=["input_features", "attention_mask"],
+            output_names=["log_probs", "output_lengths"],
+            dynamic_axes={
+                "input_features": {0: "batch", 1: "frames"},
+                "attention_mask": {0: "batch", 1: "frames"},
+                "log_probs": {0: "batch", 1: "steps"},
+                "output_lengths": {0: "batch"},
+            },
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
+def quantize_int8(source, target):
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Per-tensor int8 weights of the matrix multiplications; quantising the convolutions too made the model
+    # 2x slower; per-channel weights or ONNX Runtime's pre-processing did not change the speed (measured).
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice on the root logger, see above
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        root.setLevel(level)
+
+
+def parity_check(backend, onnx_path, waveforms, tolerance, threads=None):
+    """Max |log-prob difference| between the graph in ONNX Runtime and the PyTorch backend, on the same features,
+    over valid frames: each waveform alone (batch 1) and all in one padded batch. Raises `ExportError` when either
+    exceeds `tolerance`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    def compare(batch):
+        inputs = backend.features(batch)
+        reference = backend.run_features(inputs)
+        lengths = np.array([len(r) for r in reference])
+        log_probs, onnx_lengths = session.run(
+            None,
+            {
+                "input_features": inputs["input_features"].numpy(),
+                "attention_mask": inputs["attention_mask"].numpy().astype(np.int64),
+            },
+        )
+        if log_probs.shape[:2] != (len(batch), lengths.max()) or not np.array_equal(onnx_lengths, lengths):
+            raise ExportError(
+                f"ONNX output shape {log_probs.shape}/lengths {onnx_lengths.tolist()} differ from PyTorch's "
+                f"lengths {lengths.tolist()}"
+            )
+        return max(float(np.abs(log_probs[i, :n] - reference[i]).max()) for i, n in enumerate(lengths))
+
+    single = max(compare([w]) for w in waveforms)
+    padded = compare(waveforms)
+    result = {
+        "utterances": len(waveforms),
+        "max_abs_diff_batch1": single,
+        "max_abs_diff_padded_batch": padded,
+        "tolerance": tolerance,
+    }
+    if not (single <= tolerance and padded <= tolerance):
+        raise ExportError(
+            f"ONNX Runtime's log-probabilities differ from PyTorch's by {max(single, padded):.3g} "
+            f"(batch 1: {single:.3g}, padded batch: {padded:.3g}) > {tolerance:g}; nothing written"
+        )
+    return result
+
+
+def word_error_rates(backend, sets, batch_size=16):
+    """{set: {"wer", "cer", "utterances"}} (in %) of greedy transcripts of the backend on manifests."""
+    transcriber = Transcriber(backend, batch_size)
+    results = {}
+    for name, manifest in sets.items():
+        entries = [(audio_path(manifest, e["audio_filepath"]), normalize_text(e.get("text") or ""))
+                   for _, e in read_manifest(manifest)]  # fmt: skip
+        references = [text for _, text in entries]
+        hypotheses = []
+        for start in range(0, len(entries), batch_size):
+            waveforms = [read_audio(path) for path, _ in entries[start : start + batch_size]]
+            hypotheses += [record["text"] for record in transcriber.transcribe(waveforms)]
+        results[name] = {
+            "utterances": len(entries),
+            "wer": round(100 * wer(references, hypotheses), 2),
+            "cer": round(100 * cer(references, hypotheses), 2),
+        }
+    return results
+
+
+def export(
+    model_dir,
+    out_dir,
+    int8=False,
+    overwrite=False,
+    tolerance=1e-4,
+    check_audio=None,
+    wer_sets=None,
+    threads=None,
+    log=print,
+):
+    """Export, check and publish; returns the `onnx_export.json` content."""
+    import torch
+    import transformers
+
+    import modeling_ebranchformer
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"{out_dir} exists; pass --overwrite to replace it")
+    if Path(model_dir).resolve() == out_dir.resolve():
+        raise ExportError(f"OUT_DIR {out_dir} is the model folder itself; choose another folder")
+    try:
+        backend = TorchBackend.from_folder(model_dir)
+    except InferenceError as error:
+        raise ExportError(str(error)) from None
+    model, processor = backend.model, backend.processor
+    if not isinstance(model, (modeling_ebranchformer.EBranchformerForCTC, modeling_ebranchformer.QuartzNetForCTC)):
+        raise ExportError(f"{model_dir}: {type(model).__name__} is not a model of this package")
+    if check_audio is None:
+        check_audio = [audio_path(s, e["audio_filepath"]) for s in DEFAULT_SETS.values() for _, e in list(read_manifest(s))[:4]]
+    waveforms = [read_audio(p) for p in check_audio]
+    wer_sets = DEFAULT_SETS if wer_sets is None else wer_sets
+    info = {}
+
+    def write(folder):
+        started = time.perf_counter()
+        export_graph(model, folder / "model.onnx")
+        seconds = time.perf_counter() - started
+        log(f"exported {type(model).__name__} to ONNX (opset {OPSET}) in {seconds:.1f} s")
+        check = parity_check(backend, folder / "model.onnx", waveforms, tolerance, threads)
+        log(
+            f"check on {check['utterances']} utterances: max |log-prob difference| batch 1 "
+            f"{check['max_abs_diff_batch1']:.2e}, padded batch {check['max_abs_diff_padded_batch']:.2e} "
+            f"(tolerance {tolerance:g})"
+        )
+        processor.save_pretrained(folder)
+        model.config.save_pretrained(folder)
+        files = {"fp32": "model.onnx"}
+        if int8:
+            quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
+            files["int8"] = "model.int8.onnx"
+        info.update(
+            {
+                "format": "ebranchformer-ctc-onnx",
+                "model_type": model.config.model_type,
+                "files": files,
+                "default": "fp32",
+                "inputs": {
+                    "input_features": ["batch", "frames", model.config.num_mel_bins],
+                    "attention_mask": ["batch", "frames"],
+                },
+                "outputs": {"log_probs": ["batch", "steps", model.config.vocab_size], "output_lengths": ["batch"]},
+                "samples_per_frame": int(model.config.inputs_to_logits_ratio),
+                "opset": OPSET,
+                "exporter": f"torch.onnx.export (TorchScript), torch {torch.__version__}, "
+                f"transformers {transformers.__version__}",
+                "source": str(model_dir),
+                "check": check,
+            }
+        )
+        (folder / "onnx_export.json").write_text(
+            json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        if int8 and wer_sets:
+            rates = {
+                variant: word_error_rates(OnnxBackend(folder, threads=threads, quantized=variant == "int8"), wer_sets)
+                for variant in ("fp32", "int8")
+            }
+            info["wer"] = rates
+            for name in wer_sets:
+                fp32, q = rates["fp32"][name], rates["int8"][name]
+                log(
+                    f"{name}: WER fp32 {fp32['wer']:.2f} %, int8 {q['wer']:.2f} % ({q['wer'] - fp32['wer']:+.2f}); "
+                    f"CER fp32 {fp32['cer']:.2f} %, int8 {q['cer']:.2f} %"
+                )
+            worst = max(rates["int8"][n]["wer"] - rates["fp32"][n]["wer"] for n in wer_sets)
+            info["int8_within_1_point_wer"] = worst <= 1.0
+            if worst > 1.0:
+                log(f"warning: int8 costs up to {worst:.2f} WER points (> 1); fp32 stays the default")
+            (folder / "onnx_export.json").write_text(
+                json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+
+    write_folder_atomically(out_dir, write, overwrite=overwrite)
+    log(f"wrote {out_dir}")
+    return info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", help="a model folder of this package (train_ctc.py, convert_checkpoint.py)")
+    parser.add_argument("out_dir", help="the folder to create")
+    parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised model.int8.onnx")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |log-prob difference| ONNX vs PyTorch")
+    parser.add_argument("--check_audio", nargs="+", help="audio files for the check (default: 8 embedded test files)")
+    parser.add_argument(
+        "--wer_manifest",
+        nargs="+",
+        metavar="NAME=MANIFEST",
+        help="test sets for the int8 WER report (default: the embedded crowd and farfield sets)",
+    )
+    parser.add_argument("--threads", type=int, default=None)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.tolerance > 0:
+        parser.error(f"--tolerance must be positive, got {args.tolerance}")
+    wer_sets = None
+    if args.wer_manifest:
+        wer_sets = {}
+        for value in args.wer_manifest:
+            name, _, path = value.rpartition("=")
+            if not Path(path).is_file():
+                parser.error(f"--wer_manifest {value}: {path} is not a file")
+            wer_sets[name or Path(path).parent.name] = Path(path)
+    if not Path(args.model).is_dir():
+        parser.error(f"MODEL {args.model}: not a folder")
+    try:
+        export(
+            args.model,
+            args.out_dir,
+            args.int8,
+            args.overwrite,
+            args.tolerance,
+            args.check_audio,
+            wer_sets,
+            args.threads,
+        )
+    except (ExportError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+

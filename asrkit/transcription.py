@@ -1,0 +1,425 @@
+"""Transcribe audio files, folders and NeMo/Golos manifests with a trained model folder or an ONNX export.
+
+    python transcribe.py outputs/mini recordings/ --output out.jsonl
+    python transcribe.py outputs/mini_onnx data/golos_mini/test_opus/crowd/manifest.jsonl --output crowd.txt
+    python transcribe.py outputs/mini talk.wav --output talk.srt
+
+MODEL is a folder saved by `train_ctc.py`/`convert_checkpoint.py` (run with PyTorch) or one made by
+`export_onnx.py` (run with ONNX Runtime; torch is then never imported). INPUT is any mix of audio files,
+folders (searched recursively for `--extensions`) and manifests (`.json`/`.jsonl`, one JSON object per line
+with `audio_filepath`, relative to the manifest's folder, as NeMo and Golos write them).
+
+The format follows `--output`'s extension: `.jsonl` (path, text, duration; `words` with start and end times
+with `--timestamps`; the manifest's `text` as `reference`), `.txt` (path TAB text), `.srt`/`.vtt`
+(subtitles of one recording, cut at pauses). Without `--output` the transcripts go to stdout.
+
+Files are read and batched by length; files longer than `--chunk_length_s` are cut into overlapping chunks
+whose overlaps are dropped before decoding, as the Transformers ASR pipeline does. A file that cannot be
+read is reported with the reason and skipped (exit status 1 at the end); the others are transcribed.
+Progress is journaled next to the output after every batch, and the output is written once, complete, at
+the end (a temporary file renamed into place): a run that stops leaves the earlier output untouched, and
+rerunning the same command skips what the journal and the output already hold.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import soundfile as sf
+
+from .audio import read_audio
+from .files import atomic_write_text
+from .inference import InferenceError, Transcriber, load_backend, load_lm_decoder
+from .manifest import ManifestError, audio_path, read_manifest
+
+AUDIO_EXTENSIONS = ("wav", "flac", "opus", "ogg", "mp3")
+MANIFEST_EXTENSIONS = (".json", ".jsonl")
+OUTPUT_FORMATS = (".jsonl", ".txt", ".srt", ".vtt")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+class UsageError(ValueError):
+    """A bad argument or manifest: nothing is transcribed."""
+
+
+def collect_inputs(inputs, extensions) -> list[dict]:
+    """[{"path", "reference"?}] in the order given, each recording once."""
+    items, seen = [], set()
+    extensions = {"." + e.lower().lstrip(".") for e in extensions}
+
+    def add(path, reference=None):
+        key = os.path.abspath(path)
+        if key in seen:
+            return
+        seen.add(key)
+        items.append({"path": str(path)} | ({"reference": reference} if reference is not None else {}))
+
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+            if not found:
+                print(
+                    f"warning: {given}: no files with extensions {sorted(extensions)} in this folder", file=sys.stderr
+                )
+            for p in found:
+                add(p)
+        elif path.suffix.lower() in MANIFEST_EXTENSIONS:
+            if not path.is_file():
+                raise UsageError(f"{given}: manifest not found")
+            for _, entry in read_manifest(path):
+                text = entry.get("text")
+                add(audio_path(path, entry["audio_filepath"]), text if isinstance(text, str) else None)
+        elif path.is_file():
+            add(path)
+        elif path.exists():
+            raise UsageError(f"{given}: not a file or folder")
+        else:
+            raise UsageError(f"{given}: no such file or folder")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+def format_time(seconds: float, separator: str) -> str:
+    millis = int(round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def subtitle_cues(words, max_pause=0.6, max_duration=6.0, max_chars=84) -> list[tuple[float, float, str]]:
+    """Words grouped into cues: a new cue after a pause longer than `max_pause` seconds, or when the cue
+    would last longer than `max_duration` or hold more than `max_chars` characters."""
+    cues, current = [], []
+    for word in words:
+        if current:
+            text = " ".join(w["word"] for w in current + [word])
+            if (
+                word["start"] - current[-1]["end"] > max_pause
+                or word["end"] - current[0]["start"] > max_duration
+                or len(text) > max_chars
+            ):
+                cues.append(current)
+                current = []
+        current.append(word)
+    if current:
+        cues.append(current)
+    return [(c[0]["start"], c[-1]["end"], " ".join(w["word"] for w in c)) for c in cues]
+
+
+def render(records: list[dict], suffix: str) -> str:
+    if suffix == ".jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if suffix == ".txt":
+        return "".join(f"{r['path']}\t{r['text']}\n" for r in records)
+    separator = "," if suffix == ".srt" else "."
+    blocks = [] if suffix == ".srt" else ["WEBVTT\n"]
+    for record in records:
+        for number, (start, end, text) in enumerate(subtitle_cues(record.get("words", [])), 1):
+            timing = f"{format_time(start, separator)} --> {format_time(end, separator)}"
+            blocks.append(f"{number}\n{timing}\n{text}\n" if suffix == ".srt" else f"{timing}\n{text}\n")
+    return "\n".join(blocks)
+
+
+def read_done(output: Path, suffix: str) -> list[dict]:
+    """Records an earlier complete run wrote to `output` (for .srt/.vtt: the recording is done if it exists)."""
+    if not output.is_file():
+        return []
+    records = []
+    with open(output, encoding="utf-8") as file:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            if suffix == ".jsonl":
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise UsageError(
+                        f"{output}:{number}: not JSON; is this an output of transcribe.py? "
+                        "Pass --overwrite to replace it"
+                    ) from None
+                if not isinstance(record, dict) or "path" not in record or "text" not in record:
+                    raise UsageError(f"{output}:{number}: no path and text; pass --overwrite to replace the file")
+            elif suffix == ".txt":
+                path, tab, text = line.rstrip("\n").partition("\t")
+                if not tab:
+                    raise UsageError(f"{output}:{number}: not 'path<TAB>text'; pass --overwrite to replace the file")
+                record = {"path": path, "text": text}
+            else:
+                return [{"path": None}]
+            records.append(record)
+    return records
+
+
+def read_journal(journal: Path) -> list[dict]:
+    """Records of an interrupted run; a last line cut off mid-write is ignored."""
+    if not journal.is_file():
+        return []
+    records = []
+    with open(journal, encoding="utf-8") as file:
+        for line in file:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break  # the line being written when the run stopped
+            if isinstance(record, dict) and "path" in record:
+                records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """Files and audio hours done with an ETA, through tqdm when it is installed."""
+
+    def __init__(self, files: int, seconds: float, enabled: bool):
+        self.files, self.done_files, self.enabled = files, 0, enabled
+        self.bar = None
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self.start, self.total, self.done = time.monotonic(), seconds, 0.0
+            return
+        self.bar = tqdm(
+            total=round(seconds / 3600, 4),
+            unit="h",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h audio [{elapsed}<{remaining}]{postfix}",
+        )
+        self.bar.set_postfix_str(f"files 0/{files}")
+
+    def update(self, files: int, seconds: float):
+        self.done_files += files
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(seconds / 3600)
+            self.bar.set_postfix_str(f"files {self.done_files}/{self.files}")
+            return
+        self.done += seconds
+        elapsed = time.monotonic() - self.start
+        eta = elapsed * (self.total - self.done) / self.done if self.done else float("nan")
+        print(
+            f"files {self.done_files}/{self.files}, audio {self.done / 3600:.3f}/{self.total / 3600:.3f} h, "
+            f"ETA {eta:.0f} s",
+            file=sys.stderr,
+        )
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", help="model folder (PyTorch) or export_onnx.py output folder (ONNX Runtime)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders, manifests (.json/.jsonl)")
+    parser.add_argument(
+        "--output", help=f"output file, format by extension: {', '.join(OUTPUT_FORMATS)}; default stdout"
+    )
+    parser.add_argument("--batch_size", type=int, default=16, help="recordings (or chunks) per forward pass")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--decoder", choices=["greedy", "lm"], default="greedy",
+                        help="lm: beam search with the model folder's language model (build_lm.py)")  # fmt: skip
+    parser.add_argument("--hotwords", nargs="+", metavar="WORD",
+                        help="--decoder lm: words or phrases to favour (names, commands)")  # fmt: skip
+    parser.add_argument("--hotword_weight", type=float, default=None, help="--decoder lm: bonus per hotword (default 10)")
+    parser.add_argument("--chunk_length_s", type=float, default=30.0, help="files longer than this are chunked")
+    parser.add_argument("--stride_length_s", type=float, default=None, help="overlap on each side (chunk / 6)")
+    parser.add_argument("--timestamps", action="store_true", help="word times in .jsonl (always for .srt/.vtt)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the library's)")
+    parser.add_argument("--quantized", action="store_true", help="ONNX export only: use the int8 model")
+    parser.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS), help="audio extensions in folders")
+    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming --output")
+    parser.add_argument("--no_progress", action="store_true")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    if (args.hotwords or args.hotword_weight is not None) and args.decoder != "lm":
+        parser.error("--hotwords and --hotword_weight need --decoder lm")
+    if args.output is not None and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
+        parser.error(f"--output {args.output}: the extension must be one of {', '.join(OUTPUT_FORMATS)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (UsageError, InferenceError, ManifestError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    items = collect_inputs(args.inputs, args.extensions.split(","))
+    suffix = Path(args.output).suffix.lower() if args.output else None
+    timestamps = args.timestamps or suffix in (".srt", ".vtt")
+    if suffix in (".srt", ".vtt") and len(items) != 1:
+        raise UsageError(
+            f"--output {args.output}: a subtitle file holds one recording, and {len(items)} were given; "
+            "transcribe several to .jsonl with --timestamps, or run once per recording"
+        )
+
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        if output.is_dir():
+            raise UsageError(f"--output {output} is a folder; name a file")
+        output.parent.mkdir(parents=True, exist_ok=True)
+    journal = output.with_name(f".{output.name}.journal.jsonl") if output else None
+    done, journaled = [], []
+    if output and args.overwrite:
+        journal.unlink(missing_ok=True)
+    elif output:
+        done = read_done(output, suffix)
+        journaled = read_journal(journal)
+    if suffix in (".srt", ".vtt") and done:
+        print(f"{output} exists: nothing to do (--overwrite to transcribe again)", file=sys.stderr)
+        return 0
+    finished = {os.path.abspath(r["path"]) for r in done + journaled}
+    todo = [item for item in items if os.path.abspath(item["path"]) not in finished]
+    skipped = len(items) - len(todo)
+
+    # Headers only (fast): durations for batching by length and for the progress bar.
+    failures, sized = [], []
+    for item in todo:
+        if not os.path.isfile(item["path"]):
+            failures.append((item["path"], "audio file not found"))
+            continue
+        try:
+            info = sf.info(item["path"])
+            sized.append((item, info.frames / info.samplerate))
+        except Exception as error:  # noqa: BLE001 (any unreadable file is reported, never fatal)
+            failures.append((item["path"], f"cannot read audio ({error})"))
+    for path, why in failures:
+        print(f"error: {path}: {why}", file=sys.stderr)
+
+    backend = load_backend(args.model, args.device, args.threads, args.quantized) if sized else None
+    decoder = None
+    if backend and args.decoder == "lm":
+        decoder = load_lm_decoder(args.model, hotwords=args.hotwords, hotword_weight=args.hotword_weight)
+    transcriber = (
+        Transcriber(backend, args.batch_size, args.chunk_length_s, args.stride_length_s, timestamps, decoder)
+        if backend
+        else None
+    )
+
+    started = time.monotonic()
+    new_records, audio_seconds = [], 0.0
+    progress = Progress(len(sized), sum(d for _, d in sized), not args.no_progress)
+    sized.sort(key=lambda pair: -pair[1])  # longest first: a batch holds similar lengths, memory peaks early
+    journal_file = open(journal, "a", encoding="utf-8") if journal else None
+    try:
+        index = 0
+        while index < len(sized):
+            # A batch: up to batch_size recordings, or one long recording that is cut into chunks.
+            batch = [sized[index]]
+            index += 1
+            while (
+                index < len(sized)
+                and len(batch) < args.batch_size
+                and sized[index][1] <= args.chunk_length_s
+                and batch[0][1] <= args.chunk_length_s
+            ):
+                batch.append(sized[index])
+                index += 1
+            good, waveforms = [], []
+            for item, duration in batch:
+                try:
+                    waveforms.append(read_audio(item["path"], backend.sampling_rate))
+                    good.append(item)
+                except Exception as error:  # noqa: BLE001
+                    failures.append((item["path"], reason(item["path"], error)))
+                    print(f"\nerror: {item['path']}: {failures[-1][1]}", file=sys.stderr)
+            if waveforms:
+                records = transcribe_or_isolate(transcriber, good, waveforms, failures)
+                kept = [t for t in zip(good, waveforms, records) if t[2] is not None]
+                good, waveforms, records = [t[0] for t in kept], [t[1] for t in kept], [t[2] for t in kept]
+                lines = []
+                for item, samples, record in zip(good, waveforms, records):
+                    duration = round(len(samples) / backend.sampling_rate, 3)
+                    full = {"path": item["path"], "text": record["text"], "duration": duration}
+                    if "words" in record:
+                        full["words"] = record["words"]
+                    if "reference" in item:
+                        full["reference"] = item["reference"]
+                    new_records.append(full)
+                    audio_seconds += duration
+                    lines.append(json.dumps(full, ensure_ascii=False) + "\n")
+                if journal_file:
+                    journal_file.write("".join(lines))
+                    journal_file.flush()
+                    os.fsync(journal_file.fileno())
+                elif output is None:
+                    for record in new_records[len(new_records) - len(lines) :]:
+                        print(f"{record['path']}\t{record['text']}", flush=True)
+            progress.update(len(batch), sum(d for _, d in batch))
+    finally:
+        progress.close()
+        if journal_file:
+            journal_file.close()
+
+    elapsed = time.monotonic() - started
+    if output:
+        records = done + [
+            r for r in journaled if os.path.abspath(r["path"]) not in {os.path.abspath(d["path"]) for d in done}
+        ]
+        records += new_records
+        order = {os.path.abspath(item["path"]): n for n, item in enumerate(items)}
+        records.sort(key=lambda r: order.get(os.path.abspath(r["path"]), -1))  # stable: earlier outputs first
+        if records:
+            atomic_write_text(output, render(records, suffix))
+        journal.unlink(missing_ok=True)
+
+    summary = (
+        f"{len(new_records)} transcribed ({audio_seconds / 3600:.3f} h of audio in {elapsed:.1f} s), "
+        f"{skipped} already done, {len(failures)} failed"
+    )
+    print(summary, file=sys.stderr)
+    for path, why in failures:
+        print(f"  failed: {path}: {why}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def transcribe_or_isolate(transcriber, items, waveforms, failures) -> list:
+    """Records of a batch; if the batch fails, each recording alone, so that one recording the model cannot
+    take (e.g. longer than its positions with a large --chunk_length_s) fails alone, named, with the reason."""
+    try:
+        return transcriber.transcribe(list(waveforms))
+    except Exception as error:  # noqa: BLE001
+        if len(waveforms) == 1:
+            failures.append((items[0]["path"], f"{type(error).__name__}: {error}"))
+            print(f"\nerror: {items[0]['path']}: {failures[-1][1]}", file=sys.stderr)
+            return [None]
+    return [transcribe_or_isolate(transcriber, [i], [w], failures)[0] for i, w in zip(items, waveforms)]
+
+
+def reason(path, error: Exception) -> str:
+    text = str(error)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else f"{type(error).__name__}: {text}"
+
