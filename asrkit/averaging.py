@@ -119,16 +119,26 @@ def average_state_dicts(state_dicts: list) -> dict:
 
 
 def average_checkpoints(run_dir, last=None, best=None, metric=None, output_dir=None, overwrite=False) -> Path:
+    import torch
     from safetensors.torch import load_file, save_file
 
-    from asrkit.files import staged_folder
+    from asrkit.files import OutputFolderError, check_output_folder, staged_folder
     from asrkit.hub import ModelLoadError, load_ctc_model
 
     folders, chosen = choose(run_dir, last, best, metric)
     output_dir = Path(output_dir or Path(run_dir) / (f"average-last-{last}" if last else f"average-best-{best}"))
-    if output_dir.exists() and not overwrite:
-        raise SystemExit(f"{output_dir} exists; pass --overwrite to replace it")
+    inputs = {run_dir: f"the run folder {run_dir}", **{f: f"the checkpoint {f}" for f in folders}}
+    try:
+        check_output_folder(output_dir, inputs, overwrite, "a folder made by average_checkpoints.py",
+                            lambda folder: (folder / "averaging.json").is_file(), may_hold=[run_dir])  # fmt: skip
+    except OutputFolderError as error:
+        raise SystemExit(str(error)) from None
     state_dicts = [load_file(folder / "model.safetensors") for folder in folders]
+    for folder, state in zip(folders, state_dicts):
+        for name, tensor in state.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise SystemExit(f"{folder / 'model.safetensors'}: {name} holds NaN or infinite values; this "
+                                 "checkpoint is broken, leave it out (--last/--best choose others)")  # fmt: skip
     averaged = average_state_dicts(state_dicts)
     del state_dicts
     newest = folders[-1]
@@ -137,7 +147,7 @@ def average_checkpoints(run_dir, last=None, best=None, metric=None, output_dir=N
             if path.is_file() and not TRAINING_STATE.match(path.name):
                 shutil.copy2(path, staging / path.name)
         save_file(averaged, staging / "model.safetensors", metadata={"format": "pt"})
-        record = {**chosen, "checkpoints": [f.name for f in folders], "run_dir": str(Path(run_dir).resolve()),
+        record = {**chosen, "checkpoints": [f.name for f in folders], "run_dir": Path(run_dir).resolve().name,
                   "floating_point": "mean in float64", "integer": f"from {newest.name}"}  # fmt: skip
         (staging / "averaging.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         try:

@@ -42,9 +42,8 @@ def atomic_write_files(texts: dict) -> None:
     try:
         for path, text in texts.items():
             path = Path(path)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp = temporary[path] = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # removed below if not renamed
             tmp.write_text(text, encoding="utf-8")  # a plain open(): the umask gives the mode
-            temporary[path] = tmp
         for path, tmp in temporary.items():
             os.replace(tmp, path)
     finally:
@@ -120,3 +119,27 @@ def _remove_if_empty(folders: list[Path]):
     for folder in reversed(folders):
         if folder.exists() and not any(folder.iterdir()):
             folder.rmdir()
+
+
+def check_output_folder(output_dir, inputs: dict, overwrite: bool, kind: str, is_kind, may_hold=()) -> None:
+    """Refuses, before any work, an output folder whose writing would lose what the user did not ask to lose:
+    one that is or contains an input ({path: what it is}), or lies inside one (except the inputs in
+    `may_hold`, a run folder that holds its averages, say), an existing one without `overwrite`, and with
+    `overwrite` one that `is_kind(folder)` does not recognise as a `kind` this script writes."""
+    output = Path(os.path.abspath(output_dir))
+    for path, what in inputs.items():
+        path = Path(os.path.abspath(path))
+        for out, given in ((output, path), (output.resolve(), path.resolve())):
+            if out == given or out in given.parents:
+                raise OutputFolderError(f"{output_dir} {'is' if out == given else 'contains'} {what}: writing it "
+                                        "would replace that; choose another output folder")  # fmt: skip
+            if given in out.parents and path not in map(lambda p: Path(os.path.abspath(p)), may_hold):
+                raise OutputFolderError(f"{output_dir} lies inside {what}; choose an output folder outside it")
+    if output.is_symlink() or (output.exists() and not output.is_dir()):
+        raise OutputFolderError(f"{output_dir} exists and is not a folder; choose another output folder")
+    if output.exists():
+        if not overwrite:
+            raise OutputFolderError(f"{output_dir} exists; pass --overwrite to replace it")
+        if not is_kind(output):
+            raise OutputFolderError(f"{output_dir} is not {kind}, so --overwrite does not replace it (it would "
+                                    "delete what it holds); choose another output folder")  # fmt: skip

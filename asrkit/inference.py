@@ -213,6 +213,11 @@ class Transcriber:
         """A record {"text", "words"?} from one recording's joined frames, with `decoder` (default: this
         transcriber's; greedy when None); word times in seconds."""
         decoder = self.decoder if decoder is None else decoder
+        finite = np.isfinite(log_probs).all(axis=-1)
+        if not finite.all():  # broken weights (NaN) would otherwise decode to an empty text, silently
+            raise InferenceError(f"the model gave NaN or infinite log-probabilities for {np.count_nonzero(~finite)} of "
+                                 f"{len(finite)} frames, from frame {np.flatnonzero(~finite)[0]}: are its weights "
+                                 "finite?")  # fmt: skip
         if decoder is None or decoder == "greedy":
             ids = log_probs.argmax(-1)
             record = {"text": self.backend.vocabulary.decode(ids)}

@@ -35,8 +35,9 @@ from golos import EMBEDDED_CORPUS
 from modeling_ebranchformer.text import normalize_text
 
 from .audio import read_audio
-from .files import write_folder_atomically
+from .files import OutputFolderError, check_output_folder, write_folder_atomically
 from .inference import InferenceError, OnnxBackend, TorchBackend, Transcriber
+from .onnx_runtime import is_onnx_folder
 from .manifest import audio_path, read_manifest
 from .metrics import cer, wer
 
@@ -186,10 +187,11 @@ def export(
     import modeling_ebranchformer
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"{out_dir} exists; pass --overwrite to replace it")
-    if Path(model_dir).resolve() == out_dir.resolve():
-        raise ExportError(f"OUT_DIR {out_dir} is the model folder itself; choose another folder")
+    try:
+        check_output_folder(out_dir, {model_dir: f"the model folder {model_dir}"}, overwrite,
+                            "a folder made by export_onnx.py", is_onnx_folder)  # fmt: skip
+    except OutputFolderError as error:
+        raise ExportError(str(error)) from None
     try:
         backend = TorchBackend.from_folder(model_dir)
     except InferenceError as error:
@@ -235,7 +237,7 @@ def export(
                 "opset": OPSET,
                 "exporter": f"torch.onnx.export (TorchScript), torch {torch.__version__}, "
                 f"transformers {transformers.__version__}",
-                "source": str(model_dir),
+                "source": Path(model_dir).resolve().name,  # a name, not a path of this machine
                 "check": check,
             }
         )

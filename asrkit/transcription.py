@@ -22,6 +22,8 @@ rerunning the same command skips what the journal and the output already hold.
 """
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -129,10 +131,115 @@ def render(records: list[dict], suffix: str) -> str:
     return "\n".join(blocks)
 
 
-def read_done(output: Path, suffix: str) -> list[dict]:
-    """Records an earlier complete run wrote to `output` (for .srt/.vtt: the recording is done if it exists)."""
+SETTINGS_KEY = "transcribe.py settings"  # the journal's first line: what makes its transcripts
+
+
+def run_settings(args, items, suffix, timestamps) -> dict:
+    """What makes the transcripts of a run: an output or journal made with other settings is never resumed
+    into (the records of two models or decoders would be mixed in one file)."""
+    model = Path(args.model)
+    names = ["model.safetensors", "pytorch_model.bin", "model.onnx", "model.int8.onnx", "config.json"]
+    if args.decoder == "lm":
+        names += [f"language_model/{p.name}" for p in sorted((model / "language_model").glob("*"))]
+    files = {name: [(model / name).stat().st_size, (model / name).stat().st_mtime_ns] for name in names
+             if (model / name).is_file()}  # fmt: skip
+    settings = {"model": os.path.abspath(model), "model_files": files, "decoder": args.decoder,
+                "hotwords": args.hotwords, "hotword_weight": args.hotword_weight, "quantized": args.quantized,
+                "timestamps": timestamps, "chunk_length_s": args.chunk_length_s,
+                "stride_length_s": args.stride_length_s}  # fmt: skip
+    if suffix in (".srt", ".vtt"):  # one recording's subtitles
+        settings["recording"] = os.path.abspath(items[0]["path"])
+    return settings
+
+
+def check_output_place(output: Path, items, inputs, suffix):
+    """Refuses, before any work, an output that is a folder or one of the inputs (never overwritten, with or
+    without --overwrite), a place where no file can be made, and names .txt lines could not hold."""
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a folder; name a file")
+    target = os.path.realpath(output)
+    for path in [*inputs, *(item["path"] for item in items)]:
+        if os.path.realpath(path) == target:
+            raise UsageError(f"--output {output} is one of the inputs; an input is never overwritten, with or without "
+                             "--overwrite: choose another --output")  # fmt: skip
+    for parent in [output.parent, *output.parent.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"--output {output}: {parent} is a file, not a folder")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--output {output}: cannot make its folder ({error.strerror})") from None
+    if suffix == ".txt":
+        for item in items:
+            if any(c in item["path"] for c in "\t\n\r"):
+                raise UsageError(f"{item['path']!r}: a file name with a tab or line break cannot be written to a .txt "
+                                 "output (path<TAB>text lines) and read back; use a .jsonl output")  # fmt: skip
+
+
+@contextlib.contextmanager
+def locked(journal: Path, output: Path):
+    """The journal, open for appending and locked for this run: a second transcribe.py writing the same output
+    is refused instead of replacing the first one's transcripts."""
+    for _ in range(2):
+        try:
+            file = open(journal, "a+", encoding="utf-8")
+        except OSError as error:
+            raise UsageError(f"--output {output}: cannot write in {output.parent} ({error.strerror})") from None
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            raise UsageError(f"another transcribe.py is writing {output} now (its journal {journal.name} is locked); "
+                             "wait for it to finish, or choose another --output") from None  # fmt: skip
+        if journal.exists() and os.stat(journal).st_ino == os.fstat(file.fileno()).st_ino:
+            break
+        file.close()  # the run that held it finished and removed it meanwhile: open the new one
+    try:
+        yield file
+    finally:
+        file.close()  # and the lock with it
+
+
+def sidecar(output: Path) -> Path:
+    """What made an output: its settings and the size and time of the file they made."""
+    return output.with_name(f".{output.name}.transcribe.json")
+
+
+def write_output(output: Path, text: str, settings: dict):
+    atomic_write_text(output, text)
+    stat = output.stat()
+    record = {"settings": settings, "output": [stat.st_size, stat.st_mtime_ns]}
+    atomic_write_text(sidecar(output), json.dumps(record, ensure_ascii=False, indent=1) + "\n")
+
+
+def check_settings(where, made_with: dict, settings: dict):
+    different = sorted(k for k in set(made_with) | set(settings) if made_with.get(k) != settings.get(k))
+    if different:
+        change = "; ".join(f"{k}: {made_with.get(k)!r} then, {settings.get(k)!r} now" for k in different)
+        raise UsageError(f"{where} was made with other settings ({change}); its transcripts would be mixed with "
+                         "this run's: pass --overwrite to start over, or choose another --output")  # fmt: skip
+
+
+def read_done(output: Path, suffix: str, settings: dict) -> list[dict]:
+    """Records an earlier complete run with these settings wrote to `output` (for .srt/.vtt: the recording);
+    refuses an output made otherwise, or not by transcribe.py."""
     if not output.is_file():
         return []
+    made = sidecar(output)
+    try:
+        record = json.loads(made.read_text(encoding="utf-8"))
+        made_with, fingerprint = record["settings"], record["output"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UsageError(f"{output} exists, with no record of what made it ({made.name} is missing or damaged: not "
+                         "written by this transcribe.py); pass --overwrite to replace it, or choose another "
+                         "--output") from None  # fmt: skip
+    stat = output.stat()
+    if fingerprint != [stat.st_size, stat.st_mtime_ns]:
+        raise UsageError(f"{output} changed since transcribe.py wrote it; pass --overwrite to replace it, or choose "
+                         "another --output")  # fmt: skip
+    check_settings(output, made_with, settings)
+    if suffix in (".srt", ".vtt"):
+        return [{"path": settings["recording"]}]
     records = []
     with open(output, encoding="utf-8") as file:
         for number, line in enumerate(file, 1):
@@ -142,37 +249,43 @@ def read_done(output: Path, suffix: str) -> list[dict]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
-                    raise UsageError(
-                        f"{output}:{number}: not JSON; is this an output of transcribe.py? "
-                        "Pass --overwrite to replace it"
-                    ) from None
+                    raise UsageError(f"{output}:{number}: not JSON; pass --overwrite to replace the file") from None
                 if not isinstance(record, dict) or "path" not in record or "text" not in record:
                     raise UsageError(f"{output}:{number}: no path and text; pass --overwrite to replace the file")
-            elif suffix == ".txt":
+            else:
                 path, tab, text = line.rstrip("\n").partition("\t")
                 if not tab:
                     raise UsageError(f"{output}:{number}: not 'path<TAB>text'; pass --overwrite to replace the file")
                 record = {"path": path, "text": text}
-            else:
-                return [{"path": None}]
             records.append(record)
     return records
 
 
-def read_journal(journal: Path) -> list[dict]:
-    """Records of an interrupted run; a last line cut off mid-write is ignored."""
-    if not journal.is_file():
-        return []
-    records = []
+def read_journal(journal: Path, settings: dict) -> list[dict]:
+    """Records of an interrupted run with these settings (a last line cut off mid-write is ignored); refuses
+    a journal of a run with other settings."""
+    records, made_with = [], None
     with open(journal, encoding="utf-8") as file:
-        for line in file:
+        for number, line in enumerate(file):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 break  # the line being written when the run stopped
-            if isinstance(record, dict) and "path" in record:
+            if number == 0 and isinstance(record, dict) and SETTINGS_KEY in record:
+                made_with = record[SETTINGS_KEY]
+            elif isinstance(record, dict) and "path" in record:
                 records.append(record)
+    if records:
+        if made_with is None:
+            raise UsageError(f"{journal} holds transcripts of an interrupted run with no record of its settings; "
+                             "pass --overwrite to start over")  # fmt: skip
+        check_settings(f"the interrupted run in {journal}", made_with, settings)
     return records
+
+
+def escaped(path: str) -> str:
+    """A path on one stdout line: backslash, tab and line breaks escaped."""
+    return path.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 # ---------------------------------------------------------------------------------------------- progress
@@ -286,20 +399,32 @@ def run(args) -> int:
         )
 
     output = Path(args.output) if args.output else None
-    if output is not None:
-        if output.is_dir():
-            raise UsageError(f"--output {output} is a folder; name a file")
-        output.parent.mkdir(parents=True, exist_ok=True)
-    journal = output.with_name(f".{output.name}.journal.jsonl") if output else None
-    done, journaled = [], []
-    if output and args.overwrite:
-        journal.unlink(missing_ok=True)
-    elif output:
-        done = read_done(output, suffix)
-        journaled = read_journal(journal)
-    if suffix in (".srt", ".vtt") and done:
-        print(f"{output} exists: nothing to do (--overwrite to transcribe again)", file=sys.stderr)
-        return 0
+    if output is None:
+        return transcribe_all(args, items, timestamps, None, None, None, [], [])
+    check_output_place(output, items, args.inputs, suffix)
+    journal = output.with_name(f".{output.name}.journal.jsonl")
+    with locked(journal, output) as journal_file:
+        settings = run_settings(args, items, suffix, timestamps)
+        done, journaled = [], []
+        if args.overwrite:
+            journal_file.truncate(0)
+        else:
+            done = read_done(output, suffix, settings)
+            journaled = read_journal(journal, settings)
+        if not journaled:
+            journal_file.truncate(0)
+            journal_file.write(json.dumps({SETTINGS_KEY: settings}, ensure_ascii=False) + "\n")
+            journal_file.flush()
+        if suffix in (".srt", ".vtt") and done:
+            print(f"{output} holds this recording's subtitles, made with these settings: nothing to do "
+                  "(--overwrite to transcribe again)", file=sys.stderr)  # fmt: skip
+            journal.unlink(missing_ok=True)
+            return 0
+        return transcribe_all(args, items, timestamps, output, journal, journal_file, done, journaled, settings)
+
+
+def transcribe_all(args, items, timestamps, output, journal, journal_file, done, journaled, settings=None) -> int:
+    suffix = output.suffix.lower() if output else None
     finished = {os.path.abspath(r["path"]) for r in done + journaled}
     todo = [item for item in items if os.path.abspath(item["path"]) not in finished]
     skipped = len(items) - len(todo)
@@ -332,7 +457,6 @@ def run(args) -> int:
     new_records, audio_seconds = [], 0.0
     progress = Progress(len(sized), sum(d for _, d in sized), not args.no_progress)
     sized.sort(key=lambda pair: -pair[1])  # longest first: a batch holds similar lengths, memory peaks early
-    journal_file = open(journal, "a", encoding="utf-8") if journal else None
     try:
         index = 0
         while index < len(sized):
@@ -376,12 +500,10 @@ def run(args) -> int:
                     os.fsync(journal_file.fileno())
                 elif output is None:
                     for record in new_records[len(new_records) - len(lines) :]:
-                        print(f"{record['path']}\t{record['text']}", flush=True)
+                        print(f"{escaped(record['path'])}\t{record['text']}", flush=True)
             progress.update(len(batch), sum(d for _, d in batch))
     finally:
         progress.close()
-        if journal_file:
-            journal_file.close()
 
     elapsed = time.monotonic() - started
     if output:
@@ -392,7 +514,13 @@ def run(args) -> int:
         order = {os.path.abspath(item["path"]): n for n, item in enumerate(items)}
         records.sort(key=lambda r: order.get(os.path.abspath(r["path"]), -1))  # stable: earlier outputs first
         if records:
-            atomic_write_text(output, render(records, suffix))
+            try:
+                write_output(output, render(records, suffix), settings)
+            except OSError as error:
+                print(f"error: could not write {output} ({error.strerror or error}); nothing of it is lost: the "
+                      f"{len(records) - len(done)} new transcripts are kept in {journal}. Make room and run the same "
+                      "command again to finish.", file=sys.stderr)  # fmt: skip
+                return 1
         journal.unlink(missing_ok=True)
 
     summary = (

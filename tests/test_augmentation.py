@@ -264,3 +264,32 @@ def test_empty_audio_and_empty_files(tmp_path):
         AugmentationArguments(reverb_rt60=[])
     with pytest.raises(ValueError, match=r"--speed_perturbation takes a list of factors.*got 1.1"):
         AugmentationArguments(speed_perturbation=1.1)  # a YAML scalar
+
+
+@pytest.mark.slow
+def test_a_run_gives_the_same_weights_on_a_loaded_machine(augmented_run, tmp_path):
+    """The augmented run again, while CPU-bound processes run beside it (one per core, numpy spinning): the
+    same losses and bit-identical weights. The draws of a DataLoader worker must not depend on timing."""
+    import os
+    import subprocess
+    import sys
+
+    from asrkit import training
+
+    tmp, trainer = augmented_run
+    hog = "import numpy as np\nx = np.random.rand(300, 300)\nwhile True:\n    x = np.tanh(x @ x)\n"
+    hogs = [subprocess.Popen([sys.executable, "-c", hog], env={**os.environ, "OMP_NUM_THREADS": "1"})
+            for _ in range(os.cpu_count() or 2)]  # fmt: skip
+    try:
+        loaded, _ = training.run(train_args(tmp_path, *AUGMENT, *SPEC_AUGMENT, "--max_steps", "4",
+                                            "--dataloader_num_workers", "1", "--do_eval", "false"))  # fmt: skip
+    finally:
+        for process in hogs:
+            process.kill()
+            process.wait()
+    loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert [e["loss"] for e in loaded.state.log_history if "loss" in e] == loss
+    final, final_loaded = load_file(tmp / "out" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    assert final.keys() == final_loaded.keys()
+    for name, tensor in final.items():
+        assert torch.equal(final_loaded[name], tensor), name

@@ -122,3 +122,32 @@ def test_refusals_leave_nothing_behind(tmp_path):
         averaging.build_parser().parse_args([str(run), "--last", "2", "--best", "2"])
     with pytest.raises(SystemExit):
         averaging.build_parser().parse_args([str(run), "--last", "0"])
+
+
+def test_an_output_never_replaces_an_input_or_a_foreign_folder(tmp_path):
+    """The output may not be, contain or lie inside a checkpoint or the run, and --overwrite replaces only a
+    folder this script made: the run (its checkpoints, trainer state, logs) survives every attempt."""
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    fake_run(run)
+    (run / "trainer_state.json").write_text("{}")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    cases = [(run, "is the run folder"), (tmp_path, "contains the run folder"),
+             (run / "checkpoint-400", "is the checkpoint"), (run / "checkpoint-400" / "avg", "lies inside the checkpoint"),
+             (tmp_path / "notes", "is not a folder made by average_checkpoints.py")]  # fmt: skip
+    for output, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            averaging.run([str(run), "--last", "2", "--output_dir", str(output), "--overwrite"])
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "notes" not in p.parts) == before
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    # a checkpoint with NaN weights is refused by name (checkpoint and tensor)
+    state = load_file(run / "checkpoint-400" / "model.safetensors")
+    name = next(n for n, t in state.items() if t.is_floating_point())
+    state[name][0] = float("nan")
+    save_file(state, run / "checkpoint-400" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SystemExit, match=f"checkpoint-400/model.safetensors: {name} holds NaN"):
+        averaging.run([str(run), "--last", "2"])
+    assert not (run / "average-last-2").exists()

@@ -3,6 +3,8 @@ batch) for E-Branchformer and QuartzNet; int8; the folder is complete or absent;
 export in a process where torch cannot be imported."""
 
 import json
+import shutil
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -197,3 +199,21 @@ def test_transcribe_onnx_without_torch(exported, tmp_path):
     assert [r["text"] for r in outputs["fp32"]] == [r["text"] for r in expected]
     assert [r["words"] for r in outputs["fp32"]] == [r["words"] for r in expected]
     assert [r["path"] for r in outputs["int8"]] == files
+
+
+def test_an_export_never_replaces_its_model_or_a_foreign_folder(exported, tmp_path):
+    """OUT_DIR may not be, contain or lie inside the model folder, and --overwrite replaces only an export."""
+    model_dir, out, _ = exported
+    parent = tmp_path / "parent"
+    shutil.copytree(model_dir, parent / "model")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    model = parent / "model"
+    cases = [(model, "is the model folder"), (parent, "contains the model folder"),
+             (model / "onnx", "lies inside the model folder"), (tmp_path / "notes", "is not a folder made by export_onnx")]  # fmt: skip
+    for target, message in cases:
+        with pytest.raises(onnx_export.ExportError, match=message):
+            onnx_export.export(model, target, overwrite=True, check_audio=FILES[:1], log=lambda *a: None)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert json.loads((out / "onnx_export.json").read_text())["source"] == Path(model_dir).name  # no machine path

@@ -95,7 +95,7 @@ def test_folder_manifest_and_broken_file(tiny_model, inputs, tmp_path, capsys):
         assert "".join(w["word"] for w in r["words"]) == r["text"].replace(" ", "")
         times = [t for w in r["words"] for t in (w["start"], w["end"])]
         assert times == sorted(times) and (not times or times[-1] <= r["duration"] + 0.04)
-    assert not list(tmp_path.glob(".out.jsonl*"))  # no journal left
+    assert [p.name for p in tmp_path.glob(".out.jsonl*")] == [".out.jsonl.transcribe.json"]  # no journal left
 
 
 def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, tmp_path, capsys, monkeypatch):
@@ -134,7 +134,8 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
         transcription.main(args)
     assert output.read_text(encoding="utf-8").splitlines() == second
     journal = tmp_path / ".out.txt.journal.jsonl"
-    assert len(journal.read_text(encoding="utf-8").splitlines()) == 2
+    header, *done = journal.read_text(encoding="utf-8").splitlines()
+    assert len(done) == 2 and transcription.SETTINGS_KEY in json.loads(header)  # what made them, then them
     with open(journal, "a", encoding="utf-8") as file:
         file.write('{"path": "cut off mid-wri')  # the line being written when the process died
     monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
@@ -249,7 +250,7 @@ def test_bad_arguments(tiny_model, tmp_path, capsys):
     foreign.write_text("a line that is no record\n", encoding="utf-8")
     wav = CROWD / "files" / "test_opus_crowd_0000.opus"
     assert transcription.main([str(tiny_model), str(wav), "--output", str(foreign)]) == 2
-    assert f"{foreign}:1: not JSON" in capsys.readouterr().err
+    assert f"{foreign} exists, with no record of what made it" in capsys.readouterr().err
     assert foreign.read_text(encoding="utf-8") == "a line that is no record\n"  # not overwritten
     assert transcription.main([str(tmp_path), str(wav)]) == 2
     assert "neither a model folder" in capsys.readouterr().err
@@ -347,3 +348,117 @@ def test_decoder_lm_uses_the_folders_language_model(tiny_model, inputs, tmp_path
     assert expected != greedy  # the LM changed something: the switch is not a no-op
     for r in result:
         assert [w["word"] for w in r["words"]] == r["text"].split()
+
+
+# ---- outputs that never lose or mix work
+
+
+def test_a_second_writer_of_the_same_output_is_refused(tiny_model, tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    wav = str(CROWD / "files" / "test_opus_crowd_0000.opus")
+    assert transcription.main([str(tiny_model), wav, "--output", str(output), "--no_progress"]) == 0
+    before = output.read_bytes()
+    journal = tmp_path / ".out.jsonl.journal.jsonl"
+    with transcription.locked(journal, output):  # another run holds the output (flock: per open file)
+        other = str(CROWD / "files" / "test_opus_crowd_0001.opus")
+        assert transcription.main([str(tiny_model), other, "--output", str(output), "--no_progress"]) == 2
+        assert "another transcribe.py is writing" in capsys.readouterr().err
+        assert transcription.main([str(tiny_model), other, "--output", str(output), "--overwrite"]) == 2
+    assert output.read_bytes() == before
+
+
+def test_an_input_is_never_the_output(tiny_model, inputs, capsys):
+    _, manifest, _ = inputs
+    before = manifest.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert transcription.main([str(tiny_model), str(manifest), "--output", str(manifest), *extra]) == 2
+        assert "is one of the inputs; an input is never overwritten" in capsys.readouterr().err
+    assert manifest.read_bytes() == before
+
+
+def test_an_output_made_with_other_settings_is_not_mixed_into(tiny_model, tmp_path, capsys):
+    from asrkit import lm_building
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    lm_building.run([str(folder)])
+    files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:3]]
+    output = tmp_path / "out.jsonl"
+    assert transcription.main([str(folder), *files[:2], "--output", str(output), "--no_progress"]) == 0
+    greedy = output.read_bytes()
+    lm = [str(folder), *files, "--output", str(output), "--no_progress", "--decoder", "lm"]
+    assert transcription.main(lm) == 2
+    assert "decoder: 'greedy' then, 'lm' now" in capsys.readouterr().err and output.read_bytes() == greedy
+    other_model = tmp_path / "other"
+    shutil.copytree(tiny_model, other_model)
+    assert transcription.main([str(other_model), *files, "--output", str(output), "--no_progress"]) == 2
+    assert "model: " in capsys.readouterr().err and output.read_bytes() == greedy
+    assert transcription.main(lm + ["--overwrite"]) == 0
+    assert "3 transcribed" in capsys.readouterr().err
+    assert transcription.main(lm) == 0  # the same settings resume: nothing left to do
+    err = capsys.readouterr().err
+    assert "0 transcribed" in err and "3 already done" in err
+
+
+def test_names_with_tabs_and_line_breaks(tiny_model, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = folder / "a\tb\nc.opus"
+    shutil.copy(CROWD / "files" / "test_opus_crowd_0000.opus", odd)
+    assert transcription.main([str(tiny_model), str(folder), "--output", str(tmp_path / "out.txt")]) == 2
+    assert "cannot be written to a .txt output" in capsys.readouterr().err
+    output = tmp_path / "out.jsonl"
+    for _ in range(3):  # resume reads back exactly what it wrote: one record, not one per run
+        assert transcription.main([str(tiny_model), str(folder), "--output", str(output), "--no_progress"]) == 0
+    assert [r["path"] for r in records(output)] == [str(odd)]
+    assert transcription.main([str(tiny_model), str(folder), "--no_progress"]) == 0
+    assert capsys.readouterr().out.startswith(str(folder / "a\\tb\\nc.opus") + "\t")
+
+
+def test_subtitles_of_another_recording_are_not_taken_for_done(tiny_model, tmp_path, capsys):
+    first, second = (str(CROWD / "files" / f"test_opus_crowd_000{i}.opus") for i in (0, 1))
+    output = tmp_path / "talk.srt"
+    assert transcription.main([str(tiny_model), first, "--output", str(output), "--no_progress"]) == 0
+    assert transcription.main([str(tiny_model), second, "--output", str(output), "--no_progress"]) == 2
+    assert "recording: " in capsys.readouterr().err
+    assert transcription.main([str(tiny_model), first, "--output", str(output), "--no_progress"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+
+
+def test_a_full_disk_at_the_final_write_loses_nothing(tiny_model, tmp_path, capsys, monkeypatch):
+    import errno
+    import pathlib
+
+    files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:3]]
+    output = tmp_path / "out.jsonl"
+    args = [str(tiny_model), *files, "--output", str(output), "--no_progress"]
+    write_text = pathlib.Path.write_text
+
+    def full(self, text, *a, **k):
+        if self.name.startswith(".out.jsonl.tmp"):
+            write_text(self, text[: len(text) // 2], *a, **k)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, text, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    assert transcription.main(args) == 1
+    err = capsys.readouterr().err
+    assert "could not write" in err and "No space left on device" in err and "run the same command again" in err
+    assert not output.exists() and not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*.tmp*"))
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    assert transcription.main(args) == 0
+    assert "0 transcribed" in capsys.readouterr().err and [r["path"] for r in records(output)] == files
+
+
+def test_a_model_with_nan_weights_fails_by_name(tiny_model, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny_model, folder)
+    state = load_file(folder / "model.safetensors")
+    name = next(n for n in state if n.endswith("weight") and state[n].dim() == 2)
+    state[name][:] = float("nan")
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    wav = str(CROWD / "files" / "test_opus_crowd_0000.opus")
+    assert transcription.main([str(folder), wav, "--output", str(tmp_path / "o.jsonl"), "--no_progress"]) == 1
+    assert "NaN or infinite log-probabilities" in capsys.readouterr().err
