@@ -134,6 +134,14 @@ def _check_rate(path: str, info, sampling_rate: int):
         raise ValueError(f"{path}: sampling rate {info.samplerate} Hz, augmentation needs {sampling_rate} Hz")
 
 
+def _check_finite(path: str):
+    """Every sample of a noise or impulse-response file is read once at start-up (in blocks, ~1 s per hour of
+    audio): a NaN drawn at some step would otherwise stop training there, with no file named."""
+    for block in sf.blocks(path, blocksize=1 << 20, dtype="float32", always_2d=True):
+        if not np.isfinite(block).all():
+            raise ValueError(f"{path}: NaN or infinite samples; augmentation needs finite audio")
+
+
 def _mono(samples: np.ndarray) -> np.ndarray:
     return samples.mean(axis=1) if samples.ndim == 2 else samples
 
@@ -153,6 +161,7 @@ class AudioAugmentation:
             _check_rate(path, info, sampling_rate)
             if info.frames == 0:
                 raise ValueError(f"{path}: an empty impulse response")
+            _check_finite(path)
         self.noise_files, self.noise_frames = [], []
         if args.noise_dir and args.noise_probability:
             for path in _audio_files(args.noise_dir):
@@ -160,6 +169,7 @@ class AudioAugmentation:
                 _check_rate(path, info, sampling_rate)
                 if info.frames == 0:
                     raise ValueError(f"{path}: an empty noise file")
+                _check_finite(path)
                 self.noise_files.append(path)
                 self.noise_frames.append(info.frames)
 

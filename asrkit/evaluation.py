@@ -84,6 +84,12 @@ def load_test_sets(data_dir, sets, tokenizer, max_samples=None) -> dict:
 def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=None,
                    batch_size=16, max_samples=None, trust_remote_code=False, use_lm=True, lm_options=None,
                    update_model_card=False):  # fmt: skip
+    output_dir = Path(output_dir or Path(model_path) / "eval")
+    # the place for the results, checked before hours of transcription (made only when they are written)
+    existing = next(p for p in [output_dir, *output_dir.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise SystemExit(f"--output_dir {output_dir}: {existing} is {'a file' if not existing.is_dir() else 'not writable'};"
+                         " choose another folder for the results")  # fmt: skip
     try:
         backend = TorchBackend.from_folder(model_path, trust_remote_code=trust_remote_code)
     except InferenceError as error:
@@ -94,7 +100,6 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=N
         test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)
     except (OSError, ValueError) as error:  # the message names the folder, manifest or line
         raise SystemExit(f"{type(error).__name__}: {error}") from None
-    output_dir = Path(output_dir or Path(model_path) / "eval")
     transcriber = Transcriber(backend, batch_size)
     # with a language model: the same logits decoded greedily and with the LM
     lm_decoder = lm_decoder_of(processor, **(lm_options or {})) if use_lm else None

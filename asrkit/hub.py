@@ -41,6 +41,20 @@ def load_ctc_model(path, trust_remote_code: bool = False, **kwargs):
     return _load(AutoModelForCTC, path, trust_remote_code, "model", **kwargs)
 
 
-def load_processor(path, trust_remote_code: bool = False):
-    """`AutoProcessor.from_pretrained` with clear errors (see the module docstring)."""
+def load_processor(path, trust_remote_code: bool = False, language_model: bool = True):
+    """`AutoProcessor.from_pretrained` with clear errors (see the module docstring). `language_model=False`
+    leaves a folder's language model unread (greedy decoding needs none, and a damaged one must not stop it)."""
+    if not language_model and _processor_class(path) == "EBranchformerProcessorWithLM":
+        from modeling_ebranchformer import EBranchformerProcessor
+
+        return _load(EBranchformerProcessor, path, False, "processor")
     return _load(AutoProcessor, path, trust_remote_code, "processor")
+
+
+def _processor_class(path) -> str | None:
+    import json
+
+    try:
+        return json.loads((Path(path) / "processor_config.json").read_text(encoding="utf-8")).get("processor_class")
+    except (OSError, ValueError, AttributeError):
+        return None

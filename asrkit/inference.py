@@ -15,6 +15,7 @@ imports neither torch nor transformers: the PyTorch backend imports them when it
 """
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,8 @@ class TorchBackend:
                                                      tokenizer.word_delimiter_token)  # fmt: skip
 
     @classmethod
-    def from_folder(cls, model_dir, device="cpu", threads=None, trust_remote_code=False):
+    def from_folder(cls, model_dir, device="cpu", threads=None, trust_remote_code=False, language_model=True):
+        """The folder's model and processor; `language_model=False` leaves its language model unread."""
         import torch
 
         import modeling_ebranchformer  # noqa: F401  (registers the model types)
@@ -55,7 +57,7 @@ class TorchBackend:
             torch.set_num_threads(threads)
         try:
             model = load_ctc_model(model_dir, trust_remote_code).to(device).eval()
-            processor = load_processor(model_dir, trust_remote_code)
+            processor = load_processor(model_dir, trust_remote_code, language_model)
         except ModelLoadError as error:
             raise InferenceError(str(error)) from None
         return cls(model, processor, device)
@@ -64,8 +66,11 @@ class TorchBackend:
         return self.run_features(self.features(waveforms))
 
     def features(self, waveforms):
-        """The processor's padded `input_features` and `attention_mask` (torch tensors) of a batch."""
-        return self.processor.feature_extractor(waveforms, sampling_rate=self.sampling_rate, return_tensors="pt")
+        """The processor's padded `input_features` and `attention_mask` (torch tensors) of a batch. Its warning
+        about loud float audio names an item of the batch; callers that read files name the file instead."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="float audio item", category=UserWarning)
+            return self.processor.feature_extractor(waveforms, sampling_rate=self.sampling_rate, return_tensors="pt")
 
     def run_features(self, inputs):
         """Log-probabilities of `features`' output, one (frames, vocab) array per utterance, padding removed."""
@@ -96,7 +101,8 @@ class OnnxBackend:
 
 
 def load_backend(model_dir, device="cpu", threads=None, quantized=False, trust_remote_code=False):
-    """An ONNX backend for an `export_onnx.py` folder, otherwise a PyTorch one (a model folder or Hub id)."""
+    """An ONNX backend for an `export_onnx.py` folder, otherwise a PyTorch one (a model folder or Hub id). The
+    folder's language model is not read here (`load_lm_decoder`)."""
     path = Path(model_dir)
     if path.is_dir() and onnx_runtime.is_onnx_folder(path):
         return OnnxBackend(path, device, threads, quantized)
@@ -106,7 +112,7 @@ def load_backend(model_dir, device="cpu", threads=None, quantized=False, trust_r
     if path.exists() and not (path / "config.json").is_file():
         raise InferenceError(f"{model_dir}: neither a model folder (config.json) nor an ONNX export "
                              f"({onnx_runtime.EXPORT_FILE})")  # fmt: skip
-    return TorchBackend.from_folder(model_dir, device, threads, trust_remote_code)
+    return TorchBackend.from_folder(model_dir, device, threads, trust_remote_code, language_model=False)
 
 
 # ---------------------------------------------------------------------------------------------- decoders

@@ -19,13 +19,14 @@ Tune alpha and beta with `python tune_lm.py MODEL_DIR`.
 """
 
 import argparse
-import json
+import unicodedata
 import os
 import shutil
 import sys
 from pathlib import Path
 
 from asrkit.files import write_folder_atomically
+from asrkit.manifest import read_manifest
 from golos import EMBEDDED_CORPUS
 from golos.golos import DOMAINS, split_manifests
 from modeling_ebranchformer.beam_search import (
@@ -48,20 +49,29 @@ class TextError(ValueError):
     pass
 
 
+def without_punctuation(text: str) -> str:
+    """Punctuation and symbols as spaces, then the tokenizer's normalisation: real text has commas, dashes and
+    quotes everywhere, and a transcript has none of them."""
+    return normalize_text("".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text))
+
+
 def read_text_file(path, characters) -> list:
-    """Sentences (lists of words) of a text file, one a line; raises naming the file and line of a character
-    outside the alphabet."""
+    """Sentences (lists of words) of a text file, one a line, punctuation removed; raises naming the file and
+    line of a letter (or digit) outside the alphabet."""
+    if Path(path).is_dir():
+        raise TextError(f"--text {path} is a folder; give text files (one sentence a line)")
     sentences = []
     try:
         with open(path, encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
-                text = normalize_text(line)
+                text = without_punctuation(line)
                 if not text:
                     continue
                 unknown = sorted({c for c in text if c not in characters and c != " "})
                 if unknown:
                     raise TextError(f"{path}, line {number}: characters {unknown} are outside the model's alphabet "
-                                    f"(after normalisation: {text[:80]!r}); remove or transliterate them")  # fmt: skip
+                                    f"(after normalisation: {text[:80]!r}); spell numbers out, remove or "
+                                    "transliterate the rest")  # fmt: skip
                 sentences.append(text.split())
     except UnicodeDecodeError as error:
         raise TextError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
@@ -78,22 +88,16 @@ def read_manifests(data_dir, characters) -> tuple:
         if not os.path.isfile(manifest):
             raise TextError(f"no train manifest {manifest} (a Golos-layout folder has train_opus/manifest.jsonl); "
                             "give --text files instead")  # fmt: skip
-        with open(manifest, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)["text"]
-                    if not isinstance(text, str):
-                        raise TypeError
-                except (ValueError, KeyError, TypeError):
-                    raise TextError(f"{manifest}, line {number}: not a JSON object with a text string") from None
-                text = normalize_text(text)
-                if any(c not in characters and c != " " for c in text):
-                    skipped += 1
-                    continue
-                if text:
-                    sentences.append(text.split())
+        for number, entry in read_manifest(manifest):
+            text = entry.get("text")
+            if not isinstance(text, str):
+                raise TextError(f"{manifest}, line {number}: no 'text' string")
+            text = normalize_text(text)
+            if any(c not in characters and c != " " for c in text):
+                skipped += 1
+                continue
+            if text:
+                sentences.append(text.split())
     return sentences, skipped
 
 

@@ -31,7 +31,7 @@ from modeling_ebranchformer.beam_search import (
 )
 from modeling_ebranchformer.ngram import LanguageModelError
 
-from .evaluation import decode_all, load_test_sets, set_log_probs
+from .evaluation import decode_all, load_test_sets, positive_int, set_log_probs
 from .files import atomic_write_text
 from .inference import InferenceError, LMDecoder, TorchBackend, Transcriber
 from .metrics import wer as word_error_rate
@@ -122,9 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which utterances of each set to tune on (default: even-numbered; the rest stay unseen)")  # fmt: skip
     parser.add_argument("--alphas", default=DEFAULT_ALPHAS, help=f"grid of LM weights (default {DEFAULT_ALPHAS})")
     parser.add_argument("--betas", default=DEFAULT_BETAS, help=f"grid of word bonuses (default {DEFAULT_BETAS})")
-    parser.add_argument("--beam_width", type=int, default=DEFAULT_BEAM_WIDTH, help="beam width while tuning")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--max_samples", type=int, help="use the first N utterances of each set")
+    parser.add_argument("--beam_width", type=positive_int, default=DEFAULT_BEAM_WIDTH, help="beam width while tuning")
+    parser.add_argument("--batch_size", type=positive_int, default=16)
+    parser.add_argument("--max_samples", type=positive_int, help="use the first N utterances of each set")
     parser.add_argument("--dry_run", action="store_true", help="print the choice, do not write attrs.json")
     parser.add_argument("--trust_remote_code", action="store_true")
     return parser

@@ -230,7 +230,9 @@ def load_preset(preset: str, _seen=()) -> dict:
         raise SystemExit(f"preset {path}: expected a mapping of option names to values")
     if "base" in values:
         base = str(values.pop("base"))
-        if base in _seen or base == preset:
+        if Path(base).suffix in (".yaml", ".yml", ".json") and not Path(base).is_absolute():
+            base = str(path.parent / base)  # a file named by a preset file: next to that file
+        if base in _seen or base == preset or Path(base).resolve() == path.resolve():
             raise SystemExit(f"preset {path}: 'base: {base}' makes a loop ({' -> '.join((*_seen, preset, base))})")
         values = {**load_preset(base, (*_seen, preset)), **values}
     return values

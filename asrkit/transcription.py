@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from .audio import read_audio
@@ -40,6 +41,7 @@ from .manifest import ManifestError, audio_path, read_manifest
 AUDIO_EXTENSIONS = ("wav", "flac", "opus", "ogg", "mp3")
 MANIFEST_EXTENSIONS = (".json", ".jsonl")
 OUTPUT_FORMATS = (".jsonl", ".txt", ".srt", ".vtt")
+LOUD = 8.0  # float samples above this are integer PCM stored as floats (the feature extractor's threshold)
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -476,6 +478,9 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
                 try:
                     waveforms.append(read_audio(item["path"], backend.sampling_rate))
                     good.append(item)
+                    if (peak := float(np.abs(waveforms[-1]).max())) > LOUD:
+                        print(f"\nwarning: {item['path']}: float samples peak at {peak:g}, far above 1: integer PCM "
+                              "stored as floats? Its transcript will be wrong; scale the file", file=sys.stderr)  # fmt: skip
                 except Exception as error:  # noqa: BLE001
                     failures.append((item["path"], reason(item["path"], error)))
                     print(f"\nerror: {item['path']}: {failures[-1][1]}", file=sys.stderr)

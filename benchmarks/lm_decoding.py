@@ -2,11 +2,17 @@
 on the embedded test sets, from the same logits; and the WER each gives.
 
     python benchmarks/lm_decoding.py MODEL_DIR [--threads 2] [--beams 16,32,64,128] [--repeats 3]
+    python benchmarks/lm_decoding.py MODEL_DIR --lengths 30,900,7200    # RTF against the recording's length
 
 MODEL_DIR should be a trained model with a language model (`build_lm.py`); a folder without one gets a
 3-gram of the embedded train transcripts in a temporary copy. The model's forward pass (2 threads) is
 timed once and reported for scale; decoding is timed over all utterances of both test sets (median of
 `--repeats` runs); "RTF added" is decoding time / audio time beyond greedy decoding's.
+
+`--lengths` instead decodes one recording of each length (seconds) at the default beam: the test sets'
+log-probabilities joined end to end and repeated to that length, so that every length holds the same kind of
+speech and only the length differs; it prints RTF and its ratio to the shortest's (a search whose cost per
+frame grew with the recording would show here).
 """
 
 import argparse
@@ -38,6 +44,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--beams", default="16,32,64,128")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lengths", help="comma-separated recording lengths in seconds, e.g. 30,900,7200")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model_dir = Path(args.model_dir)
@@ -64,6 +71,8 @@ def main(argv=None):
             log_probs += values
             seconds += sum(dataset["duration"])
         forward = time.perf_counter() - start
+        if args.lengths:
+            return print(length_table(decoder, log_probs, [float(x) for x in args.lengths.split(",")]))
 
         def wer(hypotheses):
             return {name: word_error_rate([r for (n, r) in references if n == name],
@@ -86,6 +95,22 @@ def main(argv=None):
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
+
+
+def length_table(decoder, log_probs, lengths) -> str:
+    import numpy as np
+
+    joined = np.concatenate(log_probs)  # 25 frames a second
+    rows, first = [], None
+    for seconds in lengths:
+        frames = int(seconds * 25)
+        recording = np.resize(joined, (frames, joined.shape[1]))  # repeated to the length
+        start = time.perf_counter()
+        decoder.decode_beams(recording, beam_width=DEFAULT_BEAM_WIDTH)
+        rtf = (time.perf_counter() - start) / seconds
+        first = first or rtf
+        rows.append([f"{seconds:g} s ({seconds / 3600:.2f} h)", f"{rtf:.5f}", f"{rtf / first:.2f}"])
+    return table(["recording", "RTF (beam 32)", "against the first"], rows)
 
 
 if __name__ == "__main__":

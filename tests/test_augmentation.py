@@ -293,3 +293,17 @@ def test_a_run_gives_the_same_weights_on_a_loaded_machine(augmented_run, tmp_pat
     assert final.keys() == final_loaded.keys()
     for name, tensor in final.items():
         assert torch.equal(final_loaded[name], tensor), name
+
+
+def test_noise_and_impulse_response_files_with_nan_are_refused_at_start(tmp_path):
+    import soundfile as sf
+
+    for name in ("noise", "rir"):
+        (tmp_path / name).mkdir()
+        samples = np.zeros(RATE, np.float32)
+        samples[12345] = np.nan
+        sf.write(tmp_path / name / "bad.wav", samples, RATE, subtype="FLOAT")
+    with pytest.raises(ValueError, match=r"noise/bad.wav: NaN or infinite samples"):
+        only(noise_probability=0.5, noise_dir=str(tmp_path / "noise"))
+    with pytest.raises(ValueError, match=r"rir/bad.wav: NaN or infinite samples"):
+        only(reverb_probability=0.5, rir_dir=str(tmp_path / "rir"))

@@ -139,3 +139,16 @@ def test_pipeline_word_timestamps_are_plain_floats(trained):
     assert out["chunks"]
     assert all(type(t) is float for chunk in out["chunks"] for t in chunk["timestamp"])
     json.dumps(out)
+
+
+def test_a_results_place_that_cannot_be_made_is_named_before_any_work(tmp_path, monkeypatch):
+    from asrkit import evaluation, lm_tuning
+
+    (tmp_path / "results").write_text("a file")
+    monkeypatch.setattr(evaluation.TorchBackend, "from_folder", lambda *a, **k: pytest.fail("the model was loaded"))
+    for place in (tmp_path / "results", tmp_path / "results" / "eval"):
+        with pytest.raises(SystemExit, match=f"--output_dir {place}: .*results is a file"):
+            evaluate_main([str(tmp_path), "--output_dir", str(place)])
+    for option in ("--max_samples", "--batch_size", "--beam_width"):
+        with pytest.raises(SystemExit):
+            lm_tuning.build_parser().parse_args([str(tmp_path), option, "0"])

@@ -217,3 +217,20 @@ def test_an_export_never_replaces_its_model_or_a_foreign_folder(exported, tmp_pa
             onnx_export.export(model, target, overwrite=True, check_audio=FILES[:1], log=lambda *a: None)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert json.loads((out / "onnx_export.json").read_text())["source"] == Path(model_dir).name  # no machine path
+
+
+def test_a_damaged_export_and_a_too_long_input_are_named(exported, tmp_path, capsys):
+    import soundfile as sf
+
+    _, out, _ = exported
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    data = (broken / "model.onnx").read_bytes()
+    (broken / "model.onnx").write_bytes(data[: len(data) // 2])
+    assert transcription.main([str(broken), str(FILES[0]), "--no_progress"]) == 2
+    assert "model.onnx: ONNX Runtime cannot load it" in capsys.readouterr().err
+    positions = json.loads((out / "config.json").read_text())["max_position_embeddings"]
+    long = tmp_path / "long.wav"
+    sf.write(long, np.zeros((positions * 4 + 8) * 160, np.float32), 16000)
+    assert transcription.main([str(out), str(long), "--chunk_length_s", "100000", "--no_progress"]) == 1
+    assert f"longer than max_position_embeddings ({positions}); split the audio" in capsys.readouterr().err

@@ -731,3 +731,23 @@ def test_hotwords_through_transcribe_py(tmp_path, tiny_config):
     assert result.returncode == 2 and "hotword 'joy' has characters" in result.stderr
     result, _ = transcribe("--hotwords", "джой", "--hotword_weight", "5000")
     assert result.returncode == 2 and "hotword_weight=5000" in result.stderr
+
+
+def test_build_lm_takes_real_text_with_punctuation(lm_folder, tmp_path):
+    """Punctuation and symbols are removed as transcripts have none; letters outside the alphabet and numbers
+    in digits stay errors that name the line; a folder given as --text is named."""
+    _, folder, _ = lm_folder
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    text = tmp_path / "corpus.txt"
+    text.write_text("Привет, мир!\n«Ёжик» — это ёж… (да?)\n", encoding="utf-8")
+    lm_building.run([str(copy), "--text", str(text), "--overwrite", "--order", "2"])
+    from transformers import AutoProcessor
+
+    words = AutoProcessor.from_pretrained(copy).language_model.vocabulary - {"<s>", "</s>", "<unk>"}
+    assert words == {"привет", "мир", "ежик", "это", "еж", "да"}
+    text.write_text("привет, мир\nв 5 часов\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"corpus.txt, line 2: characters \['5'\] .*spell numbers out"):
+        lm_building.run([str(copy), "--text", str(text), "--overwrite"])
+    with pytest.raises(SystemExit, match=r"is a folder; give text files"):
+        lm_building.run([str(copy), "--text", str(tmp_path), "--overwrite"])

@@ -405,3 +405,16 @@ def test_a_preset_can_start_from_another(tmp_path):
     (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
     with pytest.raises(SystemExit, match="makes a loop"):
         training.load_preset(str(tmp_path / "a.yaml"))
+
+
+def test_a_preset_file_names_its_base_relative_to_itself(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "child.yaml").write_text("base: parent.yaml\nlearning_rate: 0.5\n")
+    (folder / "parent.yaml").write_text("base: course\nwarmup_steps: 7\n")
+    monkeypatch.chdir(tmp_path)  # not the presets' folder
+    values = training.load_preset(str(folder / "child.yaml"))
+    assert values["learning_rate"] == 0.5 and values["warmup_steps"] == 7 and values["max_steps"] == 30000
+    (folder / "self.yaml").write_text("base: self.yaml\n")
+    with pytest.raises(SystemExit, match="makes a loop"):
+        training.load_preset(str(folder / "self.yaml"))

@@ -462,3 +462,26 @@ def test_a_model_with_nan_weights_fails_by_name(tiny_model, tmp_path, capsys):
     wav = str(CROWD / "files" / "test_opus_crowd_0000.opus")
     assert transcription.main([str(folder), wav, "--output", str(tmp_path / "o.jsonl"), "--no_progress"]) == 1
     assert "NaN or infinite log-probabilities" in capsys.readouterr().err
+
+
+def test_a_damaged_language_model_does_not_stop_greedy_transcription(tiny_model, tmp_path, capsys):
+    from asrkit import lm_building
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model, folder)
+    lm_building.run([str(folder)])
+    (folder / "language_model" / "attrs.json").write_text("{not json")
+    wav = str(CROWD / "files" / "test_opus_crowd_0000.opus")
+    assert transcription.main([str(folder), wav, "--no_progress"]) == 0
+    assert transcription.main([str(folder), wav, "--no_progress", "--decoder", "lm"]) == 2
+    assert "attrs.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_loud_float_audio_is_named_by_file(tiny_model, tmp_path, capsys):
+    import soundfile as sf
+
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, (np.sin(np.arange(16000) / 5) * 3000).astype(np.float32), 16000, subtype="FLOAT")
+    assert transcription.main([str(tiny_model), str(loud), "--no_progress"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {loud}: float samples peak at 3000" in err and "item 0" not in err
