@@ -136,10 +136,15 @@ def _check_rate(path: str, info, sampling_rate: int):
 
 def _check_finite(path: str):
     """Every sample of a noise or impulse-response file is read once at start-up (in blocks, ~1 s per hour of
-    audio): a NaN drawn at some step would otherwise stop training there, with no file named."""
+    audio): a NaN drawn at some step would otherwise stop training there, with no file named, and a silent
+    file would leave every utterance that draws it unaugmented, unnoticed."""
+    audible = False
     for block in sf.blocks(path, blocksize=1 << 20, dtype="float32", always_2d=True):
         if not np.isfinite(block).all():
             raise ValueError(f"{path}: NaN or infinite samples; augmentation needs finite audio")
+        audible = audible or bool(np.any(block))
+    if not audible:
+        raise ValueError(f"{path}: silent (every sample is 0); it would augment nothing: remove it")
 
 
 def _mono(samples: np.ndarray) -> np.ndarray:

@@ -92,20 +92,21 @@ def choose(run_dir, last=None, best=None, metric=None) -> tuple[list, dict]:
                                              metric: {s: values[s] for s in steps}}  # fmt: skip
 
 
-def average_state_dicts(state_dicts: list) -> dict:
+def average_state_dicts(state_dicts: list, names=None) -> dict:
     """The mean of every floating-point tensor (in float64, stored in its dtype); other tensors from the
     last (newest) state dict. All must have the same names, shapes and dtypes."""
     import torch
 
+    names = names or [f"checkpoint {i + 1}" for i in range(len(state_dicts))]
     first, newest = state_dicts[0], state_dicts[-1]
     for index, state in enumerate(state_dicts[1:], start=1):
         if state.keys() != first.keys():
             different = sorted(set(state) ^ set(first))[:5]
-            raise SystemExit(f"checkpoint {index + 1} has other tensors than the first: {different}")
+            raise SystemExit(f"{names[index]} has other tensors than {names[0]}: {different} (another model?)")
         for name, tensor in state.items():
             if tensor.shape != first[name].shape or tensor.dtype != first[name].dtype:
-                raise SystemExit(f"checkpoint {index + 1}: {name} is {tuple(tensor.shape)} {tensor.dtype}, "
-                                 f"the first has {tuple(first[name].shape)} {first[name].dtype}")  # fmt: skip
+                raise SystemExit(f"{names[index]}: {name} is {tuple(tensor.shape)} {tensor.dtype}, {names[0]} has "
+                                 f"{tuple(first[name].shape)} {first[name].dtype} (another configuration?)")  # fmt: skip
     averaged = {}
     for name, tensor in newest.items():
         if tensor.is_floating_point():
@@ -120,6 +121,7 @@ def average_state_dicts(state_dicts: list) -> dict:
 
 def average_checkpoints(run_dir, last=None, best=None, metric=None, output_dir=None, overwrite=False) -> Path:
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
     from asrkit.files import OutputFolderError, check_output_folder, staged_folder
@@ -133,13 +135,19 @@ def average_checkpoints(run_dir, last=None, best=None, metric=None, output_dir=N
                             lambda folder: (folder / "averaging.json").is_file(), may_hold=[run_dir])  # fmt: skip
     except OutputFolderError as error:
         raise SystemExit(str(error)) from None
-    state_dicts = [load_file(folder / "model.safetensors") for folder in folders]
+    state_dicts = []
+    for folder in folders:
+        try:
+            state_dicts.append(load_file(folder / "model.safetensors"))
+        except (OSError, SafetensorError) as error:
+            raise SystemExit(f"{folder / 'model.safetensors'} cannot be read ({error}): the file is damaged or "
+                             "truncated; leave this checkpoint out (--last/--best choose others)") from None  # fmt: skip
     for folder, state in zip(folders, state_dicts):
         for name, tensor in state.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise SystemExit(f"{folder / 'model.safetensors'}: {name} holds NaN or infinite values; this "
                                  "checkpoint is broken, leave it out (--last/--best choose others)")  # fmt: skip
-    averaged = average_state_dicts(state_dicts)
+    averaged = average_state_dicts(state_dicts, [folder.name for folder in folders])
     del state_dicts
     newest = folders[-1]
     with staged_folder(output_dir, overwrite=overwrite) as staging:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from transformers import AutoModelForCTC, AutoProcessor
 
+import modeling_ebranchformer  # noqa: F401  (registers this package's model types: they load without remote code)
+
 
 class ModelLoadError(ValueError):
     pass

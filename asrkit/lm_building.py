@@ -162,6 +162,8 @@ def build(model_dir, data_dir=None, texts=(), order=3, arpa=None, alpha=None, be
         if arpa is None:
             for path in texts:
                 found = read_text_file(path, characters)
+                if not found:
+                    raise TextError(f"--text {path}: no sentence in it (empty, or punctuation only)")
                 summary[f"text {path}"] = f"{len(found)} sentences"
                 sentences += found
             if data_dir is not None or not texts:
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_dir", help="Golos-layout folder whose train_opus/manifest.jsonl transcripts are "
                                            "used (default: the embedded corpus, unless --text is given)")  # fmt: skip
     parser.add_argument("--text", action="append", default=[], help="a text file, one sentence a line (repeatable)")
-    parser.add_argument("--order", type=int, default=3, help="n-gram order (default 3)")
+    parser.add_argument("--order", type=int, default=None, help="n-gram order (default 3; an --arpa has its own)")
     parser.add_argument("--arpa", help="use this ARPA file (.arpa or .arpa.gz; a KenLM binary if the kenlm module "
                                        "is installed) instead of building one")  # fmt: skip
     parser.add_argument("--alpha", type=float, help=f"LM weight written to attrs.json (default {DEFAULT_ALPHA})")
@@ -221,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.arpa and (args.text or args.data_dir):
-        parser.error("--arpa replaces building: give either --arpa or --data_dir/--text")
+    if args.arpa and (args.text or args.data_dir or args.order is not None):
+        parser.error("--arpa replaces building (its order is the file's): give either --arpa or "
+                     "--data_dir/--text/--order")  # fmt: skip
+    args.order = 3 if args.order is None else args.order
     return build(args.model_dir, args.data_dir, args.text, args.order, args.arpa, args.alpha, args.beta,
                  args.overwrite, args.trust_remote_code)  # fmt: skip
 

@@ -292,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not args.tolerance > 0:
-        parser.error(f"--tolerance must be positive, got {args.tolerance}")
+    if not 0 < args.tolerance < 1:
+        parser.error(f"--tolerance must be a positive number below 1 (log-probability difference), got {args.tolerance}")
     wer_sets = None
     if args.wer_manifest:
         wer_sets = {}

@@ -12,6 +12,7 @@ folder that holds an earlier run is never replaced silently: continue it with
 `--resume_from_checkpoint last`, or replace it with `--overwrite_output_dir true`.
 """
 
+import argparse
 import json
 import logging
 import math
@@ -149,11 +150,13 @@ def parse_args(argv=None):
     early.add_argument("--do_eval", type=transformers.hf_argparser.string_to_bool, default=None)
     early.add_argument("--eval_strategy", default=None)
     given = early.parse_known_args(argv)[0]
-    defaults = {**COMMON_DEFAULTS, **load_preset(given.preset)}
+    preset = load_preset(given.preset)
+    defaults = {**COMMON_DEFAULTS, **preset}
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(defaults) - known)
     if unknown:
         raise SystemExit(f"preset {given.preset}: unknown option(s) {unknown}")
+    check_preset_types(parser, preset, given.preset)
     # TrainingArguments turns do_eval on whenever an eval strategy is set, so `--do_eval false` on a preset
     # that evaluates every N steps would be ignored: switch the strategy off too, unless asked for explicitly.
     do_eval = given.do_eval if given.do_eval is not None else defaults.get("do_eval", True)
@@ -180,6 +183,30 @@ def parse_args(argv=None):
         training_args.dataloader_persistent_workers = False  # torch refuses persistent workers without workers
     check_arguments(data_args, run_args, training_args)
     return model_args, data_args, augment_args, run_args, training_args
+
+
+def check_preset_types(parser, values: dict, preset: str):
+    """A preset's values become the parser's defaults, which argparse never converts: a value of the wrong type
+    would pass unnoticed (a list for num_train_epochs) or fail deep inside. Check them as the command line is."""
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in values.items():
+        action = actions[key]
+        many = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)
+        if isinstance(value, list) and not many:
+            raise SystemExit(f"preset {preset}: {key} takes one value, got the list {value!r}")
+        for item in value if isinstance(value, list) else [value]:
+            if item is None or not callable(action.type):
+                continue
+            number = action.type in (int, float)
+            if number and isinstance(item, bool) or not isinstance(item, (str, int, float, bool)):
+                raise SystemExit(f"preset {preset}: {key}: {item!r} is not a {getattr(action.type, '__name__', 'value')}")
+            try:
+                converted = action.type(item if not number or isinstance(item, str) else item)
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                raise SystemExit(f"preset {preset}: {key}: {item!r} is not a valid "
+                                 f"{getattr(action.type, '__name__', 'value')}") from None  # fmt: skip
+            if action.type is int and isinstance(item, float) and converted != item:
+                raise SystemExit(f"preset {preset}: {key}: {item!r} is not a whole number")
 
 
 def _accelerator_available() -> bool:

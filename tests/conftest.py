@@ -8,11 +8,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-sys.path[:0] = [str(ROOT), str(TESTS)]
-SHARED_EXAMPLE = ROOT.parent / "shared" / "golos_example"
-CORPUS = ROOT / "data" / "golos_mini"
+sys.path[:0] = [str(TESTS.parent), str(TESTS)]
+from project import SHARED_EXAMPLE  # noqa: E402
 
 
 @pytest.fixture
@@ -24,16 +22,36 @@ def golos_example():
     return wav
 
 
-# A small E-Branchformer for tests (module-scoped fixtures use it directly: EBranchformerConfig(**TINY_CONFIG)).
+# The one small E-Branchformer of the tests.
 TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, cgmlp_intermediate_size=48,
                    ffn_intermediate_size=64, merge_conv_kernel_size=7, max_position_embeddings=2000)  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def tiny_config_values() -> dict:
+    """The tiny configuration's values (for module-scoped fixtures and other model classes)."""
+    return dict(TINY_CONFIG)
+
+
 @pytest.fixture
-def tiny_config():
+def tiny_config(tiny_config_values):
     from modeling_ebranchformer import EBranchformerConfig
 
-    return EBranchformerConfig(**TINY_CONFIG)
+    return EBranchformerConfig(**tiny_config_values)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_config_values):
+    """A saved folder of the tiny E-Branchformer (seed 0) and the processor; tests must not modify it."""
+    import torch
+
+    from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_model")
+    EBranchformerForCTC(EBranchformerConfig(**tiny_config_values)).eval().save_pretrained(folder)
+    EBranchformerProcessor().save_pretrained(folder)
+    return folder
 
 
 def speech_like_signal(seconds=1.0, seed=0):
@@ -47,15 +65,28 @@ def speech_like_signal(seconds=1.0, seed=0):
     return (0.1 * voice * envelope + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def speech_like():
+    """speech_like(seconds, seed): a deterministic speech-like signal."""
     return speech_like_signal
 
 
 TINY = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,cgmlp_intermediate_size=48,ffn_intermediate_size=64"
 
 
-def train_args(tmp_path, *extra):
+@pytest.fixture(scope="session")
+def tiny_overrides() -> str:
+    """The tiny configuration as train_ctc.py's --config_overrides."""
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def train_args():
+    """train_args(tmp_path, *extra): train_ctc.py options for the tiny model on 40 s of the embedded corpus."""
+    return _train_args
+
+
+def _train_args(tmp_path, *extra):
     """train_ctc.py options for a tiny model on 40 s of the embedded corpus, quick enough for tests."""
     return [
         "--preset", "mini", "--config_overrides", TINY, "--report_to", "none", "--dataloader_num_workers", "0",
@@ -72,6 +103,22 @@ def trained(tmp_path_factory):
     from asrkit import training
 
     tmp = tmp_path_factory.mktemp("run")
-    trainer, metrics = training.run(train_args(tmp, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4",
+    trainer, metrics = training.run(_train_args(tmp, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4",
                                                 "--save_total_limit", "2"))  # fmt: skip
     return tmp, trainer, metrics
+
+
+SLOW_FIXTURES = {"trained", "augmented_run"}  # a training run each
+SLOW_CODE = ("subprocess.", "training.run(", "sys.executable", "torchrun")  # other processes, training
+
+
+def pytest_collection_modifyitems(items):
+    """The fast tier (`-m "not slow"`) leaves out what trains, starts other processes or runs on many: marked
+    here from the test's fixtures and code, so that a new test of that kind is slow without anyone saying so."""
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(code in source for code in SLOW_CODE):
+            item.add_marker(pytest.mark.slow)

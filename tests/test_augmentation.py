@@ -3,14 +3,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, speech_like_signal, train_args
 from safetensors.torch import load_file
 
 from asrkit.audio import read_audio
 from asrkit.augmentation import PEAK, AudioAugmentation, AugmentationArguments, AugmentationCallback
 
 RATE = 16000
-SPEECH = speech_like_signal(3.0, seed=1) * 5  # peak ~0.6: loud enough that +6 dB would clip
+
+
+@pytest.fixture(scope="module")
+def speech(speech_like):
+    return speech_like(3.0, seed=1) * 5  # peak ~0.6: loud enough that +6 dB would clip
 
 
 def only(**kwargs) -> AudioAugmentation:
@@ -46,17 +49,17 @@ def test_reverberation_keeps_length_and_level_and_smears_in_time():
 
 
 @pytest.mark.parametrize("snr", [0.0, 10.0, 25.0])
-def test_noise_is_added_at_the_drawn_snr(snr):
-    out = only(noise_probability=1.0, noise_snr_db=[snr, snr]).augment(SPEECH, "a").astype(np.float64)
+def test_noise_is_added_at_the_drawn_snr(snr, speech):
+    out = only(noise_probability=1.0, noise_snr_db=[snr, snr]).augment(speech, "a").astype(np.float64)
     scale = 1.0 if np.abs(out).max() < PEAK - 1e-6 else None
     if scale is None:  # scaled down as a whole to avoid clipping: undo that before measuring
-        scale = np.dot(out, SPEECH) / np.dot(SPEECH, SPEECH)  # the speech part is scale * SPEECH
-    noise = out / scale - SPEECH
-    assert 10 * np.log10(np.mean(SPEECH.astype(np.float64) ** 2) / np.mean(noise**2)) == pytest.approx(snr, abs=0.2)
-    assert out.size == SPEECH.size
+        scale = np.dot(out, speech) / np.dot(speech, speech)  # the speech part is scale * speech
+    noise = out / scale - speech
+    assert 10 * np.log10(np.mean(speech.astype(np.float64) ** 2) / np.mean(noise**2)) == pytest.approx(snr, abs=0.2)
+    assert out.size == speech.size
 
 
-def test_noise_from_a_folder_and_reverb_from_impulse_responses(tmp_path):
+def test_noise_from_a_folder_and_reverb_from_impulse_responses(tmp_path, speech):
     import soundfile as sf
 
     (tmp_path / "noise").mkdir()
@@ -66,50 +69,50 @@ def test_noise_from_a_folder_and_reverb_from_impulse_responses(tmp_path):
     echo = np.zeros(4000)
     echo[[0, 2000]] = [1.0, 0.5]  # the direct path and one echo 125 ms later
     sf.write(tmp_path / "rir" / "room.flac", echo, RATE)
-    out = only(noise_probability=1.0, noise_snr_db=[20, 20], noise_dir=str(tmp_path / "noise")).augment(SPEECH, "a")
-    assert abs(peak_frequency(out - SPEECH) - 50) <= 1  # what was added is the file's hum
-    out = only(reverb_probability=1.0, rir_dir=str(tmp_path / "rir")).augment(SPEECH, "a").astype(np.float64)
-    expected = SPEECH + 0.5 * np.concatenate([np.zeros(2000), SPEECH[:-2000]])
+    out = only(noise_probability=1.0, noise_snr_db=[20, 20], noise_dir=str(tmp_path / "noise")).augment(speech, "a")
+    assert abs(peak_frequency(out - speech) - 50) <= 1  # what was added is the file's hum
+    out = only(reverb_probability=1.0, rir_dir=str(tmp_path / "rir")).augment(speech, "a").astype(np.float64)
+    expected = speech + 0.5 * np.concatenate([np.zeros(2000), speech[:-2000]])
     assert np.abs(out / rms(out) - expected / rms(expected)).max() < 1e-4
     sf.write(tmp_path / "noise" / "hum8k.wav", hum, 8000)
     with pytest.raises(ValueError, match=r"hum8k.wav: sampling rate 8000 Hz, augmentation needs 16000 Hz"):
         only(noise_probability=1.0, noise_dir=str(tmp_path / "noise"))
 
 
-def test_volume_within_the_range_and_never_clipped():
-    quiet = SPEECH * 0.1
+def test_volume_within_the_range_and_never_clipped(speech):
+    quiet = speech * 0.1
     for key in map(str, range(20)):
         out = only(volume_perturbation_db=[-18, 6]).augment(quiet, key)
         gain_db = 20 * np.log10(rms(out) / rms(quiet))
         assert -18 - 1e-3 <= gain_db <= 6 + 1e-3
-    loud = only(volume_perturbation_db=[6, 6]).augment(SPEECH, "a")
+    loud = only(volume_perturbation_db=[6, 6]).augment(speech, "a")
     assert np.abs(loud).max() == pytest.approx(PEAK, abs=1e-6)  # scaled down to the peak, not cut
-    np.testing.assert_allclose(loud / np.abs(loud).max(), SPEECH / np.abs(SPEECH).max(), atol=1e-6)
+    np.testing.assert_allclose(loud / np.abs(loud).max(), speech / np.abs(speech).max(), atol=1e-6)
 
 
-def test_all_together_keep_the_audio_valid():
+def test_all_together_keep_the_audio_valid(speech):
     aug = only(speed_perturbation=[0.9, 1.0, 1.1], reverb_probability=0.5, noise_probability=0.5,
                noise_snr_db=[-5, 30], volume_perturbation_db=[-18, 18])  # fmt: skip
     for key in map(str, range(40)):
-        out = aug.augment(SPEECH, key)
+        out = aug.augment(speech, key)
         assert out.dtype == np.float32 and np.isfinite(out).all() and np.abs(out).max() <= PEAK + 1e-6
-        assert SPEECH.size / 1.1 - 1 <= out.size <= SPEECH.size / 0.9 + 1
+        assert speech.size / 1.1 - 1 <= out.size <= speech.size / 0.9 + 1
 
 
-def test_draws_depend_on_seed_epoch_and_utterance_only():
+def test_draws_depend_on_seed_epoch_and_utterance_only(speech):
     args = AugmentationArguments(speed_perturbation=[0.9, 1.0, 1.1], noise_probability=0.5, reverb_probability=0.5,
                                  volume_perturbation_db=[-18, 6])  # fmt: skip
     first, again, other_seed = AudioAugmentation(args, 1), AudioAugmentation(args, 1), AudioAugmentation(args, 2)
     keys = [f"utt{i}" for i in range(8)]
-    outputs = [first.augment(SPEECH, k) for k in keys]
+    outputs = [first.augment(speech, k) for k in keys]
     for k, out in zip(reversed(keys), reversed(outputs)):  # any order, any instance (worker)
-        np.testing.assert_array_equal(again.augment(SPEECH, k), out)
-    assert not all(np.array_equal(other_seed.augment(SPEECH, k), o) for k, o in zip(keys, outputs))
+        np.testing.assert_array_equal(again.augment(speech, k), out)
+    assert not all(np.array_equal(other_seed.augment(speech, k), o) for k, o in zip(keys, outputs))
     assert len({o.tobytes() for o in outputs}) > 1  # utterances get their own draws
     again.set_epoch(1)
-    assert not all(np.array_equal(again.augment(SPEECH, k), o) for k, o in zip(keys, outputs))
+    assert not all(np.array_equal(again.augment(speech, k), o) for k, o in zip(keys, outputs))
     again.set_epoch(0)
-    np.testing.assert_array_equal(again.augment(SPEECH, keys[0]), outputs[0])
+    np.testing.assert_array_equal(again.augment(speech, keys[0]), outputs[0])
 
 
 class _EpochProbe(torch.utils.data.Dataset):
@@ -141,7 +144,7 @@ def test_persistent_workers_see_the_epoch():
         (["--noise_dir", "/nonexistent/noise"], r"--noise_dir: no folder /nonexistent/noise"),
     ],
 )
-def test_bad_options_are_refused(tmp_path, option, message):
+def test_bad_options_are_refused(tmp_path, option, message, train_args):
     from asrkit import training
 
     with pytest.raises(SystemExit, match=message):
@@ -152,19 +155,23 @@ def test_bad_options_are_refused(tmp_path, option, message):
 
 AUGMENT = ["--speed_perturbation", "0.9", "1.0", "1.1", "--noise_probability", "0.5", "--reverb_probability", "0.5",
            "--volume_perturbation_db", "-18", "6"]  # fmt: skip
-# and SpecAugment in the model, on the tiny test model
-SPEC_AUGMENT = ["--config_overrides", f"{TINY},apply_spec_augment=true,mask_time_prob=0.12,mask_feature_prob=0.3,"
-                "mask_feature_min_masks=2"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def augmented_run(tmp_path_factory):
+def spec_augment(tiny_overrides):
+    """SpecAugment in the model, on the tiny test model."""
+    return ["--config_overrides", f"{tiny_overrides},apply_spec_augment=true,mask_time_prob=0.12,"
+            "mask_feature_prob=0.3,mask_feature_min_masks=2"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def augmented_run(tmp_path_factory, spec_augment, train_args):
     """4 steps (2 epochs of the 40 s subset, batch 8) with augmentation and SpecAugment, one DataLoader worker,
     a checkpoint after each step, evaluated at the end."""
     from asrkit import training
 
     tmp = tmp_path_factory.mktemp("augmented")
-    trainer, _ = training.run(train_args(tmp, *AUGMENT, *SPEC_AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
+    trainer, _ = training.run(train_args(tmp, *AUGMENT, *spec_augment, "--max_steps", "4", "--dataloader_num_workers", "1",
                                           "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "4"))  # fmt: skip
     return tmp, trainer
 
@@ -191,13 +198,13 @@ def test_training_audio_is_augmented_and_evaluation_audio_is_not(augmented_run):
 
 
 @pytest.mark.parametrize("step", [2, 3])  # at an epoch's start, and mid-epoch
-def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step):
+def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step, spec_augment, train_args):
     from asrkit import training
 
     tmp, trainer = augmented_run
     (tmp_path / "out").mkdir()
     shutil.copytree(tmp / "out" / f"checkpoint-{step}", tmp_path / "out" / f"checkpoint-{step}")
-    resumed, _ = training.run(train_args(tmp_path, *AUGMENT, *SPEC_AUGMENT, "--max_steps", "4", "--dataloader_num_workers", "1",
+    resumed, _ = training.run(train_args(tmp_path, *AUGMENT, *spec_augment, "--max_steps", "4", "--dataloader_num_workers", "1",
                                           "--do_eval", "false", "--resume_from_checkpoint", "last"))  # fmt: skip
     loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert [e["loss"] for e in resumed.state.log_history if "loss" in e] == pytest.approx(loss, rel=1e-5)
@@ -206,7 +213,7 @@ def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step):
         torch.testing.assert_close(final_resumed[name], tensor, rtol=0, atol=1e-6)
 
 
-def test_the_speed_factor_is_counted_in_the_ctc_length_check(tmp_path):
+def test_the_speed_factor_is_counted_in_the_ctc_length_check(tmp_path, train_args):
     """At speed 2 audio is half as long: transcripts that fit only at 1.0 must be filtered out."""
     from asrkit import training
     from golos.selection import column, ctc_target_frames
@@ -237,7 +244,7 @@ def test_the_train_order_depends_on_seed_and_epoch_only():
     assert list(again) == second
 
 
-def test_each_epoch_draws_anew(tmp_path, monkeypatch):
+def test_each_epoch_draws_anew(tmp_path, monkeypatch, train_args):
     """The callback tells the augmentation which epoch it is in: 2 epochs of 2 steps see epochs 0 and 1."""
     from asrkit import training
 
@@ -267,7 +274,7 @@ def test_empty_audio_and_empty_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_gives_the_same_weights_on_a_loaded_machine(augmented_run, tmp_path):
+def test_a_run_gives_the_same_weights_on_a_loaded_machine(augmented_run, tmp_path, spec_augment, train_args):
     """The augmented run again, while CPU-bound processes run beside it (one per core, numpy spinning): the
     same losses and bit-identical weights. The draws of a DataLoader worker must not depend on timing."""
     import os
@@ -281,7 +288,7 @@ def test_a_run_gives_the_same_weights_on_a_loaded_machine(augmented_run, tmp_pat
     hogs = [subprocess.Popen([sys.executable, "-c", hog], env={**os.environ, "OMP_NUM_THREADS": "1"})
             for _ in range(os.cpu_count() or 2)]  # fmt: skip
     try:
-        loaded, _ = training.run(train_args(tmp_path, *AUGMENT, *SPEC_AUGMENT, "--max_steps", "4",
+        loaded, _ = training.run(train_args(tmp_path, *AUGMENT, *spec_augment, "--max_steps", "4",
                                             "--dataloader_num_workers", "1", "--do_eval", "false"))  # fmt: skip
     finally:
         for process in hogs:
@@ -307,3 +314,12 @@ def test_noise_and_impulse_response_files_with_nan_are_refused_at_start(tmp_path
         only(noise_probability=0.5, noise_dir=str(tmp_path / "noise"))
     with pytest.raises(ValueError, match=r"rir/bad.wav: NaN or infinite samples"):
         only(reverb_probability=0.5, rir_dir=str(tmp_path / "rir"))
+
+
+def test_a_silent_noise_file_is_refused_at_start(tmp_path):
+    import soundfile as sf
+
+    (tmp_path / "noise").mkdir()
+    sf.write(tmp_path / "noise" / "silence.wav", np.zeros(RATE, np.float32), RATE)
+    with pytest.raises(ValueError, match=r"silence.wav: silent \(every sample is 0\)"):
+        only(noise_probability=0.5, noise_dir=str(tmp_path / "noise"))

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from conftest import TINY
 from safetensors.torch import load_file
 
 from asrkit import averaging
@@ -23,16 +22,26 @@ QUARTZNET = {"block_channels": [32, 32, 48], "block_repeats": [1, 2, 1], "block_
 WER = {100: 0.50, 200: 0.30, 300: 0.40, 400: 0.35}
 
 
-def make_model(kind):
-    torch.manual_seed(0)
-    if kind == "quartznet":
-        return QuartzNetForCTC(QuartzNetConfig(**QUARTZNET))
-    config = EBranchformerConfig()
-    config.update_from_string(TINY)
-    return EBranchformerForCTC(EBranchformerConfig(**config.to_dict()))
+@pytest.fixture(scope="module")
+def make_model(tiny_config_values):
+    """make_model(kind): a tiny QuartzNet or E-Branchformer (seed 0)."""
+
+    def make(kind):
+        torch.manual_seed(0)
+        if kind == "quartznet":
+            return QuartzNetForCTC(QuartzNetConfig(**QUARTZNET))
+        return EBranchformerForCTC(EBranchformerConfig(**tiny_config_values))
+
+    return make
 
 
-def fake_run(run_dir, kind="quartznet", steps=tuple(WER)):
+@pytest.fixture(scope="module")
+def fake_run(make_model):
+    """fake_run(run_dir, kind, steps): see _fake_run."""
+    return lambda run_dir, kind="quartznet", steps=tuple(WER): _fake_run(make_model, run_dir, kind, steps)
+
+
+def _fake_run(make_model, run_dir, kind="quartznet", steps=tuple(WER)):
     """checkpoint-STEP folders as the Trainer writes them, each with other weights and batch-norm counters,
     and the eval WER logged at each step."""
     model, processor = make_model(kind), EBranchformerProcessor()
@@ -55,7 +64,7 @@ def fake_run(run_dir, kind="quartznet", steps=tuple(WER)):
 
 
 @pytest.mark.parametrize("kind", ["quartznet", "ebranchformer"])
-def test_the_last_n_are_averaged_exactly(tmp_path, kind):
+def test_the_last_n_are_averaged_exactly(tmp_path, kind, fake_run):
     fake_run(tmp_path / "run", kind)
     output = averaging.run([str(tmp_path / "run"), "--last", "3"])
     assert output == tmp_path / "run" / "average-last-3"
@@ -84,7 +93,7 @@ def test_the_last_n_are_averaged_exactly(tmp_path, kind):
         assert torch.isfinite(model(torch.randn(1, 50, model.config.num_mel_bins)).logits).all()
 
 
-def test_the_best_n_by_the_logged_wer(tmp_path):
+def test_the_best_n_by_the_logged_wer(tmp_path, fake_run):
     fake_run(tmp_path / "run")
     (tmp_path / "run" / "checkpoint-500").mkdir()  # a save that was killed: no trainer_state.json
     output = averaging.run([str(tmp_path / "run"), "--best", "2", "--output_dir", str(tmp_path / "avg")])
@@ -97,7 +106,7 @@ def test_the_best_n_by_the_logged_wer(tmp_path):
             assert torch.allclose(tensor, (states[0][name] + states[1][name]) / 2, atol=1e-6)
 
 
-def test_refusals_leave_nothing_behind(tmp_path):
+def test_refusals_leave_nothing_behind(tmp_path, make_model, fake_run):
     run = tmp_path / "run"
     fake_run(run)
     with pytest.raises(SystemExit, match="--last 5: .* holds 4 complete checkpoints"):
@@ -124,7 +133,7 @@ def test_refusals_leave_nothing_behind(tmp_path):
         averaging.build_parser().parse_args([str(run), "--last", "0"])
 
 
-def test_an_output_never_replaces_an_input_or_a_foreign_folder(tmp_path):
+def test_an_output_never_replaces_an_input_or_a_foreign_folder(tmp_path, fake_run):
     """The output may not be, contain or lie inside a checkpoint or the run, and --overwrite replaces only a
     folder this script made: the run (its checkpoints, trainer state, logs) survives every attempt."""
     from safetensors.torch import save_file
@@ -151,3 +160,28 @@ def test_an_output_never_replaces_an_input_or_a_foreign_folder(tmp_path):
     with pytest.raises(SystemExit, match=f"checkpoint-400/model.safetensors: {name} holds NaN"):
         averaging.run([str(run), "--last", "2"])
     assert not (run / "average-last-2").exists()
+
+
+def test_the_script_in_a_fresh_process_and_damaged_checkpoints(tmp_path, fake_run):
+    """`python average_checkpoints.py` as a user runs it (a fresh process: the model types must register
+    themselves); a truncated checkpoint and one of another configuration are named by folder."""
+    import subprocess
+    import sys
+
+    from project import ROOT
+
+    run = tmp_path / "run"
+    fake_run(run, "ebranchformer")
+    result = subprocess.run([sys.executable, str(ROOT / "average_checkpoints.py"), str(run), "--last", "2"],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_ctc_model(run / "average-last-2") is not None
+    weights = run / "checkpoint-400" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(SystemExit, match=r"checkpoint-400/model.safetensors cannot be read .*damaged or truncated"):
+        averaging.run([str(run), "--last", "2", "--output_dir", str(tmp_path / "avg")])
+    other = tmp_path / "other"
+    fake_run(other, "ebranchformer", steps=(100,))
+    fake_run(other, "quartznet", steps=(200,))
+    with pytest.raises(SystemExit, match=r"checkpoint-200 has other tensors than checkpoint-100"):
+        averaging.run([str(other), "--last", "2"])

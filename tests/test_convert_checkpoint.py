@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import CORPUS, ROOT
+from project import CORPUS, ROOT
 from course_modules import (
     CourseCTCModel,
     CourseDecoder,

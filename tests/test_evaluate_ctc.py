@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import CORPUS
+from project import CORPUS
 
 from asrkit.evaluation import run as evaluate_main
 

@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from conftest import CORPUS, ROOT, TINY_CONFIG
+from project import CORPUS, ROOT
 
 from asrkit import onnx_export, onnx_runtime, transcription
 
@@ -24,43 +24,35 @@ CROWD = CORPUS / "test_opus" / "crowd"
 FILES = sorted((CROWD / "files").glob("*.opus"))[:6]
 
 
-def save_tiny(folder, quartznet=False):
-    from modeling_ebranchformer import (
-        EBranchformerConfig,
-        EBranchformerForCTC,
-        EBranchformerProcessor,
-        QuartzNetConfig,
-        QuartzNetForCTC,
-    )
+def save_quartznet(folder):
+    """A tiny QuartzNet (seed 0) with the processor: the E-Branchformer export uses the shared tiny_model."""
+    from modeling_ebranchformer import EBranchformerProcessor, QuartzNetConfig, QuartzNetForCTC
 
     torch.manual_seed(0)
-    if quartznet:
-        config = QuartzNetConfig(
-            block_channels=[32, 32, 48],
-            block_repeats=[1, 2, 1],
-            block_kernel_sizes=[11, 9, 1],
-            block_strides=[4, 1, 1],
-            block_dilations=[1, 2, 1],
-            block_residual=[False, True, False],
-            block_separable=[True, True, False],
-        )
-        model = QuartzNetForCTC(config)
-        with torch.no_grad():  # running statistics that are not the identity, so batch norm is really checked
-            for module in model.modules():
-                if isinstance(module, torch.nn.BatchNorm1d):
-                    module.running_mean.uniform_(-0.5, 0.5)
-                    module.running_var.uniform_(0.5, 2.0)
-    else:
-        model = EBranchformerForCTC(EBranchformerConfig(**TINY_CONFIG))
+    config = QuartzNetConfig(
+        block_channels=[32, 32, 48],
+        block_repeats=[1, 2, 1],
+        block_kernel_sizes=[11, 9, 1],
+        block_strides=[4, 1, 1],
+        block_dilations=[1, 2, 1],
+        block_residual=[False, True, False],
+        block_separable=[True, True, False],
+    )
+    model = QuartzNetForCTC(config)
+    with torch.no_grad():  # running statistics that are not the identity, so batch norm is really checked
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
     model.eval().save_pretrained(folder)
     EBranchformerProcessor().save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("export")
-    model_dir = save_tiny(root / "model")
+    model_dir = shutil.copytree(tiny_model, root / "model")
     sets = {"crowd": CROWD / "manifest.jsonl"}
     info = onnx_export.export(
         model_dir, root / "onnx", int8=True, check_audio=FILES, wer_sets=sets, log=lambda *a: None
@@ -118,7 +110,7 @@ def test_numpy_runtime_matches_pytorch(exported):
 
 
 def test_quartznet_export(tmp_path, capsys):
-    model_dir = save_tiny(tmp_path / "q", quartznet=True)
+    model_dir = save_quartznet(tmp_path / "q")
     info = onnx_export.export(model_dir, tmp_path / "q_onnx", check_audio=FILES[:3], log=lambda *a: None)
     assert info["model_type"] == "quartznet" and info["check"]["max_abs_diff_padded_batch"] <= 1e-4
     assert "int8" not in info["files"] and not (tmp_path / "q_onnx" / "model.int8.onnx").exists()
@@ -234,3 +226,12 @@ def test_a_damaged_export_and_a_too_long_input_are_named(exported, tmp_path, cap
     sf.write(long, np.zeros((positions * 4 + 8) * 160, np.float32), 16000)
     assert transcription.main([str(out), str(long), "--chunk_length_s", "100000", "--no_progress"]) == 1
     assert f"longer than max_position_embeddings ({positions}); split the audio" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "2"])
+def test_a_tolerance_that_cannot_check_anything_is_refused(exported, tmp_path, capsys, value):
+    model_dir, _, _ = exported
+    with pytest.raises(SystemExit):
+        onnx_export.main([str(model_dir), str(tmp_path / "out"), "--tolerance", value])
+    assert "--tolerance must be a positive number below 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import CORPUS
+from project import CORPUS
 
 from golos import (
     ManifestError,

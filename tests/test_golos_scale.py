@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CORPUS, ROOT, TINY
+from project import CORPUS, ROOT
 
 import golos
 import golos.prepare
@@ -133,7 +133,7 @@ def test_cached_loads_recheck_the_audio_stamps_only_when_asked(tmp_path, big_cor
     assert not list((tmp_path / "c" / "golos_verify").glob("*/*"))
 
 
-def test_the_length_grouped_sampler_gets_durations_without_decoding(tmp_path, monkeypatch):
+def test_the_length_grouped_sampler_gets_durations_without_decoding(tmp_path, monkeypatch, tiny_overrides):
     from asrkit import training
 
     def no_decoding(audio):
@@ -141,7 +141,7 @@ def test_the_length_grouped_sampler_gets_durations_without_decoding(tmp_path, mo
 
     output = tmp_path / "out"
     model_args, data_args, _, _, training_args = training.parse_args([
-        "--output_dir", str(output), "--config_overrides", TINY, "--dataset_cache_dir", str(tmp_path / "c"),
+        "--output_dir", str(output), "--config_overrides", tiny_overrides, "--dataset_cache_dir", str(tmp_path / "c"),
         "--do_eval", "false", "--report_to", "none", "--per_device_train_batch_size", "4",
     ])  # fmt: skip
     model, processor = training.load_model_and_processor(model_args)

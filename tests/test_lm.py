@@ -16,7 +16,7 @@ import jiwer
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, ROOT, TINY_CONFIG, speech_like_signal
+from project import CORPUS, ROOT
 
 from asrkit import lm_building
 from modeling_ebranchformer import (
@@ -316,15 +316,15 @@ def test_out_of_range_weights_are_refused_naming_the_value(corpus_lm, name, valu
 
 
 @pytest.fixture(scope="module")
-def lm_folder(tmp_path_factory):
+def lm_folder(tmp_path_factory, tiny_config_values, speech_like):
     torch.manual_seed(0)
-    model = EBranchformerForCTC(EBranchformerConfig(**TINY_CONFIG)).eval()
+    model = EBranchformerForCTC(EBranchformerConfig(**tiny_config_values)).eval()
     processor = EBranchformerProcessor()
     # As in test_hub: a random encoder with a head that reads one channel, "в" where it is above its median,
     # space where below, so that transcripts have many words with distinct times; other letters slightly less
     # likely than blank, so that the beam search has candidates to weigh.
     with torch.no_grad():
-        inputs = processor(audio=speech_like_signal(3.0), sampling_rate=16000, return_tensors="pt")
+        inputs = processor(audio=speech_like(3.0), sampling_rate=16000, return_tensors="pt")
         hidden = model.ebranchformer(**inputs).last_hidden_state[0]
         channel = int(hidden.std(0).argmax())
         model.lm_head.weight.zero_()
@@ -751,3 +751,14 @@ def test_build_lm_takes_real_text_with_punctuation(lm_folder, tmp_path):
         lm_building.run([str(copy), "--text", str(text), "--overwrite"])
     with pytest.raises(SystemExit, match=r"is a folder; give text files"):
         lm_building.run([str(copy), "--text", str(tmp_path), "--overwrite"])
+
+
+def test_build_lm_names_an_empty_text_and_refuses_an_order_for_an_arpa(lm_folder, tmp_path):
+    _, folder, _ = lm_folder
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    (tmp_path / "empty.txt").write_text(",,, !\n\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"--text .*empty.txt: no sentence in it"):
+        lm_building.run([str(copy), "--text", str(_ok_text(tmp_path)), "--text", str(tmp_path / "empty.txt"), "--overwrite"])
+    with pytest.raises(SystemExit):
+        lm_building.run([str(copy), "--arpa", str(copy / "language_model" / "lm.arpa"), "--order", "5", "--overwrite"])

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CORPUS, ROOT
+from project import CORPUS, ROOT
 
 SPLITS = ("train_opus", "test_opus/crowd", "test_opus/farfield", "test_opus/heldout_voice")
 

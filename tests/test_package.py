@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import ROOT
+from project import ROOT
 
 pytestmark = pytest.mark.slow  # each test starts Python processes
 

@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
-from conftest import ROOT
+from project import ROOT
 from asrkit.summary import parameter_counts
 
 

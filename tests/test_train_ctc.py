@@ -11,17 +11,16 @@ import textwrap
 import datasets
 import pytest
 import torch
-from conftest import CORPUS, ROOT, train_args
+from project import CORPUS, ROOT
 from safetensors.torch import load_file
 
 from asrkit import training
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
-args = train_args
 
 
-def test_training_lowers_the_loss(tmp_path):
-    trainer, _ = training.run(args(tmp_path, "--max_steps", "30", "--learning_rate", "3e-3", "--warmup_steps", "3",
+def test_training_lowers_the_loss(tmp_path, train_args):
+    trainer, _ = training.run(train_args(tmp_path, "--max_steps", "30", "--learning_rate", "3e-3", "--warmup_steps", "3",
                                     "--do_eval", "false"))  # fmt: skip
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 30
@@ -71,19 +70,19 @@ def test_outputs_get_the_modes_of_a_normal_write(trained, tmp_path):
     assert checked > 20  # the model, the checkpoints, the card, the code for trust_remote_code
 
 
-def test_the_final_evaluation_is_not_run_twice(tmp_path):
-    trainer, metrics = training.run(args(tmp_path, "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "4"))
+def test_the_final_evaluation_is_not_run_twice(tmp_path, train_args):
+    trainer, metrics = training.run(train_args(tmp_path, "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "4"))
     evaluations = [e for e in trainer.state.log_history if "eval_crowd_wer" in e]
     assert len(evaluations) == 1 and evaluations[0]["step"] == 4
     assert metrics["eval_crowd_wer"] == evaluations[0]["eval_crowd_wer"]
 
 
-def test_resume_matches_an_uninterrupted_run(trained, tmp_path):
+def test_resume_matches_an_uninterrupted_run(trained, tmp_path, train_args):
     tmp, trainer, _ = trained
     resumed_dir = tmp_path / "out"
     resumed_dir.mkdir()
     shutil.copytree(tmp / "out" / "checkpoint-4", resumed_dir / "checkpoint-4")
-    resumed, _ = training.run(args(tmp_path, "--max_steps", "8", "--do_eval", "false",
+    resumed, _ = training.run(train_args(tmp_path, "--max_steps", "8", "--do_eval", "false",
                                     "--resume_from_checkpoint", str(resumed_dir / "checkpoint-4")))  # fmt: skip
     assert resumed.state.global_step == trainer.state.global_step == 8
     lr = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
@@ -105,49 +104,49 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_an_earlier_run_is_refused_and_left_untouched(trained, tmp_path):
+def test_an_earlier_run_is_refused_and_left_untouched(trained, tmp_path, train_args):
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
     before = snapshot(tmp_path / "out")
     with pytest.raises(SystemExit, match=r"holds an earlier run \(checkpoint-4, checkpoint-8, model.safetensors.*"
                                          r"--resume_from_checkpoint last \(continues from .*checkpoint-8\), "
                                          r"--overwrite_output_dir true"):  # fmt: skip
-        training.run(args(tmp_path, "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "2",
+        training.run(train_args(tmp_path, "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "2",
                            "--save_total_limit", "1"))  # fmt: skip
     assert snapshot(tmp_path / "out") == before
 
 
-def test_resume_last_takes_the_newest_complete_checkpoint(trained, tmp_path):
+def test_resume_last_takes_the_newest_complete_checkpoint(trained, tmp_path, train_args):
     tmp, trainer, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
     (tmp_path / "out" / "checkpoint-8" / "trainer_state.json").unlink()  # as if killed while saving
     assert training.last_complete_checkpoint(tmp_path / "out") == str(tmp_path / "out" / "checkpoint-4")
-    resumed, _ = training.run(args(tmp_path, "--max_steps", "8", "--do_eval", "false", "--save_strategy", "steps",
+    resumed, _ = training.run(train_args(tmp_path, "--max_steps", "8", "--do_eval", "false", "--save_strategy", "steps",
                                     "--save_steps", "4", "--resume_from_checkpoint", "last"))  # fmt: skip
     loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert [e["loss"] for e in resumed.state.log_history if "loss" in e] == pytest.approx(loss, rel=1e-4)
     with pytest.raises(SystemExit, match="no complete checkpoint in .*elsewhere"):
-        training.run(args(tmp_path, "--resume_from_checkpoint", "last", "--output_dir", str(tmp_path / "elsewhere")))
+        training.run(train_args(tmp_path, "--resume_from_checkpoint", "last", "--output_dir", str(tmp_path / "elsewhere")))
 
 
-def test_overwrite_output_dir_replaces_the_earlier_run(trained, tmp_path):
+def test_overwrite_output_dir_replaces_the_earlier_run(trained, tmp_path, train_args):
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
-    training.run(args(tmp_path, "--max_steps", "2", "--do_eval", "false", "--overwrite_output_dir", "true"))
+    training.run(train_args(tmp_path, "--max_steps", "2", "--do_eval", "false", "--overwrite_output_dir", "true"))
     assert not list((tmp_path / "out").glob("checkpoint-*"))
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
 
 
-def test_a_damaged_checkpoint_is_named(trained, tmp_path):
+def test_a_damaged_checkpoint_is_named(trained, tmp_path, train_args):
     tmp, _, _ = trained
     checkpoint = tmp_path / "checkpoint-4"
     shutil.copytree(tmp / "out" / "checkpoint-4", checkpoint)
     weights = checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(SystemExit, match=f"{weights} cannot be read .*corrupt or truncated"):
-        training.run(args(tmp_path, "--resume_from_checkpoint", str(checkpoint)))
+        training.run(train_args(tmp_path, "--resume_from_checkpoint", str(checkpoint)))
     with pytest.raises(SystemExit, match="no folder .*nowhere"):
-        training.run(args(tmp_path, "--resume_from_checkpoint", str(tmp_path / "nowhere")))
+        training.run(train_args(tmp_path, "--resume_from_checkpoint", str(tmp_path / "nowhere")))
 
 
 # --- models from folders --------------------------------------------------------------------------------
@@ -165,10 +164,10 @@ def foreign_model_folder(tmp_path):
     return folder, marker
 
 
-def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path):
+def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path, train_args):
     folder, marker = foreign_model_folder(tmp_path)
     with pytest.raises(SystemExit, match="--trust_remote_code true only if you trust"):
-        training.run(args(tmp_path, "--model_name_or_path", str(folder)))
+        training.run(train_args(tmp_path, "--model_name_or_path", str(folder)))
     assert not marker.exists()
 
 
@@ -178,15 +177,15 @@ def test_our_folders_load_without_trust_remote_code(trained, tmp_path):
     assert type(model) is EBranchformerForCTC and model.config.hidden_size == 32  # our class, not a copy
 
 
-def test_missing_and_damaged_model_folders_are_named(trained, tmp_path):
+def test_missing_and_damaged_model_folders_are_named(trained, tmp_path, train_args):
     with pytest.raises(SystemExit, match=f"no model folder {tmp_path / 'nowhere'} here"):
-        training.run(args(tmp_path, "--model_name_or_path", str(tmp_path / "nowhere")))
+        training.run(train_args(tmp_path, "--model_name_or_path", str(tmp_path / "nowhere")))
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "model", ignore=shutil.ignore_patterns("checkpoint-*"))
     weights = tmp_path / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(SystemExit, match=f"{weights} cannot be read .*corrupt or truncated"):
-        training.run(args(tmp_path, "--model_name_or_path", str(tmp_path / "model")))
+        training.run(train_args(tmp_path, "--model_name_or_path", str(tmp_path / "model")))
 
 
 @pytest.mark.parametrize("arch,variant", [("quartznet", "flat"), ("ebranchformer", "sequential")])
@@ -218,7 +217,7 @@ def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tm
 # --- several processes ------------------------------------------------------------------------------
 
 
-def test_two_processes_are_data_parallel(tmp_path):
+def test_two_processes_are_data_parallel(tmp_path, train_args):
     """torchrun with 2 CPU processes: one DDP job (world size 2, gradients all-reduced), each rank reading its
     own half of every epoch, and the test sets counted once each."""
     script = tmp_path / "ddp.py"
@@ -241,7 +240,7 @@ def test_two_processes_are_data_parallel(tmp_path):
             train_ctc_trainer.append(self)
         training.CTCTrainer.__init__ = init
         training.DataCollatorCTC = RecordingCollator
-        trainer, metrics = training.run({args(tmp_path, "--num_train_epochs", "2", "--max_eval_samples", "7")!r})
+        trainer, metrics = training.run({train_args(tmp_path, "--num_train_epochs", "2", "--max_eval_samples", "7")!r})
         rank = int(os.environ["RANK"])
         state = {{k: v.contiguous() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}}
         save_file(state, {str(tmp_path)!r} + f"/rank{{rank}}.safetensors")
@@ -280,11 +279,11 @@ def test_two_processes_are_data_parallel(tmp_path):
 # --- bad options ------------------------------------------------------------------------------------
 
 
-def test_unknown_preset_and_option(tmp_path, capsys):
+def test_unknown_preset_and_option(tmp_path, capsys, train_args):
     with pytest.raises(SystemExit, match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'golos', 'mini', 'overfit'\]"):
         training.run(["--preset", "fast"])
     with pytest.raises(SystemExit) as error:
-        training.run(args(tmp_path, "--learning_rat", "1"))
+        training.run(train_args(tmp_path, "--learning_rat", "1"))
     assert error.value.code == 2 and "--learning_rat" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 1.0e-3\nwarmup: 10\n")
@@ -327,9 +326,9 @@ def test_presets_hold_only_what_differs():
         (["--verify_audio", "deep"], "--verify_audio must be 'none', 'header' or 'full'"),
     ],
 )
-def test_options_that_would_fail_deep_inside_are_refused(tmp_path, extra, message):
+def test_options_that_would_fail_deep_inside_are_refused(tmp_path, extra, message, train_args):
     with pytest.raises(SystemExit, match=message):
-        training.run(args(tmp_path, *extra))
+        training.run(train_args(tmp_path, *extra))
     assert not (tmp_path / "out").exists()
 
 
@@ -338,27 +337,27 @@ def test_do_eval_false_switches_off_the_presets_evaluation():
     assert training_args.do_eval is False and training_args.eval_strategy.value == "no"
 
 
-def test_missing_data_folder(tmp_path):
+def test_missing_data_folder(tmp_path, train_args):
     with pytest.raises(SystemExit, match="data folder not found: .*nowhere"):
-        training.run(args(tmp_path, "--data_dir", str(tmp_path / "nowhere")))
+        training.run(train_args(tmp_path, "--data_dir", str(tmp_path / "nowhere")))
 
 
-def test_a_missing_test_set_is_named_before_training(tmp_path):
+def test_a_missing_test_set_is_named_before_training(tmp_path, train_args):
     data = tmp_path / "golos"
     shutil.copytree(CORPUS, data)
     shutil.rmtree(data / "test_opus" / "farfield")
     with pytest.raises(SystemExit, match=r"unknown eval set 'farfield': use crowd, heldout_voice \(the test sets of"):
-        training.run(args(tmp_path, "--data_dir", str(data), "--max_steps", "2", "--eval_sets", "crowd,farfield"))
+        training.run(train_args(tmp_path, "--data_dir", str(data), "--max_steps", "2", "--eval_sets", "crowd,farfield"))
     shutil.rmtree(data / "test_opus")
     with pytest.raises(SystemExit, match="has no test set .* pass --eval_sets train, or --do_eval false"):
-        training.run(args(tmp_path, "--data_dir", str(data), "--max_steps", "2"))  # the default: every test set
+        training.run(train_args(tmp_path, "--data_dir", str(data), "--max_steps", "2"))  # the default: every test set
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_train_set_left_empty_by_the_filters(tmp_path):
+def test_train_set_left_empty_by_the_filters(tmp_path, train_args):
     total = len((CORPUS / "train_opus" / "manifest.jsonl").read_text(encoding="utf-8").splitlines())
     with pytest.raises(SystemExit, match=f"empty after the filters: course filter: kept 0 of {total}"):
-        training.run(args(tmp_path, "--min_duration", "100", "--train_subset_seconds", "0"))
+        training.run(train_args(tmp_path, "--min_duration", "100", "--train_subset_seconds", "0"))
 
 
 def test_transcripts_longer_than_the_output_frames_are_removed_and_counted():
@@ -418,3 +417,13 @@ def test_a_preset_file_names_its_base_relative_to_itself(tmp_path, monkeypatch):
     (folder / "self.yaml").write_text("base: self.yaml\n")
     with pytest.raises(SystemExit, match="makes a loop"):
         training.load_preset(str(folder / "self.yaml"))
+
+
+@pytest.mark.parametrize("line, message", [("learning_rate: fast", r"learning_rate: 'fast' is not a valid float"),
+                                           ("num_train_epochs: [1, 2]", r"num_train_epochs takes one value, got the list"),
+                                           ("warmup_steps: true", r"warmup_steps: True is not a")])  # fmt: skip
+def test_a_preset_value_of_the_wrong_type_is_named(tmp_path, line, message):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(line + "\n")
+    with pytest.raises(SystemExit, match=f"preset {preset}: {message}"):
+        training.parse_args(["--preset", str(preset), "--output_dir", str(tmp_path / "out")])

@@ -6,25 +6,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS, TINY_CONFIG
+from project import CORPUS
 
 from asrkit import onnx_runtime, transcription
 from asrkit.audio import read_audio
 
 CROWD = CORPUS / "test_opus" / "crowd"
 FARFIELD = CORPUS / "test_opus" / "farfield"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
-
-    torch.manual_seed(0)
-    config = EBranchformerConfig(**TINY_CONFIG)
-    folder = tmp_path_factory.mktemp("tiny_model")
-    EBranchformerForCTC(config).eval().save_pretrained(folder)
-    EBranchformerProcessor().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
