@@ -161,3 +161,11 @@ def test_saved_folders_hold_the_model_code_only(tmp_path, tiny_config):
     package = {p.name for p in (ROOT / "modeling_ebranchformer").glob("*.py")}
     assert copied and set(copied) <= package
     assert not {"audio.py", "augmentation.py", "onnx_runtime.py", "files.py", "hub.py", "model_card.py"} & set(copied)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in ROOT.glob("*.py")))
+def test_every_script_starts_in_a_fresh_process(script, tmp_path):
+    """Each command line imports what it needs by itself (a test process has imported everything already)."""
+    result = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
