@@ -28,6 +28,38 @@ def read_audio(path, sampling_rate: int = 16000) -> np.ndarray:
     return samples[:, 0]
 
 
+class AudioFile:
+    """A long recording read a stretch at a time: `len(audio)` samples, `audio[start:stop]` the mono float32
+    samples of that stretch, read from the file only then, with `read_audio`'s checks. `Transcriber` takes it
+    where it takes an array, so a two-hour file is never in memory whole (1.2 GB at 16 kHz float64)."""
+
+    def __init__(self, path, sampling_rate: int = 16000):
+        self.path = str(path)
+        try:
+            info = sf.info(self.path)
+        except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+            raise ValueError(f"{path}: cannot decode audio ({error})") from error
+        if info.samplerate != sampling_rate:
+            raise ValueError(f"{path}: sampling rate {info.samplerate} Hz, expected {sampling_rate} Hz")
+        if info.channels != 1:
+            raise ValueError(f"{path}: {info.channels} channels, expected mono")
+        if info.frames == 0:
+            raise ValueError(f"{path}: no samples")
+        self.frames = info.frames
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def __getitem__(self, stretch: slice) -> np.ndarray:
+        start, stop, _ = stretch.indices(self.frames)
+        samples, _ = sf.read(self.path, start=start, stop=stop, dtype="float32", always_2d=True)
+        finite = np.isfinite(samples)
+        if not finite.all():
+            raise ValueError(f"{self.path}: {finite.size - np.count_nonzero(finite)} non-finite samples (NaN or "
+                             f"infinity) from {start / 16000:.1f} s")  # fmt: skip
+        return samples[:, 0]
+
+
 def pipeline_input(path, sampling_rate: int = 16000) -> dict:
     """A file as the ASR pipeline's `{"raw", "sampling_rate"}` input, for machines without FFmpeg
     (the pipeline decodes a path with FFmpeg)."""

@@ -180,11 +180,12 @@ class Transcriber:
         self.stride = int(stride_length_s * rate) // spf * spf
         self.frame_seconds = spf / rate
 
-    def chunks(self, samples: np.ndarray):
-        """(start sample, waveform, frames to drop on the left, frames to keep or None for all)."""
+    def chunks(self, samples):
+        """(start sample, end sample, frames to drop on the left, frames to keep or None for all) of each chunk;
+        `samples` is an array or an `AudioFile` (only its length is used here)."""
         n, spf = len(samples), self.backend.samples_per_frame
         if n <= self.chunk:
-            return [(0, samples, 0, None)]
+            return [(0, n, 0, None)]
         step = self.chunk - 2 * self.stride
         out = []
         for start in range(0, n, step):
@@ -192,21 +193,23 @@ class Transcriber:
             begin = start - left
             end = min(n, start + step + self.stride)
             keep_end = n if end >= n else start + step  # up to here this chunk is responsible for the frames
-            out.append((begin, samples[begin:end], left // spf, math.ceil(keep_end / spf) - math.ceil(start / spf)))
+            out.append((begin, end, left // spf, math.ceil(keep_end / spf) - math.ceil(start / spf)))
             if end >= n:
                 break
         return out
 
-    def log_probs(self, waveforms: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(log-probabilities (frames, vocab), start time of every frame in seconds) per waveform: chunks of
-        long ones joined, overlaps dropped. Pieces are batched shortest first, so that a batch holds similar
-        lengths (and, given in a fixed order, the same batches every run)."""
+    def log_probs(self, waveforms: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(log-probabilities (frames, vocab), start time of every frame in seconds) per waveform (an array, or an
+        `AudioFile` read a chunk at a time): chunks of long ones joined, overlaps dropped. Pieces are batched
+        shortest first, so that a batch holds similar lengths (and, given in a fixed order, the same batches
+        every run); a piece's samples are taken when its batch runs."""
         pieces = [(i, c) for i, w in enumerate(waveforms) for c in self.chunks(w)]
-        order = sorted(range(len(pieces)), key=lambda p: len(pieces[p][1][1]))
+        order = sorted(range(len(pieces)), key=lambda p: pieces[p][1][1] - pieces[p][1][0])
         outputs = [None] * len(pieces)
         for b in range(0, len(order), self.batch_size):
             batch = order[b : b + self.batch_size]
-            for index, log_probs in zip(batch, self.backend([pieces[p][1][1] for p in batch])):
+            stretches = [waveforms[pieces[p][0]][pieces[p][1][0] : pieces[p][1][1]] for p in batch]
+            for index, log_probs in zip(batch, self.backend(stretches)):
                 outputs[index] = log_probs
         frames, times = [[] for _ in waveforms], [[] for _ in waveforms]
         for (owner, (start, _, drop, keep)), log_probs in zip(pieces, outputs):

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio import read_audio
+from .audio import AudioFile, read_audio
 from .files import atomic_write_text
 from .inference import InferenceError, Transcriber, load_backend, load_lm_decoder
 from .manifest import ManifestError, audio_path, read_manifest
@@ -476,6 +476,10 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
             good, waveforms = [], []
             for item, duration in batch:
                 try:
+                    if duration > args.chunk_length_s:  # read a chunk at a time, never whole
+                        waveforms.append(AudioFile(item["path"], backend.sampling_rate))
+                        good.append(item)
+                        continue
                     waveforms.append(read_audio(item["path"], backend.sampling_rate))
                     good.append(item)
                     if (peak := float(np.abs(waveforms[-1]).max())) > LOUD:

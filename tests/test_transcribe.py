@@ -473,3 +473,30 @@ def test_loud_float_audio_is_named_by_file(tiny_model, tmp_path, capsys):
     assert transcription.main([str(tiny_model), str(loud), "--no_progress"]) == 0
     err = capsys.readouterr().err
     assert f"warning: {loud}: float samples peak at 3000" in err and "item 0" not in err
+
+
+def test_a_long_file_is_read_a_chunk_at_a_time(tiny_model, tmp_path, monkeypatch):
+    """A recording longer than --chunk_length_s is never read whole, and is transcribed exactly as when it is."""
+    import soundfile as sf
+
+    from asrkit.inference import Transcriber, load_backend
+
+    speech = np.concatenate([read_audio(p) for p in sorted((CROWD / "files").glob("*.opus"))[:12]])  # ~35 s
+    long = tmp_path / "long.flac"
+    sf.write(long, speech, 16000)
+    reads, real = [], sf.read
+
+    def recording(path, *args, start=0, stop=None, **kwargs):
+        samples, rate = real(path, *args, start=start, stop=stop, **kwargs)
+        reads.append(len(samples))
+        return samples, rate
+
+    monkeypatch.setattr(sf, "read", recording)
+    output = tmp_path / "out.jsonl"
+    args = [str(tiny_model), str(long), "--output", str(output), "--chunk_length_s", "10", "--timestamps", "--no_progress"]
+    assert transcription.main(args) == 0
+    assert len(reads) >= 4 and max(reads) <= 10 * 16000  # chunk by chunk, each at most --chunk_length_s
+    record = records(output)[0]
+    whole = Transcriber(load_backend(tiny_model), chunk_length_s=10, timestamps=True).transcribe([read_audio(long)])[0]
+    assert record["text"] == whole["text"] and record["words"] == whole["words"]
+    assert record["duration"] == round(len(speech) / 16000, 3)
