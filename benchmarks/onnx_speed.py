@@ -30,7 +30,7 @@ import numpy as np
 
 from common import ROOT, machine, table
 
-from asrkit import onnx_runtime
+from asrkit.inference import OnnxBackend, TorchBackend, Transcriber
 from asrkit.manifest import audio_path, read_manifest
 from asrkit.metrics import cer, wer
 from golos import EMBEDDED_CORPUS
@@ -66,8 +66,11 @@ def shape_audio(name):
 
 
 class OnnxVariant:
+    """The ONNX Runtime backend of the inference core; `forward` times the graph alone."""
+
     def __init__(self, onnx_dir, quantized, threads):
-        self.model = onnx_runtime.OnnxCTCModel(onnx_dir, quantized=quantized, num_threads=threads)
+        self.backend = OnnxBackend(onnx_dir, threads=threads, quantized=quantized)
+        self.model = self.backend.model
 
     def features(self, waveforms):
         return self.model.features.batch(waveforms)
@@ -76,36 +79,34 @@ class OnnxVariant:
         return self.model.run_features(*inputs)[0]
 
     def texts(self, waveforms):
-        return [self.model.vocabulary.decode(lp.argmax(-1)) for lp in self.model(waveforms)]
+        return [record["text"] for record in Transcriber(self.backend).transcribe(waveforms)]
 
 
 class TorchVariant:
+    """The PyTorch backend of the inference core (with `quantized`, torch.ao's dynamic int8 of the Linear
+    layers); `forward` times the model alone."""
+
     def __init__(self, model_dir, quantized, threads):
         import torch
-        from transformers import AutoModelForCTC, AutoProcessor
-
-        import modeling_ebranchformer  # noqa: F401
 
         torch.set_num_threads(threads)
         self.torch = torch
-        self.model = AutoModelForCTC.from_pretrained(model_dir).eval()
+        self.backend = TorchBackend.from_folder(model_dir)
         if quantized:
-            self.model = torch.ao.quantization.quantize_dynamic(
-                copy.deepcopy(self.model), {torch.nn.Linear}, dtype=torch.qint8
+            self.backend.model = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(self.backend.model), {torch.nn.Linear}, dtype=torch.qint8
             )
-        self.processor = AutoProcessor.from_pretrained(model_dir)
+        self.model, self.processor = self.backend.model, self.backend.processor
 
     def features(self, waveforms):
-        return self.processor.feature_extractor(waveforms, sampling_rate=16000, return_tensors="pt")
+        return self.backend.features(waveforms)
 
     def forward(self, inputs):
         with self.torch.inference_mode():
             return self.torch.log_softmax(self.model(**inputs).logits, -1)
 
     def texts(self, waveforms):
-        inputs = self.features(waveforms)
-        with self.torch.inference_mode():
-            return self.processor.batch_decode(self.model.generate(**inputs))
+        return [record["text"] for record in Transcriber(self.backend).transcribe(waveforms)]
 
 
 def make_variant(name, model_dir, onnx_dir, threads):
