@@ -133,23 +133,25 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
         check_input_features(input_features, self.config.num_mel_bins)
         batch, frames, _ = input_features.shape
         lengths = attention_mask.sum(-1) if attention_mask is not None else None
-        hidden_states = input_features.transpose(1, 2)  # convolutions run over (B, C, T)
+        # Between blocks the hidden states are (B, T, C), the layout of the outputs, and each block runs its
+        # convolutions over (B, C, T): both are views of one tensor, so no copy is made, and the hidden states
+        # returned are the tensors the next block reads (on the autograd path: their .grad can be retained).
+        hidden_states = input_features
         all_hidden_states = () if output_hidden_states else None
         frame_mask = self._frame_mask(lengths, frames, hidden_states)
         for block in self.blocks:
             if lengths is not None:
                 lengths = torch.div(lengths - 1, block.stride, rounding_mode="floor") + 1
             # ceil(T / stride) written without negative floor division, which the ONNX exporter gets wrong
-            steps = (hidden_states.shape[-1] + block.stride - 1) // block.stride
+            steps = (hidden_states.shape[1] + block.stride - 1) // block.stride
             output_mask = self._frame_mask(lengths, steps, hidden_states)
-            hidden_states = block(hidden_states, frame_mask, output_mask)
+            hidden_states = block(hidden_states.transpose(1, 2), frame_mask, output_mask).transpose(1, 2)
             frame_mask = output_mask
             if output_hidden_states:
-                all_hidden_states += (hidden_states.transpose(1, 2),)
+                all_hidden_states += (hidden_states,)
 
         if lengths is None:
-            lengths = torch.full((batch,), hidden_states.shape[-1], device=hidden_states.device)
-        hidden_states = hidden_states.transpose(1, 2)
+            lengths = torch.full((batch,), hidden_states.shape[1], device=hidden_states.device)
         return CTCEncoderOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states,
                                 output_lengths=lengths)  # fmt: skip
 
