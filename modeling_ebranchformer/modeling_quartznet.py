@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.utils import can_return_tuple
+from transformers.utils.import_utils import is_tracing
 
 from .configuration_quartznet import QuartzNetConfig
 from .ctc import CTCEncoderOutput, CTCGenerationMixin, check_input_features, ctc_loss
@@ -158,8 +159,9 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
     @staticmethod
     def _frame_mask(lengths, steps, like):
         """(B, 1, T) ones on real frames, or None when nothing is padded (no multiplications then). Whether
-        anything is padded is only asked on CPU: on an accelerator the answer would make the host wait."""
-        if lengths is None or (like.device.type == "cpu" and bool((lengths >= steps).all())):
+        anything is padded is only asked on CPU in eager mode: on an accelerator the answer would make the host
+        wait, and torch.export, torch.compile and the ONNX tracer cannot follow a branch on it (they mask)."""
+        if lengths is None or (like.device.type == "cpu" and not is_tracing(like) and bool((lengths >= steps).all())):
             return None
         return (torch.arange(steps, device=like.device) < lengths[:, None])[:, None, :].to(like.dtype)
 
