@@ -149,3 +149,21 @@ def test_torch_compile_matches_eager(name):
     for seed, lengths in enumerate([PADDED, [57, 57]]):
         inputs = batch(lengths, seed)
         assert torch.allclose(logits(compiled, inputs), logits(model, inputs), atol=1e-5), lengths
+
+
+def test_the_documented_export_example_runs_as_written():
+    """docs/transformers.md (the README's "Transformers features", where tests/test_readme.py runs it too)."""
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    doc = ROOT / "docs" / "transformers.md"
+    if not doc.exists():
+        pytest.skip("docs/transformers.md has been merged into the README")
+    (code,) = re.findall(r"^```python\n(.*?)^```", doc.read_text(encoding="utf-8"), flags=re.DOTALL | re.MULTILINE)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "torch.Size([3, 81, 34])"
