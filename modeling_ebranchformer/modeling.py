@@ -141,7 +141,7 @@ class EBranchformerSelfAttention(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden_states, attention_mask, output_attentions=False):
-        """`attention_mask`: made by `EBranchformerModel.attention_mask` for this implementation (for
+        """`attention_mask`: made by `EBranchformerModel.layer_attention_mask` for this implementation (for
         `output_attentions`, for eager); None when nothing is padded."""
         batch, steps, _ = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(batch, steps, 3, self.num_heads, self.head_dim)
@@ -265,6 +265,7 @@ class EBranchformerPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_flash_attn = False  # see the module's docstring
     _supports_attention_backend = True  # functions registered with AttentionInterface
+    _can_compile_fullgraph = True  # torch.compile(fullgraph=True): no data-dependent branch while compiling
 
     def _init_weights(self, module):
         super()._init_weights(module)  # normal(0, initializer_range) weights, zero biases, unit LayerNorms
@@ -368,7 +369,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         if padded:
             valid = torch.arange(steps, device=hidden_states.device) < output_lengths[:, None]  # (B, T)
             frame_mask = valid[..., None].to(hidden_states.dtype)  # (B, T, 1) multiplies hidden states
-        attention_mask = self.attention_mask(hidden_states, valid, output_attentions)
+        attention_mask = self.layer_attention_mask(hidden_states, valid, output_attentions)
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -386,7 +387,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
             output_lengths=output_lengths,
         )
 
-    def attention_mask(self, hidden_states, valid, output_attentions=False):
+    def layer_attention_mask(self, hidden_states, valid, output_attentions=False):
         """The key-padding mask for the attention implementation that will run: `valid` (B, T), True on real
         frames, as booleans (B, 1, 1, T) for eager, SDPA and registered functions without a mask function of
         their own; otherwise what Transformers makes for the implementation (a BlockMask for flex_attention).

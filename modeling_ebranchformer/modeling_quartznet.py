@@ -97,6 +97,7 @@ class QuartzNetPreTrainedModel(PreTrainedModel):
     main_input_name = "input_features"
     input_modalities = "audio"
     _no_split_modules = ["QuartzNetBlock"]
+    _can_compile_fullgraph = True  # torch.compile(fullgraph=True): no data-dependent branch while compiling
 
     def get_output_lengths(self, feature_lengths: torch.LongTensor) -> torch.LongTensor:
         """Encoder steps (= CTC frames) for inputs of `feature_lengths` frames: (T - 1) // stride + 1 per block."""
