@@ -9,6 +9,7 @@ against peers of the same width, depth and about the same size, measured in the 
 
     python benchmarks/model_speed.py                      # 1x10 s, 16x8 s, 64x4 s on 2 threads
     python benchmarks/model_speed.py --shapes 16x8 --threads 2 --repeats 9
+    python benchmarks/model_speed.py --models ebranchformer,quartznet   # this package's two models only
 
 A training step is forward + CTC loss + backward + Adam step, in train mode (dropout on; layer drop and
 SpecAugment off for every model). Inference is eval mode under torch.inference_mode. Feature extraction is
@@ -44,6 +45,12 @@ def build(name):
         from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
         model = EBranchformerForCTC(EBranchformerConfig())
+        return model, features, lambda m, x, y: m(**x, labels=y).loss, lambda m, x: m(**x).logits, labels
+
+    if name == "quartznet":  # the course's QuartzNet 5x5 (not a peer of the same size: --models ebranchformer,quartznet)
+        from modeling_ebranchformer import QuartzNetConfig, QuartzNetForCTC
+
+        model = QuartzNetForCTC(QuartzNetConfig())
         return model, features, lambda m, x, y: m(**x, labels=y).loss, lambda m, x: m(**x).logits, labels
 
     if name in ("parakeet", "parakeet-4x"):

@@ -16,8 +16,10 @@ class EBranchformerConfig(PretrainedConfig):
     Args:
         vocab_size (`int`, defaults to 34):
             Output classes of the CTC head, the blank included.
-        pad_token_id (`int`, defaults to 33):
-            The CTC blank. The tokenizer's pad token has the same id, so padding never becomes a label.
+        pad_token_id (`int`, *optional*):
+            The CTC blank. The tokenizer's pad token has the same id, so padding never becomes a label. Not given
+            (or None), it is the last class, `vocab_size - 1` (33 by default, as in the course), so a config
+            with another vocabulary builds from its defaults; a given value outside `[0, vocab_size)` raises.
         num_mel_bins (`int`, defaults to 64):
             Features per input frame (the feature extractor's `feature_size`).
         subsampling_stride (`int`, defaults to 4):
@@ -78,7 +80,7 @@ class EBranchformerConfig(PretrainedConfig):
     def __init__(
         self,
         vocab_size=34,
-        pad_token_id=33,
+        pad_token_id=None,
         num_mel_bins=64,
         subsampling_stride=4,
         hidden_size=256,
@@ -105,7 +107,7 @@ class EBranchformerConfig(PretrainedConfig):
         mask_feature_min_masks=0,
         **kwargs,
     ):
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        super().__init__(pad_token_id=default_blank(vocab_size, pad_token_id), **kwargs)
         self.vocab_size = vocab_size
         self.num_mel_bins = num_mel_bins
         self.subsampling_stride = subsampling_stride
@@ -212,6 +214,14 @@ class EBranchformerConfig(PretrainedConfig):
 
 
 # Checks shared with QuartzNetConfig. `owner` names the config in the message; each names the value at fault.
+
+
+def default_blank(vocab_size, pad_token_id):
+    """The CTC blank: `pad_token_id` when given, else the last class (the course's blank is the last of its
+    34). An invalid `vocab_size` is left for the config's checks to name."""
+    if pad_token_id is None and is_integer(vocab_size):
+        return vocab_size - 1
+    return pad_token_id
 
 
 def is_integer(value) -> bool:

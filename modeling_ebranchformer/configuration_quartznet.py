@@ -7,7 +7,14 @@ CTC head as the E-Branchformer, eight blocks of 1-D convolutions with an overall
 
 from transformers import PretrainedConfig
 
-from .configuration import check_flag, check_integer, check_positive_number, check_probability, is_integer
+from .configuration import (
+    check_flag,
+    check_integer,
+    check_positive_number,
+    check_probability,
+    default_blank,
+    is_integer,
+)
 
 # (channels, repeat, kernel, stride, dilation, residual, separable) of the course's quartznet_5x5_ru.
 COURSE_BLOCKS = (
@@ -29,8 +36,9 @@ class QuartzNetConfig(PretrainedConfig):
     Args:
         vocab_size (`int`, defaults to 34):
             Output classes of the CTC head, the blank included.
-        pad_token_id (`int`, defaults to 33):
-            The CTC blank (= the tokenizer's pad token).
+        pad_token_id (`int`, *optional*):
+            The CTC blank (= the tokenizer's pad token). Not given (or None), the last class, `vocab_size - 1`
+            (33 by default); a given value outside `[0, vocab_size)` raises.
         num_mel_bins (`int`, defaults to 64):
             Features per input frame.
         block_channels (`list[int]`): output channels of each block.
@@ -62,7 +70,7 @@ class QuartzNetConfig(PretrainedConfig):
     def __init__(
         self,
         vocab_size=34,
-        pad_token_id=33,
+        pad_token_id=None,
         num_mel_bins=64,
         block_channels=tuple(b[0] for b in COURSE_BLOCKS),
         block_repeats=tuple(b[1] for b in COURSE_BLOCKS),
@@ -79,7 +87,7 @@ class QuartzNetConfig(PretrainedConfig):
         initializer_range=0.02,
         **kwargs,
     ):
-        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        super().__init__(pad_token_id=default_blank(vocab_size, pad_token_id), **kwargs)
         self.vocab_size = vocab_size
         self.num_mel_bins = num_mel_bins
         self.block_channels = list(block_channels)

@@ -15,10 +15,15 @@ eps 1e-12, the course (and `layer_norm_eps` here) uses 1e-5. Against ESPnet 2025
 one layer's outputs differ by at most 9.5e-7 with `layer_norm_eps=1e-12` (float32 rounding) and 2.9e-5
 with the default 1e-5, the difference of the LayerNorms (`python scripts/espnet_parity.py`).
 
-Attention is SDPA (or eager, for `output_attentions`), called directly rather than through Transformers'
-attention-function registry: the only mask is a key-padding mask, which SDPA takes as it is on CPU and GPU,
-while flash-attention would need the batch unpadded into variable-length sequences: more code than a dense
-masked kernel costs at Golos lengths (at most 418 encoder steps after the course filter).
+Attention goes through Transformers' attention-function registry (`ALL_ATTENTION_FUNCTIONS`), so
+`attn_implementation=` at load time and `model.set_attn_implementation(...)` at run time choose "sdpa" (the
+default), "eager" (also used whatever the choice for `output_attentions`), "flex_attention", or a function
+registered with `AttentionInterface.register`. The only mask is a key-padding mask. "sdpa", "eager" and
+registered functions without a mask function of their own (`AttentionMaskInterface`) get it as booleans of
+shape (B, 1, 1, T), True on real frames (SDPA's convention); other implementations get the mask Transformers
+builds for them (a BlockMask for flex_attention). Flash-attention is not offered: it would need the batch
+unpadded into variable-length sequences, more code than a dense masked kernel costs at Golos lengths (at most
+418 encoder steps after the course filter).
 """
 
 import math
@@ -28,10 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutput
-from transformers.utils import can_return_tuple
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
+from transformers.utils import can_return_tuple
+from transformers.utils.import_utils import is_tracing
 
 from .configuration import EBranchformerConfig
 from .ctc import CTCEncoderOutput, CTCGenerationMixin, check_input_features, ctc_loss
@@ -103,37 +111,56 @@ class EBranchformerFeedForward(nn.Module):
         return self.linear2(self.dropout(F.silu(self.linear1(hidden_states))))
 
 
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """softmax(Q K^T * scaling) V over (B, heads, T, head_dim), as Transformers' attention functions take it.
+    `attention_mask`: booleans, True on keys to attend (SDPA's convention), or an additive float mask (0 or a
+    large negative, Transformers' eager masks); broadcast to (B, heads, T, T); None when nothing is padded.
+    Returns the context as (B, T, heads, head_dim) and the attention probabilities."""
+    scores = (query @ key.transpose(-1, -2)) * scaling
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype), dropout, module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
 class EBranchformerSelfAttention(nn.Module):
-    """Global branch: multi-head self-attention with a key padding mask, SDPA by default."""
+    """Global branch: multi-head self-attention with a key padding mask, through Transformers' attention
+    functions (`config._attn_implementation`: SDPA by default)."""
 
     def __init__(self, config: EBranchformerConfig):
         super().__init__()
         self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False  # read by Transformers' sdpa_attention_forward
         # One fused projection for queries, keys and values: one matmul instead of three.
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states, key_mask, output_attentions=False):
-        """`key_mask`: (B, 1, 1, T) booleans, True where a frame is real; None when nothing is padded."""
+    def forward(self, hidden_states, attention_mask, output_attentions=False):
+        """`attention_mask`: made by `EBranchformerModel.layer_attention_mask` for this implementation (for
+        `output_attentions`, for eager); None when nothing is padded."""
         batch, steps, _ = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(batch, steps, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
         dropout = self.config.attention_dropout if self.training else 0.0
-
-        if output_attentions or self.config._attn_implementation == "eager":
-            scores = (query @ key.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            if key_mask is not None:
-                scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
-            weights = F.dropout(scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype), dropout, self.training)
-            context = weights @ value
-        else:
-            weights = None
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, dropout_p=dropout)
-
-        context = context.transpose(1, 2).reshape(batch, steps, -1)
-        return self.out_proj(context), weights
+        # Only eager attention computes the probabilities that output_attentions returns.
+        attention_interface = eager_attention_forward if output_attentions else ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )  # fmt: skip
+        context, weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask=attention_mask,
+            dropout=dropout,
+            scaling=self.scaling,
+        )
+        return self.out_proj(context.reshape(batch, steps, -1)), weights if output_attentions else None
 
 
 def masked_depthwise_conv(conv: nn.Conv1d, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None):
@@ -215,10 +242,10 @@ class EBranchformerLayer(GradientCheckpointingLayer):
         self.norm_final = nn.LayerNorm(config.hidden_size, eps=eps)
         self.dropout = EBranchformerDropout(config.dropout)
 
-    def forward(self, hidden_states, frame_mask=None, key_mask=None, output_attentions=False):
+    def forward(self, hidden_states, frame_mask=None, attention_mask=None, output_attentions=False):
         hidden_states = hidden_states + 0.5 * self.dropout(self.ffn1(self.norm_ffn1(hidden_states)))
 
-        global_branch, attention = self.self_attn(self.norm_mha(hidden_states), key_mask, output_attentions)
+        global_branch, attention = self.self_attn(self.norm_mha(hidden_states), attention_mask, output_attentions)
         local_branch = self.cgmlp(self.norm_mlp(hidden_states), frame_mask)
         merged = self.merge(self.dropout(global_branch), self.dropout(local_branch), frame_mask)
         hidden_states = hidden_states + self.dropout(merged)
@@ -235,6 +262,10 @@ class EBranchformerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["EBranchformerLayer"]
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = False  # see the module's docstring
+    _supports_attention_backend = True  # functions registered with AttentionInterface
+    _can_compile_fullgraph = True  # torch.compile(fullgraph=True): no data-dependent branch while compiling
 
     def _init_weights(self, module):
         super()._init_weights(module)  # normal(0, initializer_range) weights, zero biases, unit LayerNorms
@@ -327,21 +358,23 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
 
         hidden_states = self.positions(self.subsampling(input_features))
         steps = hidden_states.shape[1]
-        frame_mask = key_mask = None
-        # Skipping the masks when nothing is padded saves work, but deciding needs a value on the host: free
-        # on CPU, a synchronisation on a GPU, where masking regardless is the cheaper choice.
+        frame_mask = valid = None
+        # Skipping the masks when nothing is padded saves work on CPU (where asking is free), but the answer is a
+        # value on the host: a synchronisation on a GPU, where masking regardless is the cheaper choice, and a
+        # data-dependent branch that torch.export, torch.compile and the ONNX tracer cannot follow, so traced and
+        # compiled graphs always mask (a mask of ones changes nothing).
         padded = attention_mask is not None and (
-            hidden_states.device.type != "cpu" or bool((output_lengths < steps).any())
+            hidden_states.device.type != "cpu" or is_tracing(hidden_states) or bool((output_lengths < steps).any())
         )
         if padded:
-            valid = torch.arange(steps, device=hidden_states.device) < output_lengths[:, None]
+            valid = torch.arange(steps, device=hidden_states.device) < output_lengths[:, None]  # (B, T)
             frame_mask = valid[..., None].to(hidden_states.dtype)  # (B, T, 1) multiplies hidden states
-            key_mask = valid[:, None, None, :]  # (B, 1, 1, T) masks attention keys
+        attention_mask = self.layer_attention_mask(hidden_states, valid, output_attentions)
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, attention = layer(hidden_states, frame_mask, key_mask, output_attentions)
+            hidden_states, attention = layer(hidden_states, frame_mask, attention_mask, output_attentions)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -353,6 +386,18 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
             attentions=all_attentions,
             output_lengths=output_lengths,
         )
+
+    def layer_attention_mask(self, hidden_states, valid, output_attentions=False):
+        """The key-padding mask for the attention implementation that will run: `valid` (B, T), True on real
+        frames, as booleans (B, 1, 1, T) for eager, SDPA and registered functions without a mask function of
+        their own; otherwise what Transformers makes for the implementation (a BlockMask for flex_attention).
+        None when nothing is padded (`valid` None)."""
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        if valid is None:
+            return None
+        if implementation in ("eager", "sdpa") or implementation not in ALL_MASK_ATTENTION_FUNCTIONS:
+            return valid[:, None, None, :]
+        return create_bidirectional_mask(self.config, hidden_states, valid, allow_is_bidirectional_skip=False)
 
 
 class EBranchformerForCTC(CTCGenerationMixin, EBranchformerPreTrainedModel):
@@ -391,4 +436,3 @@ class EBranchformerForCTC(CTCGenerationMixin, EBranchformerPreTrainedModel):
         return CausalLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-

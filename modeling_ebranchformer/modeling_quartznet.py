@@ -17,6 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 from transformers.utils import can_return_tuple
+from transformers.utils.import_utils import is_tracing
 
 from .configuration_quartznet import QuartzNetConfig
 from .ctc import CTCEncoderOutput, CTCGenerationMixin, check_input_features, ctc_loss
@@ -96,6 +97,7 @@ class QuartzNetPreTrainedModel(PreTrainedModel):
     main_input_name = "input_features"
     input_modalities = "audio"
     _no_split_modules = ["QuartzNetBlock"]
+    _can_compile_fullgraph = True  # torch.compile(fullgraph=True): no data-dependent branch while compiling
 
     def get_output_lengths(self, feature_lengths: torch.LongTensor) -> torch.LongTensor:
         """Encoder steps (= CTC frames) for inputs of `feature_lengths` frames: (T - 1) // stride + 1 per block."""
@@ -133,31 +135,34 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
         check_input_features(input_features, self.config.num_mel_bins)
         batch, frames, _ = input_features.shape
         lengths = attention_mask.sum(-1) if attention_mask is not None else None
-        hidden_states = input_features.transpose(1, 2)  # convolutions run over (B, C, T)
+        # Between blocks the hidden states are (B, T, C), the layout of the outputs, and each block runs its
+        # convolutions over (B, C, T): both are views of one tensor, so no copy is made, and the hidden states
+        # returned are the tensors the next block reads (on the autograd path: their .grad can be retained).
+        hidden_states = input_features
         all_hidden_states = () if output_hidden_states else None
         frame_mask = self._frame_mask(lengths, frames, hidden_states)
         for block in self.blocks:
             if lengths is not None:
                 lengths = torch.div(lengths - 1, block.stride, rounding_mode="floor") + 1
             # ceil(T / stride) written without negative floor division, which the ONNX exporter gets wrong
-            steps = (hidden_states.shape[-1] + block.stride - 1) // block.stride
+            steps = (hidden_states.shape[1] + block.stride - 1) // block.stride
             output_mask = self._frame_mask(lengths, steps, hidden_states)
-            hidden_states = block(hidden_states, frame_mask, output_mask)
+            hidden_states = block(hidden_states.transpose(1, 2), frame_mask, output_mask).transpose(1, 2)
             frame_mask = output_mask
             if output_hidden_states:
-                all_hidden_states += (hidden_states.transpose(1, 2),)
+                all_hidden_states += (hidden_states,)
 
         if lengths is None:
-            lengths = torch.full((batch,), hidden_states.shape[-1], device=hidden_states.device)
-        hidden_states = hidden_states.transpose(1, 2)
+            lengths = torch.full((batch,), hidden_states.shape[1], device=hidden_states.device)
         return CTCEncoderOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states,
                                 output_lengths=lengths)  # fmt: skip
 
     @staticmethod
     def _frame_mask(lengths, steps, like):
         """(B, 1, T) ones on real frames, or None when nothing is padded (no multiplications then). Whether
-        anything is padded is only asked on CPU: on an accelerator the answer would make the host wait."""
-        if lengths is None or (like.device.type == "cpu" and bool((lengths >= steps).all())):
+        anything is padded is only asked on CPU in eager mode: on an accelerator the answer would make the host
+        wait, and torch.export, torch.compile and the ONNX tracer cannot follow a branch on it (they mask)."""
+        if lengths is None or (like.device.type == "cpu" and not is_tracing(like) and bool((lengths >= steps).all())):
             return None
         return (torch.arange(steps, device=like.device) < lengths[:, None])[:, None, :].to(like.dtype)
 

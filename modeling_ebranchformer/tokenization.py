@@ -57,9 +57,18 @@ class EBranchformerCTCTokenizer(Wav2Vec2CTCTokenizer):
         offsets = Wav2Vec2CTCTokenizer._compute_offsets(char_repetitions, chars, ctc_token)
         return [{**o, "start_offset": int(o["start_offset"]), "end_offset": int(o["end_offset"])} for o in offsets]
 
+    def prepare_for_tokenization(self, text, is_split_into_words=False, **kwargs):
+        """Whitespace is normalised (runs -> one space, none at the ends) on the whole text, before Transformers
+        splits it around added tokens: `_tokenize` then sees the pieces between them with their spaces, which
+        become word delimiters, as in `Wav2Vec2CTCTokenizer` ("<added> мир" -> [<added>, "|", "м", ...]).
+        Case and ё are normalised per piece, in `_tokenize`, so added tokens match as they were added."""
+        text = _WHITESPACE.sub(" ", text).strip()
+        return super().prepare_for_tokenization(text, is_split_into_words=is_split_into_words, **kwargs)
+
     def _tokenize(self, text, **kwargs):
-        text = normalize_text(text)
+        # normalize_text without its strip: a piece's leading or trailing space separates it from an added token.
+        text = _WHITESPACE.sub(" ", text.lower().replace("ё", "е"))
         unknown = self.unknown_characters(text)
         if unknown:
-            raise ValueError(f"characters {unknown} are not in the vocabulary, in text {text!r}")
+            raise ValueError(f"characters {unknown} are not in the vocabulary, in text {normalize_text(text)!r}")
         return list(text.replace(" ", self.word_delimiter_token))

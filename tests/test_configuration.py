@@ -1,5 +1,6 @@
 import pytest
 import torch
+from transformers import AutoConfig, AutoModelForCTC
 
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, QuartzNetConfig
 
@@ -55,7 +56,7 @@ SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "c
         ({"dropout": "0.1"}, "dropout must lie in \\[0, 1\\], got '0.1'"),
         ({"apply_spec_augment": "false"}, "apply_spec_augment must be True or False, got 'false'"),
         ({"ctc_zero_infinity": 1}, "ctc_zero_infinity must be True or False, got 1"),
-        ({"pad_token_id": None}, "pad_token_id \\(the CTC blank, None\\)"),
+        ({"pad_token_id": 34}, "pad_token_id \\(the CTC blank, 34\\)"),
     ],
 )
 def test_values_that_broke_the_model_raise_at_construction(kwargs, message):
@@ -98,7 +99,7 @@ QUARTZNET_SMALL = dict(block_channels=[32, 48], block_repeats=[1, 1], block_kern
         ({"dropout": "0.2"}, "dropout must lie in \\[0, 1\\], got '0.2'"),
         ({"block_residual": ["false", False]}, "block_residual\\[0\\] must be True or False, got 'false'"),
         ({"conv_bias": "no"}, "conv_bias must be True or False, got 'no'"),
-        ({"pad_token_id": None}, "pad_token_id \\(None\\)"),
+        ({"vocab_size": 12, "pad_token_id": 12}, "pad_token_id \\(12\\) must lie in \\[0, vocab_size\\)"),
     ],
 )
 def test_quartznet_values_that_broke_the_model_raise_at_construction(kwargs, message):
@@ -118,3 +119,34 @@ def test_round_trip(tmp_path):
     EBranchformerConfig(hidden_size=128, num_attention_heads=2).save_pretrained(tmp_path)
     loaded = EBranchformerConfig.from_pretrained(tmp_path)
     assert (loaded.hidden_size, loaded.num_attention_heads) == (128, 2)
+
+
+@pytest.mark.parametrize("config_class", [EBranchformerConfig, QuartzNetConfig])
+def test_the_blank_follows_the_vocabulary_unless_given(config_class, tmp_path):
+    """Issue #23 (1): `Config(vocab_size=12)` builds from the other defaults (Transformers' ConfigTester does
+    this): the blank is the last class, as the course's is. A given blank is kept; an inconsistent one raises,
+    at construction and when set before saving."""
+    small = SMALL if config_class is EBranchformerConfig else QUARTZNET_SMALL
+    assert config_class().pad_token_id == 33  # the course: 33 characters, then the blank
+    assert config_class(vocab_size=12).pad_token_id == 11
+    assert config_class(vocab_size=12, pad_token_id=None).pad_token_id == 11
+    assert config_class(vocab_size=12, pad_token_id=0).pad_token_id == 0
+    config = config_class(**small, vocab_size=12)
+    assert config.pad_token_id == 11
+
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is config_class
+    assert {**loaded.to_dict(), "_name_or_path": ""} == {**config.to_dict(), "_name_or_path": ""}
+    assert (loaded.vocab_size, loaded.pad_token_id) == (12, 11)
+    model = AutoModelForCTC.from_config(loaded).eval()
+    labels = torch.tensor([[1, 10, 2]])
+    out = model(torch.randn(1, 64, 64), labels=labels)
+    assert out.logits.shape[-1] == 12 and torch.isfinite(out.loss)
+
+    with pytest.raises(ValueError, match="pad_token_id"):
+        config_class(vocab_size=12, pad_token_id=33)
+    for value in (12, None):
+        config.pad_token_id = value
+        with pytest.raises(ValueError, match="pad_token_id"):
+            config.save_pretrained(tmp_path / "changed")

@@ -234,3 +234,17 @@ def test_return_dict_false_gives_the_same_values_as_a_tuple(tiny_config, feature
         model.config.return_dict = False  # the config's choice holds too, and generate() still works
         assert torch.equal(model(**features)[0], named.logits)
         assert model.generate(**features).shape == named.logits.shape[:2]
+
+
+def test_hidden_states_and_attentions_are_on_the_autograd_path(tiny_config, features):
+    """Transformers' test_retain_grad_hidden_states_attentions: retained gradients of the returned hidden
+    states and attention probabilities are filled, for probing and attribution."""
+    model = EBranchformerForCTC(tiny_config).train()
+    out = model(**features, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == tiny_config.num_hidden_layers + 1
+    tensors = [*out.hidden_states, *out.attentions]
+    for tensor in tensors:
+        tensor.retain_grad()
+    out.logits.square().sum().backward()
+    for tensor in tensors:
+        assert tensor.grad is not None and tensor.grad.abs().sum() > 0

@@ -99,3 +99,23 @@ def test_ctc_loss_is_torch_ctc_loss_over_the_valid_frames():
     assert torch.isfinite(out.loss) and torch.allclose(out.loss, expected, rtol=1e-6)
     out.loss.backward()
     assert model.lm_head.weight.grad.abs().sum() > 0
+
+
+def test_hidden_states_are_on_the_autograd_path():
+    """Issue #23 (2), Transformers' test_retain_grad_hidden_states_attentions: each returned hidden state is
+    the tensor the next block reads, so a retained gradient is filled (and equals autograd.grad's), not a copy
+    made for the output whose .grad stays None."""
+    torch.manual_seed(0)
+    model = QuartzNetForCTC(QuartzNetConfig(**SMALL)).train()
+    mask = (torch.arange(48) < torch.tensor([48, 30])[:, None]).long()
+    out = model(torch.randn(2, 48, 64), attention_mask=mask, output_hidden_states=True)
+    assert len(out.hidden_states) == len(SMALL["block_channels"])
+    assert [h.shape for h in out.hidden_states] == [(2, 12, 32), (2, 12, 32), (2, 12, 48)]
+    loss = out.logits.square().sum()
+    expected = torch.autograd.grad(loss, out.hidden_states, retain_graph=True)
+    for hidden in out.hidden_states:
+        hidden.retain_grad()
+    loss.backward()
+    for hidden, grad in zip(out.hidden_states, expected):
+        assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+        assert torch.allclose(hidden.grad, grad)

@@ -97,3 +97,29 @@ def test_processor_needs_one_transcript_per_utterance():
         processor(audio=audio, sampling_rate=16000, text="да")
     one = processor(audio=audio[0], sampling_rate=16000, text="да")
     assert one["labels"] == [5, 1]
+
+
+def test_added_tokens_keep_the_word_delimiter_as_in_wav2vec2(tmp_path):
+    """Issue #23 (5), Transformers' tokenizer mixin's added-token check: the space between an added token and
+    the next (or previous) word is a word delimiter, as `Wav2Vec2CTCTokenizer` over the same vocabulary gives;
+    it was lost because each piece between added tokens was normalised (stripped) on its own."""
+    from transformers import Wav2Vec2CTCTokenizer
+
+    from modeling_ebranchformer.tokenization import DEFAULT_VOCAB_FILE
+
+    ours = EBranchformerCTCTokenizer()
+    wav2vec2 = Wav2Vec2CTCTokenizer(DEFAULT_VOCAB_FILE, unk_token="<unk>", pad_token="<pad>", do_lower_case=False)
+    for tokenizer in (ours, wav2vec2):
+        assert tokenizer.add_tokens(["aaaaa bbbbbb", "cccccc"]) == 2
+    assert ours.tokenize("aaaaa bbbbbb мир") == ["aaaaa bbbbbb", "|", "м", "и", "р"]
+    for text in ("aaaaa bbbbbb мир", "мир aaaaa bbbbbb мир cccccc", "мирaaaaa bbbbbbмир", "cccccc aaaaa bbbbbb"):
+        assert ours.tokenize(text) == wav2vec2.tokenize(text), text
+    # Whitespace and case are still normalised around added tokens; the ids decode back to the text.
+    ids = ours("  Мир \t aaaaa bbbbbb  Ёж ").input_ids
+    assert ids == [13, 9, 17, 0, len(COURSE_LABELS) + 1, 0, 6, 7]
+    assert ours.decode(ids) == "мир aaaaa bbbbbb еж"
+    ours.save_pretrained(tmp_path)
+    loaded = EBranchformerCTCTokenizer.from_pretrained(tmp_path)
+    assert loaded.tokenize("мир cccccc мир") == ["м", "и", "р", "|", "cccccc", "|", "м", "и", "р"]
+    with pytest.raises(ValueError, match=r"\['1'\] are not in the vocabulary"):  # by design: no unknown token
+        loaded("cccccc 1")
