@@ -3,10 +3,10 @@ torch-free LM decoding can use it)."""
 
 import re
 
-_WHITESPACE = re.compile(r"\s+")
+WHITESPACE = re.compile(r"\s+")
 
 
 def normalize_text(text: str) -> str:
     """Lower case, ё -> е (the course alphabet has no ё), runs of whitespace -> one space, no leading or
     trailing space."""
-    return _WHITESPACE.sub(" ", text.lower().replace("ё", "е")).strip()
+    return WHITESPACE.sub(" ", text.lower().replace("ё", "е")).strip()

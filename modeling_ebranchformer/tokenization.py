@@ -4,7 +4,7 @@ import os
 
 from transformers import Wav2Vec2CTCTokenizer
 
-from .text import normalize_text
+from .text import WHITESPACE, normalize_text
 
 # The course labels, in output-index order; "|" stands for the space (the Wav2Vec2 word delimiter).
 COURSE_LABELS = [" "] + list("абвгдежзийклмнопрстуфхцчшщъыьэюя")
@@ -62,12 +62,12 @@ class EBranchformerCTCTokenizer(Wav2Vec2CTCTokenizer):
         splits it around added tokens: `_tokenize` then sees the pieces between them with their spaces, which
         become word delimiters, as in `Wav2Vec2CTCTokenizer` ("<added> мир" -> [<added>, "|", "м", ...]).
         Case and ё are normalised per piece, in `_tokenize`, so added tokens match as they were added."""
-        text = _WHITESPACE.sub(" ", text).strip()
+        text = WHITESPACE.sub(" ", text).strip()
         return super().prepare_for_tokenization(text, is_split_into_words=is_split_into_words, **kwargs)
 
     def _tokenize(self, text, **kwargs):
         # normalize_text without its strip: a piece's leading or trailing space separates it from an added token.
-        text = _WHITESPACE.sub(" ", text.lower().replace("ё", "е"))
+        text = WHITESPACE.sub(" ", text.lower().replace("ё", "е"))
         unknown = self.unknown_characters(text)
         if unknown:
             raise ValueError(f"characters {unknown} are not in the vocabulary, in text {normalize_text(text)!r}")

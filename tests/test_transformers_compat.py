@@ -10,7 +10,6 @@ applied moves the logits far beyond the tolerances."""
 
 import pytest
 import torch
-from conftest import TINY_CONFIG
 from course_modules import realistic_weights
 from test_modeling_quartznet import SMALL as QUARTZNET_SMALL
 from transformers import AttentionInterface, AutoModelForCTC
@@ -20,10 +19,16 @@ import modeling_ebranchformer.modeling as ebranchformer_modeling
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, QuartzNetConfig, QuartzNetForCTC
 
 
-def make_model(name):
-    if name == "ebranchformer":
-        return realistic_weights(EBranchformerForCTC(EBranchformerConfig(**TINY_CONFIG))).eval()
-    return realistic_weights(QuartzNetForCTC(QuartzNetConfig(**QUARTZNET_SMALL))).eval()
+@pytest.fixture(scope="module")
+def make_model(tiny_config_values):
+    """make_model(name): the tiny E-Branchformer or a small QuartzNet with realistic weights, in eval mode."""
+
+    def make(name):
+        if name == "ebranchformer":
+            return realistic_weights(EBranchformerForCTC(EBranchformerConfig(**tiny_config_values))).eval()
+        return realistic_weights(QuartzNetForCTC(QuartzNetConfig(**QUARTZNET_SMALL))).eval()
+
+    return make
 
 
 def batch(lengths, seed=0):
@@ -44,7 +49,7 @@ def logits(model, inputs):
         return model(**inputs).logits
 
 
-def test_attn_implementation_at_load_time_and_at_run_time(tmp_path, monkeypatch):
+def test_attn_implementation_at_load_time_and_at_run_time(tmp_path, monkeypatch, make_model, tiny_config_values):
     """Transformers' test_can_set_attention_dynamically and test_eager_matches_sdpa_inference: the choice
     reaches the config and the attention layers, and eager and SDPA give the same logits on a padded batch.
     (set_attn_implementation used to keep "sdpa" with a warning: the attention did not use the interface.)"""
@@ -62,7 +67,7 @@ def test_attn_implementation_at_load_time_and_at_run_time(tmp_path, monkeypatch)
 
     eager_attention_forward = ebranchformer_modeling.eager_attention_forward
     monkeypatch.setattr(ebranchformer_modeling, "eager_attention_forward", counting_eager)
-    layers = TINY_CONFIG["num_hidden_layers"]
+    layers = tiny_config_values["num_hidden_layers"]
     for implementation in ("eager", "sdpa"):
         loaded = AutoModelForCTC.from_pretrained(tmp_path, attn_implementation=implementation).eval()
         assert loaded.config._attn_implementation == implementation
@@ -84,7 +89,7 @@ def test_attn_implementation_at_load_time_and_at_run_time(tmp_path, monkeypatch)
     assert len(eager_calls) == layers and attentions[0].shape == (3, 2, 26, 26)
 
 
-def test_a_registered_attention_function_is_chosen_at_load_time_and_at_run_time(tmp_path):
+def test_a_registered_attention_function_is_chosen_at_load_time_and_at_run_time(tmp_path, make_model, tiny_config_values):
     """A kernel registered with AttentionInterface (Transformers' attention backends) runs in every layer and
     gets the key-padding mask as SDPA does: booleans (batch, 1, 1, steps), True on real frames."""
     masks = []
@@ -101,7 +106,7 @@ def test_a_registered_attention_function_is_chosen_at_load_time_and_at_run_time(
         model.set_attn_implementation("recording_sdpa")
         assert model.config._attn_implementation == "recording_sdpa"
         assert torch.allclose(logits(model, inputs), reference, atol=1e-5)
-        assert len(masks) == TINY_CONFIG["num_hidden_layers"]
+        assert len(masks) == tiny_config_values["num_hidden_layers"]
         steps = model.get_output_lengths(inputs["attention_mask"].sum(-1))
         assert torch.equal(masks[0], (torch.arange(26) < steps[:, None])[:, None, None, :])
 
@@ -113,7 +118,7 @@ def test_a_registered_attention_function_is_chosen_at_load_time_and_at_run_time(
         del AttentionInterface._global_mapping["recording_sdpa"]
 
 
-def test_flex_attention_matches_sdpa():
+def test_flex_attention_matches_sdpa(make_model):
     """flex_attention gets Transformers' BlockMask of the padding (compiled by PyTorch on first use)."""
     model = make_model("ebranchformer")
     inputs = batch(PADDED)
@@ -124,7 +129,7 @@ def test_flex_attention_matches_sdpa():
 
 
 @pytest.mark.parametrize("name", ["ebranchformer", "quartznet"])
-def test_torch_export_with_dynamic_batch_and_time(name):
+def test_torch_export_with_dynamic_batch_and_time(name, make_model):
     """Transformers' slow torch.export tests, with dynamic shapes: one program for any batch and length
     equals eager within 1e-5. The CPU shortcut that skips the masks when nothing is padded asked the data
     (bool(...)), which export cannot follow (GuardOnDataDependentSymNode); traced graphs now always mask."""
@@ -141,7 +146,7 @@ def test_torch_export_with_dynamic_batch_and_time(name):
 
 
 @pytest.mark.parametrize("name", ["ebranchformer", "quartznet"])
-def test_torch_compile_matches_eager(name):
+def test_torch_compile_matches_eager(name, make_model):
     """torch.compile with fullgraph=True (no graph break: the data-dependent shortcut is skipped while
     compiling) and dynamic shapes; inductor on CPU compiles C++, a few seconds to a minute."""
     model = make_model(name)
@@ -149,21 +154,3 @@ def test_torch_compile_matches_eager(name):
     for seed, lengths in enumerate([PADDED, [57, 57]]):
         inputs = batch(lengths, seed)
         assert torch.allclose(logits(compiled, inputs), logits(model, inputs), atol=1e-5), lengths
-
-
-def test_the_documented_export_example_runs_as_written():
-    """docs/transformers.md (the README's "Transformers features", where tests/test_readme.py runs it too)."""
-    import re
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    doc = ROOT / "docs" / "transformers.md"
-    if not doc.exists():
-        pytest.skip("docs/transformers.md has been merged into the README")
-    (code,) = re.findall(r"^```python\n(.*?)^```", doc.read_text(encoding="utf-8"), flags=re.DOTALL | re.MULTILINE)
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip() == "torch.Size([3, 81, 34])"
