@@ -500,3 +500,27 @@ def test_a_long_file_is_read_a_chunk_at_a_time(tiny_model, tmp_path, monkeypatch
     whole = Transcriber(load_backend(tiny_model), chunk_length_s=10, timestamps=True).transcribe([read_audio(long)])[0]
     assert record["text"] == whole["text"] and record["words"] == whole["words"]
     assert record["duration"] == round(len(speech) / 16000, 3)
+
+
+def test_unclear_inputs_get_errors_that_name_the_culprit(tiny_model, tmp_path, capsys):
+    wav = str(CROWD / "files" / "test_opus_crowd_0000.opus")
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"audio_filepath": "a.wav", "text": "café"}\n'.encode("latin-1"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_model, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    (tmp_path / "afile").write_text("x")
+    cases = [([str(tiny_model), str(latin)], f"{latin}, line 1: not UTF-8 (byte 41"),
+             ([str(tiny_model), str(empty)], f"{empty}: empty manifest"),
+             ([str(tiny_model), wav, "--chunk_length_s", "nan"], "--chunk_length_s must be a positive number"),
+             ([str(tiny_model), wav, "--chunk_length_s", "inf"], "--chunk_length_s must be a positive number"),
+             ([str(tiny_model), wav, "--stride_length_s", "nan"], "--stride_length_s must be in [0, chunk_length_s / 2)"),
+             ([str(tmp_path / "nowhere"), wav], f"no model folder {tmp_path / 'nowhere'} here"),
+             ([str(truncated), wav], f"{weights} cannot be read"),
+             ([str(tiny_model), wav, "--output", str(tmp_path / "afile" / "out.jsonl")], "afile is a file, not a folder")]  # fmt: skip
+    for argv, message in cases:
+        assert transcription.main([*argv, "--no_progress"]) == 2, argv
+        assert message in capsys.readouterr().err, message
