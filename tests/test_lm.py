@@ -218,6 +218,18 @@ def crafted_logits(text, rng, frames=(2, 4), noise=1.0, confusion=0.0, confusion
     return np.array(rows, dtype=np.float32)
 
 
+def crafted_test_sets():
+    """The embedded crowd and farfield transcripts, and logits crafted from them with noise and near-miss
+    letters (greedy decoding makes errors on them)."""
+    rng = np.random.default_rng(1)
+    references, logits = [], []
+    for name in ("crowd", "farfield"):
+        for line in (CORPUS / "test_opus" / name / "manifest.jsonl").open():
+            references.append(json.loads(line)["text"])
+            logits.append(crafted_logits(references[-1], rng, noise=1.5, confusion=0.06, confusion_margin=0.8))
+    return references, logits
+
+
 def greedy(logits):
     return TOKENIZER.decode(logits.argmax(-1))
 
@@ -246,12 +258,7 @@ def test_clear_speech_with_alpha_beta_zero_is_the_greedy_transcript(corpus_lm):
 
 def test_on_the_embedded_test_sets_alpha_beta_zero_stays_within_half_a_point_of_greedy_and_the_lm_helps(corpus_lm):
     """Logits crafted from the test sets' transcripts with noise and near-miss letters (greedy makes errors)."""
-    rng = np.random.default_rng(1)
-    references, logits = [], []
-    for name in ("crowd", "farfield"):
-        for line in (CORPUS / "test_opus" / name / "manifest.jsonl").open():
-            references.append(json.loads(line)["text"])
-            logits.append(crafted_logits(references[-1], rng, noise=1.5, confusion=0.06, confusion_margin=0.8))
+    references, logits = crafted_test_sets()
     greedy_wer = jiwer.wer(references, [greedy(x) for x in logits])
     plain = CTCBeamSearchDecoder(LABELS, corpus_lm, alpha=0.0, beta=0.0)
     beam_wer = jiwer.wer(references, [plain.decode(x, beam_width=16) for x in logits])
@@ -629,12 +636,7 @@ def test_hotwords_cost_little_on_speech_without_them(corpus_lm):
     with many words leave the WER within a point of decoding without them."""
     from asrkit.metrics import wer
 
-    rng = np.random.default_rng(1)
-    references, logits = [], []
-    for name in ("crowd", "farfield"):
-        for line in (CORPUS / "test_opus" / name / "manifest.jsonl").open():
-            references.append(json.loads(line)["text"])
-            logits.append(crafted_logits(references[-1], rng, noise=1.5, confusion=0.06, confusion_margin=0.8))
+    references, logits = crafted_test_sets()
     decoder = CTCBeamSearchDecoder(LABELS, corpus_lm)
     plain = wer(references, [decoder.decode(x) for x in logits])
     for weight in (20.0, 50.0):
