@@ -178,6 +178,9 @@ class Transcriber:
         # Chunk boundaries fall on whole output frames, so dropping the overlaps keeps frames aligned.
         self.chunk = max(spf, int(chunk_length_s * rate) // spf * spf)
         self.stride = int(stride_length_s * rate) // spf * spf
+        if self.chunk - 2 * self.stride < spf:  # the rounding to whole frames left no step between chunks
+            raise InferenceError(f"--stride_length_s {stride_length_s} leaves no audio between the overlaps of "
+                                 f"--chunk_length_s {chunk_length_s}; make it smaller")  # fmt: skip
         self.frame_seconds = spf / rate
 
     def chunks(self, samples):

@@ -24,6 +24,7 @@ rerunning the same command skips what the journal and the output already hold.
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import sys
@@ -34,7 +35,7 @@ import numpy as np
 import soundfile as sf
 
 from .audio import AudioFile, read_audio
-from .files import atomic_write_text
+from .files import atomic_write_files
 from .inference import InferenceError, Transcriber, load_backend, load_lm_decoder
 from .manifest import ManifestError, audio_path, read_manifest
 
@@ -149,6 +150,8 @@ def run_settings(args, items, suffix, timestamps) -> dict:
                 "hotwords": args.hotwords, "hotword_weight": args.hotword_weight, "quantized": args.quantized,
                 "timestamps": timestamps, "chunk_length_s": args.chunk_length_s,
                 "stride_length_s": args.stride_length_s}  # fmt: skip
+    if any(not os.path.isabs(item["path"]) for item in items):  # records hold paths as given
+        settings["working_directory"] = os.getcwd()
     if suffix in (".srt", ".vtt"):  # one recording's subtitles
         settings["recording"] = os.path.abspath(items[0]["path"])
     return settings
@@ -196,6 +199,8 @@ def locked(journal: Path, output: Path):
         if journal.exists() and os.stat(journal).st_ino == os.fstat(file.fileno()).st_ino:
             break
         file.close()  # the run that held it finished and removed it meanwhile: open the new one
+    else:
+        raise UsageError(f"the journal {journal} keeps being replaced by another transcribe.py; try again")
     try:
         yield file
     finally:
@@ -208,10 +213,9 @@ def sidecar(output: Path) -> Path:
 
 
 def write_output(output: Path, text: str, settings: dict):
-    atomic_write_text(output, text)
-    stat = output.stat()
-    record = {"settings": settings, "output": [stat.st_size, stat.st_mtime_ns]}
-    atomic_write_text(sidecar(output), json.dumps(record, ensure_ascii=False, indent=1) + "\n")
+    """The output and what made it (its settings and the output's SHA-256), written together: both or neither."""
+    record = {"settings": settings, "output_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    atomic_write_files({output: text, sidecar(output): json.dumps(record, ensure_ascii=False, indent=1) + "\n"})
 
 
 def check_settings(where, made_with: dict, settings: dict):
@@ -230,13 +234,12 @@ def read_done(output: Path, suffix: str, settings: dict) -> list[dict]:
     made = sidecar(output)
     try:
         record = json.loads(made.read_text(encoding="utf-8"))
-        made_with, fingerprint = record["settings"], record["output"]
+        made_with, fingerprint = record["settings"], record["output_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UsageError(f"{output} exists, with no record of what made it ({made.name} is missing or damaged: not "
                          "written by this transcribe.py); pass --overwrite to replace it, or choose another "
                          "--output") from None  # fmt: skip
-    stat = output.stat()
-    if fingerprint != [stat.st_size, stat.st_mtime_ns]:
+    if fingerprint != hashlib.sha256(output.read_bytes()).hexdigest():
         raise UsageError(f"{output} changed since transcribe.py wrote it; pass --overwrite to replace it, or choose "
                          "another --output")  # fmt: skip
     check_settings(output, made_with, settings)
@@ -263,16 +266,20 @@ def read_done(output: Path, suffix: str, settings: dict) -> list[dict]:
     return records
 
 
-def read_journal(journal: Path, settings: dict) -> list[dict]:
-    """Records of an interrupted run with these settings (a last line cut off mid-write is ignored); refuses
-    a journal of a run with other settings."""
-    records, made_with = [], None
-    with open(journal, encoding="utf-8") as file:
+def read_journal(journal: Path, settings: dict) -> tuple[list[dict], int]:
+    """Records of an interrupted run with these settings, and the byte offset after the last whole line (a
+    line cut off mid-write is left out, and the caller cuts it off the file before appending, so that it never
+    hides the lines after it); refuses a journal of a run with other settings."""
+    records, made_with, end = [], None, 0
+    with open(journal, "rb") as file:
         for number, line in enumerate(file):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 break  # the line being written when the run stopped
+            if not line.endswith(b"\n"):
+                break  # whole JSON but no line end: the write stopped just before it
+            end += len(line)
             if number == 0 and isinstance(record, dict) and SETTINGS_KEY in record:
                 made_with = record[SETTINGS_KEY]
             elif isinstance(record, dict) and "path" in record:
@@ -282,7 +289,7 @@ def read_journal(journal: Path, settings: dict) -> list[dict]:
             raise UsageError(f"{journal} holds transcripts of an interrupted run with no record of its settings; "
                              "pass --overwrite to start over")  # fmt: skip
         check_settings(f"the interrupted run in {journal}", made_with, settings)
-    return records
+    return records, end
 
 
 def escaped(path: str) -> str:
@@ -412,7 +419,8 @@ def run(args) -> int:
             journal_file.truncate(0)
         else:
             done = read_done(output, suffix, settings)
-            journaled = read_journal(journal, settings)
+            journaled, end = read_journal(journal, settings)
+            journal_file.truncate(end)  # a line cut off mid-write goes: new lines start on a line of their own
         if not journaled:
             journal_file.truncate(0)
             journal_file.write(json.dumps({SETTINGS_KEY: settings}, ensure_ascii=False) + "\n")

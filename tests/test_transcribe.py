@@ -524,3 +524,45 @@ def test_unclear_inputs_get_errors_that_name_the_culprit(tiny_model, tmp_path, c
     for argv, message in cases:
         assert transcription.main([*argv, "--no_progress"]) == 2, argv
         assert message in capsys.readouterr().err, message
+
+
+def test_a_line_cut_off_mid_write_never_hides_later_ones(tiny_model, tmp_path, capsys, monkeypatch):
+    """Killed twice: the second run's journaled batch must count, though the first left half a line."""
+    files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:6]]
+    output = tmp_path / "out.jsonl"
+    args = [str(tiny_model), *files, "--output", str(output), "--batch_size", "2", "--no_progress"]
+    real, calls = transcription.Transcriber.transcribe, []
+
+    def stop_on_second_batch(self, waveforms):
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            raise KeyboardInterrupt
+        return real(self, waveforms)
+
+    monkeypatch.setattr(transcription.Transcriber, "transcribe", stop_on_second_batch)
+    journal = tmp_path / ".out.jsonl.journal.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        transcription.main(args)
+    with open(journal, "a", encoding="utf-8") as file:
+        file.write('{"path": "cut off mid-wri')
+    with pytest.raises(KeyboardInterrupt):
+        transcription.main(args)
+    lines = journal.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 5 and all(json.loads(line) for line in lines)  # settings + 2 batches of 2, whole lines
+    monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
+    capsys.readouterr()
+    assert transcription.main(args) == 0
+    err = capsys.readouterr().err
+    assert "2 transcribed" in err and "4 already done" in err and [r["path"] for r in records(output)] == files
+
+
+def test_relative_inputs_resume_only_from_the_same_folder(tiny_model, tmp_path, capsys, monkeypatch):
+    (tmp_path / "a" / "rec").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    shutil.copy(CROWD / "files" / "test_opus_crowd_0000.opus", tmp_path / "a" / "rec")
+    output = tmp_path / "out.jsonl"
+    monkeypatch.chdir(tmp_path / "a")
+    assert transcription.main([str(tiny_model), "rec", "--output", str(output), "--no_progress"]) == 0
+    monkeypatch.chdir(tmp_path / "b")
+    assert transcription.main([str(tiny_model), str(tmp_path / "a" / "rec"), "--output", str(output)]) == 2
+    assert "working_directory" in capsys.readouterr().err
