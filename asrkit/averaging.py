@@ -23,16 +23,13 @@ import re
 import shutil
 from pathlib import Path
 
+from asrkit.options import positive_int
+
 # Files of a Trainer checkpoint that belong to the training state, not to the model.
 TRAINING_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|"
                             r"training_args\.bin|model\.safetensors|pytorch_model\.bin|.*\.index\.json)$")  # fmt: skip
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

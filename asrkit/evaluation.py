@@ -26,6 +26,7 @@ from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH
 from .files import atomic_write_files
 from .inference import InferenceError, LMDecoder, TorchBackend, Transcriber
 from .metrics import cer, wer, word_errors
+from .options import positive_int
 
 logger = logging.getLogger("evaluate_ctc")
 DATA_DIR_HELP = ("Golos-layout folder holding test_opus/<set>/manifest.jsonl (crowd, farfield, and any other set) "
@@ -151,14 +152,6 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=N
     return rows
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

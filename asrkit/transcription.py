@@ -38,6 +38,7 @@ from .audio import AudioFile, read_audio
 from .files import atomic_write_files
 from .inference import InferenceError, Transcriber, load_backend, load_lm_decoder
 from .manifest import ManifestError, audio_path, read_manifest
+from .options import positive_int
 
 AUDIO_EXTENSIONS = ("wav", "flac", "opus", "ogg", "mp3")
 MANIFEST_EXTENSIONS = (".json", ".jsonl")
@@ -356,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output", help=f"output file, format by extension: {', '.join(OUTPUT_FORMATS)}; default stdout"
     )
-    parser.add_argument("--batch_size", type=int, default=16, help="recordings (or chunks) per forward pass")
+    parser.add_argument("--batch_size", type=positive_int, default=16, help="recordings (or chunks) per forward pass")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--decoder", choices=["greedy", "lm"], default="greedy",
                         help="lm: beam search with the model folder's language model (build_lm.py)")  # fmt: skip
@@ -366,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk_length_s", type=float, default=30.0, help="files longer than this are chunked")
     parser.add_argument("--stride_length_s", type=float, default=None, help="overlap on each side (chunk / 6)")
     parser.add_argument("--timestamps", action="store_true", help="word times in .jsonl (always for .srt/.vtt)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the library's)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for the model (default: the library's)")  # fmt: skip
     parser.add_argument("--quantized", action="store_true", help="ONNX export only: use the int8 model")
     parser.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS), help="audio extensions in folders")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming --output")
@@ -377,10 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch_size must be at least 1, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be at least 1, got {args.threads}")
     if (args.hotwords or args.hotword_weight is not None) and args.decoder != "lm":
         parser.error("--hotwords and --hotword_weight need --decoder lm")
     if args.output is not None and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
