@@ -197,14 +197,13 @@ def check_preset_types(parser, values: dict, preset: str):
         for item in value if isinstance(value, list) else [value]:
             if item is None or not callable(action.type):
                 continue
-            number = action.type in (int, float)
-            if number and isinstance(item, bool) or not isinstance(item, (str, int, float, bool)):
-                raise SystemExit(f"preset {preset}: {key}: {item!r} is not a {getattr(action.type, '__name__', 'value')}")
+            kind = getattr(action.type, "__name__", "value")
+            if action.type in (int, float) and isinstance(item, bool) or not isinstance(item, (str, int, float, bool)):
+                raise SystemExit(f"preset {preset}: {key}: {item!r} is not a {kind}")
             try:
-                converted = action.type(item if not number or isinstance(item, str) else item)
+                converted = action.type(item)
             except (TypeError, ValueError, argparse.ArgumentTypeError):
-                raise SystemExit(f"preset {preset}: {key}: {item!r} is not a valid "
-                                 f"{getattr(action.type, '__name__', 'value')}") from None  # fmt: skip
+                raise SystemExit(f"preset {preset}: {key}: {item!r} is not a valid {kind}") from None
             if action.type is int and isinstance(item, float) and converted != item:
                 raise SystemExit(f"preset {preset}: {key}: {item!r} is not a whole number")
 
