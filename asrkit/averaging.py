@@ -23,6 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
+from asrkit import publishing
 from asrkit.options import positive_int
 
 # Files of a Trainer checkpoint that belong to the training state, not to the model.
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(default: the run's first eval_*_wer)")  # fmt: skip
     parser.add_argument("--output_dir", help="default: RUN_DIR/average-last-N or RUN_DIR/average-best-N")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    publishing.add_arguments(parser, "the averaged folder")
     return parser
 
 
@@ -169,7 +171,9 @@ def run(argv=None):
         build_parser().error("--metric goes with --best")
     if not Path(args.run_dir).is_dir():
         raise SystemExit(f"run folder not found: {args.run_dir}")
-    return average_checkpoints(args.run_dir, args.last, args.best, args.metric, args.output_dir, args.overwrite)
+    output_dir = average_checkpoints(args.run_dir, args.last, args.best, args.metric, args.output_dir, args.overwrite)
+    publishing.publish_from_args(output_dir, args)
+    return output_dir
 
 
 def main(argv=None) -> int:

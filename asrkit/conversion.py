@@ -52,6 +52,7 @@ from modeling_ebranchformer import (
 )
 from modeling_ebranchformer.configuration_quartznet import COURSE_BLOCKS
 from asrkit.files import OutputFolderError, staged_folder
+from asrkit import publishing
 from asrkit.model_card import write_model_card
 from asrkit.summary import format_counts, parameter_counts
 
@@ -682,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-strides", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
     parser.add_argument("--block-dilations", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
     parser.add_argument("--batch-norm-eps", type=float, help="QuartzNet; default: 1e-5 (PyTorch's)")
+    publishing.add_arguments(parser, "the converted folder (after its check)")
     return parser
 
 
@@ -710,6 +712,7 @@ def run(argv=None):
           f"signal (max abs difference {difference:.1e}){'' if difference <= 1e-5 else '  MISMATCH'}")  # fmt: skip
     if difference > 1e-5:
         sys.exit(1)
+    publishing.publish_from_args(args.output_dir, args)
 
 
 def main(argv=None) -> int:

@@ -147,7 +147,7 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=N
     if update_model_card:
         from asrkit.model_card import write_decoding_results
 
-        write_decoding_results(model_path, rows, decoding)
+        write_decoding_results(model_path, rows, decoding, data_dir)
     print("\n".join(table))
     return rows
 

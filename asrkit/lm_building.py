@@ -25,6 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from asrkit import publishing
 from asrkit.files import write_folder_atomically
 from asrkit.manifest import read_manifest
 from golos import EMBEDDED_CORPUS
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beta", type=float, help=f"word insertion bonus (default {DEFAULT_BETA})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing language model")
     parser.add_argument("--trust_remote_code", action="store_true", help="for model types this package lacks")
+    publishing.add_arguments(parser, "the model folder with its language model (e.g. to the repo it came from)")
     return parser
 
 
@@ -227,8 +229,10 @@ def run(argv=None):
         parser.error("--arpa replaces building (its order is the file's): give either --arpa or "
                      "--data_dir/--text/--order")  # fmt: skip
     args.order = 3 if args.order is None else args.order
-    return build(args.model_dir, args.data_dir, args.text, args.order, args.arpa, args.alpha, args.beta,
-                 args.overwrite, args.trust_remote_code)  # fmt: skip
+    summary = build(args.model_dir, args.data_dir, args.text, args.order, args.arpa, args.alpha, args.beta,
+                    args.overwrite, args.trust_remote_code)  # fmt: skip
+    publishing.publish_from_args(args.model_dir, args)
+    return summary
 
 
 def main(argv=None) -> int:

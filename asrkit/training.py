@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import transformers
 import yaml
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
 
 from golos import (
     EMBEDDED_CORPUS,
@@ -48,7 +48,8 @@ from .augmentation import AudioAugmentation, AugmentationArguments, Augmentation
 from .files import publish_modes
 from .hub import ModelLoadError, load_ctc_model, load_processor
 from .metrics import cer, wer
-from .model_card import write_model_card
+from .model_card import describe_data, write_model_card
+from .publishing import IGNORED, NEVER, Publisher, PublishError
 from .summary import model_summary
 
 PRESETS = Path(__file__).resolve().parents[1] / "presets"  # the repository's presets/
@@ -487,6 +488,39 @@ class CTCTrainer(Trainer):
             write_model_card(self.args.output_dir, **self.card_metadata)
 
 
+class HubPushCallback(TrainerCallback):
+    """Publishes while training as `--hub_strategy` says, through `asrkit.publishing` (Trainer's own push would
+    send `training_args.bin`, a pickle holding this machine's paths, and during training a repo without the model
+    code): `every_save` each checkpoint's model folder; `checkpoint` also the checkpoint itself, optimizer state
+    included, as `last-checkpoint/` (to resume elsewhere); `all_checkpoints` every checkpoint as
+    `checkpoint-STEP/`; `end` nothing before the end. Uploads run in the background, one after another."""
+
+    MODEL_ONLY = IGNORED + ["optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json"]
+
+    def __init__(self, publisher: Publisher, strategy: str):
+        self.publisher, self.strategy, self.pending = publisher, strategy, []
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or self.strategy == "end":
+            return
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        message = f"Training in progress, step {state.global_step}"
+        self.pending.append(self.publisher.upload(checkpoint, message, ignore_patterns=self.MODEL_ONLY, blocking=False))
+        if self.strategy in ("checkpoint", "all_checkpoints"):
+            where = "last-checkpoint" if self.strategy == "checkpoint" else checkpoint.name
+            self.pending.append(self.publisher.upload(checkpoint, f"{message}, checkpoint", path_in_repo=where,
+                                                      ignore_patterns=NEVER, blocking=False))  # fmt: skip
+
+    def wait(self):
+        """Waits for the uploads made while training; a failed one is a warning (the final upload follows)."""
+        for future in self.pending:
+            try:
+                future.result()
+            except Exception as error:  # noqa: BLE001  (the final publication reports what matters)
+                logger.warning("a push to the Hub during training failed: %s: %s", type(error).__name__, error)
+        self.pending = []
+
+
 def make_compute_metrics(tokenizer, logged_predictions):
 
     def compute_metrics(prediction):
@@ -577,6 +611,19 @@ def run(argv=None):
             per_step *= training_args.gradient_accumulation_steps
             training_args.eval_steps = max(1, round(run_args.eval_every_epochs * math.ceil(len(train_dataset) / per_step)))
     callbacks = []
+    publisher = None
+    if training_args.push_to_hub:
+        # Publishing is ours (HubPushCallback, asrkit.publishing), so Trainer's own push is turned off. The repo is
+        # made (or checked) now: a refusal or an unreachable Hub stops the run before hours of training.
+        training_args.push_to_hub = False
+        repo = training_args.hub_model_id or Path(training_args.output_dir).resolve().name
+        if training_args.process_index == 0:
+            try:
+                publisher = Publisher(repo, private=training_args.hub_private_repo, revision=training_args.hub_revision,
+                                      token=training_args.hub_token, folder=training_args.output_dir)  # fmt: skip
+            except PublishError as error:
+                raise SystemExit(f"--push_to_hub: {error}") from None
+            callbacks.append(HubPushCallback(publisher, HubStrategy(training_args.hub_strategy).value))
     augmentation = None
     if train_dataset is not None and augment_args.enabled:
         # Training audio only: the eval sets (even --eval_sets train) are decoded separately, untouched.
@@ -597,7 +644,8 @@ def run(argv=None):
         eval_dataset=eval_sets or None,
         processing_class=processor,
         compute_metrics=make_compute_metrics(processor.tokenizer, run_args.logged_predictions),
-        card_metadata=card_metadata(model, model_args, data_args, augment_args, run_args),
+        card_metadata=card_metadata(model, model_args, data_args, augment_args, run_args,
+                                    publisher.repo_id if publisher is not None else None),
         callbacks=callbacks,
     )
 
@@ -615,8 +663,12 @@ def run(argv=None):
         trainer.save_metrics("all", metrics)
         trainer.card_metadata["metrics"] = metrics
         trainer.create_model_card()
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    if publisher is not None:
+        callbacks[0].wait()
+        try:
+            publisher.upload(training_args.output_dir, "End of training")
+        except PublishError as error:
+            raise SystemExit(f"--push_to_hub: {error}") from None
     return trainer, metrics
 
 
@@ -627,11 +679,11 @@ def spec_augment_summary(config) -> str:
             f"frequency masks {config.mask_feature_length} bins covering ~{config.mask_feature_prob:.0%}")  # fmt: skip
 
 
-def card_metadata(model, model_args, data_args, augment_args, run_args) -> dict:
+def card_metadata(model, model_args, data_args, augment_args, run_args, model_id=None) -> dict:
     """What the model card says of this run. Local paths are written as names only: the card is published
-    by `push_to_hub`, and a path of this machine means nothing elsewhere (and may say too much)."""
-    data = "the embedded Golos-format corpus" if Path(data_args.data_dir).resolve() == EMBEDDED_CORPUS else (
-        f"Golos (`{Path(data_args.data_dir).name}`)")  # fmt: skip
+    by `push_to_hub`, and a path of this machine means nothing elsewhere (and may say too much). The data is
+    named for what it is (`describe_data`: the embedded corpus is synthesised speech, not Golos)."""
+    dataset_type, data = describe_data(data_args.data_dir)
     base = model_args.model_name_or_path
     if base and os.path.isdir(base):
         base = None  # a local folder: no Hub id to link as base_model
@@ -640,11 +692,14 @@ def card_metadata(model, model_args, data_args, augment_args, run_args) -> dict:
     augmented = ""
     if augment_args.enabled or getattr(model.config, "apply_spec_augment", False):
         augmented = f" Augmentation: {augment_args.describe()}; SpecAugment: {spec_augment_summary(model.config)}."
+    architecture = "e-branchformer" if model.config.model_type == "ebranchformer" else model.config.model_type
     return {
         "description": f"A CTC speech recogniser for Russian ({type(model).__name__}), trained with `train_ctc.py` "
-                       f"(preset `{preset}`) on {data}{start}.{augmented}",  # fmt: skip
-        "tags": ["e-branchformer" if model.config.model_type == "ebranchformer" else model.config.model_type, "golos"],
+                       f"(preset `{preset}`) on the train set of {data}{start}.{augmented}",  # fmt: skip
+        "tags": [architecture] + (["golos"] if dataset_type == "golos" else []),
         "base_model": base,
+        "data_dir": data_args.data_dir,
+        "model_id": model_id,
     }
 
 

@@ -10,6 +10,7 @@ Scores are natural logarithms; ARPA files hold log10, converted on reading.
 """
 
 import gzip
+import sys
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -311,6 +312,9 @@ class KenLMLanguageModel:
     """A KenLM binary (or ARPA) through the `kenlm` module, with `NGramLanguageModel`'s interface."""
 
     def __init__(self, model, path, unigrams=None):
+        # kenlm is imported only inside `try` (from_file): Transformers refuses to load remote code whose files
+        # import, outside a try block, a module that is not installed, and kenlm is optional.
+        self._kenlm = sys.modules["kenlm"]
         self._model = model
         self.path = path
         self.order = model.order
@@ -338,8 +342,7 @@ class KenLMLanguageModel:
         return word in self._model if not self.vocabulary else word in self.vocabulary
 
     def _state(self, context):
-        import kenlm
-
+        kenlm = self._kenlm
         state = self._states.get(context)
         if state is None:
             state = kenlm.State()
@@ -357,8 +360,7 @@ class KenLMLanguageModel:
         return state
 
     def score(self, context, word):
-        import kenlm
-
+        kenlm = self._kenlm
         key = (context, word)
         cached = self._cache.get(key)
         if cached is None:

@@ -163,6 +163,17 @@ def test_saved_folders_hold_the_model_code_only(tmp_path, tiny_config):
     assert not {"audio.py", "augmentation.py", "onnx_runtime.py", "files.py", "hub.py", "model_card.py"} & set(copied)
 
 
+def test_remote_code_needs_only_what_transformers_needs():
+    """Transformers refuses a trust_remote_code file that imports, outside a try block, a module that is not
+    installed: every file of the package may import only the standard library and what Transformers needs
+    (an optional module such as kenlm only inside `try`)."""
+    from transformers.dynamic_module_utils import get_imports
+
+    allowed = set(sys.stdlib_module_names) | {"torch", "transformers", "numpy", "huggingface_hub"}
+    needed = {p.name: set(get_imports(p)) - allowed for p in (ROOT / "modeling_ebranchformer").glob("*.py")}
+    assert {name: sorted(extra) for name, extra in needed.items() if extra} == {}
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in ROOT.glob("*.py")))
 def test_every_script_starts_in_a_fresh_process(script, tmp_path):
     """Each command line imports what it needs by itself (a test process has imported everything already)."""

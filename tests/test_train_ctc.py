@@ -50,7 +50,7 @@ def test_model_card_holds_no_path_of_this_machine(trained):
     card = (tmp / "out" / "README.md").read_text()
     for path in (str(ROOT), str(CORPUS), str(tmp), "/tmp", os.path.expanduser("~")):
         assert path not in card
-    assert "the embedded Golos-format corpus" in card
+    assert "the train set of the embedded synthetic corpus (not Golos)" in card
     assert "soundfile" in card and "FFmpeg" in card  # the usage snippet says what a path needs
 
 
