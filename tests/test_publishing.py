@@ -169,8 +169,26 @@ def test_a_published_folder_with_its_lm_loads_and_transcribes_elsewhere_as_here(
     # build_lm.py adds a language model to a published folder and publishes it again.
     built = script("build_lm.py", folder, "--push_to_hub", "alice/tiny", env=env)
     assert built.returncode == 0, built.stderr
+    # evaluate_ctc.py's figures (greedy and with the LM) go into the card, and the card to the repo.
+    evaluated = script("evaluate_ctc.py", folder, "--max_samples", "3", "--update_model_card", env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert script("push_to_hub.py", folder, "alice/tiny", env=env).returncode == 0
     files = hub.files("alice/tiny")
     assert "language_model/lm.arpa" in files and "language_model/attrs.json" in files and "alphabet.json" in files
+    assert not [name for name in files if name.startswith("eval/")] and (folder / "eval" / "results.json").exists()
+
+    from huggingface_hub import ModelCard
+
+    measured = json.loads((folder / "eval" / "results.json").read_text())["results"]
+    card = ModelCard(files["README.md"].decode())
+    published = {(r.dataset_config, r.metric_name): r for r in card.data.eval_results}
+    assert len(published) == 4 * len(measured) == 12
+    for row in measured:
+        for metric in ("wer", "cer"):
+            assert published[(row["set"], metric.upper())].metric_value == round(row[metric], 4)
+            assert published[(row["set"], f"{metric.upper()} (3-gram LM)")].metric_value == round(row[f"lm_{metric}"], 4)
+        assert published[(row["set"], "WER")].dataset_name == (f"the embedded synthetic corpus (not Golos): test set "
+                                                                f"{row['set']}, 3 of its 60 utterances")  # fmt: skip
     recording = a_recording(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
