@@ -19,12 +19,13 @@ huggingface.co (a private Hub, the tests' local server).
 
 import argparse
 import contextlib
+import mmap
 import os
 from pathlib import Path
 
 NEVER = ["training_args.bin", "**/training_args.bin", "_*", ".*", "**/.*", "**/__pycache__/**"]  # not even asked
 IGNORED = ["checkpoint-*", "checkpoint-*/**", "eval/**", *NEVER]  # what a model folder's publication leaves here
-TEXT_SUFFIXES = {".json", ".jsonl", ".md", ".txt", ".py", ".yaml", ".yml", ".arpa", ".csv", ".tsv"}
+WEIGHTS = {".safetensors", ".onnx", ".pt", ".pth", ".bin", ".binary"}  # tensors: not searched for paths
 LATER = "python push_to_hub.py {folder} {repo}"
 
 
@@ -67,21 +68,23 @@ def check_publishable(folder, token=None, ignore_patterns=IGNORED):
     files = publishable_files(folder, ignore_patterns)
     if "config.json" not in files:
         raise PublishError(f"{folder} is not a model folder (no config.json): nothing published")
-    secrets = {"the Hugging Face token": token} if token else {}
     places = {str(folder.resolve()), str(folder.resolve().parent), os.getcwd(), str(Path.home())}
-    places = {p for p in places if len(p) > 1}  # "/" alone is in every text
+    places = sorted((p for p in places if len(p) > 1), key=len, reverse=True)  # "/" alone is in every file
     for name in files:
         path = folder / name
-        if path.suffix not in TEXT_SUFFIXES and name != "README":
+        if path.suffix in WEIGHTS:
             continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for place in sorted(places, key=len, reverse=True):
-            if place in text:
-                raise PublishError(f"{path} names a path of this machine ({place}): not published; remove it from "
-                                   "the file (model cards and records name folders, not paths)")  # fmt: skip
-        for what, secret in secrets.items():
-            if secret in text:
-                raise PublishError(f"{path} holds {what}: not published")
+        if path.stat().st_size == 0:
+            continue
+        # Text files and binary records alike (TensorBoard events hold the options as text); mapped, not read,
+        # as a language model can be gigabytes.
+        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as content:
+            for place in places:
+                if content.find(place.encode()) >= 0:
+                    raise PublishError(f"{path} names a path of this machine ({place}): not published; remove it "
+                                       "from the file (model cards and records name folders, not paths)")  # fmt: skip
+            if token and content.find(token.encode()) >= 0:
+                raise PublishError(f"{path} holds the Hugging Face token: not published")
 
 
 class Publisher:
