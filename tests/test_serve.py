@@ -1,0 +1,171 @@
+"""serve.py: OpenAI's transcription API (tested with the `openai` client), responses equal to transcribe.py's,
+dynamic batching under concurrent requests, limits and faults, live audio over the WebSocket, the page in a
+real headless browser, SIGTERM."""
+
+import asyncio
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+import numpy as np
+import pytest
+import soundfile as sf
+from project import CORPUS
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+from asrkit import serving, transcription  # noqa: E402
+
+FILES = sorted((CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))[:6]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """serve.py's app on a free port, in a thread of this process (uvicorn.Server)."""
+
+    def __init__(self, model, *options):
+        self.args = serving.parse_args([str(model), "--port", str(free_port()), *options])
+        self.app = serving.make_app(self.args)
+        self.service = self.app.state.service
+        self.server = uvicorn.Server(uvicorn.Config(self.app, port=self.args.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.args.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join()
+
+    def client(self):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    with Running(tiny_model, "--max_wait_ms", "50", "--max_batch_size", "4") as running:
+        yield running
+
+
+def offline(model, path, tmp_path, suffix, *options):
+    """What transcribe.py writes for one file."""
+    output = tmp_path / f"offline{suffix}"
+    args = [str(model), str(path), "--output", str(output), "--no_progress", "--overwrite", *options]
+    assert transcription.main(args) == 0
+    if suffix == ".jsonl":
+        return json.loads(output.read_text(encoding="utf-8"))
+    return output.read_text(encoding="utf-8")
+
+
+def test_the_openai_client_gets_what_transcribe_py_gives(server, tiny_model, tmp_path):
+    client, path = server.client(), FILES[0]
+    assert [m.id for m in client.models.list()] == [tiny_model.name]
+    record = offline(tiny_model, path, tmp_path, ".jsonl", "--timestamps")
+    with open(path, "rb") as audio:
+        plain = client.audio.transcriptions.create(model=tiny_model.name, file=audio, language="ru")
+    assert plain.text == record["text"] and record["text"]
+    with open(path, "rb") as audio:
+        verbose = client.audio.transcriptions.create(model=tiny_model.name, file=audio, response_format="verbose_json",
+                                                     timestamp_granularities=["word", "segment"])  # fmt: skip
+    assert verbose.text == record["text"] and verbose.duration == record["duration"]
+    assert [w.model_dump() for w in verbose.words] == record["words"]
+    assert " ".join(s.text for s in verbose.segments) == record["text"]
+    for suffix in ("srt", "vtt"):
+        with open(path, "rb") as audio:
+            subtitles = client.audio.transcriptions.create(model=tiny_model.name, file=audio, response_format=suffix)
+        assert subtitles == offline(tiny_model, path, tmp_path, "." + suffix) and "-->" in subtitles
+    with open(path, "rb") as audio:
+        text = client.audio.transcriptions.create(model=tiny_model.name, file=audio, response_format="text")
+    assert text == record["text"]
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_transcript(server, tiny_model, tmp_path, speech_like):
+    """24 requests at once, of 6 lengths (one chunked: over --chunk_length_s 30 s) each gets transcribe.py's
+    transcript of its own file, and the model ran them in batches of several."""
+    long = tmp_path / "long.wav"
+    sf.write(long, np.concatenate([speech_like(20, 1), speech_like(17, 2)]), 16000)
+    paths = [*FILES[:5], long]
+    expected = {str(p): offline(tiny_model, p, tmp_path, ".jsonl")["text"] for p in paths}
+    assert len(set(expected.values())) == len(paths)  # different transcripts: a mix-up would show
+
+    def post(path):
+        with open(path, "rb") as audio:
+            response = requests.post(server.url + "/v1/audio/transcriptions", files={"file": audio},
+                                  data={"model": tiny_model.name}, timeout=120)  # fmt: skip
+        assert response.status_code == 200, response.text
+        return str(path), response.json()["text"]
+
+    before = len(server.service.batcher.batch_sizes)
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(post, paths * 4))
+    assert all(text == expected[path] for path, text in results)
+    sizes = server.service.batcher.batch_sizes[before:]
+    assert sum(sizes) == 24 and max(sizes) > 1 and max(sizes) <= 4
+
+
+def error_of(response):
+    body = response.json()["error"]
+    return response.status_code, body["message"]
+
+
+def test_bad_requests_get_errors_that_name_the_problem(server, tiny_model, tmp_path):
+    url, name = server.url + "/v1/audio/transcriptions", tiny_model.name
+    audio = FILES[0].read_bytes()
+
+    def post(data=None, files=None):
+        return error_of(requests.post(url, data={"model": name, **(data or {})}, files=files or {"file": ("a.opus", audio)}))
+
+    assert post({"response_format": "xml"}) == (400, "response_format 'xml': one of json, text, srt, vtt, verbose_json")
+    assert post({"language": "en"})[0] == 400 and "Russian only" in post({"language": "en"})[1]
+    assert post({"model": "whisper-1"})[1].startswith("model 'whisper-1' is not served here")
+    assert post({"colour": "red"})[1].startswith("unknown field 'colour'")
+    assert post({"temperature": "0.7"})[0] == 400
+    assert post({"timestamp_granularities[]": "word"})[1] == "timestamp_granularities[] needs response_format verbose_json"
+    assert post({"prompt": "салют"})[1].startswith("`prompt` carries hotwords, which need beam search")
+    status, message = post(files={"file": ("notes.wav", b"RIFF not really a wav file")})
+    assert status == 415 and message.startswith("notes.wav: cannot decode audio (")
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, np.zeros((16000, 2), np.float32), 16000)
+    assert post(files={"file": ("stereo.wav", stereo.read_bytes())}) == (400, "stereo.wav: 2 channels, expected mono")
+    fast = tmp_path / "fast.wav"
+    sf.write(fast, np.zeros(44100, np.float32), 44100)
+    assert post(files={"file": ("fast.wav", fast.read_bytes())}) == (400, "fast.wav: sampling rate 44100 Hz, "
+                                                                           "expected 16000 Hz")  # fmt: skip
+    assert error_of(requests.post(url, json={"model": name}))[0] == 400  # not a multipart form
+    # The openai client raises its own error type with the server's message.
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        server.client().audio.transcriptions.create(model=name, file=("a.opus", audio), response_format="xml")
+
+
+def test_limits(tiny_model, tmp_path, speech_like):
+    long = tmp_path / "long.wav"
+    sf.write(long, speech_like(3.5, 0), 16000)
+    with Running(tiny_model, "--max_audio_s", "3", "--max_upload_mb", "0.2") as running:
+        url, name = running.url + "/v1/audio/transcriptions", tiny_model.name
+        status, message = error_of(requests.post(url, data={"model": name}, files={"file": long.open("rb")}))
+        assert status == 413 and message == "long.wav: 3.5 s of audio, over the limit of 3 s (--max_audio_s)"
+        big = tmp_path / "big.wav"
+        sf.write(big, speech_like(4, 0), 16000, subtype="FLOAT")  # 256 kB
+        status, message = error_of(requests.post(url, data={"model": name}, files={"file": big.open("rb")}))
+        assert status == 413 and "over the limit of 0.2 MiB (--max_upload_mb)" in message
+        short = tmp_path / "short.wav"
+        sf.write(short, speech_like(2.5, 0), 16000)
+        ok = requests.post(url, data={"model": name}, files={"file": short.open("rb")})
+        assert ok.status_code == 200 and ok.headers["x-request-id"]
+        assert requests.get(running.url + "/health").json() == {"status": "ok"}
+        assert requests.get(running.url + "/ready").json() == {"status": "ready", "queued": 0, "max_queue": 256}
