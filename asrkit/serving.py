@@ -222,6 +222,10 @@ class Service:
         self.batcher = Batcher(transcriber, args.max_batch_size, args.max_wait_ms, args.max_queue)
         self.rate = self.backend.sampling_rate
 
+    async def transcribe(self, samples, decoder=None) -> dict:
+        """The record {"text", "words"} of `samples`, through the batcher."""
+        return (await self.batcher.transcribe(samples, decoder)).future.result()
+
     def request_decoder(self, prompt):
         """The decoder of a request: `prompt`'s words are hotwords for this request (LM folders only)."""
         if not prompt or not prompt.strip():
@@ -423,12 +427,12 @@ async def live(websocket, service, window_s=None):
                     raise ApiError(400, "the stream ends with half a sample: send 16-bit PCM (2 bytes a sample)")
                 return
 
-    def samples(start=0):
-        usable = len(pcm) // 2 * 2
-        return np.frombuffer(bytes(pcm[start * 2 : usable]), "<i2").astype(np.float32) / 32768
+    def samples(start=0, end=None):
+        end = len(pcm) // 2 if end is None else end
+        return np.frombuffer(bytes(pcm[start * 2 : end * 2]), "<i2").astype(np.float32) / 32768
 
     receiver = asyncio.create_task(receive())
-    committed, start, decoded_bytes, text = [], 0, 0, ""
+    committed, start, heard, text = [], 0, 0, ""  # heard: the samples that `text` transcribes
     loop = asyncio.get_running_loop()
     next_partial = loop.time() + PARTIAL_EVERY
     try:
@@ -437,31 +441,32 @@ async def live(websocket, service, window_s=None):
             if receiver.done():
                 break
             next_partial += PARTIAL_EVERY
-            if len(pcm) // 2 - start >= service.rate // 10 and len(pcm) != decoded_bytes:  # new audio: decode
-                decoded_bytes = len(pcm)
-                recent = samples(start)
+            received = len(pcm) // 2
+            if received - start >= service.rate // 10 and received != heard:  # new audio: decode the recent
+                start = max(start, received - window)  # audio came faster than partials: they skip some, the final not
+                recent = samples(start, received)
                 try:
-                    words = (await service.batcher.transcribe(recent, service.decoder)).future.result()["words"]
+                    words = (await service.transcribe(recent, service.decoder))["words"]
                 except ApiError as error:  # a full queue: this partial repeats the last one
                     if error.status != 503:
                         raise
-                    await websocket.send_json({"type": "partial", "text": text, "duration": len(pcm) / 2 / service.rate})
-                    continue
-                words = [{**w, "start": round(w["start"] + start / service.rate, 3),
-                          "end": round(w["end"] + start / service.rate, 3)} for w in words]  # fmt: skip
-                if len(recent) > window:  # keep the words well before the window's end; decode from after them
-                    keep_before = (start + len(recent) - window // 2) / service.rate
-                    done = [w for w in words if w["end"] < keep_before]
-                    committed += done
-                    words = words[len(done) :]
-                    start = int(done[-1]["end"] * service.rate) if done else start + len(recent) - window // 2
-                text = " ".join(w["word"] for w in committed + words)
-            await websocket.send_json({"type": "partial", "text": text, "duration": round(len(pcm) / 2 / service.rate, 3)})
+                else:
+                    heard, offset = received, start / service.rate
+                    words = [{**w, "start": round(w["start"] + offset, 3), "end": round(w["end"] + offset, 3)}
+                             for w in words]  # fmt: skip
+                    if len(recent) > window // 2:  # keep the words of the older half; decode again after them
+                        keep_before = (received - window // 2) / service.rate
+                        done = [w for w in words if w["end"] < keep_before]
+                        committed += done
+                        words = words[len(done) :]
+                        start = int(done[-1]["end"] * service.rate) if done else received - window // 2
+                    text = " ".join(w["word"] for w in committed + words)
+            await websocket.send_json({"type": "partial", "text": text, "duration": round(heard / service.rate, 3)})
         receiver.result()  # an error in the stream is raised here
         audio = samples()
         if not len(audio):
             raise ApiError(400, "the stream held no audio")
-        record = (await service.batcher.transcribe(audio, service.decoder)).future.result()
+        record = await service.transcribe(audio, service.decoder)
         await websocket.send_json({"type": "final", "text": record["text"], "words": record["words"],
                                    "duration": round(len(audio) / service.rate, 3)})  # fmt: skip
         await websocket.close()

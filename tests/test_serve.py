@@ -169,3 +169,132 @@ def test_limits(tiny_model, tmp_path, speech_like):
         assert ok.status_code == 200 and ok.headers["x-request-id"]
         assert requests.get(running.url + "/health").json() == {"status": "ok"}
         assert requests.get(running.url + "/ready").json() == {"status": "ready", "queued": 0, "max_queue": 256}
+
+
+def test_a_full_queue_is_refused_and_a_client_that_leaves_frees_its_place(tiny_model, monkeypatch):
+    """The model is held on the first recording; a second waits; a third finds the queue full (503 with
+    Retry-After). The second's client leaves: its place is free at once, a fourth is admitted, and the model
+    never runs the second."""
+    gate, ran = threading.Event(), []
+    with Running(tiny_model, "--max_queue", "2", "--max_batch_size", "1", "--max_wait_ms", "0") as running:
+        batcher = running.service.batcher
+        log_probs = batcher.transcriber.log_probs
+
+        def held(waveforms):
+            ran.append(len(waveforms[0]))
+            gate.wait()
+            return log_probs(waveforms)
+
+        monkeypatch.setattr(batcher.transcriber, "log_probs", held)
+        url, name = running.url + "/v1/audio/transcriptions", tiny_model.name
+
+        def post(path, timeout=60):
+            return requests.post(url, data={"model": name}, files={"file": path.open("rb")}, timeout=timeout)
+
+        def wait_for(condition):
+            for _ in range(500):
+                if condition():
+                    return
+                time.sleep(0.01)
+            raise AssertionError("timed out")
+
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(post, FILES[0])
+            wait_for(lambda: len(ran) == 1)
+            leaving = pool.submit(post, FILES[1], 1.0)  # gives up after 1 s: the connection closes
+            wait_for(lambda: batcher.admitted == 2)
+            full = post(FILES[2])
+            assert full.status_code == 503 and full.headers["Retry-After"] == "1"
+            assert "the server is busy: 2 recordings queued (--max_queue 2)" in full.json()["error"]["message"]
+            assert requests.get(running.url + "/ready").status_code == 503
+            with pytest.raises(requests.exceptions.ReadTimeout):
+                leaving.result()
+            wait_for(lambda: batcher.admitted == 1)  # freed while the model is still held
+            fourth = pool.submit(post, FILES[3])
+            wait_for(lambda: batcher.admitted == 2)
+            gate.set()
+            assert first.result().status_code == 200 and fourth.result().status_code == 200
+        lengths = {len(serving.read_audio(p)) for p in FILES[:4]}
+        assert len(lengths) == 4
+        assert ran == [len(serving.read_audio(FILES[0])), len(serving.read_audio(FILES[3]))]
+
+
+def test_prompt_words_are_hotwords_of_that_request_only(tiny_model, tmp_path):
+    from asrkit import lm_building
+
+    folder = tmp_path / "with_lm"
+    shutil.copytree(tiny_model, folder)
+    lm_building.run([str(folder)])
+    path = FILES[1]
+    plain = offline(folder, path, tmp_path, ".jsonl", "--decoder", "lm")["text"]
+    hot = offline(folder, path, tmp_path, ".jsonl", "--decoder", "lm", "--hotwords", "будильник")["text"]
+    assert plain != hot  # the hotword changes this transcript: the test can see whether it was used
+    with Running(folder, "--decoder", "lm") as running:
+        client = running.client()
+        with ThreadPoolExecutor(2) as pool:  # at once: one batch, two decoders
+            got = pool.map(lambda prompt: client.audio.transcriptions.create(
+                model=folder.name, file=path.open("rb"), prompt=prompt).text, ["будильник", None])  # fmt: skip
+            assert list(got) == [hot, plain]
+        with pytest.raises(openai.BadRequestError, match="prompt: "):
+            client.audio.transcriptions.create(model=folder.name, file=path.open("rb"), prompt="hello")
+
+
+def stream(url, samples, chunk_s=0.1, pause_s=0.05, end=True):
+    """Sends 16-bit PCM over the live endpoint in chunks; returns the messages received."""
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.sync.client import connect
+
+    pcm = (np.clip(np.round(samples * 32768), -32768, 32767)).astype("<i2").tobytes()
+    step = int(16000 * chunk_s) * 2
+    messages = []
+    with connect(url.replace("http", "ws") + "/v1/audio/stream") as ws:
+        for start in range(0, len(pcm), step):
+            ws.send(pcm[start : start + step])
+            time.sleep(pause_s)
+        ws.send(json.dumps({"type": "end"}) if end else "hello")
+        try:
+            for message in ws:
+                messages.append(json.loads(message))
+        except ConnectionClosedError as closed:  # an error: its code, after the message that names it
+            messages.append({"closed": closed.rcvd.code})
+    return messages
+
+
+def test_live_audio_gets_partials_and_the_offline_transcript_at_the_end(server, tiny_model, tmp_path):
+    samples = serving.read_audio(FILES[2])
+    wav = tmp_path / "same.wav"  # what the stream carries: 16-bit samples
+    sf.write(wav, samples, 16000, subtype="PCM_16")
+    record = offline(tiny_model, wav, tmp_path, ".jsonl", "--timestamps")
+    messages = stream(server.url, samples)
+    partials = [m for m in messages if m["type"] == "partial"]
+    assert messages[-1] == {"type": "final", "text": record["text"], "words": record["words"],
+                            "duration": record["duration"]}  # fmt: skip
+    durations = [m["duration"] for m in partials]  # the audio received so far: growing
+    assert len(partials) >= 2 and durations == sorted(durations) and 0 < durations[-1] <= record["duration"]
+    error = stream(server.url, samples[:8000], end=False)
+    assert error[-1] == {"closed": 1008} and error[-2]["error"]["message"].startswith("unknown text message 'hello'")
+
+
+def test_live_partials_of_a_long_stream_keep_the_words_before_the_window(tiny_model):
+    """With a 2 s window, a 6 s stream is decoded again only from its recent audio, and the words before are kept:
+    every partial holds every word so far, once. The recogniser here reads words off the signal (each half
+    second holds the number of its word), so that what a partial must hold is known exactly."""
+    samples = np.repeat(np.arange(12) / 1000, 8000).astype(np.float32)  # word k: samples k / 1000
+    calls = []
+
+    async def recogniser(audio, decoder=None):
+        calls.append(len(audio))
+        numbers = np.round(audio * 1000).astype(int)
+        words = [{"word": f"w{k}", "start": np.flatnonzero(numbers == k)[0] / 16000,
+                  "end": (np.flatnonzero(numbers == k)[-1] + 1) / 16000} for k in dict.fromkeys(numbers.tolist())]  # fmt: skip
+        return {"text": " ".join(w["word"] for w in words), "words": words}
+
+    with Running(tiny_model, "--stream_window_s", "2") as running:
+        running.service.transcribe = recogniser
+        messages = stream(running.url, samples, chunk_s=0.25, pause_s=0.12)
+    final, partials = messages[-1], messages[:-1]
+    assert final["text"] == " ".join(f"w{k}" for k in range(12)) and calls[-1] == len(samples)
+    assert len(partials) >= 4 and max(calls[:-1]) <= 2 * 16000 < len(samples)  # partials: the window at most
+    for partial in partials:
+        heard = int(np.ceil(partial["duration"] * 2))  # words begun by then
+        assert partial["text"] == " ".join(f"w{k}" for k in range(heard)), partial
