@@ -529,6 +529,7 @@ def main(argv=None) -> int:
         return 2
     log.info(f"serving {args.model} as {app.state.service.model_id!r} on http://{args.host}:{args.port}/")
     # uvicorn's SIGTERM/SIGINT handling: stop accepting, finish the requests in flight, then the lifespan's exit
-    # lets the worker finish its queue. Its access log is off: this module logs one line per request.
+    # lets the worker finish its queue, and the process ends by the signal. Its access log is off: this module
+    # logs one line per request.
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info", timeout_graceful_shutdown=None)
     return 0

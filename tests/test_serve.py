@@ -298,3 +298,109 @@ def test_live_partials_of_a_long_stream_keep_the_words_before_the_window(tiny_mo
     for partial in partials:
         heard = int(np.ceil(partial["duration"] * 2))  # words begun by then
         assert partial["text"] == " ".join(f"w{k}" for k in range(heard)), partial
+
+
+def test_sigterm_finishes_what_is_in_flight_then_exits(tiny_model, tmp_path):
+    """serve.py in its own process: a request held in the batcher (--max_wait_ms 3000) when SIGTERM comes is
+    answered; new connections are refused at once; then the process exits; one log line per request."""
+    import signal
+    import subprocess
+    import sys
+
+    from project import ROOT
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), str(tiny_model), "--port", str(port),
+                                "--max_wait_ms", "3000"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if requests.get(url + "/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        expected = offline(tiny_model, FILES[0], tmp_path, ".jsonl")["text"]
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(requests.post, url + "/v1/audio/transcriptions", data={"model": tiny_model.name},
+                                 files={"file": FILES[0].open("rb")}, timeout=60)  # fmt: skip
+            time.sleep(1.0)  # the request waits in the batcher
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(requests.ConnectionError):
+                requests.get(url + "/health", timeout=2)
+            assert answer.result().status_code == 200 and answer.result().json()["text"] == expected
+        # After the graceful stop uvicorn ends by the signal itself, as services are expected to.
+        assert process.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        process.kill()
+    log = process.stderr.read()
+    lines = [line for line in log.splitlines() if " request " in line]
+    assert len(lines) == 1 and "status=200" in lines[0] and "audio=3.40s" in lines[0], log
+    assert float(lines[0].split("queue=")[1].split("s")[0]) > 2.0  # held by --max_wait_ms
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Debian's headless chromium through its chromedriver, with a real recording as the microphone."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    driver_path, chromium = shutil.which("chromedriver"), shutil.which("chromium")
+    if not (driver_path and chromium):
+        pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    from project import SHARED_EXAMPLE
+
+    microphone = SHARED_EXAMPLE / "001ce26c07c20eaa0d666b824c6c6924.wav"
+    if not microphone.exists():  # a user's checkout: a recording of the embedded corpus instead
+        microphone = tmp_path_factory.mktemp("mic") / "mic.wav"
+        sf.write(microphone, serving.read_audio(FILES[4]), 16000, subtype="PCM_16")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--use-fake-ui-for-media-stream",
+                 "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={microphone}%noloop",
+                 "--autoplay-policy=no-user-gesture-required"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_page_transcribes_an_upload_and_the_microphone(server, tiny_model, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(server.url + "/")
+    wait.until(lambda d: d.find_element(By.ID, "model").text == tiny_model.name)
+    state = lambda d: d.find_element(By.ID, "status").get_attribute("data-state")  # noqa: E731
+
+    # Upload: decoded and resampled in the browser, sent as 16-bit WAV; the words are the API's for the file.
+    wav = tmp_path / "upload.wav"
+    sf.write(wav, serving.read_audio(FILES[0]), 16000, subtype="PCM_16")
+    expected = requests.post(server.url + "/v1/audio/transcriptions", files={"file": wav.open("rb")},
+                             data={"model": tiny_model.name, "response_format": "verbose_json",
+                                   "timestamp_granularities[]": "word"}).json()  # fmt: skip
+    browser.find_element(By.ID, "file").send_keys(str(wav))
+    wait.until(lambda d: state(d) in ("done", "error"))
+    assert state(browser) == "done", browser.find_element(By.ID, "status").text
+    words = browser.find_elements(By.CSS_SELECTOR, "#transcript .word")
+    assert [w.text for w in words] == [w["word"] for w in expected["words"]] and words
+    words[-1].click()  # plays from the word's start
+    wait.until(lambda d: d.execute_script("return document.getElementById('player').currentTime") > 0)
+    assert browser.execute_script("return document.getElementById('player').currentTime") >= expected["words"][-1]["start"]
+
+    # Microphone: live partials over the WebSocket while recording, then the final transcript, which is what the
+    # API gives for the recording the page keeps (the audio it streamed).
+    browser.find_element(By.ID, "record").click()
+    wait.until(lambda d: int(d.find_element(By.ID, "transcript").get_attribute("data-partials") or 0) >= 3)
+    browser.find_element(By.ID, "record").click()
+    wait.until(lambda d: state(d) in ("done", "error"))
+    assert state(browser) == "done", browser.find_element(By.ID, "status").text
+    shown = [w.text for w in browser.find_elements(By.CSS_SELECTOR, "#transcript .word")]
+    recorded = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch(document.getElementById('player').src).then((r) => r.arrayBuffer())
+            .then((b) => done(Array.from(new Uint8Array(b))));""")
+    again = requests.post(server.url + "/v1/audio/transcriptions", files={"file": ("mic.wav", bytes(recorded))},
+                          data={"model": tiny_model.name}).json()  # fmt: skip
+    assert " ".join(shown) == again["text"] and shown
+    assert len(recorded) > 16000 * 2 * 1.0  # over a second of audio was recorded
