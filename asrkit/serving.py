@@ -402,7 +402,7 @@ async def live(websocket, service, window_s=None):
     the end the whole stream is transcribed as an uploaded file would be, and sent as the final transcript."""
     window = int((window_s or service.args.stream_window_s) * service.rate)
     limit = int(service.args.max_audio_s * service.rate) * 2
-    pcm, ended = bytearray(), asyncio.Event()
+    pcm = bytearray()
     await websocket.accept()
 
     async def receive():

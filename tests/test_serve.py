@@ -2,7 +2,6 @@
 dynamic batching under concurrent requests, limits and faults, live audio over the WebSocket, the page in a
 real headless browser, SIGTERM."""
 
-import asyncio
 import json
 import shutil
 import socket
@@ -10,9 +9,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import requests
 import numpy as np
 import pytest
+import requests
 import soundfile as sf
 from project import CORPUS
 
@@ -20,7 +19,7 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from asrkit import serving, transcription  # noqa: E402
+from asrkit import serving, transcription  # noqa: E402 (after the skips)
 
 FILES = sorted((CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))[:6]
 
@@ -144,8 +143,8 @@ def test_bad_requests_get_errors_that_name_the_problem(server, tiny_model, tmp_p
     assert post(files={"file": ("stereo.wav", stereo.read_bytes())}) == (400, "stereo.wav: 2 channels, expected mono")
     fast = tmp_path / "fast.wav"
     sf.write(fast, np.zeros(44100, np.float32), 44100)
-    assert post(files={"file": ("fast.wav", fast.read_bytes())}) == (400, "fast.wav: sampling rate 44100 Hz, "
-                                                                           "expected 16000 Hz")  # fmt: skip
+    expected = "fast.wav: sampling rate 44100 Hz, expected 16000 Hz"
+    assert post(files={"file": ("fast.wav", fast.read_bytes())}) == (400, expected)
     assert error_of(requests.post(url, json={"model": name}))[0] == 400  # not a multipart form
     # The openai client raises its own error type with the server's message.
     with pytest.raises(openai.BadRequestError, match="response_format"):
@@ -364,6 +363,7 @@ def browser(tmp_path_factory):
     driver.quit()
 
 
+@pytest.mark.slow  # a browser process
 def test_the_page_transcribes_an_upload_and_the_microphone(server, tiny_model, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -371,7 +371,9 @@ def test_the_page_transcribes_an_upload_and_the_microphone(server, tiny_model, b
     wait = WebDriverWait(browser, 60)
     browser.get(server.url + "/")
     wait.until(lambda d: d.find_element(By.ID, "model").text == tiny_model.name)
-    state = lambda d: d.find_element(By.ID, "status").get_attribute("data-state")  # noqa: E731
+
+    def state(driver):
+        return driver.find_element(By.ID, "status").get_attribute("data-state")
 
     # Upload: decoded and resampled in the browser, sent as 16-bit WAV; the words are the API's for the file.
     wav = tmp_path / "upload.wav"
@@ -404,3 +406,19 @@ def test_the_page_transcribes_an_upload_and_the_microphone(server, tiny_model, b
                           data={"model": tiny_model.name}).json()  # fmt: skip
     assert " ".join(shown) == again["text"] and shown
     assert len(recorded) > 16000 * 2 * 1.0  # over a second of audio was recorded
+
+
+@pytest.mark.slow  # an ONNX export
+def test_an_onnx_export_is_served_as_transcribe_py_runs_it(tiny_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from asrkit import onnx_export
+
+    folder = tmp_path / "onnx"
+    onnx_export.export(tiny_model, folder, check_audio=FILES[:2], log=lambda *a: None)
+    record = offline(folder, FILES[3], tmp_path, ".jsonl", "--timestamps")
+    with Running(folder) as running:
+        assert type(running.service.backend).__name__ == "OnnxBackend"
+        result = running.client().audio.transcriptions.create(model="onnx", file=FILES[3].open("rb"),
+                                                               response_format="verbose_json",
+                                                               timestamp_granularities=["word"])  # fmt: skip
+    assert result.text == record["text"] and [w.model_dump() for w in result.words] == record["words"]
