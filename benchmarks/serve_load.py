@@ -4,8 +4,8 @@ accuracy of live transcription.
 Two servers of MODEL run side by side (--max_batch_size 16 and 1, so that the gain of dynamic batching is
 measured); 1, 4, 16 and 64 concurrent clients each send the embedded test files (data/golos_mini/test_opus, 180
 recordings) for --seconds: requests and audio seconds per second, latency p50/p95/p99, errors, the server's peak
-memory. In every round `transcribe.py` transcribes the same files offline (its own summary: audio seconds per
-second of transcription, model loading left out); rounds interleave the offline run and every server cell, and
+memory. In every round `transcribe.py` transcribes the same files offline, again until it has worked for --seconds
+(its own summary: audio seconds per second of transcription, model loading left out); rounds interleave the offline run and every server cell, and
 each figure is the median over rounds with its spread (min-max). Then --stream_files files are streamed to the
 live endpoint in real time (4 at once): the lag of partial transcripts behind the audio, the time from the end of
 a stream to its final transcript, and the WER of the last partial against the offline transcript.
@@ -109,16 +109,20 @@ def load(server, files, clients, seconds) -> dict:
             "errors": errors[0], "peak_mib": server.peak_mib()}  # fmt: skip
 
 
-def offline(model, threads) -> float:
-    """transcribe.py's audio seconds per second of transcription on the test manifests (its own summary line)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, str(ROOT / "transcribe.py"), model, *map(str, sorted(CORPUS.glob("*/manifest.jsonl"))),
-                   "--output", str(Path(tmp) / "out.jsonl"), "--no_progress", "--threads", str(threads)]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    match = re.search(r"\(([\d.]+) h of audio in ([\d.]+) s\)", result.stderr)
-    if result.returncode or not match:
-        raise SystemExit(f"transcribe.py failed:\n{result.stderr[-2000:]}")
-    return float(match.group(1)) * 3600 / float(match.group(2))
+def offline(model, threads, seconds) -> float:
+    """transcribe.py's audio seconds per second of transcription on the test manifests (its own summary line, model
+    loading left out), run again until it has transcribed for `seconds`, as long as a server cell."""
+    audio = spent = 0.0
+    while spent < seconds:
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [sys.executable, str(ROOT / "transcribe.py"), model, *map(str, sorted(CORPUS.glob("*/manifest.jsonl"))),
+                       "--output", str(Path(tmp) / "out.jsonl"), "--no_progress", "--threads", str(threads)]  # fmt: skip
+            result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        match = re.search(r"\(([\d.]+) h of audio in ([\d.]+) s\)", result.stderr)
+        if result.returncode or not match:
+            raise SystemExit(f"transcribe.py failed:\n{result.stderr[-2000:]}")
+        audio, spent = audio + float(match.group(1)) * 3600, spent + float(match.group(2))
+    return audio / spent
 
 
 def stream(server, path, data, expected):
@@ -180,7 +184,7 @@ def main(argv=None):
     results, offline_rates = {}, []
     try:
         for round_ in range(args.rounds):
-            offline_rates.append(offline(args.model, args.threads))
+            offline_rates.append(offline(args.model, args.threads, args.seconds))
             for clients in args.clients:
                 for batch, server in servers.items():
                     results.setdefault((batch, clients), []).append(load(server, files, clients, args.seconds))
