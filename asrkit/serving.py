@@ -44,6 +44,7 @@ from .transcription import LOUD, render, subtitle_cues
 try:  # the `serve` extra; --help and the package import work without it
     import uvicorn
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
     from starlette.requests import ClientDisconnect
     from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
@@ -388,7 +389,10 @@ def make_app(args, service=None):
     routes = [Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
               Route("/v1/models", models), Route("/health", health), Route("/ready", ready), Route("/", page),
               WebSocketRoute("/v1/audio/stream", stream)]  # fmt: skip
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def http_error(request, error):  # an unknown path or method: JSON that names it, as every other error
+        return ApiError(error.status_code, f"{request.method} {request.url.path}: {error.detail}").response()
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.service = service
     return app
 
@@ -432,6 +436,7 @@ async def live(websocket, service, window_s=None):
         return np.frombuffer(bytes(pcm[start * 2 : end * 2]), "<i2").astype(np.float32) / 32768
 
     receiver = asyncio.create_task(receive())
+    rid, begun, status = uuid.uuid4().hex[:12], time.monotonic(), "gone"
     committed, start, heard, text = [], 0, 0, ""  # heard: the samples that `text` transcribes
     loop = asyncio.get_running_loop()
     next_partial = loop.time() + PARTIAL_EVERY
@@ -470,13 +475,17 @@ async def live(websocket, service, window_s=None):
         await websocket.send_json({"type": "final", "text": record["text"], "words": record["words"],
                                    "duration": round(len(audio) / service.rate, 3)})  # fmt: skip
         await websocket.close()
+        status = "final"
     except ApiError as error:
+        status = f"error {error.status}"
         await websocket.send_json({"type": "error", "error": {"message": error.message, "code": error.status}})
         await websocket.close(1008 if error.status < 500 else 1011)
     except (ClientGone, WebSocketDisconnect):
         pass
     finally:
         receiver.cancel()
+        log.info(f"stream {rid} status={status} duration={time.monotonic() - begun:.3f}s "
+                 f"audio={len(pcm) // 2 / service.rate:.2f}s")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- main

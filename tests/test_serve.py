@@ -146,6 +146,8 @@ def test_bad_requests_get_errors_that_name_the_problem(server, tiny_model, tmp_p
     expected = "fast.wav: sampling rate 44100 Hz, expected 16000 Hz"
     assert post(files={"file": ("fast.wav", fast.read_bytes())}) == (400, expected)
     assert error_of(requests.post(url, json={"model": name}))[0] == 400  # not a multipart form
+    assert error_of(requests.get(url)) == (405, "GET /v1/audio/transcriptions: Method Not Allowed")
+    assert error_of(requests.get(server.url + "/v1/chat")) == (404, "GET /v1/chat: Not Found")
     # The openai client raises its own error type with the server's message.
     with pytest.raises(openai.BadRequestError, match="response_format"):
         server.client().audio.transcriptions.create(model=name, file=("a.opus", audio), response_format="xml")
@@ -263,7 +265,8 @@ def stream(url, samples, chunk_s=0.1, pause_s=0.05, end=True):
     return messages
 
 
-def test_live_audio_gets_partials_and_the_offline_transcript_at_the_end(server, tiny_model, tmp_path):
+def test_live_audio_gets_partials_and_the_offline_transcript_at_the_end(server, tiny_model, tmp_path, caplog):
+    caplog.set_level("INFO", logger="asrkit.serving")
     samples = serving.read_audio(FILES[2])
     wav = tmp_path / "same.wav"  # what the stream carries: 16-bit samples
     sf.write(wav, samples, 16000, subtype="PCM_16")
@@ -276,6 +279,9 @@ def test_live_audio_gets_partials_and_the_offline_transcript_at_the_end(server, 
     assert len(partials) >= 2 and durations == sorted(durations) and 0 < durations[-1] <= record["duration"]
     error = stream(server.url, samples[:8000], end=False)
     assert error[-1] == {"closed": 1008} and error[-2]["error"]["message"].startswith("unknown text message 'hello'")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream ")]  # one line a stream
+    assert [line.split()[2:3] + line.split()[-1:] for line in lines] == [
+        ["status=final", f"audio={record['duration']:.2f}s"], ["status=error", "audio=0.50s"]]
 
 
 def test_live_partials_of_a_long_stream_keep_the_words_before_the_window(tiny_model):
