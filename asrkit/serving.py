@@ -23,6 +23,7 @@ and chunks long audio, so a response is what `transcribe.py` gives for the same 
 
 import argparse
 import asyncio
+import collections
 import io
 import json
 import logging
@@ -100,7 +101,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self.jobs = queue.Queue()
         self.admitted = 0  # changed on the event loop only
-        self.batch_sizes = []  # recordings per batch the model ran (for tests and the load benchmark)
+        self.batch_sizes = collections.deque(maxlen=10000)  # recordings per recent batch (for tests)
         self.worker = threading.Thread(target=self.run, name="asr-model", daemon=True)
 
     def start(self):
@@ -129,6 +130,7 @@ class Batcher:
             return job
         finally:
             job.abandoned = True
+            job.future.cancel()  # a client that left: its result, when the model is done, goes nowhere
             self.admitted -= 1
 
     def run(self):
@@ -328,7 +330,8 @@ def make_app(args, service=None):
             if upload.size is not None and upload.size > limit:
                 raise ApiError(413, f"{upload.filename}: {upload.size / 2**20:.2f} MiB, over the limit of "
                                     f"{args.max_upload_mb:g} MiB (--max_upload_mb)", "file")  # fmt: skip
-            samples = service.samples(await upload.read(), upload.filename or "file")
+            # Decoding takes a while for long audio: in a thread, so that the event loop keeps serving the others.
+            samples = await asyncio.to_thread(service.samples, await upload.read(), upload.filename or "file")
             audio = round(len(samples) / service.rate, 3)
             # Once the body is read, the next ASGI message is the client's disconnect, if it leaves.
             gone = asyncio.ensure_future(request.receive())

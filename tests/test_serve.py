@@ -113,7 +113,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_transcript(server
     with ThreadPoolExecutor(24) as pool:
         results = list(pool.map(post, paths * 4))
     assert all(text == expected[path] for path, text in results)
-    sizes = server.service.batcher.batch_sizes[before:]
+    sizes = list(server.service.batcher.batch_sizes)[before:]
     assert sum(sizes) == 24 and max(sizes) > 1 and max(sizes) <= 4
 
 
