@@ -164,6 +164,14 @@ def test_limits(tiny_model, tmp_path, speech_like):
         sf.write(big, speech_like(4, 0), 16000, subtype="FLOAT")  # 256 kB
         status, message = error_of(requests.post(url, data={"model": name}, files={"file": big.open("rb")}))
         assert status == 413 and "over the limit of 0.2 MiB (--max_upload_mb)" in message
+
+        def chunked():  # no Content-Length: refused while it arrives, never read whole
+            yield b"--x\r\nContent-Disposition: form-data; name=file; filename=a.wav\r\n\r\n"
+            for _ in range(1000):
+                yield bytes(65536)
+
+        response = requests.post(url, data=chunked(), headers={"Content-Type": "multipart/form-data; boundary=x"})
+        assert error_of(response) == (413, "the upload is over the limit of 0.2 MiB (--max_upload_mb)")
         short = tmp_path / "short.wav"
         sf.write(short, speech_like(2.5, 0), 16000)
         ok = requests.post(url, data={"model": name}, files={"file": short.open("rb")})
