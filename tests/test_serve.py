@@ -443,3 +443,12 @@ def test_an_onnx_export_is_served_as_transcribe_py_runs_it(tiny_model, tmp_path)
                                                                response_format="verbose_json",
                                                                timestamp_granularities=["word"])  # fmt: skip
     assert result.text == record["text"] and [w.model_dump() for w in result.words] == record["words"]
+
+
+def test_bad_command_lines_are_named(tmp_path, capsys):
+    assert serving.main([str(tmp_path)]) == 2  # no model in the folder: named before anything is served
+    assert "neither a model folder (config.json) nor an ONNX export" in capsys.readouterr().err
+    for option in (["--max_audio_s", "0"], ["--max_wait_ms", "-1"], ["--max_upload_mb", "nan"], ["--hotword_weight", "5"]):
+        with pytest.raises(SystemExit):
+            serving.parse_args([str(tmp_path), *option])
+        assert option[0] in capsys.readouterr().err
