@@ -6,16 +6,20 @@ import numpy as np
 import soundfile as sf
 
 
-def read_audio(path, sampling_rate: int = 16000) -> np.ndarray:
+def read_audio(path, sampling_rate: int = 16000, name=None) -> np.ndarray:
     """Mono float32 samples of an audio file. Raises a `ValueError` naming the file when it cannot be
     decoded, is not at `sampling_rate`, is not mono, is empty or holds NaN or infinite samples (which would
-    otherwise surface later as a NaN loss with no file named)."""
+    otherwise surface later as a NaN loss with no file named). `path` may be a binary file object (an upload),
+    with `name` to name it in errors."""
+    source = path if hasattr(path, "read") else str(path)
+    path = path if name is None else name
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        if not os.path.isfile(str(path)):
+        samples, rate = sf.read(source, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, sf.SoundFileError) as error:
+        if isinstance(source, str) and not os.path.isfile(source):
             raise ValueError(f"{path}: audio file not found") from error
-        raise ValueError(f"{path}: cannot decode audio ({error})") from error
+        reason = str(error).replace(f"{source!r}", str(path))  # a file object's repr says nothing
+        raise ValueError(f"{path}: cannot decode audio ({reason})") from error
     if rate != sampling_rate:
         raise ValueError(f"{path}: sampling rate {rate} Hz, expected {sampling_rate} Hz")
     if samples.shape[1] != 1:

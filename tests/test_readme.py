@@ -5,8 +5,10 @@ import importlib
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,9 @@ def without_ffmpeg_env(tmp_path):
                 PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
 
 
+SERVER = "http://127.0.0.1:8000"  # a block that talks to it runs against `serve.py outputs/mini` on a free port
+
+
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_python_block_runs_as_written(index, workdir, tmp_path):
     code = blocks("python")[index]
@@ -55,8 +60,27 @@ def test_python_block_runs_as_written(index, workdir, tmp_path):
         code = code.replace(old, new)
     env = without_ffmpeg_env(tmp_path)
     env["HF_DATASETS_CACHE"] = str(tmp_path / "datasets")
-    result = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    server = None
+    if SERVER in code:
+        pytest.importorskip("uvicorn")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "outputs/mini", "--port", str(port)],
+                                  cwd=workdir, env=env, stderr=subprocess.DEVNULL)  # fmt: skip
+        code = code.replace(SERVER, f"http://127.0.0.1:{port}")
+        for _ in range(600):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+    try:
+        result = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
     assert result.returncode == 0, f"README python block {index + 1}:\n{code}\n{result.stderr[-3000:]}"
 
 
@@ -96,7 +120,7 @@ def load(path: Path):
 def test_every_command_line_names_a_script_and_options_it_accepts():
     checked = 0
     for argv in command_lines():
-        if argv[0] in ("pip", "cd", "git", "export"):
+        if argv[0] in ("pip", "cd", "git", "export", "curl"):
             continue
         script, options = script_and_options(argv)
         assert script is not None, f"README command not understood by this test: {' '.join(argv)}"

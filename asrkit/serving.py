@@ -1,0 +1,547 @@
+"""An OpenAI-compatible transcription server with dynamic batching, live transcription over a WebSocket, and a
+page to try it.
+
+    python serve.py outputs/mini --port 8000
+    curl -F file=@speech.wav -F model=mini http://127.0.0.1:8000/v1/audio/transcriptions
+
+MODEL is a model folder (PyTorch, `--device`) or an `export_onnx.py` folder (ONNX Runtime). Endpoints:
+
+    POST /v1/audio/transcriptions   OpenAI's audio API: multipart `file`, `model`, `response_format` (json, text,
+                                    srt, vtt, verbose_json), `timestamp_granularities[]` (segment, word),
+                                    `language` (ru), `prompt` (hotwords, with --decoder lm), `temperature` (0)
+    GET  /v1/models                 the one model served (its id is the folder's name)
+    GET  /health, /ready            the process is up; it takes requests (503 while the queue is full)
+    WS   /v1/audio/stream           live audio: binary messages of 16 kHz mono 16-bit little-endian PCM, then the
+                                    text message {"type": "end"}; partial transcripts every 0.5 s, then a final one
+    GET  /                          a page to try it: upload a file or record from the microphone
+
+One worker thread owns the model: requests wait for at most --max_wait_ms to be gathered into a batch of at most
+--max_batch_size, and `Transcriber` (asrkit.inference, the path `transcribe.py` takes) sorts its pieces by length
+and chunks long audio, so a response is what `transcribe.py` gives for the same file. Uploads must be 16 kHz mono
+(WAV, FLAC, Ogg/Opus, MP3: what soundfile decodes), as for `transcribe.py`; the page converts in the browser.
+"""
+
+import argparse
+import asyncio
+import collections
+import io
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from .audio import read_audio
+from .inference import InferenceError, LMDecoder, Transcriber, load_backend, load_lm_decoder
+from .options import positive_int
+from .transcription import LOUD, render, subtitle_cues
+
+try:  # the `serve` extra; --help and the package import work without it
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocketDisconnect
+except ImportError as error:
+    MISSING = error
+else:
+    MISSING = None
+
+log = logging.getLogger("asrkit.serving")
+FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]")
+LANGUAGES = ("ru", "russian")
+PARTIAL_EVERY = 0.5  # seconds between live partial transcripts
+PAGE = Path(__file__).with_name("serving_page.html")
+
+
+class ApiError(Exception):
+    """An HTTP error with OpenAI's JSON body {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status, message, param=None, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.headers = status, message, param, headers
+
+    def response(self):
+        kind = "server_error" if self.status >= 500 else "invalid_request_error"
+        body = {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.status}}
+        return JSONResponse(body, self.status, headers=self.headers)
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+class Job:
+    """One recording waiting for the model; `future` gets its record {"text", "words"} or an exception."""
+
+    def __init__(self, samples, decoder, loop):
+        self.samples, self.decoder, self.loop = samples, decoder, loop
+        self.future = loop.create_future()
+        self.queued = time.monotonic()
+        self.started = self.finished = None
+        self.abandoned = False  # its client left before the worker took it: skipped
+
+
+class Batcher:
+    """Dynamic batching: one worker thread owns the model and takes what requests have queued, waiting at most
+    `max_wait_ms` after the first one, up to `max_batch_size` recordings; `Transcriber.log_probs` sorts their
+    pieces by length and chunks long ones. At most `max_queue` recordings are admitted (waiting or in the model)."""
+
+    def __init__(self, transcriber, max_batch_size, max_wait_ms, max_queue):
+        self.transcriber, self.max_batch_size, self.max_queue = transcriber, max_batch_size, max_queue
+        self.max_wait = max_wait_ms / 1000
+        self.jobs = queue.Queue()
+        self.admitted = 0  # changed on the event loop only
+        self.batch_sizes = collections.deque(maxlen=10000)  # recordings per recent batch (for tests)
+        self.worker = threading.Thread(target=self.run, name="asr-model", daemon=True)
+
+    def start(self):
+        self.worker.start()
+
+    def stop(self):
+        """After what is queued: the worker finishes it, then exits."""
+        self.jobs.put(None)
+        self.worker.join()
+
+    async def transcribe(self, samples, decoder=None, gone=None) -> Job:
+        """The finished job of `samples`; `gone`, an awaitable that completes when the client leaves, frees the
+        place at once (the job is skipped if the worker has not taken it) and raises ClientGone."""
+        if self.admitted >= self.max_queue:
+            raise ApiError(503, f"the server is busy: {self.admitted} recordings queued (--max_queue "
+                                f"{self.max_queue}); retry shortly", headers={"Retry-After": "1"})  # fmt: skip
+        job = Job(samples, decoder, asyncio.get_running_loop())
+        self.admitted += 1
+        try:
+            self.jobs.put(job)
+            waiters = {job.future} | ({gone} if gone is not None else set())
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if job.future not in done:
+                raise ClientGone()
+            job.future.result()  # the worker's exception, if any
+            return job
+        finally:
+            job.abandoned = True
+            job.future.cancel()  # a client that left: its result, when the model is done, goes nowhere
+            self.admitted -= 1
+
+    def run(self):
+        while (job := self.jobs.get()) is not None:
+            batch, deadline = [job], time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch_size:
+                try:
+                    job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:  # stop: after this batch
+                    self.jobs.put(None)
+                    break
+                batch.append(job)
+            batch = [j for j in batch if not j.abandoned]
+            if batch:
+                self.batch_sizes.append(len(batch))
+                self.process(batch)
+
+    def process(self, batch):
+        started = time.monotonic()
+        try:
+            outputs = self.transcriber.log_probs([j.samples for j in batch])
+        except Exception as error:  # noqa: BLE001 (one recording the model fails on fails alone, named)
+            if len(batch) > 1:
+                for job in batch:
+                    self.process([job])
+                return
+            outputs = [error]
+        for job, output in zip(batch, outputs):
+            try:
+                if isinstance(output, Exception):
+                    raise output
+                result, failure = self.transcriber.decode(*output, decoder=job.decoder), None
+            except Exception as error:  # noqa: BLE001
+                result, failure = None, error
+            job.started, job.finished = started, time.monotonic()
+            job.loop.call_soon_threadsafe(settle, job.future, result, failure)
+
+
+def settle(future, result, failure):
+    if future.done():  # its client left
+        return
+    if failure is not None:
+        future.set_exception(failure)
+    else:
+        future.set_result(result)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its transcript was ready."""
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+async def read_form(request, limit_bytes):
+    """The multipart form, refusing (413) a body over the upload limit while it arrives, before it is all read."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(400, "the body must be multipart/form-data with the audio in `file` (OpenAI's audio API)")
+    slack = 1 << 20  # the form's other fields and boundaries
+    if int(request.headers.get("content-length") or 0) > limit_bytes + slack:
+        raise ApiError(413, f"the upload is {int(request.headers['content-length']) / 2**20:.2f} MiB, over the "
+                            f"limit of {limit_bytes / 2**20:g} MiB (--max_upload_mb)", "file")  # fmt: skip
+
+    async def limited():
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit_bytes + slack:
+                raise ApiError(413, f"the upload is over the limit of {limit_bytes / 2**20:g} MiB (--max_upload_mb)",
+                               "file")  # fmt: skip
+            yield chunk
+
+    try:
+        return await MultiPartParser(request.headers, limited(), max_files=1, max_fields=len(FIELDS) + 4).parse()
+    except MultiPartException as error:
+        raise ApiError(400, f"the multipart form cannot be read: {error.message}") from None
+
+
+class Service:
+    """The model, its decoders and the limits, shared by the endpoints."""
+
+    def __init__(self, args):
+        self.args = args
+        self.model_id = Path(args.model).resolve().name
+        self.backend = load_backend(args.model, args.device, args.threads, args.quantized)
+        self.decoder = load_lm_decoder(args.model, hotword_weight=args.hotword_weight) if args.decoder == "lm" else None
+        # Word times always: srt, vtt and verbose_json need them, and they never change the text.
+        transcriber = Transcriber(self.backend, args.max_batch_size, args.chunk_length_s, args.stride_length_s,
+                                  timestamps=True, decoder=self.decoder)  # fmt: skip
+        self.batcher = Batcher(transcriber, args.max_batch_size, args.max_wait_ms, args.max_queue)
+        self.rate = self.backend.sampling_rate
+
+    async def transcribe(self, samples, decoder=None) -> dict:
+        """The record {"text", "words"} of `samples`, through the batcher."""
+        return (await self.batcher.transcribe(samples, decoder)).future.result()
+
+    def request_decoder(self, prompt):
+        """The decoder of a request: `prompt`'s words are hotwords for this request (LM folders only)."""
+        if not prompt or not prompt.strip():
+            return self.decoder
+        if self.decoder is None:
+            raise ApiError(400, "`prompt` carries hotwords, which need beam search with a language model: start the "
+                                "server with --decoder lm on a folder with language_model/ (build_lm.py)",
+                           "prompt")  # fmt: skip
+        try:
+            return LMDecoder(self.decoder.decoder, **{**self.decoder.options, "hotwords": prompt.split()})
+        except InferenceError as error:
+            raise ApiError(400, f"prompt: {error}", "prompt") from None
+
+    def samples(self, data: bytes, name: str) -> np.ndarray:
+        """Decoded upload: 415 with the decoder's reason when it is no audio it reads, 400 when it is audio but
+        not 16 kHz mono finite speech audio, 413 when longer than --max_audio_s."""
+        try:
+            samples = read_audio(io.BytesIO(data), self.rate, name=name)
+        except ValueError as error:
+            raise ApiError(415 if "cannot decode audio" in str(error) else 400, str(error), "file") from None
+        seconds = len(samples) / self.rate
+        if seconds > self.args.max_audio_s:
+            raise ApiError(413, f"{name}: {seconds:.1f} s of audio, over the limit of {self.args.max_audio_s:g} s "
+                                "(--max_audio_s)", "file")  # fmt: skip
+        if (peak := float(np.abs(samples).max())) > LOUD:
+            log.warning(f"{name}: float samples peak at {peak:g}, far above 1: integer PCM stored as floats?")
+        return samples
+
+
+def parse_fields(form, service) -> dict:
+    """The request's options, checked: an unknown field or value is a 400 that names it."""
+    unknown = sorted(set(form.keys()) - set(FIELDS))
+    if unknown:
+        raise ApiError(400, f"unknown field {unknown[0]!r}; this server takes {', '.join(FIELDS)}", unknown[0])
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise ApiError(400, "no audio: send it as the multipart file field `file`", "file")
+    model = form.get("model")
+    if model is None:
+        raise ApiError(400, f"`model` is required (OpenAI's API); this server has {service.model_id!r}", "model")
+    if model != service.model_id:
+        raise ApiError(400, f"model {model!r} is not served here; this server has {service.model_id!r} "
+                            "(GET /v1/models)", "model")  # fmt: skip
+    response_format = form.get("response_format", "json")
+    if response_format not in FORMATS:
+        raise ApiError(400, f"response_format {response_format!r}: one of {', '.join(FORMATS)}", "response_format")
+    language = form.get("language")
+    if language is not None and language.lower() not in LANGUAGES:
+        raise ApiError(400, f"language {language!r}: this model transcribes Russian only (ru)", "language")
+    temperature = form.get("temperature")
+    try:
+        if temperature is not None and float(temperature) != 0:
+            raise ValueError
+    except ValueError:
+        raise ApiError(400, f"temperature {temperature!r}: decoding is deterministic here (greedy or beam search); "
+                            "only 0 is taken", "temperature") from None  # fmt: skip
+    granularities = form.getlist("timestamp_granularities[]")
+    if bad := [g for g in granularities if g not in ("segment", "word")]:
+        raise ApiError(400, f"timestamp_granularities[] {bad[0]!r}: segment or word", "timestamp_granularities[]")
+    if granularities and response_format != "verbose_json":
+        raise ApiError(400, "timestamp_granularities[] needs response_format verbose_json", "timestamp_granularities[]")
+    return {"upload": upload, "format": response_format, "words": "word" in granularities,
+            "decoder": service.request_decoder(form.get("prompt"))}  # fmt: skip
+
+
+def respond(record, fields, seconds):
+    """The response in the requested format; srt and vtt are what `transcribe.py --output x.srt` writes."""
+    text, words = record["text"], record["words"]
+    if fields["format"] == "json":
+        return JSONResponse({"text": text})
+    if fields["format"] == "text":
+        return PlainTextResponse(text)
+    if fields["format"] in ("srt", "vtt"):
+        return PlainTextResponse(render([record], "." + fields["format"]))
+    segments = [{"id": n, "seek": 0, "start": start, "end": end, "text": cue, "tokens": [], "temperature": 0.0}
+                for n, (start, end, cue) in enumerate(subtitle_cues(words))]  # fmt: skip
+    body = {"task": "transcribe", "language": "russian", "duration": seconds, "text": text, "segments": segments}
+    if fields["words"]:
+        body["words"] = words
+    return JSONResponse(body)
+
+
+# ---------------------------------------------------------------------------------------------- the app
+
+
+def make_app(args, service=None):
+    """The Starlette app of a parsed command line; the model worker runs while the app does (lifespan)."""
+    if MISSING is not None:
+        raise InferenceError(f"the server needs the `serve` extra: pip install '.[serve]' ({MISSING})")
+    service = service or Service(args)
+    limit = int(args.max_upload_mb * 2**20)
+
+    async def transcriptions(request):
+        rid, begun, audio, job = uuid.uuid4().hex[:12], time.monotonic(), 0.0, None
+        try:
+            form = await read_form(request, limit)
+            fields = parse_fields(form, service)
+            upload = fields["upload"]
+            if upload.size is not None and upload.size > limit:
+                raise ApiError(413, f"{upload.filename}: {upload.size / 2**20:.2f} MiB, over the limit of "
+                                    f"{args.max_upload_mb:g} MiB (--max_upload_mb)", "file")  # fmt: skip
+            # Decoding takes a while for long audio: in a thread, so that the event loop keeps serving the others.
+            samples = await asyncio.to_thread(service.samples, await upload.read(), upload.filename or "file")
+            audio = round(len(samples) / service.rate, 3)
+            # Once the body is read, the next ASGI message is the client's disconnect, if it leaves.
+            gone = asyncio.ensure_future(request.receive())
+            try:
+                job = await service.batcher.transcribe(samples, fields["decoder"], gone)
+            finally:
+                gone.cancel()
+            response = respond(job.future.result(), fields, audio)
+        except ApiError as error:
+            response = error.response()
+        except (ClientGone, ClientDisconnect):
+            response = PlainTextResponse("client disconnected", 499)  # nobody reads it; logged as such
+        except InferenceError as error:
+            response = ApiError(500, f"the model failed on this recording: {error}").response()
+        except Exception as error:  # noqa: BLE001 (named, never a bare 500 page)
+            log.exception(f"request {rid} failed")
+            response = ApiError(500, f"{type(error).__name__}: {error}").response()
+        response.headers["X-Request-Id"] = rid
+        queued = (job.started - job.queued) if job and job.started else 0.0
+        in_model = (job.finished - job.started) if job and job.started else 0.0
+        log.info(f"request {rid} status={response.status_code} duration={time.monotonic() - begun:.3f}s "
+                 f"audio={audio:.2f}s queue={queued:.3f}s model={in_model:.3f}s")  # fmt: skip
+        return response
+
+    async def models(request):
+        created = int(os.stat(args.model).st_mtime)
+        return JSONResponse({"object": "list", "data": [{"id": service.model_id, "object": "model",
+                                                         "created": created, "owned_by": "asrkit"}]})  # fmt: skip
+
+    async def health(request):
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request):
+        batcher = service.batcher
+        body = {"queued": batcher.admitted, "max_queue": batcher.max_queue}
+        if not batcher.worker.is_alive():
+            return JSONResponse({"status": "model worker not running", **body}, 503)
+        if batcher.admitted >= batcher.max_queue:
+            return JSONResponse({"status": "busy", **body}, 503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ready", **body})
+
+    async def page(request):
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    async def stream(websocket):
+        await live(websocket, service)
+
+    def lifespan(app):
+        class Lifespan:
+            async def __aenter__(self):
+                service.batcher.start()
+
+            async def __aexit__(self, *exc):  # after uvicorn has finished the requests in flight
+                await asyncio.get_running_loop().run_in_executor(None, service.batcher.stop)
+
+        return Lifespan()
+
+    routes = [Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+              Route("/v1/models", models), Route("/health", health), Route("/ready", ready), Route("/", page),
+              WebSocketRoute("/v1/audio/stream", stream)]  # fmt: skip
+    async def http_error(request, error):  # an unknown path or method: JSON that names it, as every other error
+        return ApiError(error.status_code, f"{request.method} {request.url.path}: {error.detail}").response()
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
+    app.state.service = service
+    return app
+
+
+# ---------------------------------------------------------------------------------------------- live audio
+
+
+async def live(websocket, service, window_s=None):
+    """Live transcription: PCM arrives as it is recorded; every PARTIAL_EVERY seconds the recent audio (the last
+    --stream_window_s at most; words before it are kept as decoded) is decoded again and sent as a partial; at
+    the end the whole stream is transcribed as an uploaded file would be, and sent as the final transcript."""
+    window = int((window_s or service.args.stream_window_s) * service.rate)
+    limit = int(service.args.max_audio_s * service.rate) * 2
+    pcm = bytearray()
+    await websocket.accept()
+
+    async def receive():
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                raise ClientGone()
+            if message.get("bytes") is not None:
+                if len(pcm) + len(message["bytes"]) > limit:
+                    raise ApiError(413, f"the stream is over the limit of {service.args.max_audio_s:g} s "
+                                        "(--max_audio_s)")  # fmt: skip
+                pcm.extend(message["bytes"])
+            elif message.get("text") is not None:
+                try:
+                    end = json.loads(message["text"]).get("type") == "end"
+                except (ValueError, AttributeError):
+                    end = False
+                if not end:
+                    raise ApiError(400, f"unknown text message {message['text'][:80]!r}; send audio as binary "
+                                        'messages and {"type": "end"} at the end')  # fmt: skip
+                if len(pcm) % 2:
+                    raise ApiError(400, "the stream ends with half a sample: send 16-bit PCM (2 bytes a sample)")
+                return
+
+    def samples(start=0, end=None):
+        end = len(pcm) // 2 if end is None else end
+        return np.frombuffer(bytes(pcm[start * 2 : end * 2]), "<i2").astype(np.float32) / 32768
+
+    receiver = asyncio.create_task(receive())
+    rid, begun, status = uuid.uuid4().hex[:12], time.monotonic(), "gone"
+    committed, start, heard, text = [], 0, 0, ""  # heard: the samples that `text` transcribes
+    loop = asyncio.get_running_loop()
+    next_partial = loop.time() + PARTIAL_EVERY
+    try:
+        while True:
+            await asyncio.wait({receiver}, timeout=max(0.0, next_partial - loop.time()))
+            if receiver.done():
+                break
+            next_partial += PARTIAL_EVERY
+            received = len(pcm) // 2
+            if received - start >= service.rate // 10 and received != heard:  # new audio: decode the recent
+                start = max(start, received - window)  # audio came faster than partials: they skip some, the final not
+                recent = samples(start, received)
+                try:
+                    words = (await service.transcribe(recent, service.decoder))["words"]
+                except ApiError as error:  # a full queue: this partial repeats the last one
+                    if error.status != 503:
+                        raise
+                else:
+                    heard, offset = received, start / service.rate
+                    words = [{**w, "start": round(w["start"] + offset, 3), "end": round(w["end"] + offset, 3)}
+                             for w in words]  # fmt: skip
+                    if len(recent) > window // 2:  # keep the words of the older half; decode again after them
+                        keep_before = (received - window // 2) / service.rate
+                        done = [w for w in words if w["end"] < keep_before]
+                        committed += done
+                        words = words[len(done) :]
+                        start = int(done[-1]["end"] * service.rate) if done else received - window // 2
+                    text = " ".join(w["word"] for w in committed + words)
+            await websocket.send_json({"type": "partial", "text": text, "duration": round(heard / service.rate, 3)})
+        receiver.result()  # an error in the stream is raised here
+        audio = samples()
+        if not len(audio):
+            raise ApiError(400, "the stream held no audio")
+        record = await service.transcribe(audio, service.decoder)
+        await websocket.send_json({"type": "final", "text": record["text"], "words": record["words"],
+                                   "duration": round(len(audio) / service.rate, 3)})  # fmt: skip
+        await websocket.close()
+        status = "final"
+    except ApiError as error:
+        status = f"error {error.status}"
+        await websocket.send_json({"type": "error", "error": {"message": error.message, "code": error.status}})
+        await websocket.close(1008 if error.status < 500 else 1011)
+    except (ClientGone, WebSocketDisconnect):
+        pass
+    finally:
+        receiver.cancel()
+        log.info(f"stream {rid} status={status} duration={time.monotonic() - begun:.3f}s "
+                 f"audio={len(pcm) // 2 / service.rate:.2f}s")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("model", help="model folder (PyTorch) or export_onnx.py output folder (ONNX Runtime)")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max_batch_size", type=positive_int, default=16, help="recordings (or chunks) per batch")
+    parser.add_argument("--max_wait_ms", type=float, default=20.0,
+                        help="how long the first request of a batch waits for others")  # fmt: skip
+    parser.add_argument("--max_audio_s", type=float, default=600.0, help="longer uploads and streams are refused")
+    parser.add_argument("--max_upload_mb", type=float, default=25.0, help="larger uploads are refused (OpenAI's)")
+    parser.add_argument("--max_queue", type=positive_int, default=256,
+                        help="recordings admitted at once; more get 503 with Retry-After")  # fmt: skip
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the model")
+    parser.add_argument("--quantized", action="store_true", help="ONNX export only: use the int8 model")
+    parser.add_argument("--decoder", choices=["greedy", "lm"], default="greedy",
+                        help="lm: beam search with the folder's language model; `prompt` then carries hotwords")  # fmt: skip
+    parser.add_argument("--hotword_weight", type=float, default=None, help="--decoder lm: bonus per hotword")
+    parser.add_argument("--chunk_length_s", type=float, default=30.0, help="uploads longer than this are chunked")
+    parser.add_argument("--stride_length_s", type=float, default=None, help="overlap on each side (chunk / 6)")
+    parser.add_argument("--stream_window_s", type=float, default=20.0,
+                        help="live audio: the recent audio decoded again for each partial transcript")  # fmt: skip
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("max_wait_ms", "max_audio_s", "max_upload_mb", "stream_window_s"):
+        if not getattr(args, name) >= 0 or (name != "max_wait_ms" and not getattr(args, name) > 0):
+            parser.error(f"--{name} must be a positive number, got {getattr(args, name)}")
+    if args.hotword_weight is not None and args.decoder != "lm":
+        parser.error("--hotword_weight needs --decoder lm")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = make_app(args)
+    except InferenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    log.info(f"serving {args.model} as {app.state.service.model_id!r} on http://{args.host}:{args.port}/")
+    # uvicorn's SIGTERM/SIGINT handling: stop accepting, finish the requests in flight, then the lifespan's exit
+    # lets the worker finish its queue, and the process ends by the signal. Its access log is off: this module
+    # logs one line per request.
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info", timeout_graceful_shutdown=None)
+    return 0

@@ -1,0 +1,232 @@
+"""Load test of serve.py against transcribe.py's offline throughput, measured in the same run, and the latency and
+accuracy of live transcription.
+
+Two servers of MODEL run side by side (--max_batch_size 16 and 1, so that the gain of dynamic batching is
+measured); 1, 4, 16 and 64 concurrent clients each send the embedded test files (data/golos_mini/test_opus, 180
+recordings) for --seconds: requests and audio seconds per second, latency p50/p95/p99, errors, the server's peak
+memory. In every round `transcribe.py` transcribes the same files offline, again until it has worked for --seconds
+(its own summary: audio seconds per second of transcription, model loading left out); rounds interleave the offline run and every server cell, and
+each figure is the median over rounds with its spread (min-max). Then --stream_files files are streamed to the
+live endpoint in real time (4 at once): the lag of partial transcripts behind the audio, the time from the end of
+a stream to its final transcript, and the WER of the last partial against the offline transcript.
+
+    python benchmarks/serve_load.py outputs/mini --threads 2 --seconds 60 --rounds 3
+    python benchmarks/serve_load.py outputs/mini --seconds 5 --rounds 1 --clients 1 4 --stream_files 4   # smoke run
+"""
+
+import argparse
+import io
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+import soundfile as sf
+from common import ROOT, table
+
+CORPUS = ROOT / "data" / "golos_mini" / "test_opus"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """serve.py in a process of its own; `peak_mib()` is its peak resident memory since the last `reset_peak()`."""
+
+    def __init__(self, model, threads, batch):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, str(ROOT / "serve.py"), model, "--port", str(self.port), "--threads", str(threads),
+                   "--max_batch_size", str(batch), "--max_queue", "1024"]  # fmt: skip
+        self.process = subprocess.Popen(command, stderr=subprocess.DEVNULL, cwd=ROOT)
+        for _ in range(1200):
+            try:
+                if requests.get(self.url + "/ready", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit(f"serve.py {model} did not start")
+        self.model = requests.get(self.url + "/v1/models").json()["data"][0]["id"]
+
+    def reset_peak(self):
+        with open(f"/proc/{self.process.pid}/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM, the peak resident memory
+
+    def peak_mib(self):
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+def load(server, files, clients, seconds) -> dict:
+    """`clients` threads sending the files round-robin for `seconds`; what they measured."""
+    latencies, audio, errors, stop = [], [0.0], [0], time.monotonic() + seconds
+    lock = threading.Lock()
+
+    def client(n):
+        session, i = requests.Session(), n
+        while time.monotonic() < stop:
+            path, data, duration = files[i % len(files)]
+            i += clients
+            begun = time.monotonic()
+            try:
+                ok = session.post(server.url + "/v1/audio/transcriptions", files={"file": (path.name, data)},
+                                  data={"model": server.model}, timeout=300).status_code == 200  # fmt: skip
+            except requests.RequestException:
+                ok = False
+            with lock:
+                if ok:
+                    latencies.append(time.monotonic() - begun)
+                    audio[0] += duration
+                else:
+                    errors[0] += 1
+
+    server.reset_peak()
+    begun = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.monotonic() - begun
+    q = np.percentile(latencies, [50, 95, 99]) if latencies else [float("nan")] * 3
+    return {"rps": len(latencies) / wall, "audio_per_s": audio[0] / wall, "p50": q[0], "p95": q[1], "p99": q[2],
+            "errors": errors[0], "peak_mib": server.peak_mib()}  # fmt: skip
+
+
+def offline(model, threads, seconds) -> float:
+    """transcribe.py's audio seconds per second of transcription on the test manifests (its own summary line, model
+    loading left out), run again until it has transcribed for `seconds`, as long as a server cell."""
+    audio = spent = 0.0
+    while spent < seconds:
+        with tempfile.TemporaryDirectory() as tmp:
+            command = [sys.executable, str(ROOT / "transcribe.py"), model, *map(str, sorted(CORPUS.glob("*/manifest.jsonl"))),
+                       "--output", str(Path(tmp) / "out.jsonl"), "--no_progress", "--threads", str(threads)]  # fmt: skip
+            result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        match = re.search(r"\(([\d.]+) h of audio in ([\d.]+) s\)", result.stderr)
+        if result.returncode or not match:
+            raise SystemExit(f"transcribe.py failed:\n{result.stderr[-2000:]}")
+        audio, spent = audio + float(match.group(1)) * 3600, spent + float(match.group(2))
+    return audio / spent
+
+
+def stream(server, path, data, expected):
+    """One file streamed in real time (0.1 s chunks); partial lags, the final's latency, the last partial's text."""
+    from websockets.sync.client import connect
+
+    samples, _ = sf.read(io.BytesIO(data), dtype="int16")
+    pcm, step = samples.astype("<i2").tobytes(), 3200
+    lags, last = [], ""
+    with connect(server.url.replace("http", "ws") + "/v1/audio/stream") as ws:
+        begun = time.monotonic()
+
+        def receive():
+            nonlocal last
+            for message in ws:
+                message = json.loads(message)
+                if message["type"] != "partial":
+                    return message, time.monotonic()
+                lags.append(time.monotonic() - begun - message["duration"])
+                last = message["text"]
+
+        reader = ThreadPoolExecutor(1).submit(receive)
+        for n, start in enumerate(range(0, len(pcm), step)):
+            time.sleep(max(0.0, begun + n * 0.1 - time.monotonic()))  # real time
+            ws.send(pcm[start : start + step])
+        ended = time.monotonic()
+        ws.send(json.dumps({"type": "end"}))
+        final, received = reader.result()
+    return {"lags": lags, "final_latency": received - ended, "last_partial": last, "final": final["text"],
+            "offline": expected}  # fmt: skip
+
+
+def spread(values, digits=2):
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a model folder or an ONNX export")
+    parser.add_argument("--threads", type=int, default=2, help="model threads of the servers and of transcribe.py")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each load cell")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--stream_files", type=int, default=20, help="files streamed in real time (0: none)")
+    args = parser.parse_args(argv)
+    import jiwer
+
+    manifests = sorted(CORPUS.glob("*/manifest.jsonl"))
+    files = []
+    for manifest in manifests:
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            path = manifest.parent / entry["audio_filepath"]
+            files.append((path, path.read_bytes(), sf.info(path).duration))
+    print(f"{os.cpu_count()} logical CPUs; model {args.model}; {len(files)} files, "
+          f"{sum(f[2] for f in files):.0f} s of audio; {args.seconds:g} s a cell, {args.rounds} rounds")  # fmt: skip
+
+    servers = {batch: Server(args.model, args.threads, batch) for batch in (16, 1)}
+    results, offline_rates = {}, []
+    try:
+        for round_ in range(args.rounds):
+            offline_rates.append(offline(args.model, args.threads, args.seconds))
+            for clients in args.clients:
+                for batch, server in servers.items():
+                    results.setdefault((batch, clients), []).append(load(server, files, clients, args.seconds))
+            print(f"round {round_ + 1}: offline {offline_rates[-1]:.1f} audio s/s", file=sys.stderr)
+        streams = []
+        if args.stream_files:
+            chosen = files[:: max(1, len(files) // args.stream_files)][: args.stream_files]
+            expected = {}
+            for path, data, _ in chosen:  # the offline transcript of what the stream carries: 16-bit samples
+                wav = io.BytesIO()
+                sf.write(wav, sf.read(io.BytesIO(data), dtype="int16")[0], 16000, format="WAV", subtype="PCM_16")
+                response = requests.post(servers[16].url + "/v1/audio/transcriptions",
+                                         files={"file": ("a.wav", wav.getvalue())}, data={"model": servers[16].model})  # fmt: skip
+                expected[path] = response.json()["text"]
+            with ThreadPoolExecutor(4) as pool:
+                streams = list(pool.map(lambda f: stream(servers[16], f[0], f[1], expected[f[0]]), chosen))
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    offline_rate = statistics.median(offline_rates)
+    print(f"\ntranscribe.py offline: {spread(offline_rates, 1)} audio s/s\n")
+    rows = []
+    for (batch, clients), cells in sorted(results.items(), key=lambda kv: (kv[0][1], -kv[0][0])):
+        rates = [c["audio_per_s"] for c in cells]
+        rows.append([clients, batch, spread([c["rps"] for c in cells], 1), spread(rates, 1),
+                     f"{statistics.median(rates) / offline_rate:.2f}", spread([c["p50"] for c in cells]),
+                     spread([c["p95"] for c in cells]), spread([c["p99"] for c in cells]),
+                     sum(c["errors"] for c in cells), f"{max(c['peak_mib'] for c in cells):.0f}"])  # fmt: skip
+    print(table(["clients", "--max_batch_size", "requests/s", "audio s/s", "x offline", "p50 s", "p95 s", "p99 s",
+                 "errors", "peak MiB"], rows))  # fmt: skip
+    if streams:
+        lags = [lag for s in streams for lag in s["lags"]]
+        final = [s["final_latency"] for s in streams]
+        references = [s["offline"] or "-" for s in streams]
+        print(f"\nlive, {len(streams)} files streamed in real time, 4 at once: partial lag behind the audio "
+              f"p50 {np.percentile(lags, 50):.2f} s, p95 {np.percentile(lags, 95):.2f} s; final transcript "
+              f"{np.median(final):.2f} s (p95 {np.percentile(final, 95):.2f} s) after the end of the stream; "
+              f"WER against the offline transcript: last partial "
+              f"{jiwer.wer(references, [s['last_partial'] or '-' for s in streams]):.1%}, final "
+              f"{jiwer.wer(references, [s['final'] or '-' for s in streams]):.1%}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
