@@ -107,24 +107,18 @@ class Context:
 
 @contextlib.contextmanager
 def process_group(context: Context):
-    """A gloo process group while the block runs, when there are several processes and none exists yet (it is
-    then destroyed at the end); one made by the caller (Accelerate, a script) is used as it is."""
-    if context.world_size == 1:
-        yield context
-        return
-    import torch.distributed as dist
+    """With several processes, the gloo process group while the block runs: made the first time (and kept for the
+    process's life, so that one launch can run several jobs: a group made again in the same launch would meet
+    the first one's addresses in the launcher's store), or one the caller made (Accelerate, a script)."""
+    if context.world_size > 1:
+        import torch.distributed as dist
 
-    if dist.is_initialized():
-        if dist.get_world_size() != context.world_size:
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", rank=context.rank, world_size=context.world_size, timeout=TIMEOUT)
+        elif dist.get_world_size() != context.world_size:
             raise DistributedError(f"the process group has {dist.get_world_size()} processes, WORLD_SIZE says "
                                    f"{context.world_size}")  # fmt: skip
-        yield context
-        return
-    dist.init_process_group("gloo", rank=context.rank, world_size=context.world_size, timeout=TIMEOUT)
-    try:
-        yield context
-    finally:
-        dist.destroy_process_group()
+    yield context
 
 
 def split_by_duration(durations, parts: int) -> list[list[int]]:
