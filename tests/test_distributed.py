@@ -12,7 +12,7 @@ import textwrap
 import pytest
 from project import CORPUS, ROOT
 
-from asrkit import distributed, transcription
+from asrkit import distributed, training, transcription
 from asrkit.evaluation import run as evaluate_main
 
 CROWD = CORPUS / "test_opus" / "crowd" / "files"
@@ -259,3 +259,59 @@ def test_resume_after_all_ranks_are_killed_with_one_process(inputs, tmp_path, ca
     assert "5 transcribed" in err and "3 already done, 1 failed" in err
     assert output.read_bytes() == one_process(model, folder, tmp_path / "one.txt")
     assert not transcription.journals(output)
+
+
+# ---- two "nodes"
+
+
+def test_two_nodes_train_and_transcribe(inputs, tmp_path, train_args):
+    """Two torchrun launchers of one process each, meeting at a c10d rendezvous on localhost, as two machines
+    would: training is one DDP job of world size 2 (identical weights on both nodes, its evaluation equal to one
+    process's evaluation of the saved model), and transcription gives one process's output."""
+    from safetensors.torch import load_file
+
+    folder, model = inputs
+    output = tmp_path / "out.jsonl"
+    script = tmp_path / "node.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from asrkit import training, transcription
+        from safetensors.torch import save_file
+
+        rank = int(os.environ["RANK"])
+        trainer, metrics = training.run({train_args(tmp_path, "--max_steps", "3", "--max_eval_samples", "5", "--per_device_eval_batch_size", "1")!r})
+        state = {{k: v.contiguous() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}}
+        save_file(state, {str(tmp_path)!r} + f"/rank{{rank}}.safetensors")
+        status = transcription.main([{str(model)!r}, {str(folder)!r}, "--output", {str(output)!r}, "--no_progress"])
+        report = {{"world_size": trainer.args.world_size, "parallel_mode": trainer.args.parallel_mode.value,
+                   "steps": trainer.state.global_step, "metrics": metrics, "status": status,
+                   "environment_world_size": int(os.environ["WORLD_SIZE"])}}
+        json.dump(report, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
+    """))
+    port = free_port()
+    node = [os.path.join(BIN, "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "two-nodes"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    launchers = [subprocess.Popen([*node, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=env, cwd=tmp_path) for _ in range(2)]  # fmt: skip
+    logs = [launcher.communicate(timeout=400)[0] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for report in reports:
+        assert report["world_size"] == report["environment_world_size"] == 2
+        assert report["parallel_mode"] == "distributed" and report["steps"] == 3
+        assert report["status"] == 1  # the broken file, on both nodes
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert all(__import__("torch").equal(rank0[k], rank1[k]) for k in rank0)  # gradients all-reduced across nodes
+    metrics = reports[0]["metrics"]
+    # the 2-node evaluation at the end of training = one process's evaluation of the saved model, by the Trainer
+    _, alone = training.run(["--model_name_or_path", str(tmp_path / "out"), "--do_train", "false",
+                             "--max_eval_samples", "5", "--per_device_eval_batch_size", "1", "--report_to", "none",
+                             "--output_dir", str(tmp_path / "alone"), "--dataset_cache_dir", str(tmp_path / "cache"),
+                             "--dataloader_num_workers", "0", "--disable_tqdm", "true"])  # fmt: skip
+    for name in ("crowd", "farfield", "heldout_voice"):
+        assert metrics[f"eval_{name}_utterances"] == alone[f"eval_{name}_utterances"] == 5
+        assert metrics[f"eval_{name}_wer"] == alone[f"eval_{name}_wer"]
+        assert metrics[f"eval_{name}_cer"] == alone[f"eval_{name}_cer"]
+    assert output.read_bytes() == one_process(model, folder, tmp_path / "one.jsonl")
