@@ -470,7 +470,7 @@ def run(args, context=distributed.Context()) -> int:
             if context.world_size == 1:
                 raise
             problem = str(error)
-        finished = sorted({os.path.abspath(r["path"]) for r in done + journaled})
+        finished = sorted({os.path.abspath(r["path"]) for r in done + journaled}) if context.world_size > 1 else []
         seen = context.all_gather((problem, hashlib.sha256("\n".join(finished).encode()).hexdigest()))
         if problems := [p for p, _ in seen if p]:
             raise UsageError(problems[0])  # on every process: the launcher sees one failed run, not a hung one

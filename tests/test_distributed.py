@@ -210,9 +210,10 @@ inference.Transcriber.transcribe = dying
 """
 
 
-def journal_records(output) -> list[str]:
-    return [json.loads(line)["path"] for path in transcription.journals(output)
-            for line in path.read_text().splitlines()[1:]]  # fmt: skip
+def journal_files(output) -> dict:
+    """{journal name: the paths it holds}, found without the code under test."""
+    return {path.name: [json.loads(line)["path"] for line in path.read_text().splitlines()[1:]]
+            for path in sorted(output.parent.glob(f".{output.name}.journal*.jsonl"))}  # fmt: skip
 
 
 def test_resume_after_one_rank_is_killed_with_accelerate_and_3_processes(inputs, tmp_path):
@@ -226,7 +227,10 @@ def test_resume_after_one_rank_is_killed_with_accelerate_and_3_processes(inputs,
     result = launched(torchrun(2), jobs_script(tmp_path, {"run": ["transcription", argv]}, prelude), tmp_path,
                       check=False)  # fmt: skip
     assert result.returncode != 0 and not output.exists()
-    journaled = journal_records(output)
+    journals = journal_files(output)
+    assert list(journals) == [".out.jsonl.journal.jsonl", ".out.jsonl.journal.rank1.jsonl"]
+    assert len(journals[".out.jsonl.journal.rank1.jsonl"]) == 2  # its first batch, then killed
+    journaled = [path for paths in journals.values() for path in paths]
     assert 2 <= len(journaled) < 8 and len(set(journaled)) == len(journaled)
     accelerate = [os.path.join(BIN, "accelerate"), "launch", "--multi_gpu", "--num_processes", "3", "--num_machines",
                   "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
@@ -236,7 +240,7 @@ def test_resume_after_one_rank_is_killed_with_accelerate_and_3_processes(inputs,
     assert f"{8 - len(journaled)} transcribed" in resumed["stderr"]
     assert f"{len(journaled)} already done, 1 failed; 3 processes" in resumed["stderr"]
     assert output.read_bytes() == one_process(model, folder, tmp_path / "one.jsonl")
-    assert not transcription.journals(output)
+    assert not journal_files(output)
 
 
 def test_resume_after_all_ranks_are_killed_with_one_process(inputs, tmp_path, capsys):
@@ -248,17 +252,15 @@ def test_resume_after_all_ranks_are_killed_with_one_process(inputs, tmp_path, ca
     result = launched(torchrun(3), jobs_script(tmp_path, {"run": ["transcription", argv]}, prelude), tmp_path,
                       check=False)  # fmt: skip
     assert result.returncode != 0 and not output.exists()
-    journals = transcription.journals(output)
-    assert [p.name for p in journals] == [".out.txt.journal.jsonl", ".out.txt.journal.rank1.jsonl",
-                                          ".out.txt.journal.rank2.jsonl"]  # fmt: skip
-    journaled = journal_records(output)
-    assert len(journaled) == 3  # one file each
+    journals = journal_files(output)
+    assert list(journals) == [".out.txt.journal.jsonl", ".out.txt.journal.rank1.jsonl", ".out.txt.journal.rank2.jsonl"]
+    assert [len(paths) for paths in journals.values()] == [1, 1, 1]  # one file each
     capsys.readouterr()
     assert transcription.main([*argv, "--threads", "1"]) == 1
     err = capsys.readouterr().err
     assert "5 transcribed" in err and "3 already done, 1 failed" in err
     assert output.read_bytes() == one_process(model, folder, tmp_path / "one.txt")
-    assert not transcription.journals(output)
+    assert not journal_files(output)
 
 
 # ---- two "nodes"
