@@ -454,7 +454,13 @@ def run(args, context=distributed.Context()) -> int:
     check_output_place(output, items, args.inputs, suffix)
     journal = journal_path(output, context.rank)
     with contextlib.ExitStack() as stack:
-        problem, done, journaled, end, own_records = None, [], [], 0, False
+        problem, done, journaled, end, own_records, journal_file = None, [], [], 0, False, None
+
+        def refuse(message):  # nothing done: the journal this run made goes too
+            if journal_file is not None and os.fstat(journal_file.fileno()).st_size == 0:
+                journal.unlink(missing_ok=True)
+            raise UsageError(message)
+
         try:  # every process reads (no process writes before all have read): all see the same work done
             journal_file = stack.enter_context(locked(journal, output))
             settings = run_settings(args, items, suffix, timestamps)
@@ -468,16 +474,15 @@ def run(args, context=distributed.Context()) -> int:
                 journaled, end, own_records = read_journals(output, journal, settings)
         except UsageError as error:
             if context.world_size == 1:
-                raise
+                refuse(str(error))
             problem = str(error)
         finished = sorted({os.path.abspath(r["path"]) for r in done + journaled}) if context.world_size > 1 else []
         seen = context.all_gather((problem, hashlib.sha256("\n".join(finished).encode()).hexdigest()))
         if problems := [p for p, _ in seen if p]:
-            raise UsageError(problems[0])  # on every process: the launcher sees one failed run, not a hung one
+            refuse(problems[0])  # on every process: the launcher sees one failed run, not a hung one
         if len({digest for _, digest in seen}) > 1:
-            raise UsageError(f"the {context.world_size} processes see different transcripts done in {output} and its "
-                             "journals: every process must see the output's folder (on several machines, a shared "
-                             "file system)")  # fmt: skip
+            refuse(f"the {context.world_size} processes see different transcripts done in {output} and its journals: "
+                   "every process must see the output's folder (on several machines, a shared file system)")
         journal_file.truncate(0 if args.overwrite else end)  # a line cut off mid-write goes: new lines start anew
         if not own_records:
             journal_file.truncate(0)

@@ -154,9 +154,14 @@ def two_processes(tmp_path_factory, inputs):
     jobs = {name: ["transcription", [str(model), str(folder), "--output", str(tmp / name), "--batch_size", "2",
                                      "--no_progress", *extra]]
             for name, extra in TRANSCRIPTIONS.items()}  # fmt: skip
+    again = jobs["greedy.txt"][1]
+    jobs["again"] = ["transcription", again]  # all done: nothing to do
+    jobs["mixed"] = ["transcription", [*jobs["greedy.jsonl"][1], "--decoder", "lm"]]  # refused by every rank
+    jobs["locked"] = ["transcription", [str(model), str(folder), "--output", str(tmp / "locked.jsonl")]]
     jobs["evaluation"] = ["evaluation", [str(model), "--max_samples", "5", "--sets", "crowd,farfield",
                                          "--output_dir", str(tmp / "eval"), "--batch_size", "2"]]  # fmt: skip
-    launched(torchrun(2), jobs_script(tmp, jobs), tmp)
+    with transcription.locked(tmp / ".locked.jsonl.journal.rank1.jsonl", tmp / "locked.jsonl"):  # rank 1's only
+        launched(torchrun(2), jobs_script(tmp, jobs), tmp)
     return tmp
 
 
@@ -176,6 +181,25 @@ def test_two_processes_transcribe_as_one(two_processes, inputs, tmp_path, name):
     assert f"failed: {folder / BROKEN}: cannot read audio" in main["stderr"]  # a failure of rank 1
     assert f"error: {folder / BROKEN}: cannot read audio" in other["stderr"]
     assert not [p for p in two_processes.iterdir() if ".journal" in p.name and name in p.name]
+
+
+def test_two_processes_resume_and_refuse_together(two_processes, inputs, tmp_path):
+    """A rerun of a finished job does nothing; a rerun into an output made with other settings is refused by
+    every process with the same message, the output untouched; a journal that another run holds for rank 1 stops
+    rank 0 too (it does not go on alone, or wait for rank 1 forever)."""
+    folder, model = inputs
+    again = report(two_processes, "again")
+    assert again["status"] == 1 and "0 transcribed" in again["stderr"] and "8 already done, 1 failed" in again["stderr"]
+    assert (two_processes / "greedy.txt").read_bytes() == one_process(model, folder, tmp_path / "greedy.txt")
+    for rank in (0, 1):
+        mixed = report(two_processes, "mixed", rank)
+        assert mixed["status"] == 2 and "decoder: 'greedy' then, 'lm' now" in mixed["stderr"]
+    for rank in (0, 1):
+        locked = report(two_processes, "locked", rank)
+        assert locked["status"] == 2 and "another transcribe.py is writing" in locked["stderr"]
+    assert not (two_processes / "locked.jsonl").exists()
+    expected = one_process(model, folder, tmp_path / "greedy.jsonl", "--timestamps")
+    assert (two_processes / "greedy.jsonl").read_bytes() == expected
 
 
 def test_two_processes_evaluate_as_one(two_processes, inputs, tmp_path):
