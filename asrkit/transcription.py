@@ -19,6 +19,11 @@ read is reported with the reason and skipped (exit status 1 at the end); the oth
 Progress is journaled next to the output after every batch, and the output is written once, complete, at
 the end (a temporary file renamed into place): a run that stops leaves the earlier output untouched, and
 rerunning the same command skips what the journal and the output already hold.
+
+Under `torchrun` or `accelerate launch` the files are split between the processes by duration (`asrkit.distributed`),
+each process journals its share in its own journal, and rank 0 writes the output once all have finished: the
+same bytes as one process. Every process reads every journal, so a run killed in one process or in all
+continues with any number of processes.
 """
 
 import argparse
