@@ -105,6 +105,9 @@ class Context:
         return box[0]
 
 
+ONE_PROCESS = Context()
+
+
 @contextlib.contextmanager
 def process_group(context: Context):
     """With several processes, the gloo process group while the block runs: made the first time (and kept for the

@@ -438,7 +438,7 @@ def main(argv=None) -> int:
         return 2
 
 
-def run(args, context=distributed.Context()) -> int:
+def run(args, context=distributed.ONE_PROCESS) -> int:
     """One process, or one of several (`context`: under torchrun or accelerate launch): each transcribes its share
     and journals it; rank 0 merges every share into the output once all have finished."""
     items = collect_inputs(args.inputs, args.extensions.split(","))
@@ -505,7 +505,7 @@ def run(args, context=distributed.Context()) -> int:
 
 
 def transcribe_all(args, items, timestamps, output, journal, journal_file, done, journaled, settings=None,
-                   context=distributed.Context()) -> int:  # fmt: skip
+                   context=distributed.ONE_PROCESS) -> int:  # fmt: skip
     suffix = output.suffix.lower() if output else None
     finished = {os.path.abspath(r["path"]) for r in done + journaled}
     todo = [item for item in items if os.path.abspath(item["path"]) not in finished]

@@ -84,7 +84,7 @@ def launched(launcher: list[str], script, tmp_path, timeout=300, check=True):
     """`launcher script`, each process with one thread; the completed process (its output checked)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     result = subprocess.run([*launcher, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path,
-                            timeout=timeout)  # fmt: skip
+                            timeout=timeout, check=False)  # fmt: skip
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
