@@ -11,6 +11,10 @@ greedily and by beam search with the LM, and the results have both: `WER`/`CER` 
 `LM WER`/`LM CER`, the LM hypothesis of every utterance, and the decoding settings (`--no_lm` skips it;
 `--beam_width`, `--alpha`, `--beta` override the folder's attrs.json; `--update_model_card` writes both
 figures into the folder's README.md).
+
+Under `torchrun` or `accelerate launch` every test set is split between the processes by duration, each
+decodes its share (on GPU LOCAL_RANK with `--device cuda`), and rank 0 gathers the hypotheses and writes the
+same files one process writes.
 """
 
 import argparse
@@ -23,6 +27,7 @@ from pathlib import Path
 from golos import EMBEDDED_CORPUS, decode_with_soundfile, find_test_sets, load_golos, normalize_and_check_texts
 from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH
 
+from . import distributed
 from .files import atomic_write_files
 from .inference import InferenceError, LMDecoder, TorchBackend, Transcriber
 from .metrics import cer, wer, word_errors
@@ -84,7 +89,17 @@ def load_test_sets(data_dir, sets, tokenizer, max_samples=None) -> dict:
 
 def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=None,
                    batch_size=16, max_samples=None, trust_remote_code=False, use_lm=True, lm_options=None,
-                   update_model_card=False):  # fmt: skip
+                   update_model_card=False, device="cpu", threads=None, context=None):  # fmt: skip
+    """The results of every set (rows), on every process; with several processes (`context`, default: from the
+    launcher's environment) rank 0 writes the files."""
+    context = distributed.Context.from_env() if context is None else context
+    with distributed.process_group(context):
+        return _evaluate_model(model_path, data_dir, sets, output_dir, batch_size, max_samples, trust_remote_code,
+                               use_lm, lm_options, update_model_card, device, threads, context)  # fmt: skip
+
+
+def _evaluate_model(model_path, data_dir, sets, output_dir, batch_size, max_samples, trust_remote_code, use_lm,
+                    lm_options, update_model_card, device, threads, context):  # fmt: skip
     output_dir = Path(output_dir or Path(model_path) / "eval")
     # the place for the results, checked before hours of transcription (made only when they are written)
     existing = next(p for p in [output_dir, *output_dir.parents] if p.exists())
@@ -92,7 +107,8 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=N
         raise SystemExit(f"--output_dir {output_dir}: {existing} is {'a file' if not existing.is_dir() else 'not writable'};"
                          " choose another folder for the results")  # fmt: skip
     try:
-        backend = TorchBackend.from_folder(model_path, trust_remote_code=trust_remote_code)
+        backend = TorchBackend.from_folder(model_path, context.device(device), context.threads(threads),
+                                           trust_remote_code=trust_remote_code)  # fmt: skip
     except InferenceError as error:
         raise SystemExit(str(error)) from None
     processor = backend.processor
@@ -108,9 +124,7 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=N
     rows, files = [], {}
     for name, (dataset, report) in test_sets.items():
         references = dataset["text"]
-        log_probs = set_log_probs(transcriber, dataset)
-        hypotheses = decode_all(transcriber, log_probs)
-        lm_hypotheses = decode_all(transcriber, log_probs, lm_decoder) if lm_decoder is not None else None
+        hypotheses, lm_hypotheses = decode_set(transcriber, dataset, lm_decoder, context)
         lines = []
         for index, (id_, reference, hypothesis) in enumerate(zip(dataset["id"], references, hypotheses)):
             lines.append({"id": id_, "reference": reference, "hypothesis": hypothesis,
@@ -142,6 +156,8 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=N
     files[output_dir / "results.json"] = json.dumps({"model": str(model_path), "data_dir": str(data_dir),
                                                      **({"lm_decoding": decoding} if lm else {}),
                                                      "results": rows}, indent=1)  # fmt: skip
+    if not context.is_main:
+        return rows
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_files(files)
     if update_model_card:
@@ -150,6 +166,28 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=N
         write_decoding_results(model_path, rows, decoding, data_dir)
     print("\n".join(table))
     return rows
+
+
+def decode_set(transcriber, dataset, lm_decoder, context) -> tuple[list[str], list[str] | None]:
+    """Greedy (and LM) hypotheses of every utterance of a test set, in the dataset's order; with several
+    processes each decodes its share (`split_by_duration`) and every one gets all hypotheses."""
+    if context.world_size == 1:
+        share, subset = range(len(dataset)), dataset
+    else:
+        share = distributed.split_by_duration(dataset["duration"], context.world_size)[context.rank]
+        subset = dataset.select(share)
+    log_probs = set_log_probs(transcriber, subset) if len(share) else []
+    hypotheses = decode_all(transcriber, log_probs)
+    lm_hypotheses = decode_all(transcriber, log_probs, lm_decoder) if lm_decoder is not None else None
+    if context.world_size == 1:
+        return hypotheses, lm_hypotheses
+    merged, merged_lm = [None] * len(dataset), [None] * len(dataset) if lm_decoder is not None else None
+    for indices, greedy, lm in context.all_gather((list(share), hypotheses, lm_hypotheses)):
+        for position, index in enumerate(indices):
+            merged[index] = greedy[position]
+            if merged_lm is not None:
+                merged_lm[index] = lm[position]
+    return merged, merged_lm
 
 
 
@@ -163,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", help="where the results go; default: MODEL/eval")
     parser.add_argument("--batch_size", type=positive_int, default=16, help="utterances per forward pass")
     parser.add_argument("--max_samples", type=positive_int, help="evaluate on the first N utterances of each set")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: with several processes (torchrun), each on the GPU numbered LOCAL_RANK")  # fmt: skip
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads per process (default: the library's; with several processes, this "
+                             "machine's cores divided between them)")  # fmt: skip
     parser.add_argument("--trust_remote_code", action="store_true",
                         help="run Python code from the model folder or repo (only for model types this package "
                              "does not provide; only if you trust it)")  # fmt: skip
@@ -198,6 +241,7 @@ def run(argv=None):
         raise SystemExit(f"{args.data_dir}: no test set (no test_opus/<set>/manifest.jsonl)")
     return evaluate_model(args.model, args.data_dir, sets, args.output_dir, args.batch_size, args.max_samples,
                           args.trust_remote_code, use_lm=not args.no_lm, update_model_card=args.update_model_card,
+                          device=args.device, threads=args.threads,
                           lm_options={"beam_width": args.beam_width, "alpha": args.alpha, "beta": args.beta,
                                       "sum_alignments": False if args.best_alignment else None})  # fmt: skip
 

@@ -51,8 +51,11 @@ class TorchBackend:
 
         from .hub import ModelLoadError, load_ctc_model, load_processor
 
-        if device == "cuda" and not torch.cuda.is_available():
+        if device.startswith("cuda") and not torch.cuda.is_available():
             raise InferenceError("--device cuda: no CUDA device is available to torch")
+        if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+            raise InferenceError(f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s); start at "
+                                 "most that many processes per machine")  # fmt: skip
         if threads:
             torch.set_num_threads(threads)
         try:

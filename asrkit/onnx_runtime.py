@@ -216,10 +216,11 @@ class OnnxCTCModel:
         if num_threads:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
-        if device == "cuda":
+        if device == "cuda" or device.startswith("cuda:"):  # cuda:N, the GPU of one of several processes
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            gpu = ("CUDAExecutionProvider", {"device_id": int(device[5:])}) if device != "cuda" else "CUDAExecutionProvider"
+            providers = [gpu, "CPUExecutionProvider"]
         elif device == "cpu":
             providers = ["CPUExecutionProvider"]
         else:

@@ -19,6 +19,11 @@ read is reported with the reason and skipped (exit status 1 at the end); the oth
 Progress is journaled next to the output after every batch, and the output is written once, complete, at
 the end (a temporary file renamed into place): a run that stops leaves the earlier output untouched, and
 rerunning the same command skips what the journal and the output already hold.
+
+Under `torchrun` or `accelerate launch` the files are split between the processes by duration (`asrkit.distributed`),
+each process journals its share in its own journal, and rank 0 writes the output once all have finished: the
+same bytes as one process. Every process reads every journal, so a run killed in one process or in all
+continues with any number of processes.
 """
 
 import argparse
@@ -34,7 +39,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from . import distributed
 from .audio import AudioFile, read_audio
+from .distributed import DistributedError
 from .files import atomic_write_files
 from .inference import InferenceError, Transcriber, load_backend, load_lm_decoder
 from .manifest import ManifestError, audio_path, read_manifest
@@ -208,6 +215,25 @@ def locked(journal: Path, output: Path):
         file.close()  # and the lock with it
 
 
+def journal_path(output: Path, rank: int = 0) -> Path:
+    """The journal of one process: rank 0's is the one-process journal, so that a run of one process and one of
+    several refuse each other while either writes `output`."""
+    return output.with_name(f".{output.name}.journal.jsonl" if rank == 0 else f".{output.name}.journal.rank{rank}.jsonl")
+
+
+def journals(output: Path) -> list[Path]:
+    """Every journal of `output` there is, rank 0's first, then the others' by rank: those of this run and of an
+    interrupted one, whatever its number of processes."""
+    first, prefix = journal_path(output), f".{output.name}.journal.rank"
+    others = []
+    if output.parent.is_dir():
+        for path in output.parent.iterdir():
+            number = path.name[len(prefix) : -len(".jsonl")]
+            if path.name.startswith(prefix) and path.name.endswith(".jsonl") and number.isdigit():
+                others.append((int(number), path))
+    return ([first] if first.exists() else []) + [path for _, path in sorted(others)]
+
+
 def sidecar(output: Path) -> Path:
     """What made an output: its settings and the size and time of the file they made."""
     return output.with_name(f".{output.name}.transcribe.json")
@@ -291,6 +317,21 @@ def read_journal(journal: Path, settings: dict) -> tuple[list[dict], int]:
                              "pass --overwrite to start over")  # fmt: skip
         check_settings(f"the interrupted run in {journal}", made_with, settings)
     return records, end
+
+
+def read_journals(output: Path, own: Path, settings: dict) -> tuple[list[dict], int, bool]:
+    """The records of every journal of `output` (`journals`), each recording once; the byte offset after the last
+    whole line of this process's journal `own` and whether it holds records."""
+    records, seen, own_end, own_records = [], set(), 0, False
+    for path in journals(output):
+        found, end = read_journal(path, settings)
+        if path == own:
+            own_end, own_records = end, bool(found)
+        for record in found:
+            if (key := os.path.abspath(record["path"])) not in seen:
+                seen.add(key)
+                records.append(record)
+    return records, own_end, own_records
 
 
 def escaped(path: str) -> str:
@@ -389,13 +430,17 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        return run(args)
-    except (UsageError, InferenceError, ManifestError) as error:
+        context = distributed.Context.from_env()
+        with distributed.process_group(context):
+            return run(args, context)
+    except (UsageError, InferenceError, ManifestError, DistributedError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
 
-def run(args) -> int:
+def run(args, context=distributed.ONE_PROCESS) -> int:
+    """One process, or one of several (`context`: under torchrun or accelerate launch): each transcribes its share
+    and journals it; rank 0 merges every share into the output once all have finished."""
     items = collect_inputs(args.inputs, args.extensions.split(","))
     suffix = Path(args.output).suffix.lower() if args.output else None
     timestamps = args.timestamps or suffix in (".srt", ".vtt")
@@ -407,39 +452,70 @@ def run(args) -> int:
 
     output = Path(args.output) if args.output else None
     if output is None:
+        if context.world_size > 1:
+            raise UsageError(f"{context.world_size} processes need --output, the file their transcripts are merged "
+                             "into (stdout is for one process)")  # fmt: skip
         return transcribe_all(args, items, timestamps, None, None, None, [], [])
     check_output_place(output, items, args.inputs, suffix)
-    journal = output.with_name(f".{output.name}.journal.jsonl")
-    with locked(journal, output) as journal_file:
-        settings = run_settings(args, items, suffix, timestamps)
-        done, journaled = [], []
-        if args.overwrite:
-            journal_file.truncate(0)
-        else:
-            done = read_done(output, suffix, settings)
-            journaled, end = read_journal(journal, settings)
-            journal_file.truncate(end)  # a line cut off mid-write goes: new lines start on a line of their own
-        if not journaled:
+    journal = journal_path(output, context.rank)
+    with contextlib.ExitStack() as stack:
+        problem, done, journaled, end, own_records, journal_file = None, [], [], 0, False, None
+
+        def refuse(message):  # nothing done: the journal this run made goes too
+            if journal_file is not None and os.fstat(journal_file.fileno()).st_size == 0:
+                journal.unlink(missing_ok=True)
+            raise UsageError(message)
+
+        try:  # every process reads (no process writes before all have read): all see the same work done
+            journal_file = stack.enter_context(locked(journal, output))
+            settings = run_settings(args, items, suffix, timestamps)
+            if args.overwrite and context.is_main:
+                mine = {journal_path(output, rank) for rank in range(context.world_size)}
+                for path in journals(output):  # those of other processes of a run started over
+                    if path not in mine:
+                        path.unlink(missing_ok=True)
+            elif not args.overwrite:
+                done = read_done(output, suffix, settings)
+                journaled, end, own_records = read_journals(output, journal, settings)
+        except UsageError as error:
+            if context.world_size == 1:
+                refuse(str(error))
+            problem = str(error)
+        finished = sorted({os.path.abspath(r["path"]) for r in done + journaled}) if context.world_size > 1 else []
+        seen = context.all_gather((problem, hashlib.sha256("\n".join(finished).encode()).hexdigest()))
+        if problems := [p for p, _ in seen if p]:
+            refuse(problems[0])  # on every process: the launcher sees one failed run, not a hung one
+        if len({digest for _, digest in seen}) > 1:
+            refuse(f"the {context.world_size} processes see different transcripts done in {output} and its journals: "
+                   "every process must see the output's folder (on several machines, a shared file system)")
+        journal_file.truncate(0 if args.overwrite else end)  # a line cut off mid-write goes: new lines start anew
+        if not own_records:
             journal_file.truncate(0)
             journal_file.write(json.dumps({SETTINGS_KEY: settings}, ensure_ascii=False) + "\n")
             journal_file.flush()
         if suffix in (".srt", ".vtt") and done:
-            print(f"{output} holds this recording's subtitles, made with these settings: nothing to do "
-                  "(--overwrite to transcribe again)", file=sys.stderr)  # fmt: skip
-            journal.unlink(missing_ok=True)
+            if context.is_main:
+                print(f"{output} holds this recording's subtitles, made with these settings: nothing to do "
+                      "(--overwrite to transcribe again)", file=sys.stderr)  # fmt: skip
+            for path in journals(output) if context.is_main else [journal]:
+                path.unlink(missing_ok=True)
             return 0
-        return transcribe_all(args, items, timestamps, output, journal, journal_file, done, journaled, settings)
+        return transcribe_all(args, items, timestamps, output, journal, journal_file, done, journaled, settings,
+                              context)  # fmt: skip
 
 
-def transcribe_all(args, items, timestamps, output, journal, journal_file, done, journaled, settings=None) -> int:
+def transcribe_all(args, items, timestamps, output, journal, journal_file, done, journaled, settings=None,
+                   context=distributed.ONE_PROCESS) -> int:  # fmt: skip
     suffix = output.suffix.lower() if output else None
     finished = {os.path.abspath(r["path"]) for r in done + journaled}
     todo = [item for item in items if os.path.abspath(item["path"]) not in finished]
     skipped = len(items) - len(todo)
+    several = context.world_size > 1
 
-    # Headers only (fast): durations for batching by length and for the progress bar.
+    # Headers only (fast): durations for batching by length, for the progress bar, and for sharing the work out
+    # (several processes: each reads a share of the headers, and all split the files by the durations of all).
     failures, sized = [], []
-    for item in todo:
+    for item in todo[context.rank :: context.world_size]:
         if not os.path.isfile(item["path"]):
             failures.append((item["path"], "audio file not found"))
             continue
@@ -450,8 +526,17 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
             failures.append((item["path"], f"cannot read audio ({error})"))
     for path, why in failures:
         print(f"error: {path}: {why}", file=sys.stderr)
+    if several:
+        position = {id(item): n for n, item in enumerate(todo)}
+        durations = {}
+        for share in context.all_gather({position[id(item)]: duration for item, duration in sized}):
+            durations.update(share)
+        everyone = sorted(durations)
+        mine = distributed.split_by_duration([durations[n] for n in everyone], context.world_size)[context.rank]
+        sized = [(todo[everyone[n]], durations[everyone[n]]) for n in mine]
 
-    backend = load_backend(args.model, args.device, args.threads, args.quantized) if sized else None
+    device, threads = context.device(args.device), context.threads(args.threads)
+    backend = load_backend(args.model, device, threads, args.quantized) if sized else None
     decoder = None
     if backend and args.decoder == "lm":
         decoder = load_lm_decoder(args.model, hotwords=args.hotwords, hotword_weight=args.hotword_weight)
@@ -463,7 +548,7 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
 
     started = time.monotonic()
     new_records, audio_seconds = [], 0.0
-    progress = Progress(len(sized), sum(d for _, d in sized), not args.no_progress)
+    progress = Progress(len(sized), sum(d for _, d in sized), not args.no_progress and context.is_main)
     sized.sort(key=lambda pair: -pair[1])  # longest first: a batch holds similar lengths, memory peaks early
     try:
         index = 0
@@ -520,8 +605,18 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
     finally:
         progress.close()
 
+    merged = ""
+    if several:  # rank 0 takes every process's new transcripts and failures, once all have finished
+        shares = context.gather((new_records, failures, audio_seconds))
+        if not context.is_main:
+            return context.broadcast(None)
+        new_records = [record for share in shares for record in share[0]]
+        failures = [failure for share in shares for failure in share[1]]
+        audio_seconds = sum(share[2] for share in shares)
     elapsed = time.monotonic() - started
+    status = None
     if output:
+        merge_started = time.monotonic()
         records = done + [
             r for r in journaled if os.path.abspath(r["path"]) not in {os.path.abspath(d["path"]) for d in done}
         ]
@@ -532,20 +627,29 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
             try:
                 write_output(output, render(records, suffix), settings)
             except OSError as error:
+                kept = journal if not several else f"the journals .{output.name}.journal*.jsonl beside it"
                 print(f"error: could not write {output} ({error.strerror or error}); nothing of it is lost: the "
-                      f"{len(records) - len(done)} new transcripts are kept in {journal}. Make room and run the same "
+                      f"{len(records) - len(done)} new transcripts are kept in {kept}. Make room and run the same "
                       "command again to finish.", file=sys.stderr)  # fmt: skip
-                return 1
-        journal.unlink(missing_ok=True)
+                status = 1
+        if status is None:
+            for path in journals(output):
+                path.unlink(missing_ok=True)
+            if several:
+                merged = f"; {context.world_size} processes, merged in {time.monotonic() - merge_started:.3f} s"
 
-    summary = (
-        f"{len(new_records)} transcribed ({audio_seconds / 3600:.3f} h of audio in {elapsed:.1f} s), "
-        f"{skipped} already done, {len(failures)} failed"
-    )
-    print(summary, file=sys.stderr)
-    for path, why in failures:
-        print(f"  failed: {path}: {why}", file=sys.stderr)
-    return 1 if failures else 0
+    if status is None:
+        summary = (
+            f"{len(new_records)} transcribed ({audio_seconds / 3600:.3f} h of audio in {elapsed:.1f} s), "
+            f"{skipped} already done, {len(failures)} failed{merged}"
+        )
+        print(summary, file=sys.stderr)
+        for path, why in failures:
+            print(f"  failed: {path}: {why}", file=sys.stderr)
+        status = 1 if failures else 0
+    if several:
+        context.broadcast(status)
+    return status
 
 
 def transcribe_or_isolate(transcriber, items, waveforms, failures) -> list:

@@ -108,8 +108,8 @@ def trained(tmp_path_factory):
     return tmp, trainer, metrics
 
 
-SLOW_FIXTURES = {"trained", "augmented_run", "exported"}  # a training run, an ONNX export
-SLOW_CODE = ("subprocess.", "training.run(", "sys.executable", "torchrun", "run_killed(")  # other processes, training
+SLOW_FIXTURES = {"trained", "augmented_run", "exported", "two_processes"}  # training, an ONNX export, 2 processes
+SLOW_CODE = ("subprocess.", "training.run(", "sys.executable", "torchrun", "run_killed(", "launched(")  # other processes, training
 
 
 def pytest_collection_modifyitems(items):

@@ -110,6 +110,23 @@ def script_and_options(argv: list[str]):
     return None, None
 
 
+def check_launcher(argv: list[str]):
+    """The launcher's own options (what comes before the script) parsed by torchrun's or accelerate's parser."""
+    position = next((n for n, word in enumerate(argv) if word.endswith(".py")), None)
+    if position is None:  # bash run.sh, python -m
+        return
+    if argv[0] == "torchrun":
+        from torch.distributed.run import get_args_parser
+
+        get_args_parser().parse_args(argv[1 : position + 1])
+    elif argv[:2] == ["accelerate", "launch"]:
+        from accelerate.commands.launch import launch_command_parser
+
+        launch_command_parser().parse_args(argv[2 : position + 1])
+    else:
+        assert position <= 1 or argv[:2] == ["python", "-m"], f"README command with an unknown launcher: {argv}"
+
+
 def load(path: Path):
     """The module whose command line a script is (`from asrkit.transcription import main`)."""
     match = re.search(r"^from (asrkit\.\w+) import main$", path.read_text(encoding="utf-8"), flags=re.M)
@@ -128,6 +145,7 @@ def test_every_command_line_names_a_script_and_options_it_accepts():
         if options is None or script.parent != ROOT:
             continue  # benchmarks and scripts/: the file exists; their options are their own
         options = [SUBSTITUTIONS.get(o, o) for o in options]
+        check_launcher(argv)
         module = load(script)
         if hasattr(module, "parse_args"):  # its own checks after the parser's (train_ctc.py: presets too)
             module.parse_args(options)

@@ -377,6 +377,7 @@ def test_an_output_made_with_other_settings_is_not_mixed_into(tiny_model, tmp_pa
     lm = [str(folder), *files, "--output", str(output), "--no_progress", "--decoder", "lm"]
     assert transcription.main(lm) == 2
     assert "decoder: 'greedy' then, 'lm' now" in capsys.readouterr().err and output.read_bytes() == greedy
+    assert not list(tmp_path.glob(".out.jsonl.journal*"))  # a refused run leaves no journal behind
     other_model = tmp_path / "other"
     shutil.copytree(tiny_model, other_model)
     assert transcription.main([str(other_model), *files, "--output", str(output), "--no_progress"]) == 2
