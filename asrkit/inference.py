@@ -165,14 +165,36 @@ def load_lm_decoder(model_dir, alpha=None, beta=None, **options) -> LMDecoder:
 # ---------------------------------------------------------------------------------------------- transcription
 
 
+def length_batches(lengths: list, batch_size: int, forward_cost: float) -> list[tuple[int, int]]:
+    """(begin, end) of the batches that `lengths` (ascending) are cut into: consecutive runs of at most
+    `batch_size` that minimise the work estimated as, per batch, `forward_cost` (a forward pass's fixed work, in
+    samples) plus its padded size (its count times its longest). For batches of whatever requests arrived
+    together: one forward pass over lengths of 1 and 5 s pads the short ones to 5 s, while cutting a batch too
+    small pays the fixed work again. A dynamic programme over the cut points (n x batch_size steps)."""
+    best, cut = [0.0] + [math.inf] * len(lengths), [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        for begin in range(max(0, end - batch_size), end):
+            cost = best[begin] + forward_cost + (end - begin) * lengths[end - 1]
+            if cost < best[end]:
+                best[end], cut[end] = cost, begin
+    bounds, end = [], len(lengths)
+    while end:
+        bounds.append((cut[end], end))
+        end = cut[end]
+    return bounds[::-1]
+
+
 class Transcriber:
     """Waveforms -> records {"text", "words"?}, with chunking of long recordings and length-sorted batches.
     `decoder`: an `LMDecoder`; None decodes greedily."""
 
     def __init__(self, backend, batch_size=16, chunk_length_s=30.0, stride_length_s=None, timestamps=False,
-                 decoder=None):  # fmt: skip
+                 decoder=None, forward_cost_s=None):  # fmt: skip
         self.backend, self.batch_size, self.timestamps, self.decoder = backend, batch_size, timestamps, decoder
         rate, spf = backend.sampling_rate, backend.samples_per_frame
+        # None: pieces are cut into batches of batch_size (callers that sort a whole collection by length get
+        # batches of similar lengths that way); a number: see `length_batches`.
+        self.forward_cost = None if forward_cost_s is None else forward_cost_s * rate
         if not chunk_length_s > 0 or not math.isfinite(chunk_length_s):
             raise InferenceError(f"--chunk_length_s must be a positive number of seconds, got {chunk_length_s}")
         stride_length_s = chunk_length_s / 6 if stride_length_s is None else stride_length_s
@@ -210,10 +232,15 @@ class Transcriber:
         shortest first, so that a batch holds similar lengths (and, given in a fixed order, the same batches
         every run); a piece's samples are taken when its batch runs."""
         pieces = [(i, c) for i, w in enumerate(waveforms) for c in self.chunks(w)]
-        order = sorted(range(len(pieces)), key=lambda p: pieces[p][1][1] - pieces[p][1][0])
+        lengths = [end - start for _, (start, end, _, _) in pieces]
+        order = sorted(range(len(pieces)), key=lengths.__getitem__)
+        if self.forward_cost is None:
+            bounds = [(b, min(b + self.batch_size, len(order))) for b in range(0, len(order), self.batch_size)]
+        else:
+            bounds = length_batches([lengths[p] for p in order], self.batch_size, self.forward_cost)
         outputs = [None] * len(pieces)
-        for b in range(0, len(order), self.batch_size):
-            batch = order[b : b + self.batch_size]
+        for begin, end in bounds:
+            batch = order[begin:end]
             stretches = [waveforms[pieces[p][0]][pieces[p][1][0] : pieces[p][1][1]] for p in batch]
             for index, log_probs in zip(batch, self.backend(stretches)):
                 outputs[index] = log_probs

@@ -15,15 +15,17 @@ MODEL is a model folder (PyTorch, `--device`) or an `export_onnx.py` folder (ONN
                                     text message {"type": "end"}; partial transcripts every 0.5 s, then a final one
     GET  /                          a page to try it: upload a file or record from the microphone
 
-One worker thread owns the model: requests wait for at most --max_wait_ms to be gathered into a batch of at most
---max_batch_size, and `Transcriber` (asrkit.inference, the path `transcribe.py` takes) sorts its pieces by length
-and chunks long audio, so a response is what `transcribe.py` gives for the same file. Uploads must be 16 kHz mono
+One worker thread owns the model and takes the requests that queued while it was busy as one batch of at most
+--max_batch_size (an idle model waits up to --max_wait_ms for the requests being received); `Transcriber`
+(asrkit.inference, the path `transcribe.py` takes) chunks long audio and cuts the batch, sorted by length, into
+forward passes of similar lengths, so a response is what `transcribe.py` gives for the same file. Uploads must be 16 kHz mono
 (WAV, FLAC, Ogg/Opus, MP3: what soundfile decodes), as for `transcribe.py`; the page converts in the browser.
 """
 
 import argparse
 import asyncio
 import collections
+import contextlib
 import io
 import json
 import logging
@@ -62,6 +64,10 @@ FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature
 LANGUAGES = ("ru", "russian")
 PARTIAL_EVERY = 0.5  # seconds between live partial transcripts
 PAGE = Path(__file__).with_name("serving_page.html")
+# A forward pass's fixed work in seconds of padded audio (`length_batches`): on 2 CPU cores outputs/mini takes
+# about 16 ms + 3.6 ms per second of audio (16 x 3 s: 190 ms), so ~4 s; a GPU is not measured here, so its
+# batches are cut by --max_batch_size alone, as transcribe.py's are.
+FORWARD_COST_S = {"cpu": 4.0, "cuda": None}
 
 
 class ApiError(Exception):
@@ -92,15 +98,17 @@ class Job:
 
 
 class Batcher:
-    """Dynamic batching: one worker thread owns the model and takes what requests have queued, waiting at most
-    `max_wait_ms` after the first one, up to `max_batch_size` recordings; `Transcriber.log_probs` sorts their
-    pieces by length and chunks long ones. At most `max_queue` recordings are admitted (waiting or in the model)."""
+    """Dynamic batching: one worker thread owns the model and takes what requests have queued, up to
+    `max_batch_size` recordings; an idle model waits at most `max_wait_ms` for the requests on their way;
+    `Transcriber.log_probs` chunks long ones and cuts their pieces, sorted by length, into forward passes of
+    similar lengths (`length_batches`). At most `max_queue` recordings are admitted (waiting or in the model)."""
 
     def __init__(self, transcriber, max_batch_size, max_wait_ms, max_queue):
         self.transcriber, self.max_batch_size, self.max_queue = transcriber, max_batch_size, max_queue
         self.max_wait = max_wait_ms / 1000
         self.jobs = queue.Queue()
         self.admitted = 0  # changed on the event loop only
+        self.arriving = 0  # requests being received or decoded (changed on the event loop, read by the worker)
         self.batch_sizes = collections.deque(maxlen=10000)  # recordings per recent batch (for tests)
         self.worker = threading.Thread(target=self.run, name="asr-model", daemon=True)
 
@@ -111,6 +119,15 @@ class Batcher:
         """After what is queued: the worker finishes it, then exits."""
         self.jobs.put(None)
         self.worker.join()
+
+    @contextlib.contextmanager
+    def arrival(self):
+        """Around receiving and decoding a request: the worker, if idle, waits for it (up to max_wait)."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
 
     async def transcribe(self, samples, decoder=None, gone=None) -> Job:
         """The finished job of `samples`; `gone`, an awaitable that completes when the client leaves, frees the
@@ -134,13 +151,21 @@ class Batcher:
             self.admitted -= 1
 
     def run(self):
-        while (job := self.jobs.get()) is not None:
-            batch, deadline = [job], time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch_size:
-                try:
-                    job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+        while True:
+            # Requests that queued while the model was busy run at once (waiting would only idle the model); one
+            # that finds the model idle waits up to max_wait for the requests already on their way (being received
+            # or decoded) to share its forward pass, never for requests that may not come.
+            idle = self.jobs.empty()
+            if (job := self.jobs.get()) is None:
+                break
+            batch, deadline = [job], time.monotonic() + (self.max_wait if idle else 0.0)
+            while len(batch) < self.max_batch_size and (self.arriving or not self.jobs.empty()):
+                try:  # short waits: an arriving request may also end in an error and never queue
+                    job = self.jobs.get(timeout=max(0.0, min(deadline - time.monotonic(), 0.002)))
                 except queue.Empty:
-                    break
+                    if time.monotonic() >= deadline:
+                        break
+                    continue
                 if job is None:  # stop: after this batch
                     self.jobs.put(None)
                     break
@@ -221,7 +246,8 @@ class Service:
         self.decoder = load_lm_decoder(args.model, hotword_weight=args.hotword_weight) if args.decoder == "lm" else None
         # Word times always: srt, vtt and verbose_json need them, and they never change the text.
         transcriber = Transcriber(self.backend, args.max_batch_size, args.chunk_length_s, args.stride_length_s,
-                                  timestamps=True, decoder=self.decoder)  # fmt: skip
+                                  timestamps=True, decoder=self.decoder,
+                                  forward_cost_s=FORWARD_COST_S[args.device])  # fmt: skip
         self.batcher = Batcher(transcriber, args.max_batch_size, args.max_wait_ms, args.max_queue)
         self.rate = self.backend.sampling_rate
 
@@ -324,14 +350,15 @@ def make_app(args, service=None):
     async def transcriptions(request):
         rid, begun, audio, job = uuid.uuid4().hex[:12], time.monotonic(), 0.0, None
         try:
-            form = await read_form(request, limit)
-            fields = parse_fields(form, service)
-            upload = fields["upload"]
-            if upload.size is not None and upload.size > limit:
-                raise ApiError(413, f"{upload.filename}: {upload.size / 2**20:.2f} MiB, over the limit of "
-                                    f"{args.max_upload_mb:g} MiB (--max_upload_mb)", "file")  # fmt: skip
-            # Decoding takes a while for long audio: in a thread, so that the event loop keeps serving the others.
-            samples = await asyncio.to_thread(service.samples, await upload.read(), upload.filename or "file")
+            with service.batcher.arrival():
+                form = await read_form(request, limit)
+                fields = parse_fields(form, service)
+                upload = fields["upload"]
+                if upload.size is not None and upload.size > limit:
+                    raise ApiError(413, f"{upload.filename}: {upload.size / 2**20:.2f} MiB, over the limit of "
+                                        f"{args.max_upload_mb:g} MiB (--max_upload_mb)", "file")  # fmt: skip
+                # Decoding takes a while for long audio: in a thread, so that the event loop serves the others.
+                samples = await asyncio.to_thread(service.samples, await upload.read(), upload.filename or "file")
             audio = round(len(samples) / service.rate, 3)
             # Once the body is read, the next ASGI message is the client's disconnect, if it leaves.
             gone = asyncio.ensure_future(request.receive())
@@ -502,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max_batch_size", type=positive_int, default=16, help="recordings (or chunks) per batch")
     parser.add_argument("--max_wait_ms", type=float, default=20.0,
-                        help="how long the first request of a batch waits for others")  # fmt: skip
+                        help="how long a request that finds the model idle waits for those being received")  # fmt: skip
     parser.add_argument("--max_audio_s", type=float, default=600.0, help="longer uploads and streams are refused")
     parser.add_argument("--max_upload_mb", type=float, default=25.0, help="larger uploads are refused (OpenAI's)")
     parser.add_argument("--max_queue", type=positive_int, default=256,

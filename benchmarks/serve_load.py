@@ -5,8 +5,10 @@ Two servers of MODEL run side by side (--max_batch_size 16 and 1, so that the ga
 measured); 1, 4, 16 and 64 concurrent clients each send the embedded test files (data/golos_mini/test_opus, 180
 recordings) for --seconds: requests and audio seconds per second, latency p50/p95/p99, errors, the server's peak
 memory. In every round `transcribe.py` transcribes the same files offline, again until it has worked for --seconds
-(its own summary: audio seconds per second of transcription, model loading left out); rounds interleave the offline run and every server cell, and
-each figure is the median over rounds with its spread (min-max). Then --stream_files files are streamed to the
+(its own summary: audio seconds per second of transcription, model loading left out); rounds interleave the
+offline run and every server cell, each cell's "x offline" is its ratio to the same round's offline run, and each
+figure is the median over rounds with its spread (min-max). The CPU time stolen by the hypervisor during the run
+is printed: a shared virtual machine's figures swing with it. Then --stream_files files are streamed to the
 live endpoint in real time (4 at once): the lag of partial transcripts behind the audio, the time from the end of
 a stream to its final transcript, and the WER of the last partial against the offline transcript.
 
@@ -155,6 +157,17 @@ def stream(server, path, data, expected):
             "offline": expected}  # fmt: skip
 
 
+def cpu_counters() -> list[int]:
+    """The machine's CPU time counters (/proc/stat: user, nice, system, idle, iowait, irq, softirq, steal, ...)."""
+    return [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def stolen(before, after) -> float:
+    """The share of CPU time the hypervisor gave to other machines between two `cpu_counters()` readings."""
+    spent = [now - then for now, then in zip(after, before)]
+    return spent[7] / max(1, sum(spent))
+
+
 def spread(values, digits=2):
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
@@ -180,15 +193,18 @@ def main(argv=None):
     print(f"{os.cpu_count()} logical CPUs; model {args.model}; {len(files)} files, "
           f"{sum(f[2] for f in files):.0f} s of audio; {args.seconds:g} s a cell, {args.rounds} rounds")  # fmt: skip
 
+    counters = cpu_counters()
     servers = {batch: Server(args.model, args.threads, batch) for batch in (16, 1)}
     results, offline_rates = {}, []
     try:
         for round_ in range(args.rounds):
+            round_counters = cpu_counters()
             offline_rates.append(offline(args.model, args.threads, args.seconds))
             for clients in args.clients:
                 for batch, server in servers.items():
                     results.setdefault((batch, clients), []).append(load(server, files, clients, args.seconds))
-            print(f"round {round_ + 1}: offline {offline_rates[-1]:.1f} audio s/s", file=sys.stderr)
+            print(f"round {round_ + 1}: offline {offline_rates[-1]:.1f} audio s/s, "
+                  f"{stolen(round_counters, cpu_counters()):.0%} of the CPU time stolen", file=sys.stderr)  # fmt: skip
         streams = []
         if args.stream_files:
             chosen = files[:: max(1, len(files) // args.stream_files)][: args.stream_files]
@@ -205,13 +221,15 @@ def main(argv=None):
         for server in servers.values():
             server.stop()
 
-    offline_rate = statistics.median(offline_rates)
-    print(f"\ntranscribe.py offline: {spread(offline_rates, 1)} audio s/s\n")
+    print(f"\ntranscribe.py offline: {spread(offline_rates, 1)} audio s/s; CPU time stolen by the host: "
+          f"{stolen(counters, cpu_counters()):.1%} of the run (figures under steal are not an idle machine's)\n")  # fmt: skip
     rows = []
     for (batch, clients), cells in sorted(results.items(), key=lambda kv: (kv[0][1], -kv[0][0])):
         rates = [c["audio_per_s"] for c in cells]
+        # each round's ratio to that round's offline run: the machine's speed drifts between rounds
+        ratios = [rate / offline_rate for rate, offline_rate in zip(rates, offline_rates)]
         rows.append([clients, batch, spread([c["rps"] for c in cells], 1), spread(rates, 1),
-                     f"{statistics.median(rates) / offline_rate:.2f}", spread([c["p50"] for c in cells]),
+                     spread(ratios), spread([c["p50"] for c in cells]),
                      spread([c["p95"] for c in cells]), spread([c["p99"] for c in cells]),
                      sum(c["errors"] for c in cells), f"{max(c['peak_mib'] for c in cells):.0f}"])  # fmt: skip
     print(table(["clients", "--max_batch_size", "requests/s", "audio s/s", "x offline", "p50 s", "p95 s", "p99 s",

@@ -117,6 +117,83 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_transcript(server
     assert sum(sizes) == 24 and max(sizes) > 1 and max(sizes) <= 4
 
 
+class SlowUpload:
+    """A transcription request whose body arrives in two parts, over a raw socket: entering sends the headers and
+    the first half, `finish()` the rest and reads the answer (status, JSON body); leaving closes the socket, so
+    that a failing test never leaves the server waiting for the upload."""
+
+    def __init__(self, url, model, path):
+        prepared = requests.Request("POST", url + "/v1/audio/transcriptions", data={"model": model},
+                                    files={"file": path.open("rb")}).prepare()  # fmt: skip
+        host, port = url.removeprefix("http://").split(":")
+        head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+                f"Content-Type: {prepared.headers['Content-Type']}\r\nContent-Length: {len(prepared.body)}\r\n\r\n")  # fmt: skip
+        self.address, self.message = (host, int(port)), head.encode() + prepared.body
+
+    def __enter__(self):
+        self.socket = socket.create_connection(self.address)
+        self.socket.sendall(self.message[: len(self.message) // 2])
+        return self
+
+    def finish(self):
+        self.socket.sendall(self.message[len(self.message) // 2 :])
+        answer = b""
+        while chunk := self.socket.recv(65536):
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(body)
+
+    def __exit__(self, *exc):
+        self.socket.close()
+
+
+def post_to(running, path):
+    with open(path, "rb") as audio:
+        return requests.post(running.url + "/v1/audio/transcriptions", files={"file": audio},
+                             data={"model": running.service.model_id}, timeout=60)  # fmt: skip
+
+
+def test_an_idle_model_waits_only_for_requests_being_received(tiny_model):
+    """--max_wait_ms 3000: a lone request is answered at once; one that comes while another is being uploaded
+    waits for it, and both run as one batch as soon as the upload is complete, not after 3 s."""
+    with Running(tiny_model, "--max_wait_ms", "3000") as running, ThreadPoolExecutor(1) as pool:
+        begun = time.monotonic()
+        assert post_to(running, FILES[0]).status_code == 200 and time.monotonic() - begun < 2.0
+        batches = running.service.batcher.batch_sizes
+        before = len(batches)
+        with SlowUpload(running.url, tiny_model.name, FILES[1]) as slow:
+            begun = time.monotonic()
+            answer = pool.submit(post_to, running, FILES[0])
+            time.sleep(1.0)
+            assert not answer.done()  # held for the upload in progress
+            status, body = slow.finish()
+            assert status == 200 and body["text"] and answer.result().status_code == 200
+            assert time.monotonic() - begun < 2.9
+        assert list(batches)[before:] == [2]
+
+
+def test_requests_that_queued_while_the_model_was_busy_run_at_once(tiny_model, monkeypatch):
+    """--max_wait_ms 3000: a request that queued while the model was busy runs as soon as the model is free,
+    without waiting for an upload still in progress (waiting would only idle the model)."""
+    with Running(tiny_model, "--max_wait_ms", "3000") as running, ThreadPoolExecutor(2) as pool:
+        transcriber = running.service.batcher.transcriber
+        real = transcriber.log_probs
+
+        def slow_model(waveforms):
+            time.sleep(1.0)
+            return real(waveforms)
+
+        monkeypatch.setattr(transcriber, "log_probs", slow_model)
+        begun = time.monotonic()
+        first = pool.submit(post_to, running, FILES[0])  # the model: busy for 1 s
+        time.sleep(0.3)
+        with SlowUpload(running.url, tiny_model.name, FILES[1]) as slow:
+            second = pool.submit(post_to, running, FILES[2])  # queued while the model is busy
+            assert first.result().status_code == 200 and second.result().status_code == 200
+            assert time.monotonic() - begun < 2.9  # 1 s + 1 s of model, no 3 s wait for the upload
+            assert slow.finish()[0] == 200
+
+
 def error_of(response):
     body = response.json()["error"]
     return response.status_code, body["message"]
@@ -318,8 +395,9 @@ def test_live_partials_of_a_long_stream_keep_the_words_before_the_window(tiny_mo
 
 
 def test_sigterm_finishes_what_is_in_flight_then_exits(tiny_model, tmp_path):
-    """serve.py in its own process: a request held in the batcher (--max_wait_ms 3000) when SIGTERM comes is
-    answered; new connections are refused at once; then the process exits; one log line per request."""
+    """serve.py in its own process: a request held in the batcher (waiting, --max_wait_ms 3000, for another being
+    uploaded) and the upload in progress when SIGTERM comes are both answered; new connections are refused at
+    once; then the process exits; one log line per request."""
     import signal
     import subprocess
     import sys
@@ -337,24 +415,26 @@ def test_sigterm_finishes_what_is_in_flight_then_exits(tiny_model, tmp_path):
                     break
             except requests.ConnectionError:
                 time.sleep(0.1)
-        expected = offline(tiny_model, FILES[0], tmp_path, ".jsonl")["text"]
-        with ThreadPoolExecutor(1) as pool:
+        expected = [offline(tiny_model, path, tmp_path, ".jsonl")["text"] for path in FILES[:2]]
+        with SlowUpload(url, tiny_model.name, FILES[1]) as slow, ThreadPoolExecutor(1) as pool:
             answer = pool.submit(requests.post, url + "/v1/audio/transcriptions", data={"model": tiny_model.name},
                                  files={"file": FILES[0].open("rb")}, timeout=60)  # fmt: skip
-            time.sleep(1.0)  # the request waits in the batcher
+            time.sleep(1.0)  # the request waits in the batcher for the one being uploaded
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
             with pytest.raises(requests.ConnectionError):
                 requests.get(url + "/health", timeout=2)
-            assert answer.result().status_code == 200 and answer.result().json()["text"] == expected
+            assert slow.finish() == (200, {"text": expected[1]})
+            assert answer.result().status_code == 200 and answer.result().json()["text"] == expected[0]
         # After the graceful stop uvicorn ends by the signal itself, as services are expected to.
         assert process.wait(timeout=30) == -signal.SIGTERM
     finally:
         process.kill()
     log = process.stderr.read()
     lines = [line for line in log.splitlines() if " request " in line]
-    assert len(lines) == 1 and "status=200" in lines[0] and "audio=3.40s" in lines[0], log
-    assert float(lines[0].split("queue=")[1].split("s")[0]) > 2.0  # held by --max_wait_ms
+    assert len(lines) == 2 and all("status=200" in line for line in lines), log
+    held = next(line for line in lines if "audio=3.40s" in line)
+    assert float(held.split("queue=")[1].split("s")[0]) > 1.2  # held past the SIGTERM
 
 
 @pytest.fixture(scope="module")

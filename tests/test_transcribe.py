@@ -567,3 +567,28 @@ def test_relative_inputs_resume_only_from_the_same_folder(tiny_model, tmp_path, 
     monkeypatch.chdir(tmp_path / "b")
     assert transcription.main([str(tiny_model), str(tmp_path / "a" / "rec"), "--output", str(output)]) == 2
     assert "working_directory" in capsys.readouterr().err
+
+
+def test_length_batches_cut_where_padding_costs_more_than_a_forward_pass():
+    from asrkit.inference import length_batches
+
+    # 4 short and 4 long: together, 8 x 5 = 40 (+2); apart, 4 x 1 + 4 x 5 = 24 (+4)
+    assert length_batches([1, 1, 1, 1, 5, 5, 5, 5], 16, forward_cost=2) == [(0, 4), (4, 8)]
+    # a forward pass dearer than the padding: one batch
+    assert length_batches([1, 1, 1, 1, 5, 5, 5, 5], 16, forward_cost=20) == [(0, 8)]
+    # never over batch_size; every length once, in order
+    bounds = length_batches([3] * 20, 8, forward_cost=1000)
+    assert len(bounds) == 3 and all(0 < e - b <= 8 for b, e in bounds)
+    assert [i for b, e in bounds for i in range(b, e)] == list(range(20))
+    assert length_batches([], 8, forward_cost=1) == []
+
+
+def test_a_transcriber_with_a_forward_cost_cuts_batches_by_length_and_gives_the_same_records():
+    """The server's batches are whatever arrived together: 1 s and 5 s recordings run in separate forward passes
+    (none padded to 5 s), each recording's record unchanged, in the order given."""
+    rng = np.random.default_rng(0)
+    waveforms = [np.arange(int(s * 16000), dtype=np.float64) for s in rng.permutation([1.0] * 5 + [5.0] * 3)]
+    plain, cut = FrameIndexBackend(), FrameIndexBackend()
+    expected = transcription.Transcriber(plain, batch_size=16).transcribe(waveforms)
+    assert transcription.Transcriber(cut, batch_size=16, forward_cost_s=1.0).transcribe(waveforms) == expected
+    assert plain.batches == [8] and cut.batches == [5, 3]
