@@ -12,7 +12,7 @@ is printed: a shared virtual machine's figures swing with it. Then --stream_file
 live endpoint in real time (4 at once): the lag of partial transcripts behind the audio, the time from the end of
 a stream to its final transcript, and the WER of the last partial against the offline transcript.
 
-    python benchmarks/serve_load.py outputs/mini --threads 2 --seconds 60 --rounds 3
+    python benchmarks/serve_load.py outputs/mini --threads 2 --seconds 15 --rounds 4
     python benchmarks/serve_load.py outputs/mini --seconds 5 --rounds 1 --clients 1 4 --stream_files 4   # smoke run
 """
 
