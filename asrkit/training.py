@@ -611,7 +611,7 @@ def run(argv=None):
             per_step *= training_args.gradient_accumulation_steps
             training_args.eval_steps = max(1, round(run_args.eval_every_epochs * math.ceil(len(train_dataset) / per_step)))
     callbacks = []
-    publisher = None
+    publisher = pusher = None
     if training_args.push_to_hub:
         # Publishing is ours (HubPushCallback, asrkit.publishing), so Trainer's own push is turned off. The repo is
         # made (or checked) now: a refusal or an unreachable Hub stops the run before hours of training.
@@ -623,7 +623,8 @@ def run(argv=None):
                                       token=training_args.hub_token, folder=training_args.output_dir)  # fmt: skip
             except PublishError as error:
                 raise SystemExit(f"--push_to_hub: {error}") from None
-            callbacks.append(HubPushCallback(publisher, HubStrategy(training_args.hub_strategy).value))
+            pusher = HubPushCallback(publisher, HubStrategy(training_args.hub_strategy).value)
+            callbacks.append(pusher)
     augmentation = None
     if train_dataset is not None and augment_args.enabled:
         # Training audio only: the eval sets (even --eval_sets train) are decoded separately, untouched.
@@ -664,7 +665,7 @@ def run(argv=None):
         trainer.card_metadata["metrics"] = metrics
         trainer.create_model_card()
     if publisher is not None:
-        callbacks[0].wait()
+        pusher.wait()  # the checkpoints' uploads, in the background until now
         try:
             publisher.upload(training_args.output_dir, "End of training")
         except PublishError as error:
