@@ -171,6 +171,7 @@ def length_batches(lengths: list, batch_size: int, forward_cost: float) -> list[
     samples) plus its padded size (its count times its longest). For batches of whatever requests arrived
     together: one forward pass over lengths of 1 and 5 s pads the short ones to 5 s, while cutting a batch too
     small pays the fixed work again. A dynamic programme over the cut points (n x batch_size steps)."""
+    assert batch_size >= 1, batch_size
     best, cut = [0.0] + [math.inf] * len(lengths), [0] * (len(lengths) + 1)
     for end in range(1, len(lengths) + 1):
         for begin in range(max(0, end - batch_size), end):

@@ -16,10 +16,11 @@ MODEL is a model folder (PyTorch, `--device`) or an `export_onnx.py` folder (ONN
     GET  /                          a page to try it: upload a file or record from the microphone
 
 One worker thread owns the model and takes the requests that queued while it was busy as one batch of at most
---max_batch_size (an idle model waits up to --max_wait_ms for the requests being received); `Transcriber`
+--max_batch_size (an idle model waits up to --max_wait_ms while requests are being received); `Transcriber`
 (asrkit.inference, the path `transcribe.py` takes) chunks long audio and cuts the batch, sorted by length, into
-forward passes of similar lengths, so a response is what `transcribe.py` gives for the same file. Uploads must be 16 kHz mono
-(WAV, FLAC, Ogg/Opus, MP3: what soundfile decodes), as for `transcribe.py`; the page converts in the browser.
+forward passes of similar lengths, so a response is what `transcribe.py` gives for the same file. Uploads must
+be 16 kHz mono (WAV, FLAC, Ogg/Opus, MP3: what soundfile decodes), as for `transcribe.py`; the page converts in
+the browser.
 """
 
 import argparse
@@ -122,16 +123,19 @@ class Batcher:
 
     @contextlib.contextmanager
     def arrival(self):
-        """Around receiving and decoding a request: the worker, if idle, waits for it (up to max_wait)."""
-        self.arriving += 1
+        """Around receiving and decoding a request, up to its `transcribe(..., arrival=)`: while it arrives, the
+        worker, if idle, waits for it (up to max_wait). It stops counting once its job is queued (not before: the
+        worker would see neither) or when the request fails."""
+        arrival = Arrival(self)
         try:
-            yield
+            yield arrival
         finally:
-            self.arriving -= 1
+            arrival.end()
 
-    async def transcribe(self, samples, decoder=None, gone=None) -> Job:
+    async def transcribe(self, samples, decoder=None, gone=None, arrival=None) -> Job:
         """The finished job of `samples`; `gone`, an awaitable that completes when the client leaves, frees the
-        place at once (the job is skipped if the worker has not taken it) and raises ClientGone."""
+        place at once (the job is skipped if the worker has not taken it) and raises ClientGone; `arrival`, the
+        request's `arrival()`, ends when the job is queued."""
         if self.admitted >= self.max_queue:
             raise ApiError(503, f"the server is busy: {self.admitted} recordings queued (--max_queue "
                                 f"{self.max_queue}); retry shortly", headers={"Retry-After": "1"})  # fmt: skip
@@ -139,6 +143,8 @@ class Batcher:
         self.admitted += 1
         try:
             self.jobs.put(job)
+            if arrival is not None:
+                arrival.end()
             waiters = {job.future} | ({gone} if gone is not None else set())
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             if job.future not in done:
@@ -153,9 +159,9 @@ class Batcher:
     def run(self):
         while True:
             # Requests that queued while the model was busy run at once (waiting would only idle the model); one
-            # that finds the model idle waits up to max_wait for the requests already on their way (being received
-            # or decoded) to share its forward pass, never for requests that may not come.
-            idle = self.jobs.empty()
+            # that finds the model idle waits up to max_wait, while requests are being received or decoded, for
+            # them to share its forward pass, never for requests that may not come.
+            idle = self.jobs.empty()  # before the blocking get: was anything queued while the model was busy?
             if (job := self.jobs.get()) is None:
                 break
             batch, deadline = [job], time.monotonic() + (self.max_wait if idle else 0.0)
@@ -194,6 +200,19 @@ class Batcher:
                 result, failure = None, error
             job.started, job.finished = started, time.monotonic()
             job.loop.call_soon_threadsafe(settle, job.future, result, failure)
+
+
+class Arrival:
+    """A request being received and decoded, counted in `Batcher.arriving` until `end()`."""
+
+    def __init__(self, batcher):
+        self.batcher, self.counted = batcher, True
+        batcher.arriving += 1
+
+    def end(self):
+        if self.counted:
+            self.counted = False
+            self.batcher.arriving -= 1
 
 
 def settle(future, result, failure):
@@ -350,7 +369,7 @@ def make_app(args, service=None):
     async def transcriptions(request):
         rid, begun, audio, job = uuid.uuid4().hex[:12], time.monotonic(), 0.0, None
         try:
-            with service.batcher.arrival():
+            with service.batcher.arrival() as arrival:
                 form = await read_form(request, limit)
                 fields = parse_fields(form, service)
                 upload = fields["upload"]
@@ -359,13 +378,13 @@ def make_app(args, service=None):
                                         f"{args.max_upload_mb:g} MiB (--max_upload_mb)", "file")  # fmt: skip
                 # Decoding takes a while for long audio: in a thread, so that the event loop serves the others.
                 samples = await asyncio.to_thread(service.samples, await upload.read(), upload.filename or "file")
-            audio = round(len(samples) / service.rate, 3)
-            # Once the body is read, the next ASGI message is the client's disconnect, if it leaves.
-            gone = asyncio.ensure_future(request.receive())
-            try:
-                job = await service.batcher.transcribe(samples, fields["decoder"], gone)
-            finally:
-                gone.cancel()
+                audio = round(len(samples) / service.rate, 3)
+                # Once the body is read, the next ASGI message is the client's disconnect, if it leaves.
+                gone = asyncio.ensure_future(request.receive())
+                try:
+                    job = await service.batcher.transcribe(samples, fields["decoder"], gone, arrival)
+                finally:
+                    gone.cancel()
             response = respond(job.future.result(), fields, audio)
         except ApiError as error:
             response = error.response()

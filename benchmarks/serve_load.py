@@ -164,7 +164,7 @@ def cpu_counters() -> list[int]:
 
 def stolen(before, after) -> float:
     """The share of CPU time the hypervisor gave to other machines between two `cpu_counters()` readings."""
-    spent = [now - then for now, then in zip(after, before)]
+    spent = [now - then for now, then in zip(after[:8], before[:8])]  # guest time is counted in user time too
     return spent[7] / max(1, sum(spent))
 
 
