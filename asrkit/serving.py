@@ -26,7 +26,6 @@ the browser.
 import argparse
 import asyncio
 import collections
-import contextlib
 import io
 import json
 import logging
@@ -121,21 +120,10 @@ class Batcher:
         self.jobs.put(None)
         self.worker.join()
 
-    @contextlib.contextmanager
-    def arrival(self):
-        """Around receiving and decoding a request, up to its `transcribe(..., arrival=)`: while it arrives, the
-        worker, if idle, waits for it (up to max_wait). It stops counting once its job is queued (not before: the
-        worker would see neither) or when the request fails."""
-        arrival = Arrival(self)
-        try:
-            yield arrival
-        finally:
-            arrival.end()
-
     async def transcribe(self, samples, decoder=None, gone=None, arrival=None) -> Job:
         """The finished job of `samples`; `gone`, an awaitable that completes when the client leaves, frees the
         place at once (the job is skipped if the worker has not taken it) and raises ClientGone; `arrival`, the
-        request's `arrival()`, ends when the job is queued."""
+        request's `Arrival`, ends when the job is queued."""
         if self.admitted >= self.max_queue:
             raise ApiError(503, f"the server is busy: {self.admitted} recordings queued (--max_queue "
                                 f"{self.max_queue}); retry shortly", headers={"Retry-After": "1"})  # fmt: skip
@@ -203,16 +191,26 @@ class Batcher:
 
 
 class Arrival:
-    """A request being received and decoded, counted in `Batcher.arriving` until `end()`."""
+    """`with Arrival(batcher) as arrival:` around receiving and decoding a request, up to its
+    `transcribe(..., arrival=)`: while it arrives, the worker, if idle, waits for it (up to max_wait). It stops
+    counting in `Batcher.arriving` once its job is queued (not before: the worker would see neither) or when the
+    request fails."""
 
     def __init__(self, batcher):
-        self.batcher, self.counted = batcher, True
-        batcher.arriving += 1
+        self.batcher, self.counted = batcher, False
+
+    def __enter__(self):
+        self.batcher.arriving += 1
+        self.counted = True
+        return self
 
     def end(self):
         if self.counted:
             self.counted = False
             self.batcher.arriving -= 1
+
+    def __exit__(self, *exc):
+        self.end()
 
 
 def settle(future, result, failure):
@@ -369,7 +367,7 @@ def make_app(args, service=None):
     async def transcriptions(request):
         rid, begun, audio, job = uuid.uuid4().hex[:12], time.monotonic(), 0.0, None
         try:
-            with service.batcher.arrival() as arrival:
+            with Arrival(service.batcher) as arrival:
                 form = await read_form(request, limit)
                 fields = parse_fields(form, service)
                 upload = fields["upload"]
