@@ -241,7 +241,7 @@ def test_uploads_are_decoded_between_forward_passes(tiny_model, monkeypatch):
         time.sleep(0.5)  # the model is busy with the first for 1 s: three more arrive meanwhile
         rest = [pool.submit(post_to, running, path) for path in FILES[1:4]]
         assert [r.result().status_code for r in [first, *rest]] == [200] * 4
-        assert len(spans["decode"]) == 4 and len(spans["forward"]) == 2
+        assert len(spans["decode"]) == 4 and len(spans["forward"]) >= 2
         for begun, ended, thread in spans["decode"]:
             assert thread.startswith("asr-decode")
             assert all(ended <= start or begun >= end for start, end, _ in spans["forward"])  # no overlap
