@@ -194,56 +194,50 @@ def test_requests_that_queued_while_the_model_was_busy_run_at_once(tiny_model, m
             assert slow.finish()[0] == 200
 
 
+def recorded(spans, name, function, seconds=0.0):
+    """`function`, sleeping `seconds` first, with (start, end, thread) of each call appended to spans[name]."""
+
+    def call(*args):
+        begun = time.monotonic()
+        time.sleep(seconds)
+        try:
+            return function(*args)
+        finally:
+            spans.setdefault(name, []).append((begun, time.monotonic(), threading.current_thread()))
+
+    return call
+
+
 def test_only_the_model_thread_runs_the_model(tiny_model, monkeypatch):
     """The model is loaded by a thread that has ended once the app is made, and runs on the worker: torch's
     OpenMP keeps a team of threads for each thread that ran a parallel op, and a second team (the main thread's,
     left by loading) makes every barrier of the forward passes sleep (Service)."""
-    threads = {}
-
-    def recorded(name, function):
-        def call(*args):
-            threads[name] = threading.current_thread()
-            return function(*args)
-
-        return call
-
-    monkeypatch.setattr(serving, "load_backend", recorded("load", serving.load_backend))
+    spans = {}
+    monkeypatch.setattr(serving, "load_backend", recorded(spans, "load", serving.load_backend))
     with Running(tiny_model) as running:
         transcriber = running.service.batcher.transcriber
-        monkeypatch.setattr(transcriber, "log_probs", recorded("forward", transcriber.log_probs))
+        monkeypatch.setattr(transcriber, "log_probs", recorded(spans, "forward", transcriber.log_probs))
         assert post_to(running, FILES[0]).status_code == 200
-        assert threads["load"] is not threading.main_thread() and not threads["load"].is_alive()
-        assert threads["forward"] is running.service.batcher.worker
+        ((*_, loader),) = spans["load"]
+        assert loader is not threading.main_thread() and not loader.is_alive()
+        assert [thread for *_, thread in spans["forward"]] == [running.service.batcher.worker]
 
 
 def test_uploads_are_decoded_between_forward_passes(tiny_model, monkeypatch):
     """Uploads that arrive while the model runs are decoded after its forward pass, on the batcher's decoding
     threads, not in their handlers during it (they would take cores from the model's threads)."""
     with Running(tiny_model, "--max_wait_ms", "0") as running, ThreadPoolExecutor(4) as pool:
-        service, spans, lock = running.service, {"decode": [], "forward": []}, threading.Lock()
-
-        def timed(name, function, seconds=0.0):
-            def call(*args):
-                begun = time.monotonic()
-                time.sleep(seconds)
-                try:
-                    return function(*args)
-                finally:
-                    with lock:
-                        spans[name].append((begun, time.monotonic(), threading.current_thread().name))
-
-            return call
-
-        monkeypatch.setattr(service, "samples", timed("decode", service.samples))
+        service, spans = running.service, {}
+        monkeypatch.setattr(service, "samples", recorded(spans, "decode", service.samples))
         monkeypatch.setattr(service.batcher.transcriber, "log_probs",
-                            timed("forward", service.batcher.transcriber.log_probs, 1.0))  # fmt: skip
+                            recorded(spans, "forward", service.batcher.transcriber.log_probs, seconds=1.0))  # fmt: skip
         first = pool.submit(post_to, running, FILES[0])
         time.sleep(0.5)  # the model is busy with the first for 1 s: three more arrive meanwhile
         rest = [pool.submit(post_to, running, path) for path in FILES[1:4]]
         assert [r.result().status_code for r in [first, *rest]] == [200] * 4
         assert len(spans["decode"]) == 4 and len(spans["forward"]) >= 2
         for begun, ended, thread in spans["decode"]:
-            assert thread.startswith("asr-decode")
+            assert thread.name.startswith("asr-decode")
             assert all(ended <= start or begun >= end for start, end, _ in spans["forward"])  # no overlap
 
 
