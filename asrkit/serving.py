@@ -113,7 +113,7 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self.jobs = queue.Queue()
         self.admitted = 0  # changed on the event loop only
-        self.arriving = 0  # requests being received or decoded (changed on the event loop, read by the worker)
+        self.arriving = 0  # requests being received (changed on the event loop, read by the worker)
         self.batch_sizes = collections.deque(maxlen=10000)  # recordings per recent batch (for tests)
         self.worker = threading.Thread(target=self.run, name="asr-model", daemon=True)
 
@@ -153,7 +153,7 @@ class Batcher:
     def run(self):
         while True:
             # Requests that queued while the model was busy run at once (waiting would only idle the model); one
-            # that finds the model idle waits up to max_wait, while requests are being received or decoded, for
+            # that finds the model idle waits up to max_wait, while requests are being received, for
             # them to share its forward pass, never for requests that may not come.
             idle = self.jobs.empty()  # before the blocking get: was anything queued while the model was busy?
             if (job := self.jobs.get()) is None:
@@ -215,7 +215,7 @@ class Batcher:
 
 
 class Arrival:
-    """`with Arrival(batcher) as arrival:` around receiving and decoding a request, up to its
+    """`with Arrival(batcher) as arrival:` around receiving a request, up to its
     `transcribe(..., arrival=)`: while it arrives, the worker, if idle, waits for it (up to max_wait). It stops
     counting in `Batcher.arriving` once its job is queued (not before: the worker would see neither) or when the
     request fails."""
