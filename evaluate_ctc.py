@@ -1,11 +1,11 @@
 """WER and CER of a model folder on the test sets of a Golos-layout folder (greedy and with its LM).
 
-The command line of `asrkit.evaluation`: `python evaluate_ctc.py --help` tells the rest.
+The command line of `ebranchformer_ru.evaluation`: `python evaluate_ctc.py --help` tells the rest.
 """
 
 import sys
 
-from asrkit.evaluation import main
+from ebranchformer_ru.evaluation import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,11 @@
 """Publish a model folder to the Hugging Face Hub (again, or later than the command that made it).
 
-The command line of `asrkit.publishing`: `python push_to_hub.py --help` tells the rest.
+The command line of `ebranchformer_ru.publishing`: `python push_to_hub.py --help` tells the rest.
 """
 
 import sys
 
-from asrkit.publishing import main
+from ebranchformer_ru.publishing import main
 
 if __name__ == "__main__":
     sys.exit(main())

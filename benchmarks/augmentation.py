@@ -80,10 +80,10 @@ def logged_losses(log_path) -> list:
 
 def transcribe_recordings(folder, manifest):
     """(reference, hypothesis, CER) of each line of a manifest of real recordings."""
-    from asrkit.audio import read_audio
-    from asrkit.inference import TorchBackend, Transcriber
-    from asrkit.manifest import audio_path, read_manifest
-    from asrkit.metrics import cer
+    from ebranchformer_ru.audio import read_audio
+    from ebranchformer_ru.inference import TorchBackend, Transcriber
+    from ebranchformer_ru.manifest import audio_path, read_manifest
+    from ebranchformer_ru.metrics import cer
 
     transcriber = Transcriber(TorchBackend.from_folder(folder))
     results = []
@@ -108,7 +108,7 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     print(machine(), flush=True)
 
-    from asrkit.evaluation import evaluate_model
+    from ebranchformer_ru.evaluation import evaluate_model
 
     if args.probe:
         rows = [[name, args.probe, f"{train(name, args.out, args.epochs, extra, args.probe)[-1]:.3f}"] for name in variants]

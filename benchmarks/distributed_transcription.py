@@ -28,7 +28,7 @@ from pathlib import Path
 from common import ROOT, machine, table
 
 GOLOS_TRAIN_FILES, GOLOS_TRAIN_HOURS = 1_103_799, 1227
-INPUTS = [ROOT / "data" / "golos_mini" / "test_opus" / name / "manifest.jsonl"
+INPUTS = [ROOT / "ebranchformer_ru" / "golos" / "golos_mini" / "test_opus" / name / "manifest.jsonl"
           for name in ("crowd", "farfield", "heldout_voice")]  # fmt: skip
 SUMMARY = re.compile(r"(\d+) transcribed \(([\d.]+) h of audio in ([\d.]+) s\)")
 MERGE = re.compile(r"merged in ([\d.]+) s")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from common import machine, table, timed
 
-import golos
+from ebranchformer_ru import golos
 from modeling_ebranchformer import (
     DataCollatorCTC,
     EBranchformerFeatureExtractor,

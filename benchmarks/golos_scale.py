@@ -40,7 +40,7 @@ BATCH = 64
 
 def build(root: Path, lines: int, seed: int = 0) -> dict:
     """The Golos-layout folder; returns what it holds. An existing folder with the same number of lines is kept."""
-    from golos import EMBEDDED_CORPUS
+    from ebranchformer_ru.golos import EMBEDDED_CORPUS
 
     manifest = root / "train_opus" / "manifest.jsonl"
     stamp = root / "built.json"
@@ -86,7 +86,7 @@ def folder_size_mb(path: Path) -> float:
 
 
 def step_prepare(args):
-    from golos import load_golos
+    from ebranchformer_ru.golos import load_golos
 
     kwargs = {"verify_audio": args.verify_audio, "cache_dir": args.cache_dir, "decode": "none",
               "recheck_audio": args.recheck, "num_proc": args.num_proc}  # fmt: skip
@@ -96,7 +96,7 @@ def step_prepare(args):
 
 
 def step_stream(args):
-    from golos import load_golos
+    from ebranchformer_ru.golos import load_golos
 
     start = time.perf_counter()
     stream = load_golos(args.root, "all", "train", streaming=True, verify_audio=args.verify_audio)
@@ -110,8 +110,8 @@ def step_select(args):
     epoch as its Trainer draws it (CTCTrainer._get_train_sampler, batch 64)."""
     import tempfile
 
-    from asrkit import training
-    from golos import decode_with_soundfile, load_golos
+    from ebranchformer_ru import training
+    from ebranchformer_ru.golos import decode_with_soundfile, load_golos
     from modeling_ebranchformer import DataCollatorCTC
 
     start = time.perf_counter()
@@ -147,7 +147,7 @@ def step_train(args):
 
     import transformers
 
-    from asrkit import training
+    from ebranchformer_ru import training
 
     first_step = []
     training_step = transformers.Trainer.training_step

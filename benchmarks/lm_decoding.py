@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from common import machine, table
 
-from asrkit.evaluation import load_test_sets, set_log_probs
-from asrkit.inference import TorchBackend, Transcriber
-from asrkit.metrics import wer as word_error_rate
-from golos import EMBEDDED_CORPUS
+from ebranchformer_ru.evaluation import load_test_sets, set_log_probs
+from ebranchformer_ru.inference import TorchBackend, Transcriber
+from ebranchformer_ru.metrics import wer as word_error_rate
+from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH, LM_DIR
 def median_time(function, repeats):
     times = []
@@ -50,7 +50,7 @@ def main(argv=None):
     model_dir = Path(args.model_dir)
     temporary = None
     if not (model_dir / LM_DIR).is_dir():
-        from asrkit import lm_building
+        from ebranchformer_ru import lm_building
 
         temporary = Path(tempfile.mkdtemp())
         shutil.copytree(model_dir, temporary / "model", ignore=shutil.ignore_patterns("checkpoint-*", "runs"))

@@ -30,10 +30,10 @@ import numpy as np
 
 from common import ROOT, machine, table
 
-from asrkit.inference import OnnxBackend, TorchBackend, Transcriber
-from asrkit.manifest import audio_path, read_manifest
-from asrkit.metrics import cer, wer
-from golos import EMBEDDED_CORPUS
+from ebranchformer_ru.inference import OnnxBackend, TorchBackend, Transcriber
+from ebranchformer_ru.manifest import audio_path, read_manifest
+from ebranchformer_ru.metrics import cer, wer
+from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from modeling_ebranchformer.text import normalize_text
 
 TEST = EMBEDDED_CORPUS / "test_opus"
@@ -161,7 +161,7 @@ import sys, time
 import torch
 torch.set_num_threads({threads})
 import modeling_ebranchformer
-from asrkit.audio import pipeline_input
+from ebranchformer_ru.audio import pipeline_input
 from transformers import pipeline
 asr = pipeline("automatic-speech-recognition", model={model!r})
 for path in {files!r}:
@@ -194,7 +194,7 @@ def main(argv=None):
         f"{' '.join(open('/proc/loadavg').read().split()[:3])}"
     )
     if args.onnx_dir is None:
-        from asrkit import onnx_export
+        from ebranchformer_ru import onnx_export
 
         args.onnx_dir = str(Path(tempfile.mkdtemp()) / "onnx")
         onnx_export.export(args.model, args.onnx_dir, int8=True, wer_sets={}, threads=args.threads)

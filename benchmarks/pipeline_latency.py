@@ -18,7 +18,7 @@ import torch
 from common import machine, table, timed
 from transformers import pipeline
 
-import golos
+from ebranchformer_ru import golos
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 
 

@@ -2,7 +2,7 @@
 accuracy of live transcription.
 
 Two servers of MODEL run side by side (--max_batch_size 16 and 1, so that the gain of dynamic batching is
-measured); 1, 4, 16 and 64 concurrent clients each send the embedded test files (data/golos_mini/test_opus, 180
+measured); 1, 4, 16 and 64 concurrent clients each send the embedded test files (ebranchformer_ru/golos/golos_mini/test_opus, 180
 recordings) for --seconds: requests and audio seconds per second, latency p50/p95/p99, errors, the server's peak
 memory. In every round `transcribe.py` transcribes the same files offline, again until it has worked for --seconds
 (its own summary: audio seconds per second of transcription, model loading left out); rounds interleave the
@@ -37,7 +37,7 @@ import requests
 import soundfile as sf
 from common import ROOT, table
 
-CORPUS = ROOT / "data" / "golos_mini" / "test_opus"
+CORPUS = ROOT / "ebranchformer_ru" / "golos" / "golos_mini" / "test_opus"
 
 
 def free_port():

@@ -136,7 +136,7 @@ class EBranchformerFeatureExtractor(SequenceFeatureExtractor):
         if isinstance(raw_speech[0], (str, bytes)):
             raise ValueError(
                 f"audio is a list of {type(raw_speech[0]).__name__} ({raw_speech[0]!r}, ...), not of samples; to "
-                "transcribe files, read them first (e.g. asrkit.audio.read_audio(path))"
+                "transcribe files, read them first (e.g. ebranchformer_ru.audio.read_audio(path))"
             )
         if np.isscalar(raw_speech[0]):  # a list of numbers is one utterance
             speeches = [np.asarray(raw_speech)]

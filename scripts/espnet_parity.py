@@ -11,7 +11,7 @@ float32 on CPU, on the same unpadded inputs, and the script prints the max |diff
 our `layer_norm_eps=1e-12` (ESPnet hard-codes that eps in its LayerNorms) and for our default 1e-5:
 
 - standard normal inputs, batches of 3 utterances of 100 and of 300 encoder steps;
-- real speech: three groups of three Golos test utterances (data/golos_mini) concatenated, log-mel features
+- real speech: three groups of three Golos test utterances (ebranchformer_ru/golos/golos_mini) concatenated, log-mel features
   from our feature extractor, through the subsampling and positions of a freshly initialised (seed 0)
   EBranchformerModel, trimmed to the shortest group (one unpadded batch of 3, about 260 steps).
 
@@ -31,14 +31,14 @@ from pathlib import Path
 
 import torch
 
-from asrkit.audio import read_audio
+from ebranchformer_ru.audio import read_audio
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerFeatureExtractor
 from modeling_ebranchformer.modeling import EBranchformerLayer, EBranchformerModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 ESPNET_HINT = "pip install --no-deps espnet typeguard"
-CROWD_TEST = ROOT / "data" / "golos_mini" / "test_opus" / "crowd" / "files"
+CROWD_TEST = ROOT / "ebranchformer_ru" / "golos" / "golos_mini" / "test_opus" / "crowd" / "files"
 
 # Our parameter -> the ESPnet parameters it is made of (more than one: concatenated along dim 0).
 # ESPnet's macaron FFN (`feed_forward_macaron`, `norm_ff_macaron`) is the first one, our ffn1.

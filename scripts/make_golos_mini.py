@@ -1,9 +1,9 @@
-"""Generate `data/golos_mini/`: a small corpus in exactly the layout and format of the course's Golos archive.
+"""Generate `ebranchformer_ru/golos/golos_mini/`: a small corpus in exactly the layout and format of the course's Golos archive.
 
-    data/golos_mini/train_opus/manifest.jsonl               + train_opus/{crowd,farfield}/*.opus
-    data/golos_mini/test_opus/crowd/manifest.jsonl          + test_opus/crowd/files/*.opus
-    data/golos_mini/test_opus/farfield/manifest.jsonl       + test_opus/farfield/files/*.opus
-    data/golos_mini/test_opus/heldout_voice/manifest.jsonl  + test_opus/heldout_voice/files/*.opus
+    ebranchformer_ru/golos/golos_mini/train_opus/manifest.jsonl               + train_opus/{crowd,farfield}/*.opus
+    ebranchformer_ru/golos/golos_mini/test_opus/crowd/manifest.jsonl          + test_opus/crowd/files/*.opus
+    ebranchformer_ru/golos/golos_mini/test_opus/farfield/manifest.jsonl       + test_opus/farfield/files/*.opus
+    ebranchformer_ru/golos/golos_mini/test_opus/heldout_voice/manifest.jsonl  + test_opus/heldout_voice/files/*.opus
 
 Train mixes the two domains as Golos does (400 crowd + 100 farfield utterances, about 25 minutes), the domain
 being the first folder of `audio_filepath`. Texts are Golos-like voice-assistant requests (names and
@@ -35,7 +35,7 @@ Needs (only this script): Debian's `espeak-ng`, `festival` and `festvox-ru` pack
 The output is the same for the same --seed and package versions; everything random about an utterance
 depends on (seed, split, index) only, so changing one split leaves the others' bytes as they are.
 
-    python scripts/make_golos_mini.py --overwrite          # regenerate data/golos_mini
+    python scripts/make_golos_mini.py --overwrite          # regenerate ebranchformer_ru/golos/golos_mini
     python scripts/make_golos_mini.py --out DIR [--seed 0] [--limit N]
 
 `--limit N` makes only the first N utterances of each split, byte for byte those of the full corpus
@@ -268,7 +268,7 @@ def made_here(folder: Path) -> bool:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="data/golos_mini")
+    parser.add_argument("--out", default="ebranchformer_ru/golos/golos_mini")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="only the first N utterances of each split (for checks; needs --out)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it is a corpus made by this script")

@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-import golos
+from ebranchformer_ru import golos
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerFeatureExtractor, EBranchformerForCTC
 
 

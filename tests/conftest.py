@@ -100,7 +100,7 @@ def _train_args(tmp_path, *extra):
 def trained(tmp_path_factory):
     """A finished train_ctc.py run: 8 steps with checkpoints at 4 and 8, evaluated at the end.
     Returns (tmp folder, trainer, metrics); the run is in tmp/out. Tests must not modify it."""
-    from asrkit import training
+    from ebranchformer_ru import training
 
     tmp = tmp_path_factory.mktemp("run")
     trainer, metrics = training.run(_train_args(tmp, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4",

@@ -3,5 +3,5 @@
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "data" / "golos_mini"
+CORPUS = ROOT / "ebranchformer_ru" / "golos" / "golos_mini"
 SHARED_EXAMPLE = ROOT.parent / "shared" / "golos_example"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asrkit.audio import read_audio
+from ebranchformer_ru.audio import read_audio
 
 
 def test_read_audio_names_the_file_it_cannot_use(tmp_path, speech_like):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asrkit.audio import read_audio
-from asrkit.augmentation import PEAK, AudioAugmentation, AugmentationArguments, AugmentationCallback
+from ebranchformer_ru.audio import read_audio
+from ebranchformer_ru.augmentation import PEAK, AudioAugmentation, AugmentationArguments, AugmentationCallback
 
 RATE = 16000
 
@@ -145,7 +145,7 @@ def test_persistent_workers_see_the_epoch():
     ],
 )
 def test_bad_options_are_refused(tmp_path, option, message, train_args):
-    from asrkit import training
+    from ebranchformer_ru import training
 
     with pytest.raises(SystemExit, match=message):
         training.parse_args(train_args(tmp_path, *option))
@@ -168,7 +168,7 @@ def spec_augment(tiny_overrides):
 def augmented_run(tmp_path_factory, spec_augment, train_args):
     """4 steps (2 epochs of the 40 s subset, batch 8) with augmentation and SpecAugment, one DataLoader worker,
     a checkpoint after each step, evaluated at the end."""
-    from asrkit import training
+    from ebranchformer_ru import training
 
     tmp = tmp_path_factory.mktemp("augmented")
     trainer, _ = training.run(train_args(tmp, *AUGMENT, *spec_augment, "--max_steps", "4", "--dataloader_num_workers", "1",
@@ -199,7 +199,7 @@ def test_training_audio_is_augmented_and_evaluation_audio_is_not(augmented_run):
 
 @pytest.mark.parametrize("step", [2, 3])  # at an epoch's start, and mid-epoch
 def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step, spec_augment, train_args):
-    from asrkit import training
+    from ebranchformer_ru import training
 
     tmp, trainer = augmented_run
     (tmp_path / "out").mkdir()
@@ -215,8 +215,8 @@ def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step, spec_
 
 def test_the_speed_factor_is_counted_in_the_ctc_length_check(tmp_path, train_args):
     """At speed 2 audio is half as long: transcripts that fit only at 1.0 must be filtered out."""
-    from asrkit import training
-    from golos.selection import column, ctc_target_frames
+    from ebranchformer_ru import training
+    from ebranchformer_ru.golos.selection import column, ctc_target_frames
     from modeling_ebranchformer.ctc import output_frames
 
     model_args, data_args, *_ = training.parse_args(train_args(tmp_path, "--train_subset_seconds", "0"))
@@ -229,7 +229,7 @@ def test_the_speed_factor_is_counted_in_the_ctc_length_check(tmp_path, train_arg
 
 
 def test_the_train_order_depends_on_seed_and_epoch_only():
-    from asrkit import training
+    from ebranchformer_ru import training
 
     lengths = list(np.random.default_rng(0).uniform(1, 10, 100))
     sampler = training.EpochSeededLengthGroupedSampler(8, lengths, seed=3)
@@ -246,7 +246,7 @@ def test_the_train_order_depends_on_seed_and_epoch_only():
 
 def test_each_epoch_draws_anew(tmp_path, monkeypatch, train_args):
     """The callback tells the augmentation which epoch it is in: 2 epochs of 2 steps see epochs 0 and 1."""
-    from asrkit import training
+    from ebranchformer_ru import training
 
     seen = []
     augment = AudioAugmentation.augment
@@ -281,7 +281,7 @@ def test_a_run_gives_the_same_weights_on_a_loaded_machine(augmented_run, tmp_pat
     import subprocess
     import sys
 
-    from asrkit import training
+    from ebranchformer_ru import training
 
     tmp, trainer = augmented_run
     hog = "import numpy as np\nx = np.random.rand(300, 300)\nwhile True:\n    x = np.tanh(x @ x)\n"

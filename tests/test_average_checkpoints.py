@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asrkit import averaging
+from ebranchformer_ru import averaging
 from modeling_ebranchformer import (
     EBranchformerConfig,
     EBranchformerForCTC,
@@ -14,7 +14,7 @@ from modeling_ebranchformer import (
     QuartzNetConfig,
     QuartzNetForCTC,
 )
-from asrkit.hub import load_ctc_model
+from ebranchformer_ru.hub import load_ctc_model
 
 QUARTZNET = {"block_channels": [32, 32, 48], "block_repeats": [1, 2, 1], "block_kernel_sizes": [11, 9, 1],
              "block_strides": [4, 1, 1], "block_dilations": [1, 2, 1], "block_residual": [False, True, False],

@@ -25,8 +25,8 @@ from course_modules import (
 )
 from transformers import AutoModelForCTC
 
-from asrkit import conversion
-from asrkit.conversion import ConversionError, convert
+from ebranchformer_ru import conversion
+from ebranchformer_ru.conversion import ConversionError, convert
 from modeling_ebranchformer import (
     EBranchformerCTCTokenizer,
     EBranchformerFeatureExtractor,

@@ -14,8 +14,8 @@ import pytest
 import torch
 from project import CORPUS, ROOT
 
-from asrkit import distributed, training, transcription
-from asrkit.evaluation import run as evaluate_main
+from ebranchformer_ru import distributed, training, transcription
+from ebranchformer_ru.evaluation import run as evaluate_main
 
 CROWD = CORPUS / "test_opus" / "crowd" / "files"
 BROKEN = "test_opus_crowd_0000_broken.wav"
@@ -101,7 +101,7 @@ def jobs_script(tmp_path, jobs: dict, prelude: str = "") -> "os.PathLike":
     script.write_text(textwrap.dedent(f"""
         import contextlib, io, json, os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from asrkit import distributed, evaluation, transcription
+        from ebranchformer_ru import distributed, evaluation, transcription
         PRELUDE
         rank = int(os.environ["RANK"])
         for name, (module, argv) in {jobs!r}.items():
@@ -125,7 +125,7 @@ def report(tmp_path, name, rank=0) -> dict:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_model):
     """8 recordings and a broken file in a folder, and a copy of the tiny model with a language model."""
-    from asrkit import lm_building
+    from ebranchformer_ru import lm_building
 
     tmp = tmp_path_factory.mktemp("inputs")
     folder = tmp / "recordings"
@@ -221,7 +221,7 @@ def test_two_processes_evaluate_as_one(two_processes, inputs, tmp_path):
 
 KILL = """
 import signal
-from asrkit import inference
+from ebranchformer_ru import inference
 real, batches = inference.Transcriber.transcribe, []
 def dying(self, waveforms):
     batches.append(1)
@@ -303,7 +303,7 @@ def test_two_nodes_train_and_transcribe(inputs, tmp_path, train_args):
     script.write_text(textwrap.dedent(f"""
         import json, os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from asrkit import training, transcription
+        from ebranchformer_ru import training, transcription
         from safetensors.torch import save_file
 
         rank = int(os.environ["RANK"])

@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from project import CORPUS
 
-from asrkit.evaluation import run as evaluate_main
+from ebranchformer_ru.evaluation import run as evaluate_main
 
 
 def reference_transcripts(folder, manifest, count):
@@ -142,7 +142,7 @@ def test_pipeline_word_timestamps_are_plain_floats(trained):
 
 
 def test_a_results_place_that_cannot_be_made_is_named_before_any_work(tmp_path, monkeypatch):
-    from asrkit import evaluation, lm_tuning
+    from ebranchformer_ru import evaluation, lm_tuning
 
     (tmp_path / "results").write_text("a file")
     monkeypatch.setattr(evaluation.TorchBackend, "from_folder", lambda *a, **k: pytest.fail("the model was loaded"))

@@ -18,7 +18,7 @@ pytest.importorskip("onnx")
 
 from project import CORPUS, ROOT
 
-from asrkit import onnx_export, onnx_runtime, transcription
+from ebranchformer_ru import onnx_export, onnx_runtime, transcription
 
 CROWD = CORPUS / "test_opus" / "crowd"
 FILES = sorted((CROWD / "files").glob("*.opus"))[:6]
@@ -90,7 +90,7 @@ def test_numpy_runtime_matches_pytorch(exported):
     features within float32 rounding, log-probabilities close, identical greedy transcripts."""
     from transformers import AutoModelForCTC, AutoProcessor
 
-    from asrkit.audio import read_audio
+    from ebranchformer_ru.audio import read_audio
 
     model_dir, out, _ = exported
     model, processor = AutoModelForCTC.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 from project import CORPUS
 
-from golos import (
+from ebranchformer_ru.golos import (
     ManifestError,
     course_filter,
     find_test_sets,

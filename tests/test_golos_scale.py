@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from project import CORPUS, ROOT
 
-import golos
-import golos.prepare
-from golos import load_golos
+from ebranchformer_ru import golos
+from ebranchformer_ru.golos import prepare as golos_prepare
+from ebranchformer_ru.golos import load_golos
 
 LINES = 70
 SHARD = 10
@@ -42,18 +42,19 @@ def rows(dataset):
 KILLER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import golos, golos.prepare
-from golos.golos import Golos
-golos.prepare.SHARD_LINES = {shard}
+from ebranchformer_ru import golos
+from ebranchformer_ru.golos import prepare as golos_prepare
+from ebranchformer_ru.golos.golos import Golos
+golos_prepare.SHARD_LINES = {shard}
 stage, after = sys.argv[1], int(sys.argv[2])
 if stage == "checks":  # killed right after the n-th shard is saved
-    verify_shard, done = golos.prepare.verify_shard, []
+    verify_shard, done = golos_prepare.verify_shard, []
     def killing(task):
         verify_shard(task)
         done.append(task)
         if len(done) == after:
             os.kill(os.getpid(), signal.SIGKILL)
-    golos.prepare.verify_shard = killing
+    golos_prepare.verify_shard = killing
 else:  # killed while the Arrow cache is being written, after n examples
     generate = Golos._generate_examples
     def killing(self, **kwargs):
@@ -76,7 +77,7 @@ def run_killed(tmp_path, root, cache, stage, after):
 
 @pytest.mark.parametrize("stage, after", [("checks", 3), ("arrow", 25)])
 def test_a_killed_preparation_goes_on_from_its_saved_shards(tmp_path, big_corpus, monkeypatch, stage, after):
-    monkeypatch.setattr(golos.prepare, "SHARD_LINES", SHARD)
+    monkeypatch.setattr(golos_prepare, "SHARD_LINES", SHARD)
     kwargs = {"skip_invalid": True, "decode": "none", "return_report": True}
     expected, expected_report = load_golos(big_corpus, "all", "train", cache_dir=tmp_path / "whole", **kwargs)
     assert not list((tmp_path / "whole" / "golos_verify").glob("*/*"))  # deleted once the cache is written
@@ -89,8 +90,8 @@ def test_a_killed_preparation_goes_on_from_its_saved_shards(tmp_path, big_corpus
     (saved[0].parent / "shard-00004.npz.tmp-1.npz").write_bytes(b"PK\x03\x04 half a file")
 
     checked = []
-    verify_shard = golos.prepare.verify_shard
-    monkeypatch.setattr(golos.prepare, "verify_shard", lambda task: checked.append(task) or verify_shard(task))
+    verify_shard = golos_prepare.verify_shard
+    monkeypatch.setattr(golos_prepare, "verify_shard", lambda task: checked.append(task) or verify_shard(task))
     dataset, report = load_golos(big_corpus, "all", "train", cache_dir=cache, num_proc=1, **kwargs)
     assert len(checked) == LINES // SHARD - len(saved)  # only the shards that were not saved
     assert rows(dataset) == rows(expected) and len(dataset) == LINES - 1
@@ -99,7 +100,7 @@ def test_a_killed_preparation_goes_on_from_its_saved_shards(tmp_path, big_corpus
 
 
 def test_several_processes_prepare_the_same_dataset(tmp_path, big_corpus, monkeypatch):
-    monkeypatch.setattr(golos.prepare, "SHARD_LINES", SHARD)
+    monkeypatch.setattr(golos_prepare, "SHARD_LINES", SHARD)
     kwargs = {"skip_invalid": True, "decode": "none", "return_report": True}
     one = load_golos(big_corpus, "all", "train", cache_dir=tmp_path / "one", num_proc=1, **kwargs)
     two = load_golos(big_corpus, "all", "train", cache_dir=tmp_path / "two", num_proc=2, **kwargs)
@@ -134,7 +135,7 @@ def test_cached_loads_recheck_the_audio_stamps_only_when_asked(tmp_path, big_cor
 
 
 def test_the_length_grouped_sampler_gets_durations_without_decoding(tmp_path, monkeypatch, tiny_overrides):
-    from asrkit import training
+    from ebranchformer_ru import training
 
     def no_decoding(audio):
         raise AssertionError(f"decoded {audio['path']}")

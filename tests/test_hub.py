@@ -17,7 +17,7 @@ from modeling_ebranchformer import (
     EBranchformerForCTC,
     EBranchformerProcessor,
 )
-from asrkit.audio import pipeline_input
+from ebranchformer_ru.audio import pipeline_input
 
 
 @pytest.fixture

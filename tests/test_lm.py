@@ -18,7 +18,7 @@ import pytest
 import torch
 from project import CORPUS, ROOT
 
-from asrkit import lm_building
+from ebranchformer_ru import lm_building
 from modeling_ebranchformer import (
     EBranchformerConfig,
     EBranchformerCTCTokenizer,
@@ -519,7 +519,7 @@ def test_an_alphabet_that_does_not_cover_the_tokenizer_is_refused(lm_folder, tmp
 def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
     from transformers import AutoProcessor
 
-    from asrkit import training
+    from ebranchformer_ru import training
 
     _, folder, _ = lm_folder
     tiny = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,cgmlp_intermediate_size=48,ffn_intermediate_size=64"
@@ -537,8 +537,8 @@ def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
 def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(lm_folder, tmp_path):
     from huggingface_hub import ModelCard
 
-    from asrkit import lm_tuning
-    from asrkit.evaluation import run as evaluate_main
+    from ebranchformer_ru import lm_tuning
+    from ebranchformer_ru.evaluation import run as evaluate_main
 
     _, folder, plain = lm_folder
     copy = tmp_path / "model"
@@ -634,7 +634,7 @@ def test_a_word_sharing_a_hotwords_prefix_is_not_cut_short(corpus_lm, text, hotw
 def test_hotwords_cost_little_on_speech_without_them(corpus_lm):
     """On the embedded test sets' transcripts (crafted logits with near misses), hotwords that share prefixes
     with many words leave the WER within a point of decoding without them."""
-    from asrkit.metrics import wer
+    from ebranchformer_ru.metrics import wer
 
     references, logits = crafted_test_sets()
     decoder = CTCBeamSearchDecoder(LABELS, corpus_lm)
@@ -678,7 +678,7 @@ def test_pipeline_decoder_kwargs_reach_the_search_and_unknown_ones_are_refused(t
     import torch
     from transformers import AutoProcessor, pipeline
 
-    from asrkit import lm_building
+    from ebranchformer_ru import lm_building
     from modeling_ebranchformer import EBranchformerASRPipeline, EBranchformerForCTC, EBranchformerProcessor
 
     torch.manual_seed(0)
@@ -705,7 +705,7 @@ def test_hotwords_through_transcribe_py(tmp_path, tiny_config):
     is refused by name before any work."""
     import torch
 
-    from asrkit import lm_building
+    from ebranchformer_ru import lm_building
     from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
 
     torch.manual_seed(0)

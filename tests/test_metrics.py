@@ -1,4 +1,4 @@
-"""The package's WER and CER modules (asrkit/metrics) against edit distances counted by hand,
+"""The package's WER and CER modules (ebranchformer_ru/metrics) against edit distances counted by hand,
 and `evaluate.load("wer")` offline.
 
 Each case lists its substitutions, deletions and insertions as a person counts them; the expected rate is
@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from asrkit.metrics import evaluate_modules_cache, load_metric
+from ebranchformer_ru.metrics import evaluate_modules_cache, load_metric
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_a_perfect_corpus_scores_zero(wer, cer):
 
 def test_evaluate_load_by_name_works_offline_outside_the_repository(tmp_path):
     """What users type, `evaluate.load("wer")`, offline, from another folder, in a fresh module cache: it fails
-    until `python -m asrkit.metrics install` has run once (importing the project writes nothing there), then
+    until `python -m ebranchformer_ru.metrics install` has run once (importing the project writes nothing there), then
     works in a process that uses only evaluate; a second install leaves the placed copy as it is."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     env.pop("PYTHONPATH", None)
@@ -110,20 +110,20 @@ def test_evaluate_load_by_name_works_offline_outside_the_repository(tmp_path):
         print(wer, cer)
     """)
     run = functools.partial(subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True)
-    result = run([sys.executable, "-c", "import modeling_ebranchformer, asrkit.metrics\n" + compute])
+    result = run([sys.executable, "-c", "import modeling_ebranchformer, ebranchformer_ru.metrics\n" + compute])
     assert result.returncode != 0 and not list(tmp_path.rglob("wer.py"))  # (evaluate makes the cache folder)
-    install = run([sys.executable, "-m", "asrkit.metrics", "install"])
+    install = run([sys.executable, "-m", "ebranchformer_ru.metrics", "install"])
     assert install.returncode == 0 and "wer: placed in" in install.stdout, install.stderr[-2000:]
     result = run([sys.executable, "-c", compute])
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [str(1 / 4), str(1 / 4)]  # 1 deletion in 4 words; 1 insertion in 4 chars
-    again = run([sys.executable, "-m", "asrkit.metrics", "install"])
+    again = run([sys.executable, "-m", "ebranchformer_ru.metrics", "install"])
     assert again.returncode == 0 and "wer: a copy is in" in again.stdout
 
 
 def test_the_project_computes_what_the_evaluate_modules_compute(wer, cer):
-    """One computation: `asrkit.metrics.wer`/`cer`, which the project's code calls, equal the shipped modules."""
-    from asrkit import metrics
+    """One computation: `ebranchformer_ru.metrics.wer`/`cer`, which the project's code calls, equal the shipped modules."""
+    from ebranchformer_ru import metrics
 
     for cases, module, function in ((WORD_CASES, wer, metrics.wer), (CHARACTER_CASES, cer, metrics.cer)):
         references, hypotheses = [c[0] for c in cases], [c[1] for c in cases]

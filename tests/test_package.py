@@ -52,7 +52,7 @@ def test_importing_the_package_writes_nothing(tmp_path):
         sys.addaudithook(audit)
         import modeling_ebranchformer
         from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessorWithLM
-        import asrkit, asrkit.inference, asrkit.transcription, asrkit.metrics, golos
+        import ebranchformer_ru, ebranchformer_ru.inference, ebranchformer_ru.transcription, ebranchformer_ru.metrics, ebranchformer_ru.golos
         config = AutoConfig.for_model("ebranchformer")
         print(json.dumps({"writes": writes, "type": type(config).__name__}))
     """
@@ -118,7 +118,7 @@ def test_numpy_modules_import_where_torch_and_transformers_cannot(tmp_path):
         import numpy as np
         import modeling_ebranchformer
         from modeling_ebranchformer import beam_search, ngram
-        from asrkit import inference, onnx_runtime, transcription
+        from ebranchformer_ru import inference, onnx_runtime, transcription
         labels = [" "] + list("абвгдежзийклмнопрстуфхцчшщъыьэюя") + [""]
         lm = ngram.NGramLanguageModel.from_file(sys.argv[1]) if len(sys.argv) > 1 else None
         decoder = beam_search.CTCBeamSearchDecoder(labels)
@@ -141,7 +141,7 @@ def test_no_script_imports_another_script_or_edits_sys_path():
     scripts.discard("common")
     offenders = []
     for path in [*ROOT.glob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "scripts").glob("*.py"),
-                 *(ROOT / "asrkit").rglob("*.py"), *(ROOT / "golos").glob("*.py")]:  # fmt: skip
+                 *(ROOT / "ebranchformer_ru").rglob("*.py")]:  # fmt: skip
         text = path.read_text(encoding="utf-8")
         for match in re.finditer(r"^\s*(?:from|import)\s+([\w.]+)", text, flags=re.M):
             if match.group(1).split(".")[0] in scripts:

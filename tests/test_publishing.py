@@ -17,7 +17,7 @@ import torch
 from hub_server import HubServer, Repo
 from project import CORPUS, ROOT, SHARED_EXAMPLE
 
-from asrkit.publishing import PublishError, check_publishable, publishable_files
+from ebranchformer_ru.publishing import PublishError, check_publishable, publishable_files
 
 TOKENS = {"hf_alice_0123456789secret": "alice", "hf_bob_0123456789secret": "bob"}
 ALICE, BOB = list(TOKENS)
@@ -126,7 +126,7 @@ LOAD = textwrap.dedent(
     """
     import json, sys
     sys.modules["modeling_ebranchformer"] = None  # this package is not installed here
-    sys.modules["asrkit"] = None
+    sys.modules["ebranchformer_ru"] = None
     import soundfile as sf, torch
     from transformers import AutoModelForCTC, AutoProcessor, pipeline
 
@@ -202,7 +202,7 @@ def test_a_published_folder_with_its_lm_loads_and_transcribes_elsewhere_as_here(
 
 
 def test_the_model_cards_snippet_runs_as_written_against_the_published_repo(hub, tmp_path, tiny_model):
-    from asrkit.model_card import write_model_card
+    from ebranchformer_ru.model_card import write_model_card
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)

@@ -128,9 +128,9 @@ def check_launcher(argv: list[str]):
 
 
 def load(path: Path):
-    """The module whose command line a script is (`from asrkit.transcription import main`)."""
-    match = re.search(r"^from (asrkit\.\w+) import main$", path.read_text(encoding="utf-8"), flags=re.M)
-    assert match, f"{path.name} is not a thin command line over a module of asrkit"
+    """The module whose command line a script is (`from ebranchformer_ru.transcription import main`)."""
+    match = re.search(r"^from (ebranchformer_ru\.\w+) import main$", path.read_text(encoding="utf-8"), flags=re.M)
+    assert match, f"{path.name} is not a thin command line over a module of ebranchformer_ru"
     return importlib.import_module(match.group(1))
 
 

@@ -19,7 +19,7 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from asrkit import serving, transcription  # noqa: E402 (after the skips)
+from ebranchformer_ru import serving, transcription  # noqa: E402 (after the skips)
 
 FILES = sorted((CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))[:6]
 
@@ -357,7 +357,7 @@ def test_a_full_queue_is_refused_and_a_client_that_leaves_frees_its_place(tiny_m
 
 
 def test_prompt_words_are_hotwords_of_that_request_only(tiny_model, tmp_path):
-    from asrkit import lm_building
+    from ebranchformer_ru import lm_building
 
     folder = tmp_path / "with_lm"
     shutil.copytree(tiny_model, folder)
@@ -398,7 +398,7 @@ def stream(url, samples, chunk_s=0.1, pause_s=0.05, end=True):
 
 
 def test_live_audio_gets_partials_and_the_offline_transcript_at_the_end(server, tiny_model, tmp_path, caplog):
-    caplog.set_level("INFO", logger="asrkit.serving")
+    caplog.set_level("INFO", logger="ebranchformer_ru.serving")
     samples = serving.read_audio(FILES[2])
     wav = tmp_path / "same.wav"  # what the stream carries: 16-bit samples
     sf.write(wav, samples, 16000, subtype="PCM_16")
@@ -559,7 +559,7 @@ def test_the_page_transcribes_an_upload_and_the_microphone(server, tiny_model, b
 @pytest.mark.slow  # an ONNX export
 def test_an_onnx_export_is_served_as_transcribe_py_runs_it(tiny_model, tmp_path):
     pytest.importorskip("onnxruntime")
-    from asrkit import onnx_export
+    from ebranchformer_ru import onnx_export
 
     folder = tmp_path / "onnx"
     onnx_export.export(tiny_model, folder, check_audio=FILES[:2], log=lambda *a: None)

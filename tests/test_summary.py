@@ -3,7 +3,7 @@ import sys
 
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 from project import ROOT
-from asrkit.summary import parameter_counts
+from ebranchformer_ru.summary import parameter_counts
 
 
 def test_counts_of_the_default_model():
@@ -29,7 +29,7 @@ def test_counts_follow_the_configuration():
 
 def test_command_prints_the_figures():
     out = subprocess.run(
-        [sys.executable, "-m", "asrkit.summary"], capture_output=True, text=True, check=True, cwd=ROOT
+        [sys.executable, "-m", "ebranchformer_ru.summary"], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout
     for figure in ("9,978,112", "8,738", "9,986,850", "11,266,850"):
         assert figure in out

@@ -14,7 +14,7 @@ import torch
 from project import CORPUS, ROOT
 from safetensors.torch import load_file
 
-from asrkit import training
+from ebranchformer_ru import training
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
 
@@ -193,7 +193,7 @@ def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tm
     from test_convert_checkpoint import convert, course_model, lightning_checkpoint
     from transformers import AutoModelForCTC
 
-    from asrkit.evaluation import run as evaluate_main
+    from ebranchformer_ru.evaluation import run as evaluate_main
 
     torch.save(lightning_checkpoint(course_model(arch, variant)), tmp_path / "model.ckpt")
     convert(tmp_path / "model.ckpt", tmp_path / "converted")
@@ -224,7 +224,7 @@ def test_two_processes_are_data_parallel(tmp_path, train_args):
     script.write_text(textwrap.dedent(f"""
         import json, os, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from asrkit import training
+        from ebranchformer_ru import training
         from safetensors.torch import save_file
 
         seen = []
@@ -361,7 +361,7 @@ def test_train_set_left_empty_by_the_filters(tmp_path, train_args):
 
 
 def test_transcripts_longer_than_the_output_frames_are_removed_and_counted():
-    from golos.selection import ctc_feasible
+    from ebranchformer_ru.golos.selection import ctc_feasible
     from modeling_ebranchformer import EBranchformerFeatureExtractor
     from modeling_ebranchformer.ctc import output_frames
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from project import CORPUS
 
-from asrkit import onnx_runtime, transcription
-from asrkit.audio import read_audio
+from ebranchformer_ru import onnx_runtime, transcription
+from ebranchformer_ru.audio import read_audio
 
 CROWD = CORPUS / "test_opus" / "crowd"
 FARFIELD = CORPUS / "test_opus" / "farfield"
@@ -41,7 +41,7 @@ def reference_texts(model_dir, paths):
     """What the model's own greedy decoding gives (`generate` + `batch_decode`), file by file."""
     from transformers import AutoModelForCTC, AutoProcessor
 
-    from asrkit.audio import read_audio
+    from ebranchformer_ru.audio import read_audio
 
     model, processor = AutoModelForCTC.from_pretrained(model_dir).eval(), AutoProcessor.from_pretrained(model_dir)
     texts = []
@@ -293,7 +293,7 @@ def test_numpy_front_end_matches_the_feature_extractor(speech_like):
     """The torch-free log-mel features of onnx_runtime.py against EBranchformerFeatureExtractor: real and
     synthetic audio, lengths around the reflection limit and the hop."""
     from modeling_ebranchformer import EBranchformerFeatureExtractor
-    from asrkit.audio import read_audio
+    from ebranchformer_ru.audio import read_audio
 
     extractor = EBranchformerFeatureExtractor()
     numpy_features = onnx_runtime.LogMelFeatures(**extractor.to_dict())
@@ -314,8 +314,8 @@ def test_numpy_front_end_matches_the_feature_extractor(speech_like):
 def test_decoder_lm_uses_the_folders_language_model(tiny_model, inputs, tmp_path, capsys):
     from transformers import AutoModelForCTC, AutoProcessor
 
-    from asrkit import lm_building
-    from asrkit.audio import read_audio
+    from ebranchformer_ru import lm_building
+    from ebranchformer_ru.audio import read_audio
 
     folder = tmp_path / "with_lm"
     shutil.copytree(tiny_model, folder)
@@ -365,7 +365,7 @@ def test_an_input_is_never_the_output(tiny_model, inputs, capsys):
 
 
 def test_an_output_made_with_other_settings_is_not_mixed_into(tiny_model, tmp_path, capsys):
-    from asrkit import lm_building
+    from ebranchformer_ru import lm_building
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
@@ -454,7 +454,7 @@ def test_a_model_with_nan_weights_fails_by_name(tiny_model, tmp_path, capsys):
 
 
 def test_a_damaged_language_model_does_not_stop_greedy_transcription(tiny_model, tmp_path, capsys):
-    from asrkit import lm_building
+    from ebranchformer_ru import lm_building
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
@@ -480,7 +480,7 @@ def test_a_long_file_is_read_a_chunk_at_a_time(tiny_model, tmp_path, monkeypatch
     """A recording longer than --chunk_length_s is never read whole, and is transcribed exactly as when it is."""
     import soundfile as sf
 
-    from asrkit.inference import Transcriber, load_backend
+    from ebranchformer_ru.inference import Transcriber, load_backend
 
     speech = np.concatenate([read_audio(p) for p in sorted((CROWD / "files").glob("*.opus"))[:12]])  # ~35 s
     long = tmp_path / "long.flac"
@@ -570,7 +570,7 @@ def test_relative_inputs_resume_only_from_the_same_folder(tiny_model, tmp_path, 
 
 
 def test_length_batches_cut_where_padding_costs_more_than_a_forward_pass():
-    from asrkit.inference import length_batches
+    from ebranchformer_ru.inference import length_batches
 
     # 4 short and 4 long: together, 8 x 5 = 40 (+2); apart, 4 x 1 + 4 x 5 = 24 (+4)
     assert length_batches([1, 1, 1, 1, 5, 5, 5, 5], 16, forward_cost=2) == [(0, 4), (4, 8)]

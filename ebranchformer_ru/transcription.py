@@ -1,7 +1,7 @@
 """Transcribe audio files, folders and NeMo/Golos manifests with a trained model folder or an ONNX export.
 
     python transcribe.py outputs/mini recordings/ --output out.jsonl
-    python transcribe.py outputs/mini_onnx data/golos_mini/test_opus/crowd/manifest.jsonl --output crowd.txt
+    python transcribe.py outputs/mini_onnx ebranchformer_ru/golos/golos_mini/test_opus/crowd/manifest.jsonl --output crowd.txt
     python transcribe.py outputs/mini talk.wav --output talk.srt
 
 MODEL is a folder saved by `train_ctc.py`/`convert_checkpoint.py` (run with PyTorch) or one made by
@@ -20,7 +20,7 @@ Progress is journaled next to the output after every batch, and the output is wr
 the end (a temporary file renamed into place): a run that stops leaves the earlier output untouched, and
 rerunning the same command skips what the journal and the output already hold.
 
-Under `torchrun` or `accelerate launch` the files are split between the processes by duration (`asrkit.distributed`),
+Under `torchrun` or `accelerate launch` the files are split between the processes by duration (`ebranchformer_ru.distributed`),
 each process journals its share in its own journal, and rank 0 writes the output once all have finished: the
 same bytes as one process. Every process reads every journal, so a run killed in one process or in all
 continues with any number of processes.

@@ -2,7 +2,7 @@
 
 `modeling_ebranchformer` is the model (what `save_pretrained` copies into a folder for `trust_remote_code`);
 `golos` is the dataset; this package is the rest, one module per job, each with the command line of its
-script (`python transcribe.py ...` is `asrkit.transcription.main`):
+script (`python transcribe.py ...` is `ebranchformer_ru.transcription.main`):
 
 | module | job |
 |---|---|
@@ -13,6 +13,6 @@ script (`python transcribe.py ...` is `asrkit.transcription.main`):
 | `files`, `hub`, `model_card`, `summary` | atomic writes, loading folders with clear errors, the model card, parameter counts |
 | `training`, `evaluation`, `lm_tuning`, `transcription`, `onnx_export`, `conversion`, `averaging`, `lm_building` | the scripts' jobs |
 
-Importing `asrkit` imports nothing else; each module imports what it needs (the torch-free ones never import
+Importing `ebranchformer_ru` imports nothing else; each module imports what it needs (the torch-free ones never import
 torch).
 """

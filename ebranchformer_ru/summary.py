@@ -1,4 +1,4 @@
-"""Parameter counts of a model: `python -m asrkit.summary [MODEL_FOLDER]`.
+"""Parameter counts of a model: `python -m ebranchformer_ru.summary [MODEL_FOLDER]`.
 
 Without a folder it counts the default configuration (the course's `ebranchformer_ctc`).
 """

@@ -38,7 +38,7 @@ import datasets
 import numpy as np
 import soundfile as sf
 
-from asrkit.manifest import ManifestError, audio_path, parse_line
+from ebranchformer_ru.manifest import ManifestError, audio_path, parse_line
 
 try:
     from . import prepare

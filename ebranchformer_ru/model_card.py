@@ -24,7 +24,7 @@ def describe_data(data_dir) -> tuple[str, str]:
     """(dataset type, name) of a Golos-layout folder for the card: what the data is, never where it lies. The
     embedded corpus is synthesised speech, not Golos; a folder is called Golos only when its crowd and farfield
     test manifests have Golos's line counts; any other folder is named by its folder name."""
-    from golos import EMBEDDED_CORPUS
+    from ebranchformer_ru.golos import EMBEDDED_CORPUS
 
     folder = Path(data_dir).resolve()
     if folder == EMBEDDED_CORPUS:

@@ -31,7 +31,7 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
 
-from golos import (
+from ebranchformer_ru.golos import (
     EMBEDDED_CORPUS,
     course_filter,
     decode_with_soundfile,
@@ -40,7 +40,7 @@ from golos import (
     normalize_and_check_texts,
     random_subset_by_duration,
 )
-from golos.selection import column, ctc_feasible
+from ebranchformer_ru.golos.selection import column, ctc_feasible
 from modeling_ebranchformer import DataCollatorCTC, EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 from modeling_ebranchformer.ctc import output_frames
 
@@ -52,7 +52,7 @@ from .model_card import describe_data, write_model_card
 from .publishing import IGNORED, NEVER, Publisher, PublishError
 from .summary import model_summary
 
-PRESETS = Path(__file__).resolve().parents[1] / "presets"  # the repository's presets/
+PRESETS = Path(__file__).resolve().parent / "presets"  # package data
 logger = logging.getLogger("train_ctc")
 
 # What every preset shares; a preset holds only what differs from these (and from the defaults below).
@@ -489,7 +489,7 @@ class CTCTrainer(Trainer):
 
 
 class HubPushCallback(TrainerCallback):
-    """Publishes while training as `--hub_strategy` says, through `asrkit.publishing` (Trainer's own push would
+    """Publishes while training as `--hub_strategy` says, through `ebranchformer_ru.publishing` (Trainer's own push would
     send `training_args.bin`, a pickle holding this machine's paths, and during training a repo without the model
     code): `every_save` each checkpoint's model folder; `checkpoint` also the checkpoint itself, optimizer state
     included, as `last-checkpoint/` (to resume elsewhere); `all_checkpoints` every checkpoint as
@@ -613,7 +613,7 @@ def run(argv=None):
     callbacks = []
     publisher = pusher = None
     if training_args.push_to_hub:
-        # Publishing is ours (HubPushCallback, asrkit.publishing), so Trainer's own push is turned off. The repo is
+        # Publishing is ours (HubPushCallback, ebranchformer_ru.publishing), so Trainer's own push is turned off. The repo is
         # made (or checked) now: a refusal or an unreachable Hub stops the run before hours of training.
         training_args.push_to_hub = False
         repo = training_args.hub_model_id or Path(training_args.output_dir).resolve().name

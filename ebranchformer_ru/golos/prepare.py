@@ -84,7 +84,7 @@ def verify_manifest(manifest, verify_audio, work_dir, num_proc=None, shard_lines
 
 def verify_shard(task):
     """Check the files of one shard and save the results atomically (see the module's docstring)."""
-    from asrkit.manifest import ManifestError, audio_path, parse_line
+    from ebranchformer_ru.manifest import ManifestError, audio_path, parse_line
 
     from .golos import check_audio  # golos.golos imports this module
 

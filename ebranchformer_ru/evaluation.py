@@ -1,6 +1,6 @@
 """WER and CER of a model folder on the Golos test sets (homework step 5).
 
-    python evaluate_ctc.py MODEL_FOLDER [--data_dir data/golos_mini] [--sets crowd,farfield,heldout_voice] [--output_dir DIR]
+    python evaluate_ctc.py MODEL_FOLDER [--data_dir ebranchformer_ru/golos/golos_mini] [--sets crowd,farfield,heldout_voice] [--output_dir DIR]
 
 Writes to DIR (default MODEL_FOLDER/eval): `results.md` and `results.json` (one row per test set) and
 `utterances_<set>.jsonl` (id, reference, hypothesis and the word errors of every utterance). Every test set
@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from golos import EMBEDDED_CORPUS, decode_with_soundfile, find_test_sets, load_golos, normalize_and_check_texts
+from ebranchformer_ru.golos import EMBEDDED_CORPUS, decode_with_soundfile, find_test_sets, load_golos, normalize_and_check_texts
 from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH
 
 from . import distributed
@@ -161,7 +161,7 @@ def _evaluate_model(model_path, data_dir, sets, output_dir, batch_size, max_samp
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_files(files)
     if update_model_card:
-        from asrkit.model_card import write_decoding_results
+        from ebranchformer_ru.model_card import write_decoding_results
 
         write_decoding_results(model_path, rows, decoding, data_dir)
     print("\n".join(table))

@@ -1,7 +1,7 @@
 """Golos through `datasets`: `load_golos(data_dir, name, split)` prepares, caches and returns a split.
 
-    from golos import load_golos
-    test = load_golos("data/golos_mini", name="farfield", split="test")
+    from ebranchformer_ru.golos import load_golos
+    test = load_golos("ebranchformer_ru/golos/golos_mini", name="farfield", split="test")
     test[0]["audio"]  # {"path": ..., "array": float32 samples, "sampling_rate": 16000}
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from asrkit.audio import read_audio
-from asrkit.files import atomic_write_text
+from ebranchformer_ru.audio import read_audio
+from ebranchformer_ru.files import atomic_write_text
 
 from .golos import (
     DOMAINS,
@@ -29,7 +29,7 @@ from .golos import (
 )
 from .selection import SelectionReport, course_filter, normalize_and_check_texts, random_subset_by_duration
 
-EMBEDDED_CORPUS = Path(__file__).resolve().parents[1] / "data" / "golos_mini"
+EMBEDDED_CORPUS = Path(__file__).resolve().parent / "golos_mini"  # package data: the embedded corpus
 
 __all__ = [
     "EMBEDDED_CORPUS", "TEST_SETS", "Golos", "find_test_sets", "GolosConfig", "ManifestError", "SelectionReport", "course_filter",

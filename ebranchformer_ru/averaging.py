@@ -23,8 +23,8 @@ import re
 import shutil
 from pathlib import Path
 
-from asrkit import publishing
-from asrkit.options import positive_int
+from ebranchformer_ru import publishing
+from ebranchformer_ru.options import positive_int
 
 # Files of a Trainer checkpoint that belong to the training state, not to the model.
 TRAINING_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|"
@@ -123,8 +123,8 @@ def average_checkpoints(run_dir, last=None, best=None, metric=None, output_dir=N
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
-    from asrkit.files import OutputFolderError, check_output_folder, staged_folder
-    from asrkit.hub import ModelLoadError, load_ctc_model
+    from ebranchformer_ru.files import OutputFolderError, check_output_folder, staged_folder
+    from ebranchformer_ru.hub import ModelLoadError, load_ctc_model
 
     folders, chosen = choose(run_dir, last, best, metric)
     output_dir = Path(output_dir or Path(run_dir) / (f"average-last-{last}" if last else f"average-best-{best}"))

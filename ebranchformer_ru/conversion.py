@@ -51,10 +51,10 @@ from modeling_ebranchformer import (
     QuartzNetForCTC,
 )
 from modeling_ebranchformer.configuration_quartznet import COURSE_BLOCKS
-from asrkit.files import OutputFolderError, staged_folder
-from asrkit import publishing
-from asrkit.model_card import write_model_card
-from asrkit.summary import format_counts, parameter_counts
+from ebranchformer_ru.files import OutputFolderError, staged_folder
+from ebranchformer_ru import publishing
+from ebranchformer_ru.model_card import write_model_card
+from ebranchformer_ru.summary import format_counts, parameter_counts
 
 
 class ConversionError(Exception):

@@ -25,11 +25,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from asrkit import publishing
-from asrkit.files import write_folder_atomically
-from asrkit.manifest import read_manifest
-from golos import EMBEDDED_CORPUS
-from golos.golos import DOMAINS, split_manifests
+from ebranchformer_ru import publishing
+from ebranchformer_ru.files import write_folder_atomically
+from ebranchformer_ru.manifest import read_manifest
+from ebranchformer_ru.golos import EMBEDDED_CORPUS
+from ebranchformer_ru.golos.golos import DOMAINS, split_manifests
 from modeling_ebranchformer.beam_search import (
     ALPHA_RANGE,
     ALPHABET_FILE,

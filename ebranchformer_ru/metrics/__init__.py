@@ -5,7 +5,7 @@ deletions and insertions over all utterances divided by the total number of refe
 in this folder compute the same (tested equal) for users of `evaluate`: `load_metric("wer")` loads ours by
 path, and `evaluate.load("wer")` works offline once you have run, once,
 
-    python -m asrkit.metrics install
+    python -m ebranchformer_ru.metrics install
 
 which places our modules in evaluate's module cache (`$HF_MODULES_CACHE/evaluate_modules/metrics/
 evaluate-metric--wer/<hash>/wer.py`), where evaluate looks when the Hub cannot be reached, unless a copy (the
@@ -85,7 +85,7 @@ def install_offline_modules() -> list[str]:
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m asrkit.metrics", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m ebranchformer_ru.metrics", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("command", choices=["install"], help="place the wer and cer modules in evaluate's cache")
     parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """The one path from audio to text: waveforms -> features -> log-probabilities (a PyTorch or an ONNX Runtime
 backend) -> a decoder (greedy, or beam search with the folder's language model) -> text and word times.
 
-    from asrkit.audio import read_audio
-    from asrkit.inference import Transcriber, load_backend, load_lm_decoder
+    from ebranchformer_ru.audio import read_audio
+    from ebranchformer_ru.inference import Transcriber, load_backend, load_lm_decoder
 
     backend = load_backend("outputs/mini")                    # or an export_onnx.py folder (no torch then)
     transcriber = Transcriber(backend, decoder=load_lm_decoder("outputs/mini"), timestamps=True)

@@ -17,7 +17,7 @@ MODEL is a model folder (PyTorch, `--device`) or an `export_onnx.py` folder (ONN
 
 One worker thread owns the model and takes the requests that queued while it was busy as one batch of at most
 --max_batch_size (an idle model waits up to --max_wait_ms while requests are being received); `Transcriber`
-(asrkit.inference, the path `transcribe.py` takes) chunks long audio and cuts the batch, sorted by length, into
+(ebranchformer_ru.inference, the path `transcribe.py` takes) chunks long audio and cuts the batch, sorted by length, into
 forward passes of similar lengths, so a response is what `transcribe.py` gives for the same file. Uploads must
 be 16 kHz mono (WAV, FLAC, Ogg/Opus, MP3: what soundfile decodes), as for `transcribe.py`; the page converts in
 the browser.
@@ -60,7 +60,7 @@ except ImportError as error:
 else:
     MISSING = None
 
-log = logging.getLogger("asrkit.serving")
+log = logging.getLogger("ebranchformer_ru.serving")
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]")
 LANGUAGES = ("ru", "russian")
@@ -433,7 +433,7 @@ def make_app(args, service=None):
     async def models(request):
         created = int(os.stat(args.model).st_mtime)
         return JSONResponse({"object": "list", "data": [{"id": service.model_id, "object": "model",
-                                                         "created": created, "owned_by": "asrkit"}]})  # fmt: skip
+                                                         "created": created, "owned_by": "ebranchformer_ru"}]})  # fmt: skip
 
     async def health(request):
         return JSONResponse({"status": "ok"})

@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from golos import EMBEDDED_CORPUS
+from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from modeling_ebranchformer.beam_search import (
     ALPHA_RANGE,
     ATTRS_FILE,

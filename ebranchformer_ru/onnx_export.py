@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from golos import EMBEDDED_CORPUS
+from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from modeling_ebranchformer.text import normalize_text
 
 from .audio import read_audio
