@@ -1,11 +1,11 @@
 """Average a training run's last or best N checkpoints into a model folder.
 
-The command line of `ebranchformer_ru.averaging`: `python average_checkpoints.py --help` tells the rest.
+The command line of `ebranchformer_ru.commands.average` (`ebranchformer-average`): `python average_checkpoints.py --help` tells the rest.
 """
 
 import sys
 
-from ebranchformer_ru.averaging import main
+from ebranchformer_ru.commands.average import main
 
 if __name__ == "__main__":
     sys.exit(main())

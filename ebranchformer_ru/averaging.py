@@ -17,34 +17,18 @@ the method). It is written to a temporary sibling, loaded once as a check, then 
 appears complete or not at all. An existing folder is replaced only with --overwrite.
 """
 
-import argparse
 import json
 import re
 import shutil
 from pathlib import Path
 
-from ebranchformer_ru import publishing
-from ebranchformer_ru.options import positive_int
+from .errors import Error
+from .files import check_output_folder, staged_folder
+from .hub import ModelLoadError, load_ctc_model
 
 # Files of a Trainer checkpoint that belong to the training state, not to the model.
 TRAINING_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|"
                             r"training_args\.bin|model\.safetensors|pytorch_model\.bin|.*\.index\.json)$")  # fmt: skip
-
-
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", help="a train_ctc.py output folder holding checkpoint-STEP/ folders")
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--last", type=positive_int, metavar="N", help="average the N newest checkpoints")
-    which.add_argument("--best", type=positive_int, metavar="N", help="average the N with the lowest eval WER")
-    parser.add_argument("--metric", help="--best: the logged metric to rank by, e.g. eval_crowd_wer "
-                                         "(default: the run's first eval_*_wer)")  # fmt: skip
-    parser.add_argument("--output_dir", help="default: RUN_DIR/average-last-N or RUN_DIR/average-best-N")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    publishing.add_arguments(parser, "the averaged folder")
-    return parser
 
 
 def complete_checkpoints(run_dir) -> dict:
@@ -63,11 +47,11 @@ def logged_metric(checkpoints: dict, metric: str | None) -> tuple[str, dict]:
     if metric is None:
         names = [k for entry in history for k in entry if k.startswith("eval_") and k.endswith("_wer")]
         if not names:
-            raise SystemExit("--best: the run logged no eval WER (was it trained with evaluation?); use --last")
+            raise Error("--best: the run logged no eval WER (was it trained with evaluation?); use --last")
         metric = names[0]
     values = {entry["step"]: entry[metric] for entry in history if metric in entry}
     if not values:
-        raise SystemExit(f"--best: the run logged no {metric!r}")
+        raise Error(f"--best: the run logged no {metric!r}")
     return metric, values
 
 
@@ -75,17 +59,17 @@ def choose(run_dir, last=None, best=None, metric=None) -> tuple[list, dict]:
     """The checkpoint folders to average (oldest first) and what chose them."""
     checkpoints = complete_checkpoints(run_dir)
     if not checkpoints:
-        raise SystemExit(f"no complete checkpoint-STEP folder in {run_dir}")
+        raise Error(f"no complete checkpoint-STEP folder in {run_dir}")
     if last:
         if last > len(checkpoints):
-            raise SystemExit(f"--last {last}: {run_dir} holds {len(checkpoints)} complete checkpoints "
+            raise Error(f"--last {last}: {run_dir} holds {len(checkpoints)} complete checkpoints "
                              f"({', '.join(p.name for p in checkpoints.values())})")  # fmt: skip
         steps = list(checkpoints)[-last:]
         return [checkpoints[s] for s in steps], {"method": f"last {last}"}
     metric, values = logged_metric(checkpoints, metric)
     ranked = sorted((values[s], -s) for s in checkpoints if s in values)  # ties: the newer first
     if best > len(ranked):
-        raise SystemExit(f"--best {best}: only {len(ranked)} checkpoints have a logged {metric}")
+        raise Error(f"--best {best}: only {len(ranked)} checkpoints have a logged {metric}")
     steps = sorted(-s for _, s in ranked[:best])
     return [checkpoints[s] for s in steps], {"method": f"best {best} by {metric}",
                                              metric: {s: values[s] for s in steps}}  # fmt: skip
@@ -101,10 +85,10 @@ def average_state_dicts(state_dicts: list, names=None) -> dict:
     for index, state in enumerate(state_dicts[1:], start=1):
         if state.keys() != first.keys():
             different = sorted(set(state) ^ set(first))[:5]
-            raise SystemExit(f"{names[index]} has other tensors than {names[0]}: {different} (another model?)")
+            raise Error(f"{names[index]} has other tensors than {names[0]}: {different} (another model?)")
         for name, tensor in state.items():
             if tensor.shape != first[name].shape or tensor.dtype != first[name].dtype:
-                raise SystemExit(f"{names[index]}: {name} is {tuple(tensor.shape)} {tensor.dtype}, {names[0]} has "
+                raise Error(f"{names[index]}: {name} is {tuple(tensor.shape)} {tensor.dtype}, {names[0]} has "
                                  f"{tuple(first[name].shape)} {first[name].dtype} (another configuration?)")  # fmt: skip
     averaged = {}
     for name, tensor in newest.items():
@@ -123,28 +107,23 @@ def average_checkpoints(run_dir, last=None, best=None, metric=None, output_dir=N
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
-    from ebranchformer_ru.files import OutputFolderError, check_output_folder, staged_folder
-    from ebranchformer_ru.hub import ModelLoadError, load_ctc_model
 
     folders, chosen = choose(run_dir, last, best, metric)
     output_dir = Path(output_dir or Path(run_dir) / (f"average-last-{last}" if last else f"average-best-{best}"))
     inputs = {run_dir: f"the run folder {run_dir}", **{f: f"the checkpoint {f}" for f in folders}}
-    try:
-        check_output_folder(output_dir, inputs, overwrite, "a folder made by average_checkpoints.py",
-                            lambda folder: (folder / "averaging.json").is_file(), may_hold=[run_dir])  # fmt: skip
-    except OutputFolderError as error:
-        raise SystemExit(str(error)) from None
+    check_output_folder(output_dir, inputs, overwrite, "a folder made by average_checkpoints.py",
+                        lambda folder: (folder / "averaging.json").is_file(), may_hold=[run_dir])  # fmt: skip
     state_dicts = []
     for folder in folders:
         try:
             state_dicts.append(load_file(folder / "model.safetensors"))
         except (OSError, SafetensorError) as error:
-            raise SystemExit(f"{folder / 'model.safetensors'} cannot be read ({error}): the file is damaged or "
+            raise Error(f"{folder / 'model.safetensors'} cannot be read ({error}): the file is damaged or "
                              "truncated; leave this checkpoint out (--last/--best choose others)") from None  # fmt: skip
     for folder, state in zip(folders, state_dicts):
         for name, tensor in state.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise SystemExit(f"{folder / 'model.safetensors'}: {name} holds NaN or infinite values; this "
+                raise Error(f"{folder / 'model.safetensors'}: {name} holds NaN or infinite values; this "
                                  "checkpoint is broken, leave it out (--last/--best choose others)")  # fmt: skip
     averaged = average_state_dicts(state_dicts, [folder.name for folder in folders])
     del state_dicts
@@ -160,23 +139,6 @@ def average_checkpoints(run_dir, last=None, best=None, metric=None, output_dir=N
         try:
             load_ctc_model(staging)  # refuse to publish a folder that does not load
         except ModelLoadError as error:
-            raise SystemExit(f"the averaged folder does not load: {error}") from None
+            raise Error(f"the averaged folder does not load: {error}") from None
     print(f"{output_dir}: the mean of {', '.join(f.name for f in folders)} ({chosen['method']})")
     return output_dir
-
-
-def run(argv=None):
-    args = build_parser().parse_args(argv)
-    if args.metric and not args.best:
-        build_parser().error("--metric goes with --best")
-    if not Path(args.run_dir).is_dir():
-        raise SystemExit(f"run folder not found: {args.run_dir}")
-    output_dir = average_checkpoints(args.run_dir, args.last, args.best, args.metric, args.output_dir, args.overwrite)
-    publishing.publish_from_args(output_dir, args)
-    return output_dir
-
-
-def main(argv=None) -> int:
-    """The command line: `run`, exit status 0 (errors exit with their message)."""
-    run(argv)
-    return 0

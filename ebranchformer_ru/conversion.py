@@ -55,9 +55,10 @@ from ebranchformer_ru.files import OutputFolderError, staged_folder
 from ebranchformer_ru import publishing
 from ebranchformer_ru.model_card import write_model_card
 from ebranchformer_ru.summary import format_counts, parameter_counts
+from .errors import Error
 
 
-class ConversionError(Exception):
+class ConversionError(Error):
     """A checkpoint that cannot be converted; the message says why and what to do."""
 
 

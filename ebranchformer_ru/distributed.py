@@ -16,13 +16,14 @@ import datetime
 import heapq
 import os
 from dataclasses import dataclass
+from .errors import Error
 
 # How long a process waits at a collective step for the others: the slowest rank of a long transcription may
 # finish hours after the fastest (a rank that dies makes the launcher stop the others well before this).
 TIMEOUT = datetime.timedelta(hours=48)
 
 
-class DistributedError(RuntimeError):
+class DistributedError(Error, RuntimeError):
     """The launcher's environment cannot be used (a rank outside the world size, a non-number)."""
 
 

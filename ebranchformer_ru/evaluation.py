@@ -31,7 +31,7 @@ from . import distributed
 from .files import atomic_write_files
 from .inference import InferenceError, LMDecoder, TorchBackend, Transcriber
 from .metrics import cer, wer, word_errors
-from .options import positive_int
+from .commands.cli import positive_int
 
 logger = logging.getLogger("evaluate_ctc")
 DATA_DIR_HELP = ("Golos-layout folder holding test_opus/<set>/manifest.jsonl (crowd, farfield, and any other set) "

@@ -10,9 +10,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from .errors import Error
 
 
-class OutputFolderError(OSError):
+class OutputFolderError(Error, OSError):
     """The output folder cannot be made where it was asked for (read-only place, a file in the path...)."""
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 from transformers import AutoModelForCTC, AutoProcessor
 
 import modeling_ebranchformer  # noqa: F401  (registers this package's model types: they load without remote code)
+from .errors import Error
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(Error, ValueError):
     pass
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from . import onnx_runtime
+from .errors import Error
 
 
-class InferenceError(ValueError):
+class InferenceError(Error, ValueError):
     """A model folder, decoder or option that cannot be used; the message names it."""
 
 

@@ -44,9 +44,10 @@ from modeling_ebranchformer.beam_search import (
 from modeling_ebranchformer.ngram import BOS, EOS, UNK, LanguageModelError, build_arpa, load_language_model
 from modeling_ebranchformer.processing_lm import EBranchformerProcessorWithLM
 from modeling_ebranchformer.tokenization import normalize_text
+from .errors import Error
 
 
-class TextError(ValueError):
+class TextError(Error, ValueError):
     pass
 
 

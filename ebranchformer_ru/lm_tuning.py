@@ -35,7 +35,7 @@ from .evaluation import decode_all, load_test_sets, set_log_probs
 from .files import atomic_write_text
 from .inference import InferenceError, LMDecoder, TorchBackend, Transcriber
 from .metrics import wer as word_error_rate
-from .options import positive_int
+from .commands.cli import positive_int
 
 DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1,1.5,2"
 DEFAULT_BETAS = "-1,0,1,2,3,4,5"

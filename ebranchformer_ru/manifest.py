@@ -5,9 +5,10 @@ that a bad line is reported the same way everywhere, by file and line."""
 
 import json
 import os
+from .errors import Error
 
 
-class ManifestError(ValueError):
+class ManifestError(Error, ValueError):
     """A bad manifest line or audio file; the message names the manifest, the line and the fault,
     `reason` is the kind of fault (what skip reports count by)."""
 

@@ -40,13 +40,14 @@ from .inference import InferenceError, OnnxBackend, TorchBackend, Transcriber
 from .onnx_runtime import is_onnx_folder
 from .manifest import audio_path, read_manifest
 from .metrics import cer, wer
+from .errors import Error
 
 CORPUS = EMBEDDED_CORPUS / "test_opus"
 DEFAULT_SETS = {"crowd": CORPUS / "crowd" / "manifest.jsonl", "farfield": CORPUS / "farfield" / "manifest.jsonl"}
 OPSET = 17
 
 
-class ExportError(RuntimeError):
+class ExportError(Error, RuntimeError):
     pass
 
 

@@ -22,6 +22,7 @@ import contextlib
 import mmap
 import os
 from pathlib import Path
+from .errors import Error
 
 NEVER = ["training_args.bin", "**/training_args.bin", "_*", ".*", "**/.*", "**/__pycache__/**"]  # not even asked
 IGNORED = ["checkpoint-*", "checkpoint-*/**", "eval/**", *NEVER]  # what a model folder's publication leaves here
@@ -29,27 +30,17 @@ WEIGHTS = {".safetensors", ".onnx", ".pt", ".pth", ".bin", ".binary"}  # tensors
 LATER = "python push_to_hub.py {folder} {repo}"
 
 
-class PublishError(RuntimeError):
+class PublishError(Error, RuntimeError):
     """Publishing failed or was refused; the message says why and how to publish the folder later."""
 
 
-def add_arguments(parser: argparse.ArgumentParser, what="the output folder"):
-    """`--push_to_hub REPO`, `--hub_private_repo`, `--hub_revision` (the names Trainer's options have)."""
-    group = parser.add_argument_group("publishing to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")
-    group.add_argument("--push_to_hub", metavar="REPO", help=f"publish {what} to this Hub repo (user/name)")
-    group.add_argument("--hub_private_repo", action="store_true", help="create the repo private (if it is new)")
-    group.add_argument("--hub_revision", metavar="BRANCH", help="publish to this branch (made from main if new)")
-    return group
-
-
 def publish_from_args(folder, args) -> str | None:
-    """`publish` as `add_arguments`' options say; exits with the error's message (nothing local is touched)."""
+    """`publish` as the command-line options say (`--push_to_hub`, `--hub_model_id`: default the folder's name,
+    `--hub_private_repo`, `--hub_revision`); a failure raises `PublishError` (nothing local is touched)."""
     if not args.push_to_hub:
         return None
-    try:
-        return publish(folder, args.push_to_hub, private=args.hub_private_repo or None, revision=args.hub_revision)
-    except PublishError as error:
-        raise SystemExit(str(error)) from None
+    repo = args.hub_model_id or Path(folder).resolve().name
+    return publish(folder, repo, private=args.hub_private_repo or None, revision=args.hub_revision)
 
 
 def publishable_files(folder, ignore_patterns=IGNORED) -> list[str]:

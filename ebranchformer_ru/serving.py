@@ -43,7 +43,7 @@ import numpy as np
 
 from .audio import read_audio
 from .inference import InferenceError, LMDecoder, Transcriber, load_backend, load_lm_decoder
-from .options import positive_int
+from .commands.cli import positive_int
 from .transcription import LOUD, render, subtitle_cues
 
 try:  # the `serve` extra; --help and the package import work without it

@@ -45,7 +45,7 @@ from .distributed import DistributedError
 from .files import atomic_write_files
 from .inference import InferenceError, Transcriber, load_backend, load_lm_decoder
 from .manifest import ManifestError, audio_path, read_manifest
-from .options import positive_int
+from .commands.cli import positive_int
 
 AUDIO_EXTENSIONS = ("wav", "flac", "opus", "ogg", "mp3")
 MANIFEST_EXTENSIONS = (".json", ".jsonl")

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ebranchformer_ru import averaging
+from ebranchformer_ru.commands import average as command
+from ebranchformer_ru.errors import Error
 from modeling_ebranchformer import (
     EBranchformerConfig,
     EBranchformerForCTC,
@@ -20,6 +21,11 @@ QUARTZNET = {"block_channels": [32, 32, 48], "block_repeats": [1, 2, 1], "block_
              "block_strides": [4, 1, 1], "block_dilations": [1, 2, 1], "block_residual": [False, True, False],
              "block_separable": [True, True, False]}  # fmt: skip
 WER = {100: 0.50, 200: 0.30, 300: 0.40, 400: 0.35}
+
+
+def average(argv):
+    """The command's job on parsed options, as `ebranchformer-average ARGV` runs it (errors raised, not exited)."""
+    return command.average(command.build_parser().parse_args(argv))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,7 @@ def _fake_run(make_model, run_dir, kind="quartznet", steps=tuple(WER)):
 @pytest.mark.parametrize("kind", ["quartznet", "ebranchformer"])
 def test_the_last_n_are_averaged_exactly(tmp_path, kind, fake_run):
     fake_run(tmp_path / "run", kind)
-    output = averaging.run([str(tmp_path / "run"), "--last", "3"])
+    output = average([str(tmp_path / "run"), "--last", "3"])
     assert output == tmp_path / "run" / "average-last-3"
     states = [load_file(tmp_path / "run" / f"checkpoint-{s}" / "model.safetensors") for s in (200, 300, 400)]
     averaged = load_file(output / "model.safetensors")
@@ -96,7 +102,7 @@ def test_the_last_n_are_averaged_exactly(tmp_path, kind, fake_run):
 def test_the_best_n_by_the_logged_wer(tmp_path, fake_run):
     fake_run(tmp_path / "run")
     (tmp_path / "run" / "checkpoint-500").mkdir()  # a save that was killed: no trainer_state.json
-    output = averaging.run([str(tmp_path / "run"), "--best", "2", "--output_dir", str(tmp_path / "avg")])
+    output = average([str(tmp_path / "run"), "--best", "2", "--output_dir", str(tmp_path / "avg")])
     record = json.loads((output / "averaging.json").read_text())
     assert record["checkpoints"] == ["checkpoint-200", "checkpoint-400"]  # WER 0.30 and 0.35
     assert record["method"] == "best 2 by eval_crowd_wer"
@@ -109,28 +115,28 @@ def test_the_best_n_by_the_logged_wer(tmp_path, fake_run):
 def test_refusals_leave_nothing_behind(tmp_path, make_model, fake_run):
     run = tmp_path / "run"
     fake_run(run)
-    with pytest.raises(SystemExit, match="--last 5: .* holds 4 complete checkpoints"):
-        averaging.run([str(run), "--last", "5"])
-    with pytest.raises(SystemExit, match="logged no 'eval_farfield_wer'"):
-        averaging.run([str(run), "--best", "2", "--metric", "eval_farfield_wer"])
-    with pytest.raises(SystemExit, match="no complete checkpoint"):
-        averaging.run([str(tmp_path), "--last", "1"])
+    with pytest.raises(Error, match="--last 5: .* holds 4 complete checkpoints"):
+        average([str(run), "--last", "5"])
+    with pytest.raises(Error, match="logged no 'eval_farfield_wer'"):
+        average([str(run), "--best", "2", "--metric", "eval_farfield_wer"])
+    with pytest.raises(Error, match="no complete checkpoint"):
+        average([str(tmp_path), "--last", "1"])
     # a checkpoint of another model: shapes differ, nothing is written
     other = make_model("ebranchformer")
     other.save_pretrained(run / "checkpoint-500")
     (run / "checkpoint-500" / "trainer_state.json").write_text(json.dumps({"log_history": []}))
-    with pytest.raises(SystemExit, match="checkpoint-500 has other tensors than checkpoint-400"):
-        averaging.run([str(run), "--last", "2"])
+    with pytest.raises(Error, match="checkpoint-500 has other tensors than checkpoint-400"):
+        average([str(run), "--last", "2"])
     assert sorted(p.name for p in run.iterdir()) == [f"checkpoint-{s}" for s in (100, 200, 300, 400, 500)]
     # an existing output folder is replaced only when asked
-    averaging.run([str(run), "--last", "1"])
-    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
-        averaging.run([str(run), "--last", "1"])
-    averaging.run([str(run), "--last", "1", "--overwrite"])
+    average([str(run), "--last", "1"])
+    with pytest.raises(Error, match="exists; pass --overwrite"):
+        average([str(run), "--last", "1"])
+    average([str(run), "--last", "1", "--overwrite"])
     with pytest.raises(SystemExit):
-        averaging.build_parser().parse_args([str(run), "--last", "2", "--best", "2"])
+        command.build_parser().parse_args([str(run), "--last", "2", "--best", "2"])
     with pytest.raises(SystemExit):
-        averaging.build_parser().parse_args([str(run), "--last", "0"])
+        command.build_parser().parse_args([str(run), "--last", "0"])
 
 
 def test_an_output_never_replaces_an_input_or_a_foreign_folder(tmp_path, fake_run):
@@ -148,8 +154,8 @@ def test_an_output_never_replaces_an_input_or_a_foreign_folder(tmp_path, fake_ru
              (run / "checkpoint-400", "is the checkpoint"), (run / "checkpoint-400" / "avg", "lies inside the checkpoint"),
              (tmp_path / "notes", "is not a folder made by average_checkpoints.py")]  # fmt: skip
     for output, message in cases:
-        with pytest.raises(SystemExit, match=message):
-            averaging.run([str(run), "--last", "2", "--output_dir", str(output), "--overwrite"])
+        with pytest.raises(Error, match=message):
+            average([str(run), "--last", "2", "--output_dir", str(output), "--overwrite"])
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "notes" not in p.parts) == before
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
     # a checkpoint with NaN weights is refused by name (checkpoint and tensor)
@@ -157,8 +163,8 @@ def test_an_output_never_replaces_an_input_or_a_foreign_folder(tmp_path, fake_ru
     name = next(n for n, t in state.items() if t.is_floating_point())
     state[name][0] = float("nan")
     save_file(state, run / "checkpoint-400" / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(SystemExit, match=f"checkpoint-400/model.safetensors: {name} holds NaN"):
-        averaging.run([str(run), "--last", "2"])
+    with pytest.raises(Error, match=f"checkpoint-400/model.safetensors: {name} holds NaN"):
+        average([str(run), "--last", "2"])
     assert not (run / "average-last-2").exists()
 
 
@@ -178,10 +184,10 @@ def test_the_script_in_a_fresh_process_and_damaged_checkpoints(tmp_path, fake_ru
     assert load_ctc_model(run / "average-last-2") is not None
     weights = run / "checkpoint-400" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(SystemExit, match=r"checkpoint-400/model.safetensors cannot be read .*damaged or truncated"):
-        averaging.run([str(run), "--last", "2", "--output_dir", str(tmp_path / "avg")])
+    with pytest.raises(Error, match=r"checkpoint-400/model.safetensors cannot be read .*damaged or truncated"):
+        average([str(run), "--last", "2", "--output_dir", str(tmp_path / "avg")])
     other = tmp_path / "other"
     fake_run(other, "ebranchformer", steps=(100,))
     fake_run(other, "quartznet", steps=(200,))
-    with pytest.raises(SystemExit, match=r"checkpoint-200 has other tensors than checkpoint-100"):
-        averaging.run([str(other), "--last", "2"])
+    with pytest.raises(Error, match=r"checkpoint-200 has other tensors than checkpoint-100"):
+        average([str(other), "--last", "2"])
