@@ -1,6 +1,7 @@
 """Average a training run's last or best N checkpoints into a model folder.
 
-The command line of `ebranchformer_ru.commands.average` (`ebranchformer-average`): `python average_checkpoints.py --help` tells the rest.
+`ebranchformer-average`, the command line of `ebranchformer_ru.commands.average`:
+`python average_checkpoints.py --help` tells the rest.
 """
 
 import sys

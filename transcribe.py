@@ -1,11 +1,12 @@
 """Transcribe audio files, folders and manifests with a model folder or an ONNX export.
 
-The command line of `ebranchformer_ru.transcription`: `python transcribe.py --help` tells the rest.
+`ebranchformer-transcribe`, the command line of `ebranchformer_ru.commands.transcribe`:
+`python transcribe.py --help` tells the rest.
 """
 
 import sys
 
-from ebranchformer_ru.transcription import main
+from ebranchformer_ru.commands.transcribe import main
 
 if __name__ == "__main__":
     sys.exit(main())

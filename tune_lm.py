@@ -1,11 +1,12 @@
 """Choose a model folder's LM weight (alpha) and word bonus (beta) on held-out speech.
 
-The command line of `ebranchformer_ru.lm_tuning`: `python tune_lm.py --help` tells the rest.
+`ebranchformer-tune-lm`, the command line of `ebranchformer_ru.commands.tune_lm`:
+`python tune_lm.py --help` tells the rest.
 """
 
 import sys
 
-from ebranchformer_ru.lm_tuning import main
+from ebranchformer_ru.commands.tune_lm import main
 
 if __name__ == "__main__":
     sys.exit(main())
