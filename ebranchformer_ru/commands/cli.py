@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 
 from modeling_ebranchformer.ngram import LanguageModelError
+from transformers.hf_argparser import string_to_bool  # Transformers' reading of a switch's value: one dialect
 
 from ebranchformer_ru.errors import Error, UsageError
 
@@ -28,17 +29,6 @@ RUNTIME_ERRORS = (Error, LanguageModelError, OSError)
 
 DEVICES = ("cpu", "cuda")
 DECODERS = ("greedy", "lm")
-
-
-def string_to_bool(text: str) -> bool:
-    """Transformers' reading of a switch's value (`HfArgumentParser`): true/false, yes/no, 1/0."""
-    if isinstance(text, bool):
-        return text
-    if text.lower() in ("yes", "true", "t", "y", "1"):
-        return True
-    if text.lower() in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def positive_int(text: str) -> int:

@@ -24,7 +24,7 @@ Configurations: "crowd", "farfield", "all" (both domains); splits "train" and "t
 The `audio` column stores the file's path only, so preparing the 1.1 M-file train split reads no audio
 into Arrow and holds nothing in memory; the audio is decoded when an example is read.
 
-With `datasets` < 4 this file also works as a loading script:
+With `datasets` < 4, and this package installed, this file also works as a loading script:
 `load_dataset("golos/golos.py", "farfield", data_dir=...)`. With any version, use `golos.load_golos`.
 """
 
@@ -40,12 +40,9 @@ import soundfile as sf
 
 from ebranchformer_ru.manifest import ManifestError, audio_path, parse_line
 
-try:
-    from . import prepare
-except ImportError:  # a loading script (datasets < 4): the audio is checked line by line, in one process
-    prepare = None
+from ebranchformer_ru.golos import prepare  # absolute: this file is also a loading script (datasets < 4)
+from ebranchformer_ru.golos.prepare import SAMPLING_RATE, check_audio
 
-SAMPLING_RATE = 16000
 MANIFESTS = {
     "train": ["train_opus/manifest.jsonl"],
     "test": ["test_opus/crowd/manifest.jsonl", "test_opus/farfield/manifest.jsonl"],
@@ -130,7 +127,7 @@ class Golos(datasets.GeneratorBasedBuilder):
         for split in self.config.splits:
             data_dir = os.path.abspath(os.path.expanduser(self.config.data_dir or ""))
             for manifest in split_manifests(data_dir, split, self.test_sets):
-                if prepare is not None and os.path.isfile(manifest):  # _split_generators says what is missing
+                if os.path.isfile(manifest):  # _split_generators says what is missing
                     work_dir = os.path.join(self._cache_dir_root, "golos_verify",
                                             prepare.manifest_key(manifest, self.config.verify_audio))  # fmt: skip
                     self._verified[manifest] = prepare.verify_manifest(
@@ -287,36 +284,6 @@ class Golos(datasets.GeneratorBasedBuilder):
             "duration": float(duration),
             "domain": domain,
         }
-
-
-def check_audio(path, verify_audio, where=""):
-    """The audio's duration in seconds: the header's, or with verify_audio "full" the decoded one.
-    One header read per file (no separate existence check: a missing file is told apart only on failure)."""
-    try:
-        info = sf.info(path)
-        frames = info.frames
-        if verify_audio == "full":
-            samples, _ = sf.read(path, dtype="float32")
-            frames = len(samples)
-            finite = np.isfinite(samples)
-            if not finite.all():
-                bad = finite.size - np.count_nonzero(finite)
-                raise ManifestError(where, "non-finite audio samples", f": {path} has {bad} NaN or infinite values")
-    except ManifestError:
-        raise
-    except Exception as error:  # libsndfile raises several types for unreadable data
-        if not os.path.exists(path):
-            raise ManifestError(where, "audio file not found", f": {path}") from None
-        if os.path.isdir(path):
-            raise ManifestError(where, "audio file not found", f": {path} is a folder") from None
-        raise ManifestError(where, "cannot decode audio file", f" {path} ({error})") from None
-    if info.samplerate != SAMPLING_RATE:
-        raise ManifestError(where, "wrong sampling rate", f": {path} is at {info.samplerate} Hz, expected {SAMPLING_RATE}")
-    if info.channels != 1:
-        raise ManifestError(where, "not mono", f": {path} has {info.channels} channels")
-    if frames == 0:
-        raise ManifestError(where, "audio file has no samples", f": {path}")
-    return frames / info.samplerate
 
 
 def _logger():
