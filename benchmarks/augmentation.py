@@ -52,7 +52,7 @@ def train(name, out, epochs, extra, probe=None):
     """Trains one variant; with `probe`, stops after that many steps and returns the losses logged so far."""
     command = [sys.executable, str(ROOT / "train_ctc.py"), "--preset", "mini", "--output_dir", str(out / name),
                "--num_train_epochs", str(epochs), "--eval_strategy", "no", "--do_eval", "false",
-               "--report_to", "none", "--disable_tqdm", "true", "--overwrite_output_dir", "true",
+               "--report_to", "none", "--disable_tqdm", "true", "--overwrite", "true",
                "--logging_steps", str(LOGGING_STEPS), *VARIANTS[name], *extra]  # fmt: skip
     if probe:
         command += ["--save_strategy", "no"]

@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 from common import machine, table
 
-from ebranchformer_ru.evaluation import load_test_sets, set_log_probs
-from ebranchformer_ru.inference import TorchBackend, Transcriber
+from ebranchformer_ru.inference import TorchBackend, Transcriber, load_test_sets, set_log_probs
 from ebranchformer_ru.metrics import wer as word_error_rate
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH, LM_DIR
+
+
 def median_time(function, repeats):
     times = []
     for _ in range(repeats):
@@ -55,7 +56,7 @@ def main(argv=None):
         temporary = Path(tempfile.mkdtemp())
         shutil.copytree(model_dir, temporary / "model", ignore=shutil.ignore_patterns("checkpoint-*", "runs"))
         model_dir = temporary / "model"
-        lm_building.run([str(model_dir)])
+        lm_building.build(model_dir)
     try:
         backend = TorchBackend.from_folder(str(model_dir))
         processor, transcriber = backend.processor, Transcriber(backend)

@@ -41,8 +41,14 @@ import torch
 from scipy.signal import fftconvolve, resample_poly
 from transformers import TrainerCallback
 
+from .errors import Error
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".opus", ".ogg")
 PEAK = 0.99  # the highest peak augmentation leaves (scaled, never clipped)
+
+
+class AugmentationError(Error, ValueError):
+    """A noise or impulse-response folder or file that augmentation cannot use; the message names it."""
 
 
 @dataclass
@@ -94,7 +100,7 @@ class AugmentationArguments:
         for name in ("rir_dir", "noise_dir"):
             folder = getattr(self, name)
             if folder is not None and not os.path.isdir(folder):
-                raise ValueError(f"--{name}: no folder {folder}")
+                raise AugmentationError(f"--{name}: no folder {folder} (give a folder of audio files)")
 
     @property
     def enabled(self) -> bool:
@@ -125,13 +131,13 @@ class AugmentationArguments:
 def _audio_files(folder: str) -> list[str]:
     files = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
-        raise ValueError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
+        raise AugmentationError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
     return files
 
 
 def _check_rate(path: str, info, sampling_rate: int):
     if info.samplerate != sampling_rate:
-        raise ValueError(f"{path}: sampling rate {info.samplerate} Hz, augmentation needs {sampling_rate} Hz")
+        raise AugmentationError(f"{path}: sampling rate {info.samplerate} Hz, augmentation needs {sampling_rate} Hz")
 
 
 def _check_finite(path: str):
@@ -141,10 +147,10 @@ def _check_finite(path: str):
     audible = False
     for block in sf.blocks(path, blocksize=1 << 20, dtype="float32", always_2d=True):
         if not np.isfinite(block).all():
-            raise ValueError(f"{path}: NaN or infinite samples; augmentation needs finite audio")
+            raise AugmentationError(f"{path}: NaN or infinite samples; augmentation needs finite audio")
         audible = audible or bool(np.any(block))
     if not audible:
-        raise ValueError(f"{path}: silent (every sample is 0); it would augment nothing: remove it")
+        raise AugmentationError(f"{path}: silent (every sample is 0); it would augment nothing: remove it")
 
 
 def _mono(samples: np.ndarray) -> np.ndarray:
@@ -165,7 +171,7 @@ class AudioAugmentation:
             info = sf.info(path)
             _check_rate(path, info, sampling_rate)
             if info.frames == 0:
-                raise ValueError(f"{path}: an empty impulse response")
+                raise AugmentationError(f"{path}: an empty impulse response")
             _check_finite(path)
         self.noise_files, self.noise_frames = [], []
         if args.noise_dir and args.noise_probability:
@@ -173,7 +179,7 @@ class AudioAugmentation:
                 info = sf.info(path)
                 _check_rate(path, info, sampling_rate)
                 if info.frames == 0:
-                    raise ValueError(f"{path}: an empty noise file")
+                    raise AugmentationError(f"{path}: an empty noise file")
                 _check_finite(path)
                 self.noise_files.append(path)
                 self.noise_frames.append(info.frames)

@@ -1,7 +1,7 @@
 """Convert a course PyTorch Lightning checkpoint (E-Branchformer or QuartzNet) to a `from_pretrained` folder.
 
-    python convert_checkpoint.py q5x5_ru_stride_4_crowd_epoch_4_step_9794.ckpt models/quartznet5x5
-    python convert_checkpoint.py my_ebranchformer.ckpt models/ebranchformer --overwrite
+    ebranchformer-convert q5x5_ru_stride_4_crowd_epoch_4_step_9794.ckpt --output_dir models/quartznet5x5
+    ebranchformer-convert my_ebranchformer.ckpt --output_dir models/ebranchformer --overwrite
 
 The folder holds model.safetensors, config.json (with auto_map), the processor files, the code for
 `trust_remote_code=True` and a model card naming the source checkpoint, its epoch and step.
@@ -21,21 +21,20 @@ The folder holds model.safetensors, config.json (with auto_map), the processor f
   utterance's place in the batch).
 - A checkpoint is a pickle: it is read with `torch.load(weights_only=True)`, which runs no code. If that is
   refused (e.g. Hydra/OmegaConf objects in `hyper_parameters`), the error names the classes;
-  `--inert-objects` then loads the tensors with those objects replaced by inert placeholders (still no code
-  from the file runs), and `--unsafe-unpickle` unpickles fully (only for files you trust).
+  `--inert_objects` then loads the tensors with those objects replaced by inert placeholders (still no code
+  from the file runs), and `--unsafe_unpickle` unpickles fully (only for files you trust).
 - The output folder appears complete or not at all, with the modes a plain write gives (umask respected).
   An existing one is replaced only with `--overwrite` and only if it holds nothing but model files; a folder
   that holds the checkpoint or the working directory, a symbolic link or a file is never replaced. Where the
   folder can go is checked before the checkpoint is read.
 """
 
-import argparse
 import hashlib
 import json
 import os
 import re
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -52,9 +51,8 @@ from modeling_ebranchformer import (
 )
 from modeling_ebranchformer.configuration_quartznet import COURSE_BLOCKS
 from ebranchformer_ru.files import OutputFolderError, staged_folder
-from ebranchformer_ru import publishing
 from ebranchformer_ru.model_card import write_model_card
-from ebranchformer_ru.summary import format_counts, parameter_counts
+from ebranchformer_ru.summary import parameter_counts
 from .errors import Error
 
 
@@ -108,7 +106,7 @@ def load_checkpoint(path: str | Path, inert_objects=False, unsafe_unpickle=False
         if refused and inert_objects:  # the placeholders did not suffice: only torch's reason can help
             raise ConversionError(
                 f"{path}: torch.load(weights_only=True) refused it even with the classes it names replaced by inert "
-                f"placeholders (--inert-objects): {_weights_only_reason(error)}\nOnly --unsafe-unpickle can load it, "
+                f"placeholders (--inert_objects): {_weights_only_reason(error)}\nOnly --unsafe_unpickle can load it, "
                 "which runs whatever code the file names: use it only if you trust the file."
             ) from None
         if refused:
@@ -116,8 +114,8 @@ def load_checkpoint(path: str | Path, inert_objects=False, unsafe_unpickle=False
             raise ConversionError(
                 f"{path}: torch.load(weights_only=True) refused it: the pickle names classes or functions beyond "
                 f"tensors and plain containers ({', '.join(names) or 'see below'}). Loading it fully would run "
-                "whatever code those names point to. Rerun with --inert-objects to load the tensors with those "
-                "objects replaced by inert placeholders (no code from the file runs), or with --unsafe-unpickle "
+                "whatever code those names point to. Rerun with --inert_objects to load the tensors with those "
+                "objects replaced by inert placeholders (no code from the file runs), or with --unsafe_unpickle "
                 f"only if you trust the file.\ntorch said: {_weights_only_reason(error)}"
             ) from None
         raise ConversionError(
@@ -280,7 +278,7 @@ def ebranchformer_config(state_dict: dict, args) -> tuple[EBranchformerConfig, s
     hidden, stacked = _shape(state_dict, "encoder.subsampling.out.weight", 2)
     if stacked % args.num_mel_bins:
         raise ConversionError(
-            f"encoder.subsampling.out.weight takes {stacked} inputs, not a multiple of --num-mel-bins {args.num_mel_bins}"
+            f"encoder.subsampling.out.weight takes {stacked} inputs, not a multiple of --num_mel_bins {args.num_mel_bins}"
         )
     layers = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"encoder\.layers\.(\d+)\.", k)))
     proj1 = _first_key(state_dict, "encoder.layers.0.cgmlp.channel_proj1.weight",
@@ -365,7 +363,7 @@ def quartznet_config(state_dict: dict, args) -> QuartzNetConfig:
     if len(strides) != len(blocks) or len(dilations) != len(blocks):
         raise ConversionError(
             f"the checkpoint has {len(blocks)} blocks but {len(strides)} strides and {len(dilations)} dilations: "
-            "give --block-strides and --block-dilations (not stored in the weights)"
+            "give --block_strides and --block_dilations (not stored in the weights)"
         )
     channels, repeats, kernels, residual, separable, biases = [], [], [], [], [], set()
     for block in blocks:
@@ -476,7 +474,7 @@ def convert(checkpoint_path, output_dir, arch="auto", overwrite=False, inert_obj
     What can be checked without the weights (the options, the paths, the vocabulary, a writable place for
     the folder) is checked before the checkpoint is read, so a mistake costs no loading time. An option of
     the other architecture than the checkpoint's is refused, not ignored."""
-    args = argparse.Namespace(arch=arch, inert_objects=inert_objects, unsafe_unpickle=unsafe_unpickle,
+    args = SimpleNamespace(arch=arch, inert_objects=inert_objects, unsafe_unpickle=unsafe_unpickle,
                               num_mel_bins=num_mel_bins, num_attention_heads=num_attention_heads, positions=positions,
                               block_strides=block_strides, block_dilations=block_dilations,
                               batch_norm_eps=batch_norm_eps)  # fmt: skip
@@ -535,21 +533,21 @@ def _convert_into(staging: Path, checkpoint_path, output_dir, args, vocab, vocab
 def check_options(args):
     """Refuses option values that no checkpoint can use."""
     if args.inert_objects and args.unsafe_unpickle:
-        raise ConversionError("--inert-objects and --unsafe-unpickle contradict each other: give one")
+        raise ConversionError("--inert_objects and --unsafe_unpickle contradict each other: give one")
     for name, value, allowed in (("arch", args.arch, ["auto", *ARCHITECTURE_KEYS]),
                                  ("positions", args.positions, ["auto", "batch-quirk", "per-frame"])):  # fmt: skip
         if value not in (None, *allowed):
             raise ConversionError(f"--{name} {value!r}: expected one of {allowed}")
-    positive = [("num-mel-bins", args.num_mel_bins), ("num-attention-heads", args.num_attention_heads),
-                ("batch-norm-eps", args.batch_norm_eps),
-                *(("block-strides", v) for v in args.block_strides or ()),
-                *(("block-dilations", v) for v in args.block_dilations or ())]  # fmt: skip
+    positive = [("num_mel_bins", args.num_mel_bins), ("num_attention_heads", args.num_attention_heads),
+                ("batch_norm_eps", args.batch_norm_eps),
+                *(("block_strides", v) for v in args.block_strides or ()),
+                *(("block_dilations", v) for v in args.block_dilations or ())]  # fmt: skip
     for name, value in positive:
         if value is not None and not value > 0:
             raise ConversionError(f"--{name} {value}: must be positive")
     for name in ("block_strides", "block_dilations"):
         if getattr(args, name) == []:
-            raise ConversionError(f"--{name.replace('_', '-')}: give one value per QuartzNet block")
+            raise ConversionError(f"--{name}: give one value per QuartzNet block")
 
 
 # Options that only one architecture reads, with their course values; None means "not given".
@@ -564,7 +562,7 @@ def _apply_architecture_options(args, arch: str):
     other = next(name for name in ARCHITECTURE_OPTIONS if name != arch)
     given = [name for name, course in ARCHITECTURE_OPTIONS[other].items() if getattr(args, name) not in (None, course)]
     if given:
-        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        options = ", ".join("--" + name for name in given)
         raise ConversionError(
             f"{options} appl{'ies' if len(given) == 1 else 'y'} to {ARCHITECTURE_KEYS[other][1]} checkpoints, but this "
             f"one is {ARCHITECTURE_KEYS[arch][1]}: drop {'it' if len(given) == 1 else 'them'}"
@@ -662,61 +660,27 @@ def check_signal(seconds=1.5, seed=0) -> np.ndarray:
     return (0.3 * signal + 0.01 * np.random.default_rng(seed).standard_normal(t.size)).astype(np.float32)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a Lightning .ckpt or a saved state dict")
-    parser.add_argument("output_dir", help="the from_pretrained folder to write")
-    parser.add_argument("--arch", choices=["auto", "ebranchformer", "quartznet"], default="auto",
-                        help="default: from the keys; a given one must be what the keys show")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    loading = parser.add_mutually_exclusive_group()
-    loading.add_argument("--inert-objects", action="store_true", help="load with non-tensor objects replaced by "
-                         "inert placeholders (runs no code from the file)")
-    loading.add_argument("--unsafe-unpickle", action="store_true",
-                         help="unpickle fully: runs code from the file, only for checkpoints you trust")
-    parser.add_argument("--vocab", metavar="VOCAB.json",
-                        help="the vocabulary the CTC head was trained with, as a vocab.json (symbol -> output index, "
-                             '"|" the space, "<pad>" the blank); default: the course\'s 34 symbols')
-    parser.add_argument("--num-mel-bins", type=int, default=64)
-    parser.add_argument("--num-attention-heads", type=int, help="E-Branchformer (not in the shapes); default: 4")
-    parser.add_argument("--positions", choices=["auto", "batch-quirk", "per-frame"],
-                        help="E-Branchformer table: auto (default) = batch-quirk for a (max_len, 1, d) table")
-    parser.add_argument("--block-strides", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
-    parser.add_argument("--block-dilations", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
-    parser.add_argument("--batch-norm-eps", type=float, help="QuartzNet; default: 1e-5 (PyTorch's)")
-    publishing.add_arguments(parser, "the converted folder (after its check)")
-    return parser
+
+# The saved folder, reloaded, must give the converted weights' log-probabilities within this.
+RELOAD_TOLERANCE = 1e-5
 
 
-def run(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        model, report = convert(
-            args.checkpoint, args.output_dir, args.arch, args.overwrite, args.inert_objects, args.unsafe_unpickle,
-            args.num_mel_bins, args.num_attention_heads, args.positions, args.block_strides, args.block_dilations,
-            args.batch_norm_eps, args.vocab,
-        )  # fmt: skip
-    except ConversionError as error:
-        sys.exit(f"convert_checkpoint: {error}")
-
+def check_reload(model, output_dir, log=print) -> float:
+    """Reloads the written folder as a reader would (`AutoModelForCTC`) and compares its log-probabilities with
+    the converted model's on a 1.5 s test signal; returns the max abs difference, raises `ConversionError` above
+    `RELOAD_TOLERANCE` (the folder is then written but not faithful: nothing must publish it)."""
     from transformers import AutoModelForCTC
 
-    print(f"{args.checkpoint} -> {args.output_dir}: {report['architecture']}, epoch {report['epoch']}, "
-          f"step {report['global_step']}, {report['tensors']} tensors")  # fmt: skip
-    print(format_counts(report["counts"]))
     inputs = EBranchformerFeatureExtractor()(check_signal(), sampling_rate=16000, return_tensors="pt")
-    reloaded = AutoModelForCTC.from_pretrained(args.output_dir).eval()
+    reloaded = AutoModelForCTC.from_pretrained(output_dir).eval()
     with torch.no_grad():
         before, after = model(**inputs).logits.log_softmax(-1), reloaded(**inputs).logits.log_softmax(-1)
     difference = (before - after).abs().max().item()
-    print(f"check: the saved folder reloads and gives the converted weights' log-probabilities on a 1.5 s test "
-          f"signal (max abs difference {difference:.1e}){'' if difference <= 1e-5 else '  MISMATCH'}")  # fmt: skip
-    if difference > 1e-5:
-        sys.exit(1)
-    publishing.publish_from_args(args.output_dir, args)
-
-
-def main(argv=None) -> int:
-    """The command line: `run`, exit status 0 (errors exit with their message)."""
-    run(argv)
-    return 0
+    mismatch = not difference <= RELOAD_TOLERANCE  # NaN too
+    log(f"check: the saved folder reloads and gives the converted weights' log-probabilities on a 1.5 s test "
+        f"signal (max abs difference {difference:.1e}){'  MISMATCH' if mismatch else ''}")  # fmt: skip
+    if mismatch:
+        raise ConversionError(f"{output_dir} reloads with other log-probabilities than the converted weights (max abs "
+                              f"difference {difference:.1e} > {RELOAD_TOLERANCE:g}): do not use or publish it; report "
+                              "the checkpoint and the versions of torch and transformers")  # fmt: skip
+    return difference

@@ -280,3 +280,64 @@ class Transcriber:
     def transcribe(self, waveforms: list[np.ndarray]) -> list[dict]:
         """One record {"text", "words"?} per waveform."""
         return [self.decode(log_probs, times) for log_probs, times in self.log_probs(waveforms)]
+
+
+# ---------------------------------------------------------------------------------------------- test sets
+# What evaluation and LM tuning share: a Golos-layout folder's test sets, their log-probabilities computed once,
+# then decoded by every decoder being compared (greedy, the LM, each alpha and beta being tuned).
+
+
+def choose_test_sets(data_dir, sets=None) -> list[str]:
+    """`sets` (default: every test set of `data_dir`), checked against the folder's before any work."""
+    from ebranchformer_ru.golos import find_test_sets
+
+    if not Path(data_dir).expanduser().is_dir():
+        raise Error(f"data folder not found: {data_dir} (--data_dir: a Golos-layout folder holding "
+                    "test_opus/<set>/manifest.jsonl)")  # fmt: skip
+    available = find_test_sets(data_dir)
+    if not available:
+        raise Error(f"{data_dir}: no test set (no test_opus/<set>/manifest.jsonl)")
+    sets = list(dict.fromkeys(sets)) if sets else available
+    if unknown := [name for name in sets if name not in available]:
+        raise Error(f"unknown test set(s) {unknown}: the test sets of {data_dir} are {', '.join(available)}")
+    return sets
+
+
+def load_test_sets(data_dir, sets, tokenizer, max_samples=None) -> dict:
+    """name -> (dataset, its `SelectionReport`) of each test set, texts normalised and checked as the tokenizer
+    needs, cut to the first `max_samples` utterances; raises before any work if one is unreadable or empty."""
+    from ebranchformer_ru.golos import load_golos, normalize_and_check_texts
+
+    loaded = {}
+    for name in sets:
+        try:
+            dataset = load_golos(data_dir, name, "test", decode="none")
+            dataset, report = normalize_and_check_texts(dataset, tokenizer)
+        except (OSError, ValueError) as error:  # the message names the folder, manifest or line
+            raise Error(f"{type(error).__name__}: {error}") from None
+        if max_samples:
+            dataset = dataset.select(range(min(max_samples, len(dataset))))
+        if len(dataset) == 0:
+            raise Error(f"test set {name} of {data_dir} has no utterances left to evaluate ({report})")
+        loaded[name] = (dataset, report)
+    return loaded
+
+
+def set_log_probs(transcriber, dataset) -> list:
+    """Log-probabilities (frames, labels) of every utterance of a test set, in the dataset's order; audio is read
+    a batch at a time, shortest first (batches of similar length)."""
+    from ebranchformer_ru.golos import decode_with_soundfile
+
+    order = sorted(range(len(dataset)), key=dataset["duration"].__getitem__)
+    audio = decode_with_soundfile(dataset)
+    log_probs = [None] * len(dataset)
+    for start in range(0, len(order), transcriber.batch_size):
+        indices = order[start : start + transcriber.batch_size]
+        for index, (values, _) in zip(indices, transcriber.log_probs([audio[i]["audio"]["array"] for i in indices])):
+            log_probs[index] = values
+    return log_probs
+
+
+def decode_all(transcriber, log_probs, decoder="greedy") -> list[str]:
+    """Texts of `set_log_probs`' output with `decoder` ("greedy" or an `LMDecoder`)."""
+    return [transcriber.decode(values, None, decoder)["text"] for values in log_probs]

@@ -1,9 +1,8 @@
-"""Add a word n-gram language model to a model folder, for beam-search decoding (issue #11).
+"""Add a word n-gram language model to a model folder, for beam-search decoding (`ebranchformer-build-lm`,
+`ebranchformer_ru.commands.build_lm`): `build`.
 
-    python build_lm.py MODEL_DIR                              # 3-gram from the embedded corpus's train transcripts
-    python build_lm.py MODEL_DIR --data_dir /data/golos       # from the train manifest of a Golos-layout folder
-    python build_lm.py MODEL_DIR --text corpus.txt [--text more.txt] [--order 4]   # from text files (one sentence a line)
-    python build_lm.py MODEL_DIR --arpa golos_3gram.arpa      # an existing ARPA model (KenLM binary: needs kenlm)
+From the train transcripts of a Golos-layout folder (default: the embedded corpus's), from text files (one
+sentence a line), or an existing ARPA model (a KenLM binary needs the kenlm module).
 
 Text is normalised exactly as the tokenizer normalises training text (lower case, ё -> е, whitespace
 collapsed). A text file line with characters outside the model's alphabet is an error naming the file and
@@ -13,19 +12,17 @@ The model is interpolated Kneser-Ney (see `modeling_ebranchformer/ngram.py`), wr
 The folder gets the layout of Transformers' `Wav2Vec2ProcessorWithLM`: `alphabet.json`,
 `language_model/{lm.arpa, attrs.json (alpha, beta, ...), unigrams.txt}`, and a processor config naming
 `EBranchformerProcessorWithLM` (with its code, for `trust_remote_code`). The whole folder is replaced
-atomically; an existing language model is replaced only with --overwrite. Then `AutoProcessor` gives the
-processor with the LM and `pipeline("automatic-speech-recognition", model=MODEL_DIR)` decodes with it.
-Tune alpha and beta with `python tune_lm.py MODEL_DIR`.
+atomically; an existing language model is replaced only with `overwrite`. Then `AutoProcessor` gives the
+processor with the LM and `pipeline("automatic-speech-recognition", model=MODEL)` decodes with it.
+Tune alpha and beta with `ebranchformer-tune-lm MODEL`.
 """
 
-import argparse
-import unicodedata
 import os
 import shutil
 import sys
+import unicodedata
 from pathlib import Path
 
-from ebranchformer_ru import publishing
 from ebranchformer_ru.files import write_folder_atomically
 from ebranchformer_ru.manifest import read_manifest
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
@@ -44,7 +41,7 @@ from modeling_ebranchformer.beam_search import (
 from modeling_ebranchformer.ngram import BOS, EOS, UNK, LanguageModelError, build_arpa, load_language_model
 from modeling_ebranchformer.processing_lm import EBranchformerProcessorWithLM
 from modeling_ebranchformer.tokenization import normalize_text
-from .errors import Error
+from .errors import Error, UsageError
 
 
 class TextError(Error, ValueError):
@@ -135,52 +132,61 @@ def _link_or_copy(source, destination):
     return destination
 
 
+def collect_sentences(data_dir, texts, characters, summary: dict) -> list:
+    """Sentences of the `texts` files and of the train manifest of `data_dir` (the embedded corpus's when neither
+    is given); what each gave goes into `summary`."""
+    sentences = []
+    for path in texts:
+        found = read_text_file(path, characters)
+        if not found:
+            raise TextError(f"--text {path}: no sentence in it (empty, or punctuation only)")
+        summary[f"text {path}"] = f"{len(found)} sentences"
+        sentences += found
+    if data_dir is not None or not texts:
+        source = Path(data_dir) if data_dir is not None else EMBEDDED_CORPUS
+        found, skipped = read_manifests(source, characters)
+        summary[f"train manifest of {source}"] = f"{len(found)} sentences, {skipped} left out (characters)"
+        sentences += found
+    if not sentences:
+        raise TextError("no sentences to build a language model from")
+    return sentences
+
+
 def build(model_dir, data_dir=None, texts=(), order=3, arpa=None, alpha=None, beta=None, overwrite=False,
           trust_remote_code=False) -> dict:  # fmt: skip
+    """Writes the language model into `model_dir` (see the module's docstring); returns what was built (also
+    printed). `arpa` is used as it is; otherwise an n-gram of `order` is built from the `texts` files and the
+    train manifest of `data_dir` (default: the embedded corpus's, unless `texts` are given)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise SystemExit(f"model folder not found: {model_dir}")
+        raise Error(f"model folder not found: {model_dir}")
     if (model_dir / LM_DIR).exists() and not overwrite:
-        raise SystemExit(f"{model_dir / LM_DIR} exists; pass --overwrite to replace the language model")
+        raise Error(f"{model_dir / LM_DIR} exists; pass --overwrite to replace the language model")
     try:
         check_range("alpha", alpha, *ALPHA_RANGE)
         check_range("beta", beta, *BETA_RANGE)
     except LanguageModelError as error:
-        raise SystemExit(str(error)) from None
+        raise UsageError(str(error)) from None
     if not isinstance(order, int) or not 1 <= order <= 10:
-        raise SystemExit(f"--order must be between 1 and 10, got {order}")
+        raise UsageError(f"--order must be between 1 and 10, got {order}")
     from modeling_ebranchformer import EBranchformerProcessor
 
     try:  # the plain processor: an LM being replaced is not read (it may be the broken thing being replaced)
         processor = EBranchformerProcessor.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise SystemExit(f"{model_dir}: cannot load the model's processor ({error})") from None
+        raise Error(f"{model_dir}: cannot load the model's processor ({error})") from None
     tokenizer = processor.tokenizer
     labels = tokenizer_labels(tokenizer)
     characters = set(labels) - {"", " "}
     summary = {"model": str(model_dir)}
-    sentences = []
     try:
         if arpa is None:
-            for path in texts:
-                found = read_text_file(path, characters)
-                if not found:
-                    raise TextError(f"--text {path}: no sentence in it (empty, or punctuation only)")
-                summary[f"text {path}"] = f"{len(found)} sentences"
-                sentences += found
-            if data_dir is not None or not texts:
-                source = Path(data_dir) if data_dir is not None else EMBEDDED_CORPUS
-                found, skipped = read_manifests(source, characters)
-                summary[f"train manifest of {source}"] = f"{len(found)} sentences, {skipped} left out (characters)"
-                sentences += found
-            if not sentences:
-                raise TextError("no sentences to build a language model from")
-            arpa_text = build_arpa(sentences, order)
+            arpa_text = build_arpa(collect_sentences(data_dir, texts, characters, summary), order)
         else:
             model = load_language_model(arpa)
             check_language_model_words(model, characters, arpa)
     except (TextError, LanguageModelError) as error:
-        raise SystemExit(f"{type(error).__name__}: {error}") from None
+        raise Error(f"{type(error).__name__}: {error}") from None
 
     def write(tmp):
         tmp = Path(tmp)
@@ -204,39 +210,3 @@ def build(model_dir, data_dir=None, texts=(), order=3, arpa=None, alpha=None, be
     for key, value in summary.items():
         print(f"{key}: {value}")
     return summary
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", help="the model folder the language model is added to")
-    parser.add_argument("--data_dir", help="Golos-layout folder whose train_opus/manifest.jsonl transcripts are "
-                                           "used (default: the embedded corpus, unless --text is given)")  # fmt: skip
-    parser.add_argument("--text", action="append", default=[], help="a text file, one sentence a line (repeatable)")
-    parser.add_argument("--order", type=int, default=None, help="n-gram order (default 3; an --arpa has its own)")
-    parser.add_argument("--arpa", help="use this ARPA file (.arpa or .arpa.gz; a KenLM binary if the kenlm module "
-                                       "is installed) instead of building one")  # fmt: skip
-    parser.add_argument("--alpha", type=float, help=f"LM weight written to attrs.json (default {DEFAULT_ALPHA})")
-    parser.add_argument("--beta", type=float, help=f"word insertion bonus (default {DEFAULT_BETA})")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing language model")
-    parser.add_argument("--trust_remote_code", action="store_true", help="for model types this package lacks")
-    publishing.add_arguments(parser, "the model folder with its language model (e.g. to the repo it came from)")
-    return parser
-
-
-def run(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.arpa and (args.text or args.data_dir or args.order is not None):
-        parser.error("--arpa replaces building (its order is the file's): give either --arpa or "
-                     "--data_dir/--text/--order")  # fmt: skip
-    args.order = 3 if args.order is None else args.order
-    summary = build(args.model_dir, args.data_dir, args.text, args.order, args.arpa, args.alpha, args.beta,
-                    args.overwrite, args.trust_remote_code)  # fmt: skip
-    publishing.publish_from_args(args.model_dir, args)
-    return summary
-
-
-def main(argv=None) -> int:
-    """The command line: `run`, exit status 0 (errors exit with their message)."""
-    run(argv)
-    return 0

@@ -1,23 +1,18 @@
-"""Choose the language model's alpha (LM weight) and beta (word bonus) on held-out speech; write them to attrs.json.
-
-    python tune_lm.py MODEL_DIR [--data_dir DIR] [--sets crowd,farfield] [--subset even] [--beam_width 32]
-                      [--alphas 0,0.25,0.5,...] [--betas -1,0,0.5,...] [--dry_run]
+"""Choose the language model's alpha (LM weight) and beta (word bonus) on held-out speech; write them to attrs.json
+(`ebranchformer-tune-lm`, `ebranchformer_ru.commands.tune_lm`): `tune`.
 
 The model's logits are computed once; every (alpha, beta) of the grid decodes them with beam search and the
 pair with the lowest WER over all held-out words wins (ties: the smaller alpha, then the smaller beta), and is
-written to MODEL_DIR/language_model/attrs.json (atomically; --dry_run only prints).
+written to MODEL/language_model/attrs.json (atomically; `dry_run` only prints).
 
 Held-out set: Golos has no development set, so by default the even-numbered utterances (0, 2, 4, ...) of each
-test set are used for tuning and the odd-numbered ones stay unseen; the script prints greedy and LM WER on
-both halves, so that the figure on the unseen half shows whether the choice generalises. `--subset all`
-tunes on whole test sets (then report figures from elsewhere), `--data_dir` points at any Golos-layout
-folder (e.g. one holding a dev set laid out as test_opus/crowd/manifest.jsonl).
+test set are used for tuning and the odd-numbered ones stay unseen; greedy and LM WER are printed for both
+halves, so that the figure on the unseen half shows whether the choice generalises. `subset="all"` tunes on
+whole test sets (then report figures from elsewhere), `data_dir` is any Golos-layout folder (e.g. one holding a
+dev set laid out as test_opus/dev/manifest.jsonl).
 """
 
-import argparse
 import json
-import logging
-import sys
 from pathlib import Path
 
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
@@ -31,69 +26,65 @@ from modeling_ebranchformer.beam_search import (
 )
 from modeling_ebranchformer.ngram import LanguageModelError
 
-from .evaluation import decode_all, load_test_sets, set_log_probs
+from .errors import Error, UsageError
 from .files import atomic_write_text
-from .inference import InferenceError, LMDecoder, TorchBackend, Transcriber
+from .inference import (
+    InferenceError,
+    LMDecoder,
+    TorchBackend,
+    Transcriber,
+    choose_test_sets,
+    decode_all,
+    load_test_sets,
+    set_log_probs,
+)
 from .metrics import wer as word_error_rate
-from .commands.cli import positive_int
 
 DEFAULT_ALPHAS = "0,0.25,0.5,0.75,1,1.5,2"
 DEFAULT_BETAS = "-1,0,1,2,3,4,5"
 
 
 def parse_grid(text, name, bounds):
+    """The sorted values of a comma-separated grid (`--alphas`, `--betas`), each checked against `bounds`."""
     try:
         values = sorted({float(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise SystemExit(f"--{name} must be comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"--{name} must be comma-separated numbers, got {text!r}") from None
     if not values:
-        raise SystemExit(f"--{name} is empty")
+        raise UsageError(f"--{name} is empty")
     for value in values:
         try:
             check_range(name.rstrip("s"), value, *bounds)
         except LanguageModelError as error:
-            raise SystemExit(f"--{name}: {error}") from None
+            raise UsageError(f"--{name}: {error}") from None
     return values
 
 
 def tune(model_dir, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), subset="even", alphas=None, betas=None,
-         beam_width=DEFAULT_BEAM_WIDTH, batch_size=16, dry_run=False, trust_remote_code=False,
-         max_samples=None) -> dict:  # fmt: skip
+         beam_width=DEFAULT_BEAM_WIDTH, batch_size=16, dry_run=False, trust_remote_code=False, max_samples=None,
+         device="cpu", threads=None) -> dict:  # fmt: skip
+    """The chosen alpha and beta and the WERs they give (also printed); written to attrs.json unless `dry_run`."""
     model_dir = Path(model_dir)
     alphas = alphas or parse_grid(DEFAULT_ALPHAS, "alphas", ALPHA_RANGE)
     betas = betas or parse_grid(DEFAULT_BETAS, "betas", BETA_RANGE)
+    if subset not in ("even", "odd", "all"):
+        raise UsageError(f"subset must be even, odd or all, got {subset!r}")
+    if not model_dir.is_dir():
+        raise Error(f"model folder not found: {model_dir} (a model folder with a language model, build_lm.py)")
+    sets = choose_test_sets(data_dir, sets)
     try:
-        backend = TorchBackend.from_folder(str(model_dir), trust_remote_code=trust_remote_code)
-    except (InferenceError, LanguageModelError) as error:
-        raise SystemExit(str(error)) from None
+        backend = TorchBackend.from_folder(str(model_dir), device, threads, trust_remote_code=trust_remote_code)
+    except LanguageModelError as error:  # the folder's language model, named
+        raise InferenceError(str(error)) from None
     processor, transcriber = backend.processor, Transcriber(backend, batch_size)
     decoder = getattr(processor, "decoder", None)
     if decoder is None:
-        raise SystemExit(f"{model_dir} has no {LM_DIR}/: add one with build_lm.py first")
-    try:
-        test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"{type(error).__name__}: {error}") from None
-    tuning = {"references": [], "greedy": [], "log_probs": []}
-    unseen = {"references": [], "greedy": [], "log_probs": []}
-    for dataset, _ in test_sets.values():
-        log_probs = set_log_probs(transcriber, dataset)
-        greedy = decode_all(transcriber, log_probs)
-        for index, (reference, hypothesis, values) in enumerate(zip(dataset["text"], greedy, log_probs)):
-            target = tuning if subset == "all" or index % 2 == (0 if subset == "even" else 1) else unseen
-            target["references"].append(reference)
-            target["greedy"].append(hypothesis)
-            target["log_probs"].append(values)
+        raise Error(f"{model_dir} has no {LM_DIR}/: add one with build_lm.py first")
+    test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)
+    tuning, unseen = held_out_halves(transcriber, test_sets, subset)
     if not tuning["references"]:
-        raise SystemExit("no held-out utterances to tune on")
-    results = []
-    for alpha in alphas:
-        for beta in betas:
-            decoder.reset_params(alpha=alpha, beta=beta)
-            hypotheses = decode_all(transcriber, tuning["log_probs"], LMDecoder(decoder, beam_width=beam_width))
-            results.append((word_error_rate(tuning["references"], hypotheses), alpha, beta))
-            print(f"alpha {alpha:<5g} beta {beta:<5g} WER {100 * results[-1][0]:6.2f} %", flush=True)
-    best_wer, alpha, beta = min(results)
+        raise Error("no held-out utterances to tune on")
+    best_wer, alpha, beta = grid_search(transcriber, decoder, tuning, alphas, betas, beam_width)
     decoder.reset_params(alpha=alpha, beta=beta)
     summary = {"alpha": alpha, "beta": beta, "beam_width": beam_width, "subset": subset,
                "tuning_utterances": len(tuning["references"]),
@@ -114,38 +105,30 @@ def tune(model_dir, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), subset
     return summary
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", help="a model folder with a language model (build_lm.py)")
-    parser.add_argument("--data_dir", default=str(EMBEDDED_CORPUS), help="Golos-layout folder (default: embedded)")
-    parser.add_argument("--sets", default="crowd,farfield", help="test sets of --data_dir to tune on")
-    parser.add_argument("--subset", choices=("even", "odd", "all"), default="even",
-                        help="which utterances of each set to tune on (default: even-numbered; the rest stay unseen)")  # fmt: skip
-    parser.add_argument("--alphas", default=DEFAULT_ALPHAS, help=f"grid of LM weights (default {DEFAULT_ALPHAS})")
-    parser.add_argument("--betas", default=DEFAULT_BETAS, help=f"grid of word bonuses (default {DEFAULT_BETAS})")
-    parser.add_argument("--beam_width", type=positive_int, default=DEFAULT_BEAM_WIDTH, help="beam width while tuning")
-    parser.add_argument("--batch_size", type=positive_int, default=16)
-    parser.add_argument("--max_samples", type=positive_int, help="use the first N utterances of each set")
-    parser.add_argument("--dry_run", action="store_true", help="print the choice, do not write attrs.json")
-    parser.add_argument("--trust_remote_code", action="store_true")
-    return parser
+def held_out_halves(transcriber, test_sets, subset) -> tuple[dict, dict]:
+    """The utterances tuned on and those left unseen ({"references", "greedy", "log_probs"} each): of each set,
+    the even- or odd-numbered ones, or all."""
+    tuning = {"references": [], "greedy": [], "log_probs": []}
+    unseen = {"references": [], "greedy": [], "log_probs": []}
+    for dataset, _ in test_sets.values():
+        log_probs = set_log_probs(transcriber, dataset)
+        greedy = decode_all(transcriber, log_probs)
+        for index, (reference, hypothesis, values) in enumerate(zip(dataset["text"], greedy, log_probs)):
+            target = tuning if subset == "all" or index % 2 == (0 if subset == "even" else 1) else unseen
+            target["references"].append(reference)
+            target["greedy"].append(hypothesis)
+            target["log_probs"].append(values)
+    return tuning, unseen
 
 
-def run(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
-    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-    if not sets or any(s not in ("crowd", "farfield") for s in sets):
-        parser.error(f"--sets must name crowd and/or farfield, got {args.sets!r}")
-    if args.beam_width < 1:
-        parser.error("--beam_width must be at least 1")
-    return tune(args.model_dir, args.data_dir, sets, args.subset, parse_grid(args.alphas, "alphas", ALPHA_RANGE),
-                parse_grid(args.betas, "betas", BETA_RANGE), args.beam_width, args.batch_size, args.dry_run,
-                args.trust_remote_code, args.max_samples)  # fmt: skip
-
-
-def main(argv=None) -> int:
-    """The command line: `run`, exit status 0 (errors exit with their message)."""
-    run(argv)
-    return 0
+def grid_search(transcriber, decoder, tuning, alphas, betas, beam_width) -> tuple[float, float, float]:
+    """(WER, alpha, beta) of the best pair on the tuning half, each pair's WER printed as it comes; ties go to
+    the smaller alpha, then the smaller beta."""
+    results = []
+    for alpha in alphas:
+        for beta in betas:
+            decoder.reset_params(alpha=alpha, beta=beta)
+            hypotheses = decode_all(transcriber, tuning["log_probs"], LMDecoder(decoder, beam_width=beam_width))
+            results.append((word_error_rate(tuning["references"], hypotheses), alpha, beta))
+            print(f"alpha {alpha:<5g} beta {beta:<5g} WER {100 * results[-1][0]:6.2f} %", flush=True)
+    return min(results)

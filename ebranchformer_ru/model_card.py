@@ -112,7 +112,7 @@ def set_model_id(folder, repo_id):
         atomic_write_text(path, new)
 
 
-# --- language model decoding (issue #11) ---------------------------------------------------------------------
+# --- language model decoding ---------------------------------------------------------------------------------
 
 
 def write_decoding_results(folder, rows: list, decoding: dict | None, data_dir) -> str:

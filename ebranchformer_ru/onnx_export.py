@@ -1,8 +1,8 @@
 """Export a CTC model folder (E-Branchformer or QuartzNet) to ONNX, checked against PyTorch.
 
-    python export_onnx.py outputs/mini outputs/mini_onnx            # model.onnx + processor files + check
-    python export_onnx.py outputs/mini outputs/mini_onnx --int8     # + model.int8.onnx and its WER
-    python transcribe.py outputs/mini_onnx recordings/ --output out.jsonl   # ONNX Runtime, no torch
+    ebranchformer-export-onnx outputs/mini --output_dir outputs/mini_onnx          # model.onnx, processor, check
+    ebranchformer-export-onnx outputs/mini --output_dir outputs/mini_onnx --int8   # + model.int8.onnx and its WER
+    ebranchformer-transcribe outputs/mini_onnx recordings/ --output out.jsonl      # ONNX Runtime, no torch
 
 The graph takes `input_features` (batch, frames, mel bins) float32 and `attention_mask` (batch, frames)
 int64, with dynamic batch and frame axes, and gives `log_probs` (batch, steps, vocab) float32 and
@@ -11,20 +11,18 @@ int64, with dynamic batch and frame axes, and gives `log_probs` (batch, steps, v
 takes 16x longer and needs a change to the model (its padding test is data-dependent), and Optimum's
 exporter requires transformers < 4.58.
 
-OUT_DIR is self-contained: the model(s), `config.json`, the processor files (`processor_config.json`,
+The output folder is self-contained: the model(s), `config.json`, the processor files (`processor_config.json`,
 `vocab.json`, `tokenizer_config.json`, with the code for `trust_remote_code`) and `onnx_export.json`
 (files, output frame rate, the check's figures, WER). Before anything is written, ONNX Runtime's
 log-probabilities are compared with PyTorch's on real audio (each utterance alone and all together as one
 padded batch) and must agree within `--tolerance` (1e-4). `--int8` adds a dynamically quantised model
 (int8 weights of the matrix multiplications, `onnxruntime.quantization.quantize_dynamic`) and reports
 WER/CER of fp32 and int8 on the embedded test sets; fp32 stays the default in transcribe.py
-(`--quantized` picks int8). The folder appears complete or not at all, and an existing OUT_DIR is replaced
+(`--quantized` picks int8). The folder appears complete or not at all, and an existing one is replaced
 only with `--overwrite`.
 """
 
-import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -150,6 +148,13 @@ def parity_check(backend, onnx_path, waveforms, tolerance, threads=None):
     return result
 
 
+def _read_audio(path, option):
+    try:
+        return read_audio(path)
+    except ValueError as error:  # names the file and what is wrong with it
+        raise ExportError(f"{option}: {error}") from None
+
+
 def word_error_rates(backend, sets, batch_size=16):
     """{set: {"wer", "cer", "utterances"}} (in %) of greedy transcripts of the backend on manifests."""
     transcriber = Transcriber(backend, batch_size)
@@ -160,7 +165,7 @@ def word_error_rates(backend, sets, batch_size=16):
         references = [text for _, text in entries]
         hypotheses = []
         for start in range(0, len(entries), batch_size):
-            waveforms = [read_audio(path) for path, _ in entries[start : start + batch_size]]
+            waveforms = [_read_audio(path, f"--wer_manifest {name}") for path, _ in entries[start : start + batch_size]]
             hypotheses += [record["text"] for record in transcriber.transcribe(waveforms)]
         results[name] = {
             "utterances": len(entries),
@@ -180,6 +185,7 @@ def export(
     wer_sets=None,
     threads=None,
     log=print,
+    trust_remote_code=False,
 ):
     """Export, check and publish; returns the `onnx_export.json` content."""
     import torch
@@ -194,7 +200,7 @@ def export(
     except OutputFolderError as error:
         raise ExportError(str(error)) from None
     try:
-        backend = TorchBackend.from_folder(model_dir)
+        backend = TorchBackend.from_folder(model_dir, trust_remote_code=trust_remote_code)
     except InferenceError as error:
         raise ExportError(str(error)) from None
     model, processor = backend.model, backend.processor
@@ -202,7 +208,7 @@ def export(
         raise ExportError(f"{model_dir}: {type(model).__name__} is not a model of this package")
     if check_audio is None:
         check_audio = [audio_path(s, e["audio_filepath"]) for s in DEFAULT_SETS.values() for _, e in list(read_manifest(s))[:4]]
-    waveforms = [read_audio(p) for p in check_audio]
+    waveforms = [_read_audio(p, "--check_audio") for p in check_audio]
     wer_sets = DEFAULT_SETS if wer_sets is None else wer_sets
     info = {}
 
@@ -270,54 +276,15 @@ def export(
     return info
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("model", help="a model folder of this package (train_ctc.py, convert_checkpoint.py)")
-    parser.add_argument("out_dir", help="the folder to create")
-    parser.add_argument("--int8", action="store_true", help="also write a dynamically quantised model.int8.onnx")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |log-prob difference| ONNX vs PyTorch")
-    parser.add_argument("--check_audio", nargs="+", help="audio files for the check (default: 8 embedded test files)")
-    parser.add_argument(
-        "--wer_manifest",
-        nargs="+",
-        metavar="NAME=MANIFEST",
-        help="test sets for the int8 WER report (default: the embedded crowd and farfield sets)",
-    )
-    parser.add_argument("--threads", type=int, default=None)
-    return parser
 
-
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not 0 < args.tolerance < 1:
-        parser.error(f"--tolerance must be a positive number below 1 (log-probability difference), got {args.tolerance}")
-    wer_sets = None
-    if args.wer_manifest:
-        wer_sets = {}
-        for value in args.wer_manifest:
-            name, _, path = value.rpartition("=")
-            if not Path(path).is_file():
-                parser.error(f"--wer_manifest {value}: {path} is not a file")
-            wer_sets[name or Path(path).parent.name] = Path(path)
-    if not Path(args.model).is_dir():
-        parser.error(f"MODEL {args.model}: not a folder")
-    try:
-        export(
-            args.model,
-            args.out_dir,
-            args.int8,
-            args.overwrite,
-            args.tolerance,
-            args.check_audio,
-            wer_sets,
-            args.threads,
-        )
-    except (ExportError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
+def wer_sets_from(values) -> dict | None:
+    """`--wer_manifest NAME=MANIFEST ...` as {name: manifest path} (the name defaults to the manifest's folder)."""
+    if not values:
+        return None
+    sets = {}
+    for value in values:
+        name, _, path = value.rpartition("=")
+        if not Path(path).is_file():
+            raise ExportError(f"--wer_manifest {value}: {path} is not a file (give a manifest.jsonl, NAME=PATH)")
+        sets[name or Path(path).parent.name] = Path(path)
+    return sets

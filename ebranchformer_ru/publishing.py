@@ -1,8 +1,8 @@
 """Publish a model folder to the Hugging Face Hub: the one path that `train_ctc.py`, `convert_checkpoint.py`,
-`average_checkpoints.py`, `build_lm.py` and `evaluate_ctc.py` take with `--push_to_hub REPO`, and the command
-that (re)publishes a folder later:
+`average_checkpoints.py` and `build_lm.py` take with `--push_to_hub` (the repo: `--hub_model_id`), and that
+`push_to_hub.py` (ebranchformer-push) takes to (re)publish a folder later:
 
-    python push_to_hub.py outputs/mini user/ebranchformer-ru-mini [--hub_private_repo] [--hub_revision BRANCH]
+    python push_to_hub.py outputs/mini --hub_model_id user/mini [--hub_private_repo] [--hub_revision BRANCH]
 
 What goes up: the model folder as `from_pretrained` reads it (weights, config, processor, the code for
 `trust_remote_code`, the model card, `alphabet.json` and `language_model/` when it has one), run records
@@ -17,7 +17,6 @@ option (it would stay in the shell's history and in process listings). `HF_ENDPO
 huggingface.co (a private Hub, the tests' local server).
 """
 
-import argparse
 import contextlib
 import mmap
 import os
@@ -27,7 +26,7 @@ from .errors import Error
 NEVER = ["training_args.bin", "**/training_args.bin", "_*", ".*", "**/.*", "**/__pycache__/**"]  # not even asked
 IGNORED = ["checkpoint-*", "checkpoint-*/**", "eval/**", *NEVER]  # what a model folder's publication leaves here
 WEIGHTS = {".safetensors", ".onnx", ".pt", ".pth", ".bin", ".binary"}  # tensors: not searched for paths
-LATER = "python push_to_hub.py {folder} {repo}"
+LATER = "python push_to_hub.py {folder} --hub_model_id {repo}"
 
 
 class PublishError(Error, RuntimeError):
@@ -162,24 +161,3 @@ def _token():
 
     return get_token()
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", help="a model folder (train_ctc.py, convert_checkpoint.py, average_checkpoints.py)")
-    parser.add_argument("repo", help="the Hub repo, user/name or organisation/name")
-    parser.add_argument("--hub_private_repo", action="store_true", help="create the repo private (if it is new)")
-    parser.add_argument("--hub_revision", metavar="BRANCH", help="publish to this branch (made from main if new)")
-    parser.add_argument("--commit_message", help="default: Upload FOLDER_NAME")
-    return parser
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if not Path(args.folder).is_dir():
-        raise SystemExit(f"no folder {args.folder}")
-    try:
-        publish(args.folder, args.repo, private=args.hub_private_repo or None, revision=args.hub_revision,
-                commit_message=args.commit_message)  # fmt: skip
-    except PublishError as error:
-        raise SystemExit(str(error)) from None
-    return 0

@@ -1,19 +1,13 @@
 """An OpenAI-compatible transcription server with dynamic batching, live transcription over a WebSocket, and a
-page to try it.
+page to try it: the app that `ebranchformer-serve` runs (`ebranchformer_ru.commands.serve`, whose --help lists the
+endpoints).
 
-    python serve.py outputs/mini --port 8000
+    ebranchformer-serve outputs/mini --port 8000
     curl -F file=@speech.wav -F model=mini http://127.0.0.1:8000/v1/audio/transcriptions
 
-MODEL is a model folder (PyTorch, `--device`) or an `export_onnx.py` folder (ONNX Runtime). Endpoints:
-
-    POST /v1/audio/transcriptions   OpenAI's audio API: multipart `file`, `model`, `response_format` (json, text,
-                                    srt, vtt, verbose_json), `timestamp_granularities[]` (segment, word),
-                                    `language` (ru), `prompt` (hotwords, with --decoder lm), `temperature` (0)
-    GET  /v1/models                 the one model served (its id is the folder's name)
-    GET  /health, /ready            the process is up; it takes requests (503 while the queue is full)
-    WS   /v1/audio/stream           live audio: binary messages of 16 kHz mono 16-bit little-endian PCM, then the
-                                    text message {"type": "end"}; partial transcripts every 0.5 s, then a final one
-    GET  /                          a page to try it: upload a file or record from the microphone
+`make_app(args)` is the Starlette app of the command's parsed options (`Service` loads the model; the lifespan
+runs its worker); uvicorn serves it. MODEL is a model folder (PyTorch, `--device`) or an `export_onnx.py`
+folder (ONNX Runtime).
 
 One worker thread owns the model and takes the requests that queued while it was busy as one batch of at most
 --max_batch_size (an idle model waits up to --max_wait_ms while requests are being received); `Transcriber`
@@ -23,7 +17,6 @@ be 16 kHz mono (WAV, FLAC, Ogg/Opus, MP3: what soundfile decodes), as for `trans
 the browser.
 """
 
-import argparse
 import asyncio
 import collections
 import functools
@@ -32,7 +25,6 @@ import json
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 import uuid
@@ -43,11 +35,10 @@ import numpy as np
 
 from .audio import read_audio
 from .inference import InferenceError, LMDecoder, Transcriber, load_backend, load_lm_decoder
-from .commands.cli import positive_int
 from .transcription import LOUD, render, subtitle_cues
 
 try:  # the `serve` extra; --help and the package import work without it
-    import uvicorn
+    import uvicorn  # noqa: F401 (the extra's server, run by the command: checked with the rest)
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException, MultiPartParser
@@ -289,7 +280,8 @@ class Service:
         # main thread by loading did that to the model thread's forward passes (on 2 cores: ~1,700 sleeps a second
         # against 6; at 16 clients, the worst of 6 interleaved rounds fell to 0.35x of offline throughput, not 0.69x).
         with ThreadPoolExecutor(1) as loader:
-            self.backend = loader.submit(load_backend, args.model, args.device, args.threads, args.quantized).result()
+            self.backend = loader.submit(load_backend, args.model, args.device, args.threads, args.quantized,
+                                         args.trust_remote_code).result()  # fmt: skip
         self.decoder = load_lm_decoder(args.model, hotword_weight=args.hotword_weight) if args.decoder == "lm" else None
         # Word times always: srt, vtt and verbose_json need them, and they never change the text.
         transcriber = Transcriber(self.backend, args.max_batch_size, args.chunk_length_s, args.stride_length_s,
@@ -563,59 +555,3 @@ async def live(websocket, service, window_s=None):
         receiver.cancel()
         log.info(f"stream {rid} status={status} duration={time.monotonic() - begun:.3f}s "
                  f"audio={len(pcm) // 2 / service.rate:.2f}s")  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------- main
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("model", help="model folder (PyTorch) or export_onnx.py output folder (ONNX Runtime)")
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max_batch_size", type=positive_int, default=16, help="recordings (or chunks) per batch")
-    parser.add_argument("--max_wait_ms", type=float, default=20.0,
-                        help="how long a request that finds the model idle waits for those being received")  # fmt: skip
-    parser.add_argument("--max_audio_s", type=float, default=600.0, help="longer uploads and streams are refused")
-    parser.add_argument("--max_upload_mb", type=float, default=25.0, help="larger uploads are refused (OpenAI's)")
-    parser.add_argument("--max_queue", type=positive_int, default=256,
-                        help="recordings admitted at once; more get 503 with Retry-After")  # fmt: skip
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the model")
-    parser.add_argument("--quantized", action="store_true", help="ONNX export only: use the int8 model")
-    parser.add_argument("--decoder", choices=["greedy", "lm"], default="greedy",
-                        help="lm: beam search with the folder's language model; `prompt` then carries hotwords")  # fmt: skip
-    parser.add_argument("--hotword_weight", type=float, default=None, help="--decoder lm: bonus per hotword")
-    parser.add_argument("--chunk_length_s", type=float, default=30.0, help="uploads longer than this are chunked")
-    parser.add_argument("--stride_length_s", type=float, default=None, help="overlap on each side (chunk / 6)")
-    parser.add_argument("--stream_window_s", type=float, default=20.0,
-                        help="live audio: the recent audio decoded again for each partial transcript")  # fmt: skip
-    return parser
-
-
-def parse_args(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for name in ("max_wait_ms", "max_audio_s", "max_upload_mb", "stream_window_s"):
-        if not getattr(args, name) >= 0 or (name != "max_wait_ms" and not getattr(args, name) > 0):
-            parser.error(f"--{name} must be a positive number, got {getattr(args, name)}")
-    if args.hotword_weight is not None and args.decoder != "lm":
-        parser.error("--hotword_weight needs --decoder lm")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        app = make_app(args)
-    except InferenceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    log.info(f"serving {args.model} as {app.state.service.model_id!r} on http://{args.host}:{args.port}/")
-    # uvicorn's SIGTERM/SIGINT handling: stop accepting, finish the requests in flight, then the lifespan's exit
-    # lets the worker finish its queue, and the process ends by the signal. Its access log is off: this module
-    # logs one line per request.
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info", timeout_graceful_shutdown=None)
-    return 0

@@ -1,15 +1,20 @@
-"""Train and evaluate a CTC speech recogniser on Golos with the Hugging Face Trainer.
+"""Train and evaluate a CTC speech recogniser on Golos with the Hugging Face Trainer: the job of
+`ebranchformer-train` (`train_ctc.py`).
 
-    python train_ctc.py                                   # preset "mini": the embedded corpus, 2 CPU cores
-    python train_ctc.py --preset overfit                  # homework step 7: overfit ~10 minutes of train
-    python train_ctc.py --preset course --data_dir /data/golos   # the course recipe on real Golos
+    ebranchformer-train                                   # preset "mini": the embedded corpus, 2 CPU cores
+    ebranchformer-train --preset overfit                  # homework step 7: overfit ~10 minutes of train
+    ebranchformer-train --preset course --data_dir /data/golos   # the course recipe on real Golos
     torchrun --nproc_per_node 2 train_ctc.py ...          # data-parallel (DDP) on 2 processes, CPU or GPU
     accelerate launch --multi_gpu --num_processes 8 train_ctc.py ...   # the same with accelerate
 
 Every option of `TrainingArguments` and of the dataclasses below is a command-line flag; a preset (a YAML
 file in presets/, or any .yaml/.json path given to --preset) sets defaults that flags override. An output
 folder that holds an earlier run is never replaced silently: continue it with
-`--resume_from_checkpoint last`, or replace it with `--overwrite_output_dir true`.
+`--resume_from_checkpoint last`, or replace it with `--overwrite true`.
+
+`run(argv)` parses and trains (`parse_args`, then `train`); errors are raised (`ebranchformer_ru.errors`): a
+`UsageError` for options that contradict each other or values no run can use, an `Error` for a file or folder
+at fault.
 """
 
 import argparse
@@ -28,6 +33,8 @@ import torch
 import transformers
 import yaml
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.debug_utils import DebugOption
+from transformers.hf_argparser import string_to_bool
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy
 
@@ -45,6 +52,7 @@ from modeling_ebranchformer import DataCollatorCTC, EBranchformerConfig, EBranch
 from modeling_ebranchformer.ctc import output_frames
 
 from .augmentation import AudioAugmentation, AugmentationArguments, AugmentationCallback
+from .errors import Error, UsageError
 from .files import publish_modes
 from .hub import ModelLoadError, load_ctc_model, load_processor
 from .metrics import cer, wer
@@ -129,26 +137,68 @@ class RunArguments:
         default=None, metadata={"help": "Evaluate every N epochs (sets eval_steps from the train set's size)."}
     )
     logged_predictions: int = field(default=3, metadata={"help": "reference/prediction pairs logged per evaluation."})
-    overwrite_output_dir: bool = field(
+    overwrite: bool = field(
         default=False,
         metadata={"help": "Replace an earlier run in --output_dir (its checkpoints are deleted). Without it, such "
                           "a folder is refused; --resume_from_checkpoint last continues it."},  # fmt: skip
     )
 
 
-def build_parser() -> HfArgumentParser:
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written (its examples keep their lines), and every option's default (HfArgumentParser's
+    way)."""
+
+
+DEBUG_FEATURES = [option.value for option in DebugOption]
+
+
+class DebugAction(argparse.Action):
+    """`--debug`, where two dialects meet: alone or `--debug true|false`, the switch of every command (an error
+    shows its traceback instead of one line); Transformers' debug features by name (`TrainingArguments.debug`:
+    underflow_overflow, tpu_metrics_debug), which show tracebacks too. Sets `debug` (the features, as
+    `TrainingArguments` reads them) and `traceback`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        features = [value for value in values if value in DEBUG_FEATURES]
+        switch = [value for value in values if value not in DEBUG_FEATURES]
+        try:
+            traceback = string_to_bool(switch[0]) if switch else True
+        except argparse.ArgumentTypeError:
+            traceback = None
+        if traceback is None or len(switch) > 1 or (switch and features):
+            raise argparse.ArgumentError(self, f"expected true, false or Transformers' debug features "
+                                               f"({', '.join(DEBUG_FEATURES)}), got {' '.join(values)}")  # fmt: skip
+        setattr(namespace, "debug", " ".join(features))
+        setattr(namespace, "traceback", traceback)
+
+
+def build_parser(description: str | None = None) -> HfArgumentParser:
+    """The options of a run: the fields of the dataclasses, in snake_case only, and `--debug` (`DebugAction`)."""
     # No abbreviations: a mistyped flag (--learning_rat) must be an error, not silently another option.
-    return HfArgumentParser(
-        (ModelArguments, DataArguments, AugmentationArguments, RunArguments, TrainingArguments), allow_abbrev=False
-    )
+    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, RunArguments, TrainingArguments),
+                              allow_abbrev=False, description=description, formatter_class=HelpFormatter)  # fmt: skip
+    # One spelling per option: HfArgumentParser adds a kebab-case one (--output-dir) to every snake_case field.
+    for action in parser._actions:
+        for option in [o for o in action.option_strings if o.startswith("--") and "-" in o[2:]]:
+            action.option_strings.remove(option)
+            del parser._option_string_actions[option]
+    trainers = parser._option_string_actions.pop("--debug")  # DebugAction takes it over
+    trainers.container._remove_action(trainers)
+    parser.add_argument("--debug", action=DebugAction, nargs="*", default="", metavar="true|false|FEATURE",
+                        help="on an error, show the traceback instead of one line (--debug, or --debug true|false); "
+                             f"or Transformers' debug features: {', '.join(DEBUG_FEATURES)} (these show "
+                             "tracebacks too)")  # fmt: skip
+    parser.set_defaults(traceback=False)
+    return parser
 
 
-def parse_args(argv=None):
-    """The options of a run: the preset's values as defaults, then the command line; checked."""
-    parser = build_parser()
+def parse_args(argv=None, parser: HfArgumentParser | None = None):
+    """The options of a run: the preset's values as defaults, then the command line (`argv`, default sys.argv),
+    parsed by `parser` (default `build_parser()`); checked. Returns the five dataclasses."""
+    parser = parser or build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     early = HfArgumentParser(RunArguments, allow_abbrev=False)
-    early.add_argument("--do_eval", type=transformers.hf_argparser.string_to_bool, default=None)
+    early.add_argument("--do_eval", type=string_to_bool, default=None)
     early.add_argument("--eval_strategy", default=None)
     given = early.parse_known_args(argv)[0]
     preset = load_preset(given.preset)
@@ -156,14 +206,14 @@ def parse_args(argv=None):
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(defaults) - known)
     if unknown:
-        raise SystemExit(f"preset {given.preset}: unknown option(s) {unknown}")
+        raise Error(f"preset {given.preset}: unknown option(s) {unknown}")
     check_preset_types(parser, preset, given.preset)
     # TrainingArguments turns do_eval on whenever an eval strategy is set, so `--do_eval false` on a preset
     # that evaluates every N steps would be ignored: switch the strategy off too, unless asked for explicitly.
     do_eval = given.do_eval if given.do_eval is not None else defaults.get("do_eval", True)
     if not do_eval:
         if given.eval_strategy not in (None, "no"):
-            raise SystemExit(f"--do_eval false contradicts --eval_strategy {given.eval_strategy}: drop one of them")
+            raise UsageError(f"--do_eval false contradicts --eval_strategy {given.eval_strategy}: drop one of them")
         defaults["eval_strategy"] = "no"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _accelerator_available():
         # A process group launched by torchrun or `accelerate launch` on a machine without an accelerator:
@@ -173,11 +223,14 @@ def parse_args(argv=None):
     parser.set_defaults(**defaults)
     try:
         *parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except Error:
+        raise  # a folder that an option names is missing (--noise_dir): not a usage error
     except ValueError as error:  # a dataclass's own check (augmentation ranges, TrainingArguments)
-        raise SystemExit(f"{error}") from None
+        raise UsageError(f"{error}") from None
     if remaining:
-        parser.error(f"unrecognized arguments: {' '.join(remaining)} (see python train_ctc.py --help)")
-    model_args, data_args, augment_args, run_args, training_args = parsed
+        raise UsageError(f"unrecognized arguments: {' '.join(remaining)} (see ebranchformer-train --help)")
+    # After the dataclasses, a namespace of what is no field: `traceback` (--debug), the command's concern.
+    model_args, data_args, augment_args, run_args, training_args = parsed[:5]
     for name, value in REQUIRED.items():
         setattr(training_args, name, value)
     if training_args.dataloader_num_workers == 0:
@@ -194,19 +247,19 @@ def check_preset_types(parser, values: dict, preset: str):
         action = actions[key]
         many = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs > 1)
         if isinstance(value, list) and not many:
-            raise SystemExit(f"preset {preset}: {key} takes one value, got the list {value!r}")
+            raise Error(f"preset {preset}: {key} takes one value, got the list {value!r}")
         for item in value if isinstance(value, list) else [value]:
             if item is None or not callable(action.type):
                 continue
             kind = getattr(action.type, "__name__", "value")
             if action.type in (int, float) and isinstance(item, bool) or not isinstance(item, (str, int, float, bool)):
-                raise SystemExit(f"preset {preset}: {key}: {item!r} is not a {kind}")
+                raise Error(f"preset {preset}: {key}: {item!r} is not a {kind}")
             try:
                 converted = action.type(item)
             except (TypeError, ValueError, argparse.ArgumentTypeError):
-                raise SystemExit(f"preset {preset}: {key}: {item!r} is not a valid {kind}") from None
+                raise Error(f"preset {preset}: {key}: {item!r} is not a valid {kind}") from None
             if action.type is int and isinstance(item, float) and converted != item:
-                raise SystemExit(f"preset {preset}: {key}: {item!r} is not a whole number")
+                raise Error(f"preset {preset}: {key}: {item!r} is not a whole number")
 
 
 def _accelerator_available() -> bool:
@@ -225,17 +278,17 @@ def check_arguments(data_args, run_args, training_args):
     ]
     for name, value, least in checks:
         if value is not None and value < least:
-            raise SystemExit(f"--{name} must be at least {least}, got {value}")
+            raise UsageError(f"--{name} must be at least {least}, got {value}")
     if training_args.max_steps == 0 and training_args.do_train:
-        raise SystemExit("--max_steps 0 trains nothing: use --do_train false to only evaluate, or a positive number")
+        raise UsageError("--max_steps 0 trains nothing: use --do_train false to only evaluate, or a positive number")
     if training_args.do_train and training_args.max_steps < 0 and training_args.num_train_epochs <= 0:
-        raise SystemExit(f"--num_train_epochs must be positive, got {training_args.num_train_epochs}")
+        raise UsageError(f"--num_train_epochs must be positive, got {training_args.num_train_epochs}")
     if data_args.train_subset_seconds is not None and not data_args.train_subset_seconds >= 0:
-        raise SystemExit(f"--train_subset_seconds must be positive (0: no subset), got {data_args.train_subset_seconds}")
+        raise UsageError(f"--train_subset_seconds must be positive (0: no subset), got {data_args.train_subset_seconds}")
     if run_args.eval_every_epochs is not None and not run_args.eval_every_epochs > 0:
-        raise SystemExit(f"--eval_every_epochs must be positive, got {run_args.eval_every_epochs}")
+        raise UsageError(f"--eval_every_epochs must be positive, got {run_args.eval_every_epochs}")
     if data_args.verify_audio not in ("none", "header", "full"):
-        raise SystemExit(f"--verify_audio must be 'none', 'header' or 'full', got {data_args.verify_audio!r}")
+        raise UsageError(f"--verify_audio must be 'none', 'header' or 'full', got {data_args.verify_audio!r}")
 
 
 def load_preset(preset: str, _seen=()) -> dict:
@@ -245,22 +298,22 @@ def load_preset(preset: str, _seen=()) -> dict:
         path = PRESETS / f"{preset}.yaml"
         if not path.exists():
             names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
-            raise SystemExit(f"unknown preset {preset!r}: use one of {names} or a .yaml/.json file")
+            raise UsageError(f"unknown preset {preset!r}: use one of {names} or a .yaml/.json file")
     if not path.exists():
-        raise SystemExit(f"preset file not found: {path}")
+        raise Error(f"preset file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
             values = json.load(f) if path.suffix == ".json" else yaml.safe_load(f)
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
-        raise SystemExit(f"preset {path}: not valid {path.suffix[1:].upper()} ({error})") from None
+        raise Error(f"preset {path}: not valid {path.suffix[1:].upper()} ({error})") from None
     if not isinstance(values, dict):
-        raise SystemExit(f"preset {path}: expected a mapping of option names to values")
+        raise Error(f"preset {path}: expected a mapping of option names to values")
     if "base" in values:
         base = str(values.pop("base"))
         if Path(base).suffix in (".yaml", ".yml", ".json") and not Path(base).is_absolute():
             base = str(path.parent / base)  # a file named by a preset file: next to that file
         if base in _seen or base == preset or Path(base).resolve() == path.resolve():
-            raise SystemExit(f"preset {path}: 'base: {base}' makes a loop ({' -> '.join((*_seen, preset, base))})")
+            raise Error(f"preset {path}: 'base: {base}' makes a loop ({' -> '.join((*_seen, preset, base))})")
         values = {**load_preset(base, (*_seen, preset)), **values}
     return values
 
@@ -290,7 +343,7 @@ def prepare_output_dir(training_args, run_args) -> str | None:
     if resume is not None and resume.lower() in ("last", "true"):
         resume = last_complete_checkpoint(out) if out.is_dir() else None
         if resume is None:
-            raise SystemExit(f"--resume_from_checkpoint last: no complete checkpoint in {out}")
+            raise Error(f"--resume_from_checkpoint last: no complete checkpoint in {out}")
         logger.info("resuming from the last complete checkpoint: %s", resume)
     if resume is not None:
         check_checkpoint(resume)
@@ -299,17 +352,17 @@ def prepare_output_dir(training_args, run_args) -> str | None:
     earlier += [name for name in MODEL_FILES if (out / name).exists()]
     if not earlier or not training_args.do_train:
         return None
-    if not run_args.overwrite_output_dir:
+    if not run_args.overwrite:
         last = last_complete_checkpoint(out)
         resume_hint = f"--resume_from_checkpoint last (continues from {last}), " if last else ""
-        raise SystemExit(
+        raise Error(
             f"{out} holds an earlier run ({', '.join(earlier[:6])}{', ...' if len(earlier) > 6 else ''}). Pass "
-            f"{resume_hint}--overwrite_output_dir true (replaces it and deletes its checkpoints), or another "
+            f"{resume_hint}--overwrite true (replaces it and deletes its checkpoints), or another "
             "--output_dir."
         )
     for name in earlier:
         if name.startswith(PREFIX_CHECKPOINT_DIR) and training_args.should_save:
-            logger.warning("--overwrite_output_dir: deleting the earlier run's %s", out / name)
+            logger.warning("--overwrite: deleting the earlier run's %s", out / name)
             shutil.rmtree(out / name)
     return None
 
@@ -320,10 +373,10 @@ def check_checkpoint(path):
 
     folder = Path(path)
     if not folder.is_dir():
-        raise SystemExit(f"--resume_from_checkpoint: no folder {folder}")
+        raise Error(f"--resume_from_checkpoint: no folder {folder}")
     if not (folder / "trainer_state.json").is_file():
-        raise SystemExit(f"--resume_from_checkpoint: {folder} is incomplete (no trainer_state.json; was the "
-                         "save interrupted?); use an earlier checkpoint or `last`")  # fmt: skip
+        raise Error(f"--resume_from_checkpoint: {folder} is incomplete (no trainer_state.json; was the "
+                    "save interrupted?); use an earlier checkpoint or `last`")  # fmt: skip
     weights = folder / "model.safetensors"
     if weights.is_file():
         try:
@@ -331,8 +384,8 @@ def check_checkpoint(path):
                 for key in f.keys():
                     f.get_slice(key)
         except (SafetensorError, OSError) as error:
-            raise SystemExit(f"--resume_from_checkpoint: {weights} cannot be read ({error}); the file is corrupt "
-                             "or truncated, use an earlier checkpoint") from None  # fmt: skip
+            raise Error(f"--resume_from_checkpoint: {weights} cannot be read ({error}); the file is corrupt "
+                        "or truncated, use an earlier checkpoint") from None  # fmt: skip
 
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -359,7 +412,7 @@ def prepare_train(data_args, processor, model, fastest=1.0):
     for report in reports:
         logger.info("train selection: %s", report)
     if len(dataset) == 0:
-        raise SystemExit(
+        raise Error(
             f"the train set of {data_args.data_dir} is empty after the filters: "
             + "; ".join(str(r).split("\n")[0] for r in reports)
         )
@@ -370,25 +423,25 @@ def prepare_eval(data_args, tokenizer, train_dataset):
     sets = {}
     available = find_test_sets(data_args.data_dir)
     if data_args.eval_sets is None and not available:
-        raise SystemExit(f"{data_args.data_dir} has no test set (test_opus/<set>/manifest.jsonl) to evaluate on: "
-                         "pass --eval_sets train, or --do_eval false")  # fmt: skip
+        raise Error(f"{data_args.data_dir} has no test set (test_opus/<set>/manifest.jsonl) to evaluate on: "
+                    "pass --eval_sets train, or --do_eval false")  # fmt: skip
     names = data_args.eval_sets.split(",") if data_args.eval_sets is not None else available
     for name in [s.strip() for s in names if s.strip()]:
         if name == "train":
             if train_dataset is None:
-                raise SystemExit("--eval_sets train needs --do_train true (it evaluates on the train selection)")
+                raise UsageError("--eval_sets train needs --do_train true (it evaluates on the train selection)")
             sets[name] = train_dataset
             continue
         if name not in available:
-            raise SystemExit(f"unknown eval set {name!r}: use {', '.join(available)} (the test sets of "
-                             f"{data_args.data_dir}) or train")  # fmt: skip
+            raise Error(f"unknown eval set {name!r}: use {', '.join(available)} (the test sets of "
+                        f"{data_args.data_dir}) or train")  # fmt: skip
         dataset = load_golos(data_args.data_dir, name, "test", decode="none", **_load_kwargs(data_args))
         dataset, report = normalize_and_check_texts(dataset, tokenizer)
         logger.info("eval set %s: %s", name, report)
         if data_args.max_eval_samples:
             dataset = dataset.select(range(min(data_args.max_eval_samples, len(dataset))))
         if len(dataset) == 0:
-            raise SystemExit(f"eval set {name} of {data_args.data_dir} is empty")
+            raise Error(f"eval set {name} of {data_args.data_dir} is empty")
         sets[name] = dataset
     return sets
 
@@ -550,7 +603,7 @@ def load_model_and_processor(model_args):
             model = load_ctc_model(model_args.model_name_or_path, model_args.trust_remote_code, **extra)
             processor = load_processor(model_args.model_name_or_path, model_args.trust_remote_code)
         except ModelLoadError as error:
-            raise SystemExit(f"--model_name_or_path: {error}") from None
+            raise Error(f"--model_name_or_path: {error}") from None
         return model, processor
     config = EBranchformerConfig()
     if model_args.config_overrides:
@@ -558,7 +611,7 @@ def load_model_and_processor(model_args):
             config.update_from_string(model_args.config_overrides)
             config = EBranchformerConfig(**config.to_dict())  # validated as a new config
         except ValueError as error:
-            raise SystemExit(f"--config_overrides {model_args.config_overrides!r}: {error}") from None
+            raise UsageError(f"--config_overrides {model_args.config_overrides!r}: {error}") from None
     model = EBranchformerForCTC._from_config(config, attn_implementation=model_args.attn_implementation or "sdpa")
     return model, EBranchformerProcessor()
 
@@ -578,8 +631,13 @@ def final_evaluation(trainer, eval_sets) -> dict:
 
 
 def run(argv=None):
-    """Train and/or evaluate as the arguments say; returns the trainer and the final metrics."""
-    model_args, data_args, augment_args, run_args, training_args = parse_args(argv)
+    """Train and/or evaluate as the command line `argv` says (`parse_args`, then `train`); returns the trainer and
+    the final metrics."""
+    return train(*parse_args(argv))
+
+
+def train(model_args, data_args, augment_args, run_args, training_args):
+    """Train and/or evaluate as the options (`parse_args`) say; returns the trainer and the final metrics."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
                         handlers=[logging.StreamHandler(sys.stdout)])  # fmt: skip
     # Our own messages (summary, selections, reference/prediction pairs) from the main process only.
@@ -587,7 +645,7 @@ def run(argv=None):
     datasets.utils.logging.set_verbosity_warning()
     transformers.utils.logging.set_verbosity_warning()
     if not os.path.isdir(data_args.data_dir):
-        raise SystemExit(f"data folder not found: {data_args.data_dir} (expected train_opus/ and test_opus/ inside)")
+        raise Error(f"data folder not found: {data_args.data_dir} (expected train_opus/ and test_opus/ inside)")
     resume = prepare_output_dir(training_args, run_args) if training_args.do_train else None
     set_seed(training_args.seed)
     if training_args.device.type == "cpu":
@@ -603,7 +661,7 @@ def run(argv=None):
             train_dataset = prepare_train(data_args, processor, model, fastest) if training_args.do_train else None
             eval_sets = prepare_eval(data_args, processor.tokenizer, train_dataset) if training_args.do_eval else {}
         except (OSError, ValueError) as error:  # golos names the folder, manifest, line or file at fault
-            raise SystemExit(f"{type(error).__name__}: {error}") from None
+            raise Error(f"{type(error).__name__}: {error}") from None
     if train_dataset is not None:
         logger.info("train: %d utterances, %.1f min", len(train_dataset), sum(column(train_dataset, "duration")) / 60)
         if run_args.eval_every_epochs:
@@ -622,7 +680,7 @@ def run(argv=None):
                 publisher = Publisher(repo, private=training_args.hub_private_repo, revision=training_args.hub_revision,
                                       token=training_args.hub_token, folder=training_args.output_dir)  # fmt: skip
             except PublishError as error:
-                raise SystemExit(f"--push_to_hub: {error}") from None
+                raise Error(f"--push_to_hub: {error}") from None
             pusher = HubPushCallback(publisher, HubStrategy(training_args.hub_strategy).value)
             callbacks.append(pusher)
     augmentation = None
@@ -669,7 +727,7 @@ def run(argv=None):
         try:
             publisher.upload(training_args.output_dir, "End of training")
         except PublishError as error:
-            raise SystemExit(f"--push_to_hub: {error}") from None
+            raise Error(f"--push_to_hub: {error}") from None
     return trainer, metrics
 
 
@@ -702,10 +760,3 @@ def card_metadata(model, model_args, data_args, augment_args, run_args, model_id
         "data_dir": data_args.data_dir,
         "model_id": model_id,
     }
-
-
-
-def main(argv=None) -> int:
-    """The command line: `run`, exit status 0 (errors exit with their message)."""
-    run(argv)
-    return 0

@@ -1,8 +1,12 @@
-"""Transcribe audio files, folders and NeMo/Golos manifests with a trained model folder or an ONNX export.
+"""Transcribe audio files, folders and NeMo/Golos manifests with a trained model folder or an ONNX export: the job
+of `ebranchformer-transcribe` (`ebranchformer_ru.commands.transcribe`).
 
-    python transcribe.py outputs/mini recordings/ --output out.jsonl
-    python transcribe.py outputs/mini_onnx ebranchformer_ru/golos/golos_mini/test_opus/crowd/manifest.jsonl --output crowd.txt
-    python transcribe.py outputs/mini talk.wav --output talk.srt
+    ebranchformer-transcribe outputs/mini recordings/ --output out.jsonl
+    ebranchformer-transcribe outputs/mini_onnx ebranchformer_ru/golos/golos_mini/test_opus/crowd/manifest.jsonl --output crowd.txt
+    ebranchformer-transcribe outputs/mini talk.wav --output talk.srt
+
+    from ebranchformer_ru.transcription import transcribe
+    transcribe("outputs/mini", ["recordings/"], "out.jsonl", timestamps=True)  # 0, or 1 when a file failed
 
 MODEL is a folder saved by `train_ctc.py`/`convert_checkpoint.py` (run with PyTorch) or one made by
 `export_onnx.py` (run with ONNX Runtime; torch is then never imported). INPUT is any mix of audio files,
@@ -26,7 +30,6 @@ same bytes as one process. Every process reads every journal, so a run killed in
 continues with any number of processes.
 """
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -34,6 +37,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +45,10 @@ import soundfile as sf
 
 from . import distributed
 from .audio import AudioFile, read_audio
-from .distributed import DistributedError
+from .errors import Error, UsageError
 from .files import atomic_write_files
-from .inference import InferenceError, Transcriber, load_backend, load_lm_decoder
-from .manifest import ManifestError, audio_path, read_manifest
-from .commands.cli import positive_int
+from .inference import Transcriber, load_backend, load_lm_decoder
+from .manifest import audio_path, read_manifest
 
 AUDIO_EXTENSIONS = ("wav", "flac", "opus", "ogg", "mp3")
 MANIFEST_EXTENSIONS = (".json", ".jsonl")
@@ -54,10 +57,6 @@ LOUD = 8.0  # float samples above this are integer PCM stored as floats (the fea
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-
-
-class UsageError(ValueError):
-    """A bad argument or manifest: nothing is transcribed."""
 
 
 def collect_inputs(inputs, extensions) -> list[dict]:
@@ -84,16 +83,16 @@ def collect_inputs(inputs, extensions) -> list[dict]:
                 add(p)
         elif path.suffix.lower() in MANIFEST_EXTENSIONS:
             if not path.is_file():
-                raise UsageError(f"{given}: manifest not found")
+                raise Error(f"{given}: manifest not found")
             for _, entry in read_manifest(path):
                 text = entry.get("text")
                 add(audio_path(path, entry["audio_filepath"]), text if isinstance(text, str) else None)
         elif path.is_file():
             add(path)
         elif path.exists():
-            raise UsageError(f"{given}: not a file or folder")
+            raise Error(f"{given}: not a file or folder")
         else:
-            raise UsageError(f"{given}: no such file or folder")
+            raise Error(f"{given}: no such file or folder")
     return items
 
 
@@ -145,19 +144,19 @@ def render(records: list[dict], suffix: str) -> str:
 SETTINGS_KEY = "transcribe.py settings"  # the journal's first line: what makes its transcripts
 
 
-def run_settings(args, items, suffix, timestamps) -> dict:
+def run_settings(options, items, suffix, timestamps) -> dict:
     """What makes the transcripts of a run: an output or journal made with other settings is never resumed
     into (the records of two models or decoders would be mixed in one file)."""
-    model = Path(args.model)
+    model = Path(options.model)
     names = ["model.safetensors", "pytorch_model.bin", "model.onnx", "model.int8.onnx", "config.json"]
-    if args.decoder == "lm":
+    if options.decoder == "lm":
         names += [f"language_model/{p.name}" for p in sorted((model / "language_model").glob("*"))]
     files = {name: [(model / name).stat().st_size, (model / name).stat().st_mtime_ns] for name in names
              if (model / name).is_file()}  # fmt: skip
-    settings = {"model": os.path.abspath(model), "model_files": files, "decoder": args.decoder,
-                "hotwords": args.hotwords, "hotword_weight": args.hotword_weight, "quantized": args.quantized,
-                "timestamps": timestamps, "chunk_length_s": args.chunk_length_s,
-                "stride_length_s": args.stride_length_s}  # fmt: skip
+    settings = {"model": os.path.abspath(model), "model_files": files, "decoder": options.decoder,
+                "hotwords": options.hotwords, "hotword_weight": options.hotword_weight, "quantized": options.quantized,
+                "timestamps": timestamps, "chunk_length_s": options.chunk_length_s,
+                "stride_length_s": options.stride_length_s}  # fmt: skip
     if any(not os.path.isabs(item["path"]) for item in items):  # records hold paths as given
         settings["working_directory"] = os.getcwd()
     if suffix in (".srt", ".vtt"):  # one recording's subtitles
@@ -169,19 +168,19 @@ def check_output_place(output: Path, items, inputs, suffix):
     """Refuses, before any work, an output that is a folder or one of the inputs (never overwritten, with or
     without --overwrite), a place where no file can be made, and names .txt lines could not hold."""
     if output.is_dir():
-        raise UsageError(f"--output {output} is a folder; name a file")
+        raise Error(f"--output {output} is a folder; name a file")
     target = os.path.realpath(output)
     for path in [*inputs, *(item["path"] for item in items)]:
         if os.path.realpath(path) == target:
-            raise UsageError(f"--output {output} is one of the inputs; an input is never overwritten, with or without "
-                             "--overwrite: choose another --output")  # fmt: skip
+            raise Error(f"--output {output} is one of the inputs; an input is never overwritten, with or without "
+                        "--overwrite: choose another --output")  # fmt: skip
     for parent in [output.parent, *output.parent.parents]:
         if parent.exists() and not parent.is_dir():
-            raise UsageError(f"--output {output}: {parent} is a file, not a folder")
+            raise Error(f"--output {output}: {parent} is a file, not a folder")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UsageError(f"--output {output}: cannot make its folder ({error.strerror})") from None
+        raise Error(f"--output {output}: cannot make its folder ({error.strerror})") from None
     if suffix == ".txt":
         for item in items:
             if any(c in item["path"] for c in "\t\n\r"):
@@ -197,18 +196,18 @@ def locked(journal: Path, output: Path):
         try:
             file = open(journal, "a+", encoding="utf-8")
         except OSError as error:
-            raise UsageError(f"--output {output}: cannot write in {output.parent} ({error.strerror})") from None
+            raise Error(f"--output {output}: cannot write in {output.parent} ({error.strerror})") from None
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             file.close()
-            raise UsageError(f"another transcribe.py is writing {output} now (its journal {journal.name} is locked); "
-                             "wait for it to finish, or choose another --output") from None  # fmt: skip
+            raise Error(f"another transcribe.py is writing {output} now (its journal {journal.name} is locked); "
+                        "wait for it to finish, or choose another --output") from None  # fmt: skip
         if journal.exists() and os.stat(journal).st_ino == os.fstat(file.fileno()).st_ino:
             break
         file.close()  # the run that held it finished and removed it meanwhile: open the new one
     else:
-        raise UsageError(f"the journal {journal} keeps being replaced by another transcribe.py; try again")
+        raise Error(f"the journal {journal} keeps being replaced by another transcribe.py; try again")
     try:
         yield file
     finally:
@@ -249,8 +248,8 @@ def check_settings(where, made_with: dict, settings: dict):
     different = sorted(k for k in set(made_with) | set(settings) if made_with.get(k) != settings.get(k))
     if different:
         change = "; ".join(f"{k}: {made_with.get(k)!r} then, {settings.get(k)!r} now" for k in different)
-        raise UsageError(f"{where} was made with other settings ({change}); its transcripts would be mixed with "
-                         "this run's: pass --overwrite to start over, or choose another --output")  # fmt: skip
+        raise Error(f"{where} was made with other settings ({change}); its transcripts would be mixed with "
+                    "this run's: pass --overwrite to start over, or choose another --output")  # fmt: skip
 
 
 def read_done(output: Path, suffix: str, settings: dict) -> list[dict]:
@@ -263,12 +262,12 @@ def read_done(output: Path, suffix: str, settings: dict) -> list[dict]:
         record = json.loads(made.read_text(encoding="utf-8"))
         made_with, fingerprint = record["settings"], record["output_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"{output} exists, with no record of what made it ({made.name} is missing or damaged: not "
-                         "written by this transcribe.py); pass --overwrite to replace it, or choose another "
-                         "--output") from None  # fmt: skip
+        raise Error(f"{output} exists, with no record of what made it ({made.name} is missing or damaged: not "
+                    "written by this transcribe.py); pass --overwrite to replace it, or choose another "
+                    "--output") from None  # fmt: skip
     if fingerprint != hashlib.sha256(output.read_bytes()).hexdigest():
-        raise UsageError(f"{output} changed since transcribe.py wrote it; pass --overwrite to replace it, or choose "
-                         "another --output")  # fmt: skip
+        raise Error(f"{output} changed since transcribe.py wrote it; pass --overwrite to replace it, or choose "
+                    "another --output")  # fmt: skip
     check_settings(output, made_with, settings)
     if suffix in (".srt", ".vtt"):
         return [{"path": settings["recording"]}]
@@ -281,13 +280,13 @@ def read_done(output: Path, suffix: str, settings: dict) -> list[dict]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
-                    raise UsageError(f"{output}:{number}: not JSON; pass --overwrite to replace the file") from None
+                    raise Error(f"{output}:{number}: not JSON; pass --overwrite to replace the file") from None
                 if not isinstance(record, dict) or "path" not in record or "text" not in record:
-                    raise UsageError(f"{output}:{number}: no path and text; pass --overwrite to replace the file")
+                    raise Error(f"{output}:{number}: no path and text; pass --overwrite to replace the file")
             else:
                 path, tab, text = line.rstrip("\n").partition("\t")
                 if not tab:
-                    raise UsageError(f"{output}:{number}: not 'path<TAB>text'; pass --overwrite to replace the file")
+                    raise Error(f"{output}:{number}: not 'path<TAB>text'; pass --overwrite to replace the file")
                 record = {"path": path, "text": text}
             records.append(record)
     return records
@@ -313,8 +312,8 @@ def read_journal(journal: Path, settings: dict) -> tuple[list[dict], int]:
                 records.append(record)
     if records:
         if made_with is None:
-            raise UsageError(f"{journal} holds transcripts of an interrupted run with no record of its settings; "
-                             "pass --overwrite to start over")  # fmt: skip
+            raise Error(f"{journal} holds transcripts of an interrupted run with no record of its settings; "
+                        "pass --overwrite to start over")  # fmt: skip
         check_settings(f"the interrupted run in {journal}", made_with, settings)
     return records, end
 
@@ -389,110 +388,116 @@ class Progress:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("model", help="model folder (PyTorch) or export_onnx.py output folder (ONNX Runtime)")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders, manifests (.json/.jsonl)")
-    parser.add_argument(
-        "--output", help=f"output file, format by extension: {', '.join(OUTPUT_FORMATS)}; default stdout"
-    )
-    parser.add_argument("--batch_size", type=positive_int, default=16, help="recordings (or chunks) per forward pass")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--decoder", choices=["greedy", "lm"], default="greedy",
-                        help="lm: beam search with the model folder's language model (build_lm.py)")  # fmt: skip
-    parser.add_argument("--hotwords", nargs="+", metavar="WORD",
-                        help="--decoder lm: words or phrases to favour (names, commands)")  # fmt: skip
-    parser.add_argument("--hotword_weight", type=float, default=None, help="--decoder lm: bonus per hotword (default 10)")
-    parser.add_argument("--chunk_length_s", type=float, default=30.0, help="files longer than this are chunked")
-    parser.add_argument("--stride_length_s", type=float, default=None, help="overlap on each side (chunk / 6)")
-    parser.add_argument("--timestamps", action="store_true", help="word times in .jsonl (always for .srt/.vtt)")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="CPU threads for the model (default: the library's)")  # fmt: skip
-    parser.add_argument("--quantized", action="store_true", help="ONNX export only: use the int8 model")
-    parser.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS), help="audio extensions in folders")
-    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming --output")
-    parser.add_argument("--no_progress", action="store_true")
-    return parser
+@dataclass(frozen=True)
+class Options:
+    """What a run is asked for: `transcribe`'s parameters (`ebranchformer-transcribe --help` tells each)."""
+
+    model: str
+    inputs: list
+    output: str | None = None
+    batch_size: int = 16
+    device: str = "cpu"
+    threads: int | None = None
+    decoder: str = "greedy"
+    hotwords: list | None = None
+    hotword_weight: float | None = None
+    chunk_length_s: float = 30.0
+    stride_length_s: float | None = None
+    timestamps: bool = False
+    quantized: bool = False
+    trust_remote_code: bool = False
+    extensions: tuple = AUDIO_EXTENSIONS
+    overwrite: bool = False
+    progress: bool = True
 
 
-def parse_args(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if (args.hotwords or args.hotword_weight is not None) and args.decoder != "lm":
-        parser.error("--hotwords and --hotword_weight need --decoder lm")
-    if args.output is not None and Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
-        parser.error(f"--output {args.output}: the extension must be one of {', '.join(OUTPUT_FORMATS)}")
-    return args
+def check_options(options: Options):
+    """Refuses options that contradict each other, before anything is read (`UsageError`)."""
+    if (options.hotwords or options.hotword_weight is not None) and options.decoder != "lm":
+        raise UsageError("--hotwords and --hotword_weight need --decoder lm")
+    if options.output is not None and Path(options.output).suffix.lower() not in OUTPUT_FORMATS:
+        raise UsageError(f"--output {options.output}: the extension must be one of {', '.join(OUTPUT_FORMATS)}")
+    # Transcriber checks these too, but only once there is audio to transcribe: a run with nothing left to do
+    # would accept them.
+    if not 0 < options.chunk_length_s < float("inf"):
+        raise UsageError(f"--chunk_length_s must be a positive number of seconds, got {options.chunk_length_s}")
+    stride = options.stride_length_s
+    if stride is not None and not 0 <= stride < options.chunk_length_s / 2:
+        raise UsageError(f"--stride_length_s must be in [0, chunk_length_s / 2), got {stride}")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        context = distributed.Context.from_env()
-        with distributed.process_group(context):
-            return run(args, context)
-    except (UsageError, InferenceError, ManifestError, DistributedError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def transcribe(model, inputs, output=None, context=None, **options) -> int:
+    """Transcribes `inputs` (audio files, folders, manifests) with `model` into `output` (.jsonl, .txt, .srt, .vtt;
+    None: stdout), resuming what an earlier run with the same settings left; `options` are `Options`' fields.
+    Returns 0, or 1 when a file failed (the others are transcribed); raises `UsageError` for contradictory
+    options and `Error` for what stops the run. Several processes (`context`, default: from the launcher's
+    environment) share the work."""
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs  # one input, not its characters
+    options = Options(str(model), [str(given) for given in inputs], None if output is None else str(output), **options)
+    check_options(options)
+    context = distributed.Context.from_env() if context is None else context
+    with distributed.process_group(context):
+        return run(options, context)
 
 
-def run(args, context=distributed.ONE_PROCESS) -> int:
+def run(options, context=distributed.ONE_PROCESS) -> int:
     """One process, or one of several (`context`: under torchrun or accelerate launch): each transcribes its share
     and journals it; rank 0 merges every share into the output once all have finished."""
-    items = collect_inputs(args.inputs, args.extensions.split(","))
-    suffix = Path(args.output).suffix.lower() if args.output else None
-    timestamps = args.timestamps or suffix in (".srt", ".vtt")
+    items = collect_inputs(options.inputs, options.extensions)
+    suffix = Path(options.output).suffix.lower() if options.output else None
+    timestamps = options.timestamps or suffix in (".srt", ".vtt")
     if suffix in (".srt", ".vtt") and len(items) != 1:
         raise UsageError(
-            f"--output {args.output}: a subtitle file holds one recording, and {len(items)} were given; "
+            f"--output {options.output}: a subtitle file holds one recording, and {len(items)} were given; "
             "transcribe several to .jsonl with --timestamps, or run once per recording"
         )
 
-    output = Path(args.output) if args.output else None
+    output = Path(options.output) if options.output else None
     if output is None:
         if context.world_size > 1:
             raise UsageError(f"{context.world_size} processes need --output, the file their transcripts are merged "
                              "into (stdout is for one process)")  # fmt: skip
-        return transcribe_all(args, items, timestamps, None, None, None, [], [])
-    check_output_place(output, items, args.inputs, suffix)
+        return transcribe_all(options, items, timestamps, None, None, None, [], [])
+    check_output_place(output, items, options.inputs, suffix)
     journal = journal_path(output, context.rank)
     with contextlib.ExitStack() as stack:
         problem, done, journaled, end, own_records, journal_file = None, [], [], 0, False, None
 
-        def refuse(message):  # nothing done: the journal this run made goes too
+        def refuse(error: Error):  # nothing done: the journal this run made goes too
             if journal_file is not None and os.fstat(journal_file.fileno()).st_size == 0:
                 journal.unlink(missing_ok=True)
-            raise UsageError(message)
+            raise error
 
         try:  # every process reads (no process writes before all have read): all see the same work done
             journal_file = stack.enter_context(locked(journal, output))
-            settings = run_settings(args, items, suffix, timestamps)
-            if args.overwrite and context.is_main:
+            settings = run_settings(options, items, suffix, timestamps)
+            if options.overwrite and context.is_main:
                 mine = {journal_path(output, rank) for rank in range(context.world_size)}
                 for path in journals(output):  # those of other processes of a run started over
                     if path not in mine:
                         path.unlink(missing_ok=True)
-            elif not args.overwrite:
+            elif not options.overwrite:
                 done = read_done(output, suffix, settings)
                 journaled, end, own_records = read_journals(output, journal, settings)
-        except UsageError as error:
+        except Error as error:
             if context.world_size == 1:
-                refuse(str(error))
-            problem = str(error)
+                refuse(error)
+            problem = error
         finished = sorted({os.path.abspath(r["path"]) for r in done + journaled}) if context.world_size > 1 else []
         seen = context.all_gather((problem, hashlib.sha256("\n".join(finished).encode()).hexdigest()))
         if problems := [p for p, _ in seen if p]:
             refuse(problems[0])  # on every process: the launcher sees one failed run, not a hung one
         if len({digest for _, digest in seen}) > 1:
-            refuse(f"the {context.world_size} processes see different transcripts done in {output} and its journals: "
-                   "every process must see the output's folder (on several machines, a shared file system)")
-        journal_file.truncate(0 if args.overwrite else end)  # a line cut off mid-write goes: new lines start anew
+            refuse(Error(f"the {context.world_size} processes see different transcripts done in {output} and its "
+                         "journals: every process must see the output's folder (on several machines, a shared file "
+                         "system)"))  # fmt: skip
+        journal_file.truncate(0 if options.overwrite else end)  # a line cut off mid-write goes: new lines start anew
+        header_end = None  # where this run's header ends, if it wrote one
         if not own_records:
             journal_file.truncate(0)
             journal_file.write(json.dumps({SETTINGS_KEY: settings}, ensure_ascii=False) + "\n")
             journal_file.flush()
+            header_end = os.fstat(journal_file.fileno()).st_size
         if suffix in (".srt", ".vtt") and done:
             if context.is_main:
                 print(f"{output} holds this recording's subtitles, made with these settings: nothing to do "
@@ -500,11 +505,18 @@ def run(args, context=distributed.ONE_PROCESS) -> int:
             for path in journals(output) if context.is_main else [journal]:
                 path.unlink(missing_ok=True)
             return 0
-        return transcribe_all(args, items, timestamps, output, journal, journal_file, done, journaled, settings,
-                              context)  # fmt: skip
+        try:
+            return transcribe_all(options, items, timestamps, output, journal, journal_file, done, journaled,
+                                  settings, context)  # fmt: skip
+        except BaseException:
+            # Stopped before its first transcript (a model folder that does not load): its journal, which holds
+            # nothing, goes too.
+            if header_end is not None and os.fstat(journal_file.fileno()).st_size == header_end:
+                journal.unlink(missing_ok=True)
+            raise
 
 
-def transcribe_all(args, items, timestamps, output, journal, journal_file, done, journaled, settings=None,
+def transcribe_all(options, items, timestamps, output, journal, journal_file, done, journaled, settings=None,
                    context=distributed.ONE_PROCESS) -> int:  # fmt: skip
     suffix = output.suffix.lower() if output else None
     finished = {os.path.abspath(r["path"]) for r in done + journaled}
@@ -535,20 +547,19 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
         mine = distributed.split_by_duration([durations[n] for n in everyone], context.world_size)[context.rank]
         sized = [(todo[everyone[n]], durations[everyone[n]]) for n in mine]
 
-    device, threads = context.device(args.device), context.threads(args.threads)
-    backend = load_backend(args.model, device, threads, args.quantized) if sized else None
-    decoder = None
-    if backend and args.decoder == "lm":
-        decoder = load_lm_decoder(args.model, hotwords=args.hotwords, hotword_weight=args.hotword_weight)
-    transcriber = (
-        Transcriber(backend, args.batch_size, args.chunk_length_s, args.stride_length_s, timestamps, decoder)
-        if backend
-        else None
-    )
+    device, threads = context.device(options.device), context.threads(options.threads)
+    backend = transcriber = None
+    if sized:  # nothing to transcribe: the model is not even loaded
+        backend = load_backend(options.model, device, threads, options.quantized, options.trust_remote_code)
+        decoder = None
+        if options.decoder == "lm":
+            decoder = load_lm_decoder(options.model, hotwords=options.hotwords, hotword_weight=options.hotword_weight)
+        transcriber = Transcriber(backend, options.batch_size, options.chunk_length_s, options.stride_length_s,
+                                  timestamps, decoder)  # fmt: skip
 
     started = time.monotonic()
     new_records, audio_seconds = [], 0.0
-    progress = Progress(len(sized), sum(d for _, d in sized), not args.no_progress and context.is_main)
+    progress = Progress(len(sized), sum(d for _, d in sized), options.progress and context.is_main)
     sized.sort(key=lambda pair: -pair[1])  # longest first: a batch holds similar lengths, memory peaks early
     try:
         index = 0
@@ -558,16 +569,16 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
             index += 1
             while (
                 index < len(sized)
-                and len(batch) < args.batch_size
-                and sized[index][1] <= args.chunk_length_s
-                and batch[0][1] <= args.chunk_length_s
+                and len(batch) < options.batch_size
+                and sized[index][1] <= options.chunk_length_s
+                and batch[0][1] <= options.chunk_length_s
             ):
                 batch.append(sized[index])
                 index += 1
             good, waveforms = [], []
             for item, duration in batch:
                 try:
-                    if duration > args.chunk_length_s:  # read a chunk at a time, never whole
+                    if duration > options.chunk_length_s:  # read a chunk at a time, never whole
                         waveforms.append(AudioFile(item["path"], backend.sampling_rate))
                         good.append(item)
                         continue
@@ -614,7 +625,7 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
         failures = [failure for share in shares for failure in share[1]]
         audio_seconds = sum(share[2] for share in shares)
     elapsed = time.monotonic() - started
-    status = None
+    status, unwritten = None, None
     if output:
         merge_started = time.monotonic()
         records = done + [
@@ -628,9 +639,9 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
                 write_output(output, render(records, suffix), settings)
             except OSError as error:
                 kept = journal if not several else f"the journals .{output.name}.journal*.jsonl beside it"
-                print(f"error: could not write {output} ({error.strerror or error}); nothing of it is lost: the "
-                      f"{len(records) - len(done)} new transcripts are kept in {kept}. Make room and run the same "
-                      "command again to finish.", file=sys.stderr)  # fmt: skip
+                unwritten = Error(f"could not write {output} ({error.strerror or error}); nothing of it is lost: the "
+                                  f"{len(records) - len(done)} new transcripts are kept in {kept}. Make room and run "
+                                  "the same command again to finish.")  # fmt: skip
                 status = 1
         if status is None:
             for path in journals(output):
@@ -648,7 +659,9 @@ def transcribe_all(args, items, timestamps, output, journal, journal_file, done,
             print(f"  failed: {path}: {why}", file=sys.stderr)
         status = 1 if failures else 0
     if several:
-        context.broadcast(status)
+        context.broadcast(status)  # the other processes end with this status; rank 0 raises below
+    if unwritten:
+        raise unwritten
     return status
 
 

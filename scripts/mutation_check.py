@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=ROOT, help="checkout to test (default: this one)")
     parser.add_argument("--only", default="", help="run only mutations whose name contains this (case-insensitive)")
-    parser.add_argument("--skip-baseline", action="store_true", help="do not first check the unmutated tests pass")
+    parser.add_argument("--skip_baseline", action="store_true", help="do not first check the unmutated tests pass")
     args = parser.parse_args(argv)
     mutations = [m for m in MUTATIONS if args.only.lower() in m.name.lower()]
     total = time.perf_counter()

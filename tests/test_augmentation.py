@@ -146,9 +146,12 @@ def test_persistent_workers_see_the_epoch():
 )
 def test_bad_options_are_refused(tmp_path, option, message, train_args):
     from ebranchformer_ru import training
+    from ebranchformer_ru.errors import Error, UsageError
 
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(Error, match=message) as error:
         training.parse_args(train_args(tmp_path, *option))
+    # A value no run can use is a usage error (exit 2); a folder that is not there is not (exit 1).
+    assert isinstance(error.value, UsageError) == (option[0] != "--noise_dir")
 
 
 # --- in train_ctc.py ------------------------------------------------------------------------------------

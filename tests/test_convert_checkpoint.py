@@ -113,7 +113,8 @@ def test_fresh_process_with_only_transformers_loads_transcribes_and_matches(tmp_
     source = course_model("quartznet", "nested-bias")
     torch.save(lightning_checkpoint(source), tmp_path / "q.ckpt")
     result = subprocess.run([sys.executable, str(ROOT / "convert_checkpoint.py"), str(tmp_path / "q.ckpt"),
-                             str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+                             "--output_dir", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "6,742,946" in result.stdout and "epoch 4, step 9794" in result.stdout
     assert "max abs difference 0.0e+00" in result.stdout
@@ -231,31 +232,31 @@ def test_the_advice_names_the_real_problem(tmp_path):
     torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
     with pytest.raises(ConversionError, match=r"--arch quartznet, but the checkpoint is an E-Branchformer") as error:
         convert(tmp_path / "e.ckpt", tmp_path / "out", arch="quartznet")
-    assert "strides" not in str(error.value)  # it said: give --block-strides and --block-dilations
+    assert "strides" not in str(error.value)  # it said: give --block_strides and --block_dilations
     with pytest.raises(ConversionError, match=r"--arch ebranchformer, but the checkpoint is a QuartzNet"):
         convert(tmp_path / "q.ckpt", tmp_path / "out", arch="ebranchformer")
-    # Refused even with placeholders: torch's reason is given, not the advice to use --inert-objects again.
+    # Refused even with placeholders: torch's reason is given, not the advice to use --inert_objects again.
     checkpoint = lightning_checkpoint(course_model("quartznet", "flat"))
     checkpoint["hyper_parameters"] = AttributeDict(lr=1e-3)
     torch.save(checkpoint, tmp_path / "hparams.ckpt")
     with pytest.raises(ConversionError, match=r"(?s)even with .* inert placeholders .*: Can only SETITEM for dict.*"
-                                              r"Only --unsafe-unpickle") as error:  # fmt: skip
+                                              r"Only --unsafe_unpickle") as error:  # fmt: skip
         convert(tmp_path / "hparams.ckpt", tmp_path / "out", inert_objects=True)
-    assert "Rerun with --inert-objects" not in str(error.value)
+    assert "Rerun with --inert_objects" not in str(error.value)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
 def test_options_that_cannot_apply_are_refused_not_ignored(tmp_path):
     torch.save(lightning_checkpoint(course_model("ebranchformer", "linear")), tmp_path / "e.ckpt")
     torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
-    with pytest.raises(ConversionError, match=r"--block-strides, --batch-norm-eps apply to QuartzNet checkpoints, but "
+    with pytest.raises(ConversionError, match=r"--block_strides, --batch_norm_eps apply to QuartzNet checkpoints, but "
                                               r"this one is E-Branchformer: drop them"):  # fmt: skip
         convert(tmp_path / "e.ckpt", tmp_path / "out", block_strides=[2] * 8, batch_norm_eps=1e-3)
     with pytest.raises(ConversionError, match=r"--positions applies to E-Branchformer checkpoints"):
         convert(tmp_path / "q.ckpt", tmp_path / "out", positions="per-frame")
-    with pytest.raises(ConversionError, match=r"--num-mel-bins 0: must be positive"):  # was a ZeroDivisionError
+    with pytest.raises(ConversionError, match=r"--num_mel_bins 0: must be positive"):  # was a ZeroDivisionError
         convert(tmp_path / "e.ckpt", tmp_path / "out", num_mel_bins=0)
-    with pytest.raises(ConversionError, match=r"--inert-objects and --unsafe-unpickle contradict each other"):
+    with pytest.raises(ConversionError, match=r"--inert_objects and --unsafe_unpickle contradict each other"):
         convert(tmp_path / "q.ckpt", tmp_path / "out", inert_objects=True, unsafe_unpickle=True)
     # The course values said out loud change nothing.
     convert(tmp_path / "q.ckpt", tmp_path / "out", num_attention_heads=4, positions="auto")
@@ -316,9 +317,9 @@ def test_an_existing_output_folder_is_replaced_only_with_overwrite(tmp_path):
     out.mkdir()
     with pytest.raises(ConversionError, match="out exists; pass --overwrite"):
         convert(tmp_path / "q.ckpt", out)
-    result = subprocess.run([sys.executable, str(ROOT / "convert_checkpoint.py"), str(tmp_path / "q.ckpt"), str(out)],
-                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
-    assert result.returncode == 1 and "exists; pass --overwrite to replace it" in result.stderr
+    result = subprocess.run([sys.executable, str(ROOT / "convert_checkpoint.py"), str(tmp_path / "q.ckpt"),
+                             "--output_dir", str(out)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 1 and result.stderr == f"error: {out} exists; pass --overwrite to replace it\n"
     convert(tmp_path / "q.ckpt", out, overwrite=True)  # an empty folder
     (out / "model.safetensors").write_bytes(b"an older conversion")
     convert(tmp_path / "q.ckpt", out, overwrite=True)  # a model folder
@@ -439,7 +440,7 @@ def test_loading_runs_no_code_from_the_checkpoint_unless_asked(tmp_path):
     checkpoint["hyper_parameters"] = CreatesAFile(str(marker))
     torch.save(checkpoint, tmp_path / "evil.ckpt")
     assert not marker.exists()
-    with pytest.raises(ConversionError, match=r"(?s)weights_only=True\) refused it.*\(io.open\).*--unsafe-unpickle.*Unsupported global"):
+    with pytest.raises(ConversionError, match=r"(?s)weights_only=True\) refused it.*\(io.open\).*--unsafe_unpickle.*Unsupported global"):
         convert(tmp_path / "evil.ckpt", tmp_path / "out")
     assert not marker.exists()
     # Inert placeholders: the tensors load, the call to open() is only recorded.
@@ -448,3 +449,26 @@ def test_loading_runs_no_code_from_the_checkpoint_unless_asked(tmp_path):
     # The explicit flag really unpickles (and so runs the code): it must stay opt-in.
     convert(tmp_path / "evil.ckpt", tmp_path / "out2", unsafe_unpickle=True)
     assert marker.exists()
+
+
+def test_the_command_checks_the_written_folder_and_reports_errors_in_one_line(tmp_path, capsys):
+    from ebranchformer_ru.commands import convert as command
+
+    torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
+    model, report = command.convert(command.build_parser().parse_args([str(tmp_path / "q.ckpt"), "--output_dir",
+                                                                       str(tmp_path / "out")]))  # fmt: skip
+    assert report["architecture"] == "quartznet" and "max abs difference 0.0e+00" in capsys.readouterr().out
+    with torch.no_grad():  # weights that are not the folder's: the check must say so
+        next(model.parameters()).add_(1.0)
+    with pytest.raises(ConversionError, match=r"out reloads with other log-probabilities .* do not use or publish it"):
+        conversion.check_reload(model, tmp_path / "out", log=lambda line: None)
+    capsys.readouterr()
+    # An error of the run: exit 1, one line; contradictory options: exit 2 with the usage.
+    assert command.main([str(tmp_path / "q.ckpt"), "--output_dir", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'out'} exists; pass --overwrite to replace it\n"
+    with pytest.raises(SystemExit) as exit:
+        command.main([str(tmp_path / "q.ckpt"), "--output_dir", str(tmp_path / "x"), "--inert_objects",
+                      "--unsafe_unpickle"])  # fmt: skip
+    assert exit.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert command.main([str(tmp_path / "q.ckpt"), "--output_dir", str(tmp_path / "x"), "--inert_objects", "false",
+                         "--unsafe_unpickle", "false"]) == 0  # fmt: skip

@@ -1,4 +1,5 @@
-"""evaluate_ctc.py: figures checked by an independent decoding, files written together, bad input named."""
+"""ebranchformer-evaluate (evaluate_ctc.py): figures checked by an independent decoding, files written together,
+bad input named."""
 
 import json
 import shutil
@@ -10,7 +11,21 @@ import soundfile as sf
 import torch
 from project import CORPUS
 
-from ebranchformer_ru.evaluation import run as evaluate_main
+from ebranchformer_ru.commands import evaluate as command
+from ebranchformer_ru.errors import Error
+
+
+def evaluate_main(argv):
+    """The command's job on parsed options, as `ebranchformer-evaluate ARGV` runs it (errors raised, not exited)."""
+    return command.evaluate(command.build_parser().parse_args(argv))
+
+
+def exit_status(argv) -> int:
+    """`ebranchformer-evaluate ARGV`'s exit status: 2 for a usage error, 1 for a runtime error."""
+    try:
+        return command.main(argv)
+    except SystemExit as exit:
+        return exit.code
 
 
 def reference_transcripts(folder, manifest, count):
@@ -64,7 +79,7 @@ def test_a_test_set_that_cannot_be_read_writes_nothing(trained, tmp_path):
     shutil.copytree(CORPUS, data)
     missing = sorted((data / "test_opus" / "heldout_voice" / "files").iterdir())[-1]
     missing.unlink()  # the last set, read after the others
-    with pytest.raises(SystemExit, match=f"heldout_voice/manifest.jsonl, line [0-9]+: audio file not found.*{missing.name}"):
+    with pytest.raises(Error, match=f"heldout_voice/manifest.jsonl, line [0-9]+: audio file not found.*{missing.name}"):
         evaluate_main([str(tmp / "out"), "--data_dir", str(data), "--output_dir", str(out)])
     assert [p.name for p in out.iterdir()] == ["results.json"] and (out / "results.json").read_text() == "earlier"
 
@@ -73,10 +88,10 @@ def test_a_test_set_the_folder_lacks_is_named(trained, tmp_path, capsys):
     tmp, _, _ = trained
     data = tmp_path / "golos"
     shutil.copytree(CORPUS, data, ignore=shutil.ignore_patterns("farfield"))
-    with pytest.raises(SystemExit) as error:
-        evaluate_main([str(tmp / "out"), "--data_dir", str(data), "--sets", "crowd,farfield"])
-    assert error.value.code == 2
-    assert f"unknown test set(s) ['farfield']: the test sets of {data} are crowd, heldout_voice" in capsys.readouterr().err
+    assert exit_status([str(tmp / "out"), "--data_dir", str(data), "--sets", "crowd,farfield"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: unknown test set(s) ['farfield']: the test sets of {data} are crowd, heldout_voice"
+    ]
 
 
 def test_an_empty_test_set_writes_nothing(trained, tmp_path):
@@ -85,27 +100,37 @@ def test_an_empty_test_set_writes_nothing(trained, tmp_path):
     shutil.copytree(CORPUS, data)
     manifest = data / "test_opus" / "farfield" / "manifest.jsonl"
     manifest.write_text("")
-    with pytest.raises(SystemExit, match="farfield"):
+    with pytest.raises(Error, match="farfield"):
         evaluate_main([str(tmp / "out"), "--data_dir", str(data), "--output_dir", str(tmp_path / "eval")])
     assert not (tmp_path / "eval").exists()
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    "extra, status, message",
     [
-        (["--batch_size", "0"], "--batch_size: must be at least 1, got 0"),
-        (["--max_samples", "-3"], "--max_samples: must be at least 1, got -3"),
-        (["--max_samples", "0"], "--max_samples: must be at least 1, got 0"),
-        (["--sets", "crowd,street"], r"unknown test set\(s\) \['street'\]"),
-        (["--sets", ","], "names no test set"),
+        (["--batch_size", "0"], 2, "--batch_size: must be at least 1, got 0"),
+        (["--max_samples", "-3"], 2, "--max_samples: must be at least 1, got -3"),
+        (["--max_samples", "0"], 2, "--max_samples: must be at least 1, got 0"),
+        (["--sets", ","], 2, "--sets: expected comma-separated names"),
+        (["--decoder", "greedy", "--alpha", "1"], 2, "--decoder greedy decodes without the language model, and --alpha"),
+        (["--decoder", "beam"], 2, "--decoder: invalid choice: 'beam'"),
+        (["--update_model_card", "maybe"], 2, "argument --update_model_card: .*maybe"),
+        (["--sets", "crowd,street"], 1, r"^error: unknown test set\(s\) \['street'\]"),
+        (["--data_dir", "nowhere"], 1, "^error: data folder not found: nowhere"),
+        (["--decoder", "lm"], 1, r"^error: --decoder lm: .*out has no language_model/ folder; add one with `python "
+                                 r"build_lm.py .*out`"),
     ],
 )
-def test_bad_options_are_named(trained, tmp_path, capsys, extra, message):
+def test_bad_options_are_named(trained, tmp_path, capsys, extra, status, message):
+    """Usage errors exit 2 with argparse's usage, runtime errors 1 with one line; nothing is written."""
     tmp, _, _ = trained
-    with pytest.raises(SystemExit) as error:
-        evaluate_main([str(tmp / "out"), "--output_dir", str(tmp_path / "eval"), *extra])
-    assert error.value.code == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    assert exit_status([str(tmp / "out"), "--output_dir", str(tmp_path / "eval"), *extra]) == status
+    err = capsys.readouterr().err
+    assert __import__("re").search(message, err.splitlines()[-1]), err
+    if status == 2:
+        assert err.startswith("usage:"), err
+    else:  # one line (after the progress bars of loading a model, if it was loaded)
+        assert [line for line in err.splitlines() if "error" in line.lower()] == err.splitlines()[-1:], err
     assert not (tmp_path / "eval").exists()
 
 
@@ -113,19 +138,22 @@ def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path):
     from test_train_ctc import foreign_model_folder
 
     folder, marker = foreign_model_folder(tmp_path)
-    with pytest.raises(SystemExit, match="--trust_remote_code true only if you trust"):
+    with pytest.raises(Error, match="--trust_remote_code true only if you trust"):
         evaluate_main([str(folder)])
     assert not marker.exists()
 
 
-def test_missing_model_folder_is_named(tmp_path):
-    with pytest.raises(SystemExit, match=f"no model folder {tmp_path / 'nowhere'} here"):
+def test_missing_model_folder_is_named(tmp_path, capsys):
+    with pytest.raises(Error, match=f"no model folder {tmp_path / 'nowhere'} here"):
         evaluate_main([str(tmp_path / "nowhere")])
+    assert exit_status([str(tmp_path / "nowhere")]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: no model folder {tmp_path / 'nowhere'} here")
 
 
 def test_help_describes_the_data_layout(capsys):
     with pytest.raises(SystemExit):
-        evaluate_main(["--help"])
+        command.main(["--help"])
     assert "test_opus/<set>/manifest.jsonl (crowd, farfield, and any other set)" in " ".join(capsys.readouterr().out.split())
 
 
@@ -142,13 +170,16 @@ def test_pipeline_word_timestamps_are_plain_floats(trained):
 
 
 def test_a_results_place_that_cannot_be_made_is_named_before_any_work(tmp_path, monkeypatch):
-    from ebranchformer_ru import evaluation, lm_tuning
+    from ebranchformer_ru import evaluation
+    from ebranchformer_ru.commands import tune_lm
 
     (tmp_path / "results").write_text("a file")
     monkeypatch.setattr(evaluation.TorchBackend, "from_folder", lambda *a, **k: pytest.fail("the model was loaded"))
     for place in (tmp_path / "results", tmp_path / "results" / "eval"):
-        with pytest.raises(SystemExit, match=f"--output_dir {place}: .*results is a file"):
+        with pytest.raises(Error, match=f"--output_dir {place}: .*results is a file"):
             evaluate_main([str(tmp_path), "--output_dir", str(place)])
-    for option in ("--max_samples", "--batch_size", "--beam_width"):
+    with pytest.raises(Error, match="unknown test set"):  # the sets too are checked before the model is loaded
+        evaluate_main([str(tmp_path), "--sets", "street"])
+    for option in ("--max_samples", "--batch_size", "--beam_width", "--threads"):
         with pytest.raises(SystemExit):
-            lm_tuning.build_parser().parse_args([str(tmp_path), option, "0"])
+            tune_lm.build_parser().parse_args([str(tmp_path), option, "0"])

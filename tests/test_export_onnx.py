@@ -1,6 +1,6 @@
-"""export_onnx.py: ONNX Runtime log-probabilities agree with PyTorch's on real audio (batch 1 and a padded
-batch) for E-Branchformer and QuartzNet; int8; the folder is complete or absent; and transcribe.py runs the
-export in a process where torch cannot be imported."""
+"""export_onnx.py (ebranchformer-export-onnx): ONNX Runtime log-probabilities agree with PyTorch's on real audio
+(batch 1 and a padded batch) for E-Branchformer and QuartzNet; int8; the folder is complete or absent; and
+transcribe.py runs the export in a process where torch cannot be imported."""
 
 import json
 import shutil
@@ -18,7 +18,9 @@ pytest.importorskip("onnx")
 
 from project import CORPUS, ROOT
 
-from ebranchformer_ru import onnx_export, onnx_runtime, transcription
+from ebranchformer_ru import onnx_export, onnx_runtime
+from ebranchformer_ru.commands import export_onnx as command
+from ebranchformer_ru.commands import transcribe
 
 CROWD = CORPUS / "test_opus" / "crowd"
 FILES = sorted((CROWD / "files").glob("*.opus"))[:6]
@@ -111,36 +113,40 @@ def test_numpy_runtime_matches_pytorch(exported):
 
 def test_quartznet_export(tmp_path, capsys):
     model_dir = save_quartznet(tmp_path / "q")
-    info = onnx_export.export(model_dir, tmp_path / "q_onnx", check_audio=FILES[:3], log=lambda *a: None)
+    # through the command line, with the folder's own code allowed (our model types load as ours all the same)
+    argv = [str(model_dir), "--output_dir", str(tmp_path / "q_onnx"), "--check_audio", *map(str, FILES[:3]),
+            "--threads", "1", "--trust_remote_code"]  # fmt: skip
+    info = command.export(command.build_parser().parse_args(argv))
     assert info["model_type"] == "quartznet" and info["check"]["max_abs_diff_padded_batch"] <= 1e-4
     assert "int8" not in info["files"] and not (tmp_path / "q_onnx" / "model.int8.onnx").exists()
     # the torch-free runtime gives the PyTorch model's transcripts
     texts = [r["text"] for r in run_transcribe(tmp_path / "q_onnx", FILES[:3], tmp_path / "q.jsonl")]
     assert texts == [r["text"] for r in run_transcribe(model_dir, FILES[:3], tmp_path / "q_torch.jsonl")]
     # asking for the int8 model of an export without one is a named error
-    assert transcription.main([str(tmp_path / "q_onnx"), str(FILES[0]), "--quantized"]) == 2
+    assert transcribe.main([str(tmp_path / "q_onnx"), str(FILES[0]), "--quantized"]) == 1
     assert "no int8 model in this export (run export_onnx.py with --int8)" in capsys.readouterr().err
 
 
 def run_transcribe(model, files, output):
-    assert transcription.main([str(model), *map(str, files), "--output", str(output), "--no_progress"]) == 0
+    assert transcribe.main([str(model), *map(str, files), "--output", str(output), "--no_progress"]) == 0
     return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
 
 
 def test_out_dir_is_never_overwritten_or_half_written(exported, tmp_path, capsys):
     model_dir, out, _ = exported
     before = sorted(os.listdir(out))
-    assert onnx_export.main([str(model_dir), str(out)]) == 1
-    assert f"{out} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert command.main([str(model_dir), "--output_dir", str(out)]) == 1
+    assert capsys.readouterr().err == f"error: {out} exists; pass --overwrite to replace it\n"
     assert sorted(os.listdir(out)) == before
     # a failed check writes nothing
     target = tmp_path / "strict"
     with pytest.raises(onnx_export.ExportError, match="differ from PyTorch's by .* > 1e-12; nothing written"):
         onnx_export.export(model_dir, target, tolerance=1e-12, check_audio=FILES[:2], log=lambda *a: None)
     assert not target.exists() and not list(tmp_path.glob(".strict*"))
-    with pytest.raises(SystemExit):
-        onnx_export.main([str(tmp_path / "nothing"), str(target)])
-    assert "MODEL " + str(tmp_path / "nothing") + ": not a folder" in capsys.readouterr().err
+    assert command.main([str(tmp_path / "nothing"), "--output_dir", str(target)]) == 1
+    error = capsys.readouterr().err.splitlines()[-1]  # after the progress bars of the export above
+    assert error.startswith(f"error: model folder not found: {tmp_path / 'nothing'} (")
+    assert not target.exists()
 
 
 def test_transcribe_onnx_without_torch(exported, tmp_path):
@@ -186,7 +192,7 @@ def test_transcribe_onnx_without_torch(exported, tmp_path):
         outputs[variant] = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
     # the same folder through the PyTorch model
     reference = tmp_path / "torch.jsonl"
-    assert transcription.main([str(model_dir), *files, "--output", str(reference), "--no_progress", "--timestamps"]) == 0
+    assert transcribe.main([str(model_dir), *files, "--output", str(reference), "--no_progress", "--timestamps"]) == 0
     expected = [json.loads(line) for line in reference.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in outputs["fp32"]] == [r["text"] for r in expected]
     assert [r["words"] for r in outputs["fp32"]] == [r["words"] for r in expected]
@@ -194,7 +200,7 @@ def test_transcribe_onnx_without_torch(exported, tmp_path):
 
 
 def test_an_export_never_replaces_its_model_or_a_foreign_folder(exported, tmp_path):
-    """OUT_DIR may not be, contain or lie inside the model folder, and --overwrite replaces only an export."""
+    """--output_dir may not be, contain or lie inside the model folder, and --overwrite replaces only an export."""
     model_dir, out, _ = exported
     parent = tmp_path / "parent"
     shutil.copytree(model_dir, parent / "model")
@@ -219,19 +225,20 @@ def test_a_damaged_export_and_a_too_long_input_are_named(exported, tmp_path, cap
     shutil.copytree(out, broken)
     data = (broken / "model.onnx").read_bytes()
     (broken / "model.onnx").write_bytes(data[: len(data) // 2])
-    assert transcription.main([str(broken), str(FILES[0]), "--no_progress"]) == 2
+    assert transcribe.main([str(broken), str(FILES[0]), "--no_progress"]) == 1
     assert "model.onnx: ONNX Runtime cannot load it" in capsys.readouterr().err
     positions = json.loads((out / "config.json").read_text())["max_position_embeddings"]
     long = tmp_path / "long.wav"
     sf.write(long, np.zeros((positions * 4 + 8) * 160, np.float32), 16000)
-    assert transcription.main([str(out), str(long), "--chunk_length_s", "100000", "--no_progress"]) == 1
+    assert transcribe.main([str(out), str(long), "--chunk_length_s", "100000", "--no_progress"]) == 1
     assert f"longer than max_position_embeddings ({positions}); split the audio" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "2"])
 def test_a_tolerance_that_cannot_check_anything_is_refused(exported, tmp_path, capsys, value):
     model_dir, _, _ = exported
-    with pytest.raises(SystemExit):
-        onnx_export.main([str(model_dir), str(tmp_path / "out"), "--tolerance", value])
+    with pytest.raises(SystemExit) as exit:
+        command.main([str(model_dir), "--output_dir", str(tmp_path / "out"), "--tolerance", value])
+    assert exit.value.code == 2
     assert "--tolerance must be a positive number below 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -18,7 +18,8 @@ import pytest
 import torch
 from project import CORPUS, ROOT
 
-from ebranchformer_ru import lm_building
+from ebranchformer_ru.commands import build_lm as build_lm_command
+from ebranchformer_ru.errors import Error, UsageError
 from modeling_ebranchformer import (
     EBranchformerConfig,
     EBranchformerCTCTokenizer,
@@ -32,6 +33,11 @@ from modeling_ebranchformer.ngram import LanguageModelError, NGramLanguageModel,
 TOKENIZER = EBranchformerCTCTokenizer()
 LABELS = tokenizer_labels(TOKENIZER)
 BLANK = LABELS.index("")
+
+
+def build_lm(argv):
+    """`ebranchformer-build-lm ARGV`'s job on parsed options (errors raised, not exited)."""
+    return build_lm_command.build_lm(build_lm_command.build_parser().parse_args(argv))
 
 
 def train_sentences():
@@ -344,7 +350,7 @@ def lm_folder(tmp_path_factory, tiny_config_values, speech_like):
     processor.save_pretrained(folder)
     plain = folder.with_name("plain")
     shutil.copytree(folder, plain)
-    lm_building.run([str(folder)])
+    build_lm([str(folder)])
     return model, folder, plain
 
 
@@ -457,27 +463,27 @@ def test_build_lm_refuses_bad_input_and_leaves_the_folder_as_it_was(lm_folder, t
     copy = tmp_path / "model"
     shutil.copytree(folder, copy)
     before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
-    with pytest.raises(SystemExit, match="language_model exists; pass --overwrite"):
-        lm_building.run([str(copy)])
+    with pytest.raises(Error, match="language_model exists; pass --overwrite"):
+        build_lm([str(copy)])
     text = tmp_path / "corpus.txt"
     text.write_text("привет мир\nhello мир\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match=r"corpus.txt, line 2: characters \['e', 'h', 'l', 'o'\]"):
-        lm_building.run([str(copy), "--text", str(text), "--overwrite"])
-    with pytest.raises(SystemExit, match="alpha=12.0 is out of range"):
-        lm_building.run([str(copy), "--overwrite", "--alpha", "12"])
+    with pytest.raises(Error, match=r"corpus.txt, line 2: characters \['e', 'h', 'l', 'o'\]"):
+        build_lm([str(copy), "--text", str(text), "--overwrite"])
+    with pytest.raises(UsageError, match="alpha=12.0 is out of range"):
+        build_lm([str(copy), "--overwrite", "--alpha", "12"])
     corrupt = tmp_path / "golos.arpa"
     corrupt.write_text(ARPA.replace("\\end\\\n", ""))
-    with pytest.raises(SystemExit, match="golos.arpa: no \\\\end\\\\ line"):
-        lm_building.run([str(copy), "--arpa", str(corrupt), "--overwrite"])
+    with pytest.raises(Error, match="golos.arpa: no \\\\end\\\\ line"):
+        build_lm([str(copy), "--arpa", str(corrupt), "--overwrite"])
     after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     assert after == before
     # an ARPA file given as it is, and a text corpus, replace the LM with --overwrite
     latin_free = ARPA.replace("а", "д").replace("б", "е")
     (tmp_path / "given.arpa").write_text(latin_free)
-    lm_building.run([str(copy), "--arpa", str(tmp_path / "given.arpa"), "--overwrite", "--alpha", "0.7"])
+    build_lm([str(copy), "--arpa", str(tmp_path / "given.arpa"), "--overwrite", "--alpha", "0.7"])
     assert (copy / "language_model" / "given.arpa").read_text() == latin_free
     assert not (copy / "language_model" / "lm.arpa").exists()
-    lm_building.run([str(copy), "--text", str(_ok_text(tmp_path)), "--overwrite", "--order", "2"])
+    build_lm([str(copy), "--text", str(_ok_text(tmp_path)), "--overwrite", "--order", "2"])
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(copy)
@@ -537,8 +543,13 @@ def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
 def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(lm_folder, tmp_path):
     from huggingface_hub import ModelCard
 
-    from ebranchformer_ru import lm_tuning
-    from ebranchformer_ru.evaluation import run as evaluate_main
+    from ebranchformer_ru.commands import evaluate, tune_lm
+
+    def evaluate_main(argv):
+        return evaluate.evaluate(evaluate.build_parser().parse_args(argv))
+
+    def tune(argv):
+        return tune_lm.tune_lm(tune_lm.build_parser().parse_args(argv))
 
     _, folder, plain = lm_folder
     copy = tmp_path / "model"
@@ -559,15 +570,35 @@ def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(l
     assert "| WER, greedy | WER, with the LM |" in card.text
     greedy_only = evaluate_main([str(plain), "--max_samples", "2", "--output_dir", str(tmp_path / "eval2")])
     assert "lm_wer" not in greedy_only[0]
+    # --decoder greedy: the folder's LM left out, the same greedy figures; --decoder lm requires one
+    greedy = evaluate_main([str(copy), "--max_samples", "3", "--output_dir", str(tmp_path / "eval3"), "--sets", "crowd",
+                            "--decoder", "greedy"])  # fmt: skip
+    assert greedy == [{k: v for k, v in rows[0].items() if not k.startswith("lm_")}]
+    assert "lm_hypothesis" not in (tmp_path / "eval3" / "utterances_crowd.jsonl").read_text()
+    assert evaluate_main([str(copy), "--max_samples", "2", "--output_dir", str(tmp_path / "eval4"), "--sets",
+                          "farfield", "--decoder", "lm"])[0]["lm_wer"] >= 0  # fmt: skip
+    with pytest.raises(Error, match=f"--decoder lm: {plain} has no language_model/ folder; add one with `python "
+                                    f"build_lm.py {plain}`"):  # fmt: skip
+        evaluate_main([str(plain), "--decoder", "lm", "--output_dir", str(tmp_path / "eval5")])
+    assert not (tmp_path / "eval5").exists()
     before = (copy / "language_model" / "attrs.json").read_text()
-    summary = lm_tuning.run([str(copy), "--max_samples", "4", "--alphas", "0,1", "--betas", "0,2", "--dry_run"])
+    summary = tune([str(copy), "--max_samples", "4", "--alphas", "0,1", "--betas", "0,2", "--dry_run"])
     assert (copy / "language_model" / "attrs.json").read_text() == before
-    lm_tuning.run([str(copy), "--max_samples", "4", "--alphas", "0,1", "--betas", "0,2"])
+    tune([str(copy), "--max_samples", "4", "--alphas", "0,1", "--betas", "0,2", "--dry_run", "false"])
     attrs = json.loads((copy / "language_model" / "attrs.json").read_text())
     assert (attrs["alpha"], attrs["beta"]) == (summary["alpha"], summary["beta"])
     assert summary["tuning_utterances"] == 4 and summary["unseen_utterances"] == 4
-    with pytest.raises(SystemExit, match="alpha=11.0 is out of range"):
-        lm_tuning.run([str(copy), "--alphas", "0,11"])
+    with pytest.raises(UsageError, match="alpha=11.0 is out of range"):
+        tune([str(copy), "--alphas", "0,11"])
+    # any test set of the data folder; an unknown one named with those there are, before the model is loaded
+    assert tune([str(copy), "--sets", "heldout_voice", "--max_samples", "2", "--alphas", "0", "--betas", "0",
+                 "--subset", "all", "--dry_run", "--threads", "1"])["tuning_utterances"] == 2  # fmt: skip
+    with pytest.raises(Error, match=rf"unknown test set\(s\) \['street'\]: the test sets of {CORPUS} are crowd, "
+                                    "farfield, heldout_voice"):  # fmt: skip
+        tune([str(copy), "--sets", "crowd,street"])
+    with pytest.raises(Error, match=f"{plain} has no language_model/: add one with build_lm.py"):
+        tune([str(plain)])
+    assert tune_lm.main([str(tmp_path / "nowhere")]) == 1
 
 
 class FakeKenLM:
@@ -678,14 +709,13 @@ def test_pipeline_decoder_kwargs_reach_the_search_and_unknown_ones_are_refused(t
     import torch
     from transformers import AutoProcessor, pipeline
 
-    from ebranchformer_ru import lm_building
     from modeling_ebranchformer import EBranchformerASRPipeline, EBranchformerForCTC, EBranchformerProcessor
 
     torch.manual_seed(0)
     folder = tmp_path / "model"
     EBranchformerForCTC(tiny_config).save_pretrained(folder)
     EBranchformerProcessor().save_pretrained(folder)
-    lm_building.run([str(folder)])
+    build_lm([str(folder)])
     processor = AutoProcessor.from_pretrained(folder)
     asr = pipeline("automatic-speech-recognition", model=str(folder), pipeline_class=EBranchformerASRPipeline)
     wave = speech_like(2.0, 3)
@@ -705,14 +735,13 @@ def test_hotwords_through_transcribe_py(tmp_path, tiny_config):
     is refused by name before any work."""
     import torch
 
-    from ebranchformer_ru import lm_building
     from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
 
     torch.manual_seed(0)
     folder = tmp_path / "model"
     EBranchformerForCTC(tiny_config).save_pretrained(folder)  # random weights: every character about as likely
     EBranchformerProcessor().save_pretrained(folder)
-    lm_building.run([str(folder)])
+    build_lm([str(folder)])
     audio = sorted((CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))[:2]
     shutil.copy(audio[0], tmp_path / "a.opus")
 
@@ -729,10 +758,11 @@ def test_hotwords_through_transcribe_py(tmp_path, tiny_config):
     result, boosted = transcribe("--hotwords", "джой", "--hotword_weight", "60")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "джой" in boosted.split() and "джой" not in plain.split()
+    # refused with the folder's alphabet and limits: a runtime error, one line, exit 1
     result, _ = transcribe("--hotwords", "joy")
-    assert result.returncode == 2 and "hotword 'joy' has characters" in result.stderr
+    assert result.returncode == 1 and result.stderr.splitlines()[-1].startswith("error: hotword 'joy' has characters")
     result, _ = transcribe("--hotwords", "джой", "--hotword_weight", "5000")
-    assert result.returncode == 2 and "hotword_weight=5000" in result.stderr
+    assert result.returncode == 1 and "hotword_weight=5000" in result.stderr.splitlines()[-1]
 
 
 def test_build_lm_takes_real_text_with_punctuation(lm_folder, tmp_path):
@@ -743,16 +773,16 @@ def test_build_lm_takes_real_text_with_punctuation(lm_folder, tmp_path):
     shutil.copytree(folder, copy)
     text = tmp_path / "corpus.txt"
     text.write_text("Привет, мир!\n«Ёжик» — это ёж… (да?)\n", encoding="utf-8")
-    lm_building.run([str(copy), "--text", str(text), "--overwrite", "--order", "2"])
+    build_lm([str(copy), "--text", str(text), "--overwrite", "--order", "2"])
     from transformers import AutoProcessor
 
     words = AutoProcessor.from_pretrained(copy).language_model.vocabulary - {"<s>", "</s>", "<unk>"}
     assert words == {"привет", "мир", "ежик", "это", "еж", "да"}
     text.write_text("привет, мир\nв 5 часов\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match=r"corpus.txt, line 2: characters \['5'\] .*spell numbers out"):
-        lm_building.run([str(copy), "--text", str(text), "--overwrite"])
-    with pytest.raises(SystemExit, match=r"is a folder; give text files"):
-        lm_building.run([str(copy), "--text", str(tmp_path), "--overwrite"])
+    with pytest.raises(Error, match=r"corpus.txt, line 2: characters \['5'\] .*spell numbers out"):
+        build_lm([str(copy), "--text", str(text), "--overwrite"])
+    with pytest.raises(Error, match=r"is a folder; give text files"):
+        build_lm([str(copy), "--text", str(tmp_path), "--overwrite"])
 
 
 def test_build_lm_names_an_empty_text_and_refuses_an_order_for_an_arpa(lm_folder, tmp_path):
@@ -760,7 +790,25 @@ def test_build_lm_names_an_empty_text_and_refuses_an_order_for_an_arpa(lm_folder
     copy = tmp_path / "model"
     shutil.copytree(folder, copy)
     (tmp_path / "empty.txt").write_text(",,, !\n\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match=r"--text .*empty.txt: no sentence in it"):
-        lm_building.run([str(copy), "--text", str(_ok_text(tmp_path)), "--text", str(tmp_path / "empty.txt"), "--overwrite"])
-    with pytest.raises(SystemExit):
-        lm_building.run([str(copy), "--arpa", str(copy / "language_model" / "lm.arpa"), "--order", "5", "--overwrite"])
+    with pytest.raises(Error, match=r"--text .*empty.txt: no sentence in it"):
+        build_lm([str(copy), "--text", str(_ok_text(tmp_path)), "--text", str(tmp_path / "empty.txt"), "--overwrite"])
+    with pytest.raises(UsageError, match="give either --arpa or --data_dir/--text/--order"):
+        build_lm([str(copy), "--arpa", str(copy / "language_model" / "lm.arpa"), "--order", "5", "--overwrite"])
+
+
+def test_build_lm_exit_statuses(lm_folder, tmp_path, capsys):
+    """A usage error exits 2 with argparse's usage; a missing folder or an existing LM exit 1 with one line."""
+    _, folder, _ = lm_folder
+    arpa = str(folder / "language_model" / "lm.arpa")
+    with pytest.raises(SystemExit) as exit:
+        build_lm_command.main([str(folder), "--arpa", arpa, "--text", arpa])
+    assert exit.value.code == 2 and capsys.readouterr().err.startswith("usage:")
+    assert build_lm_command.main([str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: model folder not found: {tmp_path / 'nowhere'}"]
+    assert build_lm_command.main([str(folder), "--overwrite", "false"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {folder / 'language_model'} exists; pass --overwrite to replace the language model"
+    ]
+    args = build_lm_command.build_parser().parse_args([str(folder), "--push_to_hub", "--hub_model_id", "you/model",
+                                                        "--text", "a.txt", "--text", "b.txt"])  # fmt: skip
+    assert (args.push_to_hub, args.hub_model_id, args.text) == (True, "you/model", ["a.txt", "b.txt"])

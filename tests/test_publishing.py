@@ -164,15 +164,15 @@ def test_a_published_folder_with_its_lm_loads_and_transcribes_elsewhere_as_here(
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
     env = hub_env(hub.url, tmp_path)
-    published = script("push_to_hub.py", folder, "alice/tiny", env=env)
+    published = script("push_to_hub.py", folder, "--hub_model_id", "alice/tiny", env=env)
     assert published.returncode == 0, published.stderr
     # build_lm.py adds a language model to a published folder and publishes it again.
-    built = script("build_lm.py", folder, "--push_to_hub", "alice/tiny", env=env)
+    built = script("build_lm.py", folder, "--push_to_hub", "--hub_model_id", "alice/tiny", env=env)
     assert built.returncode == 0, built.stderr
     # evaluate_ctc.py's figures (greedy and with the LM) go into the card, and the card to the repo.
     evaluated = script("evaluate_ctc.py", folder, "--max_samples", "3", "--update_model_card", env=env)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
-    assert script("push_to_hub.py", folder, "alice/tiny", env=env).returncode == 0
+    assert script("push_to_hub.py", folder, "--hub_model_id", "alice/tiny", env=env).returncode == 0
     files = hub.files("alice/tiny")
     assert "language_model/lm.arpa" in files and "language_model/attrs.json" in files and "alphabet.json" in files
     assert not [name for name in files if name.startswith("eval/")] and (folder / "eval" / "results.json").exists()
@@ -209,7 +209,7 @@ def test_the_model_cards_snippet_runs_as_written_against_the_published_repo(hub,
     write_model_card(folder, "A tiny model.")
     env = hub_env(hub.url, tmp_path, token=None)
     env["HF_TOKEN"] = ALICE
-    assert script("push_to_hub.py", folder, "alice/snippet", env=env).returncode == 0
+    assert script("push_to_hub.py", folder, "--hub_model_id", "alice/snippet", env=env).returncode == 0
     card = hub.files("alice/snippet")["README.md"].decode()
     snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
     assert 'model="alice/snippet"' in snippet
@@ -237,15 +237,15 @@ def test_converted_and_averaged_folders_are_published(hub, tmp_path, trained):
     torch.manual_seed(0)
     course = CourseCTCModel(CourseQuartzNetEncoder(bias=True, nested=True), CourseDecoder(1024)).eval()
     torch.save(lightning_checkpoint(course), tmp_path / "q.ckpt")
-    converted = script("convert_checkpoint.py", tmp_path / "q.ckpt", tmp_path / "converted", "--push_to_hub",
-                       "alice/quartznet", env=env)  # fmt: skip
+    converted = script("convert_checkpoint.py", tmp_path / "q.ckpt", "--output_dir", tmp_path / "converted",
+                       "--push_to_hub", "--hub_model_id", "alice/quartznet", env=env)  # fmt: skip
     assert converted.returncode == 0, converted.stderr[-2000:]
     local = {p.name: p.read_bytes() for p in (tmp_path / "converted").iterdir() if p.is_file()}
     assert hub.files("alice/quartznet") == local
     run_dir = tmp_path / "run"
     shutil.copytree(trained[0] / "out", run_dir)
     averaged = script("average_checkpoints.py", run_dir, "--last", "2", "--output_dir", tmp_path / "average",
-                      "--push_to_hub", "alice/average", "--hub_private_repo", env=env)  # fmt: skip
+                      "--push_to_hub", "--hub_model_id", "alice/average", "--hub_private_repo", env=env)  # fmt: skip
     assert averaged.returncode == 0, averaged.stderr[-2000:]
     files = hub.files("alice/average")
     assert files["model.safetensors"] == (tmp_path / "average" / "model.safetensors").read_bytes()
@@ -258,13 +258,14 @@ def test_converted_and_averaged_folders_are_published(hub, tmp_path, trained):
 
 
 def test_another_users_repo_is_refused_and_says_how_to_publish_later(hub, tmp_path, tiny_model):
-    assert script("push_to_hub.py", tiny_model, "alice/mine", env=hub_env(hub.url, tmp_path)).returncode == 0
+    assert script("push_to_hub.py", tiny_model, "--hub_model_id", "alice/mine",
+                  env=hub_env(hub.url, tmp_path)).returncode == 0  # fmt: skip
     before = dict(hub.files("alice/mine"))
     for repo in ("alice/mine", "carol/new"):  # an existing repo of another user, another user's namespace
-        result = script("push_to_hub.py", tiny_model, repo, env=hub_env(hub.url, tmp_path, token=BOB))
+        result = script("push_to_hub.py", tiny_model, "--hub_model_id", repo, env=hub_env(hub.url, tmp_path, token=BOB))
         assert result.returncode == 1
         assert f"the token's user bob may not write to {repo}" in result.stderr, result.stderr
-        assert f"python push_to_hub.py {tiny_model} {repo}" in result.stderr
+        assert f"python push_to_hub.py {tiny_model} --hub_model_id {repo}" in result.stderr
         assert "Traceback" not in result.stderr and BOB not in result.stderr
     assert hub.files("alice/mine") == before and "carol/new" not in hub.repos
 
@@ -273,10 +274,18 @@ def test_an_unreachable_hub_keeps_the_folder_and_says_how_to_publish_later(tmp_p
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    result = script("push_to_hub.py", folder, "alice/x", env=hub_env("http://127.0.0.1:9", tmp_path))
+    result = script("push_to_hub.py", folder, "--hub_model_id", "alice/x", env=hub_env("http://127.0.0.1:9", tmp_path))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cannot reach the Hub at http://127.0.0.1:9" in result.stderr
-    assert f"{folder} is complete here; publish it later with `python push_to_hub.py {folder} alice/x`" in result.stderr
+    later = f"publish it later with `python push_to_hub.py {folder} --hub_model_id alice/x`"
+    assert f"{folder} is complete here; {later}" in result.stderr
+    # The repo is required, and the folder must be there: usage (exit 2), then one line (exit 1).
+    result = script("push_to_hub.py", folder, env=hub_env("http://127.0.0.1:9", tmp_path))
+    assert result.returncode == 2 and "the following arguments are required: --hub_model_id" in result.stderr
+    result = script("push_to_hub.py", tmp_path / "nowhere", "--hub_model_id", "alice/x",
+                    env=hub_env("http://127.0.0.1:9", tmp_path))  # fmt: skip
+    assert result.returncode == 1 and result.stderr.startswith(f"error: model folder not found: {tmp_path / 'nowhere'}")
+    assert len(result.stderr.splitlines()) == 1
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
@@ -284,26 +293,27 @@ def test_an_upload_cut_off_midway_leaves_the_repo_as_it_was_and_a_rerun_complete
     env = hub_env(hub.url, tmp_path)
     expected = {p.name: p.read_bytes() for p in Path(tiny_model).iterdir()}
     hub.cut_commits = 1  # a connection that breaks once: the client sends the commit again
-    retried = script("push_to_hub.py", tiny_model, "alice/retried", env=env)
+    retried = script("push_to_hub.py", tiny_model, "--hub_model_id", "alice/retried", env=env)
     assert retried.returncode == 0 and "Retrying" in retried.stderr, retried.stderr[-2000:]
     assert hub.files("alice/retried") == expected
     hub.hold_commits = True  # the publishing process dies while its commit is on the way
-    cut = subprocess.Popen([sys.executable, str(ROOT / "push_to_hub.py"), str(tiny_model), "alice/cut"], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    cut = subprocess.Popen([sys.executable, str(ROOT / "push_to_hub.py"), str(tiny_model), "--hub_model_id",
+                            "alice/cut"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     assert hub.commit_arrived.wait(120)
     cut.kill()
     cut.wait()
     hub.hold_commits = False
     hub.release_commits.set()
     assert hub.files("alice/cut") == {}  # the repo was made; no file of a half commit
-    again = script("push_to_hub.py", tiny_model, "alice/cut", env=env)
+    again = script("push_to_hub.py", tiny_model, "--hub_model_id", "alice/cut", env=env)
     assert again.returncode == 0, again.stderr
     assert hub.files("alice/cut") == expected
 
 
 def test_private_repos_and_branches(hub, tmp_path, tiny_model):
     env = hub_env(hub.url, tmp_path)
-    result = script("push_to_hub.py", tiny_model, "alice/secret", "--hub_private_repo", "--hub_revision", "dev", env=env)
+    result = script("push_to_hub.py", tiny_model, "--hub_model_id", "alice/secret", "--hub_private_repo",
+                    "--hub_revision", "dev", env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert hub.repos["alice/secret"].private
     assert hub.files("alice/secret", "main") == {} and "model.safetensors" in hub.files("alice/secret", "dev")

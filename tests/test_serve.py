@@ -1,6 +1,6 @@
-"""serve.py: OpenAI's transcription API (tested with the `openai` client), responses equal to transcribe.py's,
-dynamic batching under concurrent requests, limits and faults, live audio over the WebSocket, the page in a
-real headless browser, SIGTERM."""
+"""ebranchformer-serve (serve.py): OpenAI's transcription API (tested with the `openai` client), responses equal
+to transcribe.py's, dynamic batching under concurrent requests, limits and faults, live audio over the WebSocket,
+the page in a real headless browser, SIGTERM, the command line's exit statuses."""
 
 import json
 import shutil
@@ -19,7 +19,9 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from ebranchformer_ru import serving, transcription  # noqa: E402 (after the skips)
+from ebranchformer_ru import serving  # noqa: E402 (after the skips)
+from ebranchformer_ru.commands import serve as command  # noqa: E402
+from ebranchformer_ru.commands import transcribe  # noqa: E402
 
 FILES = sorted((CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))[:6]
 
@@ -34,7 +36,7 @@ class Running:
     """serve.py's app on a free port, in a thread of this process (uvicorn.Server)."""
 
     def __init__(self, model, *options):
-        self.args = serving.parse_args([str(model), "--port", str(free_port()), *options])
+        self.args = command.build_parser().parse_args([str(model), "--port", str(free_port()), *options])
         self.app = serving.make_app(self.args)
         self.service = self.app.state.service
         self.server = uvicorn.Server(uvicorn.Config(self.app, port=self.args.port, log_level="warning"))
@@ -65,7 +67,7 @@ def offline(model, path, tmp_path, suffix, *options):
     """What transcribe.py writes for one file."""
     output = tmp_path / f"offline{suffix}"
     args = [str(model), str(path), "--output", str(output), "--no_progress", "--overwrite", *options]
-    assert transcription.main(args) == 0
+    assert transcribe.main(args) == 0
     if suffix == ".jsonl":
         return json.loads(output.read_text(encoding="utf-8"))
     return output.read_text(encoding="utf-8")
@@ -361,7 +363,7 @@ def test_prompt_words_are_hotwords_of_that_request_only(tiny_model, tmp_path):
 
     folder = tmp_path / "with_lm"
     shutil.copytree(tiny_model, folder)
-    lm_building.run([str(folder)])
+    lm_building.build(folder)
     path = FILES[1]
     plain = offline(folder, path, tmp_path, ".jsonl", "--decoder", "lm")["text"]
     hot = offline(folder, path, tmp_path, ".jsonl", "--decoder", "lm", "--hotwords", "будильник")["text"]
@@ -573,9 +575,32 @@ def test_an_onnx_export_is_served_as_transcribe_py_runs_it(tiny_model, tmp_path)
 
 
 def test_bad_command_lines_are_named(tmp_path, capsys):
-    assert serving.main([str(tmp_path)]) == 2  # no model in the folder: named before anything is served
-    assert "neither a model folder (config.json) nor an ONNX export" in capsys.readouterr().err
-    for option in (["--max_audio_s", "0"], ["--max_wait_ms", "-1"], ["--max_upload_mb", "nan"], ["--hotword_weight", "5"]):
-        with pytest.raises(SystemExit):
-            serving.parse_args([str(tmp_path), *option])
-        assert option[0] in capsys.readouterr().err
+    """A folder that is no model exits 1 with one `error:` line, before anything is served; options that cannot be
+    exit 2 with the usage."""
+    assert command.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "neither a model folder (config.json) nor an ONNX export" in err
+    assert len(err.splitlines()) == 1, err
+    assert command.main([str(tmp_path / "nowhere")]) == 1
+    assert f"no model folder {tmp_path / 'nowhere'} here" in capsys.readouterr().err
+    options = [["--max_audio_s", "0"], ["--max_wait_ms", "-1"], ["--max_upload_mb", "nan"], ["--hotword_weight", "5"],
+               ["--stream_window_s", "inf"], ["--quantized", "maybe"]]  # fmt: skip
+    for option in options:
+        with pytest.raises(SystemExit) as exit:
+            command.main([str(tmp_path), *option])
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and err.startswith("usage: ") and option[0] in err, err
+
+
+def test_trust_remote_code_reaches_the_model_loading(tiny_model, monkeypatch, capsys):
+    loads = []
+
+    def load(*args):
+        loads.append(args)
+        raise serving.InferenceError("stop here: nothing is served")
+
+    monkeypatch.setattr(serving, "load_backend", load)
+    for option, expected in ([], False), (["--trust_remote_code"], True), (["--trust_remote_code", "false"], False):
+        assert command.main([str(tiny_model), *option]) == 1
+        assert loads[-1][-1] is expected  # (model, device, threads, quantized, trust_remote_code)
+    assert "error: stop here: nothing is served" in capsys.readouterr().err

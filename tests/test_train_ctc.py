@@ -15,8 +15,9 @@ from project import CORPUS, ROOT
 from safetensors.torch import load_file
 
 from ebranchformer_ru import training
+from ebranchformer_ru.commands import train as command
+from ebranchformer_ru.errors import Error, UsageError
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
-
 
 
 def test_training_lowers_the_loss(tmp_path, train_args):
@@ -108,9 +109,9 @@ def test_an_earlier_run_is_refused_and_left_untouched(trained, tmp_path, train_a
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
     before = snapshot(tmp_path / "out")
-    with pytest.raises(SystemExit, match=r"holds an earlier run \(checkpoint-4, checkpoint-8, model.safetensors.*"
+    with pytest.raises(Error, match=r"holds an earlier run \(checkpoint-4, checkpoint-8, model.safetensors.*"
                                          r"--resume_from_checkpoint last \(continues from .*checkpoint-8\), "
-                                         r"--overwrite_output_dir true"):  # fmt: skip
+                                         r"--overwrite true"):  # fmt: skip
         training.run(train_args(tmp_path, "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "2",
                            "--save_total_limit", "1"))  # fmt: skip
     assert snapshot(tmp_path / "out") == before
@@ -125,14 +126,14 @@ def test_resume_last_takes_the_newest_complete_checkpoint(trained, tmp_path, tra
                                     "--save_steps", "4", "--resume_from_checkpoint", "last"))  # fmt: skip
     loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert [e["loss"] for e in resumed.state.log_history if "loss" in e] == pytest.approx(loss, rel=1e-4)
-    with pytest.raises(SystemExit, match="no complete checkpoint in .*elsewhere"):
+    with pytest.raises(Error, match="no complete checkpoint in .*elsewhere"):
         training.run(train_args(tmp_path, "--resume_from_checkpoint", "last", "--output_dir", str(tmp_path / "elsewhere")))
 
 
-def test_overwrite_output_dir_replaces_the_earlier_run(trained, tmp_path, train_args):
+def test_overwrite_replaces_the_earlier_run(trained, tmp_path, train_args):
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
-    training.run(train_args(tmp_path, "--max_steps", "2", "--do_eval", "false", "--overwrite_output_dir", "true"))
+    training.run(train_args(tmp_path, "--max_steps", "2", "--do_eval", "false", "--overwrite", "true"))
     assert not list((tmp_path / "out").glob("checkpoint-*"))
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
 
@@ -143,9 +144,9 @@ def test_a_damaged_checkpoint_is_named(trained, tmp_path, train_args):
     shutil.copytree(tmp / "out" / "checkpoint-4", checkpoint)
     weights = checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(SystemExit, match=f"{weights} cannot be read .*corrupt or truncated"):
+    with pytest.raises(Error, match=f"{weights} cannot be read .*corrupt or truncated"):
         training.run(train_args(tmp_path, "--resume_from_checkpoint", str(checkpoint)))
-    with pytest.raises(SystemExit, match="no folder .*nowhere"):
+    with pytest.raises(Error, match="no folder .*nowhere"):
         training.run(train_args(tmp_path, "--resume_from_checkpoint", str(tmp_path / "nowhere")))
 
 
@@ -166,7 +167,7 @@ def foreign_model_folder(tmp_path):
 
 def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path, train_args):
     folder, marker = foreign_model_folder(tmp_path)
-    with pytest.raises(SystemExit, match="--trust_remote_code true only if you trust"):
+    with pytest.raises(Error, match="--trust_remote_code true only if you trust"):
         training.run(train_args(tmp_path, "--model_name_or_path", str(folder)))
     assert not marker.exists()
 
@@ -178,13 +179,13 @@ def test_our_folders_load_without_trust_remote_code(trained, tmp_path):
 
 
 def test_missing_and_damaged_model_folders_are_named(trained, tmp_path, train_args):
-    with pytest.raises(SystemExit, match=f"no model folder {tmp_path / 'nowhere'} here"):
+    with pytest.raises(Error, match=f"no model folder {tmp_path / 'nowhere'} here"):
         training.run(train_args(tmp_path, "--model_name_or_path", str(tmp_path / "nowhere")))
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "model", ignore=shutil.ignore_patterns("checkpoint-*"))
     weights = tmp_path / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(SystemExit, match=f"{weights} cannot be read .*corrupt or truncated"):
+    with pytest.raises(Error, match=f"{weights} cannot be read .*corrupt or truncated"):
         training.run(train_args(tmp_path, "--model_name_or_path", str(tmp_path / "model")))
 
 
@@ -193,11 +194,12 @@ def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tm
     from test_convert_checkpoint import convert, course_model, lightning_checkpoint
     from transformers import AutoModelForCTC
 
-    from ebranchformer_ru.evaluation import run as evaluate_main
+    from ebranchformer_ru.commands import evaluate
 
     torch.save(lightning_checkpoint(course_model(arch, variant)), tmp_path / "model.ckpt")
     convert(tmp_path / "model.ckpt", tmp_path / "converted")
-    rows = evaluate_main([str(tmp_path / "converted"), "--max_samples", "4", "--output_dir", str(tmp_path / "eval")])
+    argv = [str(tmp_path / "converted"), "--max_samples", "4", "--output_dir", str(tmp_path / "eval")]
+    rows = evaluate.evaluate(evaluate.build_parser().parse_args(argv))
     assert [(row["set"], row["utterances"]) for row in rows] == [("crowd", 4), ("farfield", 4), ("heldout_voice", 4)]
     trainer, metrics = training.run([
         "--model_name_or_path", str(tmp_path / "converted"), "--max_steps", "3", "--per_device_train_batch_size", "4",
@@ -280,18 +282,26 @@ def test_two_processes_are_data_parallel(tmp_path, train_args):
 
 
 def test_unknown_preset_and_option(tmp_path, capsys, train_args):
-    with pytest.raises(SystemExit, match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'golos', 'mini', 'overfit'\]"):
+    with pytest.raises(UsageError, match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'golos', 'mini', 'overfit'\]"):
         training.run(["--preset", "fast"])
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(UsageError, match="unrecognized arguments: --learning_rat 1"):
         training.run(train_args(tmp_path, "--learning_rat", "1"))
-    assert error.value.code == 2 and "--learning_rat" in capsys.readouterr().err
+    # The command: a usage error exits 2 with the usage, a fault of the preset file 1 with one line.
+    with pytest.raises(SystemExit) as error:
+        command.main(train_args(tmp_path, "--learning_rat", "1"))
+    err = capsys.readouterr().err
+    assert error.value.code == 2 and err.startswith("usage: ")
+    assert "error: unrecognized arguments: --learning_rat" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 1.0e-3\nwarmup: 10\n")
-    with pytest.raises(SystemExit, match=r"preset .*bad.yaml: unknown option\(s\) \['warmup'\]"):
+    with pytest.raises(Error, match=r"preset .*bad.yaml: unknown option\(s\) \['warmup'\]"):
         training.run(["--preset", str(bad)])
     bad.write_text("learning_rate: [1\n")
-    with pytest.raises(SystemExit, match=r"preset .*bad.yaml: not valid YAML"):
+    with pytest.raises(Error, match=r"preset .*bad.yaml: not valid YAML"):
         training.run(["--preset", str(bad)])
+    assert command.main(["--preset", str(bad)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: preset {bad}: not valid YAML"), err
 
 
 @pytest.mark.parametrize("preset", ["course", "finetune_farfield", "golos", "mini", "overfit"])
@@ -327,7 +337,7 @@ def test_presets_hold_only_what_differs():
     ],
 )
 def test_options_that_would_fail_deep_inside_are_refused(tmp_path, extra, message, train_args):
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(UsageError, match=message):
         training.run(train_args(tmp_path, *extra))
     assert not (tmp_path / "out").exists()
 
@@ -337,26 +347,48 @@ def test_do_eval_false_switches_off_the_presets_evaluation():
     assert training_args.do_eval is False and training_args.eval_strategy.value == "no"
 
 
-def test_missing_data_folder(tmp_path, train_args):
-    with pytest.raises(SystemExit, match="data folder not found: .*nowhere"):
+def test_missing_data_folder(tmp_path, train_args, capsys):
+    with pytest.raises(Error, match="data folder not found: .*nowhere"):
         training.run(train_args(tmp_path, "--data_dir", str(tmp_path / "nowhere")))
+    # The command: exit 1 with one line, the traceback only with --debug (alone, or with Transformers' features).
+    assert command.main(train_args(tmp_path, "--data_dir", str(tmp_path / "nowhere"))) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: data folder not found: {tmp_path / 'nowhere'} (expected train_opus/ and "
+                                "test_opus/ inside)"]  # fmt: skip
+    for debug in (["--debug"], ["--debug", "true"], ["--debug", "underflow_overflow"]):
+        assert command.main(train_args(tmp_path, "--data_dir", str(tmp_path / "nowhere"), *debug)) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" in err and err.splitlines()[-1].startswith("error: data folder not found"), debug
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_is_the_switch_of_every_command_and_transformers_debug_features(tmp_path, train_args):
+    *_, training_args = command.parse_args(train_args(tmp_path, "--debug"))
+    assert training_args.debug == []
+    *_, training_args = command.parse_args(train_args(tmp_path, "--debug", "underflow_overflow"))
+    assert training_args.debug == ["underflow_overflow"]
+    parser = command.build_parser()
+    assert [parser.parse_known_args(debug)[0].traceback for debug in ([], ["--debug"], ["--debug", "false"])] == [
+        False, True, False]  # fmt: skip
+    with pytest.raises(SystemExit):
+        parser.parse_known_args(["--debug", "sometimes"])
 
 
 def test_a_missing_test_set_is_named_before_training(tmp_path, train_args):
     data = tmp_path / "golos"
     shutil.copytree(CORPUS, data)
     shutil.rmtree(data / "test_opus" / "farfield")
-    with pytest.raises(SystemExit, match=r"unknown eval set 'farfield': use crowd, heldout_voice \(the test sets of"):
+    with pytest.raises(Error, match=r"unknown eval set 'farfield': use crowd, heldout_voice \(the test sets of"):
         training.run(train_args(tmp_path, "--data_dir", str(data), "--max_steps", "2", "--eval_sets", "crowd,farfield"))
     shutil.rmtree(data / "test_opus")
-    with pytest.raises(SystemExit, match="has no test set .* pass --eval_sets train, or --do_eval false"):
+    with pytest.raises(Error, match="has no test set .* pass --eval_sets train, or --do_eval false"):
         training.run(train_args(tmp_path, "--data_dir", str(data), "--max_steps", "2"))  # the default: every test set
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_train_set_left_empty_by_the_filters(tmp_path, train_args):
     total = len((CORPUS / "train_opus" / "manifest.jsonl").read_text(encoding="utf-8").splitlines())
-    with pytest.raises(SystemExit, match=f"empty after the filters: course filter: kept 0 of {total}"):
+    with pytest.raises(Error, match=f"empty after the filters: course filter: kept 0 of {total}"):
         training.run(train_args(tmp_path, "--min_duration", "100", "--train_subset_seconds", "0"))
 
 
@@ -402,7 +434,7 @@ def test_a_preset_can_start_from_another(tmp_path):
     assert golos["speed_perturbation"] == [0.9, 1.0, 1.1] and "apply_spec_augment=true" in golos["config_overrides"]
     (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\nlearning_rate: 1.0\n")
     (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
-    with pytest.raises(SystemExit, match="makes a loop"):
+    with pytest.raises(Error, match="makes a loop"):
         training.load_preset(str(tmp_path / "a.yaml"))
 
 
@@ -415,7 +447,7 @@ def test_a_preset_file_names_its_base_relative_to_itself(tmp_path, monkeypatch):
     values = training.load_preset(str(folder / "child.yaml"))
     assert values["learning_rate"] == 0.5 and values["warmup_steps"] == 7 and values["max_steps"] == 30000
     (folder / "self.yaml").write_text("base: self.yaml\n")
-    with pytest.raises(SystemExit, match="makes a loop"):
+    with pytest.raises(Error, match="makes a loop"):
         training.load_preset(str(folder / "self.yaml"))
 
 
@@ -425,5 +457,5 @@ def test_a_preset_file_names_its_base_relative_to_itself(tmp_path, monkeypatch):
 def test_a_preset_value_of_the_wrong_type_is_named(tmp_path, line, message):
     preset = tmp_path / "mine.yaml"
     preset.write_text(line + "\n")
-    with pytest.raises(SystemExit, match=f"preset {preset}: {message}"):
+    with pytest.raises(Error, match=f"preset {preset}: {message}"):
         training.parse_args(["--preset", str(preset), "--output_dir", str(tmp_path / "out")])

@@ -1,4 +1,5 @@
-"""transcribe.py: folders, manifests, a broken file, resuming, chunking, output formats, bad arguments."""
+"""ebranchformer-transcribe (transcribe.py): folders, manifests, a broken file, resuming, chunking, output formats,
+bad arguments and their exit statuses."""
 
 import json
 import shutil
@@ -10,9 +11,33 @@ from project import CORPUS
 
 from ebranchformer_ru import onnx_runtime, transcription
 from ebranchformer_ru.audio import read_audio
+from ebranchformer_ru.commands import transcribe as command
+from ebranchformer_ru.errors import Error, UsageError
 
 CROWD = CORPUS / "test_opus" / "crowd"
 FARFIELD = CORPUS / "test_opus" / "farfield"
+
+
+def transcribe(argv) -> int:
+    """The command's job on parsed options, as `ebranchformer-transcribe ARGV` runs it (errors raised, not exited):
+    0, or 1 when a file failed."""
+    return command.transcribe(command.build_parser().parse_args(argv))
+
+
+def refused(argv, usage=False) -> str:
+    """The message of the error that the job raises for ARGV: a usage error (exit status 2) or not (1)."""
+    with pytest.raises(Error) as caught:
+        transcribe(argv)
+    assert isinstance(caught.value, UsageError) == usage, caught.value
+    return str(caught.value)
+
+
+def exit_status(argv) -> int:
+    """`ebranchformer-transcribe ARGV`'s exit status (a usage error exits through argparse)."""
+    try:
+        return command.main(argv)
+    except SystemExit as exit:
+        return exit.code
 
 
 @pytest.fixture
@@ -54,7 +79,7 @@ def reference_texts(model_dir, paths):
 def test_folder_manifest_and_broken_file(tiny_model, inputs, tmp_path, capsys):
     folder, manifest, lines = inputs
     output = tmp_path / "out.jsonl"
-    status = transcription.main(
+    status = transcribe(
         [
             str(tiny_model),
             str(folder),
@@ -91,15 +116,15 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
     (folder / "broken.wav").unlink()
     output = tmp_path / "out.txt"
     args = [str(tiny_model), str(folder), "--output", str(output), "--batch_size", "2", "--no_progress"]
-    assert transcription.main(args) == 0
+    assert transcribe(args) == 0
     first = output.read_text(encoding="utf-8")
     assert len(first.splitlines()) == 4 and all("\t" in line for line in first.splitlines())
 
     # A rerun transcribes nothing; with a new file only that one.
-    assert transcription.main(args) == 0
+    assert transcribe(args) == 0
     assert "0 transcribed" in capsys.readouterr().err and output.read_text(encoding="utf-8") == first
     shutil.copy(CROWD / "files" / "test_opus_crowd_0004.opus", folder)
-    assert transcription.main(args) == 0
+    assert transcribe(args) == 0
     err = capsys.readouterr().err
     assert "1 transcribed" in err and "4 already done" in err
     second = output.read_text(encoding="utf-8").splitlines()
@@ -119,7 +144,7 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
 
     monkeypatch.setattr(transcription.Transcriber, "transcribe", stop_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        transcription.main(args)
+        transcribe(args)
     assert output.read_text(encoding="utf-8").splitlines() == second
     journal = tmp_path / ".out.txt.journal.jsonl"
     header, *done = journal.read_text(encoding="utf-8").splitlines()
@@ -128,14 +153,14 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
         file.write('{"path": "cut off mid-wri')  # the line being written when the process died
     monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
     capsys.readouterr()
-    assert transcription.main(args) == 0
+    assert transcribe(args) == 0
     err = capsys.readouterr().err
     assert "1 transcribed" in err and "7 already done" in err
     final = output.read_text(encoding="utf-8").splitlines()
     assert len(final) == 8 and len({line.split("\t")[0] for line in final}) == 8 and not journal.exists()
     assert final[:5] == second
     # --overwrite starts over
-    assert transcription.main(args + ["--overwrite"]) == 0
+    assert transcribe(args + ["--overwrite"]) == 0
     assert "8 transcribed" in capsys.readouterr().err
 
 
@@ -159,17 +184,17 @@ def test_subtitles():
     assert " ".join(text for *_, text in cues) == " ".join(["слово"] * 30)
 
 
-def test_srt_output_of_one_recording(tiny_model, tmp_path, capsys):
+def test_srt_output_of_one_recording(tiny_model, tmp_path):
     output = tmp_path / "talk.srt"
     wav = CROWD / "files" / "test_opus_crowd_0000.opus"
-    assert transcription.main([str(tiny_model), str(wav), "--output", str(output), "--no_progress"]) == 0
+    assert transcribe([str(tiny_model), str(wav), "--output", str(output), "--no_progress"]) == 0
     text = output.read_text(encoding="utf-8")
     blocks = [b for b in text.split("\n\n") if b.strip()]
     assert blocks and all(b.splitlines()[0].isdigit() and " --> " in b.splitlines()[1] for b in blocks)
     # subtitles hold one recording: several are refused before any work
-    assert transcription.main([str(tiny_model), str(CROWD / "files"), "--output", str(tmp_path / "x.srt")]) == 2
+    message = refused([str(tiny_model), str(CROWD / "files"), "--output", str(tmp_path / "x.srt")], usage=True)
     given = len(list((CROWD / "files").glob("*.opus")))
-    assert f"a subtitle file holds one recording, and {given} were given" in capsys.readouterr().err
+    assert f"a subtitle file holds one recording, and {given} were given" in message
 
 
 class FrameIndexBackend:
@@ -225,23 +250,58 @@ def test_chunks_join_without_gaps(seconds):
 
 
 def test_bad_arguments(tiny_model, tmp_path, capsys):
-    assert transcription.main([str(tiny_model), str(tmp_path / "missing.wav")]) == 2
-    assert f"{tmp_path / 'missing.wav'}: no such file or folder" in capsys.readouterr().err
+    """Options that contradict each other exit 2 with the usage; a missing or bad input, output or model folder
+    exits 1 with one `error:` line that names it."""
+
+    def one_error_line():
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+        return err
+
+    assert exit_status([str(tiny_model), str(tmp_path / "missing.wav")]) == 1
+    assert f"{tmp_path / 'missing.wav'}: no such file or folder" in one_error_line()
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text('{"audio_filepath": "a.wav"}\n{"text": "no path"}\n', encoding="utf-8")
-    assert transcription.main([str(tiny_model), str(manifest)]) == 2
-    assert f"{manifest}, line 2: missing key 'audio_filepath'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        transcription.main([str(tiny_model), str(manifest), "--output", "out.csv"])
-    assert "the extension must be one of .jsonl, .txt, .srt, .vtt" in capsys.readouterr().err
+    assert exit_status([str(tiny_model), str(manifest)]) == 1
+    assert f"{manifest}, line 2: missing key 'audio_filepath'" in one_error_line()
+    assert exit_status([str(tiny_model), str(manifest), "--output", "out.csv"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and "the extension must be one of .jsonl, .txt, .srt, .vtt" in err
+    assert exit_status([str(tiny_model), str(manifest), "--hotwords", "да"]) == 2
+    assert "--hotwords and --hotword_weight need --decoder lm" in capsys.readouterr().err
     foreign = tmp_path / "foreign.jsonl"
     foreign.write_text("a line that is no record\n", encoding="utf-8")
     wav = CROWD / "files" / "test_opus_crowd_0000.opus"
-    assert transcription.main([str(tiny_model), str(wav), "--output", str(foreign)]) == 2
-    assert f"{foreign} exists, with no record of what made it" in capsys.readouterr().err
+    assert exit_status([str(tiny_model), str(wav), "--output", str(foreign)]) == 1
+    assert f"{foreign} exists, with no record of what made it" in one_error_line()
     assert foreign.read_text(encoding="utf-8") == "a line that is no record\n"  # not overwritten
-    assert transcription.main([str(tmp_path), str(wav)]) == 2
-    assert "neither a model folder" in capsys.readouterr().err
+    assert exit_status([str(tmp_path), str(wav)]) == 1
+    assert "neither a model folder" in one_error_line()
+    output = tmp_path / "out" / "o.jsonl"
+    assert exit_status([str(tmp_path / "nowhere"), str(wav), "--output", str(output), "--no_progress"]) == 1
+    assert f"no model folder {tmp_path / 'nowhere'} here" in one_error_line()
+    assert list(output.parent.iterdir()) == []  # the journal of a run that transcribed nothing goes too
+
+
+def test_switches_and_trust_remote_code(tiny_model, monkeypatch, capsys):
+    """Switches take Transformers' form (`--x` or `--x true|false`); --trust_remote_code reaches the loading."""
+    wav = str(CROWD / "files" / "test_opus_crowd_0000.opus")
+    parse = command.build_parser().parse_args
+    assert parse([str(tiny_model), wav, "--timestamps"]).timestamps is True
+    assert parse([str(tiny_model), wav, "--timestamps", "false", "--overwrite", "yes"]).timestamps is False
+    assert parse([str(tiny_model), wav, "--no_progress", "1"]).no_progress is True
+    assert parse([str(tiny_model), wav]).trust_remote_code is False
+    loads, real = [], transcription.load_backend
+
+    def load(*args):
+        loads.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(transcription, "load_backend", load)
+    assert transcribe([str(tiny_model), wav, "--trust_remote_code", "--no_progress"]) == 0
+    assert transcribe([str(tiny_model), wav, "--trust_remote_code", "false", "--no_progress"]) == 0
+    assert [args[-1] for args in loads] == [True, False]  # (model, device, threads, quantized, trust_remote_code)
+    assert capsys.readouterr().out.startswith(f"{wav}\t")
 
 
 def test_each_unreadable_file_is_named_with_its_reason(tiny_model, tmp_path, capsys):
@@ -255,7 +315,7 @@ def test_each_unreadable_file_is_named_with_its_reason(tiny_model, tmp_path, cap
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"audio_filepath": "in/gone.opus", "text": "нет"}\n', encoding="utf-8")
     output = tmp_path / "deep" / "er" / "out.jsonl"  # folders are made
-    assert transcription.main([str(tiny_model), str(folder), str(manifest), "--output", str(output), "--no_progress"]) == 1
+    assert transcribe([str(tiny_model), str(folder), str(manifest), "--output", str(output), "--no_progress"]) == 1
     err = capsys.readouterr().err
     assert f"{folder / 'eight_khz.wav'}: sampling rate 8000 Hz, expected 16000 Hz" in err
     assert f"{folder / 'stereo.wav'}: 2 channels, expected mono" in err
@@ -279,13 +339,13 @@ def test_a_recording_the_model_fails_on_fails_alone(tiny_model, inputs, tmp_path
 
     monkeypatch.setattr(transcription.Transcriber, "transcribe", refuse_one)
     output = tmp_path / "out.jsonl"
-    assert transcription.main([str(tiny_model), str(folder), "--output", str(output), "--no_progress"]) == 1
+    assert transcribe([str(tiny_model), str(folder), "--output", str(output), "--no_progress"]) == 1
     err = capsys.readouterr().err
     assert f"{bad}: ValueError: Input of 9999 encoder steps" in err and "3 transcribed" in err and "1 failed" in err
     assert bad not in [r["path"] for r in records(output)] and len(records(output)) == 3
     # stdout when there is no --output
     monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
-    assert transcription.main([str(tiny_model), bad, "--no_progress"]) == 0
+    assert transcribe([str(tiny_model), bad, "--no_progress"]) == 0
     assert capsys.readouterr().out.startswith(f"{bad}\t")
 
 
@@ -311,7 +371,7 @@ def test_numpy_front_end_matches_the_feature_extractor(speech_like):
     )
 
 
-def test_decoder_lm_uses_the_folders_language_model(tiny_model, inputs, tmp_path, capsys):
+def test_decoder_lm_uses_the_folders_language_model(tiny_model, inputs, tmp_path):
     from transformers import AutoModelForCTC, AutoProcessor
 
     from ebranchformer_ru import lm_building
@@ -320,10 +380,9 @@ def test_decoder_lm_uses_the_folders_language_model(tiny_model, inputs, tmp_path
     folder = tmp_path / "with_lm"
     shutil.copytree(tiny_model, folder)
     args = [str(folder), str(inputs[1]), "--output", str(tmp_path / "lm.jsonl"), "--decoder", "lm", "--no_progress"]
-    assert transcription.main(args) == 2  # no language model yet: named, with the command that adds one
-    assert "has no language_model/" in capsys.readouterr().err
-    lm_building.run([str(folder)])
-    assert transcription.main(args + ["--timestamps", "--batch_size", "2"]) == 0
+    assert "has no language_model/" in refused(args)  # no language model yet: named, with the command that adds one
+    lm_building.build(folder)
+    assert transcribe(args + ["--timestamps", "--batch_size", "2"]) == 0
     result = records(tmp_path / "lm.jsonl")
     model, processor = AutoModelForCTC.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
     expected = []
@@ -341,26 +400,26 @@ def test_decoder_lm_uses_the_folders_language_model(tiny_model, inputs, tmp_path
 # ---- outputs that never lose or mix work
 
 
-def test_a_second_writer_of_the_same_output_is_refused(tiny_model, tmp_path, capsys):
+def test_a_second_writer_of_the_same_output_is_refused(tiny_model, tmp_path):
     output = tmp_path / "out.jsonl"
     wav = str(CROWD / "files" / "test_opus_crowd_0000.opus")
-    assert transcription.main([str(tiny_model), wav, "--output", str(output), "--no_progress"]) == 0
+    assert transcribe([str(tiny_model), wav, "--output", str(output), "--no_progress"]) == 0
     before = output.read_bytes()
     journal = tmp_path / ".out.jsonl.journal.jsonl"
     with transcription.locked(journal, output):  # another run holds the output (flock: per open file)
         other = str(CROWD / "files" / "test_opus_crowd_0001.opus")
-        assert transcription.main([str(tiny_model), other, "--output", str(output), "--no_progress"]) == 2
-        assert "another transcribe.py is writing" in capsys.readouterr().err
-        assert transcription.main([str(tiny_model), other, "--output", str(output), "--overwrite"]) == 2
+        assert "another transcribe.py is writing" in refused([str(tiny_model), other, "--output", str(output)])
+        assert "another transcribe.py is writing" in refused([str(tiny_model), other, "--output", str(output),
+                                                              "--overwrite"])  # fmt: skip
     assert output.read_bytes() == before
 
 
-def test_an_input_is_never_the_output(tiny_model, inputs, capsys):
+def test_an_input_is_never_the_output(tiny_model, inputs):
     _, manifest, _ = inputs
     before = manifest.read_bytes()
     for extra in ([], ["--overwrite"]):
-        assert transcription.main([str(tiny_model), str(manifest), "--output", str(manifest), *extra]) == 2
-        assert "is one of the inputs; an input is never overwritten" in capsys.readouterr().err
+        message = refused([str(tiny_model), str(manifest), "--output", str(manifest), *extra])
+        assert "is one of the inputs; an input is never overwritten" in message
     assert manifest.read_bytes() == before
 
 
@@ -369,22 +428,20 @@ def test_an_output_made_with_other_settings_is_not_mixed_into(tiny_model, tmp_pa
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
-    lm_building.run([str(folder)])
+    lm_building.build(folder)
     files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:3]]
     output = tmp_path / "out.jsonl"
-    assert transcription.main([str(folder), *files[:2], "--output", str(output), "--no_progress"]) == 0
+    assert transcribe([str(folder), *files[:2], "--output", str(output), "--no_progress"]) == 0
     greedy = output.read_bytes()
     lm = [str(folder), *files, "--output", str(output), "--no_progress", "--decoder", "lm"]
-    assert transcription.main(lm) == 2
-    assert "decoder: 'greedy' then, 'lm' now" in capsys.readouterr().err and output.read_bytes() == greedy
+    assert "decoder: 'greedy' then, 'lm' now" in refused(lm) and output.read_bytes() == greedy
     assert not list(tmp_path.glob(".out.jsonl.journal*"))  # a refused run leaves no journal behind
     other_model = tmp_path / "other"
     shutil.copytree(tiny_model, other_model)
-    assert transcription.main([str(other_model), *files, "--output", str(output), "--no_progress"]) == 2
-    assert "model: " in capsys.readouterr().err and output.read_bytes() == greedy
-    assert transcription.main(lm + ["--overwrite"]) == 0
+    assert "model: " in refused([str(other_model), *files, "--output", str(output)]) and output.read_bytes() == greedy
+    assert transcribe(lm + ["--overwrite"]) == 0
     assert "3 transcribed" in capsys.readouterr().err
-    assert transcription.main(lm) == 0  # the same settings resume: nothing left to do
+    assert transcribe(lm) == 0  # the same settings resume: nothing left to do
     err = capsys.readouterr().err
     assert "0 transcribed" in err and "3 already done" in err
 
@@ -394,23 +451,22 @@ def test_names_with_tabs_and_line_breaks(tiny_model, tmp_path, capsys):
     folder.mkdir()
     odd = folder / "a\tb\nc.opus"
     shutil.copy(CROWD / "files" / "test_opus_crowd_0000.opus", odd)
-    assert transcription.main([str(tiny_model), str(folder), "--output", str(tmp_path / "out.txt")]) == 2
-    assert "cannot be written to a .txt output" in capsys.readouterr().err
+    message = refused([str(tiny_model), str(folder), "--output", str(tmp_path / "out.txt")], usage=True)
+    assert "cannot be written to a .txt output" in message
     output = tmp_path / "out.jsonl"
     for _ in range(3):  # resume reads back exactly what it wrote: one record, not one per run
-        assert transcription.main([str(tiny_model), str(folder), "--output", str(output), "--no_progress"]) == 0
+        assert transcribe([str(tiny_model), str(folder), "--output", str(output), "--no_progress"]) == 0
     assert [r["path"] for r in records(output)] == [str(odd)]
-    assert transcription.main([str(tiny_model), str(folder), "--no_progress"]) == 0
+    assert transcribe([str(tiny_model), str(folder), "--no_progress"]) == 0
     assert capsys.readouterr().out.startswith(str(folder / "a\\tb\\nc.opus") + "\t")
 
 
 def test_subtitles_of_another_recording_are_not_taken_for_done(tiny_model, tmp_path, capsys):
     first, second = (str(CROWD / "files" / f"test_opus_crowd_000{i}.opus") for i in (0, 1))
     output = tmp_path / "talk.srt"
-    assert transcription.main([str(tiny_model), first, "--output", str(output), "--no_progress"]) == 0
-    assert transcription.main([str(tiny_model), second, "--output", str(output), "--no_progress"]) == 2
-    assert "recording: " in capsys.readouterr().err
-    assert transcription.main([str(tiny_model), first, "--output", str(output), "--no_progress"]) == 0
+    assert transcribe([str(tiny_model), first, "--output", str(output), "--no_progress"]) == 0
+    assert "recording: " in refused([str(tiny_model), second, "--output", str(output), "--no_progress"])
+    assert transcribe([str(tiny_model), first, "--output", str(output), "--no_progress"]) == 0
     assert "nothing to do" in capsys.readouterr().err
 
 
@@ -430,12 +486,12 @@ def test_a_full_disk_at_the_final_write_loses_nothing(tiny_model, tmp_path, caps
         return write_text(self, text, *a, **k)
 
     monkeypatch.setattr(pathlib.Path, "write_text", full)
-    assert transcription.main(args) == 1
+    assert exit_status(args) == 1
     err = capsys.readouterr().err
     assert "could not write" in err and "No space left on device" in err and "run the same command again" in err
     assert not output.exists() and not list(tmp_path.glob("*.tmp*")) and not list(tmp_path.glob(".*.tmp*"))
     monkeypatch.setattr(pathlib.Path, "write_text", write_text)
-    assert transcription.main(args) == 0
+    assert transcribe(args) == 0
     assert "0 transcribed" in capsys.readouterr().err and [r["path"] for r in records(output)] == files
 
 
@@ -449,21 +505,20 @@ def test_a_model_with_nan_weights_fails_by_name(tiny_model, tmp_path, capsys):
     state[name][:] = float("nan")
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     wav = str(CROWD / "files" / "test_opus_crowd_0000.opus")
-    assert transcription.main([str(folder), wav, "--output", str(tmp_path / "o.jsonl"), "--no_progress"]) == 1
+    assert transcribe([str(folder), wav, "--output", str(tmp_path / "o.jsonl"), "--no_progress"]) == 1
     assert "NaN or infinite log-probabilities" in capsys.readouterr().err
 
 
-def test_a_damaged_language_model_does_not_stop_greedy_transcription(tiny_model, tmp_path, capsys):
+def test_a_damaged_language_model_does_not_stop_greedy_transcription(tiny_model, tmp_path):
     from ebranchformer_ru import lm_building
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
-    lm_building.run([str(folder)])
+    lm_building.build(folder)
     (folder / "language_model" / "attrs.json").write_text("{not json")
     wav = str(CROWD / "files" / "test_opus_crowd_0000.opus")
-    assert transcription.main([str(folder), wav, "--no_progress"]) == 0
-    assert transcription.main([str(folder), wav, "--no_progress", "--decoder", "lm"]) == 2
-    assert "attrs.json is not valid JSON" in capsys.readouterr().err
+    assert transcribe([str(folder), wav, "--no_progress"]) == 0
+    assert "attrs.json is not valid JSON" in refused([str(folder), wav, "--no_progress", "--decoder", "lm"])
 
 
 def test_loud_float_audio_is_named_by_file(tiny_model, tmp_path, capsys):
@@ -471,7 +526,7 @@ def test_loud_float_audio_is_named_by_file(tiny_model, tmp_path, capsys):
 
     loud = tmp_path / "loud.wav"
     sf.write(loud, (np.sin(np.arange(16000) / 5) * 3000).astype(np.float32), 16000, subtype="FLOAT")
-    assert transcription.main([str(tiny_model), str(loud), "--no_progress"]) == 0
+    assert transcribe([str(tiny_model), str(loud), "--no_progress"]) == 0
     err = capsys.readouterr().err
     assert f"warning: {loud}: float samples peak at 3000" in err and "item 0" not in err
 
@@ -495,7 +550,7 @@ def test_a_long_file_is_read_a_chunk_at_a_time(tiny_model, tmp_path, monkeypatch
     monkeypatch.setattr(sf, "read", recording)
     output = tmp_path / "out.jsonl"
     args = [str(tiny_model), str(long), "--output", str(output), "--chunk_length_s", "10", "--timestamps", "--no_progress"]
-    assert transcription.main(args) == 0
+    assert transcribe(args) == 0
     assert len(reads) >= 4 and max(reads) <= 10 * 16000  # chunk by chunk, each at most --chunk_length_s
     record = records(output)[0]
     whole = Transcriber(load_backend(tiny_model), chunk_length_s=10, timestamps=True).transcribe([read_audio(long)])[0]
@@ -514,16 +569,17 @@ def test_unclear_inputs_get_errors_that_name_the_culprit(tiny_model, tmp_path, c
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
     (tmp_path / "afile").write_text("x")
-    cases = [([str(tiny_model), str(latin)], f"{latin}, line 1: not UTF-8 (byte 41"),
-             ([str(tiny_model), str(empty)], f"{empty}: empty manifest"),
-             ([str(tiny_model), wav, "--chunk_length_s", "nan"], "--chunk_length_s must be a positive number"),
-             ([str(tiny_model), wav, "--chunk_length_s", "inf"], "--chunk_length_s must be a positive number"),
-             ([str(tiny_model), wav, "--stride_length_s", "nan"], "--stride_length_s must be in [0, chunk_length_s / 2)"),
-             ([str(tmp_path / "nowhere"), wav], f"no model folder {tmp_path / 'nowhere'} here"),
-             ([str(truncated), wav], f"{weights} cannot be read"),
-             ([str(tiny_model), wav, "--output", str(tmp_path / "afile" / "out.jsonl")], "afile is a file, not a folder")]  # fmt: skip
-    for argv, message in cases:
-        assert transcription.main([*argv, "--no_progress"]) == 2, argv
+    # a bad value of an option is a usage error (exit 2); a bad file or folder is not (exit 1)
+    cases = [([str(tiny_model), str(latin)], 1, f"{latin}, line 1: not UTF-8 (byte 41"),
+             ([str(tiny_model), str(empty)], 1, f"{empty}: empty manifest"),
+             ([str(tiny_model), wav, "--chunk_length_s", "nan"], 2, "--chunk_length_s: must be a positive number"),
+             ([str(tiny_model), wav, "--chunk_length_s", "inf"], 2, "--chunk_length_s: must be a positive number"),
+             ([str(tiny_model), wav, "--stride_length_s", "nan"], 2, "--stride_length_s must be in [0, chunk_length_s / 2)"),
+             ([str(tmp_path / "nowhere"), wav], 1, f"no model folder {tmp_path / 'nowhere'} here"),
+             ([str(truncated), wav], 1, f"{weights} cannot be read"),
+             ([str(tiny_model), wav, "--output", str(tmp_path / "afile" / "out.jsonl")], 1, "afile is a file, not a folder")]  # fmt: skip
+    for argv, status, message in cases:
+        assert exit_status([*argv, "--no_progress"]) == status, argv
         assert message in capsys.readouterr().err, message
 
 
@@ -543,30 +599,29 @@ def test_a_line_cut_off_mid_write_never_hides_later_ones(tiny_model, tmp_path, c
     monkeypatch.setattr(transcription.Transcriber, "transcribe", stop_on_second_batch)
     journal = tmp_path / ".out.jsonl.journal.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        transcription.main(args)
+        transcribe(args)
     with open(journal, "a", encoding="utf-8") as file:
         file.write('{"path": "cut off mid-wri')
     with pytest.raises(KeyboardInterrupt):
-        transcription.main(args)
+        transcribe(args)
     lines = journal.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 5 and all(json.loads(line) for line in lines)  # settings + 2 batches of 2, whole lines
     monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
     capsys.readouterr()
-    assert transcription.main(args) == 0
+    assert transcribe(args) == 0
     err = capsys.readouterr().err
     assert "2 transcribed" in err and "4 already done" in err and [r["path"] for r in records(output)] == files
 
 
-def test_relative_inputs_resume_only_from_the_same_folder(tiny_model, tmp_path, capsys, monkeypatch):
+def test_relative_inputs_resume_only_from_the_same_folder(tiny_model, tmp_path, monkeypatch):
     (tmp_path / "a" / "rec").mkdir(parents=True)
     (tmp_path / "b").mkdir()
     shutil.copy(CROWD / "files" / "test_opus_crowd_0000.opus", tmp_path / "a" / "rec")
     output = tmp_path / "out.jsonl"
     monkeypatch.chdir(tmp_path / "a")
-    assert transcription.main([str(tiny_model), "rec", "--output", str(output), "--no_progress"]) == 0
+    assert transcribe([str(tiny_model), "rec", "--output", str(output), "--no_progress"]) == 0
     monkeypatch.chdir(tmp_path / "b")
-    assert transcription.main([str(tiny_model), str(tmp_path / "a" / "rec"), "--output", str(output)]) == 2
-    assert "working_directory" in capsys.readouterr().err
+    assert "working_directory" in refused([str(tiny_model), str(tmp_path / "a" / "rec"), "--output", str(output)])
 
 
 def test_length_batches_cut_where_padding_costs_more_than_a_forward_pass():

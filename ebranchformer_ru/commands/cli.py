@@ -19,7 +19,6 @@ import traceback
 from collections.abc import Callable
 
 from modeling_ebranchformer.ngram import LanguageModelError
-from transformers.hf_argparser import string_to_bool  # Transformers' reading of a switch's value: one dialect
 
 from ebranchformer_ru.errors import Error, UsageError
 
@@ -29,6 +28,18 @@ RUNTIME_ERRORS = (Error, LanguageModelError, OSError)
 
 DEVICES = ("cpu", "cuda")
 DECODERS = ("greedy", "lm")
+
+
+def string_to_bool(text) -> bool:
+    """A switch's value read as Transformers' `HfArgumentParser` reads it (its own function is not imported: the
+    ONNX path of transcribe and serve runs without Transformers)."""
+    if isinstance(text, bool):
+        return text
+    if text.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if text.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (yes/no, 1/0), got {text!r}")
 
 
 def positive_int(text: str) -> int:

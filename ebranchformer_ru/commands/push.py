@@ -1,0 +1,48 @@
+"""Publish a model folder to the Hugging Face Hub: again, or later than the command that made it.
+
+    ebranchformer-push outputs/mini --hub_model_id user/ebranchformer-ru-mini
+    ebranchformer-push outputs/mini --hub_model_id user/ebranchformer-ru-mini --hub_private_repo --hub_revision dev
+
+What goes up: the model folder as `from_pretrained` reads it (weights, config, processor, the code for
+`trust_remote_code`, the model card, the language model when it has one) and the run's records. What stays here:
+`checkpoint-*/`, `eval/`, `training_args.bin`, hidden and `_*` files. A folder whose files name a path of this
+machine or hold the token is refused before anything is sent. The upload is one commit: an interrupted or
+refused one leaves the repo as it was, and the same command run again completes it.
+
+The token comes from HF_TOKEN or `hf auth login`, never from an option; HF_ENDPOINT points elsewhere than
+huggingface.co. `ebranchformer-train`, `-convert`, `-average` and `-build-lm` publish their output themselves
+with --push_to_hub.
+"""
+
+from pathlib import Path
+
+from ebranchformer_ru.errors import Error
+from ebranchformer_ru.publishing import publish
+
+from . import cli
+
+
+def build_parser():
+    parser = cli.parser(__doc__)
+    cli.add_model(parser, "a model folder (ebranchformer-train, -convert, -average)")
+    # The options of `cli.add_publishing` less --push_to_hub (pushing is this command's job), the repo required.
+    group = parser.add_argument_group("publishing to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")
+    group.add_argument("--hub_model_id", metavar="REPO", required=True,
+                       help="the repo, user/name or organisation/name")  # fmt: skip
+    cli.add_switch(group, "hub_private_repo", "create the repo private (if it is new)")
+    group.add_argument("--hub_revision", metavar="BRANCH", help="publish to this branch (made from main if new)")
+    group.add_argument("--commit_message", help="default: Upload MODEL's folder name")
+    return parser
+
+
+def push(args) -> str:
+    """The commit's URL."""
+    if not Path(args.model).is_dir():
+        raise Error(f"model folder not found: {args.model} (give the folder that ebranchformer-train, -convert or "
+                    "-average wrote)")  # fmt: skip
+    return publish(args.model, args.hub_model_id, private=args.hub_private_repo or None, revision=args.hub_revision,
+                   commit_message=args.commit_message)  # fmt: skip
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), push, argv)

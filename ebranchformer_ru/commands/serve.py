@@ -1,0 +1,79 @@
+"""Serve a model over HTTP: OpenAI's transcription API with dynamic batching, live audio over a WebSocket, and a
+page to try it.
+
+    ebranchformer-serve outputs/mini --port 8000
+    ebranchformer-serve outputs/mini_onnx --quantized --host 0.0.0.0
+    curl -F file=@speech.wav -F model=mini http://127.0.0.1:8000/v1/audio/transcriptions
+
+MODEL is a model folder (PyTorch, --device) or an ebranchformer-export-onnx folder (ONNX Runtime). Endpoints:
+
+    POST /v1/audio/transcriptions   OpenAI's audio API: multipart `file`, `model`, `response_format` (json, text,
+                                    srt, vtt, verbose_json), `timestamp_granularities[]` (segment, word),
+                                    `language` (ru), `prompt` (hotwords, with --decoder lm), `temperature` (0)
+    GET  /v1/models                 the one model served (its id is the folder's name)
+    GET  /health, /ready            the process is up; it takes requests (503 while the queue is full)
+    WS   /v1/audio/stream           live audio: binary messages of 16 kHz mono 16-bit little-endian PCM, then the
+                                    text message {"type": "end"}; partial transcripts every 0.5 s, then a final one
+    GET  /                          a page to try it: upload a file or record from the microphone
+
+Requests that arrive together run as one batch (at most --max_batch_size recordings), and a response is what
+ebranchformer-transcribe gives for the same file. Uploads must be 16 kHz mono (WAV, FLAC, Ogg/Opus, MP3); the
+page converts in the browser. SIGTERM finishes the requests in flight, then stops.
+"""
+
+import logging
+
+from ebranchformer_ru import serving
+from ebranchformer_ru.errors import UsageError
+
+from . import cli
+
+
+def build_parser():
+    parser = cli.parser(__doc__)
+    cli.add_model(parser, "a model folder (PyTorch) or an ebranchformer-export-onnx folder (ONNX Runtime)")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max_batch_size", type=cli.positive_int, default=16,
+                        help="recordings (or chunks) per batch")  # fmt: skip
+    parser.add_argument("--max_wait_ms", type=float, default=20.0,
+                        help="how long a request that finds the model idle waits for those being received")  # fmt: skip
+    parser.add_argument("--max_audio_s", type=cli.positive_float, default=600.0,
+                        help="longer uploads and streams are refused")  # fmt: skip
+    parser.add_argument("--max_upload_mb", type=cli.positive_float, default=25.0,
+                        help="larger uploads are refused (OpenAI's)")  # fmt: skip
+    parser.add_argument("--max_queue", type=cli.positive_int, default=256,
+                        help="recordings admitted at once; more get 503 with Retry-After")  # fmt: skip
+    cli.add_device(parser)
+    cli.add_threads(parser)
+    cli.add_switch(parser, "quantized", "ONNX export only: run the int8 model")
+    cli.add_decoder(parser, help="; with lm, a request's `prompt` carries hotwords")
+    parser.add_argument("--hotword_weight", type=float, default=None, help="--decoder lm: bonus per hotword")
+    parser.add_argument("--chunk_length_s", type=cli.positive_float, default=30.0,
+                        help="uploads longer than this are cut into chunks")  # fmt: skip
+    parser.add_argument("--stride_length_s", type=float, default=None,
+                        help="the chunks' overlap on each side (default chunk / 6)")  # fmt: skip
+    parser.add_argument("--stream_window_s", type=cli.positive_float, default=20.0,
+                        help="live audio: the recent audio decoded again for each partial transcript")  # fmt: skip
+    cli.add_trust_remote_code(parser)
+    return parser
+
+
+def serve(args):
+    if not args.max_wait_ms >= 0:  # 0: a request never waits for others
+        raise UsageError(f"--max_wait_ms must be 0 or a positive number, got {args.max_wait_ms}")
+    if args.hotword_weight is not None and args.decoder != "lm":
+        raise UsageError("--hotword_weight needs --decoder lm")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = serving.make_app(args)  # loads the model: a folder that is none is an error before anything is served
+    serving.log.info(f"serving {args.model} as {app.state.service.model_id!r} on http://{args.host}:{args.port}/")
+    import uvicorn  # the `serve` extra, which make_app has found
+
+    # uvicorn's SIGTERM/SIGINT handling: stop accepting, finish the requests in flight, then the lifespan's exit
+    # lets the worker finish its queue, and the process ends by the signal. Its access log is off: serving logs
+    # one line per request.
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info", timeout_graceful_shutdown=None)
+
+
+def main(argv=None) -> int:
+    return cli.run(build_parser(), serve, argv)
