@@ -50,7 +50,7 @@ def test_a_usage_error_exits_2_with_usage(name, capsys):
         command(name).main(["--no_such_option"])
     assert exit.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: ") and re.search(r"^\S+: error: ", err, flags=re.M), err
+    assert err.startswith("usage: ") and re.search(r"^\S+: error: ", err, flags=re.MULTILINE), err
 
 
 @pytest.mark.parametrize("name", COMMANDS)

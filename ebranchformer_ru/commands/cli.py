@@ -18,9 +18,8 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from modeling_ebranchformer.ngram import LanguageModelError
-
 from ebranchformer_ru.errors import Error, UsageError
+from modeling_ebranchformer.ngram import LanguageModelError
 
 # What a job raises for a fault of its input (a file, a folder, a value): reported in one line, exit 1.
 # Anything else is a bug of ours, and keeps its traceback.

@@ -23,8 +23,8 @@ the processes unless given), and rank 0 gathers the hypotheses and writes the sa
 import logging
 import sys
 
-from ebranchformer_ru.evaluation import evaluate_model
 from ebranchformer_ru.errors import UsageError
+from ebranchformer_ru.evaluation import evaluate_model
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
 
 from . import cli

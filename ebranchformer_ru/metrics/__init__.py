@@ -14,7 +14,10 @@ Hub's or ours) is there already. Importing any module of this project never writ
 
 import hashlib
 import os
+import sys
 from pathlib import Path
+
+from ebranchformer_ru.errors import Error
 
 FOLDER = Path(__file__).resolve().parent
 NAMES = ("wer", "cer")
@@ -78,7 +81,7 @@ def install_offline_modules() -> list[str]:
             os.replace(tmp, target / f"{name}.py")
             done.append(f"{name}: placed in {target}")
         except OSError as error:  # a read-only home, say
-            raise SystemExit(f"could not place the {name} module in evaluate's cache ({folder}): {error}") from None
+            raise Error(f"could not place the {name} module in evaluate's cache ({folder}): {error}") from None
     return done
 
 
@@ -89,5 +92,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("command", choices=["install"], help="place the wer and cer modules in evaluate's cache")
     parser.parse_args(argv)
-    print("\n".join(install_offline_modules()))
+    try:
+        print("\n".join(install_offline_modules()))
+    except Error as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
