@@ -4,6 +4,7 @@ as package data, every command a console script)."""
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -21,8 +22,12 @@ COMMANDS = ["train", "evaluate", "transcribe", "serve", "export-onnx", "convert"
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(ROOT)],
+    """The wheel of a clean copy of the tree: setuptools reuses a checkout's build/ and *.egg-info, which could
+    hold files that the package data no longer names."""
+    source, out = tmp_path_factory.mktemp("source") / "tree", tmp_path_factory.mktemp("wheel")
+    leftovers = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "outputs", "__pycache__", ".pytest_cache")
+    shutil.copytree(ROOT, source, ignore=leftovers)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
                    check=True, capture_output=True, timeout=600)  # fmt: skip
     (built,) = out.glob("ebranchformer_ru-*.whl")
     return built
