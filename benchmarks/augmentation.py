@@ -25,13 +25,24 @@ from pathlib import Path
 
 from common import ROOT, machine, table
 
-OFF = ["--speed_perturbation", "1.0", "--reverb_probability", "0", "--noise_probability", "0",
-       "--volume_perturbation_db", "0", "0"]  # fmt: skip
+OFF = [
+    "--speed_perturbation",
+    "1.0",
+    "--reverb_probability",
+    "0",
+    "--noise_probability",
+    "0",
+    "--volume_perturbation_db",
+    "0",
+    "0",
+]
 SPEED = ["--speed_perturbation", "0.9", "1.0", "1.1"]
 ROOM = ["--reverb_probability", "0.3", "--noise_probability", "0.3", "--noise_snr_db", "5", "30"]
 VOLUME = ["--volume_perturbation_db", "-18", "6"]
-SPEC_AUGMENT = ("apply_spec_augment=true,mask_time_prob=0.12,mask_time_length=10,mask_feature_prob=0.3,"
-                "mask_feature_length=10,mask_feature_min_masks=2")  # fmt: skip
+SPEC_AUGMENT = (
+    "apply_spec_augment=true,mask_time_prob=0.12,mask_time_length=10,mask_feature_prob=0.3,"
+    "mask_feature_length=10,mask_feature_min_masks=2"
+)
 NO_SPEC_AUGMENT = ["--config_overrides", "apply_spec_augment=false"]
 VARIANTS = {  # later options override OFF's
     "none": [*OFF, *NO_SPEC_AUGMENT],
@@ -50,10 +61,30 @@ LOGGING_STEPS = 20
 
 def train(name, out, epochs, extra, probe=None):
     """Trains one variant; with `probe`, stops after that many steps and returns the losses logged so far."""
-    command = [sys.executable, str(ROOT / "train_ctc.py"), "--preset", "mini", "--output_dir", str(out / name),
-               "--num_train_epochs", str(epochs), "--eval_strategy", "no", "--do_eval", "false",
-               "--report_to", "none", "--disable_tqdm", "true", "--overwrite", "true",
-               "--logging_steps", str(LOGGING_STEPS), *VARIANTS[name], *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "train_ctc.py"),
+        "--preset",
+        "mini",
+        "--output_dir",
+        str(out / name),
+        "--num_train_epochs",
+        str(epochs),
+        "--eval_strategy",
+        "no",
+        "--do_eval",
+        "false",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--overwrite",
+        "true",
+        "--logging_steps",
+        str(LOGGING_STEPS),
+        *VARIANTS[name],
+        *extra,
+    ]
     if probe:
         command += ["--save_strategy", "no"]
     print("$", " ".join(command[1:]), flush=True)
@@ -74,8 +105,11 @@ def train(name, out, epochs, extra, probe=None):
 
 def logged_losses(log_path) -> list:
     """The training losses in a train_ctc.py log (the Trainer prints one dict per logging step)."""
-    return [float(ast.literal_eval(line.strip())["loss"]) for line in open(log_path, encoding="utf-8", errors="replace")
-            if line.startswith("{'loss'")]  # fmt: skip
+    return [
+        float(ast.literal_eval(line.strip())["loss"])
+        for line in open(log_path, encoding="utf-8", errors="replace")
+        if line.startswith("{'loss'")
+    ]
 
 
 def transcribe_recordings(folder, manifest):
@@ -111,7 +145,9 @@ def main():
     from ebranchformer_ru.evaluation import evaluate_model
 
     if args.probe:
-        rows = [[name, args.probe, f"{train(name, args.out, args.epochs, extra, args.probe)[-1]:.3f}"] for name in variants]
+        rows = [
+            [name, args.probe, f"{train(name, args.out, args.epochs, extra, args.probe)[-1]:.3f}"] for name in variants
+        ]
         print(table(["variant", "steps", "training loss there"], rows))
         return
     rows, transcripts = [], []
@@ -126,7 +162,9 @@ def main():
         if args.recordings.is_file():
             recordings = transcribe_recordings(args.out / name, args.recordings)
             row.append(" / ".join(f"{cer * 100:.1f} %" for *_, cer in recordings))
-            transcripts += [f"{name}: «{hypothesis}» (reference «{reference}»)" for reference, hypothesis, _ in recordings]
+            transcripts += [
+                f"{name}: «{hypothesis}» (reference «{reference}»)" for reference, hypothesis, _ in recordings
+            ]
         rows.append(row)
     header = ["variant", "steps", "train min"] + [f"{s} WER" for s in results]
     header += ["real recording CER"] if args.recordings.is_file() else []

@@ -26,9 +26,11 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    return (f"{time.strftime('%Y-%m-%d')}; {cpu}; {os.cpu_count()} logical CPUs; "
-            f"torch threads {torch.get_num_threads()}; GPU {gpu}\n"
-            f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")  # fmt: skip
+    return (
+        f"{time.strftime('%Y-%m-%d')}; {cpu}; {os.cpu_count()} logical CPUs; "
+        f"torch threads {torch.get_num_threads()}; GPU {gpu}\n"
+        f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
+    )
 
 
 def timed(function, repeats: int, warmup: int = 1) -> float:
@@ -64,8 +66,19 @@ def table(header: list[str], rows: list[list]) -> str:
 def model_speed(name, phase, batch, seconds, threads, repeats) -> dict:
     """One figure of `model_speed.py` (a model, inference or training, a batch shape) measured in a fresh process
     of its own, so that no figure is taken in a process another measurement has warmed or fragmented."""
-    command = [sys.executable, str(Path(__file__).with_name("model_speed.py")), "--worker", name, phase, str(batch),
-               str(seconds), "--threads", str(threads), "--repeats", str(repeats)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("model_speed.py")),
+        "--worker",
+        name,
+        phase,
+        str(batch),
+        str(seconds),
+        "--threads",
+        str(threads),
+        "--repeats",
+        str(repeats),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if result.returncode:
         raise SystemExit(f"{name} {phase} {batch}x{seconds}s failed:\n{result.stderr[-3000:]}")

@@ -28,8 +28,10 @@ from pathlib import Path
 from common import ROOT, machine, table
 
 GOLOS_TRAIN_FILES, GOLOS_TRAIN_HOURS = 1_103_799, 1227
-INPUTS = [ROOT / "ebranchformer_ru" / "golos" / "golos_mini" / "test_opus" / name / "manifest.jsonl"
-          for name in ("crowd", "farfield", "heldout_voice")]  # fmt: skip
+INPUTS = [
+    ROOT / "ebranchformer_ru" / "golos" / "golos_mini" / "test_opus" / name / "manifest.jsonl"
+    for name in ("crowd", "farfield", "heldout_voice")
+]
 SUMMARY = re.compile(r"(\d+) transcribed \(([\d.]+) h of audio in ([\d.]+) s\)")
 MERGE = re.compile(r"merged in ([\d.]+) s")
 
@@ -52,11 +54,31 @@ def default_model(folder: Path) -> Path:
 def run(processes: int, threads: int, model, output, args) -> dict:
     launcher = [sys.executable]
     if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                    "--master_port", str(free_port())]  # fmt: skip
-    command = [*launcher, str(ROOT / "transcribe.py"), str(model), *map(str, INPUTS), "--output", str(output),
-               "--threads", str(threads), "--batch_size", str(args.batch_size), "--device", args.device,
-               "--no_progress", "--overwrite"]  # fmt: skip
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            str(free_port()),
+        ]
+    command = [
+        *launcher,
+        str(ROOT / "transcribe.py"),
+        str(model),
+        *map(str, INPUTS),
+        "--output",
+        str(output),
+        "--threads",
+        str(threads),
+        "--batch_size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+        "--no_progress",
+        "--overwrite",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
@@ -66,8 +88,13 @@ def run(processes: int, threads: int, model, output, args) -> dict:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     files, hours, seconds = int(summary[1]), float(summary[2]), float(summary[3])
     merge = MERGE.search(result.stderr)
-    return {"files_per_s": files / seconds, "audio_s_per_s": hours * 3600 / seconds, "end_to_end": files / wall,
-            "merge_s": float(merge[1]) if merge else None, "files": files}  # fmt: skip
+    return {
+        "files_per_s": files / seconds,
+        "audio_s_per_s": hours * 3600 / seconds,
+        "end_to_end": files / wall,
+        "merge_s": float(merge[1]) if merge else None,
+        "files": files,
+    }
 
 
 def spread(values, digits=1) -> str:
@@ -82,8 +109,11 @@ def main(argv=None):
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args(argv)
     print(machine())
-    configurations = {"1 process x 1 thread": (1, 1), "2 processes x 1 thread": (2, 1),
-                      "1 process x 2 threads (peer)": (1, 2)}  # fmt: skip
+    configurations = {
+        "1 process x 1 thread": (1, 1),
+        "2 processes x 1 thread": (2, 1),
+        "1 process x 2 threads (peer)": (1, 2),
+    }
     if args.device == "cuda":
         import torch
 
@@ -103,16 +133,25 @@ def main(argv=None):
     for name, runs in results.items():
         ratios = [r["files_per_s"] / p["files_per_s"] for r, p in zip(runs, peer)]
         merges = [r["merge_s"] * 1000 for r in runs if r["merge_s"] is not None]
-        rows.append([name, spread([r["files_per_s"] for r in runs]), spread([r["audio_s_per_s"] for r in runs]),
-                     spread(ratios, 2), spread([r["end_to_end"] for r in runs]),
-                     spread(merges, 1) if merges else "-"])  # fmt: skip
+        rows.append(
+            [
+                name,
+                spread([r["files_per_s"] for r in runs]),
+                spread([r["audio_s_per_s"] for r in runs]),
+                spread(ratios, 2),
+                spread([r["end_to_end"] for r in runs]),
+                spread(merges, 1) if merges else "-",
+            ]
+        )
     print(f"\n{peer[0]['files']} files, {args.rounds} rounds, device {args.device}; median (min-max)\n")
     print(table(["configuration", "files/s", "audio s/s", "ratio to peer", "files/s end to end", "merge ms"], rows))
     if args.device == "cuda":
         per_gpu = statistics.median(r["audio_s_per_s"] for r in results["1 process x 1 thread"])
         hours = GOLOS_TRAIN_HOURS * 3600 / (8 * per_gpu) / 3600
-        print(f"\nGolos train on 8 GPUs: {GOLOS_TRAIN_HOURS} h x 3600 / (8 x {per_gpu:.0f} audio s/s per GPU) = "
-              f"{hours:.2f} h (if 8 processes scale as 1; the merge of {GOLOS_TRAIN_FILES:,} records adds seconds)")  # fmt: skip
+        print(
+            f"\nGolos train on 8 GPUs: {GOLOS_TRAIN_HOURS} h x 3600 / (8 x {per_gpu:.0f} audio s/s per GPU) = "
+            f"{hours:.2f} h (if 8 processes scale as 1; the merge of {GOLOS_TRAIN_FILES:,} records adds seconds)"
+        )
     else:
         print("\nGolos train on 8 GPUs: no GPU figure yet (run with --device cuda on a GPU machine)")
 

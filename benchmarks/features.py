@@ -27,9 +27,21 @@ def librosa_log_mel(wave):
     import librosa
 
     mel = librosa.feature.melspectrogram(
-        y=wave, sr=16000, n_fft=400, win_length=400, hop_length=160, window="hann", center=True,
-        pad_mode="reflect", power=2.0, n_mels=64, fmin=0.0, fmax=8000.0, htk=True, norm=None,
-    )  # fmt: skip
+        y=wave,
+        sr=16000,
+        n_fft=400,
+        win_length=400,
+        hop_length=160,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+        n_mels=64,
+        fmin=0.0,
+        fmax=8000.0,
+        htk=True,
+        norm=None,
+    )
     return np.log(np.clip(mel, 1e-9, 1e9)).T
 
 
@@ -58,10 +70,14 @@ def main(argv=None):
         ["librosa (same settings)", f"{audio_seconds / reference:,.0f}", "1.0"],
     ]
     difference = max(
-        float(np.abs(extractor(w, sampling_rate=16000, return_tensors="np").input_features[0] - librosa_log_mel(w)).max())
+        float(
+            np.abs(extractor(w, sampling_rate=16000, return_tensors="np").input_features[0] - librosa_log_mel(w)).max()
+        )
         for w in waves
     )
-    print(f"\nlog-mel features of the embedded train set ({len(waves)} utterances, {audio_seconds / 60:.1f} min), 1 thread")
+    print(
+        f"\nlog-mel features of the embedded train set ({len(waves)} utterances, {audio_seconds / 60:.1f} min), 1 thread"
+    )
     print(table(["implementation", "x real time per core", "speed-up vs librosa"], rows))
     print(f"same numbers: max |ours - librosa| in the log domain over the {len(waves)} utterances: {difference:.1e}")
 
@@ -89,14 +105,21 @@ def main(argv=None):
 
     training = timed(train_steps, 1)
     supply, demand = audio_seconds / pipeline, sample_seconds / training
-    print(f"\ndata pipeline, one worker (1 thread) vs training the default model ({args.train_threads} threads), "
-          "audio seconds per second")  # fmt: skip
-    print(table(["stage", "audio s / s"], [
-        ["Arrow + Opus decoding (soundfile)", f"{audio_seconds / decode_only:,.0f}"],
-        ["decoding + collator (features, padding, labels)", f"{supply:,.0f}"],
-        ["training step consumes", f"{demand:,.1f}"],
-        ["one worker supplies / training consumes", f"{supply / demand:,.0f} x"],
-    ]))  # fmt: skip
+    print(
+        f"\ndata pipeline, one worker (1 thread) vs training the default model ({args.train_threads} threads), "
+        "audio seconds per second"
+    )
+    print(
+        table(
+            ["stage", "audio s / s"],
+            [
+                ["Arrow + Opus decoding (soundfile)", f"{audio_seconds / decode_only:,.0f}"],
+                ["decoding + collator (features, padding, labels)", f"{supply:,.0f}"],
+                ["training step consumes", f"{demand:,.1f}"],
+                ["one worker supplies / training consumes", f"{supply / demand:,.0f} x"],
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

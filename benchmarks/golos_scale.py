@@ -72,8 +72,11 @@ def build(root: Path, lines: int, seed: int = 0) -> dict:
                 text = f"{text} {rng.choice(texts)}"
             entry = {"id": f"{index:07d}", "audio_filepath": name, "text": text, "duration": duration}
             out.write(json.dumps(entry, ensure_ascii=False) + "\n")
-    info = {"lines": lines, "build_s": round(time.perf_counter() - start, 1),
-            "manifest_mb": round(manifest.stat().st_size / 1e6, 1)}  # fmt: skip
+    info = {
+        "lines": lines,
+        "build_s": round(time.perf_counter() - start, 1),
+        "manifest_mb": round(manifest.stat().st_size / 1e6, 1),
+    }
     stamp.write_text(json.dumps(info))
     return info
 
@@ -88,8 +91,13 @@ def folder_size_mb(path: Path) -> float:
 def step_prepare(args):
     from ebranchformer_ru.golos import load_golos
 
-    kwargs = {"verify_audio": args.verify_audio, "cache_dir": args.cache_dir, "decode": "none",
-              "recheck_audio": args.recheck, "num_proc": args.num_proc}  # fmt: skip
+    kwargs = {
+        "verify_audio": args.verify_audio,
+        "cache_dir": args.cache_dir,
+        "decode": "none",
+        "recheck_audio": args.recheck,
+        "num_proc": args.num_proc,
+    }
     start = time.perf_counter()
     dataset = load_golos(args.root, "all", "train", **kwargs)
     return {"seconds": time.perf_counter() - start, "rows": len(dataset)}
@@ -118,25 +126,48 @@ def step_select(args):
     dataset = load_golos(args.root, "all", "train", cache_dir=args.cache_dir, decode="none", recheck_audio=False)
     loaded = time.perf_counter()
     output_dir = tempfile.mkdtemp()
-    model_args, data_args, _, _, training_args = training.parse_args([
-        "--data_dir", str(args.root), "--dataset_cache_dir", args.cache_dir, "--output_dir", output_dir,
-        "--config_overrides", args.tiny, "--per_device_train_batch_size", str(BATCH), "--report_to", "none",
-        "--do_eval", "false",
-    ])  # fmt: skip
+    model_args, data_args, _, _, training_args = training.parse_args(
+        [
+            "--data_dir",
+            str(args.root),
+            "--dataset_cache_dir",
+            args.cache_dir,
+            "--output_dir",
+            output_dir,
+            "--config_overrides",
+            args.tiny,
+            "--per_device_train_batch_size",
+            str(BATCH),
+            "--report_to",
+            "none",
+            "--do_eval",
+            "false",
+        ]
+    )
     model, processor = training.load_model_and_processor(model_args)
     selected = training.prepare_train(data_args, processor, model)  # calls load_golos again: cached
     selection = time.perf_counter()
-    trainer = training.CTCTrainer(model=model, args=training_args, data_collator=DataCollatorCTC(processor),
-                                   train_dataset=decode_with_soundfile(selected))  # fmt: skip
+    trainer = training.CTCTrainer(
+        model=model,
+        args=training_args,
+        data_collator=DataCollatorCTC(processor),
+        train_dataset=decode_with_soundfile(selected),
+    )
     sampler = trainer._get_train_sampler()
     built = time.perf_counter()
     order = list(iter(sampler))
     drawn = time.perf_counter()
     shutil.rmtree(output_dir)
     assert len(order) == len(selected) and sorted(order) == list(range(len(selected)))
-    return {"rows": len(dataset), "selected": len(selected), "load_s": loaded - start,
-            "selection_s": selection - loaded, "sampler_s": built - selection,
-            "epoch_order_s": drawn - built, "order_per_step_ms": 1000 * (drawn - built) / (len(order) / BATCH)}  # fmt: skip
+    return {
+        "rows": len(dataset),
+        "selected": len(selected),
+        "load_s": loaded - start,
+        "selection_s": selection - loaded,
+        "sampler_s": built - selection,
+        "epoch_order_s": drawn - built,
+        "order_per_step_ms": 1000 * (drawn - built) / (len(order) / BATCH),
+    }
 
 
 def step_train(args):
@@ -159,11 +190,34 @@ def step_train(args):
 
     transformers.Trainer.training_step = timed_step
     output_dir = tempfile.mkdtemp()
-    argv = ["--data_dir", str(args.root), "--dataset_cache_dir", args.cache_dir, "--output_dir", output_dir,
-            "--config_overrides", args.tiny, "--per_device_train_batch_size", "4", "--do_eval", "false",
-            "--max_steps", str(args.train_steps), "--save_steps", str(max(1, args.train_steps // 2)),
-            "--save_total_limit", "1", "--dataloader_num_workers", "2", "--logging_steps", "10",
-            "--report_to", "none", "--use_cpu", "true"]  # fmt: skip
+    argv = [
+        "--data_dir",
+        str(args.root),
+        "--dataset_cache_dir",
+        args.cache_dir,
+        "--output_dir",
+        output_dir,
+        "--config_overrides",
+        args.tiny,
+        "--per_device_train_batch_size",
+        "4",
+        "--do_eval",
+        "false",
+        "--max_steps",
+        str(args.train_steps),
+        "--save_steps",
+        str(max(1, args.train_steps // 2)),
+        "--save_total_limit",
+        "1",
+        "--dataloader_num_workers",
+        "2",
+        "--logging_steps",
+        "10",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "true",
+    ]
     start = time.perf_counter()
     trainer, metrics = training.run(argv)
     end = time.perf_counter()
@@ -176,9 +230,16 @@ def step_train(args):
     trainer, _ = training.run(argv + ["--resume_from_checkpoint", "last"])
     resumed = time.perf_counter()
     shutil.rmtree(output_dir)
-    return {"seconds": end - start, "startup_s": startup, "steps": steps, "checkpoints": checkpoints,
-            "resumed_to": trainer.state.global_step, "resume_startup_s": first_step[0] - resume_start,
-            "resume_s": resumed - resume_start, "train_loss": metrics.get("train_loss")}  # fmt: skip
+    return {
+        "seconds": end - start,
+        "startup_s": startup,
+        "steps": steps,
+        "checkpoints": checkpoints,
+        "resumed_to": trainer.state.global_step,
+        "resume_startup_s": first_step[0] - resume_start,
+        "resume_s": resumed - resume_start,
+        "train_loss": metrics.get("train_loss"),
+    }
 
 
 STEPS = {"prepare": step_prepare, "stream": step_stream, "select": step_select, "train": step_train}
@@ -187,9 +248,24 @@ STEPS = {"prepare": step_prepare, "stream": step_stream, "select": step_select, 
 def run_step(args, step, timeout=None, **overrides) -> dict:
     """Runs one step in a fresh process; returns its result with peak resident memory (the process and
     its workers) and the wall time of the whole process."""
-    command = [sys.executable, __file__, "--step", step, "--root", str(args.root), "--cache_dir", args.cache_dir,
-               "--verify_audio", args.verify_audio, "--recheck", str(args.recheck), "--num_proc", str(args.num_proc or 0),
-               "--train_steps", str(args.train_steps)]
+    command = [
+        sys.executable,
+        __file__,
+        "--step",
+        step,
+        "--root",
+        str(args.root),
+        "--cache_dir",
+        args.cache_dir,
+        "--verify_audio",
+        args.verify_audio,
+        "--recheck",
+        str(args.recheck),
+        "--num_proc",
+        str(args.num_proc or 0),
+        "--train_steps",
+        str(args.train_steps),
+    ]
     for key, value in overrides.items():
         command[command.index(f"--{key}") + 1] = str(value)
     start = time.perf_counter()
@@ -228,8 +304,12 @@ def main(argv=None):
     parser.add_argument("--cache_dir", default="", help=argparse.SUPPRESS)
     parser.add_argument("--verify_audio", default="header", help=argparse.SUPPRESS)
     parser.add_argument("--recheck", default="True", help=argparse.SUPPRESS)
-    parser.add_argument("--tiny", default="hidden_size=32,num_hidden_layers=2,num_attention_heads=2,"
-                        "cgmlp_intermediate_size=48,ffn_intermediate_size=64", help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument(
+        "--tiny",
+        default="hidden_size=32,num_hidden_layers=2,num_attention_heads=2,"
+        "cgmlp_intermediate_size=48,ffn_intermediate_size=64",
+        help=argparse.SUPPRESS,
+    )
     args = parser.parse_args(argv)
     args.num_proc = args.num_proc or None
     if args.step:
@@ -270,16 +350,20 @@ def main(argv=None):
         record(f"train_ctc.py, {args.train_steps} steps", run_step(args, "train", train_steps=args.train_steps))
     figures["load_after"] = os.getloadavg()
 
-    print(f"\n{args.lines:,} train lines; cache {figures['cache_mb_header']} MB on disk (header), "
-          f"{figures['cache_mb_none']} MB (none); load average before {figures['load_before']}, "
-          f"after {figures['load_after']}")
+    print(
+        f"\n{args.lines:,} train lines; cache {figures['cache_mb_header']} MB on disk (header), "
+        f"{figures['cache_mb_none']} MB (none); load average before {figures['load_before']}, "
+        f"after {figures['load_after']}"
+    )
     print("| step | wall s (process s) | peak RSS MB | load avg | target | other |")
     print("|---|---:|---:|---:|---|---|")
     for name, result, target in rows:
         seconds = result.get("seconds", result.get("killed_after_s", ""))
         other = {k: v for k, v in result.items() if k not in ("seconds", "process_s", "peak_rss_mb", "load_avg_1m")}
-        print(f"| {name} | {seconds} ({result.get('process_s', '')}) | {result.get('peak_rss_mb', '')} | "
-              f"{result['load_avg_1m']} | {target} | {other} |")
+        print(
+            f"| {name} | {seconds} ({result.get('process_s', '')}) | {result.get('peak_rss_mb', '')} | "
+            f"{result['load_avg_1m']} | {target} | {other} |"
+        )
     if args.output:
         args.output.write_text(json.dumps(figures, indent=1))
     if not args.keep:

@@ -111,14 +111,38 @@ def main(argv=None):
         achieved, peak = flops / seconds, matmul_peak(device, dtype)
         audio_per_second = args.batch * args.seconds / seconds
         memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_rss_mib() / 1024
-        rows.append([name, f"{seconds * 1000:.0f} ms", f"{audio_per_second:,.0f}", f"{achieved / 1e12:.2f}",
-                     f"{peak / 1e12:.2f}", f"{100 * achieved / peak:.0f} %", f"{memory:.1f}",
-                     f"{GOLOS_TRAIN_HOURS * 3600 / audio_per_second / 3600:.1f} h"])  # fmt: skip
-    print(f"\ntraining step on {device.type}, batch {args.batch} x {args.seconds:g} s, "
-          f"{flops / 1e12:.3f} TFLOP per step (3 x forward)")  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{seconds * 1000:.0f} ms",
+                f"{audio_per_second:,.0f}",
+                f"{achieved / 1e12:.2f}",
+                f"{peak / 1e12:.2f}",
+                f"{100 * achieved / peak:.0f} %",
+                f"{memory:.1f}",
+                f"{GOLOS_TRAIN_HOURS * 3600 / audio_per_second / 3600:.1f} h",
+            ]
+        )
+    print(
+        f"\ntraining step on {device.type}, batch {args.batch} x {args.seconds:g} s, "
+        f"{flops / 1e12:.3f} TFLOP per step (3 x forward)"
+    )
     memory_header = "peak GiB (allocated)" if device.type == "cuda" else "peak GiB (process RSS)"
-    print(table(["precision", "step", "audio s / s", "TFLOP/s", "matmul peak TFLOP/s", "of peak", memory_header,
-                 "Golos epoch"], rows))  # fmt: skip
+    print(
+        table(
+            [
+                "precision",
+                "step",
+                "audio s / s",
+                "TFLOP/s",
+                "matmul peak TFLOP/s",
+                "of peak",
+                memory_header,
+                "Golos epoch",
+            ],
+            rows,
+        )
+    )
     for name, found in syncs.items():
         print(f"\n{name}: {len(found)} host-device synchronisation(s) in a step")
         for message in found:

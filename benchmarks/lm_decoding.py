@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from common import machine, table
 
+from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from ebranchformer_ru.inference import TorchBackend, Transcriber, load_test_sets, set_log_probs
 from ebranchformer_ru.metrics import wer as word_error_rate
-from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH, LM_DIR
 
 
@@ -62,8 +62,10 @@ def main(argv=None):
         processor, transcriber = backend.processor, Transcriber(backend)
         decoder = processor.decoder
         print(machine())
-        print(f"model {args.model_dir}; LM {decoder.language_model.path} (order {decoder.language_model.order}); "
-              f"alpha {decoder.alpha}, beta {decoder.beta}")  # fmt: skip
+        print(
+            f"model {args.model_dir}; LM {decoder.language_model.path} (order {decoder.language_model.order}); "
+            f"alpha {decoder.alpha}, beta {decoder.beta}"
+        )
         references, log_probs, seconds = [], [], 0.0
         start = time.perf_counter()
         for name, (dataset, _) in load_test_sets(EMBEDDED_CORPUS, ("crowd", "farfield"), processor.tokenizer).items():
@@ -76,22 +78,44 @@ def main(argv=None):
             return print(length_table(decoder, log_probs, [float(x) for x in args.lengths.split(",")]))
 
         def wer(hypotheses):
-            return {name: word_error_rate([r for (n, r) in references if n == name],
-                                          [h for (n, _), h in zip(references, hypotheses) if n == name])
-                    for name in ("crowd", "farfield")}  # fmt: skip
+            return {
+                name: word_error_rate(
+                    [r for (n, r) in references if n == name],
+                    [h for (n, _), h in zip(references, hypotheses) if n == name],
+                )
+                for name in ("crowd", "farfield")
+            }
 
-        greedy_time, greedy = median_time(lambda: [backend.vocabulary.decode(x.argmax(-1)) for x in log_probs],
-                                          args.repeats)  # fmt: skip
-        rows = [["greedy", f"{greedy_time:.3f}", f"{greedy_time / seconds:.5f}", "-",
-                 *(f"{100 * v:.2f} %" for v in wer(greedy).values())]]  # fmt: skip
+        greedy_time, greedy = median_time(
+            lambda: [backend.vocabulary.decode(x.argmax(-1)) for x in log_probs], args.repeats
+        )
+        rows = [
+            [
+                "greedy",
+                f"{greedy_time:.3f}",
+                f"{greedy_time / seconds:.5f}",
+                "-",
+                *(f"{100 * v:.2f} %" for v in wer(greedy).values()),
+            ]
+        ]
         for beam in [int(b) for b in args.beams.split(",")]:
             elapsed, hypotheses = median_time(
-                lambda beam=beam: [decoder.decode_beams(x, beam_width=beam)[0].text for x in log_probs], args.repeats)
+                lambda beam=beam: [decoder.decode_beams(x, beam_width=beam)[0].text for x in log_probs], args.repeats
+            )
             label = f"LM, beam {beam}" + (" (default)" if beam == DEFAULT_BEAM_WIDTH else "")
-            rows.append([label, f"{elapsed:.3f}", f"{elapsed / seconds:.5f}", f"{(elapsed - greedy_time) / seconds:.5f}",
-                         *(f"{100 * v:.2f} %" for v in wer(hypotheses).values())])  # fmt: skip
-        print(f"{len(log_probs)} utterances, {seconds:.1f} s of audio; model forward (features + encoder, "
-              f"{args.threads} threads, batches of 16): {forward:.2f} s, RTF {forward / seconds:.4f}")  # fmt: skip
+            rows.append(
+                [
+                    label,
+                    f"{elapsed:.3f}",
+                    f"{elapsed / seconds:.5f}",
+                    f"{(elapsed - greedy_time) / seconds:.5f}",
+                    *(f"{100 * v:.2f} %" for v in wer(hypotheses).values()),
+                ]
+            )
+        print(
+            f"{len(log_probs)} utterances, {seconds:.1f} s of audio; model forward (features + encoder, "
+            f"{args.threads} threads, batches of 16): {forward:.2f} s, RTF {forward / seconds:.4f}"
+        )
         print(table(["decoding", "time (s)", "RTF", "RTF added", "WER crowd", "WER farfield"], rows))
     finally:
         if temporary is not None:

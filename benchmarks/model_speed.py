@@ -38,8 +38,10 @@ def build(name):
 
     def features(batch, seconds):  # 64 log-mel bins at 100 frames per second, as our feature extractor gives
         frames = 1 + int(16000 * seconds) // 160
-        return {"input_features": torch.randn(batch, frames, 64),
-                "attention_mask": torch.ones(batch, frames, dtype=torch.long)}  # fmt: skip
+        return {
+            "input_features": torch.randn(batch, frames, 64),
+            "attention_mask": torch.ones(batch, frames, dtype=torch.long),
+        }
 
     if name == "ebranchformer":
         from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
@@ -47,7 +49,9 @@ def build(name):
         model = EBranchformerForCTC(EBranchformerConfig())
         return model, features, lambda m, x, y: m(**x, labels=y).loss, lambda m, x: m(**x).logits, labels
 
-    if name == "quartznet":  # the course's QuartzNet 5x5 (not a peer of the same size: --models ebranchformer,quartznet)
+    if (
+        name == "quartznet"
+    ):  # the course's QuartzNet 5x5 (not a peer of the same size: --models ebranchformer,quartznet)
         from modeling_ebranchformer import QuartzNetConfig, QuartzNetForCTC
 
         model = QuartzNetForCTC(QuartzNetConfig())
@@ -57,19 +61,33 @@ def build(name):
         from transformers import ParakeetCTCConfig, ParakeetEncoderConfig, ParakeetForCTC
 
         # "parakeet-4x": subsampling 4 instead of 8, i.e. our frame rate (25 per second), the same work per frame.
-        encoder = ParakeetEncoderConfig(hidden_size=256, num_hidden_layers=8, num_attention_heads=4,
-                                        intermediate_size=640, num_mel_bins=64, subsampling_conv_channels=256,
-                                        subsampling_factor=4 if name == "parakeet-4x" else 8,
-                                        layerdrop=0.0)  # fmt: skip
+        encoder = ParakeetEncoderConfig(
+            hidden_size=256,
+            num_hidden_layers=8,
+            num_attention_heads=4,
+            intermediate_size=640,
+            num_mel_bins=64,
+            subsampling_conv_channels=256,
+            subsampling_factor=4 if name == "parakeet-4x" else 8,
+            layerdrop=0.0,
+        )
         model = ParakeetForCTC(ParakeetCTCConfig(vocab_size=34, pad_token_id=33, encoder_config=encoder))
         return model, features, lambda m, x, y: m(**x, labels=y).loss, lambda m, x: m(**x).logits, labels
 
     if name == "wav2vec2-conformer":
         from transformers import Wav2Vec2ConformerConfig, Wav2Vec2ConformerForCTC
 
-        config = Wav2Vec2ConformerConfig(vocab_size=34, pad_token_id=33, hidden_size=256, num_hidden_layers=8,
-                                         num_attention_heads=4, intermediate_size=512, conv_dim=(256,) * 7,
-                                         layerdrop=0.0, apply_spec_augment=False)  # fmt: skip
+        config = Wav2Vec2ConformerConfig(
+            vocab_size=34,
+            pad_token_id=33,
+            hidden_size=256,
+            num_hidden_layers=8,
+            num_attention_heads=4,
+            intermediate_size=512,
+            conv_dim=(256,) * 7,
+            layerdrop=0.0,
+            apply_spec_augment=False,
+        )
         model = Wav2Vec2ConformerForCTC(config)
 
         def inputs(batch, seconds):
@@ -86,12 +104,26 @@ def build(name):
                 # The course configuration in ESPnet's terms; "linear" input layer over 4 stacked frames =
                 # our stacking subsampling (plus ESPnet's LayerNorm and ReLU).
                 self.encoder = EBranchformerEncoder(
-                    input_size=256, output_size=256, attention_heads=4, attention_layer_type="selfattn",
-                    pos_enc_layer_type="abs_pos", cgmlp_linear_units=768, cgmlp_conv_kernel=7,
-                    use_linear_after_conv=False, gate_activation="identity", num_blocks=8, dropout_rate=0.1,
-                    positional_dropout_rate=0.1, attention_dropout_rate=0.0, input_layer="linear",
-                    linear_units=512, use_ffn=True, macaron_ffn=True, merge_conv_kernel=31, layer_drop_rate=0.0,
-                )  # fmt: skip
+                    input_size=256,
+                    output_size=256,
+                    attention_heads=4,
+                    attention_layer_type="selfattn",
+                    pos_enc_layer_type="abs_pos",
+                    cgmlp_linear_units=768,
+                    cgmlp_conv_kernel=7,
+                    use_linear_after_conv=False,
+                    gate_activation="identity",
+                    num_blocks=8,
+                    dropout_rate=0.1,
+                    positional_dropout_rate=0.1,
+                    attention_dropout_rate=0.0,
+                    input_layer="linear",
+                    linear_units=512,
+                    use_ffn=True,
+                    macaron_ffn=True,
+                    merge_conv_kernel=31,
+                    layer_drop_rate=0.0,
+                )
                 self.head = torch.nn.Linear(256, 34)
 
             def forward(self, features, lengths):
@@ -138,9 +170,16 @@ def worker(name, phase, batch, seconds, threads, repeats):
             optimizer.step()
 
     seconds_per_step = timed(step, repeats)
-    print(json.dumps({"parameters": parameters, "seconds": seconds_per_step,
-                      "audio_per_second": batch * seconds / seconds_per_step,
-                      "memory_mib": peak_rss_mib() - before}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "parameters": parameters,
+                "seconds": seconds_per_step,
+                "audio_per_second": batch * seconds / seconds_per_step,
+                "memory_mib": peak_rss_mib() - before,
+            }
+        )
+    )
 
 
 def espnet_available():
@@ -174,22 +213,47 @@ def main(argv=None):
         models.remove("espnet-ebranchformer")
     for shape in args.shapes.split(","):
         batch, seconds = int(shape.split("x")[0]), float(shape.split("x")[1])
-        results = {m: {phase: model_speed(m, phase, batch, seconds, args.threads, args.repeats) for phase in ("inference", "training")}
-                   for m in models}  # fmt: skip
+        results = {
+            m: {
+                phase: model_speed(m, phase, batch, seconds, args.threads, args.repeats)
+                for phase in ("inference", "training")
+            }
+            for m in models
+        }
         ours = results["ebranchformer"]
         rows = []
         for m, r in results.items():
-            rows.append([
-                m, f"{r['training']['parameters'] / 1e6:.2f} M",
-                f"{r['inference']['audio_per_second']:.0f}", f"{r['training']['audio_per_second']:.1f}",
-                f"{ours['inference']['audio_per_second'] / r['inference']['audio_per_second']:.2f}",
-                f"{ours['training']['audio_per_second'] / r['training']['audio_per_second']:.2f}",
-                f"{r['inference']['memory_mib']:.0f}", f"{r['training']['memory_mib']:.0f}",
-            ])  # fmt: skip
-        print(f"\nbatch {batch} x {seconds:g} s, {args.threads} threads (audio seconds per wall second; "
-              "ratio = ours / peer, > 1: ours faster; memory = growth over the step, MiB)")
-        print(table(["model", "params", "inference", "training", "ours/peer inf.", "ours/peer train",
-                     "inf. MiB", "train MiB"], rows))  # fmt: skip
+            rows.append(
+                [
+                    m,
+                    f"{r['training']['parameters'] / 1e6:.2f} M",
+                    f"{r['inference']['audio_per_second']:.0f}",
+                    f"{r['training']['audio_per_second']:.1f}",
+                    f"{ours['inference']['audio_per_second'] / r['inference']['audio_per_second']:.2f}",
+                    f"{ours['training']['audio_per_second'] / r['training']['audio_per_second']:.2f}",
+                    f"{r['inference']['memory_mib']:.0f}",
+                    f"{r['training']['memory_mib']:.0f}",
+                ]
+            )
+        print(
+            f"\nbatch {batch} x {seconds:g} s, {args.threads} threads (audio seconds per wall second; "
+            "ratio = ours / peer, > 1: ours faster; memory = growth over the step, MiB)"
+        )
+        print(
+            table(
+                [
+                    "model",
+                    "params",
+                    "inference",
+                    "training",
+                    "ours/peer inf.",
+                    "ours/peer train",
+                    "inf. MiB",
+                    "train MiB",
+                ],
+                rows,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import ROOT, machine, table
 
+from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from ebranchformer_ru.inference import OnnxBackend, TorchBackend, Transcriber
 from ebranchformer_ru.manifest import audio_path, read_manifest
 from ebranchformer_ru.metrics import cer, wer
-from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from modeling_ebranchformer.text import normalize_text
 
 TEST = EMBEDDED_CORPUS / "test_opus"

@@ -57,16 +57,30 @@ def main(argv=None):
     short = joined_audio(10.0)
     t_pipe = timed(lambda: asr({"raw": short, "sampling_rate": 16000}), args.repeats)
     t_bare = timed(lambda: bare(short), args.repeats)
-    rows.append(["10 s, one pass", f"{t_pipe * 1000:.0f} ms", f"{t_pipe / 10:.4f}", f"{t_bare / 10:.4f}",
-                 f"{t_pipe / t_bare:.2f}"])  # fmt: skip
+    rows.append(
+        [
+            "10 s, one pass",
+            f"{t_pipe * 1000:.0f} ms",
+            f"{t_pipe / 10:.4f}",
+            f"{t_bare / 10:.4f}",
+            f"{t_pipe / t_bare:.2f}",
+        ]
+    )
 
     long = joined_audio(300.0)
     t_long = timed(lambda: asr({"raw": long, "sampling_rate": 16000}, chunk_length_s=30), max(1, args.repeats // 2))
     # The bare peer for long audio: the same 30 s windows with 5 s strides, one forward each.
     windows = [long[s : s + 30 * 16000] for s in range(0, len(long), 20 * 16000)]
     t_long_bare = timed(lambda: [bare(w) for w in windows], max(1, args.repeats // 2))
-    rows.append(["5 min, chunk_length_s=30", f"{t_long:.2f} s", f"{t_long / 300:.4f}", f"{t_long_bare / 300:.4f}",
-                 f"{t_long / t_long_bare:.2f}"])  # fmt: skip
+    rows.append(
+        [
+            "5 min, chunk_length_s=30",
+            f"{t_long:.2f} s",
+            f"{t_long / 300:.4f}",
+            f"{t_long_bare / 300:.4f}",
+            f"{t_long / t_long_bare:.2f}",
+        ]
+    )
     print(f"\npipeline at batch size 1, {args.threads} threads")
     print(table(["input", "wall time", "RTF pipeline", "RTF bare model", "pipeline / bare"], rows))
 

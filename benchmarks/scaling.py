@@ -49,8 +49,10 @@ def main(argv=None):
     d = config.hidden_size
     per_layer = sum(p.numel() for p in model.ebranchformer.layers[0].parameters())
     crossover = per_layer / (2 * d)
-    print(f"\nattention multiply-adds equal the rest of a layer's at T = {per_layer:,} / (2 * {d}) = {crossover:.0f} "
-          f"encoder steps = {crossover * 0.04:.0f} s of audio")  # fmt: skip
+    print(
+        f"\nattention multiply-adds equal the rest of a layer's at T = {per_layer:,} / (2 * {d}) = {crossover:.0f} "
+        f"encoder steps = {crossover * 0.04:.0f} s of audio"
+    )
 
     rows = []
     for seconds in [float(s) for s in args.lengths.split(",")]:
@@ -58,19 +60,48 @@ def main(argv=None):
         inference = model_speed("ebranchformer", "inference", 1, seconds, args.threads, args.repeats)
         training = model_speed("ebranchformer", "training", 1, seconds, args.threads, args.repeats)
         attention, matmul = time_shares(model, seconds)
-        rows.append([f"{seconds:g} s", steps, f"{inference['audio_per_second']:.0f}",
-                     f"{training['audio_per_second']:.1f}", f"{inference['memory_mib']:.0f}",
-                     f"{training['memory_mib']:.0f}", f"{100 * attention:.0f} %",
-                     f"{100 * steps / (steps + crossover):.0f} %", f"{100 * matmul:.0f} %"])  # fmt: skip
+        rows.append(
+            [
+                f"{seconds:g} s",
+                steps,
+                f"{inference['audio_per_second']:.0f}",
+                f"{training['audio_per_second']:.1f}",
+                f"{inference['memory_mib']:.0f}",
+                f"{training['memory_mib']:.0f}",
+                f"{100 * attention:.0f} %",
+                f"{100 * steps / (steps + crossover):.0f} %",
+                f"{100 * matmul:.0f} %",
+            ]
+        )
     print(f"\nbatch 1, {args.threads} threads: audio seconds per second, memory growth in MiB")
-    print(table(["length", "steps", "inference", "training", "inf. MiB", "train MiB", "attention time",
-                 "attention MACs", "matmul time"], rows))  # fmt: skip
+    print(
+        table(
+            [
+                "length",
+                "steps",
+                "inference",
+                "training",
+                "inf. MiB",
+                "train MiB",
+                "attention time",
+                "attention MACs",
+                "matmul time",
+            ],
+            rows,
+        )
+    )
 
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         training = model_speed("ebranchformer", "training", batch, 8.0, args.threads, args.repeats)
-        rows.append([batch, f"{training['audio_per_second']:.1f}", f"{training['memory_mib']:.0f}",
-                     f"{training['memory_mib'] / batch:.0f}"])  # fmt: skip
+        rows.append(
+            [
+                batch,
+                f"{training['audio_per_second']:.1f}",
+                f"{training['memory_mib']:.0f}",
+                f"{training['memory_mib'] / batch:.0f}",
+            ]
+        )
     print(f"\n8 s utterances, training, {args.threads} threads")
     print(table(["batch", "audio s / s", "train MiB", "MiB per utterance"], rows))
 

@@ -52,8 +52,19 @@ class Server:
     def __init__(self, model, threads, batch):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, str(ROOT / "serve.py"), model, "--port", str(self.port), "--threads", str(threads),
-                   "--max_batch_size", str(batch), "--max_queue", "1024"]  # fmt: skip
+        command = [
+            sys.executable,
+            str(ROOT / "serve.py"),
+            model,
+            "--port",
+            str(self.port),
+            "--threads",
+            str(threads),
+            "--max_batch_size",
+            str(batch),
+            "--max_queue",
+            "1024",
+        ]
         self.process = subprocess.Popen(command, stderr=subprocess.DEVNULL, cwd=ROOT)
         for _ in range(1200):
             try:
@@ -90,8 +101,15 @@ def load(server, files, clients, seconds) -> dict:
             i += clients
             begun = time.monotonic()
             try:
-                ok = session.post(server.url + "/v1/audio/transcriptions", files={"file": (path.name, data)},
-                                  data={"model": server.model}, timeout=300).status_code == 200  # fmt: skip
+                ok = (
+                    session.post(
+                        server.url + "/v1/audio/transcriptions",
+                        files={"file": (path.name, data)},
+                        data={"model": server.model},
+                        timeout=300,
+                    ).status_code
+                    == 200
+                )
             except requests.RequestException:
                 ok = False
             with lock:
@@ -107,8 +125,15 @@ def load(server, files, clients, seconds) -> dict:
         list(pool.map(client, range(clients)))
     wall = time.monotonic() - begun
     q = np.percentile(latencies, [50, 95, 99]) if latencies else [float("nan")] * 3
-    return {"rps": len(latencies) / wall, "audio_per_s": audio[0] / wall, "p50": q[0], "p95": q[1], "p99": q[2],
-            "errors": errors[0], "peak_mib": server.peak_mib()}  # fmt: skip
+    return {
+        "rps": len(latencies) / wall,
+        "audio_per_s": audio[0] / wall,
+        "p50": q[0],
+        "p95": q[1],
+        "p99": q[2],
+        "errors": errors[0],
+        "peak_mib": server.peak_mib(),
+    }
 
 
 def offline(model, threads, seconds) -> float:
@@ -117,8 +142,17 @@ def offline(model, threads, seconds) -> float:
     audio = spent = 0.0
     while spent < seconds:
         with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, str(ROOT / "transcribe.py"), model, *map(str, sorted(CORPUS.glob("*/manifest.jsonl"))),
-                       "--output", str(Path(tmp) / "out.jsonl"), "--no_progress", "--threads", str(threads)]  # fmt: skip
+            command = [
+                sys.executable,
+                str(ROOT / "transcribe.py"),
+                model,
+                *map(str, sorted(CORPUS.glob("*/manifest.jsonl"))),
+                "--output",
+                str(Path(tmp) / "out.jsonl"),
+                "--no_progress",
+                "--threads",
+                str(threads),
+            ]
             result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         match = re.search(r"\(([\d.]+) h of audio in ([\d.]+) s\)", result.stderr)
         if result.returncode or not match:
@@ -153,8 +187,13 @@ def stream(server, path, data, expected):
         ended = time.monotonic()
         ws.send(json.dumps({"type": "end"}))
         final, received = reader.result()
-    return {"lags": lags, "final_latency": received - ended, "last_partial": last, "final": final["text"],
-            "offline": expected}  # fmt: skip
+    return {
+        "lags": lags,
+        "final_latency": received - ended,
+        "last_partial": last,
+        "final": final["text"],
+        "offline": expected,
+    }
 
 
 def cpu_counters() -> list[int]:
@@ -190,8 +229,10 @@ def main(argv=None):
             entry = json.loads(line)
             path = manifest.parent / entry["audio_filepath"]
             files.append((path, path.read_bytes(), sf.info(path).duration))
-    print(f"{os.cpu_count()} logical CPUs; model {args.model}; {len(files)} files, "
-          f"{sum(f[2] for f in files):.0f} s of audio; {args.seconds:g} s a cell, {args.rounds} rounds")  # fmt: skip
+    print(
+        f"{os.cpu_count()} logical CPUs; model {args.model}; {len(files)} files, "
+        f"{sum(f[2] for f in files):.0f} s of audio; {args.seconds:g} s a cell, {args.rounds} rounds"
+    )
 
     counters = cpu_counters()
     servers = {batch: Server(args.model, args.threads, batch) for batch in (16, 1)}
@@ -203,8 +244,11 @@ def main(argv=None):
             for clients in args.clients:
                 for batch, server in servers.items():
                     results.setdefault((batch, clients), []).append(load(server, files, clients, args.seconds))
-            print(f"round {round_ + 1}: offline {offline_rates[-1]:.1f} audio s/s, "
-                  f"{stolen(round_counters, cpu_counters()):.0%} of the CPU time stolen", file=sys.stderr)  # fmt: skip
+            print(
+                f"round {round_ + 1}: offline {offline_rates[-1]:.1f} audio s/s, "
+                f"{stolen(round_counters, cpu_counters()):.0%} of the CPU time stolen",
+                file=sys.stderr,
+            )
         streams = []
         if args.stream_files:
             chosen = files[:: max(1, len(files) // args.stream_files)][: args.stream_files]
@@ -212,8 +256,11 @@ def main(argv=None):
             for path, data, _ in chosen:  # the offline transcript of what the stream carries: 16-bit samples
                 wav = io.BytesIO()
                 sf.write(wav, sf.read(io.BytesIO(data), dtype="int16")[0], 16000, format="WAV", subtype="PCM_16")
-                response = requests.post(servers[16].url + "/v1/audio/transcriptions",
-                                         files={"file": ("a.wav", wav.getvalue())}, data={"model": servers[16].model})  # fmt: skip
+                response = requests.post(
+                    servers[16].url + "/v1/audio/transcriptions",
+                    files={"file": ("a.wav", wav.getvalue())},
+                    data={"model": servers[16].model},
+                )
                 expected[path] = response.json()["text"]
             with ThreadPoolExecutor(4) as pool:
                 streams = list(pool.map(lambda f: stream(servers[16], f[0], f[1], expected[f[0]]), chosen))
@@ -221,29 +268,58 @@ def main(argv=None):
         for server in servers.values():
             server.stop()
 
-    print(f"\ntranscribe.py offline: {spread(offline_rates, 1)} audio s/s; CPU time stolen by the host: "
-          f"{stolen(counters, cpu_counters()):.1%} of the run (figures under steal are not an idle machine's)\n")  # fmt: skip
+    print(
+        f"\ntranscribe.py offline: {spread(offline_rates, 1)} audio s/s; CPU time stolen by the host: "
+        f"{stolen(counters, cpu_counters()):.1%} of the run (figures under steal are not an idle machine's)\n"
+    )
     rows = []
     for (batch, clients), cells in sorted(results.items(), key=lambda kv: (kv[0][1], -kv[0][0])):
         rates = [c["audio_per_s"] for c in cells]
         # each round's ratio to that round's offline run: the machine's speed drifts between rounds
         ratios = [rate / offline_rate for rate, offline_rate in zip(rates, offline_rates)]
-        rows.append([clients, batch, spread([c["rps"] for c in cells], 1), spread(rates, 1),
-                     spread(ratios), spread([c["p50"] for c in cells]),
-                     spread([c["p95"] for c in cells]), spread([c["p99"] for c in cells]),
-                     sum(c["errors"] for c in cells), f"{max(c['peak_mib'] for c in cells):.0f}"])  # fmt: skip
-    print(table(["clients", "--max_batch_size", "requests/s", "audio s/s", "x offline", "p50 s", "p95 s", "p99 s",
-                 "errors", "peak MiB"], rows))  # fmt: skip
+        rows.append(
+            [
+                clients,
+                batch,
+                spread([c["rps"] for c in cells], 1),
+                spread(rates, 1),
+                spread(ratios),
+                spread([c["p50"] for c in cells]),
+                spread([c["p95"] for c in cells]),
+                spread([c["p99"] for c in cells]),
+                sum(c["errors"] for c in cells),
+                f"{max(c['peak_mib'] for c in cells):.0f}",
+            ]
+        )
+    print(
+        table(
+            [
+                "clients",
+                "--max_batch_size",
+                "requests/s",
+                "audio s/s",
+                "x offline",
+                "p50 s",
+                "p95 s",
+                "p99 s",
+                "errors",
+                "peak MiB",
+            ],
+            rows,
+        )
+    )
     if streams:
         lags = [lag for s in streams for lag in s["lags"]]
         final = [s["final_latency"] for s in streams]
         references = [s["offline"] or "-" for s in streams]
-        print(f"\nlive, {len(streams)} files streamed in real time, 4 at once: partial lag behind the audio "
-              f"p50 {np.percentile(lags, 50):.2f} s, p95 {np.percentile(lags, 95):.2f} s; final transcript "
-              f"{np.median(final):.2f} s (p95 {np.percentile(final, 95):.2f} s) after the end of the stream; "
-              f"WER against the offline transcript: last partial "
-              f"{jiwer.wer(references, [s['last_partial'] or '-' for s in streams]):.1%}, final "
-              f"{jiwer.wer(references, [s['final'] or '-' for s in streams]):.1%}")  # fmt: skip
+        print(
+            f"\nlive, {len(streams)} files streamed in real time, 4 at once: partial lag behind the audio "
+            f"p50 {np.percentile(lags, 50):.2f} s, p95 {np.percentile(lags, 95):.2f} s; final transcript "
+            f"{np.median(final):.2f} s (p95 {np.percentile(final, 95):.2f} s) after the end of the stream; "
+            f"WER against the offline transcript: last partial "
+            f"{jiwer.wer(references, [s['last_partial'] or '-' for s in streams]):.1%}, final "
+            f"{jiwer.wer(references, [s['final'] or '-' for s in streams]):.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ class AudioFile:
         samples, _ = sf.read(self.path, start=start, stop=stop, dtype="float32", always_2d=True)
         finite = np.isfinite(samples)
         if not finite.all():
-            raise ValueError(f"{self.path}: {finite.size - np.count_nonzero(finite)} non-finite samples (NaN or "
-                             f"infinity) from {start / 16000:.1f} s")  # fmt: skip
+            raise ValueError(
+                f"{self.path}: {finite.size - np.count_nonzero(finite)} non-finite samples (NaN or "
+                f"infinity) from {start / 16000:.1f} s"
+            )
         return samples[:, 0]
 
 

@@ -82,13 +82,19 @@ class AugmentationArguments:
             values = getattr(self, name)
             if optional and not values:
                 return
-            if (not isinstance(values, (list, tuple)) or len(values) != 2 or not all(map(math.isfinite, values))
-                    or not low <= values[0] <= values[1]):  # fmt: skip
+            if (
+                not isinstance(values, (list, tuple))
+                or len(values) != 2
+                or not all(map(math.isfinite, values))
+                or not low <= values[0] <= values[1]
+            ):
                 raise ValueError(f"--{name} takes a range 'min max' with {low} <= min <= max, got {values!r}")
 
         if not isinstance(self.speed_perturbation, (list, tuple)):
-            raise ValueError(f"--speed_perturbation takes a list of factors, e.g. 0.9 1.0 1.1 (in a preset: "
-                             f"[0.9, 1.0, 1.1]), got {self.speed_perturbation!r}")  # fmt: skip
+            raise ValueError(
+                f"--speed_perturbation takes a list of factors, e.g. 0.9 1.0 1.1 (in a preset: "
+                f"[0.9, 1.0, 1.1]), got {self.speed_perturbation!r}"
+            )
         if any(not (0.5 <= f <= 2.0) for f in self.speed_perturbation):
             raise ValueError(f"--speed_perturbation factors must lie in [0.5, 2], got {self.speed_perturbation}")
         for name in ("reverb_probability", "noise_probability"):
@@ -116,13 +122,17 @@ class AugmentationArguments:
         if set(self.speed_perturbation) - {1.0}:
             parts.append("speed " + "/".join(f"{f:g}" for f in self.speed_perturbation))
         if self.reverb_probability:
-            source = f"impulse responses from {Path(self.rir_dir).name}" if self.rir_dir else (
-                "synthetic rooms, RT60 {:g}-{:g} s".format(*self.reverb_rt60))  # fmt: skip
+            source = (
+                f"impulse responses from {Path(self.rir_dir).name}"
+                if self.rir_dir
+                else ("synthetic rooms, RT60 {:g}-{:g} s".format(*self.reverb_rt60))
+            )
             parts.append(f"reverberation ({source}) on {self.reverb_probability:.0%}")
         if self.noise_probability:
             source = f"noise from {Path(self.noise_dir).name}" if self.noise_dir else "synthetic coloured noise"
-            parts.append(f"{source} at {self.noise_snr_db[0]:g}-{self.noise_snr_db[1]:g} dB SNR "
-                         f"on {self.noise_probability:.0%}")  # fmt: skip
+            parts.append(
+                f"{source} at {self.noise_snr_db[0]:g}-{self.noise_snr_db[1]:g} dB SNR on {self.noise_probability:.0%}"
+            )
         if any(self.volume_perturbation_db):
             parts.append("volume {:+g} to {:+g} dB".format(*self.volume_perturbation_db))
         return ", ".join(parts) if parts else "none"

@@ -27,8 +27,10 @@ from .files import check_output_folder, staged_folder
 from .hub import ModelLoadError, load_ctc_model
 
 # Files of a Trainer checkpoint that belong to the training state, not to the model.
-TRAINING_STATE = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|"
-                            r"training_args\.bin|model\.safetensors|pytorch_model\.bin|.*\.index\.json)$")  # fmt: skip
+TRAINING_STATE = re.compile(
+    r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|trainer_state\.json|"
+    r"training_args\.bin|model\.safetensors|pytorch_model\.bin|.*\.index\.json)$"
+)
 
 
 def complete_checkpoints(run_dir) -> dict:
@@ -62,8 +64,10 @@ def choose(run_dir, last=None, best=None, metric=None) -> tuple[list, dict]:
         raise Error(f"no complete checkpoint-STEP folder in {run_dir}")
     if last:
         if last > len(checkpoints):
-            raise Error(f"--last {last}: {run_dir} holds {len(checkpoints)} complete checkpoints "
-                             f"({', '.join(p.name for p in checkpoints.values())})")  # fmt: skip
+            raise Error(
+                f"--last {last}: {run_dir} holds {len(checkpoints)} complete checkpoints "
+                f"({', '.join(p.name for p in checkpoints.values())})"
+            )
         steps = list(checkpoints)[-last:]
         return [checkpoints[s] for s in steps], {"method": f"last {last}"}
     metric, values = logged_metric(checkpoints, metric)
@@ -71,8 +75,10 @@ def choose(run_dir, last=None, best=None, metric=None) -> tuple[list, dict]:
     if best > len(ranked):
         raise Error(f"--best {best}: only {len(ranked)} checkpoints have a logged {metric}")
     steps = sorted(-s for _, s in ranked[:best])
-    return [checkpoints[s] for s in steps], {"method": f"best {best} by {metric}",
-                                             metric: {s: values[s] for s in steps}}  # fmt: skip
+    return [checkpoints[s] for s in steps], {
+        "method": f"best {best} by {metric}",
+        metric: {s: values[s] for s in steps},
+    }
 
 
 def average_state_dicts(state_dicts: list, names=None) -> dict:
@@ -88,8 +94,10 @@ def average_state_dicts(state_dicts: list, names=None) -> dict:
             raise Error(f"{names[index]} has other tensors than {names[0]}: {different} (another model?)")
         for name, tensor in state.items():
             if tensor.shape != first[name].shape or tensor.dtype != first[name].dtype:
-                raise Error(f"{names[index]}: {name} is {tuple(tensor.shape)} {tensor.dtype}, {names[0]} has "
-                                 f"{tuple(first[name].shape)} {first[name].dtype} (another configuration?)")  # fmt: skip
+                raise Error(
+                    f"{names[index]}: {name} is {tuple(tensor.shape)} {tensor.dtype}, {names[0]} has "
+                    f"{tuple(first[name].shape)} {first[name].dtype} (another configuration?)"
+                )
     averaged = {}
     for name, tensor in newest.items():
         if tensor.is_floating_point():
@@ -107,24 +115,33 @@ def average_checkpoints(run_dir, last=None, best=None, metric=None, output_dir=N
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
-
     folders, chosen = choose(run_dir, last, best, metric)
     output_dir = Path(output_dir or Path(run_dir) / (f"average-last-{last}" if last else f"average-best-{best}"))
     inputs = {run_dir: f"the run folder {run_dir}", **{f: f"the checkpoint {f}" for f in folders}}
-    check_output_folder(output_dir, inputs, overwrite, "a folder made by average_checkpoints.py",
-                        lambda folder: (folder / "averaging.json").is_file(), may_hold=[run_dir])  # fmt: skip
+    check_output_folder(
+        output_dir,
+        inputs,
+        overwrite,
+        "a folder made by average_checkpoints.py",
+        lambda folder: (folder / "averaging.json").is_file(),
+        may_hold=[run_dir],
+    )
     state_dicts = []
     for folder in folders:
         try:
             state_dicts.append(load_file(folder / "model.safetensors"))
         except (OSError, SafetensorError) as error:
-            raise Error(f"{folder / 'model.safetensors'} cannot be read ({error}): the file is damaged or "
-                             "truncated; leave this checkpoint out (--last/--best choose others)") from None  # fmt: skip
+            raise Error(
+                f"{folder / 'model.safetensors'} cannot be read ({error}): the file is damaged or "
+                "truncated; leave this checkpoint out (--last/--best choose others)"
+            ) from None
     for folder, state in zip(folders, state_dicts):
         for name, tensor in state.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise Error(f"{folder / 'model.safetensors'}: {name} holds NaN or infinite values; this "
-                                 "checkpoint is broken, leave it out (--last/--best choose others)")  # fmt: skip
+                raise Error(
+                    f"{folder / 'model.safetensors'}: {name} holds NaN or infinite values; this "
+                    "checkpoint is broken, leave it out (--last/--best choose others)"
+                )
     averaged = average_state_dicts(state_dicts, [folder.name for folder in folders])
     del state_dicts
     newest = folders[-1]
@@ -133,8 +150,13 @@ def average_checkpoints(run_dir, last=None, best=None, metric=None, output_dir=N
             if path.is_file() and not TRAINING_STATE.match(path.name):
                 shutil.copy2(path, staging / path.name)
         save_file(averaged, staging / "model.safetensors", metadata={"format": "pt"})
-        record = {**chosen, "checkpoints": [f.name for f in folders], "run_dir": Path(run_dir).resolve().name,
-                  "floating_point": "mean in float64", "integer": f"from {newest.name}"}  # fmt: skip
+        record = {
+            **chosen,
+            "checkpoints": [f.name for f in folders],
+            "run_dir": Path(run_dir).resolve().name,
+            "floating_point": "mean in float64",
+            "integer": f"from {newest.name}",
+        }
         (staging / "averaging.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         try:
             load_ctc_model(staging)  # refuse to publish a folder that does not load

@@ -40,6 +40,9 @@ import numpy as np
 import torch
 
 import modeling_ebranchformer
+from ebranchformer_ru.files import OutputFolderError, staged_folder
+from ebranchformer_ru.model_card import write_model_card
+from ebranchformer_ru.summary import parameter_counts
 from modeling_ebranchformer import (
     EBranchformerConfig,
     EBranchformerCTCTokenizer,
@@ -50,9 +53,7 @@ from modeling_ebranchformer import (
     QuartzNetForCTC,
 )
 from modeling_ebranchformer.configuration_quartznet import COURSE_BLOCKS
-from ebranchformer_ru.files import OutputFolderError, staged_folder
-from ebranchformer_ru.model_card import write_model_card
-from ebranchformer_ru.summary import parameter_counts
+
 from .errors import Error
 
 
@@ -188,9 +189,11 @@ def read_vocab(path) -> dict[str, int]:
         )
     indices, size = sorted(vocab.values()), len(vocab)
     if indices != list(range(size)):
-        problems = {"repeated": sorted({index for index in indices if indices.count(index) > 1}),
-                    "missing": sorted(set(range(size)) - set(indices)),
-                    "outside": [index for index in indices if not 0 <= index < size]}  # fmt: skip
+        problems = {
+            "repeated": sorted({index for index in indices if indices.count(index) > 1}),
+            "missing": sorted(set(range(size)) - set(indices)),
+            "outside": [index for index in indices if not 0 <= index < size],
+        }
         raise ConversionError(
             f"--vocab {path}: the {size} indices must be 0..{size - 1}, each once; "
             + "; ".join(f"{label}: {values[:8]}" for label, values in problems.items() if values)
@@ -228,7 +231,7 @@ def tokenizer_for_head(classes: int, vocab_path=None, vocab: dict | None = None)
 def strip_prefix(state_dict: dict) -> dict:
     """Lightning modules that wrap the model (self.model = ...) prefix every key with 'model.'."""
     if not any(k.startswith("encoder.") for k in state_dict) and all(k.startswith("model.") for k in state_dict):
-        return {k[len("model."):]: v for k, v in state_dict.items()}
+        return {k[len("model.") :]: v for k, v in state_dict.items()}
     return state_dict
 
 
@@ -240,8 +243,10 @@ ARCHITECTURE_KEYS = {  # name: (key pattern, what it is, the keys in words)
 
 def detect_architecture(state_dict: dict, arch="auto") -> str:
     """The architecture the keys show; a given `arch` (--arch) must be the one they show."""
-    shown = next((name for name, (pattern, _, _) in ARCHITECTURE_KEYS.items()
-                  if any(re.match(pattern, k) for k in state_dict)), None)  # fmt: skip
+    shown = next(
+        (name for name, (pattern, _, _) in ARCHITECTURE_KEYS.items() if any(re.match(pattern, k) for k in state_dict)),
+        None,
+    )
     if shown is None:
         raise ConversionError(
             "cannot tell the architecture: no 'encoder.layers.N.cgmlp.*' (E-Branchformer) or "
@@ -281,11 +286,14 @@ def ebranchformer_config(state_dict: dict, args) -> tuple[EBranchformerConfig, s
             f"encoder.subsampling.out.weight takes {stacked} inputs, not a multiple of --num_mel_bins {args.num_mel_bins}"
         )
     layers = 1 + max(int(m.group(1)) for k in state_dict if (m := re.match(r"encoder\.layers\.(\d+)\.", k)))
-    proj1 = _first_key(state_dict, "encoder.layers.0.cgmlp.channel_proj1.weight",
-                       "encoder.layers.0.cgmlp.channel_proj1.0.weight")  # fmt: skip
+    proj1 = _first_key(
+        state_dict, "encoder.layers.0.cgmlp.channel_proj1.weight", "encoder.layers.0.cgmlp.channel_proj1.0.weight"
+    )
     if any(".csgu.linear." in k for k in state_dict):
-        raise ConversionError("the checkpoint has cgmlp.csgu.linear (use_linear_after_conv=true), which the course "
-                              "configuration and this package do not use")  # fmt: skip
+        raise ConversionError(
+            "the checkpoint has cgmlp.csgu.linear (use_linear_after_conv=true), which the course "
+            "configuration and this package do not use"
+        )
     positions = args.positions
     pe = state_dict.get("encoder.pos_embedding.pe")
     if positions == "auto":
@@ -385,11 +393,19 @@ def quartznet_config(state_dict: dict, args) -> QuartzNetConfig:
         raise ConversionError("some QuartzNet convolutions have biases and others not; this package expects either")
     decoder = _shape(state_dict, "decoder.layers.0.weight")
     return QuartzNetConfig(
-        vocab_size=decoder[0], pad_token_id=args.blank_id, num_mel_bins=args.num_mel_bins,
-        block_channels=channels, block_repeats=repeats, block_kernel_sizes=kernels, block_strides=strides,
-        block_dilations=dilations, block_residual=residual, block_separable=separable, conv_bias=biases.pop(),
+        vocab_size=decoder[0],
+        pad_token_id=args.blank_id,
+        num_mel_bins=args.num_mel_bins,
+        block_channels=channels,
+        block_repeats=repeats,
+        block_kernel_sizes=kernels,
+        block_strides=strides,
+        block_dilations=dilations,
+        block_residual=residual,
+        block_separable=separable,
+        conv_bias=biases.pop(),
         batch_norm_eps=args.batch_norm_eps,
-    )  # fmt: skip
+    )
 
 
 def _natural(key: str):
@@ -424,7 +440,10 @@ def map_quartznet(state_dict: dict, config: QuartzNetConfig) -> tuple[dict, list
         convs = ["depthwise_conv", "pointwise_conv"] if separable else ["conv"]
         names = [f"sub_blocks.{i}.{part}." for i in range(config.block_repeats[block]) for part in [*convs, "norm"]]
         residual = ["residual.conv.", "residual.norm."] if config.block_residual[block] else []
-        for source_prefix, names_here in ((f"encoder.layers.{block}.conv.", names), (f"encoder.layers.{block}.res.", residual)):
+        for source_prefix, names_here in (
+            (f"encoder.layers.{block}.conv.", names),
+            (f"encoder.layers.{block}.res.", residual),
+        ):
             modules = _modules(state_dict, source_prefix)
             expected = ["norm" if n.endswith("norm.") else "conv" for n in names_here]
             if [kind for _, kind in modules] != expected:
@@ -434,8 +453,8 @@ def map_quartznet(state_dict: dict, config: QuartzNetConfig) -> tuple[dict, list
                 )
             for (module, _), name in zip(modules, names_here):
                 for key in state_dict:
-                    if key.startswith(module) and "." not in key[len(module):]:
-                        mapped[ours + name + key[len(module):]] = state_dict[key]
+                    if key.startswith(module) and "." not in key[len(module) :]:
+                        mapped[ours + name + key[len(module) :]] = state_dict[key]
                         used.add(key)
     for suffix in ("weight", "bias"):
         key = f"decoder.layers.0.{suffix}"
@@ -458,40 +477,66 @@ def check_complete(model: torch.nn.Module, mapped: dict, unexpected: list[str]):
         if mapped[k].shape != target[k].shape
     )
     if missing or unexpected or mismatched:
-        parts = [f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)) if keys]  # fmt: skip
+        parts = [
+            f"{label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
+            if keys
+        ]
         raise ConversionError("the checkpoint does not fit the model; nothing written.\n" + "\n".join(parts))
 
 
 # --- writing the folder ---------------------------------------------------------------------------------
 
 
-def convert(checkpoint_path, output_dir, arch="auto", overwrite=False, inert_objects=False, unsafe_unpickle=False,
-            num_mel_bins=64, num_attention_heads=None, positions=None, block_strides=None, block_dilations=None,
-            batch_norm_eps=None, vocab=None):  # fmt: skip
+def convert(
+    checkpoint_path,
+    output_dir,
+    arch="auto",
+    overwrite=False,
+    inert_objects=False,
+    unsafe_unpickle=False,
+    num_mel_bins=64,
+    num_attention_heads=None,
+    positions=None,
+    block_strides=None,
+    block_dilations=None,
+    batch_norm_eps=None,
+    vocab=None,
+):
     """Converts and writes the folder; returns the model (eval mode) and a report dict.
 
     What can be checked without the weights (the options, the paths, the vocabulary, a writable place for
     the folder) is checked before the checkpoint is read, so a mistake costs no loading time. An option of
     the other architecture than the checkpoint's is refused, not ignored."""
-    args = SimpleNamespace(arch=arch, inert_objects=inert_objects, unsafe_unpickle=unsafe_unpickle,
-                              num_mel_bins=num_mel_bins, num_attention_heads=num_attention_heads, positions=positions,
-                              block_strides=block_strides, block_dilations=block_dilations,
-                              batch_norm_eps=batch_norm_eps)  # fmt: skip
+    args = SimpleNamespace(
+        arch=arch,
+        inert_objects=inert_objects,
+        unsafe_unpickle=unsafe_unpickle,
+        num_mel_bins=num_mel_bins,
+        num_attention_heads=num_attention_heads,
+        positions=positions,
+        block_strides=block_strides,
+        block_dilations=block_dilations,
+        batch_norm_eps=batch_norm_eps,
+    )
     check_options(args)
     checkpoint_path, output_dir = Path(checkpoint_path), Path(os.path.abspath(output_dir))  # "." gets its name
     check_checkpoint_file(checkpoint_path)
     check_output_dir(output_dir, checkpoint_path, overwrite)
     vocabulary = read_vocab(vocab) if vocab is not None else None
     try:
-        with staged_folder(output_dir, overwrite, check=lambda: check_output_dir(output_dir, checkpoint_path,
-                                                                               overwrite)) as staging:  # fmt: skip
+        with staged_folder(
+            output_dir, overwrite, check=lambda: check_output_dir(output_dir, checkpoint_path, overwrite)
+        ) as staging:
             return _convert_into(staging, checkpoint_path, output_dir, args, vocab, vocabulary)
     except OutputFolderError as error:  # the staging folder could not be made: nothing was loaded
-        raise ConversionError(f"{error.strerror} ({error.filename}). Choose a place where you may create folders.") from None
+        raise ConversionError(
+            f"{error.strerror} ({error.filename}). Choose a place where you may create folders."
+        ) from None
     except OSError as error:
-        raise ConversionError(f"writing {output_dir} failed: {error.strerror or error}; nothing written, an earlier "
-                              "folder is unchanged") from None  # fmt: skip
+        raise ConversionError(
+            f"writing {output_dir} failed: {error.strerror or error}; nothing written, an earlier folder is unchanged"
+        ) from None
 
 
 def _convert_into(staging: Path, checkpoint_path, output_dir, args, vocab, vocabulary):
@@ -518,12 +563,18 @@ def _convert_into(staging: Path, checkpoint_path, output_dir, args, vocab, vocab
 
     processor = EBranchformerProcessor(tokenizer=tokenizer)
     report = {
-        "source": str(checkpoint_path), "sha256": _sha256(checkpoint_path), "architecture": arch,
-        "tensors": len(state_dict), "epoch": meta.get("epoch"), "global_step": meta.get("global_step"),
-        "lightning": meta.get("pytorch-lightning_version"), "positions": positions if arch == "ebranchformer" else None,
-        "counts": parameter_counts(model), "name": output_dir.name,
+        "source": str(checkpoint_path),
+        "sha256": _sha256(checkpoint_path),
+        "architecture": arch,
+        "tensors": len(state_dict),
+        "epoch": meta.get("epoch"),
+        "global_step": meta.get("global_step"),
+        "lightning": meta.get("pytorch-lightning_version"),
+        "positions": positions if arch == "ebranchformer" else None,
+        "counts": parameter_counts(model),
+        "name": output_dir.name,
         "vocabulary": f"`{Path(vocab).name}`, {len(tokenizer)} symbols" if vocab else "the course's 34 symbols",
-    }  # fmt: skip
+    }
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
     write_model_card(staging, model_card(report), tags=[report["architecture"], "golos", "converted"])
@@ -534,14 +585,19 @@ def check_options(args):
     """Refuses option values that no checkpoint can use."""
     if args.inert_objects and args.unsafe_unpickle:
         raise ConversionError("--inert_objects and --unsafe_unpickle contradict each other: give one")
-    for name, value, allowed in (("arch", args.arch, ["auto", *ARCHITECTURE_KEYS]),
-                                 ("positions", args.positions, ["auto", "batch-quirk", "per-frame"])):  # fmt: skip
+    for name, value, allowed in (
+        ("arch", args.arch, ["auto", *ARCHITECTURE_KEYS]),
+        ("positions", args.positions, ["auto", "batch-quirk", "per-frame"]),
+    ):
         if value not in (None, *allowed):
             raise ConversionError(f"--{name} {value!r}: expected one of {allowed}")
-    positive = [("num_mel_bins", args.num_mel_bins), ("num_attention_heads", args.num_attention_heads),
-                ("batch_norm_eps", args.batch_norm_eps),
-                *(("block_strides", v) for v in args.block_strides or ()),
-                *(("block_dilations", v) for v in args.block_dilations or ())]  # fmt: skip
+    positive = [
+        ("num_mel_bins", args.num_mel_bins),
+        ("num_attention_heads", args.num_attention_heads),
+        ("batch_norm_eps", args.batch_norm_eps),
+        *(("block_strides", v) for v in args.block_strides or ()),
+        *(("block_dilations", v) for v in args.block_dilations or ()),
+    ]
     for name, value in positive:
         if value is not None and not value > 0:
             raise ConversionError(f"--{name} {value}: must be positive")
@@ -576,11 +632,21 @@ def _apply_architecture_options(args, arch: str):
 # model card). --overwrite replaces only a folder holding nothing else: a mistyped output path must not delete
 # a folder of other files.
 MODEL_FOLDER_FILES = {
-    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-    "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "vocab.json", "tokenizer.json", "README.md",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "tokenizer.json",
+    "README.md",
     *(path.name for path in Path(modeling_ebranchformer.__file__).parent.glob("*.py") if path.name != "__init__.py"),
-}  # fmt: skip
+}
 MODEL_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 
@@ -589,8 +655,10 @@ def check_output_dir(output_dir: Path, checkpoint_path, overwrite: bool):
     holds the checkpoint or the current directory, a symbolic link, a file, an existing folder without
     --overwrite, or one with files a model folder does not hold. `output_dir` is absolute."""
     real = output_dir.resolve()
-    inside = {Path(os.path.abspath(checkpoint_path)): f"the checkpoint {checkpoint_path}",
-              Path.cwd(): "the current directory"}  # fmt: skip
+    inside = {
+        Path(os.path.abspath(checkpoint_path)): f"the checkpoint {checkpoint_path}",
+        Path.cwd(): "the current directory",
+    }
     for path, what in [*inside.items(), *((path.resolve(), what) for path, what in inside.items())]:
         for folder in (output_dir, real):
             if path == folder or folder in path.parents:
@@ -641,10 +709,10 @@ depended on an utterance's place in the batch. Row 0 (what an utterance gets at 
 into the subsampling bias and positions are off (`position_embedding_type="none"`): this model gives every
 utterance of any batch what the course model gave it at batch size 1.
 """
-    return f"""{report['architecture']} CTC model converted by `convert_checkpoint.py` from the course checkpoint
-`{Path(report['source']).name}` (sha256 `{report['sha256'][:16]}...`; epoch {report['epoch']}, global step
-{report['global_step']}, Lightning {report['lightning']}). {report['tensors']} source tensors, all used.
-Vocabulary: {report['vocabulary']}.
+    return f"""{report["architecture"]} CTC model converted by `convert_checkpoint.py` from the course checkpoint
+`{Path(report["source"]).name}` (sha256 `{report["sha256"][:16]}...`; epoch {report["epoch"]}, global step
+{report["global_step"]}, Lightning {report["lightning"]}). {report["tensors"]} source tensors, all used.
+Vocabulary: {report["vocabulary"]}.
 {positions}
 | parameters | count |
 |---|---|
@@ -658,7 +726,6 @@ def check_signal(seconds=1.5, seed=0) -> np.ndarray:
     f = 150 + 100 * t
     signal = sum(np.sin(2 * np.pi * k * np.cumsum(f) / 16000) / k for k in range(1, 6))
     return (0.3 * signal + 0.01 * np.random.default_rng(seed).standard_normal(t.size)).astype(np.float32)
-
 
 
 # The saved folder, reloaded, must give the converted weights' log-probabilities within this.
@@ -677,10 +744,14 @@ def check_reload(model, output_dir, log=print) -> float:
         before, after = model(**inputs).logits.log_softmax(-1), reloaded(**inputs).logits.log_softmax(-1)
     difference = (before - after).abs().max().item()
     mismatch = not difference <= RELOAD_TOLERANCE  # NaN too
-    log(f"check: the saved folder reloads and gives the converted weights' log-probabilities on a 1.5 s test "
-        f"signal (max abs difference {difference:.1e}){'  MISMATCH' if mismatch else ''}")  # fmt: skip
+    log(
+        f"check: the saved folder reloads and gives the converted weights' log-probabilities on a 1.5 s test "
+        f"signal (max abs difference {difference:.1e}){'  MISMATCH' if mismatch else ''}"
+    )
     if mismatch:
-        raise ConversionError(f"{output_dir} reloads with other log-probabilities than the converted weights (max abs "
-                              f"difference {difference:.1e} > {RELOAD_TOLERANCE:g}): do not use or publish it; report "
-                              "the checkpoint and the versions of torch and transformers")  # fmt: skip
+        raise ConversionError(
+            f"{output_dir} reloads with other log-probabilities than the converted weights (max abs "
+            f"difference {difference:.1e} > {RELOAD_TOLERANCE:g}): do not use or publish it; report "
+            "the checkpoint and the versions of torch and transformers"
+        )
     return difference

@@ -16,6 +16,7 @@ import datetime
 import heapq
 import os
 from dataclasses import dataclass
+
 from .errors import Error
 
 # How long a process waits at a collective step for the others: the slowest rank of a long transcription may
@@ -48,8 +49,9 @@ class Context:
         world, rank, local = values["WORLD_SIZE"], values["RANK"], values["LOCAL_RANK"]
         local_world = values["LOCAL_WORLD_SIZE"] or world
         if world < 1 or not 0 <= rank < world or not 0 <= local < local_world:
-            raise DistributedError(f"RANK={rank}, LOCAL_RANK={local} do not fit WORLD_SIZE={world}, "
-                                   f"LOCAL_WORLD_SIZE={local_world}")  # fmt: skip
+            raise DistributedError(
+                f"RANK={rank}, LOCAL_RANK={local} do not fit WORLD_SIZE={world}, LOCAL_WORLD_SIZE={local_world}"
+            )
         return cls(rank, world, local, local_world)
 
     @property
@@ -120,8 +122,9 @@ def process_group(context: Context):
         if not dist.is_initialized():
             dist.init_process_group("gloo", rank=context.rank, world_size=context.world_size, timeout=TIMEOUT)
         elif dist.get_world_size() != context.world_size:
-            raise DistributedError(f"the process group has {dist.get_world_size()} processes, WORLD_SIZE says "
-                                   f"{context.world_size}")  # fmt: skip
+            raise DistributedError(
+                f"the process group has {dist.get_world_size()} processes, WORLD_SIZE says {context.world_size}"
+            )
     yield context
 
 

@@ -52,12 +52,26 @@ def lm_decoder_of(processor, alpha=None, beta=None, **options):
         decoder.reset_params(alpha=alpha, beta=beta)
     except LanguageModelError as error:  # --alpha or --beta out of range
         raise UsageError(str(error)) from None
-    return LMDecoder(decoder, **{"beam_width": DEFAULT_BEAM_WIDTH, **{k: v for k, v in options.items() if v is not None}})
+    return LMDecoder(
+        decoder, **{"beam_width": DEFAULT_BEAM_WIDTH, **{k: v for k, v in options.items() if v is not None}}
+    )
 
 
-def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=None,
-                   batch_size=16, max_samples=None, trust_remote_code=False, decoder=None, lm_options=None,
-                   update_model_card=False, device="cpu", threads=None, context=None):  # fmt: skip
+def evaluate_model(
+    model_path,
+    data_dir=EMBEDDED_CORPUS,
+    sets=None,
+    output_dir=None,
+    batch_size=16,
+    max_samples=None,
+    trust_remote_code=False,
+    decoder=None,
+    lm_options=None,
+    update_model_card=False,
+    device="cpu",
+    threads=None,
+    context=None,
+):
     """The results of every set (rows), on every process; with several processes (`context`, default: from the
     launcher's environment) rank 0 writes the files. `decoder`: None decodes with the folder's language model
     where it has one (and greedily always), "greedy" greedily only, "lm" requires the language model."""
@@ -65,12 +79,38 @@ def evaluate_model(model_path, data_dir=EMBEDDED_CORPUS, sets=None, output_dir=N
         raise UsageError(f"decoder must be None, 'greedy' or 'lm', got {decoder!r}")
     context = distributed.Context.from_env() if context is None else context
     with distributed.process_group(context):
-        return _evaluate_model(model_path, data_dir, sets, output_dir, batch_size, max_samples, trust_remote_code,
-                               decoder, lm_options, update_model_card, device, threads, context)  # fmt: skip
+        return _evaluate_model(
+            model_path,
+            data_dir,
+            sets,
+            output_dir,
+            batch_size,
+            max_samples,
+            trust_remote_code,
+            decoder,
+            lm_options,
+            update_model_card,
+            device,
+            threads,
+            context,
+        )
 
 
-def _evaluate_model(model_path, data_dir, sets, output_dir, batch_size, max_samples, trust_remote_code, decoder,
-                    lm_options, update_model_card, device, threads, context):  # fmt: skip
+def _evaluate_model(
+    model_path,
+    data_dir,
+    sets,
+    output_dir,
+    batch_size,
+    max_samples,
+    trust_remote_code,
+    decoder,
+    lm_options,
+    update_model_card,
+    device,
+    threads,
+    context,
+):
     # The place for the results is checked before any work; where it would lie in a model folder that is not
     # here (a Hub id, or a mistyped folder), after loading, which names a missing folder.
     place_first = output_dir is not None or Path(model_path).exists()
@@ -78,14 +118,17 @@ def _evaluate_model(model_path, data_dir, sets, output_dir, batch_size, max_samp
     if place_first:
         check_results_place(output_dir)
     sets = choose_test_sets(data_dir, sets)
-    backend = TorchBackend.from_folder(model_path, context.device(device), context.threads(threads),
-                                       trust_remote_code=trust_remote_code)  # fmt: skip
+    backend = TorchBackend.from_folder(
+        model_path, context.device(device), context.threads(threads), trust_remote_code=trust_remote_code
+    )
     if not place_first:
         check_results_place(output_dir)
     processor = backend.processor
     if decoder == "lm" and getattr(processor, "decoder", None) is None:
-        raise Error(f"--decoder lm: {model_path} has no language_model/ folder; add one with `python build_lm.py "
-                    f"{model_path}`, or evaluate with --decoder greedy")  # fmt: skip
+        raise Error(
+            f"--decoder lm: {model_path} has no language_model/ folder; add one with `python build_lm.py "
+            f"{model_path}`, or evaluate with --decoder greedy"
+        )
     test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)
     for name, (_, report) in test_sets.items():
         logger.info("%s: %s", name, report)
@@ -102,12 +145,21 @@ def _evaluate_model(model_path, data_dir, sets, output_dir, batch_size, max_samp
     table = results_table(rows, lm)
     header = f"Model: `{model_path}`, data: `{data_dir}`\n\n"
     if lm:
-        header += ("WER/CER: greedy decoding; LM WER/CER: beam search with the language model ("
-                   + ", ".join(f"{k} {v}" for k, v in decoding.items()) + ")\n\n")  # fmt: skip
+        header += (
+            "WER/CER: greedy decoding; LM WER/CER: beam search with the language model ("
+            + ", ".join(f"{k} {v}" for k, v in decoding.items())
+            + ")\n\n"
+        )
     files[output_dir / "results.md"] = header + "\n".join(table) + "\n"
-    files[output_dir / "results.json"] = json.dumps({"model": str(model_path), "data_dir": str(data_dir),
-                                                     **({"lm_decoding": decoding} if lm else {}),
-                                                     "results": rows}, indent=1)  # fmt: skip
+    files[output_dir / "results.json"] = json.dumps(
+        {
+            "model": str(model_path),
+            "data_dir": str(data_dir),
+            **({"lm_decoding": decoding} if lm else {}),
+            "results": rows,
+        },
+        indent=1,
+    )
     if not context.is_main:
         return rows
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -125,17 +177,22 @@ def score_set(name, dataset, report, hypotheses, lm_hypotheses) -> tuple[dict, s
     references = dataset["text"]
     lines = []
     for index, (id_, reference, hypothesis) in enumerate(zip(dataset["id"], references, hypotheses)):
-        lines.append({"id": id_, "reference": reference, "hypothesis": hypothesis,
-                      **word_errors(reference, hypothesis)})  # fmt: skip
+        lines.append(
+            {"id": id_, "reference": reference, "hypothesis": hypothesis, **word_errors(reference, hypothesis)}
+        )
         if lm_hypotheses is not None:
             lines[-1]["lm_hypothesis"] = lm_hypotheses[index]
             lines[-1]["lm_errors"] = word_errors(reference, lm_hypotheses[index])
             del lines[-1]["lm_errors"]["reference_words"]
     row = {
-        "set": name, "utterances": len(references), "words": sum(len(r.split()) for r in references),
-        "hours": sum(dataset["duration"]) / 3600, "excluded": report.total - report.kept,
-        "wer": wer(references, hypotheses), "cer": cer(references, hypotheses),
-    }  # fmt: skip
+        "set": name,
+        "utterances": len(references),
+        "words": sum(len(r.split()) for r in references),
+        "hours": sum(dataset["duration"]) / 3600,
+        "excluded": report.total - report.kept,
+        "wer": wer(references, hypotheses),
+        "cer": cer(references, hypotheses),
+    }
     if lm_hypotheses is not None:
         row["lm_wer"] = wer(references, lm_hypotheses)
         row["lm_cer"] = cer(references, lm_hypotheses)
@@ -144,11 +201,15 @@ def score_set(name, dataset, report, hypotheses, lm_hypotheses) -> tuple[dict, s
 
 def results_table(rows, lm: bool) -> list[str]:
     """The Markdown table of the results, a line each."""
-    table = ["| test set | utterances | words | hours | WER | CER |" + (" LM WER | LM CER |" if lm else ""),
-             "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if lm else "")]  # fmt: skip
-    table += [f"| {r['set']} | {r['utterances']} | {r['words']} | {r['hours']:.3f} | {100 * r['wer']:.2f} % | "
-              f"{100 * r['cer']:.2f} % |" + (f" {100 * r['lm_wer']:.2f} % | {100 * r['lm_cer']:.2f} % |" if lm else "")
-              for r in rows]  # fmt: skip
+    table = [
+        "| test set | utterances | words | hours | WER | CER |" + (" LM WER | LM CER |" if lm else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if lm else ""),
+    ]
+    table += [
+        f"| {r['set']} | {r['utterances']} | {r['words']} | {r['hours']:.3f} | {100 * r['wer']:.2f} % | "
+        f"{100 * r['cer']:.2f} % |" + (f" {100 * r['lm_wer']:.2f} % | {100 * r['lm_cer']:.2f} % |" if lm else "")
+        for r in rows
+    ]
     return table
 
 
@@ -156,8 +217,10 @@ def check_results_place(output_dir: Path):
     """Refuses a results folder that cannot be made (it is made only when the results are written)."""
     existing = next(p for p in [output_dir, *output_dir.parents] if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise Error(f"--output_dir {output_dir}: {existing} is {'a file' if not existing.is_dir() else 'not writable'};"
-                    " choose another folder for the results")  # fmt: skip
+        raise Error(
+            f"--output_dir {output_dir}: {existing} is {'a file' if not existing.is_dir() else 'not writable'};"
+            " choose another folder for the results"
+        )
 
 
 def decode_set(transcriber, dataset, lm_decoder, context) -> tuple[list[str], list[str] | None]:

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
 from .errors import Error
 
 
@@ -76,8 +77,9 @@ def staged_folder(output_dir, overwrite: bool = False, check=None):
         staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     except OSError as error:
         _remove_if_empty(made)
-        raise OutputFolderError(error.errno, f"cannot write the output folder {output_dir}: {error.strerror}",
-                                error.filename) from None  # fmt: skip
+        raise OutputFolderError(
+            error.errno, f"cannot write the output folder {output_dir}: {error.strerror}", error.filename
+        ) from None
     try:
         yield staging
         publish_modes(staging)
@@ -132,9 +134,11 @@ def check_output_folder(output_dir, inputs: dict, overwrite: bool, kind: str, is
         path = Path(os.path.abspath(path))
         for out, given in ((output, path), (output.resolve(), path.resolve())):
             if out == given or out in given.parents:
-                raise OutputFolderError(f"{output_dir} {'is' if out == given else 'contains'} {what}: writing it "
-                                        "would replace that; choose another output folder")  # fmt: skip
-            if given in out.parents and path not in map(lambda p: Path(os.path.abspath(p)), may_hold):
+                raise OutputFolderError(
+                    f"{output_dir} {'is' if out == given else 'contains'} {what}: writing it "
+                    "would replace that; choose another output folder"
+                )
+            if given in out.parents and path not in (Path(os.path.abspath(p)) for p in may_hold):
                 raise OutputFolderError(f"{output_dir} lies inside {what}; choose an output folder outside it")
     if output.is_symlink() or (output.exists() and not output.is_dir()):
         raise OutputFolderError(f"{output_dir} exists and is not a folder; choose another output folder")
@@ -142,5 +146,7 @@ def check_output_folder(output_dir, inputs: dict, overwrite: bool, kind: str, is
         if not overwrite:
             raise OutputFolderError(f"{output_dir} exists; pass --overwrite to replace it")
         if not is_kind(output):
-            raise OutputFolderError(f"{output_dir} is not {kind}, so --overwrite does not replace it (it would "
-                                    "delete what it holds); choose another output folder")  # fmt: skip
+            raise OutputFolderError(
+                f"{output_dir} is not {kind}, so --overwrite does not replace it (it would "
+                "delete what it holds); choose another output folder"
+            )

@@ -11,6 +11,7 @@ from pathlib import Path
 from transformers import AutoModelForCTC, AutoProcessor
 
 import modeling_ebranchformer  # noqa: F401  (registers this package's model types: they load without remote code)
+
 from .errors import Error
 
 
@@ -24,8 +25,10 @@ def _load(loader, path, trust_remote_code, what, **kwargs):
     try:
         return loader.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
     except SafetensorError as error:
-        raise ModelLoadError(f"{Path(path) / 'model.safetensors'} cannot be read ({error}): the file is corrupt or "
-                             "truncated; copy or convert it again") from None  # fmt: skip
+        raise ModelLoadError(
+            f"{Path(path) / 'model.safetensors'} cannot be read ({error}): the file is corrupt or "
+            "truncated; copy or convert it again"
+        ) from None
     except (OSError, ValueError) as error:  # HFValidationError, a missing file or repo, an unknown type
         if not Path(path).exists():
             raise ModelLoadError(

@@ -40,8 +40,9 @@ class TorchBackend:
         self.sampling_rate = processor.feature_extractor.sampling_rate
         self.samples_per_frame = int(model.config.inputs_to_logits_ratio)
         tokenizer = processor.tokenizer
-        self.vocabulary = onnx_runtime.CTCVocabulary(tokenizer.get_vocab(), tokenizer.pad_token,
-                                                     tokenizer.word_delimiter_token)  # fmt: skip
+        self.vocabulary = onnx_runtime.CTCVocabulary(
+            tokenizer.get_vocab(), tokenizer.pad_token, tokenizer.word_delimiter_token
+        )
 
     @classmethod
     def from_folder(cls, model_dir, device="cpu", threads=None, trust_remote_code=False, language_model=True):
@@ -55,8 +56,10 @@ class TorchBackend:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise InferenceError("--device cuda: no CUDA device is available to torch")
         if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-            raise InferenceError(f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s); start at "
-                                 "most that many processes per machine")  # fmt: skip
+            raise InferenceError(
+                f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s); start at "
+                "most that many processes per machine"
+            )
         if threads:
             torch.set_num_threads(threads)
         try:
@@ -111,11 +114,13 @@ def load_backend(model_dir, device="cpu", threads=None, quantized=False, trust_r
     if path.is_dir() and onnx_runtime.is_onnx_folder(path):
         return OnnxBackend(path, device, threads, quantized)
     if quantized:
-        raise InferenceError(f"--quantized needs a folder made by export_onnx.py --int8; {model_dir} is not an ONNX "
-                             "export")  # fmt: skip
+        raise InferenceError(
+            f"--quantized needs a folder made by export_onnx.py --int8; {model_dir} is not an ONNX export"
+        )
     if path.exists() and not (path / "config.json").is_file():
-        raise InferenceError(f"{model_dir}: neither a model folder (config.json) nor an ONNX export "
-                             f"({onnx_runtime.EXPORT_FILE})")  # fmt: skip
+        raise InferenceError(
+            f"{model_dir}: neither a model folder (config.json) nor an ONNX export ({onnx_runtime.EXPORT_FILE})"
+        )
     return TorchBackend.from_folder(model_dir, device, threads, trust_remote_code, language_model=False)
 
 
@@ -153,8 +158,10 @@ def load_lm_decoder(model_dir, alpha=None, beta=None, **options) -> LMDecoder:
     from modeling_ebranchformer.ngram import LanguageModelError
 
     if not has_language_model(model_dir):
-        raise InferenceError(f"{model_dir} has no language_model/ folder; add one with `python build_lm.py "
-                             f"{model_dir}`, or decode greedily")  # fmt: skip
+        raise InferenceError(
+            f"{model_dir} has no language_model/ folder; add one with `python build_lm.py "
+            f"{model_dir}`, or decode greedily"
+        )
     try:
         decoder = CTCBeamSearchDecoder.load_from_dir(model_dir, alpha=alpha, beta=beta)
     except LanguageModelError as error:
@@ -190,8 +197,16 @@ class Transcriber:
     """Waveforms -> records {"text", "words"?}, with chunking of long recordings and length-sorted batches.
     `decoder`: an `LMDecoder`; None decodes greedily."""
 
-    def __init__(self, backend, batch_size=16, chunk_length_s=30.0, stride_length_s=None, timestamps=False,
-                 decoder=None, forward_cost_s=None):  # fmt: skip
+    def __init__(
+        self,
+        backend,
+        batch_size=16,
+        chunk_length_s=30.0,
+        stride_length_s=None,
+        timestamps=False,
+        decoder=None,
+        forward_cost_s=None,
+    ):
         self.backend, self.batch_size, self.timestamps, self.decoder = backend, batch_size, timestamps, decoder
         rate, spf = backend.sampling_rate, backend.samples_per_frame
         # None: pieces are cut into batches of batch_size (callers that sort a whole collection by length get
@@ -206,8 +221,10 @@ class Transcriber:
         self.chunk = max(spf, int(chunk_length_s * rate) // spf * spf)
         self.stride = int(stride_length_s * rate) // spf * spf
         if self.chunk - 2 * self.stride < spf:  # the rounding to whole frames left no step between chunks
-            raise InferenceError(f"--stride_length_s {stride_length_s} leaves no audio between the overlaps of "
-                                 f"--chunk_length_s {chunk_length_s}; make it smaller")  # fmt: skip
+            raise InferenceError(
+                f"--stride_length_s {stride_length_s} leaves no audio between the overlaps of "
+                f"--chunk_length_s {chunk_length_s}; make it smaller"
+            )
         self.frame_seconds = spf / rate
 
     def chunks(self, samples):
@@ -259,9 +276,11 @@ class Transcriber:
         decoder = self.decoder if decoder is None else decoder
         finite = np.isfinite(log_probs).all(axis=-1)
         if not finite.all():  # broken weights (NaN) would otherwise decode to an empty text, silently
-            raise InferenceError(f"the model gave NaN or infinite log-probabilities for {np.count_nonzero(~finite)} of "
-                                 f"{len(finite)} frames, from frame {np.flatnonzero(~finite)[0]}: are its weights "
-                                 "finite?")  # fmt: skip
+            raise InferenceError(
+                f"the model gave NaN or infinite log-probabilities for {np.count_nonzero(~finite)} of "
+                f"{len(finite)} frames, from frame {np.flatnonzero(~finite)[0]}: are its weights "
+                "finite?"
+            )
         if decoder is None or decoder == "greedy":
             ids = log_probs.argmax(-1)
             record = {"text": self.backend.vocabulary.decode(ids)}
@@ -272,9 +291,14 @@ class Transcriber:
         record = {"text": beam.text}
         if self.timestamps:
             last = len(times) - 1
-            record["words"] = [{"word": word, "start": round(float(times[min(begin, last)]), 3),
-                                "end": round(float(times[min(end, len(times)) - 1]) + self.frame_seconds, 3)}
-                               for word, (begin, end) in beam.word_offsets]  # fmt: skip
+            record["words"] = [
+                {
+                    "word": word,
+                    "start": round(float(times[min(begin, last)]), 3),
+                    "end": round(float(times[min(end, len(times)) - 1]) + self.frame_seconds, 3),
+                }
+                for word, (begin, end) in beam.word_offsets
+            ]
         return record
 
     def transcribe(self, waveforms: list[np.ndarray]) -> list[dict]:
@@ -292,8 +316,10 @@ def choose_test_sets(data_dir, sets=None) -> list[str]:
     from ebranchformer_ru.golos import find_test_sets
 
     if not Path(data_dir).expanduser().is_dir():
-        raise Error(f"data folder not found: {data_dir} (--data_dir: a Golos-layout folder holding "
-                    "test_opus/<set>/manifest.jsonl)")  # fmt: skip
+        raise Error(
+            f"data folder not found: {data_dir} (--data_dir: a Golos-layout folder holding "
+            "test_opus/<set>/manifest.jsonl)"
+        )
     available = find_test_sets(data_dir)
     if not available:
         raise Error(f"{data_dir}: no test set (no test_opus/<set>/manifest.jsonl)")

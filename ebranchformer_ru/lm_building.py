@@ -24,9 +24,9 @@ import unicodedata
 from pathlib import Path
 
 from ebranchformer_ru.files import write_folder_atomically
-from ebranchformer_ru.manifest import read_manifest
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from ebranchformer_ru.golos.golos import DOMAINS, split_manifests
+from ebranchformer_ru.manifest import read_manifest
 from modeling_ebranchformer.beam_search import (
     ALPHA_RANGE,
     ALPHABET_FILE,
@@ -41,6 +41,7 @@ from modeling_ebranchformer.beam_search import (
 from modeling_ebranchformer.ngram import BOS, EOS, UNK, LanguageModelError, build_arpa, load_language_model
 from modeling_ebranchformer.processing_lm import EBranchformerProcessorWithLM
 from modeling_ebranchformer.tokenization import normalize_text
+
 from .errors import Error, UsageError
 
 
@@ -68,9 +69,11 @@ def read_text_file(path, characters) -> list:
                     continue
                 unknown = sorted({c for c in text if c not in characters and c != " "})
                 if unknown:
-                    raise TextError(f"{path}, line {number}: characters {unknown} are outside the model's alphabet "
-                                    f"(after normalisation: {text[:80]!r}); spell numbers out, remove or "
-                                    "transliterate the rest")  # fmt: skip
+                    raise TextError(
+                        f"{path}, line {number}: characters {unknown} are outside the model's alphabet "
+                        f"(after normalisation: {text[:80]!r}); spell numbers out, remove or "
+                        "transliterate the rest"
+                    )
                 sentences.append(text.split())
     except UnicodeDecodeError as error:
         raise TextError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
@@ -85,8 +88,10 @@ def read_manifests(data_dir, characters) -> tuple:
     sentences, skipped = [], 0
     for manifest in manifests:
         if not os.path.isfile(manifest):
-            raise TextError(f"no train manifest {manifest} (a Golos-layout folder has train_opus/manifest.jsonl); "
-                            "give --text files instead")  # fmt: skip
+            raise TextError(
+                f"no train manifest {manifest} (a Golos-layout folder has train_opus/manifest.jsonl); "
+                "give --text files instead"
+            )
         for number, entry in read_manifest(manifest):
             text = entry.get("text")
             if not isinstance(text, str):
@@ -105,11 +110,16 @@ def check_language_model_words(model, characters, path):
     words = [w for w in model.vocabulary if w not in (BOS, EOS, UNK)]
     foreign = [w for w in words if any(c not in characters for c in w)]
     if words and len(foreign) == len(words):
-        raise LanguageModelError(f"{path}: none of its {len(words)} words can be spelt with the model's alphabet "
-                                 f"(e.g. {foreign[:5]}); is it a language model for this language and normalisation?")  # fmt: skip
+        raise LanguageModelError(
+            f"{path}: none of its {len(words)} words can be spelt with the model's alphabet "
+            f"(e.g. {foreign[:5]}); is it a language model for this language and normalisation?"
+        )
     if foreign:
-        print(f"warning: {len(foreign)} of {len(words)} words of {path} have characters outside the model's alphabet "
-              f"and can never be decoded, e.g. {sorted(foreign)[:5]}", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {len(foreign)} of {len(words)} words of {path} have characters outside the model's alphabet "
+            f"and can never be decoded, e.g. {sorted(foreign)[:5]}",
+            file=sys.stderr,
+        )
 
 
 def _copy_folder(source: Path, target: Path):
@@ -152,8 +162,17 @@ def collect_sentences(data_dir, texts, characters, summary: dict) -> list:
     return sentences
 
 
-def build(model_dir, data_dir=None, texts=(), order=3, arpa=None, alpha=None, beta=None, overwrite=False,
-          trust_remote_code=False) -> dict:  # fmt: skip
+def build(
+    model_dir,
+    data_dir=None,
+    texts=(),
+    order=3,
+    arpa=None,
+    alpha=None,
+    beta=None,
+    overwrite=False,
+    trust_remote_code=False,
+) -> dict:
     """Writes the language model into `model_dir` (see the module's docstring); returns what was built (also
     printed). `arpa` is used as it is; otherwise an n-gram of `order` is built from the `texts` files and the
     train manifest of `data_dir` (default: the embedded corpus's, unless `texts` are given)."""
@@ -198,13 +217,24 @@ def build(model_dir, data_dir=None, texts=(), order=3, arpa=None, alpha=None, be
             language_model = load_language_model(lm_path)
         else:
             language_model = model
-        decoder = CTCBeamSearchDecoder(labels, language_model, alpha=DEFAULT_ALPHA if alpha is None else alpha,
-                                       beta=DEFAULT_BETA if beta is None else beta)  # fmt: skip
+        decoder = CTCBeamSearchDecoder(
+            labels,
+            language_model,
+            alpha=DEFAULT_ALPHA if alpha is None else alpha,
+            beta=DEFAULT_BETA if beta is None else beta,
+        )
         with_lm = EBranchformerProcessorWithLM(processor.feature_extractor, tokenizer, decoder=decoder)
         with_lm.save_pretrained(str(tmp))
         words = [w for w in language_model.vocabulary if w not in (BOS, EOS, UNK)]
-        summary.update({"order": language_model.order, "words": len(words), "alpha": decoder.alpha,
-                        "beta": decoder.beta, "language model": str(model_dir / LM_DIR / Path(language_model.path).name)})  # fmt: skip
+        summary.update(
+            {
+                "order": language_model.order,
+                "words": len(words),
+                "alpha": decoder.alpha,
+                "beta": decoder.beta,
+                "language model": str(model_dir / LM_DIR / Path(language_model.path).name),
+            }
+        )
 
     write_folder_atomically(model_dir, write, overwrite=True)
     for key, value in summary.items():

@@ -60,9 +60,21 @@ def parse_grid(text, name, bounds):
     return values
 
 
-def tune(model_dir, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), subset="even", alphas=None, betas=None,
-         beam_width=DEFAULT_BEAM_WIDTH, batch_size=16, dry_run=False, trust_remote_code=False, max_samples=None,
-         device="cpu", threads=None) -> dict:  # fmt: skip
+def tune(
+    model_dir,
+    data_dir=EMBEDDED_CORPUS,
+    sets=("crowd", "farfield"),
+    subset="even",
+    alphas=None,
+    betas=None,
+    beam_width=DEFAULT_BEAM_WIDTH,
+    batch_size=16,
+    dry_run=False,
+    trust_remote_code=False,
+    max_samples=None,
+    device="cpu",
+    threads=None,
+) -> dict:
     """The chosen alpha and beta and the WERs they give (also printed); written to attrs.json unless `dry_run`."""
     model_dir = Path(model_dir)
     alphas = alphas or parse_grid(DEFAULT_ALPHAS, "alphas", ALPHA_RANGE)
@@ -86,16 +98,26 @@ def tune(model_dir, data_dir=EMBEDDED_CORPUS, sets=("crowd", "farfield"), subset
         raise Error("no held-out utterances to tune on")
     best_wer, alpha, beta = grid_search(transcriber, decoder, tuning, alphas, betas, beam_width)
     decoder.reset_params(alpha=alpha, beta=beta)
-    summary = {"alpha": alpha, "beta": beta, "beam_width": beam_width, "subset": subset,
-               "tuning_utterances": len(tuning["references"]),
-               "tuning_greedy_wer": word_error_rate(tuning["references"], tuning["greedy"]), "tuning_lm_wer": best_wer}  # fmt: skip
+    summary = {
+        "alpha": alpha,
+        "beta": beta,
+        "beam_width": beam_width,
+        "subset": subset,
+        "tuning_utterances": len(tuning["references"]),
+        "tuning_greedy_wer": word_error_rate(tuning["references"], tuning["greedy"]),
+        "tuning_lm_wer": best_wer,
+    }
     if unseen["references"]:
-        summary.update({
-            "unseen_utterances": len(unseen["references"]),
-            "unseen_greedy_wer": word_error_rate(unseen["references"], unseen["greedy"]),
-            "unseen_lm_wer": word_error_rate(unseen["references"], decode_all(
-                transcriber, unseen["log_probs"], LMDecoder(decoder, beam_width=beam_width))),
-        })  # fmt: skip
+        summary.update(
+            {
+                "unseen_utterances": len(unseen["references"]),
+                "unseen_greedy_wer": word_error_rate(unseen["references"], unseen["greedy"]),
+                "unseen_lm_wer": word_error_rate(
+                    unseen["references"],
+                    decode_all(transcriber, unseen["log_probs"], LMDecoder(decoder, beam_width=beam_width)),
+                ),
+            }
+        )
     attrs_path = model_dir / LM_DIR / ATTRS_FILE
     if not dry_run:
         atomic_write_text(attrs_path, json.dumps(decoder.attrs, indent=1))

@@ -5,6 +5,7 @@ that a bad line is reported the same way everywhere, by file and line."""
 
 import json
 import os
+
 from .errors import Error
 
 
@@ -30,7 +31,9 @@ def parse_line(line: bytes, where: str) -> dict:
         entry = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as error:
         byte = line[error.start : error.start + 1]
-        raise ManifestError(where, "not UTF-8", f" (byte {error.start + 1} is {byte!r}): save the manifest as UTF-8") from None
+        raise ManifestError(
+            where, "not UTF-8", f" (byte {error.start + 1} is {byte!r}): save the manifest as UTF-8"
+        ) from None
     except json.JSONDecodeError as error:
         raise ManifestError(where, "not valid JSON", f" ({error.msg})") from None
     if not isinstance(entry, dict):

@@ -51,28 +51,48 @@ def eval_results(rows: list, data_dir, lm_name: str | None = None) -> list:
     results = []
     for row in rows:
         total = _manifest_lines(data_dir, row["set"])
-        part = f", {row['utterances']} of its {total} utterances" if total and row.get("utterances", total) < total else ""
+        part = (
+            f", {row['utterances']} of its {total} utterances" if total and row.get("utterances", total) < total else ""
+        )
         for metric in ("wer", "cer"):
             keys = [(metric, metric.upper())] + ([(f"lm_{metric}", f"{metric.upper()} ({lm_name})")] if lm_name else [])
             for key, name in keys:
-                results.append(EvalResult(
-                    task_type="automatic-speech-recognition", task_name="Speech recognition", dataset_type=dataset_type,
-                    dataset_name=f"{data}: test set {row['set']}{part}", dataset_config=row["set"], dataset_split="test",
-                    metric_type=metric, metric_name=name, metric_value=round(row[key], 4),
-                ))  # fmt: skip
+                results.append(
+                    EvalResult(
+                        task_type="automatic-speech-recognition",
+                        task_name="Speech recognition",
+                        dataset_type=dataset_type,
+                        dataset_name=f"{data}: test set {row['set']}{part}",
+                        dataset_config=row["set"],
+                        dataset_split="test",
+                        metric_type=metric,
+                        metric_name=name,
+                        metric_value=round(row[key], 4),
+                    )
+                )
     return results
 
 
 def training_rows(metrics: dict) -> list:
     """`eval_<set>_wer`, `_cer`, `_utterances` (what `train_ctc.py` logs) as `eval_results` rows."""
-    sets = sorted(key[len("eval_"):-len("_wer")] for key in metrics if key.startswith("eval_") and key.endswith("_wer"))
-    return [{"set": name, "wer": metrics[f"eval_{name}_wer"], "cer": metrics[f"eval_{name}_cer"],
-             **({"utterances": int(metrics[f"eval_{name}_utterances"])} if f"eval_{name}_utterances" in metrics else {})}
-            for name in sets if f"eval_{name}_cer" in metrics]  # fmt: skip
+    sets = sorted(
+        key[len("eval_") : -len("_wer")] for key in metrics if key.startswith("eval_") and key.endswith("_wer")
+    )
+    return [
+        {
+            "set": name,
+            "wer": metrics[f"eval_{name}_wer"],
+            "cer": metrics[f"eval_{name}_cer"],
+            **({"utterances": int(metrics[f"eval_{name}_utterances"])} if f"eval_{name}_utterances" in metrics else {}),
+        }
+        for name in sets
+        if f"eval_{name}_cer" in metrics
+    ]
 
 
-def write_model_card(folder, description: str, tags=(), metrics=None, data_dir=None, base_model=None,
-                     model_id=None) -> str:
+def write_model_card(
+    folder, description: str, tags=(), metrics=None, data_dir=None, base_model=None, model_id=None
+) -> str:
     """Writes `folder/README.md`: Hub metadata (model-index with the WER/CER of every test set evaluated during
     training, `metrics`, on `data_dir`), `description` (Markdown), the results table and a usage snippet that
     needs no FFmpeg. Returns the text."""
@@ -82,17 +102,21 @@ def write_model_card(folder, description: str, tags=(), metrics=None, data_dir=N
     rows = training_rows(metrics or {})
     results = eval_results(rows, data_dir) if rows else []
     data = ModelCardData(
-        language="ru", license="apache-2.0", library_name="transformers", pipeline_tag="automatic-speech-recognition",
-        tags=["ctc", *tags], base_model=base_model, model_name=name, eval_results=results or None,
-    )  # fmt: skip
+        language="ru",
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="automatic-speech-recognition",
+        tags=["ctc", *tags],
+        base_model=base_model,
+        model_name=name,
+        eval_results=results or None,
+    )
     table = "\n".join(f"| {r.dataset_name} | {r.metric_name} | {100 * r.metric_value:.2f} % |" for r in results)
     text = (
         f"---\n{data.to_yaml()}\n---\n\n# {name}\n\n{description.strip()}\n\n"
         f"{RESULTS_START}\n| test set | metric | value |\n|---|---|---|\n{table or '| - | - | not evaluated |'}\n\n"
         "Greedy CTC decoding, no language model. Text normalised as the tokenizer does (lower case, ё -> е).\n"
-        f"{RESULTS_END}\n\n"
-        + USAGE.format(model=model_id or name)
-        + "\n"
+        f"{RESULTS_END}\n\n" + USAGE.format(model=model_id or name) + "\n"
     )
     atomic_write_text(Path(folder) / "README.md", text)
     return text
@@ -131,22 +155,31 @@ def write_decoding_results(folder, rows: list, decoding: dict | None, data_dir) 
     results = eval_results(rows, data_dir, lm_name or None)
     card.data.eval_results = results
     if lm:
-        table = ["| test set | WER, greedy | WER, with the LM | CER, greedy | CER, with the LM |", "|---|---:|---:|---:|---:|"]
-        table += [f"| {r['set']} | {100 * r['wer']:.2f} % | {100 * r['lm_wer']:.2f} % | {100 * r['cer']:.2f} % | "
-                  f"{100 * r['lm_cer']:.2f} % |" for r in rows]  # fmt: skip
+        table = [
+            "| test set | WER, greedy | WER, with the LM | CER, greedy | CER, with the LM |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        table += [
+            f"| {r['set']} | {100 * r['wer']:.2f} % | {100 * r['lm_wer']:.2f} % | {100 * r['cer']:.2f} % | "
+            f"{100 * r['lm_cer']:.2f} % |"
+            for r in rows
+        ]
         settings = ", ".join(f"{k} {v}" for k, v in decoding.items() if k != "language_model")
-        note = (f"Greedy: greedy CTC decoding. With the LM: CTC beam search with the word {lm_name} in "
-                f"`language_model/` ({settings}); `AutoProcessor` and, with the ebranchformer-ru package installed, "
-                "`pipeline` use it (with `trust_remote_code=True` alone, pass `decoder=AutoProcessor.from_pretrained("
-                "model, trust_remote_code=True).decoder` to `pipeline`). Text normalised as the tokenizer does (lower "
-                "case, ё -> е).")  # fmt: skip
+        note = (
+            f"Greedy: greedy CTC decoding. With the LM: CTC beam search with the word {lm_name} in "
+            f"`language_model/` ({settings}); `AutoProcessor` and, with the ebranchformer-ru package installed, "
+            "`pipeline` use it (with `trust_remote_code=True` alone, pass `decoder=AutoProcessor.from_pretrained("
+            "model, trust_remote_code=True).decoder` to `pipeline`). Text normalised as the tokenizer does (lower "
+            "case, ё -> е)."
+        )
     else:
         table = ["| test set | metric | value |", "|---|---|---|"]
         table += [f"| {r['set']} | {m.upper()} | {100 * r[m]:.2f} % |" for r in rows for m in ("wer", "cer")]
         note = "Greedy CTC decoding, no language model. Text normalised as the tokenizer does (lower case, ё -> е)."
     counts = ", ".join(f"{r['set']} {r['utterances']}" for r in rows if "utterances" in r)
     source = f"Measured by `evaluate_ctc.py` on the test sets of {describe_data(data_dir)[1]}" + (
-        f" (utterances: {counts})." if counts else ".")  # fmt: skip
+        f" (utterances: {counts})." if counts else "."
+    )
     block = f"{RESULTS_START}\n{source}\n\n" + "\n".join(table) + f"\n\n{note}\n{RESULTS_END}"
     body = card.text
     if RESULTS_START in body and RESULTS_END in body:

@@ -33,12 +33,12 @@ from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from modeling_ebranchformer.text import normalize_text
 
 from .audio import read_audio
+from .errors import Error
 from .files import OutputFolderError, check_output_folder, write_folder_atomically
 from .inference import InferenceError, OnnxBackend, TorchBackend, Transcriber
-from .onnx_runtime import is_onnx_folder
 from .manifest import audio_path, read_manifest
 from .metrics import cer, wer
-from .errors import Error
+from .onnx_runtime import is_onnx_folder
 
 CORPUS = EMBEDDED_CORPUS / "test_opus"
 DEFAULT_SETS = {"crowd": CORPUS / "crowd" / "manifest.jsonl", "farfield": CORPUS / "farfield" / "manifest.jsonl"}
@@ -160,8 +160,10 @@ def word_error_rates(backend, sets, batch_size=16):
     transcriber = Transcriber(backend, batch_size)
     results = {}
     for name, manifest in sets.items():
-        entries = [(audio_path(manifest, e["audio_filepath"]), normalize_text(e.get("text") or ""))
-                   for _, e in read_manifest(manifest)]  # fmt: skip
+        entries = [
+            (audio_path(manifest, e["audio_filepath"]), normalize_text(e.get("text") or ""))
+            for _, e in read_manifest(manifest)
+        ]
         references = [text for _, text in entries]
         hypotheses = []
         for start in range(0, len(entries), batch_size):
@@ -195,8 +197,13 @@ def export(
 
     out_dir = Path(out_dir)
     try:
-        check_output_folder(out_dir, {model_dir: f"the model folder {model_dir}"}, overwrite,
-                            "a folder made by export_onnx.py", is_onnx_folder)  # fmt: skip
+        check_output_folder(
+            out_dir,
+            {model_dir: f"the model folder {model_dir}"},
+            overwrite,
+            "a folder made by export_onnx.py",
+            is_onnx_folder,
+        )
     except OutputFolderError as error:
         raise ExportError(str(error)) from None
     try:
@@ -207,7 +214,9 @@ def export(
     if not isinstance(model, (modeling_ebranchformer.EBranchformerForCTC, modeling_ebranchformer.QuartzNetForCTC)):
         raise ExportError(f"{model_dir}: {type(model).__name__} is not a model of this package")
     if check_audio is None:
-        check_audio = [audio_path(s, e["audio_filepath"]) for s in DEFAULT_SETS.values() for _, e in list(read_manifest(s))[:4]]
+        check_audio = [
+            audio_path(s, e["audio_filepath"]) for s in DEFAULT_SETS.values() for _, e in list(read_manifest(s))[:4]
+        ]
     waveforms = [_read_audio(p, "--check_audio") for p in check_audio]
     wer_sets = DEFAULT_SETS if wer_sets is None else wer_sets
     info = {}
@@ -274,7 +283,6 @@ def export(
     write_folder_atomically(out_dir, write, overwrite=overwrite)
     log(f"wrote {out_dir}")
     return info
-
 
 
 def wer_sets_from(values) -> dict | None:

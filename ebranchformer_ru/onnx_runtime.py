@@ -219,7 +219,11 @@ class OnnxCTCModel:
         if device == "cuda" or device.startswith("cuda:"):  # cuda:N, the GPU of one of several processes
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-            gpu = ("CUDAExecutionProvider", {"device_id": int(device[5:])}) if device != "cuda" else "CUDAExecutionProvider"
+            gpu = (
+                ("CUDAExecutionProvider", {"device_id": int(device[5:])})
+                if device != "cuda"
+                else "CUDAExecutionProvider"
+            )
             providers = [gpu, "CPUExecutionProvider"]
         elif device == "cpu":
             providers = ["CPUExecutionProvider"]
@@ -227,19 +231,26 @@ class OnnxCTCModel:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as error:  # noqa: BLE001 - onnxruntime's InvalidProtobuf, Fail, ...: say which file
-            raise ValueError(f"{path}: ONNX Runtime cannot load it ({type(error).__name__}: {error}); the file is "
-                             "damaged or truncated: export the model again") from None  # fmt: skip
+        except Exception as error:
+            raise ValueError(
+                f"{path}: ONNX Runtime cannot load it ({type(error).__name__}: {error}); the file is "
+                "damaged or truncated: export the model again"
+            ) from None
         config = _read_json(self.folder / "config.json") if (self.folder / "config.json").is_file() else {}
         # the sinusoidal table's length, which PyTorch checks with a message and ONNX Runtime with a broadcast error
-        self.max_steps = (int(config.get("max_position_embeddings", 0))
-                          if config.get("position_embedding_type", "sinusoidal") == "sinusoidal" else 0)  # fmt: skip
+        self.max_steps = (
+            int(config.get("max_position_embeddings", 0))
+            if config.get("position_embedding_type", "sinusoidal") == "sinusoidal"
+            else 0
+        )
 
     def run_features(self, input_features: np.ndarray, attention_mask: np.ndarray):
         steps = -(-np.asarray(input_features).shape[1] // 4)  # the stacking subsampling's stride
         if self.max_steps and self.info.get("model_type") == "ebranchformer" and steps > self.max_steps:
-            raise ValueError(f"Input of {steps} encoder steps is longer than max_position_embeddings "
-                             f"({self.max_steps}); split the audio (e.g. transcribe.py --chunk_length_s 30)")  # fmt: skip
+            raise ValueError(
+                f"Input of {steps} encoder steps is longer than max_position_embeddings "
+                f"({self.max_steps}); split the audio (e.g. transcribe.py --chunk_length_s 30)"
+            )
         log_probs, lengths = self.session.run(
             ["log_probs", "output_lengths"],
             {

@@ -21,6 +21,7 @@ import contextlib
 import mmap
 import os
 from pathlib import Path
+
 from .errors import Error
 
 NEVER = ["training_args.bin", "**/training_args.bin", "_*", ".*", "**/.*", "**/__pycache__/**"]  # not even asked
@@ -71,8 +72,10 @@ def check_publishable(folder, token=None, ignore_patterns=IGNORED):
         with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as content:
             for place in places:
                 if content.find(place.encode()) >= 0:
-                    raise PublishError(f"{path} names a path of this machine ({place}): not published; remove it "
-                                       "from the file (model cards and records name folders, not paths)")  # fmt: skip
+                    raise PublishError(
+                        f"{path} names a path of this machine ({place}): not published; remove it "
+                        "from the file (model cards and records name folders, not paths)"
+                    )
             if token and content.find(token.encode()) >= 0:
                 raise PublishError(f"{path} holds the Hugging Face token: not published")
 
@@ -94,8 +97,10 @@ class Publisher:
             me = self.api.whoami()
             namespace = repo_id.split("/")[0] if "/" in repo_id else me["name"]
             if namespace != me["name"] and namespace not in {org.get("name") for org in me.get("orgs", [])}:
-                raise PublishError(f"the token's user {me['name']} may not write to {repo_id} ({namespace} is another "
-                                   f"user or an organisation it is not a member of).{self.later(folder)}")  # fmt: skip
+                raise PublishError(
+                    f"the token's user {me['name']} may not write to {repo_id} ({namespace} is another "
+                    f"user or an organisation it is not a member of).{self.later(folder)}"
+                )
             self.api.create_repo(repo_id, private=private, exist_ok=True)
             if revision:
                 self.api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -111,10 +116,14 @@ class Publisher:
         check_publishable(folder, self.token, ignore_patterns)
         with self.errors(folder):
             commit = self.api.upload_folder(
-                repo_id=self.repo_id, folder_path=folder, path_in_repo=path_in_repo, revision=self.revision,
-                ignore_patterns=ignore_patterns, commit_message=commit_message or f"Upload {folder.resolve().name}",
+                repo_id=self.repo_id,
+                folder_path=folder,
+                path_in_repo=path_in_repo,
+                revision=self.revision,
+                ignore_patterns=ignore_patterns,
+                commit_message=commit_message or f"Upload {folder.resolve().name}",
                 run_as_future=not blocking,
-            )  # fmt: skip
+            )
         if not blocking:
             return commit
         where = f"{self.repo_id}" + (f" (branch {self.revision})" if self.revision else "")
@@ -136,8 +145,10 @@ class Publisher:
             yield
         except HfHubHTTPError as error:
             status = error.response.status_code if error.response is not None else None
-            why = {401: "the token is missing or not valid (HF_TOKEN, or `hf auth login`)",
-                   403: f"the token's user may not write to {self.repo_id} (another user's or organisation's repo?)"}
+            why = {
+                401: "the token is missing or not valid (HF_TOKEN, or `hf auth login`)",
+                403: f"the token's user may not write to {self.repo_id} (another user's or organisation's repo?)",
+            }
             reason = why.get(status, str(error).splitlines()[0])
             raise PublishError(f"the Hub refused {self.repo_id} ({status}): {reason}.{later}") from None
         except Exception as error:
@@ -145,8 +156,10 @@ class Publisher:
             # connection broke midway. A commit is all or nothing, so the repo is as it was.
             if not isinstance(error, OSError) and not type(error).__module__.startswith("httpx"):
                 raise
-            raise PublishError(f"cannot reach the Hub at {constants.ENDPOINT}, or the connection broke "
-                               f"({type(error).__name__}: {error}).{later}") from None  # fmt: skip
+            raise PublishError(
+                f"cannot reach the Hub at {constants.ENDPOINT}, or the connection broke "
+                f"({type(error).__name__}: {error}).{later}"
+            ) from None
 
 
 def publish(folder, repo_id, *, private=None, revision=None, token=None, commit_message=None) -> str:
@@ -160,4 +173,3 @@ def _token():
     from huggingface_hub import get_token
 
     return get_token()
-

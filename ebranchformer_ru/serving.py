@@ -122,8 +122,11 @@ class Batcher:
         place at once (the job is skipped if the worker has not taken it) and raises ClientGone; `arrival`, the
         request's `Arrival`, ends when the job is queued."""
         if self.admitted >= self.max_queue:
-            raise ApiError(503, f"the server is busy: {self.admitted} recordings queued (--max_queue "
-                                f"{self.max_queue}); retry shortly", headers={"Retry-After": "1"})  # fmt: skip
+            raise ApiError(
+                503,
+                f"the server is busy: {self.admitted} recordings queued (--max_queue {self.max_queue}); retry shortly",
+                headers={"Retry-After": "1"},
+            )
         job = Job(samples, decoder, asyncio.get_running_loop())
         self.admitted += 1
         try:
@@ -188,7 +191,7 @@ class Batcher:
             return
         try:
             outputs = self.transcriber.log_probs([j.samples for j in batch])
-        except Exception as error:  # noqa: BLE001 (one recording the model fails on fails alone, named)
+        except Exception as error:
             if len(batch) > 1:
                 for job in batch:
                     self.process([job])
@@ -199,7 +202,7 @@ class Batcher:
                 if isinstance(output, Exception):
                     raise output
                 result, failure = self.transcriber.decode(*output, decoder=job.decoder), None
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 result, failure = None, error
             job.started, job.finished = started, time.monotonic()
             job.loop.call_soon_threadsafe(settle, job.future, result, failure)
@@ -250,16 +253,21 @@ async def read_form(request, limit_bytes):
         raise ApiError(400, "the body must be multipart/form-data with the audio in `file` (OpenAI's audio API)")
     slack = 1 << 20  # the form's other fields and boundaries
     if int(request.headers.get("content-length") or 0) > limit_bytes + slack:
-        raise ApiError(413, f"the upload is {int(request.headers['content-length']) / 2**20:.2f} MiB, over the "
-                            f"limit of {limit_bytes / 2**20:g} MiB (--max_upload_mb)", "file")  # fmt: skip
+        raise ApiError(
+            413,
+            f"the upload is {int(request.headers['content-length']) / 2**20:.2f} MiB, over the "
+            f"limit of {limit_bytes / 2**20:g} MiB (--max_upload_mb)",
+            "file",
+        )
 
     async def limited():
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit_bytes + slack:
-                raise ApiError(413, f"the upload is over the limit of {limit_bytes / 2**20:g} MiB (--max_upload_mb)",
-                               "file")  # fmt: skip
+                raise ApiError(
+                    413, f"the upload is over the limit of {limit_bytes / 2**20:g} MiB (--max_upload_mb)", "file"
+                )
             yield chunk
 
     try:
@@ -280,13 +288,20 @@ class Service:
         # main thread by loading did that to the model thread's forward passes (on 2 cores: ~1,700 sleeps a second
         # against 6; at 16 clients, the worst of 6 interleaved rounds fell to 0.35x of offline throughput, not 0.69x).
         with ThreadPoolExecutor(1) as loader:
-            self.backend = loader.submit(load_backend, args.model, args.device, args.threads, args.quantized,
-                                         args.trust_remote_code).result()  # fmt: skip
+            self.backend = loader.submit(
+                load_backend, args.model, args.device, args.threads, args.quantized, args.trust_remote_code
+            ).result()
         self.decoder = load_lm_decoder(args.model, hotword_weight=args.hotword_weight) if args.decoder == "lm" else None
         # Word times always: srt, vtt and verbose_json need them, and they never change the text.
-        transcriber = Transcriber(self.backend, args.max_batch_size, args.chunk_length_s, args.stride_length_s,
-                                  timestamps=True, decoder=self.decoder,
-                                  forward_cost_s=FORWARD_COST_S[args.device])  # fmt: skip
+        transcriber = Transcriber(
+            self.backend,
+            args.max_batch_size,
+            args.chunk_length_s,
+            args.stride_length_s,
+            timestamps=True,
+            decoder=self.decoder,
+            forward_cost_s=FORWARD_COST_S[args.device],
+        )
         decode_threads = min(args.max_batch_size, args.threads or os.cpu_count() or 1)
         self.batcher = Batcher(transcriber, args.max_batch_size, args.max_wait_ms, args.max_queue, decode_threads)
         self.rate = self.backend.sampling_rate
@@ -300,9 +315,12 @@ class Service:
         if not prompt or not prompt.strip():
             return self.decoder
         if self.decoder is None:
-            raise ApiError(400, "`prompt` carries hotwords, which need beam search with a language model: start the "
-                                "server with --decoder lm on a folder with language_model/ (build_lm.py)",
-                           "prompt")  # fmt: skip
+            raise ApiError(
+                400,
+                "`prompt` carries hotwords, which need beam search with a language model: start the "
+                "server with --decoder lm on a folder with language_model/ (build_lm.py)",
+                "prompt",
+            )
         try:
             return LMDecoder(self.decoder.decoder, **{**self.decoder.options, "hotwords": prompt.split()})
         except InferenceError as error:
@@ -317,8 +335,11 @@ class Service:
             raise ApiError(415 if "cannot decode audio" in str(error) else 400, str(error), "file") from None
         seconds = len(samples) / self.rate
         if seconds > self.args.max_audio_s:
-            raise ApiError(413, f"{name}: {seconds:.1f} s of audio, over the limit of {self.args.max_audio_s:g} s "
-                                "(--max_audio_s)", "file")  # fmt: skip
+            raise ApiError(
+                413,
+                f"{name}: {seconds:.1f} s of audio, over the limit of {self.args.max_audio_s:g} s (--max_audio_s)",
+                "file",
+            )
         if (peak := float(np.abs(samples).max())) > LOUD:
             log.warning(f"{name}: float samples peak at {peak:g}, far above 1: integer PCM stored as floats?")
         return samples
@@ -336,8 +357,9 @@ def parse_fields(form, service) -> dict:
     if model is None:
         raise ApiError(400, f"`model` is required (OpenAI's API); this server has {service.model_id!r}", "model")
     if model != service.model_id:
-        raise ApiError(400, f"model {model!r} is not served here; this server has {service.model_id!r} "
-                            "(GET /v1/models)", "model")  # fmt: skip
+        raise ApiError(
+            400, f"model {model!r} is not served here; this server has {service.model_id!r} (GET /v1/models)", "model"
+        )
     response_format = form.get("response_format", "json")
     if response_format not in FORMATS:
         raise ApiError(400, f"response_format {response_format!r}: one of {', '.join(FORMATS)}", "response_format")
@@ -349,15 +371,22 @@ def parse_fields(form, service) -> dict:
         if temperature is not None and float(temperature) != 0:
             raise ValueError
     except ValueError:
-        raise ApiError(400, f"temperature {temperature!r}: decoding is deterministic here (greedy or beam search); "
-                            "only 0 is taken", "temperature") from None  # fmt: skip
+        raise ApiError(
+            400,
+            f"temperature {temperature!r}: decoding is deterministic here (greedy or beam search); only 0 is taken",
+            "temperature",
+        ) from None
     granularities = form.getlist("timestamp_granularities[]")
     if bad := [g for g in granularities if g not in ("segment", "word")]:
         raise ApiError(400, f"timestamp_granularities[] {bad[0]!r}: segment or word", "timestamp_granularities[]")
     if granularities and response_format != "verbose_json":
         raise ApiError(400, "timestamp_granularities[] needs response_format verbose_json", "timestamp_granularities[]")
-    return {"upload": upload, "format": response_format, "words": "word" in granularities,
-            "decoder": service.request_decoder(form.get("prompt"))}  # fmt: skip
+    return {
+        "upload": upload,
+        "format": response_format,
+        "words": "word" in granularities,
+        "decoder": service.request_decoder(form.get("prompt")),
+    }
 
 
 def respond(record, fields, seconds):
@@ -369,8 +398,10 @@ def respond(record, fields, seconds):
         return PlainTextResponse(text)
     if fields["format"] in ("srt", "vtt"):
         return PlainTextResponse(render([record], "." + fields["format"]))
-    segments = [{"id": n, "seek": 0, "start": start, "end": end, "text": cue, "tokens": [], "temperature": 0.0}
-                for n, (start, end, cue) in enumerate(subtitle_cues(words))]  # fmt: skip
+    segments = [
+        {"id": n, "seek": 0, "start": start, "end": end, "text": cue, "tokens": [], "temperature": 0.0}
+        for n, (start, end, cue) in enumerate(subtitle_cues(words))
+    ]
     body = {"task": "transcribe", "language": "russian", "duration": seconds, "text": text, "segments": segments}
     if fields["words"]:
         body["words"] = words
@@ -395,8 +426,12 @@ def make_app(args, service=None):
                 fields = parse_fields(form, service)
                 upload = fields["upload"]
                 if upload.size is not None and upload.size > limit:
-                    raise ApiError(413, f"{upload.filename}: {upload.size / 2**20:.2f} MiB, over the limit of "
-                                        f"{args.max_upload_mb:g} MiB (--max_upload_mb)", "file")  # fmt: skip
+                    raise ApiError(
+                        413,
+                        f"{upload.filename}: {upload.size / 2**20:.2f} MiB, over the limit of "
+                        f"{args.max_upload_mb:g} MiB (--max_upload_mb)",
+                        "file",
+                    )
                 decode = functools.partial(service.samples, await upload.read(), upload.filename or "file")
                 # Once the body is read, the next ASGI message is the client's disconnect, if it leaves.
                 gone = asyncio.ensure_future(request.receive())
@@ -412,20 +447,28 @@ def make_app(args, service=None):
             response = PlainTextResponse("client disconnected", 499)  # nobody reads it; logged as such
         except InferenceError as error:
             response = ApiError(500, f"the model failed on this recording: {error}").response()
-        except Exception as error:  # noqa: BLE001 (named, never a bare 500 page)
+        except Exception as error:
             log.exception(f"request {rid} failed")
             response = ApiError(500, f"{type(error).__name__}: {error}").response()
         response.headers["X-Request-Id"] = rid
         queued = (job.started - job.queued) if job and job.started else 0.0
         in_model = (job.finished - job.started) if job and job.started else 0.0
-        log.info(f"request {rid} status={response.status_code} duration={time.monotonic() - begun:.3f}s "
-                 f"audio={audio:.2f}s queue={queued:.3f}s model={in_model:.3f}s")  # fmt: skip
+        log.info(
+            f"request {rid} status={response.status_code} duration={time.monotonic() - begun:.3f}s "
+            f"audio={audio:.2f}s queue={queued:.3f}s model={in_model:.3f}s"
+        )
         return response
 
     async def models(request):
         created = int(os.stat(args.model).st_mtime)
-        return JSONResponse({"object": "list", "data": [{"id": service.model_id, "object": "model",
-                                                         "created": created, "owned_by": "ebranchformer_ru"}]})  # fmt: skip
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": service.model_id, "object": "model", "created": created, "owned_by": "ebranchformer_ru"}
+                ],
+            }
+        )
 
     async def health(request):
         return JSONResponse({"status": "ok"})
@@ -455,9 +498,15 @@ def make_app(args, service=None):
 
         return Lifespan()
 
-    routes = [Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
-              Route("/v1/models", models), Route("/health", health), Route("/ready", ready), Route("/", page),
-              WebSocketRoute("/v1/audio/stream", stream)]  # fmt: skip
+    routes = [
+        Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/health", health),
+        Route("/ready", ready),
+        Route("/", page),
+        WebSocketRoute("/v1/audio/stream", stream),
+    ]
+
     async def http_error(request, error):  # an unknown path or method: JSON that names it, as every other error
         return ApiError(error.status_code, f"{request.method} {request.url.path}: {error.detail}").response()
 
@@ -485,8 +534,9 @@ async def live(websocket, service, window_s=None):
                 raise ClientGone()
             if message.get("bytes") is not None:
                 if len(pcm) + len(message["bytes"]) > limit:
-                    raise ApiError(413, f"the stream is over the limit of {service.args.max_audio_s:g} s "
-                                        "(--max_audio_s)")  # fmt: skip
+                    raise ApiError(
+                        413, f"the stream is over the limit of {service.args.max_audio_s:g} s (--max_audio_s)"
+                    )
                 pcm.extend(message["bytes"])
             elif message.get("text") is not None:
                 try:
@@ -494,8 +544,11 @@ async def live(websocket, service, window_s=None):
                 except (ValueError, AttributeError):
                     end = False
                 if not end:
-                    raise ApiError(400, f"unknown text message {message['text'][:80]!r}; send audio as binary "
-                                        'messages and {"type": "end"} at the end')  # fmt: skip
+                    raise ApiError(
+                        400,
+                        f"unknown text message {message['text'][:80]!r}; send audio as binary "
+                        'messages and {"type": "end"} at the end',
+                    )
                 if len(pcm) % 2:
                     raise ApiError(400, "the stream ends with half a sample: send 16-bit PCM (2 bytes a sample)")
                 return
@@ -526,8 +579,9 @@ async def live(websocket, service, window_s=None):
                         raise
                 else:
                     heard, offset = received, start / service.rate
-                    words = [{**w, "start": round(w["start"] + offset, 3), "end": round(w["end"] + offset, 3)}
-                             for w in words]  # fmt: skip
+                    words = [
+                        {**w, "start": round(w["start"] + offset, 3), "end": round(w["end"] + offset, 3)} for w in words
+                    ]
                     if len(recent) > window // 2:  # keep the words of the older half; decode again after them
                         keep_before = (received - window // 2) / service.rate
                         done = [w for w in words if w["end"] < keep_before]
@@ -541,8 +595,14 @@ async def live(websocket, service, window_s=None):
         if not len(audio):
             raise ApiError(400, "the stream held no audio")
         record = await service.transcribe(audio, service.decoder)
-        await websocket.send_json({"type": "final", "text": record["text"], "words": record["words"],
-                                   "duration": round(len(audio) / service.rate, 3)})  # fmt: skip
+        await websocket.send_json(
+            {
+                "type": "final",
+                "text": record["text"],
+                "words": record["words"],
+                "duration": round(len(audio) / service.rate, 3),
+            }
+        )
         await websocket.close()
         status = "final"
     except ApiError as error:
@@ -553,5 +613,7 @@ async def live(websocket, service, window_s=None):
         pass
     finally:
         receiver.cancel()
-        log.info(f"stream {rid} status={status} duration={time.monotonic() - begun:.3f}s "
-                 f"audio={len(pcm) // 2 / service.rate:.2f}s")  # fmt: skip
+        log.info(
+            f"stream {rid} status={status} duration={time.monotonic() - begun:.3f}s "
+            f"audio={len(pcm) // 2 / service.rate:.2f}s"
+        )

@@ -8,7 +8,6 @@ import argparse
 from torch import nn
 
 
-
 def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Counts of the real modules. `course_convention` adds the sinusoidal table, which the course
     registered as a (frozen) nn.Parameter and so counted in `model.encoder.parameters()`."""

@@ -89,8 +89,10 @@ class ModelArguments:
     )
     trust_remote_code: bool = field(
         default=False,
-        metadata={"help": "Run the Python code of a model folder or Hub repo that this package does not provide. "
-                          "Our own model types load without it."},  # fmt: skip
+        metadata={
+            "help": "Run the Python code of a model folder or Hub repo that this package does not provide. "
+            "Our own model types load without it."
+        },
     )
     config_overrides: str | None = field(
         default=None,
@@ -110,8 +112,10 @@ class DataArguments:
     train_domains: str = field(default="all", metadata={"help": "Train on 'crowd', 'farfield' or 'all'."})
     eval_sets: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated test sets to evaluate on (default: all of data_dir's test_opus/, e.g. "
-                          "crowd,farfield,heldout_voice); 'train' evaluates on the train selection."},  # fmt: skip
+        metadata={
+            "help": "Comma-separated test sets to evaluate on (default: all of data_dir's test_opus/, e.g. "
+            "crowd,farfield,heldout_voice); 'train' evaluates on the train selection."
+        },
     )
     train_subset_seconds: float | None = field(
         default=None,
@@ -139,8 +143,10 @@ class RunArguments:
     logged_predictions: int = field(default=3, metadata={"help": "reference/prediction pairs logged per evaluation."})
     overwrite: bool = field(
         default=False,
-        metadata={"help": "Replace an earlier run in --output_dir (its checkpoints are deleted). Without it, such "
-                          "a folder is refused; --resume_from_checkpoint last continues it."},  # fmt: skip
+        metadata={
+            "help": "Replace an earlier run in --output_dir (its checkpoints are deleted). Without it, such "
+            "a folder is refused; --resume_from_checkpoint last continues it."
+        },
     )
 
 
@@ -166,17 +172,24 @@ class DebugAction(argparse.Action):
         except argparse.ArgumentTypeError:
             traceback = None
         if traceback is None or len(switch) > 1 or (switch and features):
-            raise argparse.ArgumentError(self, f"expected true, false or Transformers' debug features "
-                                               f"({', '.join(DEBUG_FEATURES)}), got {' '.join(values)}")  # fmt: skip
-        setattr(namespace, "debug", " ".join(features))
-        setattr(namespace, "traceback", traceback)
+            raise argparse.ArgumentError(
+                self,
+                f"expected true, false or Transformers' debug features "
+                f"({', '.join(DEBUG_FEATURES)}), got {' '.join(values)}",
+            )
+        namespace.debug = " ".join(features)
+        namespace.traceback = traceback
 
 
 def build_parser(description: str | None = None) -> HfArgumentParser:
     """The options of a run: the fields of the dataclasses, in snake_case only, and `--debug` (`DebugAction`)."""
     # No abbreviations: a mistyped flag (--learning_rat) must be an error, not silently another option.
-    parser = HfArgumentParser((ModelArguments, DataArguments, AugmentationArguments, RunArguments, TrainingArguments),
-                              allow_abbrev=False, description=description, formatter_class=HelpFormatter)  # fmt: skip
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, AugmentationArguments, RunArguments, TrainingArguments),
+        allow_abbrev=False,
+        description=description,
+        formatter_class=HelpFormatter,
+    )
     # One spelling per option: HfArgumentParser adds a kebab-case one (--output-dir) to every snake_case field.
     for action in parser._actions:
         for option in [o for o in action.option_strings if o.startswith("--") and "-" in o[2:]]:
@@ -184,10 +197,16 @@ def build_parser(description: str | None = None) -> HfArgumentParser:
             del parser._option_string_actions[option]
     trainers = parser._option_string_actions.pop("--debug")  # DebugAction takes it over
     trainers.container._remove_action(trainers)
-    parser.add_argument("--debug", action=DebugAction, nargs="*", default="", metavar="true|false|FEATURE",
-                        help="on an error, show the traceback instead of one line (--debug, or --debug true|false); "
-                             f"or Transformers' debug features: {', '.join(DEBUG_FEATURES)} (these show "
-                             "tracebacks too)")  # fmt: skip
+    parser.add_argument(
+        "--debug",
+        action=DebugAction,
+        nargs="*",
+        default="",
+        metavar="true|false|FEATURE",
+        help="on an error, show the traceback instead of one line (--debug, or --debug true|false); "
+        f"or Transformers' debug features: {', '.join(DEBUG_FEATURES)} (these show "
+        "tracebacks too)",
+    )
     parser.set_defaults(traceback=False)
     return parser
 
@@ -252,7 +271,9 @@ def check_preset_types(parser, values: dict, preset: str):
             if item is None or not callable(action.type):
                 continue
             kind = getattr(action.type, "__name__", "value")
-            if action.type in (int, float) and isinstance(item, bool) or not isinstance(item, (str, int, float, bool)):
+            if (action.type in (int, float) and isinstance(item, bool)) or not isinstance(
+                item, (str, int, float, bool)
+            ):
                 raise Error(f"preset {preset}: {key}: {item!r} is not a {kind}")
             try:
                 converted = action.type(item)
@@ -284,7 +305,9 @@ def check_arguments(data_args, run_args, training_args):
     if training_args.do_train and training_args.max_steps < 0 and training_args.num_train_epochs <= 0:
         raise UsageError(f"--num_train_epochs must be positive, got {training_args.num_train_epochs}")
     if data_args.train_subset_seconds is not None and not data_args.train_subset_seconds >= 0:
-        raise UsageError(f"--train_subset_seconds must be positive (0: no subset), got {data_args.train_subset_seconds}")
+        raise UsageError(
+            f"--train_subset_seconds must be positive (0: no subset), got {data_args.train_subset_seconds}"
+        )
     if run_args.eval_every_epochs is not None and not run_args.eval_every_epochs > 0:
         raise UsageError(f"--eval_every_epochs must be positive, got {run_args.eval_every_epochs}")
     if data_args.verify_audio not in ("none", "header", "full"):
@@ -375,17 +398,21 @@ def check_checkpoint(path):
     if not folder.is_dir():
         raise Error(f"--resume_from_checkpoint: no folder {folder}")
     if not (folder / "trainer_state.json").is_file():
-        raise Error(f"--resume_from_checkpoint: {folder} is incomplete (no trainer_state.json; was the "
-                    "save interrupted?); use an earlier checkpoint or `last`")  # fmt: skip
+        raise Error(
+            f"--resume_from_checkpoint: {folder} is incomplete (no trainer_state.json; was the "
+            "save interrupted?); use an earlier checkpoint or `last`"
+        )
     weights = folder / "model.safetensors"
     if weights.is_file():
         try:
             with safe_open(weights, "pt") as f:
-                for key in f.keys():
+                for key in f.keys():  # noqa: SIM118 (a safetensors file, not a dict)
                     f.get_slice(key)
         except (SafetensorError, OSError) as error:
-            raise Error(f"--resume_from_checkpoint: {weights} cannot be read ({error}); the file is corrupt "
-                        "or truncated, use an earlier checkpoint") from None  # fmt: skip
+            raise Error(
+                f"--resume_from_checkpoint: {weights} cannot be read ({error}); the file is corrupt "
+                "or truncated, use an earlier checkpoint"
+            ) from None
 
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -406,8 +433,9 @@ def prepare_train(data_args, processor, model, fastest=1.0):
         reports.append(report)
     dataset, report = normalize_and_check_texts(dataset, processor.tokenizer)
     reports.append(report)
-    dataset, report = ctc_feasible(dataset, lambda durations: output_frames(
-        model, processor.feature_extractor, [d / fastest for d in durations]))  # fmt: skip
+    dataset, report = ctc_feasible(
+        dataset, lambda durations: output_frames(model, processor.feature_extractor, [d / fastest for d in durations])
+    )
     reports.append(report)
     for report in reports:
         logger.info("train selection: %s", report)
@@ -423,8 +451,10 @@ def prepare_eval(data_args, tokenizer, train_dataset):
     sets = {}
     available = find_test_sets(data_args.data_dir)
     if data_args.eval_sets is None and not available:
-        raise Error(f"{data_args.data_dir} has no test set (test_opus/<set>/manifest.jsonl) to evaluate on: "
-                    "pass --eval_sets train, or --do_eval false")  # fmt: skip
+        raise Error(
+            f"{data_args.data_dir} has no test set (test_opus/<set>/manifest.jsonl) to evaluate on: "
+            "pass --eval_sets train, or --do_eval false"
+        )
     names = data_args.eval_sets.split(",") if data_args.eval_sets is not None else available
     for name in [s.strip() for s in names if s.strip()]:
         if name == "train":
@@ -433,8 +463,10 @@ def prepare_eval(data_args, tokenizer, train_dataset):
             sets[name] = train_dataset
             continue
         if name not in available:
-            raise Error(f"unknown eval set {name!r}: use {', '.join(available)} (the test sets of "
-                        f"{data_args.data_dir}) or train")  # fmt: skip
+            raise Error(
+                f"unknown eval set {name!r}: use {', '.join(available)} (the test sets of "
+                f"{data_args.data_dir}) or train"
+            )
         dataset = load_golos(data_args.data_dir, name, "test", decode="none", **_load_kwargs(data_args))
         dataset, report = normalize_and_check_texts(dataset, tokenizer)
         logger.info("eval set %s: %s", name, report)
@@ -447,8 +479,11 @@ def prepare_eval(data_args, tokenizer, train_dataset):
 
 
 def _load_kwargs(data_args):
-    return {"skip_invalid": data_args.skip_invalid, "verify_audio": data_args.verify_audio,
-            "cache_dir": data_args.dataset_cache_dir}  # fmt: skip
+    return {
+        "skip_invalid": data_args.skip_invalid,
+        "verify_audio": data_args.verify_audio,
+        "cache_dir": data_args.dataset_cache_dir,
+    }
 
 
 # --- training -------------------------------------------------------------------------------------------
@@ -498,8 +533,10 @@ class CTCTrainer(Trainer):
             self.nonfinite_losses += 1
             logger.warning(
                 "non-finite loss (%s) at step %d: batch skipped (no gradient); %d so far",
-                loss.item(), self.state.global_step, self.nonfinite_losses,
-            )  # fmt: skip
+                loss.item(),
+                self.state.global_step,
+                self.nonfinite_losses,
+            )
             loss = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             self.log({"nonfinite_losses": float(self.nonfinite_losses)})
             result = (loss, *result[1:]) if return_outputs else loss
@@ -561,15 +598,18 @@ class HubPushCallback(TrainerCallback):
         self.pending.append(self.publisher.upload(checkpoint, message, ignore_patterns=self.MODEL_ONLY, blocking=False))
         if self.strategy in ("checkpoint", "all_checkpoints"):
             where = "last-checkpoint" if self.strategy == "checkpoint" else checkpoint.name
-            self.pending.append(self.publisher.upload(checkpoint, f"{message}, checkpoint", path_in_repo=where,
-                                                      ignore_patterns=NEVER, blocking=False))  # fmt: skip
+            self.pending.append(
+                self.publisher.upload(
+                    checkpoint, f"{message}, checkpoint", path_in_repo=where, ignore_patterns=NEVER, blocking=False
+                )
+            )
 
     def wait(self):
         """Waits for the uploads made while training; a failed one is a warning (the final upload follows)."""
         for future in self.pending:
             try:
                 future.result()
-            except Exception as error:  # noqa: BLE001  (the final publication reports what matters)
+            except Exception as error:
                 logger.warning("a push to the Hub during training failed: %s: %s", type(error).__name__, error)
         self.pending = []
 
@@ -578,8 +618,9 @@ def make_compute_metrics(tokenizer, logged_predictions):
 
     def compute_metrics(prediction):
         # The Trainer pads predictions and labels of different lengths with -100 when it gathers them.
-        ids = torch.as_tensor(prediction.predictions).masked_fill(torch.as_tensor(prediction.predictions) < 0,
-                                                                  tokenizer.pad_token_id)  # fmt: skip
+        ids = torch.as_tensor(prediction.predictions).masked_fill(
+            torch.as_tensor(prediction.predictions) < 0, tokenizer.pad_token_id
+        )
         labels = torch.as_tensor(prediction.label_ids)
         hypotheses = tokenizer.batch_decode(ids)
         references = tokenizer.batch_decode(labels.masked_fill(labels < 0, tokenizer.pad_token_id), group_tokens=False)
@@ -638,8 +679,11 @@ def run(argv=None):
 
 def train(model_args, data_args, augment_args, run_args, training_args):
     """Train and/or evaluate as the options (`parse_args`) say; returns the trainer and the final metrics."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
-                        handlers=[logging.StreamHandler(sys.stdout)])  # fmt: skip
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
     # Our own messages (summary, selections, reference/prediction pairs) from the main process only.
     logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     datasets.utils.logging.set_verbosity_warning()
@@ -667,7 +711,9 @@ def train(model_args, data_args, augment_args, run_args, training_args):
         if run_args.eval_every_epochs:
             per_step = training_args.per_device_train_batch_size * training_args.world_size
             per_step *= training_args.gradient_accumulation_steps
-            training_args.eval_steps = max(1, round(run_args.eval_every_epochs * math.ceil(len(train_dataset) / per_step)))
+            training_args.eval_steps = max(
+                1, round(run_args.eval_every_epochs * math.ceil(len(train_dataset) / per_step))
+            )
     callbacks = []
     publisher = pusher = None
     if training_args.push_to_hub:
@@ -677,8 +723,13 @@ def train(model_args, data_args, augment_args, run_args, training_args):
         repo = training_args.hub_model_id or Path(training_args.output_dir).resolve().name
         if training_args.process_index == 0:
             try:
-                publisher = Publisher(repo, private=training_args.hub_private_repo, revision=training_args.hub_revision,
-                                      token=training_args.hub_token, folder=training_args.output_dir)  # fmt: skip
+                publisher = Publisher(
+                    repo,
+                    private=training_args.hub_private_repo,
+                    revision=training_args.hub_revision,
+                    token=training_args.hub_token,
+                    folder=training_args.output_dir,
+                )
             except PublishError as error:
                 raise Error(f"--push_to_hub: {error}") from None
             pusher = HubPushCallback(publisher, HubStrategy(training_args.hub_strategy).value)
@@ -687,12 +738,16 @@ def train(model_args, data_args, augment_args, run_args, training_args):
     if train_dataset is not None and augment_args.enabled:
         # Training audio only: the eval sets (even --eval_sets train) are decoded separately, untouched.
         seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-        augmentation = AudioAugmentation(augment_args, seed=seed,
-                                         sampling_rate=processor.feature_extractor.sampling_rate)  # fmt: skip
+        augmentation = AudioAugmentation(
+            augment_args, seed=seed, sampling_rate=processor.feature_extractor.sampling_rate
+        )
         callbacks.append(AugmentationCallback(augmentation))
     logger.info("augmentation: %s; SpecAugment: %s", augment_args.describe(), spec_augment_summary(model.config))
-    train_dataset = (decode_with_soundfile(train_dataset, augmentation.transform if augmentation else None)
-                     if train_dataset is not None else None)  # fmt: skip
+    train_dataset = (
+        decode_with_soundfile(train_dataset, augmentation.transform if augmentation else None)
+        if train_dataset is not None
+        else None
+    )
     eval_sets = {name: decode_with_soundfile(dataset) for name, dataset in eval_sets.items()}
 
     trainer = CTCTrainer(
@@ -703,8 +758,9 @@ def train(model_args, data_args, augment_args, run_args, training_args):
         eval_dataset=eval_sets or None,
         processing_class=processor,
         compute_metrics=make_compute_metrics(processor.tokenizer, run_args.logged_predictions),
-        card_metadata=card_metadata(model, model_args, data_args, augment_args, run_args,
-                                    publisher.repo_id if publisher is not None else None),
+        card_metadata=card_metadata(
+            model, model_args, data_args, augment_args, run_args, publisher.repo_id if publisher is not None else None
+        ),
         callbacks=callbacks,
     )
 
@@ -734,8 +790,10 @@ def train(model_args, data_args, augment_args, run_args, training_args):
 def spec_augment_summary(config) -> str:
     if not getattr(config, "apply_spec_augment", False):
         return "off"
-    return (f"time masks {config.mask_time_length} frames covering ~{config.mask_time_prob:.0%}, "
-            f"frequency masks {config.mask_feature_length} bins covering ~{config.mask_feature_prob:.0%}")  # fmt: skip
+    return (
+        f"time masks {config.mask_time_length} frames covering ~{config.mask_time_prob:.0%}, "
+        f"frequency masks {config.mask_feature_length} bins covering ~{config.mask_feature_prob:.0%}"
+    )
 
 
 def card_metadata(model, model_args, data_args, augment_args, run_args, model_id=None) -> dict:
@@ -754,7 +812,7 @@ def card_metadata(model, model_args, data_args, augment_args, run_args, model_id
     architecture = "e-branchformer" if model.config.model_type == "ebranchformer" else model.config.model_type
     return {
         "description": f"A CTC speech recogniser for Russian ({type(model).__name__}), trained with `train_ctc.py` "
-                       f"(preset `{preset}`) on the train set of {data}{start}.{augmented}",  # fmt: skip
+        f"(preset `{preset}`) on the train set of {data}{start}.{augmented}",
         "tags": [architecture] + (["golos"] if dataset_type == "golos" else []),
         "base_model": base,
         "data_dir": data_args.data_dir,

@@ -100,7 +100,7 @@ def collect_inputs(inputs, extensions) -> list[dict]:
 
 
 def format_time(seconds: float, separator: str) -> str:
-    millis = int(round(seconds * 1000))
+    millis = round(seconds * 1000)
     hours, millis = divmod(millis, 3_600_000)
     minutes, millis = divmod(millis, 60_000)
     secs, millis = divmod(millis, 1000)
@@ -151,12 +151,22 @@ def run_settings(options, items, suffix, timestamps) -> dict:
     names = ["model.safetensors", "pytorch_model.bin", "model.onnx", "model.int8.onnx", "config.json"]
     if options.decoder == "lm":
         names += [f"language_model/{p.name}" for p in sorted((model / "language_model").glob("*"))]
-    files = {name: [(model / name).stat().st_size, (model / name).stat().st_mtime_ns] for name in names
-             if (model / name).is_file()}  # fmt: skip
-    settings = {"model": os.path.abspath(model), "model_files": files, "decoder": options.decoder,
-                "hotwords": options.hotwords, "hotword_weight": options.hotword_weight, "quantized": options.quantized,
-                "timestamps": timestamps, "chunk_length_s": options.chunk_length_s,
-                "stride_length_s": options.stride_length_s}  # fmt: skip
+    files = {
+        name: [(model / name).stat().st_size, (model / name).stat().st_mtime_ns]
+        for name in names
+        if (model / name).is_file()
+    }
+    settings = {
+        "model": os.path.abspath(model),
+        "model_files": files,
+        "decoder": options.decoder,
+        "hotwords": options.hotwords,
+        "hotword_weight": options.hotword_weight,
+        "quantized": options.quantized,
+        "timestamps": timestamps,
+        "chunk_length_s": options.chunk_length_s,
+        "stride_length_s": options.stride_length_s,
+    }
     if any(not os.path.isabs(item["path"]) for item in items):  # records hold paths as given
         settings["working_directory"] = os.getcwd()
     if suffix in (".srt", ".vtt"):  # one recording's subtitles
@@ -172,8 +182,10 @@ def check_output_place(output: Path, items, inputs, suffix):
     target = os.path.realpath(output)
     for path in [*inputs, *(item["path"] for item in items)]:
         if os.path.realpath(path) == target:
-            raise Error(f"--output {output} is one of the inputs; an input is never overwritten, with or without "
-                        "--overwrite: choose another --output")  # fmt: skip
+            raise Error(
+                f"--output {output} is one of the inputs; an input is never overwritten, with or without "
+                "--overwrite: choose another --output"
+            )
     for parent in [output.parent, *output.parent.parents]:
         if parent.exists() and not parent.is_dir():
             raise Error(f"--output {output}: {parent} is a file, not a folder")
@@ -184,8 +196,10 @@ def check_output_place(output: Path, items, inputs, suffix):
     if suffix == ".txt":
         for item in items:
             if any(c in item["path"] for c in "\t\n\r"):
-                raise UsageError(f"{item['path']!r}: a file name with a tab or line break cannot be written to a .txt "
-                                 "output (path<TAB>text lines) and read back; use a .jsonl output")  # fmt: skip
+                raise UsageError(
+                    f"{item['path']!r}: a file name with a tab or line break cannot be written to a .txt "
+                    "output (path<TAB>text lines) and read back; use a .jsonl output"
+                )
 
 
 @contextlib.contextmanager
@@ -201,8 +215,10 @@ def locked(journal: Path, output: Path):
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             file.close()
-            raise Error(f"another transcribe.py is writing {output} now (its journal {journal.name} is locked); "
-                        "wait for it to finish, or choose another --output") from None  # fmt: skip
+            raise Error(
+                f"another transcribe.py is writing {output} now (its journal {journal.name} is locked); "
+                "wait for it to finish, or choose another --output"
+            ) from None
         if journal.exists() and os.stat(journal).st_ino == os.fstat(file.fileno()).st_ino:
             break
         file.close()  # the run that held it finished and removed it meanwhile: open the new one
@@ -217,7 +233,9 @@ def locked(journal: Path, output: Path):
 def journal_path(output: Path, rank: int = 0) -> Path:
     """The journal of one process: rank 0's is the one-process journal, so that a run of one process and one of
     several refuse each other while either writes `output`."""
-    return output.with_name(f".{output.name}.journal.jsonl" if rank == 0 else f".{output.name}.journal.rank{rank}.jsonl")
+    return output.with_name(
+        f".{output.name}.journal.jsonl" if rank == 0 else f".{output.name}.journal.rank{rank}.jsonl"
+    )
 
 
 def journals(output: Path) -> list[Path]:
@@ -248,8 +266,10 @@ def check_settings(where, made_with: dict, settings: dict):
     different = sorted(k for k in set(made_with) | set(settings) if made_with.get(k) != settings.get(k))
     if different:
         change = "; ".join(f"{k}: {made_with.get(k)!r} then, {settings.get(k)!r} now" for k in different)
-        raise Error(f"{where} was made with other settings ({change}); its transcripts would be mixed with "
-                    "this run's: pass --overwrite to start over, or choose another --output")  # fmt: skip
+        raise Error(
+            f"{where} was made with other settings ({change}); its transcripts would be mixed with "
+            "this run's: pass --overwrite to start over, or choose another --output"
+        )
 
 
 def read_done(output: Path, suffix: str, settings: dict) -> list[dict]:
@@ -262,12 +282,15 @@ def read_done(output: Path, suffix: str, settings: dict) -> list[dict]:
         record = json.loads(made.read_text(encoding="utf-8"))
         made_with, fingerprint = record["settings"], record["output_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise Error(f"{output} exists, with no record of what made it ({made.name} is missing or damaged: not "
-                    "written by this transcribe.py); pass --overwrite to replace it, or choose another "
-                    "--output") from None  # fmt: skip
+        raise Error(
+            f"{output} exists, with no record of what made it ({made.name} is missing or damaged: not "
+            "written by this transcribe.py); pass --overwrite to replace it, or choose another "
+            "--output"
+        ) from None
     if fingerprint != hashlib.sha256(output.read_bytes()).hexdigest():
-        raise Error(f"{output} changed since transcribe.py wrote it; pass --overwrite to replace it, or choose "
-                    "another --output")  # fmt: skip
+        raise Error(
+            f"{output} changed since transcribe.py wrote it; pass --overwrite to replace it, or choose another --output"
+        )
     check_settings(output, made_with, settings)
     if suffix in (".srt", ".vtt"):
         return [{"path": settings["recording"]}]
@@ -312,8 +335,10 @@ def read_journal(journal: Path, settings: dict) -> tuple[list[dict], int]:
                 records.append(record)
     if records:
         if made_with is None:
-            raise Error(f"{journal} holds transcripts of an interrupted run with no record of its settings; "
-                        "pass --overwrite to start over")  # fmt: skip
+            raise Error(
+                f"{journal} holds transcripts of an interrupted run with no record of its settings; "
+                "pass --overwrite to start over"
+            )
         check_settings(f"the interrupted run in {journal}", made_with, settings)
     return records, end
 
@@ -455,8 +480,10 @@ def run(options, context=distributed.ONE_PROCESS) -> int:
     output = Path(options.output) if options.output else None
     if output is None:
         if context.world_size > 1:
-            raise UsageError(f"{context.world_size} processes need --output, the file their transcripts are merged "
-                             "into (stdout is for one process)")  # fmt: skip
+            raise UsageError(
+                f"{context.world_size} processes need --output, the file their transcripts are merged "
+                "into (stdout is for one process)"
+            )
         return transcribe_all(options, items, timestamps, None, None, None, [], [])
     check_output_place(output, items, options.inputs, suffix)
     journal = journal_path(output, context.rank)
@@ -488,9 +515,13 @@ def run(options, context=distributed.ONE_PROCESS) -> int:
         if problems := [p for p, _ in seen if p]:
             refuse(problems[0])  # on every process: the launcher sees one failed run, not a hung one
         if len({digest for _, digest in seen}) > 1:
-            refuse(Error(f"the {context.world_size} processes see different transcripts done in {output} and its "
-                         "journals: every process must see the output's folder (on several machines, a shared file "
-                         "system)"))  # fmt: skip
+            refuse(
+                Error(
+                    f"the {context.world_size} processes see different transcripts done in {output} and its "
+                    "journals: every process must see the output's folder (on several machines, a shared file "
+                    "system)"
+                )
+            )
         journal_file.truncate(0 if options.overwrite else end)  # a line cut off mid-write goes: new lines start anew
         header_end = None  # where this run's header ends, if it wrote one
         if not own_records:
@@ -500,14 +531,18 @@ def run(options, context=distributed.ONE_PROCESS) -> int:
             header_end = os.fstat(journal_file.fileno()).st_size
         if suffix in (".srt", ".vtt") and done:
             if context.is_main:
-                print(f"{output} holds this recording's subtitles, made with these settings: nothing to do "
-                      "(--overwrite to transcribe again)", file=sys.stderr)  # fmt: skip
+                print(
+                    f"{output} holds this recording's subtitles, made with these settings: nothing to do "
+                    "(--overwrite to transcribe again)",
+                    file=sys.stderr,
+                )
             for path in journals(output) if context.is_main else [journal]:
                 path.unlink(missing_ok=True)
             return 0
         try:
-            return transcribe_all(options, items, timestamps, output, journal, journal_file, done, journaled,
-                                  settings, context)  # fmt: skip
+            return transcribe_all(
+                options, items, timestamps, output, journal, journal_file, done, journaled, settings, context
+            )
         except BaseException:
             # Stopped before its first transcript (a model folder that does not load): its journal, which holds
             # nothing, goes too.
@@ -516,8 +551,18 @@ def run(options, context=distributed.ONE_PROCESS) -> int:
             raise
 
 
-def transcribe_all(options, items, timestamps, output, journal, journal_file, done, journaled, settings=None,
-                   context=distributed.ONE_PROCESS) -> int:  # fmt: skip
+def transcribe_all(
+    options,
+    items,
+    timestamps,
+    output,
+    journal,
+    journal_file,
+    done,
+    journaled,
+    settings=None,
+    context=distributed.ONE_PROCESS,
+) -> int:
     suffix = output.suffix.lower() if output else None
     finished = {os.path.abspath(r["path"]) for r in done + journaled}
     todo = [item for item in items if os.path.abspath(item["path"]) not in finished]
@@ -534,7 +579,7 @@ def transcribe_all(options, items, timestamps, output, journal, journal_file, do
         try:
             info = sf.info(item["path"])
             sized.append((item, info.frames / info.samplerate))
-        except Exception as error:  # noqa: BLE001 (any unreadable file is reported, never fatal)
+        except Exception as error:
             failures.append((item["path"], f"cannot read audio ({error})"))
     for path, why in failures:
         print(f"error: {path}: {why}", file=sys.stderr)
@@ -554,8 +599,9 @@ def transcribe_all(options, items, timestamps, output, journal, journal_file, do
         decoder = None
         if options.decoder == "lm":
             decoder = load_lm_decoder(options.model, hotwords=options.hotwords, hotword_weight=options.hotword_weight)
-        transcriber = Transcriber(backend, options.batch_size, options.chunk_length_s, options.stride_length_s,
-                                  timestamps, decoder)  # fmt: skip
+        transcriber = Transcriber(
+            backend, options.batch_size, options.chunk_length_s, options.stride_length_s, timestamps, decoder
+        )
 
     started = time.monotonic()
     new_records, audio_seconds = [], 0.0
@@ -585,9 +631,12 @@ def transcribe_all(options, items, timestamps, output, journal, journal_file, do
                     waveforms.append(read_audio(item["path"], backend.sampling_rate))
                     good.append(item)
                     if (peak := float(np.abs(waveforms[-1]).max())) > LOUD:
-                        print(f"\nwarning: {item['path']}: float samples peak at {peak:g}, far above 1: integer PCM "
-                              "stored as floats? Its transcript will be wrong; scale the file", file=sys.stderr)  # fmt: skip
-                except Exception as error:  # noqa: BLE001
+                        print(
+                            f"\nwarning: {item['path']}: float samples peak at {peak:g}, far above 1: integer PCM "
+                            "stored as floats? Its transcript will be wrong; scale the file",
+                            file=sys.stderr,
+                        )
+                except Exception as error:
                     failures.append((item["path"], reason(item["path"], error)))
                     print(f"\nerror: {item['path']}: {failures[-1][1]}", file=sys.stderr)
             if waveforms:
@@ -639,9 +688,11 @@ def transcribe_all(options, items, timestamps, output, journal, journal_file, do
                 write_output(output, render(records, suffix), settings)
             except OSError as error:
                 kept = journal if not several else f"the journals .{output.name}.journal*.jsonl beside it"
-                unwritten = Error(f"could not write {output} ({error.strerror or error}); nothing of it is lost: the "
-                                  f"{len(records) - len(done)} new transcripts are kept in {kept}. Make room and run "
-                                  "the same command again to finish.")  # fmt: skip
+                unwritten = Error(
+                    f"could not write {output} ({error.strerror or error}); nothing of it is lost: the "
+                    f"{len(records) - len(done)} new transcripts are kept in {kept}. Make room and run "
+                    "the same command again to finish."
+                )
                 status = 1
         if status is None:
             for path in journals(output):
@@ -670,7 +721,7 @@ def transcribe_or_isolate(transcriber, items, waveforms, failures) -> list:
     take (e.g. longer than its positions with a large --chunk_length_s) fails alone, named, with the reason."""
     try:
         return transcriber.transcribe(list(waveforms))
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         if len(waveforms) == 1:
             failures.append((items[0]["path"], f"{type(error).__name__}: {error}"))
             print(f"\nerror: {items[0]['path']}: {failures[-1][1]}", file=sys.stderr)
@@ -682,4 +733,3 @@ def reason(path, error: Exception) -> str:
     text = str(error)
     prefix = f"{path}: "
     return text[len(prefix) :] if text.startswith(prefix) else f"{type(error).__name__}: {text}"
-

@@ -34,7 +34,7 @@ _LAZY = {
     "EBranchformerCTCTokenizer": "tokenization",
     "normalize_text": "text",
 }
-__all__ = sorted(_LAZY)
+__all__ = sorted(_LAZY)  # noqa: PLE0605 (the lazy names: one list to keep)
 
 
 def __getattr__(name):

@@ -20,8 +20,9 @@ class EBranchformerASRPipeline(AutomaticSpeechRecognitionPipeline):
     `decoder_kwargs={"beam_width": 64, "hotwords": [...]}` reach the beam search; `language_model=False` decodes
     greedily."""
 
-    def __init__(self, model, feature_extractor=None, tokenizer=None, decoder=None, device=None,
-                 language_model=True, **kwargs):  # fmt: skip
+    def __init__(
+        self, model, feature_extractor=None, tokenizer=None, decoder=None, device=None, language_model=True, **kwargs
+    ):
         if decoder is None and language_model:
             decoder = self._folder_decoder(model, tokenizer)
         # Built as a plain CTC pipeline, then switched to the LM path: the stock constructor would warn that

@@ -31,8 +31,18 @@ DEFAULT_TOKEN_MIN_LOGP = -5.0
 DEFAULT_HOTWORD_WEIGHT = 10.0
 HOTWORD_WEIGHT_RANGE = (0.0, 100.0)
 COMMIT_EVERY = 64  # frames between moves of the words all prefixes share out of them (_Committed)
-DECODE_OPTIONS = ["alpha", "beam_prune_logp", "beam_width", "beta", "hotword_weight", "hotwords", "lm_score_boundary",
-                  "sum_alignments", "token_min_logp", "unk_score_offset"]  # fmt: skip
+DECODE_OPTIONS = [
+    "alpha",
+    "beam_prune_logp",
+    "beam_width",
+    "beta",
+    "hotword_weight",
+    "hotwords",
+    "lm_score_boundary",
+    "sum_alignments",
+    "token_min_logp",
+    "unk_score_offset",
+]
 ALPHA_RANGE = (0.0, 10.0)
 BETA_RANGE = (-20.0, 20.0)
 
@@ -66,19 +76,50 @@ class _Prefix:
     start, end) frames of its finished words and of the unfinished word, taken from its likeliest alignment
     (`best`, that alignment's log-probability)."""
 
-    __slots__ = ("p_blank", "p_nonblank", "lm_score", "partial_score", "plain_partial_score", "context", "words",
-                 "word_start", "word_end", "best")  # fmt: skip
+    __slots__ = (
+        "best",
+        "context",
+        "lm_score",
+        "p_blank",
+        "p_nonblank",
+        "partial_score",
+        "plain_partial_score",
+        "word_end",
+        "word_start",
+        "words",
+    )
 
-    def __init__(self, p_blank, p_nonblank, lm_score, partial_score, plain_partial_score, context, words, word_start,
-                 word_end, best):  # fmt: skip
+    def __init__(
+        self,
+        p_blank,
+        p_nonblank,
+        lm_score,
+        partial_score,
+        plain_partial_score,
+        context,
+        words,
+        word_start,
+        word_end,
+        best,
+    ):
         self.p_blank, self.p_nonblank, self.lm_score = p_blank, p_nonblank, lm_score
         self.partial_score, self.plain_partial_score, self.context = partial_score, plain_partial_score, context
         self.words, self.word_start, self.word_end, self.best = words, word_start, word_end, best
 
     def extended(self, p_blank, p_nonblank, word_start, word_end, best):
         """The same text in the next frame."""
-        return _Prefix(p_blank, p_nonblank, self.lm_score, self.partial_score, self.plain_partial_score, self.context,
-                       self.words, word_start, word_end, best)  # fmt: skip
+        return _Prefix(
+            p_blank,
+            p_nonblank,
+            self.lm_score,
+            self.partial_score,
+            self.plain_partial_score,
+            self.context,
+            self.words,
+            word_start,
+            word_end,
+            best,
+        )
 
     def keep_alignment_if_better(self, p, words, word_start, word_end):
         if p > self.best:
@@ -95,7 +136,7 @@ class _Committed:
         self.text, self.words = "", ()
 
     def take(self, prefixes: dict) -> dict:
-        common = os.path.commonprefix(list(prefixes))
+        common = os.path.commonprefix(list(prefixes))  # noqa: RUF071 (texts: character by character is meant)
         cut = common.rfind(" ") + 1  # after the last space that all share: a word boundary in every prefix
         if cut == 0:
             return prefixes
@@ -168,13 +209,21 @@ class CTCBeamSearchDecoder:
     """CTC prefix beam search with a word n-gram LM; `labels[i]` is the character of logit column i ("" for the
     CTC blank, " " for the word delimiter). `language_model` may be None (beam search without an LM)."""
 
-    def __init__(self, labels, language_model=None, alpha=DEFAULT_ALPHA, beta=DEFAULT_BETA,
-                 unk_score_offset=DEFAULT_UNK_SCORE_OFFSET, score_boundary=True, unigrams=None):  # fmt: skip
+    def __init__(
+        self,
+        labels,
+        language_model=None,
+        alpha=DEFAULT_ALPHA,
+        beta=DEFAULT_BETA,
+        unk_score_offset=DEFAULT_UNK_SCORE_OFFSET,
+        score_boundary=True,
+        unigrams=None,
+    ):
         labels = list(labels)
         if labels.count("") != 1:
-            raise LanguageModelError(f"the alphabet must have exactly one blank (\"\"), it has {labels.count('')}")
+            raise LanguageModelError(f'the alphabet must have exactly one blank (""), it has {labels.count("")}')
         if labels.count(" ") != 1:
-            raise LanguageModelError("the alphabet must have exactly one word delimiter (\" \")")
+            raise LanguageModelError('the alphabet must have exactly one word delimiter (" ")')
         if bad := [t for t in labels if len(t) > 1]:
             raise LanguageModelError(f"the alphabet must hold single characters, not {bad}")
         if len(set(labels)) != len(labels):
@@ -205,8 +254,12 @@ class CTCBeamSearchDecoder:
     @property
     def attrs(self) -> dict:
         """What `attrs.json` holds (pyctcdecode's keys)."""
-        return {"alpha": self.alpha, "beta": self.beta, "unk_score_offset": self.unk_score_offset,
-                "score_boundary": self.score_boundary}  # fmt: skip
+        return {
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "unk_score_offset": self.unk_score_offset,
+            "score_boundary": self.score_boundary,
+        }
 
     def _vocabulary_prefixes(self):
         if self._prefixes is None:
@@ -216,9 +269,23 @@ class CTCBeamSearchDecoder:
 
     # ---- decoding
 
-    def decode_beams(self, logits, beam_width=None, beam_prune_logp=None, token_min_logp=None, prune_history=False,
-                     hotwords=None, hotword_weight=None, sum_alignments=True, alpha=None, beta=None,
-                     unk_score_offset=None, lm_score_boundary=None, lm_start_state=None, **unknown):  # fmt: skip
+    def decode_beams(
+        self,
+        logits,
+        beam_width=None,
+        beam_prune_logp=None,
+        token_min_logp=None,
+        prune_history=False,
+        hotwords=None,
+        hotword_weight=None,
+        sum_alignments=True,
+        alpha=None,
+        beta=None,
+        unk_score_offset=None,
+        lm_score_boundary=None,
+        lm_start_state=None,
+        **unknown,
+    ):
         """`OutputBeam`s for one utterance, best first (pyctcdecode's tuples: text, None, word frames
         [(word, (start, end))], acoustic log-score, combined score). `logits`: (frames, labels), logits or
         log-probabilities (a log-softmax is applied).
@@ -239,8 +306,10 @@ class CTCBeamSearchDecoder:
         finite = np.isfinite(logits).all(axis=1)
         if not finite.all():
             bad = np.flatnonzero(~finite)
-            raise LanguageModelError(f"frame {bad[0]} of the logits is NaN or infinite ({len(bad)} such frames of "
-                                     f"{len(logits)}): the model's output is broken there")  # fmt: skip
+            raise LanguageModelError(
+                f"frame {bad[0]} of the logits is NaN or infinite ({len(bad)} such frames of "
+                f"{len(logits)}): the model's output is broken there"
+            )
         beam_width = DEFAULT_BEAM_WIDTH if beam_width is None else beam_width
         if isinstance(beam_width, bool) or not isinstance(beam_width, (int, np.integer)) or beam_width < 1:
             raise LanguageModelError(f"beam_width must be a positive integer, got {beam_width!r}")
@@ -252,8 +321,15 @@ class CTCBeamSearchDecoder:
         check_range("hotword_weight", weight, *HOTWORD_WEIGHT_RANGE)
         hot = _Hotwords([hotwords] if isinstance(hotwords, str) else hotwords, weight, self.characters)
         weights = self._weights(alpha, beta, unk_score_offset, lm_score_boundary)
-        return self._search(log_softmax(logits), int(beam_width), float(beam_prune_logp), float(token_min_logp), hot,
-                            weights, _logaddexp if sum_alignments else max)  # fmt: skip
+        return self._search(
+            log_softmax(logits),
+            int(beam_width),
+            float(beam_prune_logp),
+            float(token_min_logp),
+            hot,
+            weights,
+            _logaddexp if sum_alignments else max,
+        )
 
     def decode(self, logits, **kwargs) -> str:
         return self.decode_beams(logits, **kwargs)[0].text
@@ -263,9 +339,12 @@ class CTCBeamSearchDecoder:
         check_range("alpha", alpha, *ALPHA_RANGE)
         check_range("beta", beta, *BETA_RANGE)
         check_range("unk_score_offset", unk_score_offset, -1000.0, 0.0)
-        return _Weights(self.alpha if alpha is None else float(alpha), self.beta if beta is None else float(beta),
-                        self.unk_score_offset if unk_score_offset is None else float(unk_score_offset),
-                        self.score_boundary if lm_score_boundary is None else bool(lm_score_boundary))  # fmt: skip
+        return _Weights(
+            self.alpha if alpha is None else float(alpha),
+            self.beta if beta is None else float(beta),
+            self.unk_score_offset if unk_score_offset is None else float(unk_score_offset),
+            self.score_boundary if lm_score_boundary is None else bool(lm_score_boundary),
+        )
 
     def _word_score(self, context, word, hot, w):
         """LM score of a finished word: alpha * ln P + beta, the unknown-word offset, the hotword bonus."""
@@ -333,7 +412,7 @@ class CTCBeamSearchDecoder:
                 else:
                     entry.p_blank = merge(entry.p_blank, p)
                     entry.keep_alignment_if_better(p, prefix.words, prefix.word_start, prefix.word_end)
-                for c, ch, lp in lps:
+                for _, ch, lp in lps:
                     if ch == " ":
                         if not text or last == " ":  # a leading or repeated space leaves the text as it is
                             entry = new[text]
@@ -345,8 +424,18 @@ class CTCBeamSearchDecoder:
                         words = prefix.words + ((word, prefix.word_start, prefix.word_end),)
                         entry = new.get(text + " ")
                         if entry is None:
-                            new[text + " "] = _Prefix(NEG_INF, p, prefix.lm_score + self._word_score(prefix.context, word, hot, w),
-                                                      0.0, 0.0, self._next_context(prefix.context, word), words, -1, -1, p)  # fmt: skip
+                            new[text + " "] = _Prefix(
+                                NEG_INF,
+                                p,
+                                prefix.lm_score + self._word_score(prefix.context, word, hot, w),
+                                0.0,
+                                0.0,
+                                self._next_context(prefix.context, word),
+                                words,
+                                -1,
+                                -1,
+                                p,
+                            )
                         else:
                             entry.p_nonblank = merge(entry.p_nonblank, p)
                             if p > entry.best:
@@ -371,10 +460,13 @@ class CTCBeamSearchDecoder:
                         partial = ch if starts_word else new_text[new_text.rfind(" ") + 1 :]
                         scores = partial_scores.get(partial)
                         if scores is None:
-                            scores = partial_scores[partial] = (self._partial_score(partial, hot, w),
-                                                                self._partial_score(partial, no_hotwords, w))  # fmt: skip
-                        new[new_text] = _Prefix(NEG_INF, p, prefix.lm_score, *scores, prefix.context, prefix.words,
-                                                word_start, t + 1, p)  # fmt: skip
+                            scores = partial_scores[partial] = (
+                                self._partial_score(partial, hot, w),
+                                self._partial_score(partial, no_hotwords, w),
+                            )
+                        new[new_text] = _Prefix(
+                            NEG_INF, p, prefix.lm_score, *scores, prefix.context, prefix.words, word_start, t + 1, p
+                        )
                     else:
                         entry.p_nonblank = merge(entry.p_nonblank, p)
                         entry.keep_alignment_if_better(p, prefix.words, word_start, t + 1)
@@ -387,6 +479,7 @@ class CTCBeamSearchDecoder:
         prefix). With hotwords, also the best by the score without the unfinished word's hotword bonus: a bonus
         that a word loses when it leaves the hotword's spelling must not have pruned the words the audio says
         (they came out cut short, 'бу' for 'будет' with the hotword 'будильник')."""
+
         def best(partial):
             scored = [(merge(b.p_blank, b.p_nonblank) + b.lm_score + partial(b), text) for text, b in new.items()]
             scored = heapq.nlargest(beam_width, scored) if len(scored) > beam_width else sorted(scored, reverse=True)
@@ -401,7 +494,12 @@ class CTCBeamSearchDecoder:
     def _finish(self, committed, prefixes, hot, w, merge=_logaddexp) -> list:
         finished = {}  # text -> [acoustic score, LM score, words]
         for text, prefix in prefixes.items():
-            acoustic, lm, context, words = merge(prefix.p_blank, prefix.p_nonblank), prefix.lm_score, prefix.context, prefix.words
+            acoustic, lm, context, words = (
+                merge(prefix.p_blank, prefix.p_nonblank),
+                prefix.lm_score,
+                prefix.context,
+                prefix.words,
+            )
             if text and text[-1] != " ":
                 word = text[text.rfind(" ") + 1 :]
                 lm += self._word_score(context, word, hot, w)
@@ -416,8 +514,10 @@ class CTCBeamSearchDecoder:
                 finished[final] = [acoustic, lm, words]
             else:
                 previous[0] = merge(previous[0], acoustic)
-        output = [OutputBeam(text, None, [(w, (s, e)) for w, s, e in words], acoustic, acoustic + lm)
-                  for text, (acoustic, lm, words) in finished.items()]  # fmt: skip
+        output = [
+            OutputBeam(text, None, [(w, (s, e)) for w, s, e in words], acoustic, acoustic + lm)
+            for text, (acoustic, lm, words) in finished.items()
+        ]
         output.sort(key=lambda beam: beam.lm_score, reverse=True)
         return output or [OutputBeam("", None, [], 0.0, 0.0)]
 
@@ -453,8 +553,10 @@ class CTCBeamSearchDecoder:
         folder = Path(folder)
         alphabet_path = folder / ALPHABET_FILE
         if not alphabet_path.is_file():
-            raise LanguageModelError(f"{alphabet_path} is missing: a language model folder needs the alphabet of the "
-                                     "logits (run build_lm.py again)")  # fmt: skip
+            raise LanguageModelError(
+                f"{alphabet_path} is missing: a language model folder needs the alphabet of the "
+                "logits (run build_lm.py again)"
+            )
         try:
             alphabet = json.loads(alphabet_path.read_text(encoding="utf-8"))
             labels = alphabet["labels"]
@@ -463,12 +565,18 @@ class CTCBeamSearchDecoder:
         except (ValueError, KeyError, TypeError) as error:
             raise LanguageModelError(f"{alphabet_path} is not a valid alphabet ({error})") from None
         if alphabet.get("is_bpe"):
-            raise LanguageModelError(f"{alphabet_path}: BPE alphabets are not supported; this decoder is for characters")
+            raise LanguageModelError(
+                f"{alphabet_path}: BPE alphabets are not supported; this decoder is for characters"
+            )
         lm_dir = folder / LM_DIR
-        files = sorted(p for p in lm_dir.iterdir() if p.name not in (ATTRS_FILE, UNIGRAMS_FILE)) if lm_dir.is_dir() else []
+        files = (
+            sorted(p for p in lm_dir.iterdir() if p.name not in (ATTRS_FILE, UNIGRAMS_FILE)) if lm_dir.is_dir() else []
+        )
         if len(files) != 1:
-            raise LanguageModelError(f"{lm_dir} must hold exactly one language model file besides {ATTRS_FILE} and "
-                                     f"{UNIGRAMS_FILE}, found {[p.name for p in files]}")  # fmt: skip
+            raise LanguageModelError(
+                f"{lm_dir} must hold exactly one language model file besides {ATTRS_FILE} and "
+                f"{UNIGRAMS_FILE}, found {[p.name for p in files]}"
+            )
         attrs = {}
         attrs_path = lm_dir / ATTRS_FILE
         if attrs_path.is_file():
@@ -527,9 +635,13 @@ def check_alphabet(labels, tokenizer, where="alphabet.json"):
     expected = tokenizer_labels(tokenizer)
     missing = [t for t in expected if t not in labels]
     if missing:
-        raise LanguageModelError(f"{where} does not cover the tokenizer: it lacks {missing} (the LM was built for "
-                                 "another vocabulary; build it again with build_lm.py)")  # fmt: skip
+        raise LanguageModelError(
+            f"{where} does not cover the tokenizer: it lacks {missing} (the LM was built for "
+            "another vocabulary; build it again with build_lm.py)"
+        )
     if list(labels) != expected:
         diff = [(i, a, b) for i, (a, b) in enumerate(zip(labels, expected)) if a != b][:5]
-        raise LanguageModelError(f"{where} does not match the tokenizer: {len(labels)} labels for {len(expected)} "
-                                 f"logit columns, first differences (column, alphabet, tokenizer): {diff}")  # fmt: skip
+        raise LanguageModelError(
+            f"{where} does not match the tokenizer: {len(labels)} labels for {len(expected)} "
+            f"logit columns, first differences (column, alphabet, tokenizer): {diff}"
+        )

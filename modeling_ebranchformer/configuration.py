@@ -151,11 +151,20 @@ class EBranchformerConfig(PretrainedConfig):
     def _validate(self):
         owner = "EBranchformerConfig"
         positive = (
-            "vocab_size", "num_mel_bins", "subsampling_stride", "hidden_size", "num_hidden_layers",
-            "num_attention_heads", "cgmlp_intermediate_size", "cgmlp_conv_kernel_size",
-            "ffn_intermediate_size", "merge_conv_kernel_size", "max_position_embeddings",
-            "mask_time_length", "mask_feature_length",
-        )  # fmt: skip
+            "vocab_size",
+            "num_mel_bins",
+            "subsampling_stride",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "cgmlp_intermediate_size",
+            "cgmlp_conv_kernel_size",
+            "ffn_intermediate_size",
+            "merge_conv_kernel_size",
+            "max_position_embeddings",
+            "mask_time_length",
+            "mask_feature_length",
+        )
         for name in positive:
             check_integer(owner, name, getattr(self, name), minimum=1)
         for name in ("mask_time_min_masks", "mask_feature_min_masks"):

@@ -121,8 +121,15 @@ class QuartzNetConfig(PretrainedConfig):
 
     def _validate(self):
         owner = "QuartzNetConfig"
-        lists = ("block_channels", "block_repeats", "block_kernel_sizes", "block_strides", "block_dilations",
-                 "block_residual", "block_separable")  # fmt: skip
+        lists = (
+            "block_channels",
+            "block_repeats",
+            "block_kernel_sizes",
+            "block_strides",
+            "block_dilations",
+            "block_residual",
+            "block_separable",
+        )
         lengths = {name: len(getattr(self, name)) for name in lists}
         if len(set(lengths.values())) != 1 or not self.block_channels:
             raise ValueError(f"QuartzNetConfig: the block_* lists must be non-empty and equally long, got {lengths}")

@@ -15,7 +15,6 @@ import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
 
-
 # At most this many values per row of a 2-D array (or per list item) reads as channels, not a batch.
 MAX_CHANNELS = 8
 # Float audio peaking above this (18 dB over full scale) is almost surely integer PCM stored as floats.

@@ -148,9 +148,11 @@ class EBranchformerSelfAttention(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
         dropout = self.config.attention_dropout if self.training else 0.0
         # Only eager attention computes the probabilities that output_attentions returns.
-        attention_interface = eager_attention_forward if output_attentions else ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )  # fmt: skip
+        attention_interface = (
+            eager_attention_forward
+            if output_attentions
+            else ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        )
         context, weights = attention_interface(
             self,
             query,
@@ -171,8 +173,9 @@ def masked_depthwise_conv(conv: nn.Conv1d, hidden_states: torch.Tensor, frame_ma
     # The same convolution as conv(x), run as a 2-D one over (B, C, 1, T): on CPU oneDNN's depthwise
     # conv2d kernel is 3x (training) to 50x (inference) faster than its conv1d path; results are identical.
     weight = conv.weight.unsqueeze(2)
-    output = F.conv2d(hidden_states.transpose(1, 2).unsqueeze(2), weight, conv.bias, padding=(0, conv.padding[0]),
-                      groups=conv.groups)  # fmt: skip
+    output = F.conv2d(
+        hidden_states.transpose(1, 2).unsqueeze(2), weight, conv.bias, padding=(0, conv.padding[0]), groups=conv.groups
+    )
     return output.squeeze(2).transpose(1, 2)
 
 

@@ -38,8 +38,9 @@ class QuartzNetSubBlock(nn.Module):
         padding = dilation * (kernel - 1) // 2  # "same" length for stride 1; ceil(T / stride) otherwise
         self.separable = config.block_separable[block]
         if self.separable:
-            self.depthwise_conv = nn.Conv1d(in_channels, in_channels, kernel, stride, padding, dilation,
-                                            groups=in_channels, bias=bias)  # fmt: skip
+            self.depthwise_conv = nn.Conv1d(
+                in_channels, in_channels, kernel, stride, padding, dilation, groups=in_channels, bias=bias
+            )
             self.pointwise_conv = nn.Conv1d(in_channels, out_channels, 1, bias=bias)
         else:
             self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, padding, dilation, bias=bias)
@@ -72,8 +73,9 @@ class QuartzNetBlock(nn.Module):
         stride = config.block_strides[block]
         self.stride = stride
         self.sub_blocks = nn.ModuleList(
-            QuartzNetSubBlock(config, block, in_channels if i == 0 else config.block_channels[block],
-                              stride if i == 0 else 1)  # fmt: skip
+            QuartzNetSubBlock(
+                config, block, in_channels if i == 0 else config.block_channels[block], stride if i == 0 else 1
+            )
             for i in range(config.block_repeats[block])
         )
         self.residual = QuartzNetResidual(config, block, in_channels) if config.block_residual[block] else None
@@ -154,8 +156,9 @@ class QuartzNetModel(QuartzNetPreTrainedModel):
 
         if lengths is None:
             lengths = torch.full((batch,), hidden_states.shape[1], device=hidden_states.device)
-        return CTCEncoderOutput(last_hidden_state=hidden_states, hidden_states=all_hidden_states,
-                                output_lengths=lengths)  # fmt: skip
+        return CTCEncoderOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, output_lengths=lengths
+        )
 
     @staticmethod
     def _frame_mask(lengths, steps, like):
@@ -189,8 +192,9 @@ class QuartzNetForCTC(CTCGenerationMixin, QuartzNetPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch, target_length)`, *optional*):
             Character ids of the transcripts, padded with -100.
         """
-        outputs = self.quartznet(input_features, attention_mask=attention_mask,
-                                 output_hidden_states=output_hidden_states, return_dict=True)  # fmt: skip
+        outputs = self.quartznet(
+            input_features, attention_mask=attention_mask, output_hidden_states=output_hidden_states, return_dict=True
+        )
         logits = self.lm_head(outputs.last_hidden_state)
         loss = ctc_loss(logits, outputs.output_lengths, labels, self.config) if labels is not None else None
         return CausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

@@ -10,8 +10,8 @@ Scores are natural logarithms; ARPA files hold log10, converted on reading.
 """
 
 import gzip
-import sys
 import math
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -22,6 +22,7 @@ KENLM_MAGIC = b"mmap lm "  # KenLM binary files start with "mmap lm http://kheaf
 
 class LanguageModelError(ValueError):
     """A language model, alphabet or decoding parameter that cannot be used; the message names the file or value."""
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Building: interpolated Kneser-Ney
@@ -260,8 +261,10 @@ class NGramLanguageModel:
             raise LanguageModelError(f"{path}: no \\end\\ line after line {number}; the file is truncated or corrupt")
         for n, count in expected.items():
             if seen[n] != count:
-                raise LanguageModelError(f"{path}: \\data\\ announces {count} {n}-grams but the file holds {seen[n]}; "
-                                         "the file is truncated or corrupt")  # fmt: skip
+                raise LanguageModelError(
+                    f"{path}: \\data\\ announces {count} {n}-grams but the file holds {seen[n]}; "
+                    "the file is truncated or corrupt"
+                )
         if not expected or 1 not in expected:
             raise LanguageModelError(f"{path}: no unigrams; the file is not a usable ARPA language model")
         return cls(probs, backoffs, max(expected), path)
@@ -334,7 +337,7 @@ class KenLMLanguageModel:
             ) from None
         try:
             model = kenlm.Model(str(path))
-        except Exception as error:  # noqa: BLE001 - kenlm raises OSError/RuntimeError/its own with its messages
+        except Exception as error:
             raise LanguageModelError(f"{path}: kenlm cannot read this file ({error})") from None
         return cls(model, path)
 

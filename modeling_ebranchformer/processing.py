@@ -21,8 +21,9 @@ class EBranchformerProcessor(Wav2Vec2Processor):
     # in a saved folder), as Transformers 5 expects; naming them here is deprecated there.
 
     def __init__(self, feature_extractor=None, tokenizer=None, **kwargs):
-        super().__init__(feature_extractor or EBranchformerFeatureExtractor(), tokenizer or EBranchformerCTCTokenizer(),
-                         **kwargs)  # fmt: skip
+        super().__init__(
+            feature_extractor or EBranchformerFeatureExtractor(), tokenizer or EBranchformerCTCTokenizer(), **kwargs
+        )
 
     def __call__(self, audio=None, text=None, sampling_rate=None, return_tensors=None, **kwargs):
         if audio is None and text is None:

@@ -51,9 +51,12 @@ def _resolve_folder(pretrained_model_name_or_path, **kwargs):
 
     hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if kwargs.get(k)}
     try:
-        return Path(snapshot_download(pretrained_model_name_or_path, allow_patterns=[ALPHABET_FILE, f"{LM_DIR}/*"],
-                                      **hub_kwargs))  # fmt: skip
-    except Exception as error:  # noqa: BLE001 - offline, no such repo: the tokenizer load has said so already
+        return Path(
+            snapshot_download(
+                pretrained_model_name_or_path, allow_patterns=[ALPHABET_FILE, f"{LM_DIR}/*"], **hub_kwargs
+            )
+        )
+    except Exception as error:
         logger.warning(f"no language model files could be fetched for {pretrained_model_name_or_path}: {error}")
         return None
 
@@ -76,8 +79,10 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
     def __init__(self, feature_extractor=None, tokenizer=None, decoder=None, **kwargs):
         super().__init__(feature_extractor, tokenizer, **kwargs)
         if decoder is None:
-            raise ValueError("EBranchformerProcessorWithLM needs a `decoder` (lm.CTCBeamSearchDecoder); use "
-                             "EBranchformerProcessor for greedy decoding")  # fmt: skip
+            raise ValueError(
+                "EBranchformerProcessorWithLM needs a `decoder` (lm.CTCBeamSearchDecoder); use "
+                "EBranchformerProcessor for greedy decoding"
+            )
         check_alphabet(decoder.labels, self.tokenizer, ALPHABET_FILE)
         self.decoder = decoder
 
@@ -100,8 +105,11 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
             api = HfApi(token=hub_kwargs.get("token"))
             repo_id = hub_kwargs.get("repo_id", os.path.basename(os.path.normpath(save_directory)))
             repo_id = api.create_repo(repo_id, exist_ok=True, private=hub_kwargs.get("private")).repo_id
-            api.upload_folder(folder_path=save_directory, repo_id=repo_id,
-                              commit_message=hub_kwargs.get("commit_message") or "Upload processor with language model")  # fmt: skip
+            api.upload_folder(
+                folder_path=save_directory,
+                repo_id=repo_id,
+                commit_message=hub_kwargs.get("commit_message") or "Upload processor with language model",
+            )
         return files
 
     @classmethod
@@ -112,8 +120,9 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
         plain = EBranchformerProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
         folder = _resolve_folder(pretrained_model_name_or_path, **kwargs)
         if folder is None or not (folder / LM_DIR).is_dir():
-            logger.warning(f"{pretrained_model_name_or_path} has no {LM_DIR}/ folder: decoding greedily without a "
-                           "language model")  # fmt: skip
+            logger.warning(
+                f"{pretrained_model_name_or_path} has no {LM_DIR}/ folder: decoding greedily without a language model"
+            )
             return plain
         decoder = CTCBeamSearchDecoder.load_from_dir(folder, **overrides)
         check_alphabet(decoder.labels, plain.tokenizer, str(folder / ALPHABET_FILE))
@@ -123,18 +132,37 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
     def language_model(self):
         return self.decoder.language_model
 
-    def batch_decode(self, logits, *args, beam_width=None, beam_prune_logp=None, token_min_logp=None, hotwords=None,
-                     hotword_weight=None, alpha=None, beta=None, unk_score_offset=None, lm_score_boundary=None,
-                     output_word_offsets=False, n_best=1, lengths=None, sum_alignments=True, pool=None,
-                     num_processes=None, **kwargs):  # fmt: skip
+    def batch_decode(
+        self,
+        logits,
+        *args,
+        beam_width=None,
+        beam_prune_logp=None,
+        token_min_logp=None,
+        hotwords=None,
+        hotword_weight=None,
+        alpha=None,
+        beta=None,
+        unk_score_offset=None,
+        lm_score_boundary=None,
+        output_word_offsets=False,
+        n_best=1,
+        lengths=None,
+        sum_alignments=True,
+        pool=None,
+        num_processes=None,
+        **kwargs,
+    ):
         """Beam search with the LM over float logits (batch, frames, labels); token ids go to the tokenizer
         (greedy, as `EBranchformerProcessor.batch_decode`). Parameters not given come from attrs.json."""
         array = _as_array(logits)
         if not np.issubdtype(array.dtype, np.floating):  # token ids
             return self.tokenizer.batch_decode(logits, *args, **kwargs)
         if array.ndim != 3:
-            raise ValueError(f"batch_decode with the LM takes logits of shape (batch, frames, {len(self.decoder.labels)}),"
-                             f" got {array.shape}; token ids are decoded greedily")  # fmt: skip
+            raise ValueError(
+                f"batch_decode with the LM takes logits of shape (batch, frames, {len(self.decoder.labels)}),"
+                f" got {array.shape}; token ids are decoded greedily"
+            )
         if not isinstance(n_best, int) or n_best < 1:
             raise ValueError(f"n_best must be a positive integer, got {n_best!r}")
         if kwargs:
@@ -146,12 +174,21 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
             else:
                 item = item[(item != -100.0).all(axis=-1)]  # the pipeline's padding value
             try:
-                results.append(self.decoder.decode_beams(
-                    item, beam_width=beam_width if beam_width is not None else DEFAULT_BEAM_WIDTH,
-                    beam_prune_logp=beam_prune_logp, token_min_logp=token_min_logp, hotwords=hotwords,
-                    hotword_weight=hotword_weight, sum_alignments=sum_alignments, alpha=alpha, beta=beta,
-                    unk_score_offset=unk_score_offset, lm_score_boundary=lm_score_boundary,
-                ))  # fmt: skip
+                results.append(
+                    self.decoder.decode_beams(
+                        item,
+                        beam_width=beam_width if beam_width is not None else DEFAULT_BEAM_WIDTH,
+                        beam_prune_logp=beam_prune_logp,
+                        token_min_logp=token_min_logp,
+                        hotwords=hotwords,
+                        hotword_weight=hotword_weight,
+                        sum_alignments=sum_alignments,
+                        alpha=alpha,
+                        beta=beta,
+                        unk_score_offset=unk_score_offset,
+                        lm_score_boundary=lm_score_boundary,
+                    )
+                )
             except LanguageModelError as error:
                 if str(error).startswith("frame "):  # which utterance of the batch
                     raise LanguageModelError(f"utterance {index}, {error}") from None
@@ -166,8 +203,12 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
                 offsets.append(words[0])
             else:
                 texts.append(one[0]), logit_scores.append(one[1]), lm_scores.append(one[2]), offsets.append(words)
-        return EBranchformerDecoderWithLMOutput(text=texts, logit_score=logit_scores, lm_score=lm_scores,
-                                                word_offsets=offsets if output_word_offsets else None)  # fmt: skip
+        return EBranchformerDecoderWithLMOutput(
+            text=texts,
+            logit_score=logit_scores,
+            lm_score=lm_scores,
+            word_offsets=offsets if output_word_offsets else None,
+        )
 
     def decode(self, logits, **kwargs):
         """One utterance: (frames, labels) logits -> beam search with the LM; token ids -> greedy."""

@@ -43,8 +43,11 @@ class EBranchformerCTCTokenizer(Wav2Vec2CTCTokenizer):
     @property
     def characters(self) -> set[str]:
         """The characters a transcript may hold (after normalisation)."""
-        return {self.replace_word_delimiter_char if t == self.word_delimiter_token else t for t in self.encoder
-                if len(t) == 1}  # fmt: skip
+        return {
+            self.replace_word_delimiter_char if t == self.word_delimiter_token else t
+            for t in self.encoder
+            if len(t) == 1
+        }
 
     def unknown_characters(self, text: str) -> list[str]:
         """Characters of the normalised `text` that the vocabulary lacks, in order of first appearance."""

@@ -68,8 +68,10 @@ def import_espnet():
         import espnet
         from espnet2.asr.encoder import e_branchformer_encoder
     except ImportError as error:
-        sys.exit(f"ESPnet is not installed ({error}). Install it with:\n    {ESPNET_HINT}\n"
-                 "(--no-deps keeps your torch; add a small pure-Python package if its import names one)")  # fmt: skip
+        sys.exit(
+            f"ESPnet is not installed ({error}). Install it with:\n    {ESPNET_HINT}\n"
+            "(--no-deps keeps your torch; add a small pure-Python package if its import names one)"
+        )
     return espnet, e_branchformer_encoder
 
 
@@ -138,8 +140,9 @@ def speech_inputs(config):
     if len(files) < 9:
         return None
     waves = [torch.cat([torch.from_numpy(read_audio(f)) for f in files[i : i + 3]]).numpy() for i in (0, 3, 6)]
-    features = [EBranchformerFeatureExtractor()([w], sampling_rate=16000, return_tensors="pt").input_features
-                for w in waves]  # fmt: skip
+    features = [
+        EBranchformerFeatureExtractor()([w], sampling_rate=16000, return_tensors="pt").input_features for w in waves
+    ]
     torch.manual_seed(0)
     model = EBranchformerModel(config).eval()
     with torch.inference_mode():
@@ -179,10 +182,14 @@ def main(argv=None):
     else:
         print(f"(no Golos test files under {CROWD_TEST}: speech input skipped)")
 
-    print(f"{datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  "
-          f"espnet {espnet.__version__}  Python {platform.python_version()}  {args.threads} thread(s)")  # fmt: skip
-    print(f"ESPnet EBranchformerEncoderLayer vs our EBranchformerLayer ({sum(state[k].numel() for k in state):,} "
-          f"parameters, {len(state)} tensors from {len(espnet_layer.state_dict())} ESPnet tensors), eval, float32")  # fmt: skip
+    print(
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  "
+        f"espnet {espnet.__version__}  Python {platform.python_version()}  {args.threads} thread(s)"
+    )
+    print(
+        f"ESPnet EBranchformerEncoderLayer vs our EBranchformerLayer ({sum(state[k].numel() for k in state):,} "
+        f"parameters, {len(state)} tensors from {len(espnet_layer.state_dict())} ESPnet tensors), eval, float32"
+    )
     print(f"{'input':34} {'input rms':>9} {'output rms':>10} {'max|diff| eps 1e-12':>20} {'eps 1e-5':>10}")
     with torch.inference_mode():
         for name, x in inputs.items():

@@ -68,13 +68,74 @@ SPLITS = {
 # espeak-ng variants on its default (formant) synthesiser: the numbered ones and the named ones that do not
 # switch to the Klatt synthesiser; left out as well are the effect voices (whisper, croak, Demonic, robots).
 ESPEAK_VOICES = [
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
-    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2", "Henrique",
-    "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "RicishayMax", "anika", "antonio",
-    "aunty", "belinda", "boris", "ed", "grandma", "grandpa", "gustave", "iven", "iven2", "iven3", "iven4", "john",
-    "linda", "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert",
-    "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac",
-]  # fmt: skip
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "Alex",
+    "Alicia",
+    "Andrea",
+    "Andy",
+    "Annie",
+    "AnxiousAndy",
+    "Denis",
+    "Diogo",
+    "Gene",
+    "Gene2",
+    "Henrique",
+    "Hugo",
+    "Jacky",
+    "Lee",
+    "Marco",
+    "Mario",
+    "Michael",
+    "Mike",
+    "Nguyen",
+    "RicishayMax",
+    "anika",
+    "antonio",
+    "aunty",
+    "belinda",
+    "boris",
+    "ed",
+    "grandma",
+    "grandpa",
+    "gustave",
+    "iven",
+    "iven2",
+    "iven3",
+    "iven4",
+    "john",
+    "linda",
+    "marcelo",
+    "max",
+    "michel",
+    "miguel",
+    "norbert",
+    "pablo",
+    "paul",
+    "pedro",
+    "quincy",
+    "rob",
+    "robert",
+    "sandro",
+    "shelby",
+    "steph",
+    "steph2",
+    "steph3",
+    "travis",
+    "victor",
+    "zac",
+]
 # The held-out family: espeak-ng's Klatt-synthesiser variants, a different way of making the waveform
 # (cascade/parallel formant resonators with a Klatt glottal source); none of them is in any other split.
 HELDOUT_VOICES = ["klatt", "klatt2", "klatt3", "klatt4", "klatt6"]
@@ -83,37 +144,144 @@ TEST_TEXTS = 4  # a text belongs to the test sets iff crc32(text) % TEST_TEXTS =
 ALPHABET = set(" абвгдежзийклмнопрстуфхцчшщъыьэюя")
 
 FIRST_NAMES = [
-    ("светлане", "васильевне"), ("ивану", "петровичу"), ("анне", "сергеевне"), ("михаилу", "андреевичу"),
-    ("ольге", "николаевне"), ("дмитрию", "ивановичу"), ("марии", "александровне"), ("сергею", "викторовичу"),
-    ("елене", "павловне"), ("алексею", "михайловичу"), ("татьяне", "юрьевне"), ("николаю", "федоровичу"),
-    ("наталье", "олеговне"), ("андрею", "владимировичу"), ("ирине", "борисовне"), ("павлу", "григорьевичу"),
-]  # fmt: skip
-SURNAMES = ["николенко", "иванову", "смирновой", "кузнецову", "поповой", "соколову", "лебедевой", "козлову",
-            "новиковой", "морозову", "волковой", "зайцеву", "павловой", "семенову", "голубевой", "орлову"]  # fmt: skip
-CITIES = ["москве", "казани", "самаре", "новосибирске", "екатеринбурге", "сочи", "твери", "омске", "перми",
-          "уфе", "хабаровске", "челябинске", "ярославле", "калининграде", "владивостоке", "мурманске", "тюмени"]  # fmt: skip
-THINGS = ["молоко", "хлеб", "билеты в кино", "новый телефон", "пицца", "такси до дома", "цветы", "кофе",
-          "щетка для зубов", "шоколад", "фрукты", "подъезд к аэропорту", "чай с лимоном", "детский шампунь",
-          "электрический чайник", "юбка", "ящик для инструментов"]  # fmt: skip
-ACTIONS = ["включи музыку", "выключи свет", "поставь будильник", "найди рецепт борща", "позвони маме",
-           "открой погоду", "сделай погромче", "расскажи анекдот", "включи новости", "найди ближайшую аптеку",
-           "сделай потише", "включи сериал", "открой объявления", "покажи фильмы с участием джеки чана",
-           "найди щенка хаски", "выключи телевизор", "прочитай сказку", "закажи пиццу на вечер",
-           "включи зарядку для спины", "расскажи про эйфелеву башню", "открой юмористические видео",
-           "подскажи время работы магазина", "выключи звук", "включи песню про цыган"]  # fmt: skip
-QUESTIONS = ["что такое фотосинтез", "кто написал войну и мир", "как приготовить щи", "почему небо голубое",
-             "сколько лет луне", "где находится эльбрус", "как пройти к центральной площади",
-             "когда откроется бассейн", "как будет по английски счастье", "чем заняться в субботу",
-             "какой курс юаня сегодня", "где ближайший банкомат", "как сварить съедобный гриб",
-             "когда начнется хоккей", "какие фильмы идут в кинотеатре"]  # fmt: skip
+    ("светлане", "васильевне"),
+    ("ивану", "петровичу"),
+    ("анне", "сергеевне"),
+    ("михаилу", "андреевичу"),
+    ("ольге", "николаевне"),
+    ("дмитрию", "ивановичу"),
+    ("марии", "александровне"),
+    ("сергею", "викторовичу"),
+    ("елене", "павловне"),
+    ("алексею", "михайловичу"),
+    ("татьяне", "юрьевне"),
+    ("николаю", "федоровичу"),
+    ("наталье", "олеговне"),
+    ("андрею", "владимировичу"),
+    ("ирине", "борисовне"),
+    ("павлу", "григорьевичу"),
+]
+SURNAMES = [
+    "николенко",
+    "иванову",
+    "смирновой",
+    "кузнецову",
+    "поповой",
+    "соколову",
+    "лебедевой",
+    "козлову",
+    "новиковой",
+    "морозову",
+    "волковой",
+    "зайцеву",
+    "павловой",
+    "семенову",
+    "голубевой",
+    "орлову",
+]
+CITIES = [
+    "москве",
+    "казани",
+    "самаре",
+    "новосибирске",
+    "екатеринбурге",
+    "сочи",
+    "твери",
+    "омске",
+    "перми",
+    "уфе",
+    "хабаровске",
+    "челябинске",
+    "ярославле",
+    "калининграде",
+    "владивостоке",
+    "мурманске",
+    "тюмени",
+]
+THINGS = [
+    "молоко",
+    "хлеб",
+    "билеты в кино",
+    "новый телефон",
+    "пицца",
+    "такси до дома",
+    "цветы",
+    "кофе",
+    "щетка для зубов",
+    "шоколад",
+    "фрукты",
+    "подъезд к аэропорту",
+    "чай с лимоном",
+    "детский шампунь",
+    "электрический чайник",
+    "юбка",
+    "ящик для инструментов",
+]
+ACTIONS = [
+    "включи музыку",
+    "выключи свет",
+    "поставь будильник",
+    "найди рецепт борща",
+    "позвони маме",
+    "открой погоду",
+    "сделай погромче",
+    "расскажи анекдот",
+    "включи новости",
+    "найди ближайшую аптеку",
+    "сделай потише",
+    "включи сериал",
+    "открой объявления",
+    "покажи фильмы с участием джеки чана",
+    "найди щенка хаски",
+    "выключи телевизор",
+    "прочитай сказку",
+    "закажи пиццу на вечер",
+    "включи зарядку для спины",
+    "расскажи про эйфелеву башню",
+    "открой юмористические видео",
+    "подскажи время работы магазина",
+    "выключи звук",
+    "включи песню про цыган",
+]
+QUESTIONS = [
+    "что такое фотосинтез",
+    "кто написал войну и мир",
+    "как приготовить щи",
+    "почему небо голубое",
+    "сколько лет луне",
+    "где находится эльбрус",
+    "как пройти к центральной площади",
+    "когда откроется бассейн",
+    "как будет по английски счастье",
+    "чем заняться в субботу",
+    "какой курс юаня сегодня",
+    "где ближайший банкомат",
+    "как сварить съедобный гриб",
+    "когда начнется хоккей",
+    "какие фильмы идут в кинотеатре",
+]
 DAYS = ["в понедельник", "во вторник", "в среду", "в четверг", "в пятницу", "в субботу", "в воскресенье"]
-CURRENCIES = [("рубль", "рубля", "рублей"), ("доллар", "доллара", "долларов"), ("тенге", "тенге", "тенге"),
-              ("евро", "евро", "евро")]  # fmt: skip
+CURRENCIES = [
+    ("рубль", "рубля", "рублей"),
+    ("доллар", "доллара", "долларов"),
+    ("тенге", "тенге", "тенге"),
+    ("евро", "евро", "евро"),
+]
 
 UNITS = ["", "один", "два", "три", "четыре", "пять", "шесть", "семь", "восемь", "девять"]
 UNITS_F = ["", "одна", "две"] + UNITS[3:]
-TEENS = ["десять", "одиннадцать", "двенадцать", "тринадцать", "четырнадцать", "пятнадцать", "шестнадцать",
-         "семнадцать", "восемнадцать", "девятнадцать"]  # fmt: skip
+TEENS = [
+    "десять",
+    "одиннадцать",
+    "двенадцать",
+    "тринадцать",
+    "четырнадцать",
+    "пятнадцать",
+    "шестнадцать",
+    "семнадцать",
+    "восемнадцать",
+    "девятнадцать",
+]
 TENS = ["", "", "двадцать", "тридцать", "сорок", "пятьдесят", "шестьдесят", "семьдесят", "восемьдесят", "девяносто"]
 HUNDREDS = ["", "сто", "двести", "триста", "четыреста", "пятьсот", "шестьсот", "семьсот", "восемьсот", "девятьсот"]
 
@@ -159,21 +327,28 @@ def make_text(rng: random.Random, test: bool) -> str:
         lambda: f"джой {rng.choice(ACTIONS)}",
         lambda: f"какая погода в {rng.choice(CITIES)}",
         lambda: f"сколько стоит {rng.choice(THINGS)}",
-        lambda: f"переведи {number_words(n := rng.randint(2, 99999))} {plural(n, rng.choice(CURRENCIES))}"
-        f" {first}",
+        lambda: f"переведи {number_words(n := rng.randint(2, 99999))} {plural(n, rng.choice(CURRENCIES))} {first}",
         lambda: f"{number_words(n := rng.randint(2, 9000))} {plural(n, rng.choice(CURRENCIES))} сколько будет стоить",
-        lambda: f"поставь будильник на {number_words(h := rng.randint(1, 12))} {plural(h, ('час', 'часа', 'часов'))}"
-        f" {number_words(m := rng.randint(1, 59), feminine=True)} {plural(m, ('минута', 'минуты', 'минут'))}",
+        lambda: (
+            f"поставь будильник на {number_words(h := rng.randint(1, 12))} {plural(h, ('час', 'часа', 'часов'))}"
+            f" {number_words(m := rng.randint(1, 59), feminine=True)} {plural(m, ('минута', 'минуты', 'минут'))}"
+        ),
         lambda: f"который час в {rng.choice(CITIES)}",
-        lambda: f"напомни купить {rng.choice(THINGS)} через {number_words(m := rng.randint(2, 50), True)} "
-        f"{plural(m, ('минуту', 'минуты', 'минут'))}",
-        lambda: f"сколько будет {number_words(rng.randint(2, 999))} {rng.choice(['плюс', 'минус', 'умножить на'])}"
-        f" {number_words(rng.randint(2, 999))}",
+        lambda: (
+            f"напомни купить {rng.choice(THINGS)} через {number_words(m := rng.randint(2, 50), True)} "
+            f"{plural(m, ('минуту', 'минуты', 'минут'))}"
+        ),
+        lambda: (
+            f"сколько будет {number_words(rng.randint(2, 999))} {rng.choice(['плюс', 'минус', 'умножить на'])}"
+            f" {number_words(rng.randint(2, 999))}"
+        ),
         lambda: f"{rng.choice(['салют', 'джой', 'сбер'])} {rng.choice(QUESTIONS)}",
         lambda: rng.choice(QUESTIONS),
         lambda: f"запиши меня к врачу {rng.choice(DAYS)}",
-        lambda: f"напиши {first} что я опоздаю на {number_words(m := rng.randint(5, 40), True)} "
-        f"{plural(m, ('минуту', 'минуты', 'минут'))}",
+        lambda: (
+            f"напиши {first} что я опоздаю на {number_words(m := rng.randint(5, 40), True)} "
+            f"{plural(m, ('минуту', 'минуты', 'минут'))}"
+        ),
         lambda: f"сколько ехать до {rng.choice(['вокзала', 'аэропорта', 'работы', 'школы', 'дачи'])}",
         lambda: f"какая погода будет {rng.choice(DAYS)} в {rng.choice(CITIES)}",
     ]
@@ -189,8 +364,11 @@ def espeak(text: str, voice: str, rng: random.Random, workdir: Path) -> tuple[np
     """espeak-ng's Russian with a voice variant, a random rate (words per minute) and pitch (0-99)."""
     rate, pitch = rng.randint(125, 195), rng.randint(25, 75)
     wav = workdir / "tts.wav"
-    subprocess.run(["espeak-ng", "-v", f"ru+{voice}", "-s", str(rate), "-p", str(pitch), "-w", str(wav), text],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["espeak-ng", "-v", f"ru+{voice}", "-s", str(rate), "-p", str(pitch), "-w", str(wav), text],
+        check=True,
+        capture_output=True,
+    )
     samples, rate_hz = sf.read(wav, dtype="float64")
     assert rate_hz == 22050, rate_hz
     return resample_poly(samples, 320, 441), f"espeak-ng:{voice}"  # 22.05 kHz -> 16 kHz
@@ -203,8 +381,9 @@ def festival(text: str, rng: random.Random, workdir: Path) -> tuple[np.ndarray, 
     vocal tract would) and tempo together."""
     txt, wav = workdir / "tts.txt", workdir / "tts.wav"
     txt.write_text(text + "\n", encoding="utf-8")
-    subprocess.run(["text2wave", "-eval", "(voice_msu_ru_nsh_clunits)", str(txt), "-o", str(wav)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["text2wave", "-eval", "(voice_msu_ru_nsh_clunits)", str(txt), "-o", str(wav)], check=True, capture_output=True
+    )
     samples, rate_hz = sf.read(wav, dtype="float64")
     assert rate_hz == 16000, rate_hz
     factor = rng.randint(88, 112)  # percent: above 100 higher and faster, below lower and slower
@@ -280,8 +459,10 @@ def main():
         if not args.overwrite:
             raise SystemExit(f"{out} exists: pass --overwrite to replace it, or choose another --out")
         if not made_here(out):
-            raise SystemExit(f"{out} is not a corpus made by this script (train_opus/ and test_opus/ with manifests "
-                             "whose lines name a synthesiser as speaker): it is left as it is")  # fmt: skip
+            raise SystemExit(
+                f"{out} is not a corpus made by this script (train_opus/ and test_opus/ with manifests "
+                "whose lines name a synthesiser as speaker): it is left as it is"
+            )
     for tool in ("espeak-ng", "text2wave"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed: apt-get install espeak-ng festival festvox-ru")
@@ -316,8 +497,12 @@ def main():
                 sf.write(path, samples, 16000, format="OGG", subtype="OPUS")
                 pin_ogg_serial(path, serial=index + 1)
                 duration = sf.info(path).duration
-                line = {"id": name, "audio_filepath": f"{folder}/{name}.opus", "text": text,
-                        "duration": round(duration, 3)}  # fmt: skip
+                line = {
+                    "id": name,
+                    "audio_filepath": f"{folder}/{name}.opus",
+                    "text": text,
+                    "duration": round(duration, 3),
+                }
                 if family == "heldout":
                     line["domain"] = "crowd"  # clean speech: what it tests is the voice
                 line["speaker"] = speaker  # the builder ignores it; for per-voice analysis

@@ -39,54 +39,108 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("CSGU: no padding mask before its depthwise conv", EBRANCHFORMER,
-             "gate = masked_depthwise_conv(self.conv, self.norm(gate), frame_mask)",
-             "gate = masked_depthwise_conv(self.conv, self.norm(gate), None)"),
-    Mutation("Merge: no padding mask before its depthwise conv", EBRANCHFORMER,
-             "masked_depthwise_conv(self.depthwise_conv, merged, frame_mask)",
-             "masked_depthwise_conv(self.depthwise_conv, merged, None)"),
-    Mutation("SDPA: key padding mask ignored", EBRANCHFORMER,
-             "            attention_mask=attention_mask,\n            dropout=dropout,",
-             "            attention_mask=None,\n            dropout=dropout,"),
-    Mutation("Eager attention: key mask inverted", EBRANCHFORMER,
-             "scores.masked_fill(~attention_mask,", "scores.masked_fill(attention_mask,"),
-    Mutation("Eager attention: no 1/sqrt(head_dim) scale", EBRANCHFORMER,
-             "(query @ key.transpose(-1, -2)) * scaling", "(query @ key.transpose(-1, -2))"),
-    Mutation("Dropout: no 1/(1-p) rescale", EBRANCHFORMER,
-             "return hidden_states * keep * (1.0 / (1.0 - self.p))", "return hidden_states * keep"),
-    Mutation("FFN1: macaron 1/2 dropped", EBRANCHFORMER,
-             "hidden_states + 0.5 * self.dropout(self.ffn1(", "hidden_states + self.dropout(self.ffn1("),
-    Mutation("Merge: residual connection dropped", EBRANCHFORMER,
-             "hidden_states = hidden_states + self.dropout(merged)", "hidden_states = self.dropout(merged)"),
-    Mutation("CSGU init: conv weight N(0, 0.02) instead of N(0, 1e-6)", EBRANCHFORMER,
-             "std=1e-6)", "std=0.02)"),
-    Mutation("CSGU init: conv bias 0 instead of 1", EBRANCHFORMER,
-             "init.ones_(module.", "init.zeros_(module."),
-    Mutation("Output lengths: floor(T / 4) instead of ceil", EBRANCHFORMER,
-             "torch.div(feature_lengths + stride - 1, stride,", "torch.div(feature_lengths, stride,"),
-    Mutation("QuartzNet: masked() returns its input unmasked", QUARTZNET,
-             "return hidden_states if frame_mask is None else hidden_states * frame_mask",
-             "return hidden_states"),
-    Mutation("QuartzNet: no padding mask before the depthwise conv", QUARTZNET,
-             "self.depthwise_conv(masked(hidden_states, frame_mask))", "self.depthwise_conv(hidden_states)"),
-    Mutation("QuartzNet: residual dropped", QUARTZNET,
-             "hidden_states = hidden_states + residual", "hidden_states = hidden_states"),
-    Mutation("QuartzNet output lengths: T // stride instead of (T - 1) // stride + 1", QUARTZNET,
-             'torch.div(feature_lengths - 1, stride, rounding_mode="floor") + 1',
-             'torch.div(feature_lengths, stride, rounding_mode="floor")'),
-]  # fmt: skip
+    Mutation(
+        "CSGU: no padding mask before its depthwise conv",
+        EBRANCHFORMER,
+        "gate = masked_depthwise_conv(self.conv, self.norm(gate), frame_mask)",
+        "gate = masked_depthwise_conv(self.conv, self.norm(gate), None)",
+    ),
+    Mutation(
+        "Merge: no padding mask before its depthwise conv",
+        EBRANCHFORMER,
+        "masked_depthwise_conv(self.depthwise_conv, merged, frame_mask)",
+        "masked_depthwise_conv(self.depthwise_conv, merged, None)",
+    ),
+    Mutation(
+        "SDPA: key padding mask ignored",
+        EBRANCHFORMER,
+        "            attention_mask=attention_mask,\n            dropout=dropout,",
+        "            attention_mask=None,\n            dropout=dropout,",
+    ),
+    Mutation(
+        "Eager attention: key mask inverted",
+        EBRANCHFORMER,
+        "scores.masked_fill(~attention_mask,",
+        "scores.masked_fill(attention_mask,",
+    ),
+    Mutation(
+        "Eager attention: no 1/sqrt(head_dim) scale",
+        EBRANCHFORMER,
+        "(query @ key.transpose(-1, -2)) * scaling",
+        "(query @ key.transpose(-1, -2))",
+    ),
+    Mutation(
+        "Dropout: no 1/(1-p) rescale",
+        EBRANCHFORMER,
+        "return hidden_states * keep * (1.0 / (1.0 - self.p))",
+        "return hidden_states * keep",
+    ),
+    Mutation(
+        "FFN1: macaron 1/2 dropped",
+        EBRANCHFORMER,
+        "hidden_states + 0.5 * self.dropout(self.ffn1(",
+        "hidden_states + self.dropout(self.ffn1(",
+    ),
+    Mutation(
+        "Merge: residual connection dropped",
+        EBRANCHFORMER,
+        "hidden_states = hidden_states + self.dropout(merged)",
+        "hidden_states = self.dropout(merged)",
+    ),
+    Mutation("CSGU init: conv weight N(0, 0.02) instead of N(0, 1e-6)", EBRANCHFORMER, "std=1e-6)", "std=0.02)"),
+    Mutation("CSGU init: conv bias 0 instead of 1", EBRANCHFORMER, "init.ones_(module.", "init.zeros_(module."),
+    Mutation(
+        "Output lengths: floor(T / 4) instead of ceil",
+        EBRANCHFORMER,
+        "torch.div(feature_lengths + stride - 1, stride,",
+        "torch.div(feature_lengths, stride,",
+    ),
+    Mutation(
+        "QuartzNet: masked() returns its input unmasked",
+        QUARTZNET,
+        "return hidden_states if frame_mask is None else hidden_states * frame_mask",
+        "return hidden_states",
+    ),
+    Mutation(
+        "QuartzNet: no padding mask before the depthwise conv",
+        QUARTZNET,
+        "self.depthwise_conv(masked(hidden_states, frame_mask))",
+        "self.depthwise_conv(hidden_states)",
+    ),
+    Mutation(
+        "QuartzNet: residual dropped",
+        QUARTZNET,
+        "hidden_states = hidden_states + residual",
+        "hidden_states = hidden_states",
+    ),
+    Mutation(
+        "QuartzNet output lengths: T // stride instead of (T - 1) // stride + 1",
+        QUARTZNET,
+        'torch.div(feature_lengths - 1, stride, rounding_mode="floor") + 1',
+        'torch.div(feature_lengths, stride, rounding_mode="floor")',
+    ),
+]
 
 
 def run_tests(copy: Path, test_file: str) -> tuple[bool, float, str]:
     """(passed, seconds, last output line) of `pytest -x -q test_file` in `copy`."""
     start = time.perf_counter()
     # One thread: the models are tiny, and on a shared machine two spinning threads per test cost 10x more.
-    env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1",
-           "COLUMNS": "300"}  # fmt: skip
+    env = {
+        "OMP_NUM_THREADS": "1",
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "COLUMNS": "300",
+    }
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", test_file],
-        cwd=copy, env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     lines = (result.stdout + result.stderr).strip().splitlines()
     failed = [line for line in lines if line.startswith("FAILED ")]  # -x: at most one
     return result.returncode == 0, time.perf_counter() - start, (failed or lines or [""])[-1]
@@ -103,8 +157,11 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mutation_check_") as tmp:
         copy = Path(tmp) / "repo"
-        shutil.copytree(args.root.resolve(), copy, ignore=shutil.ignore_patterns(
-            ".git", ".venv", "__pycache__", ".pytest_cache", "data", "outputs", "runs"))  # fmt: skip
+        shutil.copytree(
+            args.root.resolve(),
+            copy,
+            ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", "data", "outputs", "runs"),
+        )
         originals = {f: (copy / f).read_bytes() for f in TESTS}
         stale = [m.name for m in mutations if originals[m.file].decode().count(m.old) != 1]
         if stale:
@@ -126,8 +183,10 @@ def main(argv=None) -> int:
             finally:
                 path.write_bytes(originals[m.file])
             rows.append((m.name, not passed, seconds))
-            print(f"{'caught' if not passed else 'SURVIVED':8s} {seconds:5.1f} s  {m.name}\n{'':17s}{last[:150]}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{'caught' if not passed else 'SURVIVED':8s} {seconds:5.1f} s  {m.name}\n{'':17s}{last[:150]}",
+                flush=True,
+            )
 
     width = max(len(r[0]) for r in rows)
     print(f"\n| {'mutation':{width}s} | caught | seconds |\n|{'-' * (width + 2)}|--------|---------|")

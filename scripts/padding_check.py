@@ -35,8 +35,10 @@ def main(argv=None):
             alone = model(batch.input_features[i : i + 1, :n]).logits[0]
             differences.append((batched[i, : lengths[i]] - alone).abs().max().item())
     seconds = [len(w) / 16000 for w in waves]
-    print(f"{len(waves)} utterances of {min(seconds):.1f}-{max(seconds):.1f} s in one padded batch vs alone, "
-          f"{args.attn_implementation} attention: max |logit difference| {max(differences):.1e}")  # fmt: skip
+    print(
+        f"{len(waves)} utterances of {min(seconds):.1f}-{max(seconds):.1f} s in one padded batch vs alone, "
+        f"{args.attn_implementation} attention: max |logit difference| {max(differences):.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,10 @@ def main(argv=None):
     os.replace(tmp, args.png)
 
     runtime = next((e["train_runtime"] for e in state["log_history"] if "train_runtime" in e), None)
-    print(f"{args.output_dir}: {state['global_step']} steps, {state['epoch']:.0f} epochs"
-          + (f", train wall time {runtime / 60:.1f} min" if runtime else ""))  # fmt: skip
+    print(
+        f"{args.output_dir}: {state['global_step']} steps, {state['epoch']:.0f} epochs"
+        + (f", train wall time {runtime / 60:.1f} min" if runtime else "")
+    )
     for name, points in wer.items():
         print(f"  WER {name}: " + ", ".join(f"step {s}: {100 * w:.2f} %" for s, w in points))
     print(f"  final train loss {loss[-1][1]:.4g} at step {loss[-1][0]}; plot: {args.png}")

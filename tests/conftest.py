@@ -23,8 +23,15 @@ def golos_example():
 
 
 # The one small E-Branchformer of the tests.
-TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, cgmlp_intermediate_size=48,
-                   ffn_intermediate_size=64, merge_conv_kernel_size=7, max_position_embeddings=2000)  # fmt: skip
+TINY_CONFIG = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    cgmlp_intermediate_size=48,
+    ffn_intermediate_size=64,
+    merge_conv_kernel_size=7,
+    max_position_embeddings=2000,
+)
 
 
 @pytest.fixture(scope="session")
@@ -89,11 +96,34 @@ def train_args():
 def _train_args(tmp_path, *extra):
     """train_ctc.py options for a tiny model on 40 s of the embedded corpus, quick enough for tests."""
     return [
-        "--preset", "mini", "--config_overrides", TINY, "--report_to", "none", "--dataloader_num_workers", "0",
-        "--per_device_train_batch_size", "8", "--logging_steps", "1", "--save_strategy", "no", "--eval_strategy", "no",
-        "--train_subset_seconds", "40", "--max_eval_samples", "6", "--dataset_cache_dir", str(tmp_path / "cache"),
-        "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true", *extra,
-    ]  # fmt: skip
+        "--preset",
+        "mini",
+        "--config_overrides",
+        TINY,
+        "--report_to",
+        "none",
+        "--dataloader_num_workers",
+        "0",
+        "--per_device_train_batch_size",
+        "8",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--train_subset_seconds",
+        "40",
+        "--max_eval_samples",
+        "6",
+        "--dataset_cache_dir",
+        str(tmp_path / "cache"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -103,13 +133,21 @@ def trained(tmp_path_factory):
     from ebranchformer_ru import training
 
     tmp = tmp_path_factory.mktemp("run")
-    trainer, metrics = training.run(_train_args(tmp, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4",
-                                                "--save_total_limit", "2"))  # fmt: skip
+    trainer, metrics = training.run(
+        _train_args(tmp, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--save_total_limit", "2")
+    )
     return tmp, trainer, metrics
 
 
 SLOW_FIXTURES = {"trained", "augmented_run", "exported", "two_processes"}  # training, an ONNX export, 2 processes
-SLOW_CODE = ("subprocess.", "training.run(", "sys.executable", "torchrun", "run_killed(", "launched(")  # other processes, training
+SLOW_CODE = (
+    "subprocess.",
+    "training.run(",
+    "sys.executable",
+    "torchrun",
+    "run_killed(",
+    "launched(",
+)  # other processes, training
 
 
 def pytest_collection_modifyitems(items):

@@ -182,7 +182,10 @@ class CourseQuartzNetBlock(nn.Module):
             s = stride if i == 0 else 1
             pad = dilation * (kernel - 1) // 2
             if separable:
-                mods = [nn.Conv1d(c, c, kernel, s, pad, dilation, groups=c, bias=bias), nn.Conv1d(c, filters, 1, bias=bias)]
+                mods = [
+                    nn.Conv1d(c, c, kernel, s, pad, dilation, groups=c, bias=bias),
+                    nn.Conv1d(c, filters, 1, bias=bias),
+                ]
             else:
                 mods = [nn.Conv1d(c, filters, kernel, s, pad, dilation, bias=bias)]
             mods.append(nn.BatchNorm1d(filters))
@@ -194,7 +197,9 @@ class CourseQuartzNetBlock(nn.Module):
         else:
             self.conv = nn.Sequential(*[m for sub in subs for m in sub])
         if residual:
-            self.res = nn.Sequential(nn.Sequential(nn.Conv1d(cin, filters, 1, stride, bias=bias), nn.BatchNorm1d(filters)))
+            self.res = nn.Sequential(
+                nn.Sequential(nn.Conv1d(cin, filters, 1, stride, bias=bias), nn.BatchNorm1d(filters))
+            )
         else:
             self.res = None
         self.out = nn.Sequential(nn.ReLU(), nn.Dropout(0.0))

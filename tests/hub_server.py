@@ -139,8 +139,15 @@ def _handler(hub: HubServer):
                 user = self.user()
                 if user is None:
                     return self.error(401, "Invalid credentials in Authorization header")
-                return self.reply(200, {"type": "user", "name": user, "orgs": [],
-                                        "auth": {"type": "access_token", "accessToken": {"role": "write"}}})  # fmt: skip
+                return self.reply(
+                    200,
+                    {
+                        "type": "user",
+                        "name": user,
+                        "orgs": [],
+                        "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+                    },
+                )
             if method == "POST" and parts[:2] == ["api", "validate-yaml"]:
                 return self.validate_yaml(json.loads(self.body()))
             if method == "POST" and parts[:3] == ["api", "repos", "create"]:
@@ -162,10 +169,13 @@ def _handler(hub: HubServer):
             repo_id = f"{namespace}/{payload['name']}"
             with hub.lock:
                 if namespace != user:
-                    return self.error(403, f"You don't have the rights to create a model under the namespace "
-                                           f'"{namespace}"')  # fmt: skip
+                    return self.error(
+                        403, f'You don\'t have the rights to create a model under the namespace "{namespace}"'
+                    )
                 if repo_id in hub.repos:  # the Hub's answer names the repo: exist_ok reads its url
-                    return self.reply(409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"})
+                    return self.reply(
+                        409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"}
+                    )
                 private = payload.get("visibility", "private" if payload.get("private") else "public") != "public"
                 hub.repos[repo_id] = Repo(user, private)
             self.reply(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
@@ -201,10 +211,20 @@ def _handler(hub: HubServer):
                 prefix = "/".join(rest[2:])
                 recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
                 return self.reply(200, _tree(files, prefix, recursive))
-            self.reply(200, {
-                "id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private, "author": repo.owner,
-                "siblings": [{"rfilename": p} for p in sorted(files)], "tags": [], "downloads": 0, "likes": 0,
-            })  # fmt: skip
+            self.reply(
+                200,
+                {
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "sha": sha,
+                    "private": repo.private,
+                    "author": repo.owner,
+                    "siblings": [{"rfilename": p} for p in sorted(files)],
+                    "tags": [],
+                    "downloads": 0,
+                    "likes": 0,
+                },
+            )
 
         def api_post(self, repo_id, rest, query):
             payload = self.body()
@@ -219,8 +239,9 @@ def _handler(hub: HubServer):
                 return self.reply(200, {})
             if rest[:1] == ["preupload"]:
                 files = json.loads(payload)["files"]
-                return self.reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                                  for f in files]})  # fmt: skip
+                return self.reply(
+                    200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                )
             if rest[:1] == ["commit"] and len(rest) >= 2:
                 return self.commit(repo_id, repo, rest[1], payload)
             self.error(404, f"not served here: POST {self.path}")
@@ -281,14 +302,22 @@ def _tree(files, prefix, recursive):
     for path in sorted(files):
         if not path.startswith(prefix):
             continue
-        rest = path[len(prefix):]
+        rest = path[len(prefix) :]
         if "/" in rest and not recursive:
             folders.add(prefix + rest.split("/")[0])
             continue
         for i in range(rest.count("/")):
             folders.add(prefix + "/".join(rest.split("/")[: i + 1]))
         content = files[path]
-        entries.append({"type": "file", "path": path, "size": len(content),
-                        "oid": hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()})  # fmt: skip
-    return [{"type": "directory", "path": f, "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0}
-            for f in sorted(folders)] + entries  # fmt: skip
+        entries.append(
+            {
+                "type": "file",
+                "path": path,
+                "size": len(content),
+                "oid": hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest(),
+            }
+        )
+    return [
+        {"type": "directory", "path": f, "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0}
+        for f in sorted(folders)
+    ] + entries

@@ -91,8 +91,13 @@ def test_volume_within_the_range_and_never_clipped(speech):
 
 
 def test_all_together_keep_the_audio_valid(speech):
-    aug = only(speed_perturbation=[0.9, 1.0, 1.1], reverb_probability=0.5, noise_probability=0.5,
-               noise_snr_db=[-5, 30], volume_perturbation_db=[-18, 18])  # fmt: skip
+    aug = only(
+        speed_perturbation=[0.9, 1.0, 1.1],
+        reverb_probability=0.5,
+        noise_probability=0.5,
+        noise_snr_db=[-5, 30],
+        volume_perturbation_db=[-18, 18],
+    )
     for key in map(str, range(40)):
         out = aug.augment(speech, key)
         assert out.dtype == np.float32 and np.isfinite(out).all() and np.abs(out).max() <= PEAK + 1e-6
@@ -100,8 +105,12 @@ def test_all_together_keep_the_audio_valid(speech):
 
 
 def test_draws_depend_on_seed_epoch_and_utterance_only(speech):
-    args = AugmentationArguments(speed_perturbation=[0.9, 1.0, 1.1], noise_probability=0.5, reverb_probability=0.5,
-                                 volume_perturbation_db=[-18, 6])  # fmt: skip
+    args = AugmentationArguments(
+        speed_perturbation=[0.9, 1.0, 1.1],
+        noise_probability=0.5,
+        reverb_probability=0.5,
+        volume_perturbation_db=[-18, 6],
+    )
     first, again, other_seed = AudioAugmentation(args, 1), AudioAugmentation(args, 1), AudioAugmentation(args, 2)
     keys = [f"utt{i}" for i in range(8)]
     outputs = [first.augment(speech, k) for k in keys]
@@ -156,15 +165,28 @@ def test_bad_options_are_refused(tmp_path, option, message, train_args):
 
 # --- in train_ctc.py ------------------------------------------------------------------------------------
 
-AUGMENT = ["--speed_perturbation", "0.9", "1.0", "1.1", "--noise_probability", "0.5", "--reverb_probability", "0.5",
-           "--volume_perturbation_db", "-18", "6"]  # fmt: skip
+AUGMENT = [
+    "--speed_perturbation",
+    "0.9",
+    "1.0",
+    "1.1",
+    "--noise_probability",
+    "0.5",
+    "--reverb_probability",
+    "0.5",
+    "--volume_perturbation_db",
+    "-18",
+    "6",
+]
 
 
 @pytest.fixture(scope="module")
 def spec_augment(tiny_overrides):
     """SpecAugment in the model, on the tiny test model."""
-    return ["--config_overrides", f"{tiny_overrides},apply_spec_augment=true,mask_time_prob=0.12,"
-            "mask_feature_prob=0.3,mask_feature_min_masks=2"]  # fmt: skip
+    return [
+        "--config_overrides",
+        f"{tiny_overrides},apply_spec_augment=true,mask_time_prob=0.12,mask_feature_prob=0.3,mask_feature_min_masks=2",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +196,23 @@ def augmented_run(tmp_path_factory, spec_augment, train_args):
     from ebranchformer_ru import training
 
     tmp = tmp_path_factory.mktemp("augmented")
-    trainer, _ = training.run(train_args(tmp, *AUGMENT, *spec_augment, "--max_steps", "4", "--dataloader_num_workers", "1",
-                                          "--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "4"))  # fmt: skip
+    trainer, _ = training.run(
+        train_args(
+            tmp,
+            *AUGMENT,
+            *spec_augment,
+            "--max_steps",
+            "4",
+            "--dataloader_num_workers",
+            "1",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "1",
+            "--save_total_limit",
+            "4",
+        )
+    )
     return tmp, trainer
 
 
@@ -188,13 +225,16 @@ def test_training_audio_is_augmented_and_evaluation_audio_is_not(augmented_run):
     example = train[0]
     raw = read_audio(example["audio"]["path"])
     np.testing.assert_array_equal(example["audio"]["array"], augmentation.augment(raw, example["id"]))
-    changed = sum(not np.array_equal(train[i]["audio"]["array"], read_audio(train[i]["audio"]["path"]))
-                  for i in range(len(train)))  # fmt: skip
+    changed = sum(
+        not np.array_equal(train[i]["audio"]["array"], read_audio(train[i]["audio"]["path"])) for i in range(len(train))
+    )
     assert changed >= len(train) - 1  # speed 1.0 with no noise, reverb or gain is the only way to stay equal
     for name, eval_set in trainer.eval_dataset.items():
         batch = next(iter(trainer.get_eval_dataloader(name)))  # (the Trainer orders eval batches by length too)
-        alone = [features(read_audio(example["audio"]["path"]), sampling_rate=RATE)["input_features"][0]
-                 for example in eval_set]  # fmt: skip
+        alone = [
+            features(read_audio(example["audio"]["path"]), sampling_rate=RATE)["input_features"][0]
+            for example in eval_set
+        ]
         for row, frames in zip(batch["input_features"], batch["attention_mask"].sum(-1)):
             row = row[:frames].numpy()
             assert any(x.shape == row.shape and np.allclose(x, row, rtol=0, atol=1e-4) for x in alone), name
@@ -207,11 +247,27 @@ def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step, spec_
     tmp, trainer = augmented_run
     (tmp_path / "out").mkdir()
     shutil.copytree(tmp / "out" / f"checkpoint-{step}", tmp_path / "out" / f"checkpoint-{step}")
-    resumed, _ = training.run(train_args(tmp_path, *AUGMENT, *spec_augment, "--max_steps", "4", "--dataloader_num_workers", "1",
-                                          "--do_eval", "false", "--resume_from_checkpoint", "last"))  # fmt: skip
+    resumed, _ = training.run(
+        train_args(
+            tmp_path,
+            *AUGMENT,
+            *spec_augment,
+            "--max_steps",
+            "4",
+            "--dataloader_num_workers",
+            "1",
+            "--do_eval",
+            "false",
+            "--resume_from_checkpoint",
+            "last",
+        )
+    )
     loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert [e["loss"] for e in resumed.state.log_history if "loss" in e] == pytest.approx(loss, rel=1e-5)
-    final, final_resumed = load_file(tmp / "out" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    final, final_resumed = (
+        load_file(tmp / "out" / "model.safetensors"),
+        load_file(tmp_path / "out" / "model.safetensors"),
+    )
     for name, tensor in final.items():
         torch.testing.assert_close(final_resumed[name], tensor, rtol=0, atol=1e-6)
 
@@ -253,8 +309,11 @@ def test_each_epoch_draws_anew(tmp_path, monkeypatch, train_args):
 
     seen = []
     augment = AudioAugmentation.augment
-    monkeypatch.setattr(AudioAugmentation, "augment", lambda self, samples, key: seen.append((self.epoch, key))
-                        or augment(self, samples, key))  # fmt: skip
+    monkeypatch.setattr(
+        AudioAugmentation,
+        "augment",
+        lambda self, samples, key: seen.append((self.epoch, key)) or augment(self, samples, key),
+    )
     training.run(train_args(tmp_path, *AUGMENT, "--max_steps", "4", "--do_eval", "false"))  # no workers: seen here
     epochs = [epoch for epoch, _ in seen]
     assert epochs == sorted(epochs) and set(epochs) == {0, 1}
@@ -288,18 +347,34 @@ def test_a_run_gives_the_same_weights_on_a_loaded_machine(augmented_run, tmp_pat
 
     tmp, trainer = augmented_run
     hog = "import numpy as np\nx = np.random.rand(300, 300)\nwhile True:\n    x = np.tanh(x @ x)\n"
-    hogs = [subprocess.Popen([sys.executable, "-c", hog], env={**os.environ, "OMP_NUM_THREADS": "1"})
-            for _ in range(os.cpu_count() or 2)]  # fmt: skip
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", hog], env={**os.environ, "OMP_NUM_THREADS": "1"})
+        for _ in range(os.cpu_count() or 2)
+    ]
     try:
-        loaded, _ = training.run(train_args(tmp_path, *AUGMENT, *spec_augment, "--max_steps", "4",
-                                            "--dataloader_num_workers", "1", "--do_eval", "false"))  # fmt: skip
+        loaded, _ = training.run(
+            train_args(
+                tmp_path,
+                *AUGMENT,
+                *spec_augment,
+                "--max_steps",
+                "4",
+                "--dataloader_num_workers",
+                "1",
+                "--do_eval",
+                "false",
+            )
+        )
     finally:
         for process in hogs:
             process.kill()
             process.wait()
     loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert [e["loss"] for e in loaded.state.log_history if "loss" in e] == loss
-    final, final_loaded = load_file(tmp / "out" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    final, final_loaded = (
+        load_file(tmp / "out" / "model.safetensors"),
+        load_file(tmp_path / "out" / "model.safetensors"),
+    )
     assert final.keys() == final_loaded.keys()
     for name, tensor in final.items():
         assert torch.equal(final_loaded[name], tensor), name

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from ebranchformer_ru.commands import average as command
 from ebranchformer_ru.errors import Error
+from ebranchformer_ru.hub import load_ctc_model
 from modeling_ebranchformer import (
     EBranchformerConfig,
     EBranchformerForCTC,
@@ -15,11 +16,16 @@ from modeling_ebranchformer import (
     QuartzNetConfig,
     QuartzNetForCTC,
 )
-from ebranchformer_ru.hub import load_ctc_model
 
-QUARTZNET = {"block_channels": [32, 32, 48], "block_repeats": [1, 2, 1], "block_kernel_sizes": [11, 9, 1],
-             "block_strides": [4, 1, 1], "block_dilations": [1, 2, 1], "block_residual": [False, True, False],
-             "block_separable": [True, True, False]}  # fmt: skip
+QUARTZNET = {
+    "block_channels": [32, 32, 48],
+    "block_repeats": [1, 2, 1],
+    "block_kernel_sizes": [11, 9, 1],
+    "block_strides": [4, 1, 1],
+    "block_dilations": [1, 2, 1],
+    "block_residual": [False, True, False],
+    "block_separable": [True, True, False],
+}
 WER = {100: 0.50, 200: 0.30, 300: 0.40, 400: 0.35}
 
 
@@ -150,9 +156,13 @@ def test_an_output_never_replaces_an_input_or_a_foreign_folder(tmp_path, fake_ru
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
-    cases = [(run, "is the run folder"), (tmp_path, "contains the run folder"),
-             (run / "checkpoint-400", "is the checkpoint"), (run / "checkpoint-400" / "avg", "lies inside the checkpoint"),
-             (tmp_path / "notes", "is not a folder made by average_checkpoints.py")]  # fmt: skip
+    cases = [
+        (run, "is the run folder"),
+        (tmp_path, "contains the run folder"),
+        (run / "checkpoint-400", "is the checkpoint"),
+        (run / "checkpoint-400" / "avg", "lies inside the checkpoint"),
+        (tmp_path / "notes", "is not a folder made by average_checkpoints.py"),
+    ]
     for output, message in cases:
         with pytest.raises(Error, match=message):
             average([str(run), "--last", "2", "--output_dir", str(output), "--overwrite"])
@@ -178,8 +188,12 @@ def test_the_script_in_a_fresh_process_and_damaged_checkpoints(tmp_path, fake_ru
 
     run = tmp_path / "run"
     fake_run(run, "ebranchformer")
-    result = subprocess.run([sys.executable, str(ROOT / "average_checkpoints.py"), str(run), "--last", "2"],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "average_checkpoints.py"), str(run), "--last", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_ctc_model(run / "average-last-2") is not None
     weights = run / "checkpoint-400" / "model.safetensors"

@@ -40,8 +40,9 @@ def test_every_command_is_a_console_script():
     from importlib.metadata import entry_points
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("ebranchformer-")}
-    assert scripts == {f"ebranchformer-{name.replace('_', '-')}": f"ebranchformer_ru.commands.{name}:main"
-                       for name in COMMANDS}  # fmt: skip
+    assert scripts == {
+        f"ebranchformer-{name.replace('_', '-')}": f"ebranchformer_ru.commands.{name}:main" for name in COMMANDS
+    }
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -82,8 +83,19 @@ def test_the_input_folder_is_the_first_positional_named_model(name):
         assert positionals[0].dest == "model"
 
 
-SHARED = ["overwrite", "trust_remote_code", "device", "threads", "decoder", "sets", "push_to_hub", "hub_model_id",
-          "hub_private_repo", "hub_revision", "debug"]  # fmt: skip
+SHARED = [
+    "overwrite",
+    "trust_remote_code",
+    "device",
+    "threads",
+    "decoder",
+    "sets",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+    "hub_revision",
+    "debug",
+]
 
 
 def form(action) -> tuple:

@@ -34,8 +34,14 @@ def test_invalid_values_raise_at_construction(kwargs, message):
         EBranchformerConfig(**kwargs)
 
 
-SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "cgmlp_intermediate_size": 16,
-         "ffn_intermediate_size": 16, "merge_conv_kernel_size": 3}  # fmt: skip
+SMALL = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "cgmlp_intermediate_size": 16,
+    "ffn_intermediate_size": 16,
+    "merge_conv_kernel_size": 3,
+}
 
 
 @pytest.mark.parametrize(
@@ -49,8 +55,10 @@ SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "c
         ({"mask_feature_length": -2}, "mask_feature_length must be a positive integer, got -2"),
         ({"mask_time_min_masks": -1}, "mask_time_min_masks must be an integer >= 0, got -1"),
         ({"mask_feature_min_masks": 1.5}, "mask_feature_min_masks must be an integer >= 0, got 1.5"),
-        ({"apply_spec_augment": True, "mask_feature_prob": 0.1, "mask_feature_length": 65},
-         "mask_feature_length \\(65\\) must be at most num_mel_bins \\(64\\)"),
+        (
+            {"apply_spec_augment": True, "mask_feature_prob": 0.1, "mask_feature_length": 65},
+            "mask_feature_length \\(65\\) must be at most num_mel_bins \\(64\\)",
+        ),
         ({"initializer_range": 0.0}, "initializer_range must be a positive number"),
         ({"initializer_range": -0.02}, "initializer_range must be a positive number"),
         ({"dropout": "0.1"}, "dropout must lie in \\[0, 1\\], got '0.1'"),
@@ -83,9 +91,15 @@ def test_values_given_to_from_pretrained_or_set_before_saving_are_checked(tmp_pa
         config.save_pretrained(tmp_path / "changed")
 
 
-QUARTZNET_SMALL = dict(block_channels=[32, 48], block_repeats=[1, 1], block_kernel_sizes=[11, 1],
-                       block_strides=[4, 1], block_dilations=[1, 1], block_residual=[False, False],
-                       block_separable=[True, False])  # fmt: skip
+QUARTZNET_SMALL = dict(
+    block_channels=[32, 48],
+    block_repeats=[1, 1],
+    block_kernel_sizes=[11, 1],
+    block_strides=[4, 1],
+    block_dilations=[1, 1],
+    block_residual=[False, False],
+    block_separable=[True, False],
+)
 
 
 @pytest.mark.parametrize(

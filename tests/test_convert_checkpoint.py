@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from project import CORPUS, ROOT
 from course_modules import (
     CourseCTCModel,
     CourseDecoder,
@@ -23,6 +22,7 @@ from course_modules import (
     lightning_checkpoint,
     randomize_batch_norms,
 )
+from project import CORPUS, ROOT
 from transformers import AutoModelForCTC
 
 from ebranchformer_ru import conversion
@@ -43,7 +43,10 @@ def course_model(arch, variant, seed=0):
     if arch == "ebranchformer":
         encoder, decoder = CourseEBranchformerEncoder(seq=variant == "sequential"), CourseDecoder(256)
     else:
-        encoder, decoder = CourseQuartzNetEncoder(bias="bias" in variant, nested="nested" in variant), CourseDecoder(1024)
+        encoder, decoder = (
+            CourseQuartzNetEncoder(bias="bias" in variant, nested="nested" in variant),
+            CourseDecoder(1024),
+        )
     return randomize_batch_norms(CourseCTCModel(encoder, decoder)).eval()
 
 
@@ -60,8 +63,14 @@ def greedy(log_probs):
     return TOKENIZER.decode(ids)
 
 
-VARIANTS = [("ebranchformer", "linear"), ("ebranchformer", "sequential"), ("quartznet", "flat"),
-            ("quartznet", "flat-bias"), ("quartznet", "nested"), ("quartznet", "nested-bias")]  # fmt: skip
+VARIANTS = [
+    ("ebranchformer", "linear"),
+    ("ebranchformer", "sequential"),
+    ("quartznet", "flat"),
+    ("quartznet", "flat-bias"),
+    ("quartznet", "nested"),
+    ("quartznet", "nested-bias"),
+]
 
 
 @pytest.mark.parametrize("arch,variant", VARIANTS)
@@ -112,9 +121,18 @@ def test_converted_model_does_not_depend_on_the_place_in_the_batch(tmp_path, utt
 def test_fresh_process_with_only_transformers_loads_transcribes_and_matches(tmp_path, utterance):
     source = course_model("quartznet", "nested-bias")
     torch.save(lightning_checkpoint(source), tmp_path / "q.ckpt")
-    result = subprocess.run([sys.executable, str(ROOT / "convert_checkpoint.py"), str(tmp_path / "q.ckpt"),
-                             "--output_dir", str(tmp_path / "out")],
-                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "convert_checkpoint.py"),
+            str(tmp_path / "q.ckpt"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     assert "6,742,946" in result.stdout and "epoch 4, step 9794" in result.stdout
     assert "max abs difference 0.0e+00" in result.stdout
@@ -142,7 +160,9 @@ def test_fresh_process_with_only_transformers_loads_transcribes_and_matches(tmp_
     env = dict(os.environ, PYTHONPATH="")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in run.stdout.splitlines() if line.split(" ")[0] in ("DIFF", "TEXT", "GREEDY"))
+    lines = dict(
+        line.split(" ", 1) for line in run.stdout.splitlines() if line.split(" ")[0] in ("DIFF", "TEXT", "GREEDY")
+    )
     assert float(lines["DIFF"]) <= 1e-4
     assert lines["TEXT"] == lines["GREEDY"]
 
@@ -192,7 +212,9 @@ def test_wrong_shapes_missing_and_unexpected_keys_are_listed_and_nothing_is_writ
     assert "nothing written" in message
     assert "missing (1): ebranchformer.layers.5.norm_mha.bias" in message
     assert "unexpected (1): encoder.layers.2.extra.weight" in message
-    assert "mismatched (1): ebranchformer.layers.3.merge.proj.weight: checkpoint (256, 500) vs model (256, 512)" in message
+    assert (
+        "mismatched (1): ebranchformer.layers.3.merge.proj.weight: checkpoint (256, 500) vs model (256, 512)" in message
+    )
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
     checkpoint = lightning_checkpoint(course_model("quartznet", "flat"))
@@ -239,8 +261,11 @@ def test_the_advice_names_the_real_problem(tmp_path):
     checkpoint = lightning_checkpoint(course_model("quartznet", "flat"))
     checkpoint["hyper_parameters"] = AttributeDict(lr=1e-3)
     torch.save(checkpoint, tmp_path / "hparams.ckpt")
-    with pytest.raises(ConversionError, match=r"(?s)even with .* inert placeholders .*: Can only SETITEM for dict.*"
-                                              r"Only --unsafe_unpickle") as error:  # fmt: skip
+    with pytest.raises(
+        ConversionError,
+        match=r"(?s)even with .* inert placeholders .*: Can only SETITEM for dict.*"
+        r"Only --unsafe_unpickle",
+    ) as error:
         convert(tmp_path / "hparams.ckpt", tmp_path / "out", inert_objects=True)
     assert "Rerun with --inert_objects" not in str(error.value)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
@@ -249,8 +274,11 @@ def test_the_advice_names_the_real_problem(tmp_path):
 def test_options_that_cannot_apply_are_refused_not_ignored(tmp_path):
     torch.save(lightning_checkpoint(course_model("ebranchformer", "linear")), tmp_path / "e.ckpt")
     torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
-    with pytest.raises(ConversionError, match=r"--block_strides, --batch_norm_eps apply to QuartzNet checkpoints, but "
-                                              r"this one is E-Branchformer: drop them"):  # fmt: skip
+    with pytest.raises(
+        ConversionError,
+        match=r"--block_strides, --batch_norm_eps apply to QuartzNet checkpoints, but "
+        r"this one is E-Branchformer: drop them",
+    ):
         convert(tmp_path / "e.ckpt", tmp_path / "out", block_strides=[2] * 8, batch_norm_eps=1e-3)
     with pytest.raises(ConversionError, match=r"--positions applies to E-Branchformer checkpoints"):
         convert(tmp_path / "q.ckpt", tmp_path / "out", positions="per-frame")
@@ -317,8 +345,12 @@ def test_an_existing_output_folder_is_replaced_only_with_overwrite(tmp_path):
     out.mkdir()
     with pytest.raises(ConversionError, match="out exists; pass --overwrite"):
         convert(tmp_path / "q.ckpt", out)
-    result = subprocess.run([sys.executable, str(ROOT / "convert_checkpoint.py"), str(tmp_path / "q.ckpt"),
-                             "--output_dir", str(out)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "convert_checkpoint.py"), str(tmp_path / "q.ckpt"), "--output_dir", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 1 and result.stderr == f"error: {out} exists; pass --overwrite to replace it\n"
     convert(tmp_path / "q.ckpt", out, overwrite=True)  # an empty folder
     (out / "model.safetensors").write_bytes(b"an older conversion")
@@ -418,7 +450,10 @@ def test_a_failure_while_writing_changes_nothing(tmp_path, monkeypatch):
         rename(source, target)
 
     monkeypatch.setattr(conversion.os, "replace", fail_from_staging)
-    with pytest.raises(ConversionError, match=r"writing .*out failed: Invalid cross-device link; nothing written, an earlier folder is unchanged"):
+    with pytest.raises(
+        ConversionError,
+        match=r"writing .*out failed: Invalid cross-device link; nothing written, an earlier folder is unchanged",
+    ):
         convert(tmp_path / "q.ckpt", tmp_path / "out", overwrite=True)
     assert {path.name: path.read_bytes() for path in (tmp_path / "out").iterdir()} == before
     assert leftovers(tmp_path) == []
@@ -440,7 +475,9 @@ def test_loading_runs_no_code_from_the_checkpoint_unless_asked(tmp_path):
     checkpoint["hyper_parameters"] = CreatesAFile(str(marker))
     torch.save(checkpoint, tmp_path / "evil.ckpt")
     assert not marker.exists()
-    with pytest.raises(ConversionError, match=r"(?s)weights_only=True\) refused it.*\(io.open\).*--unsafe_unpickle.*Unsupported global"):
+    with pytest.raises(
+        ConversionError, match=r"(?s)weights_only=True\) refused it.*\(io.open\).*--unsafe_unpickle.*Unsupported global"
+    ):
         convert(tmp_path / "evil.ckpt", tmp_path / "out")
     assert not marker.exists()
     # Inert placeholders: the tensors load, the call to open() is only recorded.
@@ -455,8 +492,9 @@ def test_the_command_checks_the_written_folder_and_reports_errors_in_one_line(tm
     from ebranchformer_ru.commands import convert as command
 
     torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
-    model, report = command.convert(command.build_parser().parse_args([str(tmp_path / "q.ckpt"), "--output_dir",
-                                                                       str(tmp_path / "out")]))  # fmt: skip
+    model, report = command.convert(
+        command.build_parser().parse_args([str(tmp_path / "q.ckpt"), "--output_dir", str(tmp_path / "out")])
+    )
     assert report["architecture"] == "quartznet" and "max abs difference 0.0e+00" in capsys.readouterr().out
     with torch.no_grad():  # weights that are not the folder's: the check must say so
         next(model.parameters()).add_(1.0)
@@ -467,8 +505,21 @@ def test_the_command_checks_the_written_folder_and_reports_errors_in_one_line(tm
     assert command.main([str(tmp_path / "q.ckpt"), "--output_dir", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'out'} exists; pass --overwrite to replace it\n"
     with pytest.raises(SystemExit) as exit:
-        command.main([str(tmp_path / "q.ckpt"), "--output_dir", str(tmp_path / "x"), "--inert_objects",
-                      "--unsafe_unpickle"])  # fmt: skip
+        command.main(
+            [str(tmp_path / "q.ckpt"), "--output_dir", str(tmp_path / "x"), "--inert_objects", "--unsafe_unpickle"]
+        )
     assert exit.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
-    assert command.main([str(tmp_path / "q.ckpt"), "--output_dir", str(tmp_path / "x"), "--inert_objects", "false",
-                         "--unsafe_unpickle", "false"]) == 0  # fmt: skip
+    assert (
+        command.main(
+            [
+                str(tmp_path / "q.ckpt"),
+                "--output_dir",
+                str(tmp_path / "x"),
+                "--inert_objects",
+                "false",
+                "--unsafe_unpickle",
+                "false",
+            ]
+        )
+        == 0
+    )

@@ -56,11 +56,19 @@ def test_context_from_the_launchers_environment(monkeypatch):
 
 def test_journals_of_every_rank_are_found_rank_0_first(tmp_path):
     output = tmp_path / "out [1].jsonl"  # glob characters in the name
-    for name in [".out [1].jsonl.journal.rank10.jsonl", ".out [1].jsonl.journal.rank2.jsonl",
-                 ".out [1].jsonl.journal.jsonl", ".out [1].jsonl.journal.rankx.jsonl", ".other.journal.rank1.jsonl"]:
-        (tmp_path / name).write_text("")  # fmt: skip
+    for name in [
+        ".out [1].jsonl.journal.rank10.jsonl",
+        ".out [1].jsonl.journal.rank2.jsonl",
+        ".out [1].jsonl.journal.jsonl",
+        ".out [1].jsonl.journal.rankx.jsonl",
+        ".other.journal.rank1.jsonl",
+    ]:
+        (tmp_path / name).write_text("")
     assert [p.name for p in transcription.journals(output)] == [
-        ".out [1].jsonl.journal.jsonl", ".out [1].jsonl.journal.rank2.jsonl", ".out [1].jsonl.journal.rank10.jsonl"]
+        ".out [1].jsonl.journal.jsonl",
+        ".out [1].jsonl.journal.rank2.jsonl",
+        ".out [1].jsonl.journal.rank10.jsonl",
+    ]
     assert transcription.journal_path(output, 2).name == ".out [1].jsonl.journal.rank2.jsonl"
 
 
@@ -88,8 +96,9 @@ def free_port() -> int:
 def launched(launcher: list[str], script, tmp_path, timeout=300, check=True):
     """`launcher script`, each process with one thread; the completed process (its output checked)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    result = subprocess.run([*launcher, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path,
-                            timeout=timeout, check=False)  # fmt: skip
+    result = subprocess.run(
+        [*launcher, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout, check=False
+    )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
@@ -104,7 +113,8 @@ def jobs_script(tmp_path, jobs: dict, prelude: str = "") -> "os.PathLike":
     `ebranchformer-evaluate ARGV`) and writes, per rank, its exit status, its stderr and the world size to
     NAME.rankR.json in tmp_path."""
     script = tmp_path / "jobs.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import contextlib, io, json, os, sys
         sys.path.insert(0, {str(ROOT)!r})
         from ebranchformer_ru import distributed
@@ -121,7 +131,8 @@ def jobs_script(tmp_path, jobs: dict, prelude: str = "") -> "os.PathLike":
             report = {{"status": status, "stderr": err.getvalue(), "world_size": int(os.environ["WORLD_SIZE"])}}
             with open(os.path.join({str(tmp_path)!r}, f"{{name}}.rank{{rank}}.json"), "w") as file:
                 json.dump(report, file)
-    """).replace("PRELUDE", prelude))
+    """).replace("PRELUDE", prelude)
+    )
     return script
 
 
@@ -159,15 +170,31 @@ def two_processes(tmp_path_factory, inputs):
     """One torchrun launch of 2 processes: the three transcriptions and an evaluation."""
     folder, model = inputs
     tmp = tmp_path_factory.mktemp("two")
-    jobs = {name: ["transcription", [str(model), str(folder), "--output", str(tmp / name), "--batch_size", "2",
-                                     "--no_progress", *extra]]
-            for name, extra in TRANSCRIPTIONS.items()}  # fmt: skip
+    jobs = {
+        name: [
+            "transcription",
+            [str(model), str(folder), "--output", str(tmp / name), "--batch_size", "2", "--no_progress", *extra],
+        ]
+        for name, extra in TRANSCRIPTIONS.items()
+    }
     again = jobs["greedy.txt"][1]
     jobs["again"] = ["transcription", again]  # all done: nothing to do
     jobs["mixed"] = ["transcription", [*jobs["greedy.jsonl"][1], "--decoder", "lm"]]  # refused by every rank
     jobs["locked"] = ["transcription", [str(model), str(folder), "--output", str(tmp / "locked.jsonl")]]
-    jobs["evaluation"] = ["evaluation", [str(model), "--max_samples", "5", "--sets", "crowd,farfield",
-                                         "--output_dir", str(tmp / "eval"), "--batch_size", "2"]]  # fmt: skip
+    jobs["evaluation"] = [
+        "evaluation",
+        [
+            str(model),
+            "--max_samples",
+            "5",
+            "--sets",
+            "crowd,farfield",
+            "--output_dir",
+            str(tmp / "eval"),
+            "--batch_size",
+            "2",
+        ],
+    ]
     with transcription.locked(tmp / ".locked.jsonl.journal.rank1.jsonl", tmp / "locked.jsonl"):  # rank 1's only
         launched(torchrun(2), jobs_script(tmp, jobs), tmp)
     return tmp
@@ -217,8 +244,22 @@ def test_two_processes_evaluate_as_one(two_processes, inputs, tmp_path):
     from ebranchformer_ru.commands import evaluate
 
     _, model = inputs
-    assert evaluate.main([str(model), "--max_samples", "5", "--sets", "crowd,farfield", "--output_dir", str(tmp_path),
-                          "--batch_size", "2"]) == 0  # fmt: skip
+    assert (
+        evaluate.main(
+            [
+                str(model),
+                "--max_samples",
+                "5",
+                "--sets",
+                "crowd,farfield",
+                "--output_dir",
+                str(tmp_path),
+                "--batch_size",
+                "2",
+            ]
+        )
+        == 0
+    )
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["results.json", "results.md", "utterances_crowd.jsonl", "utterances_farfield.jsonl"]
     assert sorted(p.name for p in (two_processes / "eval").iterdir()) == files
@@ -247,8 +288,10 @@ inference.Transcriber.transcribe = dying
 
 def journal_files(output) -> dict:
     """{journal name: the paths it holds}, found without the code under test."""
-    return {path.name: [json.loads(line)["path"] for line in path.read_text().splitlines()[1:]]
-            for path in sorted(output.parent.glob(f".{output.name}.journal*.jsonl"))}  # fmt: skip
+    return {
+        path.name: [json.loads(line)["path"] for line in path.read_text().splitlines()[1:]]
+        for path in sorted(output.parent.glob(f".{output.name}.journal*.jsonl"))
+    }
 
 
 def test_resume_after_one_rank_is_killed_with_accelerate_and_3_processes(inputs, tmp_path):
@@ -259,16 +302,30 @@ def test_resume_after_one_rank_is_killed_with_accelerate_and_3_processes(inputs,
     output = tmp_path / "out.jsonl"
     argv = [str(model), str(folder), "--output", str(output), "--batch_size", "2", "--no_progress"]
     prelude = KILL.format(ranks={1}, barrier=False)
-    result = launched(torchrun(2), jobs_script(tmp_path, {"run": ["transcription", argv]}, prelude), tmp_path,
-                      check=False)  # fmt: skip
+    result = launched(
+        torchrun(2), jobs_script(tmp_path, {"run": ["transcription", argv]}, prelude), tmp_path, check=False
+    )
     assert result.returncode != 0 and not output.exists()
     journals = journal_files(output)
     assert list(journals) == [".out.jsonl.journal.jsonl", ".out.jsonl.journal.rank1.jsonl"]
     assert len(journals[".out.jsonl.journal.rank1.jsonl"]) == 2  # its first batch, then killed
     journaled = [path for paths in journals.values() for path in paths]
     assert 2 <= len(journaled) < 8 and len(set(journaled)) == len(journaled)
-    accelerate = [os.path.join(BIN, "accelerate"), "launch", "--multi_gpu", "--num_processes", "3", "--num_machines",
-                  "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
+    accelerate = [
+        os.path.join(BIN, "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "3",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
     launched(accelerate, jobs_script(tmp_path, {"resume": ["transcription", argv]}), tmp_path)
     resumed = report(tmp_path, "resume")
     assert resumed["world_size"] == 3 and resumed["status"] == 1  # the broken file
@@ -284,8 +341,9 @@ def test_resume_after_all_ranks_are_killed_with_one_process(inputs, tmp_path, ca
     output = tmp_path / "out.txt"
     argv = [str(model), str(folder), "--output", str(output), "--batch_size", "1", "--no_progress"]
     prelude = KILL.format(ranks={0, 1, 2}, barrier=True)
-    result = launched(torchrun(3), jobs_script(tmp_path, {"run": ["transcription", argv]}, prelude), tmp_path,
-                      check=False)  # fmt: skip
+    result = launched(
+        torchrun(3), jobs_script(tmp_path, {"run": ["transcription", argv]}, prelude), tmp_path, check=False
+    )
     assert result.returncode != 0 and not output.exists()
     journals = journal_files(output)
     assert list(journals) == [".out.txt.journal.jsonl", ".out.txt.journal.rank1.jsonl", ".out.txt.journal.rank2.jsonl"]
@@ -310,7 +368,8 @@ def test_two_nodes_train_and_transcribe(inputs, tmp_path, train_args):
     folder, model = inputs
     output = tmp_path / "out.jsonl"
     script = tmp_path / "node.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, os, sys
         sys.path.insert(0, {str(ROOT)!r})
         from ebranchformer_ru import training
@@ -326,13 +385,29 @@ def test_two_nodes_train_and_transcribe(inputs, tmp_path, train_args):
                    "steps": trainer.state.global_step, "metrics": metrics, "status": status,
                    "environment_world_size": int(os.environ["WORLD_SIZE"])}}
         json.dump(report, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
-    """))
+    """)
+    )
     port = free_port()
-    node = [os.path.join(BIN, "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "two-nodes"]  # fmt: skip
+    node = [
+        os.path.join(BIN, "torchrun"),
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"localhost:{port}",
+        "--rdzv-id",
+        "two-nodes",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    launchers = [subprocess.Popen([*node, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  env=env, cwd=tmp_path) for _ in range(2)]  # fmt: skip
+    launchers = [
+        subprocess.Popen(
+            [*node, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+        )
+        for _ in range(2)
+    ]
     logs = [launcher.communicate(timeout=400)[0] for launcher in launchers]
     assert [launcher.returncode for launcher in launchers] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -341,13 +416,33 @@ def test_two_nodes_train_and_transcribe(inputs, tmp_path, train_args):
         assert report["parallel_mode"] == "distributed" and report["steps"] == 3
         assert report["status"] == 1  # the broken file, on both nodes
     rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
-    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # gradients all-reduced across nodes
+    assert rank0.keys() == rank1.keys() and all(
+        torch.equal(rank0[k], rank1[k]) for k in rank0
+    )  # gradients all-reduced across nodes
     metrics = reports[0]["metrics"]
     # the 2-node evaluation at the end of training = one process's evaluation of the saved model, by the Trainer
-    _, alone = training.run(["--model_name_or_path", str(tmp_path / "out"), "--do_train", "false",
-                             "--max_eval_samples", "5", "--per_device_eval_batch_size", "1", "--report_to", "none",
-                             "--output_dir", str(tmp_path / "alone"), "--dataset_cache_dir", str(tmp_path / "cache"),
-                             "--dataloader_num_workers", "0", "--disable_tqdm", "true"])  # fmt: skip
+    _, alone = training.run(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "out"),
+            "--do_train",
+            "false",
+            "--max_eval_samples",
+            "5",
+            "--per_device_eval_batch_size",
+            "1",
+            "--report_to",
+            "none",
+            "--output_dir",
+            str(tmp_path / "alone"),
+            "--dataset_cache_dir",
+            str(tmp_path / "cache"),
+            "--dataloader_num_workers",
+            "0",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     for name in ("crowd", "farfield", "heldout_voice"):
         assert metrics[f"eval_{name}_utterances"] == alone[f"eval_{name}_utterances"] == 5
         assert metrics[f"eval_{name}_wer"] == alone[f"eval_{name}_wer"]

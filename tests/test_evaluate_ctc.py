@@ -52,8 +52,9 @@ def reference_transcripts(folder, manifest, count):
 
 def test_figures_agree_with_the_trainer_and_an_independent_decoding(trained, tmp_path):
     tmp, _, metrics = trained
-    rows = evaluate_main([str(tmp / "out"), "--max_samples", "6", "--output_dir", str(tmp_path / "eval"),
-                          "--batch_size", "4"])  # fmt: skip
+    rows = evaluate_main(
+        [str(tmp / "out"), "--max_samples", "6", "--output_dir", str(tmp_path / "eval"), "--batch_size", "4"]
+    )
     by_set = {row["set"]: row for row in rows}
     assert list(by_set) == ["crowd", "farfield", "heldout_voice"]  # every test set of the folder, Golos's first
     for name in by_set:
@@ -112,13 +113,21 @@ def test_an_empty_test_set_writes_nothing(trained, tmp_path):
         (["--max_samples", "-3"], 2, "--max_samples: must be at least 1, got -3"),
         (["--max_samples", "0"], 2, "--max_samples: must be at least 1, got 0"),
         (["--sets", ","], 2, "--sets: expected comma-separated names"),
-        (["--decoder", "greedy", "--alpha", "1"], 2, "--decoder greedy decodes without the language model, and --alpha"),
+        (
+            ["--decoder", "greedy", "--alpha", "1"],
+            2,
+            "--decoder greedy decodes without the language model, and --alpha",
+        ),
         (["--decoder", "beam"], 2, "--decoder: invalid choice: 'beam'"),
         (["--update_model_card", "maybe"], 2, "argument --update_model_card: .*maybe"),
         (["--sets", "crowd,street"], 1, r"^error: unknown test set\(s\) \['street'\]"),
         (["--data_dir", "nowhere"], 1, "^error: data folder not found: nowhere"),
-        (["--decoder", "lm"], 1, r"^error: --decoder lm: .*out has no language_model/ folder; add one with `python "
-                                 r"build_lm.py .*out`"),
+        (
+            ["--decoder", "lm"],
+            1,
+            r"^error: --decoder lm: .*out has no language_model/ folder; add one with `python "
+            r"build_lm.py .*out`",
+        ),
     ],
 )
 def test_bad_options_are_named(trained, tmp_path, capsys, extra, status, message):
@@ -154,7 +163,9 @@ def test_missing_model_folder_is_named(tmp_path, capsys):
 def test_help_describes_the_data_layout(capsys):
     with pytest.raises(SystemExit):
         command.main(["--help"])
-    assert "test_opus/<set>/manifest.jsonl (crowd, farfield, and any other set)" in " ".join(capsys.readouterr().out.split())
+    assert "test_opus/<set>/manifest.jsonl (crowd, farfield, and any other set)" in " ".join(
+        capsys.readouterr().out.split()
+    )
 
 
 def test_pipeline_word_timestamps_are_plain_floats(trained):

@@ -3,11 +3,11 @@
 transcribe.py runs the export in a process where torch cannot be imported."""
 
 import json
-import shutil
-from pathlib import Path
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +63,7 @@ def exported(tmp_path_factory, tiny_model):
 
 
 def test_export_is_checked_and_self_contained(exported):
-    model_dir, out, info = exported
+    _model_dir, out, info = exported
     check = info["check"]
     assert check["utterances"] == len(FILES) and check["max_abs_diff_batch1"] <= 1e-4
     assert check["max_abs_diff_padded_batch"] <= 1e-4
@@ -114,8 +114,16 @@ def test_numpy_runtime_matches_pytorch(exported):
 def test_quartznet_export(tmp_path, capsys):
     model_dir = save_quartznet(tmp_path / "q")
     # through the command line, with the folder's own code allowed (our model types load as ours all the same)
-    argv = [str(model_dir), "--output_dir", str(tmp_path / "q_onnx"), "--check_audio", *map(str, FILES[:3]),
-            "--threads", "1", "--trust_remote_code"]  # fmt: skip
+    argv = [
+        str(model_dir),
+        "--output_dir",
+        str(tmp_path / "q_onnx"),
+        "--check_audio",
+        *map(str, FILES[:3]),
+        "--threads",
+        "1",
+        "--trust_remote_code",
+    ]
     info = command.export(command.build_parser().parse_args(argv))
     assert info["model_type"] == "quartznet" and info["check"]["max_abs_diff_padded_batch"] <= 1e-4
     assert "int8" not in info["files"] and not (tmp_path / "q_onnx" / "model.int8.onnx").exists()
@@ -208,8 +216,12 @@ def test_an_export_never_replaces_its_model_or_a_foreign_folder(exported, tmp_pa
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     model = parent / "model"
-    cases = [(model, "is the model folder"), (parent, "contains the model folder"),
-             (model / "onnx", "lies inside the model folder"), (tmp_path / "notes", "is not a folder made by export_onnx")]  # fmt: skip
+    cases = [
+        (model, "is the model folder"),
+        (parent, "contains the model folder"),
+        (model / "onnx", "lies inside the model folder"),
+        (tmp_path / "notes", "is not a folder made by export_onnx"),
+    ]
     for target, message in cases:
         with pytest.raises(onnx_export.ExportError, match=message):
             onnx_export.export(model, target, overwrite=True, check_audio=FILES[:1], log=lambda *a: None)

@@ -12,9 +12,21 @@ from modeling_ebranchformer import EBranchformerFeatureExtractor
 def librosa_log_mel(wave: np.ndarray) -> np.ndarray:
     """The course front end with librosa: an independent implementation (numpy FFT, librosa's filters)."""
     mel = librosa.feature.melspectrogram(
-        y=wave.astype(np.float64), sr=16000, n_fft=400, win_length=400, hop_length=160, window="hann",
-        center=True, pad_mode="reflect", power=2.0, n_mels=64, fmin=0.0, fmax=8000.0, htk=True, norm=None,
-    )  # fmt: skip
+        y=wave.astype(np.float64),
+        sr=16000,
+        n_fft=400,
+        win_length=400,
+        hop_length=160,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+        n_mels=64,
+        fmin=0.0,
+        fmax=8000.0,
+        htk=True,
+        norm=None,
+    )
     return np.log(np.clip(mel, 1e-9, 1e9)).T
 
 
@@ -63,8 +75,8 @@ def test_pcm_gives_the_features_of_float(fe, speech_like, dtype, offset, scale):
 @pytest.mark.parametrize(
     "audio, message",
     [
-        (np.full(1600, 1000, np.int64), "dtype int64 \(numpy's and torch's default for Python ints"),
-        ([1000, -1000] * 800, "dtype int64 .* np.asarray\(audio, dtype=np.int16\)"),
+        (np.full(1600, 1000, np.int64), r"dtype int64 \(numpy's and torch's default for Python ints"),
+        ([1000, -1000] * 800, r"dtype int64 .* np.asarray\(audio, dtype=np.int16\)"),
         (torch.tensor([1000, -1000] * 800), "dtype int64"),
         (np.full(1600, 10, np.int8), "dtype int8, which is not a PCM format"),
         (np.full(1600, 10, np.uint32), "dtype uint32, which is not a PCM format"),
@@ -96,7 +108,7 @@ def test_float_audio_in_integer_range_warns(fe, speech_like):
     ],
 )
 def test_channels_last_audio_is_rejected_not_read_as_a_batch(fe, audio):
-    with pytest.raises(ValueError, match="looks channels-last \(samples, channels\).*soundfile.read.*mean\(axis=1\)"):
+    with pytest.raises(ValueError, match=r"looks channels-last \(samples, channels\).*soundfile.read.*mean\(axis=1\)"):
         fe(audio, sampling_rate=16000)
 
 
@@ -139,11 +151,11 @@ def test_padding_and_truncation_options(fe, speech_like):
         ([np.zeros((16000, 2), np.float32)], {}, "stereo\\? downmix"),
         (np.zeros(100, bool), {}, "unsupported dtype bool"),
         ("audio.wav", {}, "array or a list of arrays"),
-        (["a.wav", "b.wav"], {}, "list of str \('a.wav', ...\), not of samples.*read_audio"),
+        (["a.wav", "b.wav"], {}, r"list of str \('a.wav', ...\), not of samples.*read_audio"),
         ([], {}, "empty batch"),
         (np.zeros((0, 100), np.float32), {}, "empty batch"),
-        (np.zeros(16000, np.float32), {"sampling_rate": "16000"}, "number of samples per second, got '16000' \(str\)"),
-        (np.zeros(16000, np.float32), {"sampling_rate": True}, "got True \(bool\)"),
+        (np.zeros(16000, np.float32), {"sampling_rate": "16000"}, r"number of samples per second, got '16000' \(str\)"),
+        (np.zeros(16000, np.float32), {"sampling_rate": True}, r"got True \(bool\)"),
     ],
 )
 def test_bad_audio_raises_a_clear_error(fe, audio, kwargs, message):

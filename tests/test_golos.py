@@ -35,8 +35,12 @@ def manifest_lines(split):
 )
 def test_every_configuration_and_split_of_the_embedded_corpus(tmp_path, name, split, manifests, domains):
     dataset, report = load_golos(CORPUS, name, split, cache_dir=tmp_path, decode="none", return_report=True)
-    expected = [line for m in manifests for line in manifest_lines(m)
-                if domains is None or line["audio_filepath"].startswith(domains)]  # fmt: skip
+    expected = [
+        line
+        for m in manifests
+        for line in manifest_lines(m)
+        if domains is None or line["audio_filepath"].startswith(domains)
+    ]
     assert dataset.num_rows == len(expected) == report["kept"] and report["skipped"] == 0
     assert dataset["id"] == [line["id"] for line in expected]
     assert dataset["text"] == [line["text"] for line in expected]
@@ -55,8 +59,11 @@ def test_the_held_out_voice_is_a_test_set_of_its_own(tmp_path):
     others = {line["speaker"] for split in ("train", "crowd", "farfield") for line in manifest_lines(split)}
     assert {line["speaker"] for line in lines}.isdisjoint(others)
     train_texts = {line["text"] for line in manifest_lines("train")}
-    assert all(line["text"] not in train_texts for split in ("crowd", "farfield", "heldout_voice")
-               for line in manifest_lines(split))  # fmt: skip
+    assert all(
+        line["text"] not in train_texts
+        for split in ("crowd", "farfield", "heldout_voice")
+        for line in manifest_lines(split)
+    )
 
 
 def test_a_test_set_of_ones_own(tmp_path):
@@ -74,7 +81,9 @@ def test_a_test_set_of_ones_own(tmp_path):
     assert find_test_sets(data) == ["farfield", "mine"]  # Golos's own first, then the others
     mine = load_golos(data, "mine", "test", cache_dir=tmp_path / "cache", decode="none")
     assert mine["id"] == [x["id"] for x in lines] and set(mine["domain"]) == {1}
-    with pytest.raises(ValueError, match=r"unknown Golos configuration 'theirs'.*the test sets of .* are farfield, mine"):
+    with pytest.raises(
+        ValueError, match=r"unknown Golos configuration 'theirs'.*the test sets of .* are farfield, mine"
+    ):
         load_golos(data, "theirs", "test", cache_dir=tmp_path / "cache")
     with pytest.raises(ValueError, match=r"unknown Golos configuration 'mine': use 'crowd', 'farfield' or 'all'$"):
         load_golos(data, "mine", "train", cache_dir=tmp_path / "cache")  # train has no other sets
@@ -203,11 +212,20 @@ def test_each_bad_line_raises_naming_manifest_and_line(bad_corpus, tmp_path, bad
 def test_skip_invalid_counts_every_skipped_line(bad_corpus, tmp_path, streaming):
     root, _, _ = bad_corpus
     expected = {
-        "not valid JSON": 1, "missing key 'audio_filepath'": 1, "missing key 'text'": 1,
-        "audio file not found": 2, "cannot decode audio file": 1, "wrong sampling rate": 1, "not UTF-8": 1,
-        "'duration' is not a number": 1, "'duration' is not a positive number": 2, "'text' is not a string": 1,
-        "empty transcript": 1, "'id' is not a non-empty string": 1, "duplicate id": 1,
-    }  # fmt: skip
+        "not valid JSON": 1,
+        "missing key 'audio_filepath'": 1,
+        "missing key 'text'": 1,
+        "audio file not found": 2,
+        "cannot decode audio file": 1,
+        "wrong sampling rate": 1,
+        "not UTF-8": 1,
+        "'duration' is not a number": 1,
+        "'duration' is not a positive number": 2,
+        "'text' is not a string": 1,
+        "empty transcript": 1,
+        "'id' is not a non-empty string": 1,
+        "duplicate id": 1,
+    }
     if streaming:  # no report: the skipped lines are counted in the warning after a full pass
         assert load_all(root, streaming=True, skip_invalid=True) == ["good"]
         return
@@ -242,8 +260,10 @@ def test_audio_shorter_than_its_manifest_duration(tmp_path, speech_like, verify_
     data = (folder / "cut.opus").read_bytes()
     (folder / "cut.opus").write_bytes(data[: len(data) // 2])
     assert 0 < sf.info(folder / "cut.opus").frames < 3 * 16000  # it decodes, only shorter
-    lines = [{"audio_filepath": "whole.opus", "text": "да", "duration": 4.04},  # rounded, within tolerance
-             {"audio_filepath": "cut.opus", "text": "нет", "duration": 4.0}]  # fmt: skip
+    lines = [
+        {"audio_filepath": "whole.opus", "text": "да", "duration": 4.04},  # rounded, within tolerance
+        {"audio_filepath": "cut.opus", "text": "нет", "duration": 4.0},
+    ]
     (folder / "manifest.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     kwargs = {"verify_audio": verify_audio, "streaming": streaming, "cache_dir": tmp_path / "c"}
     message = r"line 2: duration differs from the audio: the manifest says 4.0 s, .*cut.opus has [0-2]\.\d+ s"

@@ -11,8 +11,8 @@ import pytest
 from project import CORPUS, ROOT
 
 from ebranchformer_ru import golos
-from ebranchformer_ru.golos import prepare as golos_prepare
 from ebranchformer_ru.golos import load_golos
+from ebranchformer_ru.golos import prepare as golos_prepare
 
 LINES = 70
 SHARD = 10
@@ -70,8 +70,12 @@ golos.load_golos(sys.argv[3], "all", "train", cache_dir=sys.argv[4], num_proc=1,
 def run_killed(tmp_path, root, cache, stage, after):
     script = tmp_path / "killer.py"
     script.write_text(KILLER.format(root=str(ROOT), shard=SHARD))
-    result = subprocess.run([sys.executable, str(script), stage, str(after), str(root), str(cache)],
-                            capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(script), stage, str(after), str(root), str(cache)],
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=False,
+    )
     assert result.returncode == -9, result.stderr.decode()[-2000:]
 
 
@@ -105,8 +109,10 @@ def test_several_processes_prepare_the_same_dataset(tmp_path, big_corpus, monkey
     one = load_golos(big_corpus, "all", "train", cache_dir=tmp_path / "one", num_proc=1, **kwargs)
     two = load_golos(big_corpus, "all", "train", cache_dir=tmp_path / "two", num_proc=2, **kwargs)
     assert rows(one[0]) == rows(two[0]) and one[1] == two[1]
-    streamed = [example["id"] for example in load_golos(big_corpus, "all", "train", streaming=True,
-                                                         skip_invalid=True, decode="none")]  # fmt: skip
+    streamed = [
+        example["id"]
+        for example in load_golos(big_corpus, "all", "train", streaming=True, skip_invalid=True, decode="none")
+    ]
     assert streamed == one[0]["id"][:]
 
 
@@ -118,8 +124,11 @@ def test_cached_loads_recheck_the_audio_stamps_only_when_asked(tmp_path, big_cor
     replaced = big_corpus / "train_opus" / first[5]["audio"]["path"]
     os.unlink(replaced)
     crowd = CORPUS / "test_opus" / "crowd"
-    other = next(json.loads(line) for line in (crowd / "manifest.jsonl").read_text().splitlines()
-                 if abs(json.loads(line)["duration"] - first[5]["duration"]) > 0.2)  # fmt: skip
+    other = next(
+        json.loads(line)
+        for line in (crowd / "manifest.jsonl").read_text().splitlines()
+        if abs(json.loads(line)["duration"] - first[5]["duration"]) > 0.2
+    )
     os.link(crowd / other["audio_filepath"], replaced)  # a file of another length
 
     def no_stat(*args):
@@ -141,10 +150,22 @@ def test_the_length_grouped_sampler_gets_durations_without_decoding(tmp_path, mo
         raise AssertionError(f"decoded {audio['path']}")
 
     output = tmp_path / "out"
-    model_args, data_args, _, _, training_args = training.parse_args([
-        "--output_dir", str(output), "--config_overrides", tiny_overrides, "--dataset_cache_dir", str(tmp_path / "c"),
-        "--do_eval", "false", "--report_to", "none", "--per_device_train_batch_size", "4",
-    ])  # fmt: skip
+    model_args, data_args, _, _, training_args = training.parse_args(
+        [
+            "--output_dir",
+            str(output),
+            "--config_overrides",
+            tiny_overrides,
+            "--dataset_cache_dir",
+            str(tmp_path / "c"),
+            "--do_eval",
+            "false",
+            "--report_to",
+            "none",
+            "--per_device_train_batch_size",
+            "4",
+        ]
+    )
     model, processor = training.load_model_and_processor(model_args)
     selected = training.prepare_train(data_args, processor, model)
     trainer = training.CTCTrainer(model=model, args=training_args, train_dataset=golos.decode_with_soundfile(selected))
@@ -158,10 +179,21 @@ def test_the_length_grouped_sampler_gets_durations_without_decoding(tmp_path, mo
 def test_the_benchmark_runs_on_a_small_folder(tmp_path):
     """benchmarks/golos_scale.py end to end on 300 lines (the README quotes its full-size run)."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "golos_scale.py"), "--root", str(tmp_path / "scale"),
-         "--lines", "300", "--output", str(tmp_path / "figures.json")],
-        capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "golos_scale.py"),
+            "--root",
+            str(tmp_path / "scale"),
+            "--lines",
+            "300",
+            "--output",
+            str(tmp_path / "figures.json"),
+        ],
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert figures["prepare, verify_audio header"]["rows"] == 300

@@ -13,11 +13,11 @@ import soundfile as sf
 import torch
 from transformers import AutoModelForCTC, pipeline
 
+from ebranchformer_ru.audio import pipeline_input
 from modeling_ebranchformer import (
     EBranchformerForCTC,
     EBranchformerProcessor,
 )
-from ebranchformer_ru.audio import pipeline_input
 
 
 @pytest.fixture
@@ -45,11 +45,21 @@ def saved_model(tmp_path, tiny_config, speech_like):
 def test_folder_holds_safetensors_auto_map_and_code(saved_model):
     _, folder = saved_model
     names = {p.name for p in folder.iterdir()}
-    assert {"model.safetensors", "config.json", "modeling.py", "configuration.py", "feature_extraction.py",
-            "tokenization.py", "processing.py", "vocab.json"} <= names  # fmt: skip
+    assert {
+        "model.safetensors",
+        "config.json",
+        "modeling.py",
+        "configuration.py",
+        "feature_extraction.py",
+        "tokenization.py",
+        "processing.py",
+        "vocab.json",
+    } <= names
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
-    assert auto_map == {"AutoConfig": "configuration.EBranchformerConfig",
-                        "AutoModelForCTC": "modeling.EBranchformerForCTC"}  # fmt: skip
+    assert auto_map == {
+        "AutoConfig": "configuration.EBranchformerConfig",
+        "AutoModelForCTC": "modeling.EBranchformerForCTC",
+    }
     assert isinstance(AutoModelForCTC.from_pretrained(folder), EBranchformerForCTC)
 
 

@@ -15,9 +15,15 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 def lint_imports(root: Path) -> subprocess.CompletedProcess:
     """`lint-imports` over the packages and pyproject.toml found in `root` (it puts the working folder first on
     the import path, so a copy is analysed, not the installed package)."""
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache", str(root / "pyproject.toml")], check=False, cwd=root,
-                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", str(root / "pyproject.toml")],
+        check=False,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_layers_hold():

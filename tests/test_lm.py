@@ -131,13 +131,16 @@ def test_arpa_back_off_matches_a_hand_computation(tmp_path):
     assert lm.sentence_score(["а", "б"]) == pytest.approx((-0.3 - 0.05 - 0.15 - 0.4) * ln10)
 
 
-@pytest.mark.parametrize("corruption, message", [
-    (lambda t: t.replace("\\end\\\n", ""), "truncated"),
-    (lambda t: t.replace("ngram 2=3", "ngram 2=4"), "announces 4 2-grams"),
-    (lambda t: t.replace("-0.2\tа б", "x0.2\tа б"), "line 15"),
-    (lambda t: t.replace("\\data\\\n", ""), "no \\data\\"),
-    (lambda t: t.replace("-0.4\tб </s>", "-0.4\tб"), "line 16"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "corruption, message",
+    [
+        (lambda t: t.replace("\\end\\\n", ""), "truncated"),
+        (lambda t: t.replace("ngram 2=3", "ngram 2=4"), "announces 4 2-grams"),
+        (lambda t: t.replace("-0.2\tа б", "x0.2\tа б"), "line 15"),
+        (lambda t: t.replace("\\data\\\n", ""), "no \\data\\"),
+        (lambda t: t.replace("-0.4\tб </s>", "-0.4\tб"), "line 16"),
+    ],
+)
 def test_corrupt_arpa_files_are_refused_naming_the_file(tmp_path, corruption, message):
     path = tmp_path / "bad.arpa"
     path.write_text(corruption(ARPA))
@@ -258,8 +261,9 @@ def test_clear_speech_with_alpha_beta_zero_is_the_greedy_transcript(corpus_lm):
         assert beams[0][0] == text
         # word offsets: first and last frame of each word's characters (end exclusive), as the tokenizer's
         expected = TOKENIZER.decode(logits.argmax(-1), output_word_offsets=True).word_offsets
-        assert [(w, s, e) for w, (s, e) in beams[0][2]] == [(o["word"], o["start_offset"], o["end_offset"])
-                                                          for o in expected]  # fmt: skip
+        assert [(w, s, e) for w, (s, e) in beams[0][2]] == [
+            (o["word"], o["start_offset"], o["end_offset"]) for o in expected
+        ]
 
 
 def test_on_the_embedded_test_sets_alpha_beta_zero_stays_within_half_a_point_of_greedy_and_the_lm_helps(corpus_lm):
@@ -366,7 +370,11 @@ def test_folder_layout_and_auto_processor(lm_folder):
     assert json.loads((folder / "alphabet.json").read_text())["labels"] == LABELS
     assert sorted(p.name for p in (folder / "language_model").iterdir()) == ["attrs.json", "lm.arpa", "unigrams.txt"]
     assert set(json.loads((folder / "language_model" / "attrs.json").read_text())) == {
-        "alpha", "beta", "unk_score_offset", "score_boundary"}  # fmt: skip
+        "alpha",
+        "beta",
+        "unk_score_offset",
+        "score_boundary",
+    }
     vocabulary = {w for s in train_sentences() for w in s}
     assert set((folder / "language_model" / "unigrams.txt").read_text().split()) == vocabulary
     processor = AutoProcessor.from_pretrained(folder)
@@ -386,7 +394,8 @@ def test_batch_decode_beam_searches_logits_and_decodes_ids_greedily(lm_folder, s
         beams = processor.decoder.decode_beams(logits[i].numpy(), beam_width=16)
         assert output.text[i] == beams[0][0] and output.text[i]
         assert [(o["word"], o["start_offset"], o["end_offset"]) for o in output.word_offsets[i]] == [
-            (w, s, e) for w, (s, e) in beams[0][2]]  # fmt: skip
+            (w, s, e) for w, (s, e) in beams[0][2]
+        ]
     ids = logits.argmax(-1)
     assert processor.batch_decode(ids) == processor.tokenizer.batch_decode(ids)
     noisy = torch.tensor(crafted_logits("салют выключи свет", np.random.default_rng(3), noise=2.0))[None]
@@ -420,9 +429,13 @@ def test_pipeline_decodes_with_the_lm_with_chunks_and_word_times(lm_folder, spee
     chunked = asr(long, chunk_length_s=10, return_timestamps="word")
     starts = [c["timestamp"][0] for c in chunked["chunks"]]
     assert starts == sorted(starts) and starts[-1] > 15.0
-    assert pipeline("automatic-speech-recognition", model=str(plain), pipeline_class=EBranchformerASRPipeline).type == "ctc"
-    greedy = pipeline("automatic-speech-recognition", model=str(folder), pipeline_class=EBranchformerASRPipeline,
-                      language_model=False)  # fmt: skip
+    assert (
+        pipeline("automatic-speech-recognition", model=str(plain), pipeline_class=EBranchformerASRPipeline).type
+        == "ctc"
+    )
+    greedy = pipeline(
+        "automatic-speech-recognition", model=str(folder), pipeline_class=EBranchformerASRPipeline, language_model=False
+    )
     assert greedy.type == "ctc"
     # the stock pipeline: greedy unless given the decoder, then the same LM decoding
     assert pipeline("automatic-speech-recognition", model=str(folder)).type == "ctc"
@@ -528,16 +541,46 @@ def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
     from ebranchformer_ru import training
 
     _, folder, _ = lm_folder
-    tiny = "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,cgmlp_intermediate_size=48,ffn_intermediate_size=64"
-    training.run([
-        "--model_name_or_path", str(folder), "--config_overrides", tiny, "--report_to", "none", "--max_steps", "1",
-        "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false", "--per_device_train_batch_size",
-        "4", "--save_strategy", "no", "--eval_strategy", "no", "--do_eval", "false", "--train_subset_seconds", "20",
-        "--dataset_cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true",
-    ])  # fmt: skip
+    tiny = (
+        "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,cgmlp_intermediate_size=48,ffn_intermediate_size=64"
+    )
+    training.run(
+        [
+            "--model_name_or_path",
+            str(folder),
+            "--config_overrides",
+            tiny,
+            "--report_to",
+            "none",
+            "--max_steps",
+            "1",
+            "--dataloader_num_workers",
+            "0",
+            "--dataloader_persistent_workers",
+            "false",
+            "--per_device_train_batch_size",
+            "4",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--do_eval",
+            "false",
+            "--train_subset_seconds",
+            "20",
+            "--dataset_cache_dir",
+            str(tmp_path / "cache"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     processor = AutoProcessor.from_pretrained(tmp_path / "out")
     assert type(processor) is EBranchformerProcessorWithLM
-    assert (tmp_path / "out" / "language_model" / "lm.arpa").read_text() == (folder / "language_model" / "lm.arpa").read_text()
+    assert (tmp_path / "out" / "language_model" / "lm.arpa").read_text() == (
+        folder / "language_model" / "lm.arpa"
+    ).read_text()
 
 
 def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(lm_folder, tmp_path):
@@ -554,10 +597,12 @@ def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(l
     _, folder, plain = lm_folder
     copy = tmp_path / "model"
     shutil.copytree(folder, copy)
-    rows = evaluate_main([str(copy), "--max_samples", "3", "--output_dir", str(tmp_path / "eval"), "--update_model_card"])
+    rows = evaluate_main(
+        [str(copy), "--max_samples", "3", "--output_dir", str(tmp_path / "eval"), "--update_model_card"]
+    )
     lines = [json.loads(x) for x in (tmp_path / "eval" / "utterances_crowd.jsonl").read_text().splitlines()]
     for row in rows:
-        assert 0 <= row["lm_wer"] and 0 <= row["lm_cer"] <= 1
+        assert row["lm_wer"] >= 0 and 0 <= row["lm_cer"] <= 1
     references = [x["reference"] for x in lines]
     assert rows[0]["lm_wer"] == pytest.approx(jiwer.wer(references, [x["lm_hypothesis"] for x in lines]))
     assert rows[0]["wer"] == pytest.approx(jiwer.wer(references, [x["hypothesis"] for x in lines]))
@@ -571,14 +616,40 @@ def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(l
     greedy_only = evaluate_main([str(plain), "--max_samples", "2", "--output_dir", str(tmp_path / "eval2")])
     assert "lm_wer" not in greedy_only[0]
     # --decoder greedy: the folder's LM left out, the same greedy figures; --decoder lm requires one
-    greedy = evaluate_main([str(copy), "--max_samples", "3", "--output_dir", str(tmp_path / "eval3"), "--sets", "crowd",
-                            "--decoder", "greedy"])  # fmt: skip
+    greedy = evaluate_main(
+        [
+            str(copy),
+            "--max_samples",
+            "3",
+            "--output_dir",
+            str(tmp_path / "eval3"),
+            "--sets",
+            "crowd",
+            "--decoder",
+            "greedy",
+        ]
+    )
     assert greedy == [{k: v for k, v in rows[0].items() if not k.startswith("lm_")}]
     assert "lm_hypothesis" not in (tmp_path / "eval3" / "utterances_crowd.jsonl").read_text()
-    assert evaluate_main([str(copy), "--max_samples", "2", "--output_dir", str(tmp_path / "eval4"), "--sets",
-                          "farfield", "--decoder", "lm"])[0]["lm_wer"] >= 0  # fmt: skip
-    with pytest.raises(Error, match=f"--decoder lm: {plain} has no language_model/ folder; add one with `python "
-                                    f"build_lm.py {plain}`"):  # fmt: skip
+    assert (
+        evaluate_main(
+            [
+                str(copy),
+                "--max_samples",
+                "2",
+                "--output_dir",
+                str(tmp_path / "eval4"),
+                "--sets",
+                "farfield",
+                "--decoder",
+                "lm",
+            ]
+        )[0]["lm_wer"]
+        >= 0
+    )
+    with pytest.raises(
+        Error, match=f"--decoder lm: {plain} has no language_model/ folder; add one with `python build_lm.py {plain}`"
+    ):
         evaluate_main([str(plain), "--decoder", "lm", "--output_dir", str(tmp_path / "eval5")])
     assert not (tmp_path / "eval5").exists()
     before = (copy / "language_model" / "attrs.json").read_text()
@@ -591,10 +662,32 @@ def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(l
     with pytest.raises(UsageError, match="alpha=11.0 is out of range"):
         tune([str(copy), "--alphas", "0,11"])
     # any test set of the data folder; an unknown one named with those there are, before the model is loaded
-    assert tune([str(copy), "--sets", "heldout_voice", "--max_samples", "2", "--alphas", "0", "--betas", "0",
-                 "--subset", "all", "--dry_run", "--threads", "1"])["tuning_utterances"] == 2  # fmt: skip
-    with pytest.raises(Error, match=rf"unknown test set\(s\) \['street'\]: the test sets of {CORPUS} are crowd, "
-                                    "farfield, heldout_voice"):  # fmt: skip
+    assert (
+        tune(
+            [
+                str(copy),
+                "--sets",
+                "heldout_voice",
+                "--max_samples",
+                "2",
+                "--alphas",
+                "0",
+                "--betas",
+                "0",
+                "--subset",
+                "all",
+                "--dry_run",
+                "--threads",
+                "1",
+            ]
+        )["tuning_utterances"]
+        == 2
+    )
+    with pytest.raises(
+        Error,
+        match=rf"unknown test set\(s\) \['street'\]: the test sets of {CORPUS} are crowd, "
+        "farfield, heldout_voice",
+    ):
         tune([str(copy), "--sets", "crowd,street"])
     with pytest.raises(Error, match=f"{plain} has no language_model/: add one with build_lm.py"):
         tune([str(plain)])
@@ -649,8 +742,10 @@ HOTWORDS = ["будильник", "двести", "восемнадцать", "�
 
 
 @pytest.mark.parametrize("weight", [10.0, 20.0, 50.0])
-@pytest.mark.parametrize("text, hotword", [("будет", "будильник"), ("два", "двести"), ("восемь", "восемнадцать"),
-                                           ("андроид", "андрей"), ("салуд", "салют")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, hotword",
+    [("будет", "будильник"), ("два", "двести"), ("восемь", "восемнадцать"), ("андроид", "андрей"), ("салуд", "салют")],
+)
 def test_a_word_sharing_a_hotwords_prefix_is_not_cut_short(corpus_lm, text, hotword, weight):
     """The partial-word bonus draws beams towards the hotword; a word that leaves the hotword's spelling must
     still win where the audio says it (it was cut to 'бу', 'дв', 'восемн', 'андре', 'сал')."""
@@ -747,8 +842,19 @@ def test_hotwords_through_transcribe_py(tmp_path, tiny_config):
 
     def transcribe(*extra):
         output = tmp_path / "out.jsonl"
-        command = [sys.executable, str(ROOT / "transcribe.py"), str(folder), str(tmp_path / "a.opus"), "--decoder",
-                   "lm", "--output", str(output), "--overwrite", "--no_progress", *extra]  # fmt: skip
+        command = [
+            sys.executable,
+            str(ROOT / "transcribe.py"),
+            str(folder),
+            str(tmp_path / "a.opus"),
+            "--decoder",
+            "lm",
+            "--output",
+            str(output),
+            "--overwrite",
+            "--no_progress",
+            *extra,
+        ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         text = json.loads(output.read_text(encoding="utf-8"))["text"] if result.returncode == 0 else None
         return result, text
@@ -809,6 +915,7 @@ def test_build_lm_exit_statuses(lm_folder, tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"error: {folder / 'language_model'} exists; pass --overwrite to replace the language model"
     ]
-    args = build_lm_command.build_parser().parse_args([str(folder), "--push_to_hub", "--hub_model_id", "you/model",
-                                                        "--text", "a.txt", "--text", "b.txt"])  # fmt: skip
+    args = build_lm_command.build_parser().parse_args(
+        [str(folder), "--push_to_hub", "--hub_model_id", "you/model", "--text", "a.txt", "--text", "b.txt"]
+    )
     assert (args.push_to_hub, args.hub_model_id, args.text) == (True, "you/model", ["a.txt", "b.txt"])

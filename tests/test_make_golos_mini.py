@@ -12,24 +12,34 @@ from project import CORPUS, ROOT
 SPLITS = ("train_opus", "test_opus/crowd", "test_opus/farfield", "test_opus/heldout_voice")
 
 
-@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("text2wave")),
-                    reason="espeak-ng and festival (festvox-ru) are not installed")  # fmt: skip
+@pytest.mark.skipif(
+    not (shutil.which("espeak-ng") and shutil.which("text2wave")),
+    reason="espeak-ng and festival (festvox-ru) are not installed",
+)
 def test_the_generator_reproduces_the_committed_corpus(tmp_path):
     out = tmp_path / "golos_mini"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_golos_mini.py"), "--out", str(out), "--limit", "3"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_golos_mini.py"), "--out", str(out), "--limit", "3"],
+        check=True,
+        capture_output=True,
+    )
     for split in SPLITS:
         made = [json.loads(x) for x in (out / split / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
-        committed = [json.loads(x) for x in (CORPUS / split / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+        committed = [
+            json.loads(x) for x in (CORPUS / split / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
         assert len(made) == 3 and made == committed[:3], split
         for line in made:
-            assert (out / split / line["audio_filepath"]).read_bytes() == (CORPUS / split / line["audio_filepath"]).read_bytes()
+            assert (out / split / line["audio_filepath"]).read_bytes() == (
+                CORPUS / split / line["audio_filepath"]
+            ).read_bytes()
 
 
 def test_the_generator_replaces_only_a_corpus_it_made(tmp_path):
     def make(*options):
-        return subprocess.run([sys.executable, str(ROOT / "scripts" / "make_golos_mini.py"), *options],
-                              capture_output=True, text=True)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "make_golos_mini.py"), *options], capture_output=True, text=True
+        )
 
     golos = tmp_path / "golos"  # a real Golos folder has the same two subfolders
     for sub in ("train_opus", "test_opus"):

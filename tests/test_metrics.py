@@ -58,15 +58,16 @@ def ids(cases):
 
 
 @pytest.mark.parametrize("reference,hypothesis,s,d,i,n", WORD_CASES, ids=ids(WORD_CASES))
-def test_wer_of_one_utterance_is_its_word_edit_distance_over_its_reference_words(wer, reference, hypothesis,
-                                                                                 s, d, i, n):  # fmt: skip
+def test_wer_of_one_utterance_is_its_word_edit_distance_over_its_reference_words(
+    wer, reference, hypothesis, s, d, i, n
+):
     assert wer.compute(predictions=[hypothesis], references=[reference]) == (s + d + i) / n
 
 
 @pytest.mark.parametrize("reference,hypothesis,s,d,i,n", CHARACTER_CASES, ids=ids(CHARACTER_CASES))
-def test_cer_of_one_utterance_is_its_character_edit_distance_over_its_reference_characters(cer, reference,
-                                                                                           hypothesis, s, d, i,
-                                                                                           n):  # fmt: skip
+def test_cer_of_one_utterance_is_its_character_edit_distance_over_its_reference_characters(
+    cer, reference, hypothesis, s, d, i, n
+):
     assert len(reference) == n
     assert cer.compute(predictions=[hypothesis], references=[reference]) == (s + d + i) / n
 
@@ -129,7 +130,9 @@ def test_the_project_computes_what_the_evaluate_modules_compute(wer, cer):
         references, hypotheses = [c[0] for c in cases], [c[1] for c in cases]
         assert function(references, hypotheses) == module.compute(predictions=hypotheses, references=references)
         for reference, hypothesis, *_ in cases:
-            assert function([reference], [hypothesis]) == module.compute(predictions=[hypothesis], references=[reference])
+            assert function([reference], [hypothesis]) == module.compute(
+                predictions=[hypothesis], references=[reference]
+            )
 
 
 def test_the_module_cache_is_where_evaluate_looks(tmp_path, monkeypatch):

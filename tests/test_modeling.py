@@ -93,8 +93,9 @@ def test_sdpa_and_eager_agree_and_attentions_are_returned(tiny_config, features)
     """Realistic weights make attention scores ~1, so a missing 1/sqrt(head_dim) or a wrong key mask shows."""
     sdpa = realistic_weights(EBranchformerForCTC(tiny_config)).eval()
     assert sdpa.config._attn_implementation == "sdpa"
-    eager = EBranchformerForCTC.from_pretrained(None, config=tiny_config, state_dict=sdpa.state_dict(),
-                                                attn_implementation="eager").eval()  # fmt: skip
+    eager = EBranchformerForCTC.from_pretrained(
+        None, config=tiny_config, state_dict=sdpa.state_dict(), attn_implementation="eager"
+    ).eval()
     with torch.no_grad():
         a = sdpa(**features, output_hidden_states=True)
         b = eager(**features, output_attentions=True)
@@ -167,8 +168,15 @@ def test_wrong_feature_shape_raises(tiny_config):
 
 
 def test_spec_augment_masks_only_in_training(tiny_config, features):
-    tiny_config.update({"apply_spec_augment": True, "mask_time_prob": 0.3, "mask_feature_prob": 0.3,
-                        "mask_feature_length": 5, "dropout": 0.0})  # fmt: skip
+    tiny_config.update(
+        {
+            "apply_spec_augment": True,
+            "mask_time_prob": 0.3,
+            "mask_feature_prob": 0.3,
+            "mask_feature_length": 5,
+            "dropout": 0.0,
+        }
+    )
     model = EBranchformerForCTC(tiny_config)
     encoder = model.ebranchformer
     x, mask = features.input_features, features.attention_mask

@@ -8,9 +8,15 @@ from course_modules import CourseQuartzNetEncoder, realistic_weights
 
 from modeling_ebranchformer import QuartzNetConfig, QuartzNetForCTC
 
-SMALL = dict(block_channels=[32, 32, 48], block_repeats=[1, 2, 1], block_kernel_sizes=[11, 9, 1],
-             block_strides=[4, 1, 1], block_dilations=[1, 2, 1], block_residual=[False, True, False],
-             block_separable=[True, True, False])  # fmt: skip
+SMALL = dict(
+    block_channels=[32, 32, 48],
+    block_repeats=[1, 2, 1],
+    block_kernel_sizes=[11, 9, 1],
+    block_strides=[4, 1, 1],
+    block_dilations=[1, 2, 1],
+    block_residual=[False, True, False],
+    block_separable=[True, True, False],
+)
 
 
 def test_defaults_are_the_course_5x5():
@@ -20,12 +26,15 @@ def test_defaults_are_the_course_5x5():
     assert config.inputs_to_logits_ratio == 640 and config.hidden_size == 1024 and config.pad_token_id == 33
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"block_kernel_sizes": [11, 8, 1]}, r"block_kernel_sizes\[1\] \(8\) must be odd"),
-    ({"block_repeats": [1, 2]}, "block_\\* lists must be non-empty and equally long"),
-    ({"block_strides": [4, 0, 1]}, r"block_strides\[1\] must be a positive integer, got 0"),
-    ({"pad_token_id": 34}, r"pad_token_id \(34\) must lie in \[0, vocab_size\)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"block_kernel_sizes": [11, 8, 1]}, r"block_kernel_sizes\[1\] \(8\) must be odd"),
+        ({"block_repeats": [1, 2]}, "block_\\* lists must be non-empty and equally long"),
+        ({"block_strides": [4, 0, 1]}, r"block_strides\[1\] must be a positive integer, got 0"),
+        ({"pad_token_id": 34}, r"pad_token_id \(34\) must lie in \[0, vocab_size\)"),
+    ],
+)
 def test_invalid_configurations_are_rejected(change, message):
     with pytest.raises(ValueError, match=message):
         QuartzNetConfig(**{**SMALL, **change})
@@ -73,9 +82,17 @@ def course_quartznet_weights_to_ours(course: CourseQuartzNetEncoder, config: Qua
 def test_encoder_equals_the_course_quartznet_on_the_same_weights():
     """Blocks, residual connections, strides and dilations as the course's NeMo-style encoder computes them."""
     config = QuartzNetConfig(**SMALL)
-    course_blocks = list(zip(config.block_channels, config.block_repeats, config.block_kernel_sizes,
-                             config.block_strides, config.block_dilations, config.block_residual,
-                             config.block_separable))  # fmt: skip
+    course_blocks = list(
+        zip(
+            config.block_channels,
+            config.block_repeats,
+            config.block_kernel_sizes,
+            config.block_strides,
+            config.block_dilations,
+            config.block_residual,
+            config.block_separable,
+        )
+    )
     course = realistic_weights(CourseQuartzNetEncoder(blocks=course_blocks, nested=True)).eval()
     ours = QuartzNetForCTC(config).quartznet.eval()
     ours.load_state_dict(course_quartznet_weights_to_ours(course, config))

@@ -17,8 +17,14 @@ pytestmark = pytest.mark.slow  # each test starts Python processes
 
 def run_python(code, tmp_path, env=None, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -137,11 +143,17 @@ def test_numpy_modules_import_where_torch_and_transformers_cannot(tmp_path):
 def test_no_script_imports_another_script_or_edits_sys_path():
     """Scripts (the top-level command lines), benchmarks and scripts/ import packages only (benchmarks share their
     helpers, `benchmarks/common.py`)."""
-    scripts = {p.stem for p in [*ROOT.glob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "scripts").glob("*.py")]}
+    scripts = {
+        p.stem for p in [*ROOT.glob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "scripts").glob("*.py")]
+    }
     scripts.discard("common")
     offenders = []
-    for path in [*ROOT.glob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "scripts").glob("*.py"),
-                 *(ROOT / "ebranchformer_ru").rglob("*.py")]:  # fmt: skip
+    for path in [
+        *ROOT.glob("*.py"),
+        *(ROOT / "benchmarks").glob("*.py"),
+        *(ROOT / "scripts").glob("*.py"),
+        *(ROOT / "ebranchformer_ru").rglob("*.py"),
+    ]:
         text = path.read_text(encoding="utf-8")
         for match in re.finditer(r"^\s*(?:from|import)\s+([\w.]+)", text, flags=re.M):
             if match.group(1).split(".")[0] in scripts:
@@ -177,6 +189,12 @@ def test_remote_code_needs_only_what_transformers_needs():
 @pytest.mark.parametrize("script", sorted(p.name for p in ROOT.glob("*.py")))
 def test_every_script_starts_in_a_fresh_process(script, tmp_path):
     """Each command line imports what it needs by itself (a test process has imported everything already)."""
-    result = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]

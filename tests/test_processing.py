@@ -31,8 +31,10 @@ def test_an_empty_or_non_text_transcript_is_refused(processor, text):
 
 
 def test_collator_batch_gives_each_utterance_its_own_loss(processor, speech_like):
-    examples = [{"audio": {"array": speech_like(1.0, seed), "sampling_rate": 16000}, "text": text}
-                for seed, text in enumerate(["да", "салют мир включи свет"])]  # fmt: skip
+    examples = [
+        {"audio": {"array": speech_like(1.0, seed), "sampling_rate": 16000}, "text": text}
+        for seed, text in enumerate(["да", "салют мир включи свет"])
+    ]
     batch = DataCollatorCTC(processor)(examples)
     assert batch["input_features"].shape == (2, 101, 64) and batch["labels"].shape == (2, 21)
     torch.manual_seed(0)

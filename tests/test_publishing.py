@@ -41,8 +41,9 @@ def hub_env(hub_url, tmp_path, token=ALICE):
 
 
 def script(name, *args, env, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / name), *map(str, args)], env=env, cwd=cwd, capture_output=True,
-                          text=True)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / name), *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True
+    )
 
 
 def a_recording(tmp_path) -> Path:
@@ -63,16 +64,39 @@ def assert_no_machine_path(files: dict, *places):
 
 def test_a_training_run_publishes_the_model_folder_card_and_no_private_state(hub, tmp_path, train_args):
     env = hub_env(hub.url, tmp_path)
-    args = train_args(tmp_path, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
-                      "--push_to_hub", "true", "--hub_model_id", "alice/run")  # fmt: skip
+    args = train_args(
+        tmp_path,
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "alice/run",
+    )
     args[args.index("--eval_strategy") + 1] = "steps"
     result = script("train_ctc.py", *args, "--eval_steps", "2", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert ALICE not in result.stdout + result.stderr  # never a token in a log line
     files = hub.files("alice/run")
-    assert {"model.safetensors", "config.json", "modeling.py", "configuration.py", "ctc.py", "processing.py",
-            "feature_extraction.py", "tokenization.py", "text.py", "vocab.json", "processor_config.json",
-            "README.md", "all_results.json"} <= set(files)  # fmt: skip
+    assert {
+        "model.safetensors",
+        "config.json",
+        "modeling.py",
+        "configuration.py",
+        "ctc.py",
+        "processing.py",
+        "feature_extraction.py",
+        "tokenization.py",
+        "text.py",
+        "vocab.json",
+        "processor_config.json",
+        "README.md",
+        "all_results.json",
+    } <= set(files)
     # Checkpoints (optimizer states) and the pickled training arguments stay here: the default hub strategy.
     assert not [name for name in files if name.startswith("checkpoint-") or name.endswith(".pt")]
     assert "training_args.bin" not in files and (tmp_path / "out" / "training_args.bin").exists()
@@ -90,30 +114,53 @@ def test_a_training_run_publishes_the_model_folder_card_and_no_private_state(hub
         assert results[(name, "wer")].metric_value == pytest.approx(metrics[f"eval_{name}_wer"], abs=1e-4)
         assert results[(name, "cer")].metric_value == pytest.approx(metrics[f"eval_{name}_cer"], abs=1e-4)
         # The data is named for what it is, with the test set and the part of it that was evaluated.
-        assert results[(name, "wer")].dataset_name == f"the embedded synthetic corpus (not Golos): test set {name}, " \
-                                                      "6 of its 60 utterances"  # fmt: skip
+        assert (
+            results[(name, "wer")].dataset_name == f"the embedded synthetic corpus (not Golos): test set {name}, "
+            "6 of its 60 utterances"
+        )
     assert "Golos (" not in card.content and "golos" not in (card.data.tags or [])
     assert 'model="alice/run"' in card.text
 
 
 def test_hub_strategy_checkpoint_publishes_the_last_checkpoint_with_its_optimizer_state(hub, tmp_path, train_args):
     env = hub_env(hub.url, tmp_path)
-    args = train_args(tmp_path, "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
-                      "--push_to_hub", "true", "--hub_model_id", "alice/resumable", "--hub_strategy", "checkpoint",
-                      "--do_eval", "false")  # fmt: skip
+    args = train_args(
+        tmp_path,
+        "--max_steps",
+        "2",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "1",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "alice/resumable",
+        "--hub_strategy",
+        "checkpoint",
+        "--do_eval",
+        "false",
+    )
     result = script("train_ctc.py", *args, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     files = hub.files("alice/resumable")
-    assert {"last-checkpoint/optimizer.pt", "last-checkpoint/model.safetensors", "last-checkpoint/trainer_state.json",
-            "model.safetensors"} <= set(files)  # fmt: skip
+    assert {
+        "last-checkpoint/optimizer.pt",
+        "last-checkpoint/model.safetensors",
+        "last-checkpoint/trainer_state.json",
+        "model.safetensors",
+    } <= set(files)
     assert json.loads(files["last-checkpoint/trainer_state.json"])["global_step"] == 2
     assert not [name for name in files if name.endswith("training_args.bin")]
 
 
 def test_a_repo_that_cannot_be_written_stops_training_before_it_starts(hub, tmp_path, train_args):
     hub.repos["alice/taken"] = Repo("alice", private=False)  # bob may not write to it
-    result = script("train_ctc.py", *train_args(tmp_path, "--max_steps", "2", "--push_to_hub", "true",
-                                                "--hub_model_id", "alice/taken"), env=hub_env(hub.url, tmp_path, BOB))  # fmt: skip
+    result = script(
+        "train_ctc.py",
+        *train_args(tmp_path, "--max_steps", "2", "--push_to_hub", "true", "--hub_model_id", "alice/taken"),
+        env=hub_env(hub.url, tmp_path, BOB),
+    )
     assert result.returncode != 0
     assert "the token's user bob may not write to alice/taken" in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "out" / "model.safetensors").exists()  # it stopped before training
@@ -155,9 +202,12 @@ def local_transcripts(folder, path):
     with torch.no_grad():
         logits = model(**processor(audio=audio, sampling_rate=rate, return_tensors="pt")).logits
     asr = pipeline("automatic-speech-recognition", model=str(folder))
-    return {"processor": type(processor).__name__, "lm": processor.batch_decode(logits.numpy()).text[0],
-            "greedy": processor.tokenizer.batch_decode(logits.argmax(-1))[0],
-            "pipeline": asr({"raw": audio, "sampling_rate": rate})["text"]}  # fmt: skip
+    return {
+        "processor": type(processor).__name__,
+        "lm": processor.batch_decode(logits.numpy()).text[0],
+        "greedy": processor.tokenizer.batch_decode(logits.argmax(-1))[0],
+        "pipeline": asr({"raw": audio, "sampling_rate": rate})["text"],
+    }
 
 
 def test_a_published_folder_with_its_lm_loads_and_transcribes_elsewhere_as_here(hub, tmp_path, tiny_model):
@@ -186,15 +236,23 @@ def test_a_published_folder_with_its_lm_loads_and_transcribes_elsewhere_as_here(
     for row in measured:
         for metric in ("wer", "cer"):
             assert published[(row["set"], metric.upper())].metric_value == round(row[metric], 4)
-            assert published[(row["set"], f"{metric.upper()} (3-gram LM)")].metric_value == round(row[f"lm_{metric}"], 4)
-        assert published[(row["set"], "WER")].dataset_name == (f"the embedded synthetic corpus (not Golos): test set "
-                                                                f"{row['set']}, 3 of its 60 utterances")  # fmt: skip
+            assert published[(row["set"], f"{metric.upper()} (3-gram LM)")].metric_value == round(
+                row[f"lm_{metric}"], 4
+            )
+        assert published[(row["set"], "WER")].dataset_name == (
+            f"the embedded synthetic corpus (not Golos): test set {row['set']}, 3 of its 60 utterances"
+        )
     recording = a_recording(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "load.py").write_text(LOAD)
-    loaded = subprocess.run([sys.executable, "load.py", "alice/tiny", str(recording)], env=hub_env(hub.url, tmp_path),
-                            cwd=elsewhere, capture_output=True, text=True)  # fmt: skip
+    loaded = subprocess.run(
+        [sys.executable, "load.py", "alice/tiny", str(recording)],
+        env=hub_env(hub.url, tmp_path),
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+    )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     got = json.loads(loaded.stdout.strip().splitlines()[-1])
     expected = local_transcripts(folder, recording)
@@ -237,15 +295,34 @@ def test_converted_and_averaged_folders_are_published(hub, tmp_path, trained):
     torch.manual_seed(0)
     course = CourseCTCModel(CourseQuartzNetEncoder(bias=True, nested=True), CourseDecoder(1024)).eval()
     torch.save(lightning_checkpoint(course), tmp_path / "q.ckpt")
-    converted = script("convert_checkpoint.py", tmp_path / "q.ckpt", "--output_dir", tmp_path / "converted",
-                       "--push_to_hub", "--hub_model_id", "alice/quartznet", env=env)  # fmt: skip
+    converted = script(
+        "convert_checkpoint.py",
+        tmp_path / "q.ckpt",
+        "--output_dir",
+        tmp_path / "converted",
+        "--push_to_hub",
+        "--hub_model_id",
+        "alice/quartznet",
+        env=env,
+    )
     assert converted.returncode == 0, converted.stderr[-2000:]
     local = {p.name: p.read_bytes() for p in (tmp_path / "converted").iterdir() if p.is_file()}
     assert hub.files("alice/quartznet") == local
     run_dir = tmp_path / "run"
     shutil.copytree(trained[0] / "out", run_dir)
-    averaged = script("average_checkpoints.py", run_dir, "--last", "2", "--output_dir", tmp_path / "average",
-                      "--push_to_hub", "--hub_model_id", "alice/average", "--hub_private_repo", env=env)  # fmt: skip
+    averaged = script(
+        "average_checkpoints.py",
+        run_dir,
+        "--last",
+        "2",
+        "--output_dir",
+        tmp_path / "average",
+        "--push_to_hub",
+        "--hub_model_id",
+        "alice/average",
+        "--hub_private_repo",
+        env=env,
+    )
     assert averaged.returncode == 0, averaged.stderr[-2000:]
     files = hub.files("alice/average")
     assert files["model.safetensors"] == (tmp_path / "average" / "model.safetensors").read_bytes()
@@ -258,8 +335,10 @@ def test_converted_and_averaged_folders_are_published(hub, tmp_path, trained):
 
 
 def test_another_users_repo_is_refused_and_says_how_to_publish_later(hub, tmp_path, tiny_model):
-    assert script("push_to_hub.py", tiny_model, "--hub_model_id", "alice/mine",
-                  env=hub_env(hub.url, tmp_path)).returncode == 0  # fmt: skip
+    assert (
+        script("push_to_hub.py", tiny_model, "--hub_model_id", "alice/mine", env=hub_env(hub.url, tmp_path)).returncode
+        == 0
+    )
     before = dict(hub.files("alice/mine"))
     for repo in ("alice/mine", "carol/new"):  # an existing repo of another user, another user's namespace
         result = script("push_to_hub.py", tiny_model, "--hub_model_id", repo, env=hub_env(hub.url, tmp_path, token=BOB))
@@ -282,8 +361,9 @@ def test_an_unreachable_hub_keeps_the_folder_and_says_how_to_publish_later(tmp_p
     # The repo is required, and the folder must be there: usage (exit 2), then one line (exit 1).
     result = script("push_to_hub.py", folder, env=hub_env("http://127.0.0.1:9", tmp_path))
     assert result.returncode == 2 and "the following arguments are required: --hub_model_id" in result.stderr
-    result = script("push_to_hub.py", tmp_path / "nowhere", "--hub_model_id", "alice/x",
-                    env=hub_env("http://127.0.0.1:9", tmp_path))  # fmt: skip
+    result = script(
+        "push_to_hub.py", tmp_path / "nowhere", "--hub_model_id", "alice/x", env=hub_env("http://127.0.0.1:9", tmp_path)
+    )
     assert result.returncode == 1 and result.stderr.startswith(f"error: model folder not found: {tmp_path / 'nowhere'}")
     assert len(result.stderr.splitlines()) == 1
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
@@ -297,8 +377,12 @@ def test_an_upload_cut_off_midway_leaves_the_repo_as_it_was_and_a_rerun_complete
     assert retried.returncode == 0 and "Retrying" in retried.stderr, retried.stderr[-2000:]
     assert hub.files("alice/retried") == expected
     hub.hold_commits = True  # the publishing process dies while its commit is on the way
-    cut = subprocess.Popen([sys.executable, str(ROOT / "push_to_hub.py"), str(tiny_model), "--hub_model_id",
-                            "alice/cut"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    cut = subprocess.Popen(
+        [sys.executable, str(ROOT / "push_to_hub.py"), str(tiny_model), "--hub_model_id", "alice/cut"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert hub.commit_arrived.wait(120)
     cut.kill()
     cut.wait()
@@ -312,18 +396,33 @@ def test_an_upload_cut_off_midway_leaves_the_repo_as_it_was_and_a_rerun_complete
 
 def test_private_repos_and_branches(hub, tmp_path, tiny_model):
     env = hub_env(hub.url, tmp_path)
-    result = script("push_to_hub.py", tiny_model, "--hub_model_id", "alice/secret", "--hub_private_repo",
-                    "--hub_revision", "dev", env=env)  # fmt: skip
+    result = script(
+        "push_to_hub.py",
+        tiny_model,
+        "--hub_model_id",
+        "alice/secret",
+        "--hub_private_repo",
+        "--hub_revision",
+        "dev",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert hub.repos["alice/secret"].private
     assert hub.files("alice/secret", "main") == {} and "model.safetensors" in hub.files("alice/secret", "dev")
-    code = ("import sys; sys.modules['modeling_ebranchformer'] = None\n"
-            "from transformers import AutoConfig\n"
-            "print(AutoConfig.from_pretrained('alice/secret', revision='dev', trust_remote_code=True).hidden_size)")  # fmt: skip
+    code = (
+        "import sys; sys.modules['modeling_ebranchformer'] = None\n"
+        "from transformers import AutoConfig\n"
+        "print(AutoConfig.from_pretrained('alice/secret', revision='dev', trust_remote_code=True).hidden_size)"
+    )
     owner = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert owner.stdout.strip() == "32", owner.stderr[-2000:]
-    anonymous = subprocess.run([sys.executable, "-c", code], env=hub_env(hub.url, tmp_path / "x", token=None),
-                               cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    anonymous = subprocess.run(
+        [sys.executable, "-c", code],
+        env=hub_env(hub.url, tmp_path / "x", token=None),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert anonymous.returncode != 0 and "alice/secret" in anonymous.stderr
 
 

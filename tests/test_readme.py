@@ -32,8 +32,15 @@ def workdir(tmp_path_factory):
     from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 
     folder = tmp_path_factory.mktemp("readme")
-    model = EBranchformerForCTC(EBranchformerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                                    cgmlp_intermediate_size=48, ffn_intermediate_size=64))  # fmt: skip
+    model = EBranchformerForCTC(
+        EBranchformerConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            cgmlp_intermediate_size=48,
+            ffn_intermediate_size=64,
+        )
+    )
     model.save_pretrained(folder / "outputs" / "mini")
     EBranchformerProcessor().save_pretrained(folder / "outputs" / "mini")
     speech, rate = sf.read(next((CORPUS / "test_opus" / "crowd").rglob("*.opus")), dtype="float32")
@@ -46,8 +53,12 @@ def workdir(tmp_path_factory):
 def without_ffmpeg_env(tmp_path):
     """PATH without any folder that holds an ffmpeg executable (the README's default path must not need it)."""
     folders = [p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "ffmpeg").exists()]
-    return dict(os.environ, PATH=os.pathsep.join(folders), HF_HUB_OFFLINE="1",
-                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+    return dict(
+        os.environ,
+        PATH=os.pathsep.join(folders),
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
 
 
 SERVER = "http://127.0.0.1:8000"  # a block that talks to it runs against `serve.py outputs/mini` on a free port
@@ -66,8 +77,12 @@ def test_python_block_runs_as_written(index, workdir, tmp_path):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "outputs/mini", "--port", str(port)],
-                                  cwd=workdir, env=env, stderr=subprocess.DEVNULL)  # fmt: skip
+        server = subprocess.Popen(
+            [sys.executable, str(ROOT / "serve.py"), "outputs/mini", "--port", str(port)],
+            cwd=workdir,
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
         code = code.replace(SERVER, f"http://127.0.0.1:{port}")
         for _ in range(600):
             with socket.socket() as s:
@@ -75,8 +90,9 @@ def test_python_block_runs_as_written(index, workdir, tmp_path):
                     break
             time.sleep(0.1)
     try:
-        result = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
-                                timeout=300)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True, timeout=300
+        )
     finally:
         if server is not None:
             server.kill()
@@ -105,7 +121,10 @@ def script_and_options(argv: list[str]):
         if word.endswith(".py"):
             return ROOT / word, argv[position + 1 :]
     if argv[0].startswith("ebranchformer-"):  # a console script: [project.scripts]
-        return ROOT / "ebranchformer_ru" / "commands" / f"{argv[0].removeprefix('ebranchformer-').replace('-', '_')}.py", argv[1:]
+        return (
+            ROOT / "ebranchformer_ru" / "commands" / f"{argv[0].removeprefix('ebranchformer-').replace('-', '_')}.py",
+            argv[1:],
+        )
     if argv[:2] == ["python", "-m"]:
         module = ROOT / Path(*argv[2].split("."))
         return (module / "__main__.py" if module.is_dir() else module.with_suffix(".py")), argv[3:]
@@ -133,7 +152,9 @@ def load(path: Path):
     """The command module of a script (`from ebranchformer_ru.commands.transcribe import main`) or the module itself."""
     if path.parent == ROOT / "ebranchformer_ru" / "commands":
         return importlib.import_module(f"ebranchformer_ru.commands.{path.stem}")
-    match = re.search(r"^from (ebranchformer_ru\.commands\.\w+) import main$", path.read_text(encoding="utf-8"), flags=re.M)
+    match = re.search(
+        r"^from (ebranchformer_ru\.commands\.\w+) import main$", path.read_text(encoding="utf-8"), flags=re.M
+    )
     assert match, f"{path.name} is not a thin command line over a module of ebranchformer_ru.commands"
     return importlib.import_module(match.group(1))
 

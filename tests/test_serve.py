@@ -81,8 +81,12 @@ def test_the_openai_client_gets_what_transcribe_py_gives(server, tiny_model, tmp
         plain = client.audio.transcriptions.create(model=tiny_model.name, file=audio, language="ru")
     assert plain.text == record["text"] and record["text"]
     with open(path, "rb") as audio:
-        verbose = client.audio.transcriptions.create(model=tiny_model.name, file=audio, response_format="verbose_json",
-                                                     timestamp_granularities=["word", "segment"])  # fmt: skip
+        verbose = client.audio.transcriptions.create(
+            model=tiny_model.name,
+            file=audio,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
     assert verbose.text == record["text"] and verbose.duration == record["duration"]
     assert [w.model_dump() for w in verbose.words] == record["words"]
     assert " ".join(s.text for s in verbose.segments) == record["text"]
@@ -106,8 +110,12 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_transcript(server
 
     def post(path):
         with open(path, "rb") as audio:
-            response = requests.post(server.url + "/v1/audio/transcriptions", files={"file": audio},
-                                  data={"model": tiny_model.name}, timeout=120)  # fmt: skip
+            response = requests.post(
+                server.url + "/v1/audio/transcriptions",
+                files={"file": audio},
+                data={"model": tiny_model.name},
+                timeout=120,
+            )
         assert response.status_code == 200, response.text
         return str(path), response.json()["text"]
 
@@ -125,11 +133,17 @@ class SlowUpload:
     that a failing test never leaves the server waiting for the upload."""
 
     def __init__(self, url, model, path):
-        prepared = requests.Request("POST", url + "/v1/audio/transcriptions", data={"model": model},
-                                    files={"file": (path.name, path.read_bytes())}).prepare()  # fmt: skip
+        prepared = requests.Request(
+            "POST",
+            url + "/v1/audio/transcriptions",
+            data={"model": model},
+            files={"file": (path.name, path.read_bytes())},
+        ).prepare()
         host, port = url.removeprefix("http://").split(":")
-        head = (f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
-                f"Content-Type: {prepared.headers['Content-Type']}\r\nContent-Length: {len(prepared.body)}\r\n\r\n")  # fmt: skip
+        head = (
+            f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+            f"Content-Type: {prepared.headers['Content-Type']}\r\nContent-Length: {len(prepared.body)}\r\n\r\n"
+        )
         self.address, self.message = (host, int(port)), head.encode() + prepared.body
 
     def __enter__(self):
@@ -151,8 +165,12 @@ class SlowUpload:
 
 def post_to(running, path):
     with open(path, "rb") as audio:
-        return requests.post(running.url + "/v1/audio/transcriptions", files={"file": audio},
-                             data={"model": running.service.model_id}, timeout=60)  # fmt: skip
+        return requests.post(
+            running.url + "/v1/audio/transcriptions",
+            files={"file": audio},
+            data={"model": running.service.model_id},
+            timeout=60,
+        )
 
 
 def test_an_idle_model_waits_only_for_requests_being_received(tiny_model):
@@ -231,8 +249,11 @@ def test_uploads_are_decoded_between_forward_passes(tiny_model, monkeypatch):
     with Running(tiny_model, "--max_wait_ms", "0") as running, ThreadPoolExecutor(4) as pool:
         service, spans = running.service, {}
         monkeypatch.setattr(service, "samples", recorded(spans, "decode", service.samples))
-        monkeypatch.setattr(service.batcher.transcriber, "log_probs",
-                            recorded(spans, "forward", service.batcher.transcriber.log_probs, seconds=1.0))  # fmt: skip
+        monkeypatch.setattr(
+            service.batcher.transcriber,
+            "log_probs",
+            recorded(spans, "forward", service.batcher.transcriber.log_probs, seconds=1.0),
+        )
         first = pool.submit(post_to, running, FILES[0])
         time.sleep(0.5)  # the model is busy with the first for 1 s: three more arrive meanwhile
         rest = [pool.submit(post_to, running, path) for path in FILES[1:4]]
@@ -253,14 +274,18 @@ def test_bad_requests_get_errors_that_name_the_problem(server, tiny_model, tmp_p
     audio = FILES[0].read_bytes()
 
     def post(data=None, files=None):
-        return error_of(requests.post(url, data={"model": name, **(data or {})}, files=files or {"file": ("a.opus", audio)}))
+        return error_of(
+            requests.post(url, data={"model": name, **(data or {})}, files=files or {"file": ("a.opus", audio)})
+        )
 
     assert post({"response_format": "xml"}) == (400, "response_format 'xml': one of json, text, srt, vtt, verbose_json")
     assert post({"language": "en"})[0] == 400 and "Russian only" in post({"language": "en"})[1]
     assert post({"model": "whisper-1"})[1].startswith("model 'whisper-1' is not served here")
     assert post({"colour": "red"})[1].startswith("unknown field 'colour'")
     assert post({"temperature": "0.7"})[0] == 400
-    assert post({"timestamp_granularities[]": "word"})[1] == "timestamp_granularities[] needs response_format verbose_json"
+    assert (
+        post({"timestamp_granularities[]": "word"})[1] == "timestamp_granularities[] needs response_format verbose_json"
+    )
     assert post({"prompt": "салют"})[1].startswith("`prompt` carries hotwords, which need beam search")
     status, message = post(files={"file": ("notes.wav", b"RIFF not really a wav file")})
     assert status == 415 and message.startswith("notes.wav: cannot decode audio (")
@@ -371,8 +396,12 @@ def test_prompt_words_are_hotwords_of_that_request_only(tiny_model, tmp_path):
     with Running(folder, "--decoder", "lm") as running:
         client = running.client()
         with ThreadPoolExecutor(2) as pool:  # at once: one batch, two decoders
-            got = pool.map(lambda prompt: client.audio.transcriptions.create(
-                model=folder.name, file=path.open("rb"), prompt=prompt).text, ["будильник", None])  # fmt: skip
+            got = pool.map(
+                lambda prompt: (
+                    client.audio.transcriptions.create(model=folder.name, file=path.open("rb"), prompt=prompt).text
+                ),
+                ["будильник", None],
+            )
             assert list(got) == [hot, plain]
         with pytest.raises(openai.BadRequestError, match="prompt: "):
             client.audio.transcriptions.create(model=folder.name, file=path.open("rb"), prompt="hello")
@@ -407,15 +436,21 @@ def test_live_audio_gets_partials_and_the_offline_transcript_at_the_end(server, 
     record = offline(tiny_model, wav, tmp_path, ".jsonl", "--timestamps")
     messages = stream(server.url, samples)
     partials = [m for m in messages if m["type"] == "partial"]
-    assert messages[-1] == {"type": "final", "text": record["text"], "words": record["words"],
-                            "duration": record["duration"]}  # fmt: skip
+    assert messages[-1] == {
+        "type": "final",
+        "text": record["text"],
+        "words": record["words"],
+        "duration": record["duration"],
+    }
     durations = [m["duration"] for m in partials]  # the audio received so far: growing
     assert len(partials) >= 2 and durations == sorted(durations) and 0 < durations[-1] <= record["duration"]
     error = stream(server.url, samples[:8000], end=False)
     assert error[-1] == {"closed": 1008} and error[-2]["error"]["message"].startswith("unknown text message 'hello'")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream ")]  # one line a stream
     assert [line.split()[2:3] + line.split()[-1:] for line in lines] == [
-        ["status=final", f"audio={record['duration']:.2f}s"], ["status=error", "audio=0.50s"]]
+        ["status=final", f"audio={record['duration']:.2f}s"],
+        ["status=error", "audio=0.50s"],
+    ]
 
 
 def test_live_partials_of_a_long_stream_keep_the_words_before_the_window(tiny_model):
@@ -428,8 +463,14 @@ def test_live_partials_of_a_long_stream_keep_the_words_before_the_window(tiny_mo
     async def recogniser(audio, decoder=None):
         calls.append(len(audio))
         numbers = np.round(audio * 1000).astype(int)
-        words = [{"word": f"w{k}", "start": np.flatnonzero(numbers == k)[0] / 16000,
-                  "end": (np.flatnonzero(numbers == k)[-1] + 1) / 16000} for k in dict.fromkeys(numbers.tolist())]  # fmt: skip
+        words = [
+            {
+                "word": f"w{k}",
+                "start": np.flatnonzero(numbers == k)[0] / 16000,
+                "end": (np.flatnonzero(numbers == k)[-1] + 1) / 16000,
+            }
+            for k in dict.fromkeys(numbers.tolist())
+        ]
         return {"text": " ".join(w["word"] for w in words), "words": words}
 
     with Running(tiny_model, "--stream_window_s", "2") as running:
@@ -454,8 +495,11 @@ def test_sigterm_finishes_what_is_in_flight_then_exits(tiny_model, tmp_path):
     from project import ROOT
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), str(tiny_model), "--port", str(port),
-                                "--max_wait_ms", "3000"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "serve.py"), str(tiny_model), "--port", str(port), "--max_wait_ms", "3000"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -466,8 +510,13 @@ def test_sigterm_finishes_what_is_in_flight_then_exits(tiny_model, tmp_path):
                 time.sleep(0.1)
         expected = [offline(tiny_model, path, tmp_path, ".jsonl")["text"] for path in FILES[:2]]
         with SlowUpload(url, tiny_model.name, FILES[1]) as slow, ThreadPoolExecutor(1) as pool:
-            answer = pool.submit(requests.post, url + "/v1/audio/transcriptions", data={"model": tiny_model.name},
-                                 files={"file": FILES[0].open("rb")}, timeout=60)  # fmt: skip
+            answer = pool.submit(
+                requests.post,
+                url + "/v1/audio/transcriptions",
+                data={"model": tiny_model.name},
+                files={"file": FILES[0].open("rb")},
+                timeout=60,
+            )
             time.sleep(1.0)  # the request waits in the batcher for the one being uploaded
             process.send_signal(signal.SIGTERM)
             time.sleep(0.5)
@@ -501,9 +550,15 @@ def browser(tmp_path_factory):
         sf.write(microphone, serving.read_audio(FILES[4]), 16000, subtype="PCM_16")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--use-fake-ui-for-media-stream",
-                 "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={microphone}%noloop",
-                 "--autoplay-policy=no-user-gesture-required"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone}%noloop",
+        "--autoplay-policy=no-user-gesture-required",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
     yield driver
@@ -525,9 +580,11 @@ def test_the_page_transcribes_an_upload_and_the_microphone(server, tiny_model, b
     # Upload: decoded and resampled in the browser, sent as 16-bit WAV; the words are the API's for the file.
     wav = tmp_path / "upload.wav"
     sf.write(wav, serving.read_audio(FILES[0]), 16000, subtype="PCM_16")
-    expected = requests.post(server.url + "/v1/audio/transcriptions", files={"file": wav.open("rb")},
-                             data={"model": tiny_model.name, "response_format": "verbose_json",
-                                   "timestamp_granularities[]": "word"}).json()  # fmt: skip
+    expected = requests.post(
+        server.url + "/v1/audio/transcriptions",
+        files={"file": wav.open("rb")},
+        data={"model": tiny_model.name, "response_format": "verbose_json", "timestamp_granularities[]": "word"},
+    ).json()
     browser.find_element(By.ID, "file").send_keys(str(wav))
     wait.until(lambda d: state(d) in ("done", "error"))
     assert state(browser) == "done", browser.find_element(By.ID, "status").text
@@ -552,8 +609,11 @@ def test_the_page_transcribes_an_upload_and_the_microphone(server, tiny_model, b
         const done = arguments[arguments.length - 1];
         fetch(document.getElementById('player').src).then((r) => r.arrayBuffer())
             .then((b) => done(Array.from(new Uint8Array(b))));""")
-    again = requests.post(server.url + "/v1/audio/transcriptions", files={"file": ("mic.wav", bytes(recorded))},
-                          data={"model": tiny_model.name}).json()  # fmt: skip
+    again = requests.post(
+        server.url + "/v1/audio/transcriptions",
+        files={"file": ("mic.wav", bytes(recorded))},
+        data={"model": tiny_model.name},
+    ).json()
     assert " ".join(shown) == again["text"] and shown
     assert len(recorded) > 16000 * 2 * 1.0  # over a second of audio was recorded
 
@@ -568,9 +628,9 @@ def test_an_onnx_export_is_served_as_transcribe_py_runs_it(tiny_model, tmp_path)
     record = offline(folder, FILES[3], tmp_path, ".jsonl", "--timestamps")
     with Running(folder) as running:
         assert type(running.service.backend).__name__ == "OnnxBackend"
-        result = running.client().audio.transcriptions.create(model="onnx", file=FILES[3].open("rb"),
-                                                               response_format="verbose_json",
-                                                               timestamp_granularities=["word"])  # fmt: skip
+        result = running.client().audio.transcriptions.create(
+            model="onnx", file=FILES[3].open("rb"), response_format="verbose_json", timestamp_granularities=["word"]
+        )
     assert result.text == record["text"] and [w.model_dump() for w in result.words] == record["words"]
 
 
@@ -583,8 +643,14 @@ def test_bad_command_lines_are_named(tmp_path, capsys):
     assert len(err.splitlines()) == 1, err
     assert command.main([str(tmp_path / "nowhere")]) == 1
     assert f"no model folder {tmp_path / 'nowhere'} here" in capsys.readouterr().err
-    options = [["--max_audio_s", "0"], ["--max_wait_ms", "-1"], ["--max_upload_mb", "nan"], ["--hotword_weight", "5"],
-               ["--stream_window_s", "inf"], ["--quantized", "maybe"]]  # fmt: skip
+    options = [
+        ["--max_audio_s", "0"],
+        ["--max_wait_ms", "-1"],
+        ["--max_upload_mb", "nan"],
+        ["--hotword_weight", "5"],
+        ["--stream_window_s", "inf"],
+        ["--quantized", "maybe"],
+    ]
     for option in options:
         with pytest.raises(SystemExit) as exit:
             command.main([str(tmp_path), *option])

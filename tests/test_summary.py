@@ -1,9 +1,10 @@
 import subprocess
 import sys
 
-from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 from project import ROOT
+
 from ebranchformer_ru.summary import parameter_counts
+from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
 
 def test_counts_of_the_default_model():

@@ -21,8 +21,11 @@ from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
 
 def test_training_lowers_the_loss(tmp_path, train_args):
-    trainer, _ = training.run(train_args(tmp_path, "--max_steps", "30", "--learning_rate", "3e-3", "--warmup_steps", "3",
-                                    "--do_eval", "false"))  # fmt: skip
+    trainer, _ = training.run(
+        train_args(
+            tmp_path, "--max_steps", "30", "--learning_rate", "3e-3", "--warmup_steps", "3", "--do_eval", "false"
+        )
+    )
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:3]) / 3
@@ -32,7 +35,7 @@ def test_output_folder_loads_and_has_a_model_card(trained):
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCTC, AutoProcessor
 
-    tmp, trainer, metrics = trained
+    tmp, _trainer, metrics = trained
     out = tmp / "out"
     model = AutoModelForCTC.from_pretrained(out)
     assert isinstance(model, EBranchformerForCTC) and model.config.hidden_size == 32
@@ -72,7 +75,9 @@ def test_outputs_get_the_modes_of_a_normal_write(trained, tmp_path):
 
 
 def test_the_final_evaluation_is_not_run_twice(tmp_path, train_args):
-    trainer, metrics = training.run(train_args(tmp_path, "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "4"))
+    trainer, metrics = training.run(
+        train_args(tmp_path, "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "4")
+    )
     evaluations = [e for e in trainer.state.log_history if "eval_crowd_wer" in e]
     assert len(evaluations) == 1 and evaluations[0]["step"] == 4
     assert metrics["eval_crowd_wer"] == evaluations[0]["eval_crowd_wer"]
@@ -83,8 +88,17 @@ def test_resume_matches_an_uninterrupted_run(trained, tmp_path, train_args):
     resumed_dir = tmp_path / "out"
     resumed_dir.mkdir()
     shutil.copytree(tmp / "out" / "checkpoint-4", resumed_dir / "checkpoint-4")
-    resumed, _ = training.run(train_args(tmp_path, "--max_steps", "8", "--do_eval", "false",
-                                    "--resume_from_checkpoint", str(resumed_dir / "checkpoint-4")))  # fmt: skip
+    resumed, _ = training.run(
+        train_args(
+            tmp_path,
+            "--max_steps",
+            "8",
+            "--do_eval",
+            "false",
+            "--resume_from_checkpoint",
+            str(resumed_dir / "checkpoint-4"),
+        )
+    )
     assert resumed.state.global_step == trainer.state.global_step == 8
     lr = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
     lr_resumed = [e["learning_rate"] for e in resumed.state.log_history if "learning_rate" in e]
@@ -109,11 +123,25 @@ def test_an_earlier_run_is_refused_and_left_untouched(trained, tmp_path, train_a
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
     before = snapshot(tmp_path / "out")
-    with pytest.raises(Error, match=r"holds an earlier run \(checkpoint-4, checkpoint-8, model.safetensors.*"
-                                         r"--resume_from_checkpoint last \(continues from .*checkpoint-8\), "
-                                         r"--overwrite true"):  # fmt: skip
-        training.run(train_args(tmp_path, "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "2",
-                           "--save_total_limit", "1"))  # fmt: skip
+    with pytest.raises(
+        Error,
+        match=r"holds an earlier run \(checkpoint-4, checkpoint-8, model.safetensors.*"
+        r"--resume_from_checkpoint last \(continues from .*checkpoint-8\), "
+        r"--overwrite true",
+    ):
+        training.run(
+            train_args(
+                tmp_path,
+                "--max_steps",
+                "12",
+                "--save_strategy",
+                "steps",
+                "--save_steps",
+                "2",
+                "--save_total_limit",
+                "1",
+            )
+        )
     assert snapshot(tmp_path / "out") == before
 
 
@@ -122,12 +150,27 @@ def test_resume_last_takes_the_newest_complete_checkpoint(trained, tmp_path, tra
     shutil.copytree(tmp / "out", tmp_path / "out")
     (tmp_path / "out" / "checkpoint-8" / "trainer_state.json").unlink()  # as if killed while saving
     assert training.last_complete_checkpoint(tmp_path / "out") == str(tmp_path / "out" / "checkpoint-4")
-    resumed, _ = training.run(train_args(tmp_path, "--max_steps", "8", "--do_eval", "false", "--save_strategy", "steps",
-                                    "--save_steps", "4", "--resume_from_checkpoint", "last"))  # fmt: skip
+    resumed, _ = training.run(
+        train_args(
+            tmp_path,
+            "--max_steps",
+            "8",
+            "--do_eval",
+            "false",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "4",
+            "--resume_from_checkpoint",
+            "last",
+        )
+    )
     loss = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert [e["loss"] for e in resumed.state.log_history if "loss" in e] == pytest.approx(loss, rel=1e-4)
     with pytest.raises(Error, match="no complete checkpoint in .*elsewhere"):
-        training.run(train_args(tmp_path, "--resume_from_checkpoint", "last", "--output_dir", str(tmp_path / "elsewhere")))
+        training.run(
+            train_args(tmp_path, "--resume_from_checkpoint", "last", "--output_dir", str(tmp_path / "elsewhere"))
+        )
 
 
 def test_overwrite_replaces_the_earlier_run(trained, tmp_path, train_args):
@@ -158,9 +201,14 @@ def foreign_model_folder(tmp_path):
     folder = tmp_path / "foreign"
     folder.mkdir()
     marker = tmp_path / "code_ran"
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "mystery", "auto_map": {"AutoConfig": "mystery.MysteryConfig",
-                                              "AutoModelForCTC": "mystery.MysteryForCTC"}}))  # fmt: skip
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "mystery",
+                "auto_map": {"AutoConfig": "mystery.MysteryConfig", "AutoModelForCTC": "mystery.MysteryForCTC"},
+            }
+        )
+    )
     (folder / "mystery.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     return folder, marker
 
@@ -174,7 +222,7 @@ def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path, tra
 
 def test_our_folders_load_without_trust_remote_code(trained, tmp_path):
     tmp, _, _ = trained
-    model, processor = training.load_model_and_processor(training.ModelArguments(str(tmp / "out")))
+    model, _processor = training.load_model_and_processor(training.ModelArguments(str(tmp / "out")))
     assert type(model) is EBranchformerForCTC and model.config.hidden_size == 32  # our class, not a copy
 
 
@@ -201,13 +249,38 @@ def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tm
     argv = [str(tmp_path / "converted"), "--max_samples", "4", "--output_dir", str(tmp_path / "eval")]
     rows = evaluate.evaluate(evaluate.build_parser().parse_args(argv))
     assert [(row["set"], row["utterances"]) for row in rows] == [("crowd", 4), ("farfield", 4), ("heldout_voice", 4)]
-    trainer, metrics = training.run([
-        "--model_name_or_path", str(tmp_path / "converted"), "--max_steps", "3", "--per_device_train_batch_size", "4",
-        "--train_subset_seconds", "15", "--max_eval_samples", "4", "--eval_strategy", "no", "--save_strategy", "no",
-        "--report_to", "none", "--dataloader_num_workers", "0", "--dataloader_persistent_workers", "false",
-        "--logging_steps", "1", "--output_dir", str(tmp_path / "tuned"), "--dataset_cache_dir", str(tmp_path / "cache"),
-        "--disable_tqdm", "true",
-    ])  # fmt: skip
+    trainer, metrics = training.run(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "converted"),
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "4",
+            "--train_subset_seconds",
+            "15",
+            "--max_eval_samples",
+            "4",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--dataloader_num_workers",
+            "0",
+            "--dataloader_persistent_workers",
+            "false",
+            "--logging_steps",
+            "1",
+            "--output_dir",
+            str(tmp_path / "tuned"),
+            "--dataset_cache_dir",
+            str(tmp_path / "cache"),
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     assert trainer.state.global_step == 3 and metrics["eval_crowd_utterances"] == 4
     tuned = AutoModelForCTC.from_pretrained(tmp_path / "tuned")
     converted = AutoModelForCTC.from_pretrained(tmp_path / "converted")
@@ -223,7 +296,8 @@ def test_two_processes_are_data_parallel(tmp_path, train_args):
     """torchrun with 2 CPU processes: one DDP job (world size 2, gradients all-reduced), each rank reading its
     own half of every epoch, and the test sets counted once each."""
     script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, os, sys
         sys.path.insert(0, {str(ROOT)!r})
         from ebranchformer_ru import training
@@ -250,12 +324,17 @@ def test_two_processes_are_data_parallel(tmp_path, train_args):
                    "wrapped": type(trainer.model_wrapped).__name__, "steps": trainer.state.global_step,
                    "batches": seen, "train_size": len(trainer.train_dataset), "metrics": metrics}}
         json.dump(report, open({str(tmp_path)!r} + f"/rank{{rank}}.json", "w"))
-    """))
+    """)
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(script)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     size = reports[0]["train_size"]
@@ -282,7 +361,10 @@ def test_two_processes_are_data_parallel(tmp_path, train_args):
 
 
 def test_unknown_preset_and_option(tmp_path, capsys, train_args):
-    with pytest.raises(UsageError, match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'golos', 'mini', 'overfit'\]"):
+    with pytest.raises(
+        UsageError,
+        match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'golos', 'mini', 'overfit'\]",
+    ):
         training.run(["--preset", "fast"])
     with pytest.raises(UsageError, match="unrecognized arguments: --learning_rat 1"):
         training.run(train_args(tmp_path, "--learning_rat", "1"))
@@ -306,7 +388,7 @@ def test_unknown_preset_and_option(tmp_path, capsys, train_args):
 
 @pytest.mark.parametrize("preset", ["course", "finetune_farfield", "golos", "mini", "overfit"])
 def test_every_preset_parses_and_keeps_the_requirements(preset):
-    model_args, data_args, _, run_args, training_args = training.parse_args(["--preset", preset])
+    _model_args, _data_args, _, run_args, training_args = training.parse_args(["--preset", preset])
     assert run_args.preset == preset and training_args.output_dir == f"outputs/{preset}"
     assert training_args.do_train and training_args.max_grad_norm == 1.0 and training_args.weight_decay == 0.0
     assert training_args.remove_unused_columns is False and training_args.length_column_name == "duration"
@@ -353,8 +435,9 @@ def test_missing_data_folder(tmp_path, train_args, capsys):
     # The command: exit 1 with one line, the traceback only with --debug (alone, or with Transformers' features).
     assert command.main(train_args(tmp_path, "--data_dir", str(tmp_path / "nowhere"))) == 1
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"error: data folder not found: {tmp_path / 'nowhere'} (expected train_opus/ and "
-                                "test_opus/ inside)"]  # fmt: skip
+    assert err.splitlines() == [
+        f"error: data folder not found: {tmp_path / 'nowhere'} (expected train_opus/ and test_opus/ inside)"
+    ]
     for debug in (["--debug"], ["--debug", "true"], ["--debug", "underflow_overflow"]):
         assert command.main(train_args(tmp_path, "--data_dir", str(tmp_path / "nowhere"), *debug)) == 1
         err = capsys.readouterr().err
@@ -369,7 +452,10 @@ def test_debug_is_the_switch_of_every_command_and_transformers_debug_features(tm
     assert training_args.debug == ["underflow_overflow"]
     parser = command.build_parser()
     assert [parser.parse_known_args(debug)[0].traceback for debug in ([], ["--debug"], ["--debug", "false"])] == [
-        False, True, False]  # fmt: skip
+        False,
+        True,
+        False,
+    ]
     with pytest.raises(SystemExit):
         parser.parse_known_args(["--debug", "sometimes"])
 
@@ -397,7 +483,9 @@ def test_transcripts_longer_than_the_output_frames_are_removed_and_counted():
     from modeling_ebranchformer import EBranchformerFeatureExtractor
     from modeling_ebranchformer.ctc import output_frames
 
-    dataset = datasets.Dataset.from_dict({"duration": [0.2, 0.2, 0.06, 0.06], "text": ["да", "салют мир", "ааа", "аба"]})
+    dataset = datasets.Dataset.from_dict(
+        {"duration": [0.2, 0.2, 0.06, 0.06], "text": ["да", "салют мир", "ааа", "аба"]}
+    )
     model = EBranchformerForCTC(EBranchformerConfig(num_hidden_layers=1))
     kept, report = ctc_feasible(dataset, lambda d: output_frames(model, EBranchformerFeatureExtractor(), d))
     # 0.2 s -> 21 feature frames -> 6 CTC frames: "да" fits, "салют мир" (9) does not; 0.06 s -> 7 -> 2 CTC
@@ -413,12 +501,16 @@ def test_transcripts_longer_than_the_output_frames_are_removed_and_counted():
 def test_a_non_finite_loss_skips_the_batch_and_is_counted(tmp_path):
     from transformers import TrainingArguments
 
-    config = EBranchformerConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                 cgmlp_intermediate_size=48, ffn_intermediate_size=64)  # fmt: skip
+    config = EBranchformerConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, cgmlp_intermediate_size=48, ffn_intermediate_size=64
+    )
     model = EBranchformerForCTC(config)
     trainer = training.CTCTrainer(model=model, args=TrainingArguments(str(tmp_path), report_to="none"))
-    inputs = {"input_features": torch.randn(1, 20, 64), "attention_mask": torch.ones(1, 20, dtype=torch.long),
-              "labels": torch.ones(1, 12, dtype=torch.long)}  # 12 labels, 5 frames: CTC loss is infinite  # fmt: skip
+    inputs = {
+        "input_features": torch.randn(1, 20, 64),
+        "attention_mask": torch.ones(1, 20, dtype=torch.long),
+        "labels": torch.ones(1, 12, dtype=torch.long),
+    }  # 12 labels, 5 frames: CTC loss is infinite
     model.train()
     assert torch.isinf(model(**inputs).loss)
     loss = trainer.compute_loss(model, inputs)
@@ -430,7 +522,8 @@ def test_a_non_finite_loss_skips_the_batch_and_is_counted(tmp_path):
 def test_a_preset_can_start_from_another(tmp_path):
     course, golos = training.load_preset("course"), training.load_preset("golos")
     assert {k: v for k, v in golos.items() if k in course and k != "output_dir"} == {
-        k: v for k, v in course.items() if k != "output_dir"}  # fmt: skip
+        k: v for k, v in course.items() if k != "output_dir"
+    }
     assert golos["speed_perturbation"] == [0.9, 1.0, 1.1] and "apply_spec_augment=true" in golos["config_overrides"]
     (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\nlearning_rate: 1.0\n")
     (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
@@ -451,9 +544,14 @@ def test_a_preset_file_names_its_base_relative_to_itself(tmp_path, monkeypatch):
         training.load_preset(str(folder / "self.yaml"))
 
 
-@pytest.mark.parametrize("line, message", [("learning_rate: fast", r"learning_rate: 'fast' is not a valid float"),
-                                           ("num_train_epochs: [1, 2]", r"num_train_epochs takes one value, got the list"),
-                                           ("warmup_steps: true", r"warmup_steps: True is not a")])  # fmt: skip
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("learning_rate: fast", r"learning_rate: 'fast' is not a valid float"),
+        ("num_train_epochs: [1, 2]", r"num_train_epochs takes one value, got the list"),
+        ("warmup_steps: true", r"warmup_steps: True is not a"),
+    ],
+)
 def test_a_preset_value_of_the_wrong_type_is_named(tmp_path, line, message):
     preset = tmp_path / "mine.yaml"
     preset.write_text(line + "\n")

@@ -112,7 +112,7 @@ def test_folder_manifest_and_broken_file(tiny_model, inputs, tmp_path, capsys):
 
 
 def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, tmp_path, capsys, monkeypatch):
-    folder, manifest, _ = inputs
+    folder, _manifest, _ = inputs
     (folder / "broken.wav").unlink()
     output = tmp_path / "out.txt"
     args = [str(tiny_model), str(folder), "--output", str(output), "--batch_size", "2", "--no_progress"]
@@ -352,8 +352,8 @@ def test_a_recording_the_model_fails_on_fails_alone(tiny_model, inputs, tmp_path
 def test_numpy_front_end_matches_the_feature_extractor(speech_like):
     """The torch-free log-mel features of onnx_runtime.py against EBranchformerFeatureExtractor: real and
     synthetic audio, lengths around the reflection limit and the hop."""
-    from modeling_ebranchformer import EBranchformerFeatureExtractor
     from ebranchformer_ru.audio import read_audio
+    from modeling_ebranchformer import EBranchformerFeatureExtractor
 
     extractor = EBranchformerFeatureExtractor()
     numpy_features = onnx_runtime.LogMelFeatures(**extractor.to_dict())
@@ -409,8 +409,9 @@ def test_a_second_writer_of_the_same_output_is_refused(tiny_model, tmp_path):
     with transcription.locked(journal, output):  # another run holds the output (flock: per open file)
         other = str(CROWD / "files" / "test_opus_crowd_0001.opus")
         assert "another transcribe.py is writing" in refused([str(tiny_model), other, "--output", str(output)])
-        assert "another transcribe.py is writing" in refused([str(tiny_model), other, "--output", str(output),
-                                                              "--overwrite"])  # fmt: skip
+        assert "another transcribe.py is writing" in refused(
+            [str(tiny_model), other, "--output", str(output), "--overwrite"]
+        )
     assert output.read_bytes() == before
 
 
@@ -549,7 +550,16 @@ def test_a_long_file_is_read_a_chunk_at_a_time(tiny_model, tmp_path, monkeypatch
 
     monkeypatch.setattr(sf, "read", recording)
     output = tmp_path / "out.jsonl"
-    args = [str(tiny_model), str(long), "--output", str(output), "--chunk_length_s", "10", "--timestamps", "--no_progress"]
+    args = [
+        str(tiny_model),
+        str(long),
+        "--output",
+        str(output),
+        "--chunk_length_s",
+        "10",
+        "--timestamps",
+        "--no_progress",
+    ]
     assert transcribe(args) == 0
     assert len(reads) >= 4 and max(reads) <= 10 * 16000  # chunk by chunk, each at most --chunk_length_s
     record = records(output)[0]
@@ -570,14 +580,16 @@ def test_unclear_inputs_get_errors_that_name_the_culprit(tiny_model, tmp_path, c
     weights.write_bytes(weights.read_bytes()[:5000])
     (tmp_path / "afile").write_text("x")
     # a bad value of an option is a usage error (exit 2); a bad file or folder is not (exit 1)
-    cases = [([str(tiny_model), str(latin)], 1, f"{latin}, line 1: not UTF-8 (byte 41"),
-             ([str(tiny_model), str(empty)], 1, f"{empty}: empty manifest"),
-             ([str(tiny_model), wav, "--chunk_length_s", "nan"], 2, "--chunk_length_s: must be a positive number"),
-             ([str(tiny_model), wav, "--chunk_length_s", "inf"], 2, "--chunk_length_s: must be a positive number"),
-             ([str(tiny_model), wav, "--stride_length_s", "nan"], 2, "--stride_length_s must be in [0, chunk_length_s / 2)"),
-             ([str(tmp_path / "nowhere"), wav], 1, f"no model folder {tmp_path / 'nowhere'} here"),
-             ([str(truncated), wav], 1, f"{weights} cannot be read"),
-             ([str(tiny_model), wav, "--output", str(tmp_path / "afile" / "out.jsonl")], 1, "afile is a file, not a folder")]  # fmt: skip
+    cases = [
+        ([str(tiny_model), str(latin)], 1, f"{latin}, line 1: not UTF-8 (byte 41"),
+        ([str(tiny_model), str(empty)], 1, f"{empty}: empty manifest"),
+        ([str(tiny_model), wav, "--chunk_length_s", "nan"], 2, "--chunk_length_s: must be a positive number"),
+        ([str(tiny_model), wav, "--chunk_length_s", "inf"], 2, "--chunk_length_s: must be a positive number"),
+        ([str(tiny_model), wav, "--stride_length_s", "nan"], 2, "--stride_length_s must be in [0, chunk_length_s / 2)"),
+        ([str(tmp_path / "nowhere"), wav], 1, f"no model folder {tmp_path / 'nowhere'} here"),
+        ([str(truncated), wav], 1, f"{weights} cannot be read"),
+        ([str(tiny_model), wav, "--output", str(tmp_path / "afile" / "out.jsonl")], 1, "afile is a file, not a folder"),
+    ]
     for argv, status, message in cases:
         assert exit_status([*argv, "--no_progress"]) == status, argv
         assert message in capsys.readouterr().err, message

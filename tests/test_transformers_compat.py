@@ -89,7 +89,9 @@ def test_attn_implementation_at_load_time_and_at_run_time(tmp_path, monkeypatch,
     assert len(eager_calls) == layers and attentions[0].shape == (3, 2, 26, 26)
 
 
-def test_a_registered_attention_function_is_chosen_at_load_time_and_at_run_time(tmp_path, make_model, tiny_config_values):
+def test_a_registered_attention_function_is_chosen_at_load_time_and_at_run_time(
+    tmp_path, make_model, tiny_config_values
+):
     """A kernel registered with AttentionInterface (Transformers' attention backends) runs in every layer and
     gets the key-padding mask as SDPA does: booleans (batch, 1, 1, steps), True on real frames."""
     masks = []
@@ -135,8 +137,9 @@ def test_torch_export_with_dynamic_batch_and_time(name, make_model):
     (bool(...)), which export cannot follow (GuardOnDataDependentSymNode); traced graphs now always mask."""
     model = make_model(name)
     dynamic = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
-    program = torch.export.export(model, args=(), kwargs=batch(PADDED),
-                                  dynamic_shapes={"input_features": dynamic, "attention_mask": dynamic})  # fmt: skip
+    program = torch.export.export(
+        model, args=(), kwargs=batch(PADDED), dynamic_shapes={"input_features": dynamic, "attention_mask": dynamic}
+    )
     exported = program.module()
     for seed, lengths in enumerate([PADDED, *OTHER_SHAPES]):
         inputs = batch(lengths, seed)

@@ -16,8 +16,18 @@ from project import CORPUS, ROOT
 
 pytestmark = pytest.mark.slow  # builds a wheel, trains, transcribes and evaluates in fresh processes
 
-COMMANDS = ["train", "evaluate", "transcribe", "serve", "export-onnx", "convert", "average", "build-lm", "tune-lm",
-            "push"]  # fmt: skip
+COMMANDS = [
+    "train",
+    "evaluate",
+    "transcribe",
+    "serve",
+    "export-onnx",
+    "convert",
+    "average",
+    "build-lm",
+    "tune-lm",
+    "push",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +35,16 @@ def wheel(tmp_path_factory) -> Path:
     """The wheel of a clean copy of the tree: setuptools reuses a checkout's build/ and *.egg-info, which could
     hold files that the package data no longer names."""
     source, out = tmp_path_factory.mktemp("source") / "tree", tmp_path_factory.mktemp("wheel")
-    leftovers = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "outputs", "__pycache__", ".pytest_cache")
+    leftovers = shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "outputs", "__pycache__", ".pytest_cache"
+    )
     shutil.copytree(ROOT, source, ignore=leftovers)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
-                   check=True, capture_output=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (built,) = out.glob("ebranchformer_ru-*.whl")
     return built
 
@@ -39,19 +55,46 @@ def installed(wheel, tmp_path_factory) -> dict:
     is downloaded. Returns the environment in which its commands run."""
     venv = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                    "--no-deps", str(wheel)], check=True, capture_output=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (packages,) = venv.glob("lib/python*/site-packages")
     (packages / "test-environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     home = tmp_path_factory.mktemp("home")
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), "HF_HOME": str(home / "hf"),
-           "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}  # fmt: skip
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(home),
+        "HF_HOME": str(home / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
     return {"venv": venv, "env": env, "work": tmp_path_factory.mktemp("work")}
 
 
 def run(installed, *argv, timeout=900) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(argv), check=False, cwd=installed["work"], env=installed["env"], capture_output=True,
-                            text=True, timeout=timeout)  # fmt: skip
+    result = subprocess.run(
+        list(argv),
+        check=False,
+        cwd=installed["work"],
+        env=installed["env"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 

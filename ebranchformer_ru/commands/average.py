@@ -24,8 +24,10 @@ def build_parser():
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--last", type=cli.positive_int, metavar="N", help="average the N newest checkpoints")
     which.add_argument("--best", type=cli.positive_int, metavar="N", help="average the N with the lowest eval WER")
-    parser.add_argument("--metric", help="--best: the logged metric to rank by, e.g. eval_crowd_wer "
-                                         "(default: the run's first eval_*_wer)")  # fmt: skip
+    parser.add_argument(
+        "--metric",
+        help="--best: the logged metric to rank by, e.g. eval_crowd_wer (default: the run's first eval_*_wer)",
+    )
     parser.add_argument("--output_dir", help="default: MODEL/average-last-N or MODEL/average-best-N")
     cli.add_overwrite(parser, "an existing output folder")
     cli.add_publishing(parser, "the averaged folder")

@@ -30,12 +30,18 @@ from . import cli
 def build_parser():
     parser = cli.parser(__doc__)
     cli.add_model(parser, "the model folder the language model is added to")
-    parser.add_argument("--data_dir", help="Golos-layout folder whose train_opus/manifest.jsonl transcripts are "
-                                           "used (default: the embedded corpus, unless --text is given)")  # fmt: skip
+    parser.add_argument(
+        "--data_dir",
+        help="Golos-layout folder whose train_opus/manifest.jsonl transcripts are "
+        "used (default: the embedded corpus, unless --text is given)",
+    )
     parser.add_argument("--text", action="append", default=[], help="a text file, one sentence a line (repeatable)")
     parser.add_argument("--order", type=int, default=None, help="n-gram order (default 3; an --arpa has its own)")
-    parser.add_argument("--arpa", help="use this ARPA file (.arpa or .arpa.gz; a KenLM binary if the kenlm module "
-                                       "is installed) instead of building one")  # fmt: skip
+    parser.add_argument(
+        "--arpa",
+        help="use this ARPA file (.arpa or .arpa.gz; a KenLM binary if the kenlm module "
+        "is installed) instead of building one",
+    )
     parser.add_argument("--alpha", type=float, help=f"LM weight written to attrs.json (default {DEFAULT_ALPHA})")
     parser.add_argument("--beta", type=float, help=f"word insertion bonus (default {DEFAULT_BETA})")
     cli.add_overwrite(parser, "an existing language model")
@@ -47,11 +53,21 @@ def build_parser():
 def build_lm(args):
     """The summary of `build` (what was built); the folder is then published if asked."""
     if args.arpa and (args.text or args.data_dir or args.order is not None):
-        raise UsageError("--arpa replaces building (its order is the file's): give either --arpa or "
-                         "--data_dir/--text/--order")  # fmt: skip
+        raise UsageError(
+            "--arpa replaces building (its order is the file's): give either --arpa or --data_dir/--text/--order"
+        )
     order = 3 if args.order is None else args.order
-    summary = build(args.model, args.data_dir, args.text, order, args.arpa, args.alpha, args.beta, args.overwrite,
-                    args.trust_remote_code)  # fmt: skip
+    summary = build(
+        args.model,
+        args.data_dir,
+        args.text,
+        order,
+        args.arpa,
+        args.alpha,
+        args.beta,
+        args.overwrite,
+        args.trust_remote_code,
+    )
     publishing.publish_from_args(args.model, args)
     return summary
 

@@ -74,21 +74,29 @@ def names(text: str) -> list[str]:
 def parser(doc: str, epilog: str | None = None) -> argparse.ArgumentParser:
     """A command's parser: its module's docstring as the description, no abbreviations (a mistyped option is an
     error, not another option), and `--debug`."""
-    made = argparse.ArgumentParser(description=doc, epilog=epilog, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    made = argparse.ArgumentParser(
+        description=doc, epilog=epilog, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_debug(made)
     return made
 
 
 def add_debug(parser: argparse.ArgumentParser):
-    parser.add_argument("--debug", type=string_to_bool, nargs="?", const=True, default=False,
-                        help="on an error, show the traceback instead of one line")  # fmt: skip
+    parser.add_argument(
+        "--debug",
+        type=string_to_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="on an error, show the traceback instead of one line",
+    )
 
 
 def add_switch(parser, name: str, help: str):
     """A switch in Transformers' form: `--NAME` or `--NAME true|false`, default false."""
-    parser.add_argument(f"--{name}", type=string_to_bool, nargs="?", const=True, default=False, metavar="BOOL",
-                        help=help)  # fmt: skip
+    parser.add_argument(
+        f"--{name}", type=string_to_bool, nargs="?", const=True, default=False, metavar="BOOL", help=help
+    )
 
 
 def add_model(parser, help: str = "a model folder (or an export_onnx output folder where the command runs one)"):
@@ -100,8 +108,11 @@ def add_overwrite(parser, what: str = "an existing output"):
 
 
 def add_trust_remote_code(parser):
-    add_switch(parser, "trust_remote_code", "run the model folder's own code for model types this package lacks "
-                                            "(only for folders you trust)")  # fmt: skip
+    add_switch(
+        parser,
+        "trust_remote_code",
+        "run the model folder's own code for model types this package lacks (only for folders you trust)",
+    )
 
 
 def add_device(parser):
@@ -109,27 +120,39 @@ def add_device(parser):
 
 
 def add_threads(parser):
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="CPU threads for the model (default: torch's, one per core)")  # fmt: skip
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU threads for the model (default: torch's, one per core)"
+    )
 
 
 def add_decoder(parser, default: str = "greedy", help: str = ""):
-    parser.add_argument("--decoder", choices=DECODERS, default=default,
-                        help=f"greedy CTC, or lm: beam search with the folder's language model (build_lm); "
-                             f"default {default}{help}")  # fmt: skip
+    parser.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default=default,
+        help=f"greedy CTC, or lm: beam search with the folder's language model (build_lm); default {default}{help}",
+    )
 
 
 def add_sets(parser, default: str | None, help: str = ""):
-    parser.add_argument("--sets", type=names, default=names(default) if default else None, metavar="SET[,SET...]",
-                        help=f"test sets: folders of DATA_DIR/test_opus/ with a manifest.jsonl{help}")  # fmt: skip
+    parser.add_argument(
+        "--sets",
+        type=names,
+        default=names(default) if default else None,
+        metavar="SET[,SET...]",
+        help=f"test sets: folders of DATA_DIR/test_opus/ with a manifest.jsonl{help}",
+    )
 
 
 def add_publishing(parser, what: str = "the output folder"):
     """Publishing as `TrainingArguments` spells it."""
     group = parser.add_argument_group("publishing to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")
     add_switch(group, "push_to_hub", f"publish {what} to the Hub")
-    group.add_argument("--hub_model_id", metavar="REPO", help="the repo, user/name or organisation/name "
-                                                              "(default: the folder's name in your namespace)")  # fmt: skip
+    group.add_argument(
+        "--hub_model_id",
+        metavar="REPO",
+        help="the repo, user/name or organisation/name (default: the folder's name in your namespace)",
+    )
     add_switch(group, "hub_private_repo", "create the repo private (if it is new)")
     group.add_argument("--hub_revision", metavar="BRANCH", help="publish to this branch (made from main if new)")
     return group

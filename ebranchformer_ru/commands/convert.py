@@ -28,22 +28,35 @@ def build_parser():
     parser = cli.parser(__doc__)
     parser.add_argument("checkpoint", help="a Lightning .ckpt or a saved state dict")
     parser.add_argument("--output_dir", required=True, help="the model folder to write")
-    parser.add_argument("--arch", choices=["auto", "ebranchformer", "quartznet"], default="auto",
-                        help="default: from the keys; a given one must be what the keys show")  # fmt: skip
+    parser.add_argument(
+        "--arch",
+        choices=["auto", "ebranchformer", "quartznet"],
+        default="auto",
+        help="default: from the keys; a given one must be what the keys show",
+    )
     cli.add_overwrite(parser, "an existing output folder that holds nothing but model files")
     loading = parser.add_mutually_exclusive_group()
-    cli.add_switch(loading, "inert_objects", "load with non-tensor objects replaced by inert placeholders (runs no "
-                                             "code from the file)")  # fmt: skip
-    cli.add_switch(loading, "unsafe_unpickle", "unpickle fully: runs code from the file, only for checkpoints you "
-                                               "trust")  # fmt: skip
-    parser.add_argument("--vocab", metavar="VOCAB.json",
-                        help="the vocabulary the CTC head was trained with, as a vocab.json (symbol -> output index, "
-                             '"|" the space, "<pad>" the blank); default: the course\'s 34 symbols')  # fmt: skip
+    cli.add_switch(
+        loading,
+        "inert_objects",
+        "load with non-tensor objects replaced by inert placeholders (runs no code from the file)",
+    )
+    cli.add_switch(
+        loading, "unsafe_unpickle", "unpickle fully: runs code from the file, only for checkpoints you trust"
+    )
+    parser.add_argument(
+        "--vocab",
+        metavar="VOCAB.json",
+        help="the vocabulary the CTC head was trained with, as a vocab.json (symbol -> output index, "
+        '"|" the space, "<pad>" the blank); default: the course\'s 34 symbols',
+    )
     parser.add_argument("--num_mel_bins", type=int, default=64)
     parser.add_argument("--num_attention_heads", type=int, help="E-Branchformer (not in the shapes); default: 4")
-    parser.add_argument("--positions", choices=["auto", "batch-quirk", "per-frame"],
-                        help="E-Branchformer table: auto (default) = batch-quirk for a (max_len, 1, d) "
-                             "table")  # fmt: skip
+    parser.add_argument(
+        "--positions",
+        choices=["auto", "batch-quirk", "per-frame"],
+        help="E-Branchformer table: auto (default) = batch-quirk for a (max_len, 1, d) table",
+    )
     parser.add_argument("--block_strides", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
     parser.add_argument("--block_dilations", type=int, nargs="+", help="QuartzNet; default: the course 5x5")
     parser.add_argument("--batch_norm_eps", type=float, help="QuartzNet; default: 1e-5 (PyTorch's)")
@@ -54,12 +67,24 @@ def build_parser():
 def convert(args):
     """The converted model (eval mode) and `conversion.convert`'s report, once the written folder passed its check."""
     model, report = conversion.convert(
-        args.checkpoint, args.output_dir, args.arch, args.overwrite, args.inert_objects, args.unsafe_unpickle,
-        args.num_mel_bins, args.num_attention_heads, args.positions, args.block_strides, args.block_dilations,
-        args.batch_norm_eps, args.vocab,
-    )  # fmt: skip
-    print(f"{args.checkpoint} -> {args.output_dir}: {report['architecture']}, epoch {report['epoch']}, "
-          f"step {report['global_step']}, {report['tensors']} tensors")  # fmt: skip
+        args.checkpoint,
+        args.output_dir,
+        args.arch,
+        args.overwrite,
+        args.inert_objects,
+        args.unsafe_unpickle,
+        args.num_mel_bins,
+        args.num_attention_heads,
+        args.positions,
+        args.block_strides,
+        args.block_dilations,
+        args.batch_norm_eps,
+        args.vocab,
+    )
+    print(
+        f"{args.checkpoint} -> {args.output_dir}: {report['architecture']}, epoch {report['epoch']}, "
+        f"step {report['global_step']}, {report['tensors']} tensors"
+    )
     print(format_counts(report["counts"]))
     conversion.check_reload(model, args.output_dir)
     publishing.publish_from_args(args.output_dir, args)

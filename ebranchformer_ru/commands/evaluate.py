@@ -29,9 +29,11 @@ from ebranchformer_ru.golos import EMBEDDED_CORPUS
 
 from . import cli
 
-DATA_DIR_HELP = ("Golos-layout folder holding test_opus/<set>/manifest.jsonl (crowd, farfield, and any other set) "
-                 "(NeMo manifests: one JSON object per line with audio_filepath, text, duration); "
-                 "default: the embedded corpus")  # fmt: skip
+DATA_DIR_HELP = (
+    "Golos-layout folder holding test_opus/<set>/manifest.jsonl (crowd, farfield, and any other set) "
+    "(NeMo manifests: one JSON object per line with audio_filepath, text, duration); "
+    "default: the embedded corpus"
+)
 LM_OPTIONS = ("beam_width", "alpha", "beta", "best_alignment")
 
 
@@ -50,9 +52,13 @@ def build_parser():
     parser.add_argument("--beam_width", type=cli.positive_int, help="beam width of LM decoding (default 32)")
     parser.add_argument("--alpha", type=float, help="LM weight (default: the folder's attrs.json)")
     parser.add_argument("--beta", type=float, help="word insertion bonus (default: the folder's attrs.json)")
-    cli.add_switch(parser, "best_alignment", "score a text by its best CTC alignment instead of the sum of "
-                                             "all (Viterbi); with --alpha 0 --beta 0 this reproduces greedy "
-                                             "decoding")  # fmt: skip
+    cli.add_switch(
+        parser,
+        "best_alignment",
+        "score a text by its best CTC alignment instead of the sum of "
+        "all (Viterbi); with --alpha 0 --beta 0 this reproduces greedy "
+        "decoding",
+    )
     cli.add_switch(parser, "update_model_card", "write the greedy (and LM) figures into the model folder's README.md")
     return parser
 
@@ -61,14 +67,31 @@ def evaluate(args):
     """The rows of `evaluate_model` (one per test set)."""
     given = [f"--{name}" for name in LM_OPTIONS if getattr(args, name) not in (None, False)]
     if args.decoder == "greedy" and given:
-        raise UsageError(f"--decoder greedy decodes without the language model, and {', '.join(given)} would be "
-                         "ignored: leave them out, or drop --decoder greedy")  # fmt: skip
+        raise UsageError(
+            f"--decoder greedy decodes without the language model, and {', '.join(given)} would be "
+            "ignored: leave them out, or drop --decoder greedy"
+        )
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    lm_options = {"beam_width": args.beam_width, "alpha": args.alpha, "beta": args.beta,
-                  "sum_alignments": False if args.best_alignment else None}  # fmt: skip
-    return evaluate_model(args.model, args.data_dir, args.sets, args.output_dir, args.batch_size, args.max_samples,
-                          args.trust_remote_code, args.decoder, lm_options, args.update_model_card, args.device,
-                          args.threads)  # fmt: skip
+    lm_options = {
+        "beam_width": args.beam_width,
+        "alpha": args.alpha,
+        "beta": args.beta,
+        "sum_alignments": False if args.best_alignment else None,
+    }
+    return evaluate_model(
+        args.model,
+        args.data_dir,
+        args.sets,
+        args.output_dir,
+        args.batch_size,
+        args.max_samples,
+        args.trust_remote_code,
+        args.decoder,
+        lm_options,
+        args.update_model_card,
+        args.device,
+        args.threads,
+    )
 
 
 def main(argv=None) -> int:

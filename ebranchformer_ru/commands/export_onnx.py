@@ -27,9 +27,12 @@ def build_parser():
     cli.add_overwrite(parser, "an existing export folder")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |log-prob difference| ONNX vs PyTorch")
     parser.add_argument("--check_audio", nargs="+", help="audio files for the check (default: 8 embedded test files)")
-    parser.add_argument("--wer_manifest", nargs="+", metavar="NAME=MANIFEST",
-                        help="test sets for the int8 WER report (default: the embedded crowd and farfield "
-                             "sets)")  # fmt: skip
+    parser.add_argument(
+        "--wer_manifest",
+        nargs="+",
+        metavar="NAME=MANIFEST",
+        help="test sets for the int8 WER report (default: the embedded crowd and farfield sets)",
+    )
     cli.add_threads(parser)
     cli.add_trust_remote_code(parser)
     return parser
@@ -38,14 +41,24 @@ def build_parser():
 def export(args) -> dict:
     """The content of the export's onnx_export.json."""
     if not 0 < args.tolerance < 1:
-        raise UsageError(f"--tolerance must be a positive number below 1 (log-probability difference), got "
-                         f"{args.tolerance}")  # fmt: skip
+        raise UsageError(
+            f"--tolerance must be a positive number below 1 (log-probability difference), got {args.tolerance}"
+        )
     if not Path(args.model).is_dir():
-        raise Error(f"model folder not found: {args.model} (give a folder that ebranchformer-train, -convert or "
-                    "-average wrote)")  # fmt: skip
-    return onnx_export.export(args.model, args.output_dir, args.int8, args.overwrite, args.tolerance, args.check_audio,
-                              onnx_export.wer_sets_from(args.wer_manifest), args.threads,
-                              trust_remote_code=args.trust_remote_code)  # fmt: skip
+        raise Error(
+            f"model folder not found: {args.model} (give a folder that ebranchformer-train, -convert or -average wrote)"
+        )
+    return onnx_export.export(
+        args.model,
+        args.output_dir,
+        args.int8,
+        args.overwrite,
+        args.tolerance,
+        args.check_audio,
+        onnx_export.wer_sets_from(args.wer_manifest),
+        args.threads,
+        trust_remote_code=args.trust_remote_code,
+    )
 
 
 def main(argv=None) -> int:

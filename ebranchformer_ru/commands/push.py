@@ -27,8 +27,7 @@ def build_parser():
     cli.add_model(parser, "a model folder (ebranchformer-train, -convert, -average)")
     # The options of `cli.add_publishing` less --push_to_hub (pushing is this command's job), the repo required.
     group = parser.add_argument_group("publishing to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)")
-    group.add_argument("--hub_model_id", metavar="REPO", required=True,
-                       help="the repo, user/name or organisation/name")  # fmt: skip
+    group.add_argument("--hub_model_id", metavar="REPO", required=True, help="the repo, user/name or organisation/name")
     cli.add_switch(group, "hub_private_repo", "create the repo private (if it is new)")
     group.add_argument("--hub_revision", metavar="BRANCH", help="publish to this branch (made from main if new)")
     group.add_argument("--commit_message", help="default: Upload MODEL's folder name")
@@ -38,10 +37,17 @@ def build_parser():
 def push(args) -> str:
     """The commit's URL."""
     if not Path(args.model).is_dir():
-        raise Error(f"model folder not found: {args.model} (give the folder that ebranchformer-train, -convert or "
-                    "-average wrote)")  # fmt: skip
-    return publish(args.model, args.hub_model_id, private=args.hub_private_repo or None, revision=args.hub_revision,
-                   commit_message=args.commit_message)  # fmt: skip
+        raise Error(
+            f"model folder not found: {args.model} (give the folder that ebranchformer-train, -convert or "
+            "-average wrote)"
+        )
+    return publish(
+        args.model,
+        args.hub_model_id,
+        private=args.hub_private_repo or None,
+        revision=args.hub_revision,
+        commit_message=args.commit_message,
+    )
 
 
 def main(argv=None) -> int:

@@ -34,27 +34,42 @@ def build_parser():
     cli.add_model(parser, "a model folder (PyTorch) or an ebranchformer-export-onnx folder (ONNX Runtime)")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max_batch_size", type=cli.positive_int, default=16,
-                        help="recordings (or chunks) per batch")  # fmt: skip
-    parser.add_argument("--max_wait_ms", type=float, default=20.0,
-                        help="how long a request that finds the model idle waits for those being received")  # fmt: skip
-    parser.add_argument("--max_audio_s", type=cli.positive_float, default=600.0,
-                        help="longer uploads and streams are refused")  # fmt: skip
-    parser.add_argument("--max_upload_mb", type=cli.positive_float, default=25.0,
-                        help="larger uploads are refused (OpenAI's)")  # fmt: skip
-    parser.add_argument("--max_queue", type=cli.positive_int, default=256,
-                        help="recordings admitted at once; more get 503 with Retry-After")  # fmt: skip
+    parser.add_argument("--max_batch_size", type=cli.positive_int, default=16, help="recordings (or chunks) per batch")
+    parser.add_argument(
+        "--max_wait_ms",
+        type=float,
+        default=20.0,
+        help="how long a request that finds the model idle waits for those being received",
+    )
+    parser.add_argument(
+        "--max_audio_s", type=cli.positive_float, default=600.0, help="longer uploads and streams are refused"
+    )
+    parser.add_argument(
+        "--max_upload_mb", type=cli.positive_float, default=25.0, help="larger uploads are refused (OpenAI's)"
+    )
+    parser.add_argument(
+        "--max_queue",
+        type=cli.positive_int,
+        default=256,
+        help="recordings admitted at once; more get 503 with Retry-After",
+    )
     cli.add_device(parser)
     cli.add_threads(parser)
     cli.add_switch(parser, "quantized", "ONNX export only: run the int8 model")
     cli.add_decoder(parser, help="; with lm, a request's `prompt` carries hotwords")
     parser.add_argument("--hotword_weight", type=float, default=None, help="--decoder lm: bonus per hotword")
-    parser.add_argument("--chunk_length_s", type=cli.positive_float, default=30.0,
-                        help="uploads longer than this are cut into chunks")  # fmt: skip
-    parser.add_argument("--stride_length_s", type=float, default=None,
-                        help="the chunks' overlap on each side (default chunk / 6)")  # fmt: skip
-    parser.add_argument("--stream_window_s", type=cli.positive_float, default=20.0,
-                        help="live audio: the recent audio decoded again for each partial transcript")  # fmt: skip
+    parser.add_argument(
+        "--chunk_length_s", type=cli.positive_float, default=30.0, help="uploads longer than this are cut into chunks"
+    )
+    parser.add_argument(
+        "--stride_length_s", type=float, default=None, help="the chunks' overlap on each side (default chunk / 6)"
+    )
+    parser.add_argument(
+        "--stream_window_s",
+        type=cli.positive_float,
+        default=20.0,
+        help="live audio: the recent audio decoded again for each partial transcript",
+    )
     cli.add_trust_remote_code(parser)
     return parser
 

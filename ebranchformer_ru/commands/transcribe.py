@@ -28,27 +28,39 @@ def build_parser():
     parser = cli.parser(__doc__)
     cli.add_model(parser, "a model folder (PyTorch) or an ebranchformer-export-onnx folder (ONNX Runtime)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders, manifests (.json/.jsonl)")
-    parser.add_argument("--output", help=f"output file, format by extension: {', '.join(OUTPUT_FORMATS)}; "
-                                         "default stdout")  # fmt: skip
-    parser.add_argument("--batch_size", type=cli.positive_int, default=16,
-                        help="recordings (or chunks) per forward pass")  # fmt: skip
+    parser.add_argument(
+        "--output", help=f"output file, format by extension: {', '.join(OUTPUT_FORMATS)}; default stdout"
+    )
+    parser.add_argument(
+        "--batch_size", type=cli.positive_int, default=16, help="recordings (or chunks) per forward pass"
+    )
     cli.add_device(parser)
     cli.add_threads(parser)
     cli.add_decoder(parser)
-    parser.add_argument("--hotwords", nargs="+", metavar="WORD",
-                        help="--decoder lm: words or phrases to favour (names, commands)")  # fmt: skip
-    parser.add_argument("--hotword_weight", type=float, default=None,
-                        help="--decoder lm: bonus per hotword (default 10)")  # fmt: skip
-    parser.add_argument("--chunk_length_s", type=cli.positive_float, default=30.0,
-                        help="files longer than this are cut into chunks")  # fmt: skip
-    parser.add_argument("--stride_length_s", type=float, default=None,
-                        help="the chunks' overlap on each side (default chunk / 6)")  # fmt: skip
+    parser.add_argument(
+        "--hotwords", nargs="+", metavar="WORD", help="--decoder lm: words or phrases to favour (names, commands)"
+    )
+    parser.add_argument(
+        "--hotword_weight", type=float, default=None, help="--decoder lm: bonus per hotword (default 10)"
+    )
+    parser.add_argument(
+        "--chunk_length_s", type=cli.positive_float, default=30.0, help="files longer than this are cut into chunks"
+    )
+    parser.add_argument(
+        "--stride_length_s", type=float, default=None, help="the chunks' overlap on each side (default chunk / 6)"
+    )
     cli.add_switch(parser, "timestamps", "word times in .jsonl (always for .srt/.vtt)")
     cli.add_switch(parser, "quantized", "ONNX export only: run the int8 model")
-    parser.add_argument("--extensions", type=cli.names, default=list(AUDIO_EXTENSIONS), metavar="EXT[,EXT...]",
-                        help=f"audio extensions in folders (default {','.join(AUDIO_EXTENSIONS)})")  # fmt: skip
-    cli.add_overwrite(parser, "an --output made with other settings, and start over instead of resuming one made "
-                              "with these")  # fmt: skip
+    parser.add_argument(
+        "--extensions",
+        type=cli.names,
+        default=list(AUDIO_EXTENSIONS),
+        metavar="EXT[,EXT...]",
+        help=f"audio extensions in folders (default {','.join(AUDIO_EXTENSIONS)})",
+    )
+    cli.add_overwrite(
+        parser, "an --output made with other settings, and start over instead of resuming one made with these"
+    )
     cli.add_switch(parser, "no_progress", "no progress bar")
     cli.add_trust_remote_code(parser)
     return parser
@@ -56,11 +68,24 @@ def build_parser():
 
 def transcribe(args) -> int:
     return transcription.transcribe(
-        args.model, args.inputs, args.output, batch_size=args.batch_size, device=args.device, threads=args.threads,
-        decoder=args.decoder, hotwords=args.hotwords, hotword_weight=args.hotword_weight,
-        chunk_length_s=args.chunk_length_s, stride_length_s=args.stride_length_s, timestamps=args.timestamps,
-        quantized=args.quantized, trust_remote_code=args.trust_remote_code, extensions=tuple(args.extensions),
-        overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
+        args.model,
+        args.inputs,
+        args.output,
+        batch_size=args.batch_size,
+        device=args.device,
+        threads=args.threads,
+        decoder=args.decoder,
+        hotwords=args.hotwords,
+        hotword_weight=args.hotword_weight,
+        chunk_length_s=args.chunk_length_s,
+        stride_length_s=args.stride_length_s,
+        timestamps=args.timestamps,
+        quantized=args.quantized,
+        trust_remote_code=args.trust_remote_code,
+        extensions=tuple(args.extensions),
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
 
 
 def main(argv=None) -> int:

@@ -30,12 +30,20 @@ def build_parser():
     cli.add_model(parser, "a model folder with a language model (ebranchformer-build-lm)")
     parser.add_argument("--data_dir", default=str(EMBEDDED_CORPUS), help="Golos-layout folder (default: embedded)")
     cli.add_sets(parser, "crowd,farfield", "; the ones tuned on (default crowd,farfield)")
-    parser.add_argument("--subset", choices=("even", "odd", "all"), default="even",
-                        help="which utterances of each set to tune on (default: even-numbered; the rest stay unseen)")  # fmt: skip
+    parser.add_argument(
+        "--subset",
+        choices=("even", "odd", "all"),
+        default="even",
+        help="which utterances of each set to tune on (default: even-numbered; the rest stay unseen)",
+    )
     parser.add_argument("--alphas", default=DEFAULT_ALPHAS, help=f"grid of LM weights (default {DEFAULT_ALPHAS})")
     parser.add_argument("--betas", default=DEFAULT_BETAS, help=f"grid of word bonuses (default {DEFAULT_BETAS})")
-    parser.add_argument("--beam_width", type=cli.positive_int, default=DEFAULT_BEAM_WIDTH,
-                        help=f"beam width while tuning (default {DEFAULT_BEAM_WIDTH})")  # fmt: skip
+    parser.add_argument(
+        "--beam_width",
+        type=cli.positive_int,
+        default=DEFAULT_BEAM_WIDTH,
+        help=f"beam width while tuning (default {DEFAULT_BEAM_WIDTH})",
+    )
     parser.add_argument("--batch_size", type=cli.positive_int, default=16, help="utterances per forward pass")
     parser.add_argument("--max_samples", type=cli.positive_int, help="use the first N utterances of each set")
     cli.add_device(parser)
@@ -49,8 +57,21 @@ def tune_lm(args):
     """The summary of `tune` (the chosen alpha and beta, and the WERs on both halves)."""
     alphas, betas = parse_grid(args.alphas, "alphas", ALPHA_RANGE), parse_grid(args.betas, "betas", BETA_RANGE)
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
-    return tune(args.model, args.data_dir, args.sets, args.subset, alphas, betas, args.beam_width, args.batch_size,
-                args.dry_run, args.trust_remote_code, args.max_samples, args.device, args.threads)  # fmt: skip
+    return tune(
+        args.model,
+        args.data_dir,
+        args.sets,
+        args.subset,
+        alphas,
+        betas,
+        args.beam_width,
+        args.batch_size,
+        args.dry_run,
+        args.trust_remote_code,
+        args.max_samples,
+        args.device,
+        args.threads,
+    )
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,8 @@
 """Golos through `datasets`: `load_golos(data_dir, name, split)` prepares, caches and returns a split.
 
-    from ebranchformer_ru.golos import load_golos
-    test = load_golos("ebranchformer_ru/golos/golos_mini", name="farfield", split="test")
-    test[0]["audio"]  # {"path": ..., "array": float32 samples, "sampling_rate": 16000}
+from ebranchformer_ru.golos import load_golos
+test = load_golos("ebranchformer_ru/golos/golos_mini", name="farfield", split="test")
+test[0]["audio"]  # {"path": ..., "array": float32 samples, "sampling_rate": 16000}
 """
 
 import hashlib
@@ -32,9 +32,19 @@ from .selection import SelectionReport, course_filter, normalize_and_check_texts
 EMBEDDED_CORPUS = Path(__file__).resolve().parent / "golos_mini"  # package data: the embedded corpus
 
 __all__ = [
-    "EMBEDDED_CORPUS", "TEST_SETS", "Golos", "find_test_sets", "GolosConfig", "ManifestError", "SelectionReport", "course_filter",
-    "decode_with_soundfile", "load_golos", "normalize_and_check_texts", "random_subset_by_duration",
-]  # fmt: skip
+    "EMBEDDED_CORPUS",
+    "TEST_SETS",
+    "Golos",
+    "GolosConfig",
+    "ManifestError",
+    "SelectionReport",
+    "course_filter",
+    "decode_with_soundfile",
+    "find_test_sets",
+    "load_golos",
+    "normalize_and_check_texts",
+    "random_subset_by_duration",
+]
 
 
 def _fingerprint(data_dir: str, split: str, test_sets: tuple) -> str:
@@ -176,7 +186,9 @@ def load_golos(
         **config,
         data_dir=data_dir,
         cache_dir=cache_dir,
-        hash=None if streaming else _fingerprint(data_dir, split, config.get("test_sets", DOMAINS.get(name))),  # streaming caches nothing
+        hash=None
+        if streaming
+        else _fingerprint(data_dir, split, config.get("test_sets", DOMAINS.get(name))),  # streaming caches nothing
         splits=(split,),
         skip_invalid=skip_invalid,
         verify_audio=verify_audio,

@@ -36,12 +36,10 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
-import soundfile as sf
-
-from ebranchformer_ru.manifest import ManifestError, audio_path, parse_line
 
 from ebranchformer_ru.golos import prepare  # absolute: this file is also a loading script (datasets < 4)
-from ebranchformer_ru.golos.prepare import SAMPLING_RATE, check_audio
+from ebranchformer_ru.golos.prepare import check_audio
+from ebranchformer_ru.manifest import ManifestError, audio_path, parse_line
 
 MANIFESTS = {
     "train": ["train_opus/manifest.jsonl"],
@@ -71,8 +69,11 @@ def find_test_sets(data_dir) -> list:
     folder = os.path.join(os.path.expanduser(str(data_dir)), "test_opus")
     if not os.path.isdir(folder):
         return []
-    found = sorted(n for n in os.listdir(folder)
-                   if n not in RESERVED_NAMES and os.path.isfile(os.path.join(folder, n, "manifest.jsonl")))  # fmt: skip
+    found = sorted(
+        n
+        for n in os.listdir(folder)
+        if n not in RESERVED_NAMES and os.path.isfile(os.path.join(folder, n, "manifest.jsonl"))
+    )
     return [n for n in TEST_SETS if n in found] + [n for n in found if n not in TEST_SETS]
 
 
@@ -128,8 +129,9 @@ class Golos(datasets.GeneratorBasedBuilder):
             data_dir = os.path.abspath(os.path.expanduser(self.config.data_dir or ""))
             for manifest in split_manifests(data_dir, split, self.test_sets):
                 if os.path.isfile(manifest):  # _split_generators says what is missing
-                    work_dir = os.path.join(self._cache_dir_root, "golos_verify",
-                                            prepare.manifest_key(manifest, self.config.verify_audio))  # fmt: skip
+                    work_dir = os.path.join(
+                        self._cache_dir_root, "golos_verify", prepare.manifest_key(manifest, self.config.verify_audio)
+                    )
                     self._verified[manifest] = prepare.verify_manifest(
                         manifest, self.config.verify_audio, work_dir, self.num_proc, log=_logger().info
                     )
@@ -204,10 +206,11 @@ class Golos(datasets.GeneratorBasedBuilder):
                         first = first_line.setdefault(example["id"], index << 32 | number)
                         if first != index << 32 | number:
                             raise ManifestError(
-                                f"{manifest}, line {number}", "duplicate id",
+                                f"{manifest}, line {number}",
+                                "duplicate id",
                                 f" {example['id']!r}, first on {manifests[first >> 32]}, line {first & 0xFFFFFFFF}: "
                                 "ids must be unique",
-                            )  # fmt: skip
+                            )
                     except ManifestError as error:
                         if not self.config.skip_invalid:
                             raise
@@ -223,16 +226,19 @@ class Golos(datasets.GeneratorBasedBuilder):
                 raise ManifestError(manifest, "empty manifest", ": it has no lines")
         if report.kept == 0:  # datasets would only say "Instruction 'test' corresponds to no data"
             raise ManifestError(
-                ", ".join(manifests), "no examples",
+                ", ".join(manifests),
+                "no examples",
                 f" for Golos {self.config.name!r} {split}: of the lines, {other_domains} are of other domains and "
                 f"{len(report.skipped)} invalid {report.reasons}",
-            )  # fmt: skip
+            )
         self.reports[split] = report.summary(manifests, self.config.name)
         if all(manifest in self._verified for manifest in manifests):
-            self.stamps[split] = np.concatenate([
-                np.stack([self._verified[m]["size"][lines], self._verified[m]["mtime"][lines]], axis=1)
-                for m, lines in zip(manifests, (np.frombuffer(k, np.int64) for k in kept_lines))
-            ])  # fmt: skip
+            self.stamps[split] = np.concatenate(
+                [
+                    np.stack([self._verified[m]["size"][lines], self._verified[m]["mtime"][lines]], axis=1)
+                    for m, lines in zip(manifests, (np.frombuffer(k, np.int64) for k in kept_lines))
+                ]
+            )
 
     def _parse(self, line, manifest, number, test_domain, verified=None):
         where = f"{manifest}, line {number}"
@@ -262,10 +268,11 @@ class Golos(datasets.GeneratorBasedBuilder):
                 measured = check_audio(path, self.config.verify_audio, where)
             if duration is not None and abs(measured - duration) > DURATION_TOLERANCE:
                 raise ManifestError(
-                    where, "duration differs from the audio",
+                    where,
+                    "duration differs from the audio",
                     f": the manifest says {duration} s, {path} has {measured:.3f} s (truncated or replaced file, "
                     f"or a wrong manifest: fix whichever is wrong)",
-                )  # fmt: skip
+                )
             duration = measured
         elif (verified is None or status != prepare.EXISTS) and not os.path.isfile(path):
             raise ManifestError(where, "audio file not found", f": {path}")
@@ -304,8 +311,13 @@ class SplitReport:
 
     def summary(self, manifests, config_name):
         reasons = self.reasons
-        summary = {"manifests": manifests, "kept": self.kept, "skipped": len(self.skipped),
-                   "skipped_by_reason": reasons, "skipped_examples": self.skipped}  # fmt: skip
+        summary = {
+            "manifests": manifests,
+            "kept": self.kept,
+            "skipped": len(self.skipped),
+            "skipped_by_reason": reasons,
+            "skipped_examples": self.skipped,
+        }
         if self.skipped:
             datasets.logging.get_logger(__name__).warning(
                 f"Golos {config_name}: kept {self.kept}, skipped {len(self.skipped)} invalid examples: {reasons}"

@@ -54,7 +54,9 @@ def manifest_key(manifest: str, verify_audio: str, shard_lines: int | None = Non
     for code in ("golos.py", "prepare.py"):
         digest.update(Path(__file__).with_name(code).read_bytes())
     info = os.stat(manifest)
-    digest.update(f"{os.path.abspath(manifest)}:{info.st_size}:{info.st_mtime_ns}:{verify_audio}:{shard_lines}".encode())
+    digest.update(
+        f"{os.path.abspath(manifest)}:{info.st_size}:{info.st_mtime_ns}:{verify_audio}:{shard_lines}".encode()
+    )
     return digest.hexdigest()[:16]
 
 
@@ -77,8 +79,10 @@ def verify_manifest(manifest, verify_audio, work_dir, num_proc=None, shard_lines
             for _ in pool.imap_unordered(verify_shard, todo):
                 pass
     parts = [np.load(path) for path in paths]
-    results = {key: np.concatenate([part[key] for part in parts]) if parts else np.zeros(0)
-               for key in ("status", "duration", "size", "mtime")}  # fmt: skip
+    results = {
+        key: np.concatenate([part[key] for part in parts]) if parts else np.zeros(0)
+        for key in ("status", "duration", "size", "mtime")
+    }
     results["errors"] = {}
     for (_, first, _), part in zip(shards, parts):
         for index, fault in json.loads(str(part["errors"])).items():
@@ -154,7 +158,9 @@ def check_audio(path, verify_audio, where=""):
             raise ManifestError(where, "audio file not found", f": {path} is a folder") from None
         raise ManifestError(where, "cannot decode audio file", f" {path} ({error})") from None
     if info.samplerate != SAMPLING_RATE:
-        raise ManifestError(where, "wrong sampling rate", f": {path} is at {info.samplerate} Hz, expected {SAMPLING_RATE}")
+        raise ManifestError(
+            where, "wrong sampling rate", f": {path} is at {info.samplerate} Hz, expected {SAMPLING_RATE}"
+        )
     if info.channels != 1:
         raise ManifestError(where, "not mono", f": {path} has {info.channels} channels")
     if frames == 0:

@@ -124,8 +124,11 @@ def ctc_feasible(dataset: datasets.Dataset, output_frames):
     distinct = sorted(set(durations))  # Golos durations repeat (a few thousand values in 1.1 M lines)
     frames_of = dict(zip(distinct, output_frames(distinct)))
     # len(text) + repeats <= 2 len(text) - 1: most transcripts fit without counting their repeats
-    keep = [i for i, (text, d) in enumerate(zip(column(dataset, "text"), durations))
-            if 2 * len(text) - 1 <= frames_of[d] or ctc_target_frames(text) <= frames_of[d]]  # fmt: skip
+    keep = [
+        i
+        for i, (text, d) in enumerate(zip(column(dataset, "text"), durations))
+        if 2 * len(text) - 1 <= frames_of[d] or ctc_target_frames(text) <= frames_of[d]
+    ]
     report = SelectionReport("CTC length check", len(dataset))
     report.removed = {"with a transcript longer than the output frames": len(dataset) - len(keep)}
     return _select(dataset, keep), report

@@ -42,8 +42,12 @@ def word_errors(reference: str, hypothesis: str) -> dict:
     import jiwer
 
     errors = jiwer.process_words(reference, hypothesis)
-    return {"substitutions": errors.substitutions, "deletions": errors.deletions, "insertions": errors.insertions,
-            "reference_words": len(reference.split())}  # fmt: skip
+    return {
+        "substitutions": errors.substitutions,
+        "deletions": errors.deletions,
+        "insertions": errors.insertions,
+        "reference_words": len(reference.split()),
+    }
 
 
 def load_metric(name: str):
@@ -56,7 +60,9 @@ def load_metric(name: str):
 def evaluate_modules_cache() -> Path:
     """Where `evaluate` keeps the modules it fetched (the logic of `evaluate.config`, without importing
     evaluate, which takes over a second)."""
-    home = os.path.expanduser(os.getenv("HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "huggingface")))
+    home = os.path.expanduser(
+        os.getenv("HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "huggingface"))
+    )
     return Path(os.getenv("HF_MODULES_CACHE", os.path.join(home, "modules"))) / "evaluate_modules"
 
 
@@ -88,8 +94,11 @@ def install_offline_modules() -> list[str]:
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m ebranchformer_ru.metrics", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m ebranchformer_ru.metrics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=["install"], help="place the wer and cer modules in evaluate's cache")
     parser.parse_args(argv)
     try:

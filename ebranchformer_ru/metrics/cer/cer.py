@@ -26,8 +26,10 @@ class CER(evaluate.Metric):
             citation="",
             inputs_description=_KWARGS,
             features=datasets.Features(
-                {"predictions": datasets.Value("string", id="sequence"),
-                 "references": datasets.Value("string", id="sequence")}  # fmt: skip
+                {
+                    "predictions": datasets.Value("string", id="sequence"),
+                    "references": datasets.Value("string", id="sequence"),
+                }
             ),
             reference_urls=["https://en.wikipedia.org/wiki/Word_error_rate"],
         )
