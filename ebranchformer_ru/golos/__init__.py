@@ -19,7 +19,6 @@ from ebranchformer_ru.files import atomic_write_text
 from .golos import (
     DOMAINS,
     MANIFESTS,
-    SAMPLING_RATE,
     TEST_SETS,
     Golos,
     GolosConfig,
@@ -27,6 +26,7 @@ from .golos import (
     find_test_sets,
     split_manifests,
 )
+from .prepare import SAMPLING_RATE
 from .selection import SelectionReport, course_filter, normalize_and_check_texts, random_subset_by_duration
 
 EMBEDDED_CORPUS = Path(__file__).resolve().parent / "golos_mini"  # package data: the embedded corpus
