@@ -5,18 +5,9 @@ import re
 import pytest
 import torch
 from course_modules import CourseQuartzNetEncoder, realistic_weights
+from small_models import QUARTZNET_SMALL as SMALL
 
 from modeling_ebranchformer import QuartzNetConfig, QuartzNetForCTC
-
-SMALL = dict(
-    block_channels=[32, 32, 48],
-    block_repeats=[1, 2, 1],
-    block_kernel_sizes=[11, 9, 1],
-    block_strides=[4, 1, 1],
-    block_dilations=[1, 2, 1],
-    block_residual=[False, True, False],
-    block_separable=[True, True, False],
-)
 
 
 def test_defaults_are_the_course_5x5():

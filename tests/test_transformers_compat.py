@@ -11,7 +11,7 @@ applied moves the logits far beyond the tolerances."""
 import pytest
 import torch
 from course_modules import realistic_weights
-from test_modeling_quartznet import SMALL as QUARTZNET_SMALL
+from small_models import QUARTZNET_SMALL
 from transformers import AttentionInterface, AutoModelForCTC
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
