@@ -1,16 +1,11 @@
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from project import SHARED_EXAMPLE  # tests/ is on the import path: pyproject.toml's pytest `pythonpath`
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-TESTS = Path(__file__).resolve().parent
-sys.path[:0] = [str(TESTS.parent), str(TESTS)]
-from project import SHARED_EXAMPLE  # noqa: E402
 
 
 @pytest.fixture
