@@ -216,6 +216,7 @@ def augmented_run(tmp_path_factory, spec_augment, train_args):
     return tmp, trainer
 
 
+@pytest.mark.slow
 def test_training_audio_is_augmented_and_evaluation_audio_is_not(augmented_run):
     _, trainer = augmented_run
     features = trainer.processing_class.feature_extractor
@@ -241,6 +242,7 @@ def test_training_audio_is_augmented_and_evaluation_audio_is_not(augmented_run):
 
 
 @pytest.mark.parametrize("step", [2, 3])  # at an epoch's start, and mid-epoch
+@pytest.mark.slow
 def test_augmented_training_resumes_exactly(augmented_run, tmp_path, step, spec_augment, train_args):
     from ebranchformer_ru import training
 
@@ -303,6 +305,7 @@ def test_the_train_order_depends_on_seed_and_epoch_only():
     assert list(again) == second
 
 
+@pytest.mark.slow
 def test_each_epoch_draws_anew(tmp_path, monkeypatch, train_args):
     """The callback tells the augmentation which epoch it is in: 2 epochs of 2 steps see epochs 0 and 1."""
     from ebranchformer_ru import training

@@ -178,6 +178,7 @@ def test_an_output_never_replaces_an_input_or_a_foreign_folder(tmp_path, fake_ru
     assert not (run / "average-last-2").exists()
 
 
+@pytest.mark.slow
 def test_the_script_in_a_fresh_process_and_damaged_checkpoints(tmp_path, fake_run):
     """`python average_checkpoints.py` as a user runs it (a fresh process: the model types must register
     themselves); a truncated checkpoint and one of another configuration are named by folder."""

@@ -118,6 +118,7 @@ def test_converted_model_does_not_depend_on_the_place_in_the_batch(tmp_path, utt
     assert (course_second - alone).abs().max() > 1e-2
 
 
+@pytest.mark.slow
 def test_fresh_process_with_only_transformers_loads_transcribes_and_matches(tmp_path, utterance):
     source = course_model("quartznet", "nested-bias")
     torch.save(lightning_checkpoint(source), tmp_path / "q.ckpt")
@@ -339,6 +340,7 @@ def test_a_vocabulary_file_that_cannot_be_right_is_refused_before_the_checkpoint
         convert(tmp_path / "model.ckpt", tmp_path / "out", vocab=tmp_path / "absent.json")
 
 
+@pytest.mark.slow
 def test_an_existing_output_folder_is_replaced_only_with_overwrite(tmp_path):
     torch.save(lightning_checkpoint(course_model("quartznet", "flat")), tmp_path / "q.ckpt")
     out = tmp_path / "out"

@@ -62,6 +62,7 @@ def exported(tmp_path_factory, tiny_model):
     return model_dir, root / "onnx", info
 
 
+@pytest.mark.slow
 def test_export_is_checked_and_self_contained(exported):
     _model_dir, out, info = exported
     check = info["check"]
@@ -87,6 +88,7 @@ def test_export_is_checked_and_self_contained(exported):
     assert AutoProcessor.from_pretrained(out).tokenizer.pad_token_id == 33
 
 
+@pytest.mark.slow
 def test_numpy_runtime_matches_pytorch(exported):
     """The torch-free path (numpy features + ONNX Runtime) against the PyTorch model on real audio: log-mel
     features within float32 rounding, log-probabilities close, identical greedy transcripts."""
@@ -140,6 +142,7 @@ def run_transcribe(model, files, output):
     return [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.mark.slow
 def test_out_dir_is_never_overwritten_or_half_written(exported, tmp_path, capsys):
     model_dir, out, _ = exported
     before = sorted(os.listdir(out))
@@ -157,6 +160,7 @@ def test_out_dir_is_never_overwritten_or_half_written(exported, tmp_path, capsys
     assert not target.exists()
 
 
+@pytest.mark.slow
 def test_transcribe_onnx_without_torch(exported, tmp_path):
     """transcribe.py on the export in a process where `import torch` and `import transformers` fail: same
     transcripts as the PyTorch model, fp32 and int8."""
@@ -207,6 +211,7 @@ def test_transcribe_onnx_without_torch(exported, tmp_path):
     assert [r["path"] for r in outputs["int8"]] == files
 
 
+@pytest.mark.slow
 def test_an_export_never_replaces_its_model_or_a_foreign_folder(exported, tmp_path):
     """--output_dir may not be, contain or lie inside the model folder, and --overwrite replaces only an export."""
     model_dir, out, _ = exported
@@ -229,6 +234,7 @@ def test_an_export_never_replaces_its_model_or_a_foreign_folder(exported, tmp_pa
     assert json.loads((out / "onnx_export.json").read_text())["source"] == Path(model_dir).name  # no machine path
 
 
+@pytest.mark.slow
 def test_a_damaged_export_and_a_too_long_input_are_named(exported, tmp_path, capsys):
     import soundfile as sf
 
@@ -247,6 +253,7 @@ def test_a_damaged_export_and_a_too_long_input_are_named(exported, tmp_path, cap
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "2"])
+@pytest.mark.slow
 def test_a_tolerance_that_cannot_check_anything_is_refused(exported, tmp_path, capsys, value):
     model_dir, _, _ = exported
     with pytest.raises(SystemExit) as exit:

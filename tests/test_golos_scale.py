@@ -80,6 +80,7 @@ def run_killed(tmp_path, root, cache, stage, after):
 
 
 @pytest.mark.parametrize("stage, after", [("checks", 3), ("arrow", 25)])
+@pytest.mark.slow
 def test_a_killed_preparation_goes_on_from_its_saved_shards(tmp_path, big_corpus, monkeypatch, stage, after):
     monkeypatch.setattr(golos_prepare, "SHARD_LINES", SHARD)
     kwargs = {"skip_invalid": True, "decode": "none", "return_report": True}
@@ -176,6 +177,7 @@ def test_the_length_grouped_sampler_gets_durations_without_decoding(tmp_path, mo
     assert sorted(order) == list(range(len(selected)))
 
 
+@pytest.mark.slow
 def test_the_benchmark_runs_on_a_small_folder(tmp_path):
     """benchmarks/golos_scale.py end to end on 300 lines (the README quotes its full-size run)."""
     result = subprocess.run(

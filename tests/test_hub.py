@@ -63,6 +63,7 @@ def test_folder_holds_safetensors_auto_map_and_code(saved_model):
     assert isinstance(AutoModelForCTC.from_pretrained(folder), EBranchformerForCTC)
 
 
+@pytest.mark.slow
 def test_fresh_process_without_the_package_gets_identical_logits(saved_model, tmp_path, speech_like):
     model, folder = saved_model
     wave = speech_like(1.2)

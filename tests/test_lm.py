@@ -443,6 +443,7 @@ def test_pipeline_decodes_with_the_lm_with_chunks_and_word_times(lm_folder, spee
     assert type(stock) is not EBranchformerASRPipeline and stock(wave.copy())["text"] == output.text[0]
 
 
+@pytest.mark.slow
 def test_folder_loads_without_the_package_through_trust_remote_code(lm_folder, tmp_path, speech_like):
     from transformers import AutoProcessor
 
@@ -535,6 +536,7 @@ def test_an_alphabet_that_does_not_cover_the_tokenizer_is_refused(lm_folder, tmp
         AutoProcessor.from_pretrained(copy)
 
 
+@pytest.mark.slow
 def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
     from transformers import AutoProcessor
 

@@ -16,6 +16,7 @@ SPLITS = ("train_opus", "test_opus/crowd", "test_opus/farfield", "test_opus/held
     not (shutil.which("espeak-ng") and shutil.which("text2wave")),
     reason="espeak-ng and festival (festvox-ru) are not installed",
 )
+@pytest.mark.slow
 def test_the_generator_reproduces_the_committed_corpus(tmp_path):
     out = tmp_path / "golos_mini"
     subprocess.run(
@@ -35,6 +36,7 @@ def test_the_generator_reproduces_the_committed_corpus(tmp_path):
             ).read_bytes()
 
 
+@pytest.mark.slow
 def test_the_generator_replaces_only_a_corpus_it_made(tmp_path):
     def make(*options):
         return subprocess.run(

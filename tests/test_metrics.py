@@ -98,6 +98,7 @@ def test_a_perfect_corpus_scores_zero(wer, cer):
     assert cer.compute(predictions=references, references=references) == 0.0
 
 
+@pytest.mark.slow
 def test_evaluate_load_by_name_works_offline_outside_the_repository(tmp_path):
     """What users type, `evaluate.load("wer")`, offline, from another folder, in a fresh module cache: it fails
     until `python -m ebranchformer_ru.metrics install` has run once (importing the project writes nothing there), then

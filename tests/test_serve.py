@@ -484,6 +484,7 @@ def test_live_partials_of_a_long_stream_keep_the_words_before_the_window(tiny_mo
         assert partial["text"] == " ".join(f"w{k}" for k in range(heard)), partial
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_what_is_in_flight_then_exits(tiny_model, tmp_path):
     """serve.py in its own process: a request held in the batcher (waiting, --max_wait_ms 3000, for another being
     uploaded) and the upload in progress when SIGTERM comes are both answered; new connections are refused at

@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 from project import ROOT
 
 from ebranchformer_ru.summary import parameter_counts
@@ -28,6 +29,7 @@ def test_counts_follow_the_configuration():
     assert per_layer == ffn + attention + cgmlp + merge + 5 * 2 * 256
 
 
+@pytest.mark.slow
 def test_command_prints_the_figures():
     out = subprocess.run(
         [sys.executable, "-m", "ebranchformer_ru.summary"], capture_output=True, text=True, check=True, cwd=ROOT

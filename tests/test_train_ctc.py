@@ -20,6 +20,7 @@ from ebranchformer_ru.errors import Error, UsageError
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(tmp_path, train_args):
     trainer, _ = training.run(
         train_args(
@@ -31,6 +32,7 @@ def test_training_lowers_the_loss(tmp_path, train_args):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:3]) / 3
 
 
+@pytest.mark.slow
 def test_output_folder_loads_and_has_a_model_card(trained):
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCTC, AutoProcessor
@@ -49,6 +51,7 @@ def test_output_folder_loads_and_has_a_model_card(trained):
     assert json.loads((out / "all_results.json").read_text())["eval_crowd_wer"] == metrics["eval_crowd_wer"]
 
 
+@pytest.mark.slow
 def test_model_card_holds_no_path_of_this_machine(trained):
     tmp, _, _ = trained
     card = (tmp / "out" / "README.md").read_text()
@@ -58,6 +61,7 @@ def test_model_card_holds_no_path_of_this_machine(trained):
     assert "soundfile" in card and "FFmpeg" in card  # the usage snippet says what a path needs
 
 
+@pytest.mark.slow
 def test_outputs_get_the_modes_of_a_normal_write(trained, tmp_path):
     tmp, _, _ = trained
     mask = os.umask(0)
@@ -74,6 +78,7 @@ def test_outputs_get_the_modes_of_a_normal_write(trained, tmp_path):
     assert checked > 20  # the model, the checkpoints, the card, the code for trust_remote_code
 
 
+@pytest.mark.slow
 def test_the_final_evaluation_is_not_run_twice(tmp_path, train_args):
     trainer, metrics = training.run(
         train_args(tmp_path, "--max_steps", "4", "--eval_strategy", "steps", "--eval_steps", "4")
@@ -83,6 +88,7 @@ def test_the_final_evaluation_is_not_run_twice(tmp_path, train_args):
     assert metrics["eval_crowd_wer"] == evaluations[0]["eval_crowd_wer"]
 
 
+@pytest.mark.slow
 def test_resume_matches_an_uninterrupted_run(trained, tmp_path, train_args):
     tmp, trainer, _ = trained
     resumed_dir = tmp_path / "out"
@@ -119,6 +125,7 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_an_earlier_run_is_refused_and_left_untouched(trained, tmp_path, train_args):
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
@@ -145,6 +152,7 @@ def test_an_earlier_run_is_refused_and_left_untouched(trained, tmp_path, train_a
     assert snapshot(tmp_path / "out") == before
 
 
+@pytest.mark.slow
 def test_resume_last_takes_the_newest_complete_checkpoint(trained, tmp_path, train_args):
     tmp, trainer, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
@@ -173,6 +181,7 @@ def test_resume_last_takes_the_newest_complete_checkpoint(trained, tmp_path, tra
         )
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_earlier_run(trained, tmp_path, train_args):
     tmp, _, _ = trained
     shutil.copytree(tmp / "out", tmp_path / "out")
@@ -181,6 +190,7 @@ def test_overwrite_replaces_the_earlier_run(trained, tmp_path, train_args):
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_named(trained, tmp_path, train_args):
     tmp, _, _ = trained
     checkpoint = tmp_path / "checkpoint-4"
@@ -213,6 +223,7 @@ def foreign_model_folder(tmp_path):
     return folder, marker
 
 
+@pytest.mark.slow
 def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path, train_args):
     folder, marker = foreign_model_folder(tmp_path)
     with pytest.raises(Error, match="--trust_remote_code true only if you trust"):
@@ -220,12 +231,14 @@ def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path, tra
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_our_folders_load_without_trust_remote_code(trained, tmp_path):
     tmp, _, _ = trained
     model, _processor = training.load_model_and_processor(training.ModelArguments(str(tmp / "out")))
     assert type(model) is EBranchformerForCTC and model.config.hidden_size == 32  # our class, not a copy
 
 
+@pytest.mark.slow
 def test_missing_and_damaged_model_folders_are_named(trained, tmp_path, train_args):
     with pytest.raises(Error, match=f"no model folder {tmp_path / 'nowhere'} here"):
         training.run(train_args(tmp_path, "--model_name_or_path", str(tmp_path / "nowhere")))
@@ -238,6 +251,7 @@ def test_missing_and_damaged_model_folders_are_named(trained, tmp_path, train_ar
 
 
 @pytest.mark.parametrize("arch,variant", [("quartznet", "flat"), ("ebranchformer", "sequential")])
+@pytest.mark.slow
 def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tmp_path):
     from test_convert_checkpoint import convert, course_model, lightning_checkpoint
     from transformers import AutoModelForCTC
@@ -292,6 +306,7 @@ def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tm
 # --- several processes ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_are_data_parallel(tmp_path, train_args):
     """torchrun with 2 CPU processes: one DDP job (world size 2, gradients all-reduced), each rank reading its
     own half of every epoch, and the test sets counted once each."""
@@ -360,6 +375,7 @@ def test_two_processes_are_data_parallel(tmp_path, train_args):
 # --- bad options ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unknown_preset_and_option(tmp_path, capsys, train_args):
     with pytest.raises(
         UsageError,
@@ -418,6 +434,7 @@ def test_presets_hold_only_what_differs():
         (["--verify_audio", "deep"], "--verify_audio must be 'none', 'header' or 'full'"),
     ],
 )
+@pytest.mark.slow
 def test_options_that_would_fail_deep_inside_are_refused(tmp_path, extra, message, train_args):
     with pytest.raises(UsageError, match=message):
         training.run(train_args(tmp_path, *extra))
@@ -429,6 +446,7 @@ def test_do_eval_false_switches_off_the_presets_evaluation():
     assert training_args.do_eval is False and training_args.eval_strategy.value == "no"
 
 
+@pytest.mark.slow
 def test_missing_data_folder(tmp_path, train_args, capsys):
     with pytest.raises(Error, match="data folder not found: .*nowhere"):
         training.run(train_args(tmp_path, "--data_dir", str(tmp_path / "nowhere")))
@@ -460,6 +478,7 @@ def test_debug_is_the_switch_of_every_command_and_transformers_debug_features(tm
         parser.parse_known_args(["--debug", "sometimes"])
 
 
+@pytest.mark.slow
 def test_a_missing_test_set_is_named_before_training(tmp_path, train_args):
     data = tmp_path / "golos"
     shutil.copytree(CORPUS, data)
@@ -472,6 +491,7 @@ def test_a_missing_test_set_is_named_before_training(tmp_path, train_args):
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_train_set_left_empty_by_the_filters(tmp_path, train_args):
     total = len((CORPUS / "train_opus" / "manifest.jsonl").read_text(encoding="utf-8").splitlines())
     with pytest.raises(Error, match=f"empty after the filters: course filter: kept 0 of {total}"):
