@@ -1,7 +1,10 @@
 """Running an exported model (`export_onnx.py`) with ONNX Runtime and numpy only: no torch, no transformers.
 
-This module imports nothing of this package, so it can be loaded on its own from its file (the package's
-`__init__` imports torch); `transcribe.py` does that for ONNX folders. It holds:
+It imports numpy, onnxruntime when a model is opened, and nothing of this package; `ebranchformer_ru` itself
+imports nothing, so `import ebranchformer_ru.onnx_runtime` loads neither torch nor transformers. `inference`
+builds its ONNX backend on it (`load_backend` of an `export_onnx.py` folder), which is how `transcribe.py` and
+`serve.py` run an export where torch is not installed (`tests/test_export_onnx.py` runs `transcribe.py` where
+`import torch` fails). It holds:
 
 - `LogMelFeatures`: the course log-mel front end in numpy (the same computation as
   `EBranchformerFeatureExtractor`, read from the folder's `processor_config.json`);

@@ -21,7 +21,8 @@ from .text import normalize_text
 
 NEG_INF = float("-inf")
 
-# Defaults (pyctcdecode's values, except the beam: see README, "Language model").
+# Defaults: pyctcdecode's values, except the beam (pyctcdecode: 100). A beam of 32 adds 15 % to the forward pass's
+# time and is 0.3-0.6 WER points from 64 on the main job's model (docs/decoding.md, "Language model decoding").
 DEFAULT_ALPHA = 0.5
 DEFAULT_BETA = 1.5
 DEFAULT_UNK_SCORE_OFFSET = -10.0

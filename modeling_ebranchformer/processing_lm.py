@@ -2,7 +2,7 @@
 
 A model folder with `alphabet.json` and `language_model/` (what `build_lm.py` writes: the layout of
 Transformers' `Wav2Vec2ProcessorWithLM`) loads as `EBranchformerProcessorWithLM` through `AutoProcessor`;
-`processor.batch_decode(logits)` then runs the beam search of `lm.CTCBeamSearchDecoder`
+`processor.batch_decode(logits)` then runs the beam search of `beam_search.CTCBeamSearchDecoder`
 (`processor.batch_decode(ids)` with token ids still decodes greedily, so training code keeps working).
 """
 
@@ -80,7 +80,7 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
         super().__init__(feature_extractor, tokenizer, **kwargs)
         if decoder is None:
             raise ValueError(
-                "EBranchformerProcessorWithLM needs a `decoder` (lm.CTCBeamSearchDecoder); use "
+                "EBranchformerProcessorWithLM needs a `decoder` (beam_search.CTCBeamSearchDecoder); use "
                 "EBranchformerProcessor for greedy decoding"
             )
         check_alphabet(decoder.labels, self.tokenizer, ALPHABET_FILE)
