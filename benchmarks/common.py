@@ -57,7 +57,7 @@ def peak_rss_mib() -> float:
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    """A Markdown table (the README quotes these)."""
+    """A Markdown table (docs/benchmarks.md quotes these)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -4,7 +4,7 @@ the embedded corpus in one padded batch and each alone; prints the max |differen
     python scripts/padding_check.py [--utterances 8] [--attn_implementation sdpa|eager]
 
 tests/test_modeling.py asserts the same property (<= 1e-4) on tiny configurations; this prints the figure
-for the full-size model that the README quotes.
+for the full-size model that docs/benchmarks.md quotes.
 """
 
 import argparse

@@ -179,7 +179,7 @@ def test_the_length_grouped_sampler_gets_durations_without_decoding(tmp_path, mo
 
 @pytest.mark.slow
 def test_the_benchmark_runs_on_a_small_folder(tmp_path):
-    """benchmarks/golos_scale.py end to end on 300 lines (the README quotes its full-size run)."""
+    """benchmarks/golos_scale.py end to end on 300 lines (docs/benchmarks.md quotes its full-size run)."""
     result = subprocess.run(
         [
             sys.executable,

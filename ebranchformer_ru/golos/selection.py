@@ -1,4 +1,5 @@
-"""The homework's data selections, each returning the selection and a report of what it removed and why.
+"""Data selections of a Golos split (the course filter, random subsets by duration, the CTC length check), each
+returning the selection and a report of what it removed and why.
 
 Columns are read whole, with Arrow (`column`): with datasets >= 4 `dataset[name]` is a lazy column whose
 items are read one Arrow row at a time (about 15 us each when iterated, 140 us when indexed), minutes at the
@@ -69,7 +70,7 @@ def course_filter(dataset: datasets.Dataset, min_duration=1.0, max_duration=16.7
 
 
 def random_subset_by_duration(dataset: datasets.Dataset, total_seconds=600.0, seed=0):
-    """A reproducible random subset of about `total_seconds` of audio (the homework's "random ~10 minutes,
+    """A reproducible random subset of about `total_seconds` of audio (for example "a random ~10 minutes,
     ~100 utterances"): utterances in a seeded random order until the total is reached."""
     order = list(range(len(dataset)))
     random.Random(seed).shuffle(order)
