@@ -11,9 +11,10 @@ greedily and by beam search with the LM, and the results have both: `WER`/`CER` 
 it, `decoder="lm"` requires it; `lm_options` (beam_width, alpha, beta, ...) override the folder's attrs.json;
 `update_model_card` writes both figures into the folder's README.md).
 
-Under `torchrun` or `accelerate launch` every test set is split between the processes by duration, each
-decodes its share (on GPU LOCAL_RANK with `--device cuda`), and rank 0 gathers the hypotheses and writes the
-same files one process writes.
+Under `torchrun` or `accelerate launch` the processes first agree that they were started on one evaluation
+(`evaluation_description`: the model and decoding, the data, sets and sample count), or all refuse before any
+work. Every test set is split between the processes by duration, each decodes its share (on GPU LOCAL_RANK with
+`--device cuda`), and rank 0 gathers the hypotheses and writes the same files one process writes.
 """
 
 import json
@@ -115,21 +116,38 @@ def _evaluate_model(
     # here (a Hub id, or a mistyped folder), after loading, which names a missing folder.
     place_first = output_dir is not None or Path(model_path).exists()
     output_dir = Path(output_dir or Path(model_path) / "eval")
-    if place_first:
-        check_results_place(output_dir)
-    sets = choose_test_sets(data_dir, sets)
-    backend = TorchBackend.from_folder(
-        model_path, context.device(device), context.threads(threads), trust_remote_code=trust_remote_code
+
+    def prepare():
+        if place_first:
+            check_results_place(output_dir)
+        return choose_test_sets(data_dir, sets)
+
+    sets = distributed.together(context, prepare)
+    # Before any work: every process was started on this evaluation (one model, decoder, data and sets), or all
+    # refuse.
+    distributed.agree(
+        context,
+        lambda: evaluation_description(
+            model_path, data_dir, sets, output_dir, max_samples, decoder, lm_options, update_model_card
+        ),
     )
-    if not place_first:
-        check_results_place(output_dir)
+
+    def load():
+        loaded = TorchBackend.from_folder(
+            model_path, context.device(device), context.threads(threads), trust_remote_code=trust_remote_code
+        )
+        if not place_first:
+            check_results_place(output_dir)
+        return loaded
+
+    backend = distributed.together(context, load)
     processor = backend.processor
     if decoder == "lm" and getattr(processor, "decoder", None) is None:
         raise Error(
             f"--decoder lm: {model_path} has no language_model/ folder; add one with `python build_lm.py "
             f"{model_path}`, or evaluate with --decoder greedy"
         )
-    test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)
+    test_sets = distributed.together(context, lambda: load_test_sets(data_dir, sets, processor.tokenizer, max_samples))
     for name, (_, report) in test_sets.items():
         logger.info("%s: %s", name, report)
     transcriber = Transcriber(backend, batch_size)
@@ -170,6 +188,28 @@ def _evaluate_model(
         write_decoding_results(model_path, rows, decoding, data_dir)
     print("\n".join(table))
     return rows
+
+
+def evaluation_description(
+    model_path, data_dir, sets, output_dir, max_samples, decoder, lm_options, update_model_card
+) -> dict:
+    """What makes an evaluation's results as this process sees it, for the processes to agree on before any
+    work (`distributed.agree`): the model's files by content (and its language model's unless decoding greedily),
+    the decoding options, the data folder, its test sets and their manifests by content, the sample count and
+    where the results go. Not --batch_size, --device or --threads, which give the same results."""
+    manifests = [f"test_opus/{name}/manifest.jsonl" for name in sets]
+    return {
+        "model": distributed.model_digest(model_path),
+        "language model": distributed.language_model_digest(model_path) if decoder != "greedy" else None,
+        "--decoder": decoder,
+        "LM decoding": {name: value for name, value in (lm_options or {}).items() if value is not None},
+        "--data_dir": os.path.abspath(os.path.expanduser(data_dir)),
+        "--sets": list(sets),
+        "manifests": distributed.files_digest(Path(data_dir).expanduser(), manifests),
+        "--max_samples": max_samples,
+        "--output_dir": os.path.abspath(output_dir),
+        "--update_model_card": update_model_card,
+    }
 
 
 def score_set(name, dataset, report, hypotheses, lm_hypotheses) -> tuple[dict, str]:

@@ -2,7 +2,7 @@
 `ebranchformer-train` (`train_ctc.py`).
 
     ebranchformer-train                                   # preset "mini": the embedded corpus, 2 CPU cores
-    ebranchformer-train --preset overfit                  # homework step 7: overfit ~10 minutes of train
+    ebranchformer-train --preset overfit                  # overfit ~10 minutes of train from random weights
     ebranchformer-train --preset course --data_dir /data/golos   # the course recipe on real Golos
     torchrun --nproc_per_node 2 train_ctc.py ...          # data-parallel (DDP) on 2 processes, CPU or GPU
     accelerate launch --multi_gpu --num_processes 8 train_ctc.py ...   # the same with accelerate
@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
@@ -51,6 +51,7 @@ from ebranchformer_ru.golos.selection import column, ctc_feasible
 from modeling_ebranchformer import DataCollatorCTC, EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 from modeling_ebranchformer.ctc import output_frames
 
+from . import distributed
 from .augmentation import AudioAugmentation, AugmentationArguments, AugmentationCallback
 from .errors import Error, UsageError
 from .files import publish_modes
@@ -119,7 +120,7 @@ class DataArguments:
     )
     train_subset_seconds: float | None = field(
         default=None,
-        metadata={"help": "Train on a random subset of about this many seconds (homework step 7); 0: no subset."},
+        metadata={"help": "Train on a random subset of about this many seconds; 0: no subset."},
     )
     subset_seed: int = field(default=0, metadata={"help": "Seed of the random subset."})
     course_filter: bool = field(default=True, metadata={"help": "Apply the course's train filter."})
@@ -688,13 +689,19 @@ def train(model_args, data_args, augment_args, run_args, training_args):
     logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
     datasets.utils.logging.set_verbosity_warning()
     transformers.utils.logging.set_verbosity_warning()
-    if not os.path.isdir(data_args.data_dir):
-        raise Error(f"data folder not found: {data_args.data_dir} (expected train_opus/ and test_opus/ inside)")
+    # The world size makes Accelerate's process group, which the processes agree through before any work: one
+    # run, started with the same options and data on every process, or all refuse.
+    logger.info("processes: %d (%s)", training_args.world_size, training_args.parallel_mode.value)
+    context = distributed.Context.from_env()
+    with distributed.process_group(context):
+        distributed.agree(
+            context, lambda: run_description(model_args, data_args, augment_args, run_args, training_args)
+        )
+    check_data_dir(data_args)
     resume = prepare_output_dir(training_args, run_args) if training_args.do_train else None
     set_seed(training_args.seed)
     if training_args.device.type == "cpu":
         training_args.dataloader_pin_memory = False  # page-locked memory only helps copies to an accelerator
-    logger.info("processes: %d (%s)", training_args.world_size, training_args.parallel_mode.value)
 
     model, processor = load_model_and_processor(model_args)
     logger.info("model summary:\n%s", model_summary(model))
@@ -785,6 +792,33 @@ def train(model_args, data_args, augment_args, run_args, training_args):
         except PublishError as error:
             raise Error(f"--push_to_hub: {error}") from None
     return trainer, metrics
+
+
+def check_data_dir(data_args):
+    if not os.path.isdir(data_args.data_dir):
+        raise Error(f"data folder not found: {data_args.data_dir} (expected train_opus/ and test_opus/ inside)")
+
+
+# Options that differ between the processes of one run by design (each process's own GPU), or that say where a
+# process caches the data, not what it trains on.
+PER_PROCESS_OPTIONS = {"local_rank", "dataset_cache_dir"}
+DATA_MANIFESTS = ("train_opus/manifest.jsonl", "test_opus/*/manifest.jsonl")
+
+
+def run_description(model_args, data_args, augment_args, run_args, training_args) -> dict:
+    """What makes a run as this process sees it, for the processes of a data-parallel run to agree on before any
+    work (`distributed.agree`): every option as parsed (`PER_PROCESS_OPTIONS` aside), the files of the model it
+    starts from by content, and the data folder's manifests by content."""
+    check_data_dir(data_args)
+    options = {}
+    for arguments in (model_args, data_args, augment_args, run_args):
+        options.update(asdict(arguments))
+    options.update(training_args.to_dict())  # enums as their values, tokens hidden
+    described = {f"--{name}": value for name, value in options.items() if name not in PER_PROCESS_OPTIONS}
+    if model_args.model_name_or_path:
+        described["model"] = distributed.model_digest(model_args.model_name_or_path)
+    described["data"] = distributed.files_digest(Path(data_args.data_dir), DATA_MANIFESTS)
+    return described
 
 
 def spec_augment_summary(config) -> str:

@@ -24,10 +24,12 @@ Progress is journaled next to the output after every batch, and the output is wr
 the end (a temporary file renamed into place): a run that stops leaves the earlier output untouched, and
 rerunning the same command skips what the journal and the output already hold.
 
-Under `torchrun` or `accelerate launch` the files are split between the processes by duration (`ebranchformer_ru.distributed`),
-each process journals its share in its own journal, and rank 0 writes the output once all have finished: the
-same bytes as one process. Every process reads every journal, so a run killed in one process or in all
-continues with any number of processes.
+Under `torchrun` or `accelerate launch` the processes first agree that they were started on one job (the model's
+files by content, the options that change a transcript, the output, the input list with sizes and times:
+`job_description`), or all refuse before anything is written. The files are split between the processes by
+duration (`ebranchformer_ru.distributed`), each process journals its share in its own journal, and rank 0 writes
+the output once all have finished: the same bytes as one process. Every process reads every journal, so a run
+killed in one process or in all continues with any number of processes.
 """
 
 import contextlib
@@ -139,6 +141,32 @@ def render(records: list[dict], suffix: str) -> str:
             timing = f"{format_time(start, separator)} --> {format_time(end, separator)}"
             blocks.append(f"{number}\n{timing}\n{text}\n" if suffix == ".srt" else f"{timing}\n{text}\n")
     return "\n".join(blocks)
+
+
+def job_description(options, items, timestamps) -> dict:
+    """What makes a run's output as this process sees it, for the processes to agree on before any writes
+    (`distributed.agree`): the model's files by content (two copies of one model agree), the decoder and every
+    option that changes a transcript (not --batch_size, --device or --threads, which give the same ones), the
+    output, and each input as given with its file's size and modification time, and the working folder where
+    names are relative."""
+    described = {
+        "model": distributed.model_digest(options.model),
+        "--decoder": options.decoder,
+        "--hotwords": options.hotwords,
+        "--hotword_weight": options.hotword_weight,
+        "--timestamps": timestamps,
+        "--chunk_length_s": options.chunk_length_s,
+        "--stride_length_s": options.stride_length_s,
+        "--quantized": options.quantized,
+        "--overwrite": options.overwrite,
+        "--output": None if options.output is None else os.path.abspath(options.output),
+        "inputs": [[item["path"], distributed.file_facts(item["path"]), item.get("reference")] for item in items],
+    }
+    if options.decoder == "lm":
+        described["language model"] = distributed.language_model_digest(options.model)
+    if any(not os.path.isabs(item["path"]) for item in items):
+        described["working folder"] = os.getcwd()
+    return described
 
 
 SETTINGS_KEY = "transcribe.py settings"  # the journal's first line: what makes its transcripts
@@ -367,47 +395,60 @@ def escaped(path: str) -> str:
 
 
 class Progress:
-    """Files and audio hours done with an ETA, through tqdm when it is installed."""
+    """Files and audio hours done of the whole job with an ETA, through tqdm when it is installed. Every process
+    counts its batches into `tally` (`distributed.Tally`), and the one `enabled` shows the job's totals: with
+    several processes one bar counts every process's work once. Audio is counted in whole milliseconds, the sums
+    of the same per-file figures as the total, so that the bar ends at its total exactly."""
 
-    def __init__(self, files: int, seconds: float, enabled: bool):
-        self.files, self.done_files, self.enabled = files, 0, enabled
-        self.bar = None
+    def __init__(self, files: int, total_ms: int, enabled: bool, tally=None):
+        self.files, self.total_ms, self.enabled = files, total_ms, enabled
+        self.tally = tally if tally is not None else distributed.Tally(distributed.ONE_PROCESS)
+        self.done_files, self.done_ms, self.bar = 0, 0, None
         if not enabled:
             return
         try:
             from tqdm import tqdm
         except ImportError:
-            self.start, self.total, self.done = time.monotonic(), seconds, 0.0
+            self.start = time.monotonic()
             return
         self.bar = tqdm(
-            total=round(seconds / 3600, 4),
+            total=total_ms,
             unit="h",
+            unit_scale=1 / 3_600_000,  # shown in hours, counted in milliseconds
             file=sys.stderr,
             dynamic_ncols=True,
             bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h audio [{elapsed}<{remaining}]{postfix}",
         )
         self.bar.set_postfix_str(f"files 0/{files}")
 
-    def update(self, files: int, seconds: float):
-        self.done_files += files
+    def update(self, files: int, ms: int):
+        """This process has done `files` more files, of `ms` milliseconds of audio (0, 0: show the job's totals)."""
+        totals = self.tally.add(files=files, ms=ms)
+        done_files, done_ms = min(totals["files"], self.files), min(totals["ms"], self.total_ms)
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.update(seconds / 3600)
-            self.bar.set_postfix_str(f"files {self.done_files}/{self.files}")
+            self.bar.update(done_ms - self.done_ms)
+        self.done_files, self.done_ms = done_files, done_ms
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"files {done_files}/{self.files}")
             return
-        self.done += seconds
         elapsed = time.monotonic() - self.start
-        eta = elapsed * (self.total - self.done) / self.done if self.done else float("nan")
+        eta = elapsed * (self.total_ms - done_ms) / done_ms if done_ms else float("nan")
         print(
-            f"files {self.done_files}/{self.files}, audio {self.done / 3600:.3f}/{self.total / 3600:.3f} h, "
+            f"files {done_files}/{self.files}, audio {done_ms / 3_600_000:.3f}/{self.total_ms / 3_600_000:.3f} h, "
             f"ETA {eta:.0f} s",
             file=sys.stderr,
         )
 
     def close(self):
         if self.bar is not None:
+            self.update(0, 0)  # what the other processes did since this one's last batch
             self.bar.close()
+
+
+def milliseconds(seconds: float) -> int:
+    return round(seconds * 1000)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -468,9 +509,12 @@ def transcribe(model, inputs, output=None, context=None, **options) -> int:
 def run(options, context=distributed.ONE_PROCESS) -> int:
     """One process, or one of several (`context`: under torchrun or accelerate launch): each transcribes its share
     and journals it; rank 0 merges every share into the output once all have finished."""
-    items = collect_inputs(options.inputs, options.extensions)
+    items = distributed.together(context, lambda: collect_inputs(options.inputs, options.extensions))
     suffix = Path(options.output).suffix.lower() if options.output else None
     timestamps = options.timestamps or suffix in (".srt", ".vtt")
+    # Before anything is written: every process was started on this job (one model, one set of options, one
+    # list of inputs), or all refuse.
+    distributed.agree(context, lambda: job_description(options, items, timestamps))
     if suffix in (".srt", ".vtt") and len(items) != 1:
         raise UsageError(
             f"--output {options.output}: a subtitle file holds one recording, and {len(items)} were given; "
@@ -485,7 +529,6 @@ def run(options, context=distributed.ONE_PROCESS) -> int:
                 "into (stdout is for one process)"
             )
         return transcribe_all(options, items, timestamps, None, None, None, [], [])
-    check_output_place(output, items, options.inputs, suffix)
     journal = journal_path(output, context.rank)
     with contextlib.ExitStack() as stack:
         problem, done, journaled, end, own_records, journal_file = None, [], [], 0, False, None
@@ -496,6 +539,7 @@ def run(options, context=distributed.ONE_PROCESS) -> int:
             raise error
 
         try:  # every process reads (no process writes before all have read): all see the same work done
+            check_output_place(output, items, options.inputs, suffix)
             journal_file = stack.enter_context(locked(journal, output))
             settings = run_settings(options, items, suffix, timestamps)
             if options.overwrite and context.is_main:
@@ -592,6 +636,7 @@ def transcribe_all(
         mine = distributed.split_by_duration([durations[n] for n in everyone], context.world_size)[context.rank]
         sized = [(todo[everyone[n]], durations[everyone[n]]) for n in mine]
 
+    tally = distributed.Tally(context)  # every process's progress, for one bar
     device, threads = context.device(options.device), context.threads(options.threads)
     backend = transcriber = None
     if sized:  # nothing to transcribe: the model is not even loaded
@@ -605,7 +650,8 @@ def transcribe_all(
 
     started = time.monotonic()
     new_records, audio_seconds = [], 0.0
-    progress = Progress(len(sized), sum(d for _, d in sized), options.progress and context.is_main)
+    job = list(durations.values()) if several else [duration for _, duration in sized]  # the whole job's audio
+    progress = Progress(len(job), sum(map(milliseconds, job)), options.progress and context.is_main, tally)
     sized.sort(key=lambda pair: -pair[1])  # longest first: a batch holds similar lengths, memory peaks early
     try:
         index = 0
@@ -661,9 +707,10 @@ def transcribe_all(
                 elif output is None:
                     for record in new_records[len(new_records) - len(lines) :]:
                         print(f"{escaped(record['path'])}\t{record['text']}", flush=True)
-            progress.update(len(batch), sum(d for _, d in batch))
-    finally:
+            progress.update(len(batch), sum(milliseconds(d) for _, d in batch))
+    except BaseException:
         progress.close()
+        raise
 
     merged = ""
     if several:  # rank 0 takes every process's new transcripts and failures, once all have finished
@@ -673,6 +720,7 @@ def transcribe_all(
         new_records = [record for share in shares for record in share[0]]
         failures = [failure for share in shares for failure in share[1]]
         audio_seconds = sum(share[2] for share in shares)
+    progress.close()  # after every process's last batch: the whole job counted
     elapsed = time.monotonic() - started
     status, unwritten = None, None
     if output:

@@ -4,19 +4,23 @@ one process, byte for byte; resuming after a kill of one rank or of all with ano
 import contextlib
 import json
 import os
+import pickle
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
+from dataclasses import dataclass
 
 import pytest
+import soundfile as sf
 import torch
 from project import CORPUS, ROOT
 
 from ebranchformer_ru import distributed, training, transcription
 from ebranchformer_ru.commands import transcribe as command
-from ebranchformer_ru.errors import UsageError
 
 CROWD = CORPUS / "test_opus" / "crowd" / "files"
 BROKEN = "test_opus_crowd_0000_broken.wav"
@@ -73,15 +77,22 @@ def test_journals_of_every_rank_are_found_rank_0_first(tmp_path):
 
 
 def test_several_processes_need_an_output_file(tiny_model, monkeypatch, capsys):
+    """Refused by every process (once they agree that this is their job) as a usage error: exit status 2."""
     monkeypatch.setattr(distributed, "process_group", contextlib.nullcontext)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
+    here = threading.local()  # each simulated rank's place, as the launcher's environment would give it
+    monkeypatch.setattr(distributed.Context, "from_env", classmethod(lambda cls, environ=None: here.context))
     argv = [str(tiny_model), str(CROWD / "test_opus_crowd_0000.opus"), "--no_progress"]
-    with pytest.raises(UsageError, match="2 processes need --output"):
-        command.transcribe(command.build_parser().parse_args(argv))
-    with pytest.raises(SystemExit) as exit:  # a usage error: exit status 2
-        command.main(argv)
-    assert exit.value.code == 2 and "2 processes need --output" in capsys.readouterr().err
+    statuses = {}
+
+    def rank(context, _):
+        here.context = context
+        try:
+            command.main(argv)
+        except SystemExit as exit:
+            statuses[context.rank] = exit.code
+
+    on_every_rank(rank, [None, None])
+    assert statuses == {0: 2, 1: 2} and capsys.readouterr().err.count("error: 2 processes need --output") == 2
 
 
 # ---- several processes
@@ -181,6 +192,7 @@ def two_processes(tmp_path_factory, inputs):
     jobs["again"] = ["transcription", again]  # all done: nothing to do
     jobs["mixed"] = ["transcription", [*jobs["greedy.jsonl"][1], "--decoder", "lm"]]  # refused by every rank
     jobs["locked"] = ["transcription", [str(model), str(folder), "--output", str(tmp / "locked.jsonl")]]
+    jobs["progress"] = ["transcription", [str(model), str(folder), "--output", str(tmp / "progress.txt")]]
     jobs["evaluation"] = [
         "evaluation",
         [
@@ -236,6 +248,15 @@ def test_two_processes_resume_and_refuse_together(two_processes, inputs, tmp_pat
     assert not (two_processes / "locked.jsonl").exists()
     expected = one_process(model, folder, tmp_path / "greedy.jsonl", "--timestamps")
     assert (two_processes / "greedy.jsonl").read_bytes() == expected
+
+
+def test_one_progress_bar_counts_the_work_of_every_process(two_processes, inputs):
+    """Rank 0 shows one bar for the whole job, whatever share of it is rank 0's; the other ranks none."""
+    folder, _ = inputs
+    assert_one_bar_counts(
+        report(two_processes, "progress")["stderr"], [path for path in sorted(folder.iterdir()) if path.name != BROKEN]
+    )
+    assert "h audio" not in report(two_processes, "progress", 1)["stderr"]
 
 
 def test_two_processes_evaluate_as_one(two_processes, inputs, tmp_path):
@@ -326,13 +347,33 @@ def test_resume_after_one_rank_is_killed_with_accelerate_and_3_processes(inputs,
         "--main_process_port",
         str(free_port()),
     ]
-    launched(accelerate, jobs_script(tmp_path, {"resume": ["transcription", argv]}), tmp_path)
+    resume = [arg for arg in argv if arg != "--no_progress"]  # and its progress bar
+    launched(accelerate, jobs_script(tmp_path, {"resume": ["transcription", resume]}), tmp_path)
     resumed = report(tmp_path, "resume")
     assert resumed["world_size"] == 3 and resumed["status"] == 1  # the broken file
     assert f"{8 - len(journaled)} transcribed" in resumed["stderr"]
     assert f"{len(journaled)} already done, 1 failed; 3 processes" in resumed["stderr"]
     assert output.read_bytes() == one_process(model, folder, tmp_path / "one.jsonl")
     assert not journal_files(output)
+    todo = [path for path in sorted(folder.iterdir()) if path.name != BROKEN and str(path) not in journaled]
+    assert_one_bar_counts(resumed["stderr"], todo)
+    assert "h audio" not in report(tmp_path, "resume", 1)["stderr"] + report(tmp_path, "resume", 2)["stderr"]
+
+
+BAR = re.compile(r"(\d+)%\|[^|]*\| ([\d.]+)/([\d.]+) h audio \[[^\]]*\], files (\d+)/(\d+)")
+
+
+def assert_one_bar_counts(stderr, files):
+    """Rank 0's progress bar counts the whole job (`files`, all processes' work), once: never past its total (no
+    TqdmWarning), and at its total in the end."""
+    seconds = [sf.info(path).frames / sf.info(path).samplerate for path in files]
+    total = f"{sum(round(1000 * s) for s in seconds) / 3_600_000:.3f}"
+    states = BAR.findall(stderr)
+    assert states and "TqdmWarning" not in stderr, stderr[-3000:]
+    for percent, done, shown_total, done_files, count in states:
+        assert int(percent) <= 100 and float(done) <= float(shown_total) and int(done_files) <= int(count), states
+        assert shown_total == total and int(count) == len(files), (states, total, len(files))
+    assert states[-1] == ("100", total, total, str(len(files)), str(len(files))), states
 
 
 def test_resume_after_all_ranks_are_killed_with_one_process(inputs, tmp_path, capsys):
@@ -448,3 +489,306 @@ def test_two_nodes_train_and_transcribe(inputs, tmp_path, train_args):
         assert metrics[f"eval_{name}_wer"] == alone[f"eval_{name}_wer"]
         assert metrics[f"eval_{name}_cer"] == alone[f"eval_{name}_cer"]
     assert output.read_bytes() == one_process(model, folder, tmp_path / "one.jsonl")
+
+
+# ---- the processes agree on the job before any writes
+
+
+class Board:
+    """What `all_gather` exchanges between ranks simulated by threads of this process (pickled as gloo would)."""
+
+    def __init__(self, world_size):
+        self.barrier, self.slots = threading.Barrier(world_size, timeout=30), [None] * world_size
+
+    def exchange(self, rank, value):
+        self.slots[rank] = pickle.dumps(value)
+        self.barrier.wait()
+        values = [pickle.loads(slot) for slot in self.slots]
+        self.barrier.wait()  # all have read before the next exchange
+        return values
+
+
+@dataclass(frozen=True)
+class ThreadRank(distributed.Context):
+    board: Board = None
+
+    def all_gather(self, value) -> list:
+        return self.board.exchange(self.rank, value)
+
+
+def on_every_rank(step, per_rank: list) -> list:
+    """`step(context, value)` on one thread per rank; what each rank raised (its message), or None."""
+    board, said = Board(len(per_rank)), [None] * len(per_rank)
+
+    def rank(number):
+        try:
+            step(ThreadRank(number, len(per_rank), board=board), per_rank[number])
+        except (distributed.Error, OSError) as error:
+            said[number] = f"{type(error).__name__}: {error}"
+
+    threads = [threading.Thread(target=rank, args=(number,)) for number in range(len(per_rank))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return said
+
+
+def agreement(*descriptions) -> list:
+    return on_every_rank(lambda context, described: distributed.agree(context, lambda: described), list(descriptions))
+
+
+def test_the_processes_agree_or_all_refuse_naming_each_difference():
+    same = {"model": {"model.safetensors": "sha256:ab", "config.json": "sha256:cd"}, "--timestamps": False}
+    assert agreement(same, dict(same), dict(same)) == [None, None, None]
+    other = {"model": {"model.safetensors": "sha256:ef", "config.json": "sha256:cd"}, "--timestamps": True}
+    said = agreement(same, other, same)
+    assert said[0] == said[1] == said[2]  # one message, on every rank
+    assert said[0].startswith("DistributedError: the 3 processes were started on different jobs, and none of them")
+    # in a mapping, the key that differs (not config.json); the ranks that hold each value
+    assert 'model model.safetensors: ranks 0, 2 "sha256:ab", rank 1 "sha256:ef"' in said[0]
+    assert "config.json" not in said[0] and "--timestamps: ranks 0, 2 false, rank 1 true" in said[0]
+    # a short list whole, a long one by its lengths and first item that differs; a key one rank lacks; long text cut
+    inputs = [["a.wav", [10, 1]], ["b.wav", [20, 2]], ["c.wav", [30, 3]]]
+    long = "/a/folder/with/a/name/" + "long" * 40 + "/and/its/end"
+    said = agreement({"inputs": inputs}, {"inputs": [inputs[0], inputs[2]], "working folder": long})
+    assert said[0] == said[1]
+    assert (
+        'inputs: rank 0 [["a.wav", [10, 1]], ["b.wav", [20, 2]], ["c.wav", [30, 3]]], rank 1 [["a.wav", [10, 1]], '
+        in (said[0])
+    )  # a short list: whole
+    shown = said[0].split("working folder: rank 0 not set, rank 1 ")[1].split(". Start every process")[0]
+    assert shown.startswith('"/a/folder/with/') and shown.endswith('long/and/its/end"')
+    assert "…" in shown and len(shown) == distributed.SHOWN_TEXT + 2
+    options = {f"--option_{n:02d}": n for n in range(20)}  # another preset: the first differences, then a count
+    said = agreement(options, {name: value + 100 for name, value in options.items()})
+    assert "--option_11: rank 0 11, rank 1 111; and 8 more differences. Start every" in said[0]
+    inputs = [[f"{n}.wav", [n, n]] for n in range(100)]  # a long list: its lengths and the first item that differs
+    said = agreement({"inputs": inputs}, {"inputs": inputs[:50] + [["other.wav", [0, 0]]]})
+    assert (
+        'inputs: rank 0 100 items, rank 1 51 items; item 51: rank 0 ["50.wav", [50, 50]], rank 1 ["other.wav", [0, 0]]'
+        in (said[0])
+    )
+
+
+def test_an_error_of_one_process_stops_all_of_them_by_its_rank():
+    def step(context, problem):
+        def work():
+            if problem == "unreadable":
+                raise PermissionError(13, "Permission denied", "x.jsonl")
+            if problem:
+                raise transcription.Error(problem)
+            return context.rank
+
+        return distributed.together(context, work)
+
+    assert on_every_rank(step, [None, None]) == [None, None]
+    assert on_every_rank(step, [None, "x.wav: no such file"]) == ["Error: rank 1: x.wav: no such file"] * 2
+    assert on_every_rank(step, ["locked", "locked"]) == ["Error: locked"] * 2  # the same on all: no rank named
+    said = on_every_rank(step, [None, "unreadable"])  # what a command reports in one line: an OSError too
+    assert said == ["PermissionError: rank 1: [Errno 13] Permission denied: 'x.jsonl'"] * 2
+
+    def describe(context, problem):  # an error while describing the job: the same
+        def description():
+            if problem:
+                raise transcription.Error(problem)
+            return {"--timestamps": False}
+
+        distributed.agree(context, description)
+
+    assert on_every_rank(describe, [None, "m: not a model folder"]) == ["Error: rank 1: m: not a model folder"] * 2
+
+
+def test_a_model_is_known_by_its_files_contents_wherever_it_lies(tiny_model, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    (copy / "README.md").write_text("a model card of its own")  # not what makes the outputs
+    (copy / "training_args.bin").write_bytes(b"another run's")
+    assert distributed.model_digest(copy) == distributed.model_digest(tiny_model)
+    assert {"model.safetensors", "config.json", "vocab.json"} <= set(distributed.model_digest(tiny_model))
+    with open(copy / "model.safetensors", "r+b") as file:  # one byte of the weights
+        file.seek(-1, os.SEEK_END)
+        last = file.read(1)
+        file.seek(-1, os.SEEK_END)
+        file.write(bytes([last[0] ^ 1]))
+    changed = distributed.model_digest(copy)
+    assert [name for name in changed if changed[name] != distributed.model_digest(tiny_model)[name]] == [
+        "model.safetensors"
+    ]
+    assert distributed.model_digest("someone/a-model") == {"Hub id": "someone/a-model"}
+
+
+NODE = """
+import contextlib, io, json, os, sys
+sys.path.insert(0, ROOT)
+from ebranchformer_ru.commands import evaluate, train, transcribe
+rank = int(os.environ["RANK"])
+for name, per_rank in json.loads(open(JOBS).read()).items():
+    command, argv, folder = per_rank[rank]
+    os.chdir(folder)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            status = {"transcription": transcribe.main, "evaluation": evaluate.main, "training": train.main}[command](argv)
+        except SystemExit as exit:
+            status = exit.code
+    with open(os.path.join(REPORTS, f"{name}.rank{rank}.json"), "w") as file:
+        json.dump({"status": status, "stderr": err.getvalue()}, file)
+"""
+
+
+def nodes(tmp_path, jobs: dict, world_size: int = 2, timeout: int = 400) -> dict:
+    """`world_size` processes started by hand, as launchers on as many machines would start them (RANK,
+    WORLD_SIZE, MASTER_ADDR and MASTER_PORT on loopback; one process per "machine"), each running the jobs
+    {name: [(command, argv, working folder) of each rank]} one after another; {name: [{"status", "stderr"} of each
+    rank]}."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    script = tmp_path / "node.py"
+    script.write_text(
+        NODE.replace("ROOT", repr(str(ROOT)))
+        .replace("JOBS", repr(str(tmp_path / "jobs.json")))
+        .replace("REPORTS", repr(str(reports)))
+    )
+    port = free_port()
+    processes = []
+    for rank in range(world_size):
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_RANK="0",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+            HF_HUB_OFFLINE="1",
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            )
+        )
+    try:
+        logs = [process.communicate(timeout=timeout)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [p.returncode for p in processes] == [0] * world_size, "\n".join(log[-3000:] for log in logs)
+    return {
+        name: [json.loads((reports / f"{name}.rank{r}.json").read_text()) for r in range(world_size)] for name in jobs
+    }
+
+
+@pytest.fixture(scope="module")
+def another_model(tmp_path_factory, tiny_config_values):
+    """A tiny model of the same configuration with other weights (seed 1)."""
+    from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
+
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("another_model")
+    EBranchformerForCTC(EBranchformerConfig(**tiny_config_values)).eval().save_pretrained(folder)
+    EBranchformerProcessor().save_pretrained(folder)
+    return folder
+
+
+# What one rank is started with differently, and what the message names: refused by every rank.
+DIFFERENT = {
+    "model": 'model model.safetensors: rank 0 "sha256:',
+    "decoder": '--decoder: rank 0 "greedy", rank 1 "lm"; language model: rank 0 not set, rank 1 {"language_model/',
+    "hotwords": '--hotwords: rank 0 ["москва"], rank 1 ["казань"]',
+    "timestamps": "--timestamps: rank 0 false, rank 1 true",
+    "working_folder": "working folder: rank 0 ",
+    "inputs": 'inputs: rank 0 9 items, rank 1 2 items; item 2: rank 0 ["recordings/test_opus_crowd_0000_broken.wav", [26, ',
+    "evaluation_model": 'model model.safetensors: rank 0 "sha256:',
+    "sets": '--sets: rank 0 ["crowd"], rank 1 ["crowd", "farfield"]; manifests test_opus/farfield/manifest.jsonl: '
+    'rank 0 not set, rank 1 "sha256:',
+    "samples": "--max_samples: rank 0 3, rank 1 4",
+    "training": "--learning_rate: rank 0 0.001, rank 1 0.002",
+}
+
+
+@pytest.fixture(scope="module")
+def disagreeing(tmp_path_factory, inputs, another_model, train_args):
+    """Two "machines" started on jobs that differ on rank 1 (`DIFFERENT`), and on one that only takes another copy
+    of the same model there; each job's output in tmp/out/NAME."""
+    folder, model = inputs
+    tmp = tmp_path_factory.mktemp("disagreeing")
+    here = str(folder.parent)  # holds recordings/: the inputs are named relative to it
+    elsewhere = tmp / "elsewhere"  # recordings/ there: files of the same names, other recordings
+    (elsewhere / "recordings").mkdir(parents=True)
+    for path in sorted(folder.iterdir()):
+        farfield = CORPUS / "test_opus" / "farfield" / "files" / path.name.replace("crowd", "farfield")
+        shutil.copy(farfield if farfield.exists() else path, elsewhere / "recordings" / path.name)
+    copy = tmp / "copy_of_the_model"
+    shutil.copytree(model, copy)
+
+    def transcription(name, *extra, model=model):
+        output = tmp / "out" / name / "out.jsonl"
+        return ["transcription", [str(model), "recordings", "--output", str(output), "--no_progress", *extra], here]
+
+    def evaluation(name, *extra, model=model):
+        argv = [str(model), "--sets", "crowd", "--max_samples", "3", "--output_dir", str(tmp / "out" / name), *extra]
+        return ["evaluation", argv, here]
+
+    lm = ["--decoder", "lm"]
+    one = ["recordings/test_opus_crowd_0000.opus", "recordings/test_opus_crowd_0001.opus"]
+    jobs = {
+        "model": [transcription("model"), transcription("model", model=another_model)],
+        "copy": [transcription("copy", "--batch_size", "2"), transcription("copy", "--batch_size", "2", model=copy)],
+        "decoder": [transcription("decoder"), transcription("decoder", *lm)],
+        "hotwords": [
+            transcription("hotwords", *lm, "--hotwords", "москва"),
+            transcription("hotwords", *lm, "--hotwords", "казань"),
+        ],
+        "timestamps": [transcription("timestamps"), transcription("timestamps", "--timestamps")],
+        "working_folder": [transcription("working_folder"), transcription("working_folder")[:2] + [str(elsewhere)]],
+        "inputs": [
+            transcription("inputs"),
+            ["transcription", [str(model), *one, *transcription("inputs")[1][2:]], here],
+        ],
+        "evaluation_model": [evaluation("evaluation_model"), evaluation("evaluation_model", model=another_model)],
+        "sets": [evaluation("sets"), evaluation("sets", "--sets", "crowd,farfield")],
+        "samples": [evaluation("samples"), evaluation("samples", "--max_samples", "4")],
+    }
+    training = train_args(tmp / "out" / "training", "--max_steps", "1")
+    jobs["training"] = [["training", training, here], ["training", [*training, "--learning_rate", "0.002"], here]]
+    return tmp, nodes(tmp, jobs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(DIFFERENT))
+def test_processes_started_on_different_jobs_all_refuse_and_write_nothing(disagreeing, name):
+    """Two machines (processes started by hand) on one job, with one thing different on rank 1: another model,
+    another decoder, other hotwords, timestamps on one only, another working folder under the same relative
+    names, another input list; an evaluation of another model, other sets or another sample count; training with
+    other options. Both processes refuse, exit status 1, with one `error:` line that names the difference and
+    the ranks; nothing is written."""
+    tmp, reports = disagreeing
+    said = []
+    for report in reports[name]:
+        errors = [line for line in report["stderr"].splitlines() if line.startswith("error:")]
+        assert report["status"] == 1 and len(errors) == 1, report["stderr"][-3000:]
+        assert errors[0].startswith("error: the 2 processes were started on different jobs, and none of them writes")
+        assert DIFFERENT[name] in errors[0], errors[0]
+        assert "Traceback" not in report["stderr"]
+        said.append(errors[0])
+    assert said[0] == said[1]  # the same message on every rank
+    assert not (tmp / "out" / name).exists()  # no output, journal, results or training folder, not even its folder
+
+
+@pytest.mark.slow
+def test_another_copy_of_the_same_model_is_the_same_job(disagreeing, inputs, tmp_path, monkeypatch):
+    """Rank 1 reads another copy of the model (another folder, the same files): the job runs, and its output and
+    sidecar are one process's."""
+    tmp, reports = disagreeing
+    folder, model = inputs
+    assert [report["status"] for report in reports["copy"]] == [1, 1]  # the broken file
+    assert "8 transcribed" in reports["copy"][0]["stderr"]
+    monkeypatch.chdir(folder.parent)
+    expected = one_process(model, "recordings", tmp_path / "out.jsonl", "--batch_size", "2")
+    assert (tmp / "out" / "copy" / "out.jsonl").read_bytes() == expected
+    assert transcription.sidecar(tmp / "out" / "copy" / "out.jsonl").read_text() == (
+        transcription.sidecar(tmp_path / "out.jsonl").read_text()
+    )

@@ -18,6 +18,8 @@ logits, greedily and by beam search with the LM, and the results have both: `WER
 Under `torchrun` or `accelerate launch` every test set is split between the processes by duration, each decodes
 its share (with --device cuda on the GPU numbered LOCAL_RANK; --threads: this machine's cores divided between
 the processes unless given), and rank 0 gathers the hypotheses and writes the same files one process writes.
+The processes first agree that they were started on one evaluation (model, decoding, data, sets, samples);
+else all refuse, naming what differs.
 """
 
 import logging

@@ -1,7 +1,7 @@
 """Train and evaluate an E-Branchformer (or QuartzNet) CTC model with Transformers' Trainer on a Golos-layout folder.
 
     ebranchformer-train                                          # preset mini: the embedded corpus, 2 CPU cores
-    ebranchformer-train --preset overfit                         # homework step 7: overfit ~10 minutes of train
+    ebranchformer-train --preset overfit                         # overfit ~10 minutes of train from random weights
     ebranchformer-train --preset course --data_dir /data/golos   # the course recipe on real Golos
     ebranchformer-train --resume_from_checkpoint last            # continue the run in --output_dir
     torchrun --nproc_per_node 2 train_ctc.py ...                 # data-parallel (DDP) on 2 processes, CPU or GPU
@@ -11,7 +11,9 @@ Every option of Transformers' `TrainingArguments` is an option here, as are thos
 augmentation). A preset (presets/NAME.yaml, or any .yaml/.json path given to --preset) sets defaults that the
 command line overrides. An output folder that holds an earlier run is never replaced silently: continue it with
 --resume_from_checkpoint last, or replace it with --overwrite. --push_to_hub publishes the model folder (the repo:
---hub_model_id, default the folder's name; checkpoints as --hub_strategy says), never training_args.bin.
+--hub_model_id, default the folder's name; checkpoints as --hub_strategy says), never training_args.bin. Under a
+launcher the processes first agree that they were started on one run (the same options, starting model and data
+manifests); else all refuse, naming what differs.
 """
 
 import argparse

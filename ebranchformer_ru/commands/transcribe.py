@@ -15,7 +15,9 @@ manifest's `text` as `reference`), .txt (path TAB text), .srt/.vtt (subtitles of
 
 A file that cannot be read is named with the reason and skipped: the others are transcribed, and the exit
 status is 1. Rerunning the same command resumes: what the output and its journal hold is not transcribed again
-(--overwrite starts over). Under torchrun or accelerate launch the files are shared out between the processes.
+(--overwrite starts over). Under torchrun or accelerate launch the files are shared out between the processes,
+once they agree that they were started on one job (the same model, options and inputs on every machine; else
+all refuse, naming what differs).
 """
 
 from ebranchformer_ru import transcription
