@@ -25,12 +25,15 @@ def _umask() -> int:
 
 
 def publish_modes(folder, recursive: bool = True) -> None:
-    """Give `folder` and the files in it (and below, if `recursive`) the modes a plain write would have given."""
+    """Give `folder` and the files in it (and below, if `recursive`) the modes a plain write would have given.
+    Symbolic links are left alone: chmod follows them, and would open up the file they name (a key of ~/.ssh)."""
     mask = _umask()
     for root, _, files in os.walk(folder):
         os.chmod(root, 0o777 & ~mask)
         for name in files:
             path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
             executable = os.stat(path).st_mode & 0o111
             os.chmod(path, (0o777 if executable else 0o666) & ~mask)
         if not recursive:

@@ -123,12 +123,16 @@ def check_language_model_words(model, characters, path):
 
 
 def _copy_folder(source: Path, target: Path):
-    """Everything of the model folder except an earlier LM; hard links where possible (checkpoints are large)."""
+    """Everything of the model folder except an earlier LM; hard links where possible (checkpoints are large).
+    A symbolic link stays a link: followed, it would put the file it names (a key of ~/.ssh, /proc/self/environ)
+    into the folder as a file of its own, which publishing then could not tell from the model's."""
     for item in source.iterdir():
         if item.name in (LM_DIR, ALPHABET_FILE):
             continue
         destination = target / item.name
-        if item.is_dir():
+        if item.is_symlink():
+            os.symlink(os.readlink(item), destination)
+        elif item.is_dir():
             shutil.copytree(item, destination, copy_function=_link_or_copy, symlinks=True)
         else:
             _link_or_copy(item, destination)
@@ -136,9 +140,9 @@ def _copy_folder(source: Path, target: Path):
 
 def _link_or_copy(source, destination):
     try:
-        os.link(source, destination)
+        os.link(source, destination, follow_symlinks=False)
     except OSError:
-        shutil.copy2(source, destination)
+        shutil.copy2(source, destination, follow_symlinks=False)
     return destination
 
 

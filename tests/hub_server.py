@@ -76,6 +76,17 @@ class HubServer:
         repo = self.repos[repo_id]
         return repo.commits[repo.resolve(revision)]
 
+    def everything(self) -> bytes:
+        """Every file of every commit of every repo, names and contents: what a test searches for what must
+        never have been published (a commit that a later one replaced was published all the same)."""
+        with self.lock:
+            return b"\0".join(
+                name.encode() + b"\0" + content
+                for repo in self.repos.values()
+                for files in repo.commits.values()
+                for name, content in files.items()
+            )
+
 
 def _handler(hub: HubServer):
     class Handler(BaseHTTPRequestHandler):

@@ -71,6 +71,17 @@ def names(text: str) -> list[str]:
     return values
 
 
+def repo_id(text: str) -> str:
+    """A Hub repo id with its user or organisation (`--hub_model_id`: a name alone would land in whichever
+    namespace the token has)."""
+    from ebranchformer_ru.publishing import PublishError, check_repo_id
+
+    try:
+        return check_repo_id(text, bare=False)
+    except PublishError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--hub_model_id ")) from None
+
+
 def parser(doc: str, epilog: str | None = None) -> argparse.ArgumentParser:
     """A command's parser: its module's docstring as the description, no abbreviations (a mistyped option is an
     error, not another option), and `--debug`."""
@@ -151,6 +162,7 @@ def add_publishing(parser, what: str = "the output folder"):
     group.add_argument(
         "--hub_model_id",
         metavar="REPO",
+        type=repo_id,
         help="the repo, user/name or organisation/name (default: the folder's name in your namespace)",
     )
     add_switch(group, "hub_private_repo", "create the repo private (if it is new)")
