@@ -18,6 +18,7 @@ while preparing (`together`) stops all of them with its message, instead of leav
 next collective step.
 """
 
+import atexit
 import contextlib
 import datetime
 import hashlib
@@ -134,11 +135,22 @@ def process_group(context: Context):
 
         if not dist.is_initialized():
             dist.init_process_group("gloo", rank=context.rank, world_size=context.world_size, timeout=TIMEOUT)
+            # Ours to end: left to the interpreter's exit, the group's C++ threads are destroyed still running and
+            # the process aborts ("terminate called without an active exception", status -6) after its work.
+            atexit.register(_end_process_group)
         elif dist.get_world_size() != context.world_size:
             raise DistributedError(
                 f"the process group has {dist.get_world_size()} processes, WORLD_SIZE says {context.world_size}"
             )
     yield context
+
+
+def _end_process_group():
+    import torch.distributed as dist
+
+    with contextlib.suppress(Exception):  # at exit: nothing left to report to
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def split_by_duration(durations, parts: int) -> list[list[int]]:
