@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from small_models import QUARTZNET_SMALL
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -31,15 +32,7 @@ def save_quartznet(folder):
     from modeling_ebranchformer import EBranchformerProcessor, QuartzNetConfig, QuartzNetForCTC
 
     torch.manual_seed(0)
-    config = QuartzNetConfig(
-        block_channels=[32, 32, 48],
-        block_repeats=[1, 2, 1],
-        block_kernel_sizes=[11, 9, 1],
-        block_strides=[4, 1, 1],
-        block_dilations=[1, 2, 1],
-        block_residual=[False, True, False],
-        block_separable=[True, True, False],
-    )
+    config = QuartzNetConfig(**QUARTZNET_SMALL)
     model = QuartzNetForCTC(config)
     with torch.no_grad():  # running statistics that are not the identity, so batch norm is really checked
         for module in model.modules():
