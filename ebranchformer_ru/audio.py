@@ -5,6 +5,8 @@ import os
 import numpy as np
 import soundfile as sf
 
+LOUD = 8.0  # float samples above this are integer PCM stored as floats (the feature extractor's threshold)
+
 
 def read_audio(path, sampling_rate: int = 16000, name=None) -> np.ndarray:
     """Mono float32 samples of an audio file. Raises a `ValueError` naming the file when it cannot be

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import read_audio
+from .audio import LOUD, read_audio
+from .formats import render, subtitle_cues
 from .inference import InferenceError, LMDecoder, Transcriber, load_backend, load_lm_decoder
-from .transcription import LOUD, render, subtitle_cues
 
 try:  # the `serve` extra; --help and the package import work without it
     import uvicorn  # noqa: F401 (the extra's server, run by the command: checked with the rest)

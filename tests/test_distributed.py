@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 from project import CORPUS, ROOT
 
-from ebranchformer_ru import distributed, training, transcription
+from ebranchformer_ru import distributed, resumable, training, transcription
 from ebranchformer_ru.commands import transcribe as command
 
 CROWD = CORPUS / "test_opus" / "crowd" / "files"
@@ -68,12 +68,12 @@ def test_journals_of_every_rank_are_found_rank_0_first(tmp_path):
         ".other.journal.rank1.jsonl",
     ]:
         (tmp_path / name).write_text("")
-    assert [p.name for p in transcription.journals(output)] == [
+    assert [p.name for p in resumable.journals(output)] == [
         ".out [1].jsonl.journal.jsonl",
         ".out [1].jsonl.journal.rank2.jsonl",
         ".out [1].jsonl.journal.rank10.jsonl",
     ]
-    assert transcription.journal_path(output, 2).name == ".out [1].jsonl.journal.rank2.jsonl"
+    assert resumable.journal_path(output, 2).name == ".out [1].jsonl.journal.rank2.jsonl"
 
 
 def test_several_processes_need_an_output_file(tiny_model, monkeypatch, capsys):
@@ -207,7 +207,7 @@ def two_processes(tmp_path_factory, inputs):
             "2",
         ],
     ]
-    with transcription.locked(tmp / ".locked.jsonl.journal.rank1.jsonl", tmp / "locked.jsonl"):  # rank 1's only
+    with resumable.locked(tmp / ".locked.jsonl.journal.rank1.jsonl", tmp / "locked.jsonl"):  # rank 1's only
         launched(torchrun(2), jobs_script(tmp, jobs), tmp)
     return tmp
 
@@ -220,8 +220,8 @@ def test_two_processes_transcribe_as_one(two_processes, inputs, tmp_path, name):
     expected = one_process(model, folder, tmp_path / name, *TRANSCRIPTIONS[name])
     assert (two_processes / name).read_bytes() == expected
     assert len(expected.decode().splitlines()) == 8
-    sidecar = json.loads(transcription.sidecar(two_processes / name).read_text())
-    assert sidecar == json.loads(transcription.sidecar(tmp_path / name).read_text())
+    sidecar = json.loads(resumable.sidecar(two_processes / name).read_text())
+    assert sidecar == json.loads(resumable.sidecar(tmp_path / name).read_text())
     main, other = report(two_processes, name, 0), report(two_processes, name, 1)
     assert main["world_size"] == 2 and main["status"] == other["status"] == 1
     assert "8 transcribed" in main["stderr"] and "1 failed; 2 processes, merged in" in main["stderr"]
@@ -789,6 +789,6 @@ def test_another_copy_of_the_same_model_is_the_same_job(disagreeing, inputs, tmp
     monkeypatch.chdir(folder.parent)
     expected = one_process(model, "recordings", tmp_path / "out.jsonl", "--batch_size", "2")
     assert (tmp / "out" / "copy" / "out.jsonl").read_bytes() == expected
-    assert transcription.sidecar(tmp / "out" / "copy" / "out.jsonl").read_text() == (
-        transcription.sidecar(tmp_path / "out.jsonl").read_text()
+    assert resumable.sidecar(tmp / "out" / "copy" / "out.jsonl").read_text() == (
+        resumable.sidecar(tmp_path / "out.jsonl").read_text()
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from project import CORPUS
 
-from ebranchformer_ru import onnx_runtime, transcription
+from ebranchformer_ru import formats, onnx_runtime, resumable, transcription
 from ebranchformer_ru.audio import read_audio
 from ebranchformer_ru.commands import transcribe as command
 from ebranchformer_ru.errors import Error, UsageError
@@ -148,7 +148,7 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
     assert output.read_text(encoding="utf-8").splitlines() == second
     journal = tmp_path / ".out.txt.journal.jsonl"
     header, *done = journal.read_text(encoding="utf-8").splitlines()
-    assert len(done) == 2 and transcription.SETTINGS_KEY in json.loads(header)  # what made them, then them
+    assert len(done) == 2 and resumable.SETTINGS_KEY in json.loads(header)  # what made them, then them
     with open(journal, "a", encoding="utf-8") as file:
         file.write('{"path": "cut off mid-wri')  # the line being written when the process died
     monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
@@ -172,14 +172,14 @@ def test_subtitles():
         {"word": "паузы", "start": 3660.5, "end": 3661.25},
     ]
     record = {"path": "a.wav", "text": "привет мир после паузы", "words": words}
-    assert transcription.render([record], ".srt") == (
+    assert formats.render([record], ".srt") == (
         "1\n00:00:00,100 --> 00:00:00,900\nпривет мир\n\n2\n01:01:00,000 --> 01:01:01,250\nпосле паузы\n"
     )
-    assert transcription.render([record], ".vtt") == (
+    assert formats.render([record], ".vtt") == (
         "WEBVTT\n\n00:00:00.100 --> 00:00:00.900\nпривет мир\n\n01:01:00.000 --> 01:01:01.250\nпосле паузы\n"
     )
     long = [{"word": "слово", "start": i * 0.5, "end": i * 0.5 + 0.4} for i in range(30)]
-    cues = transcription.subtitle_cues(long)
+    cues = formats.subtitle_cues(long)
     assert all(end - start <= 6.0 and len(text) <= 84 for start, end, text in cues) and len(cues) > 2
     assert " ".join(text for *_, text in cues) == " ".join(["слово"] * 30)
 
@@ -406,7 +406,7 @@ def test_a_second_writer_of_the_same_output_is_refused(tiny_model, tmp_path):
     assert transcribe([str(tiny_model), wav, "--output", str(output), "--no_progress"]) == 0
     before = output.read_bytes()
     journal = tmp_path / ".out.jsonl.journal.jsonl"
-    with transcription.locked(journal, output):  # another run holds the output (flock: per open file)
+    with resumable.locked(journal, output):  # another run holds the output (flock: per open file)
         other = str(CROWD / "files" / "test_opus_crowd_0001.opus")
         assert "another transcribe.py is writing" in refused([str(tiny_model), other, "--output", str(output)])
         assert "another transcribe.py is writing" in refused(

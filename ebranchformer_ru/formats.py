@@ -1,0 +1,51 @@
+"""What transcripts are written as: JSON lines, `path<TAB>text` lines, and SRT/VTT subtitles cut into cues at pauses.
+`ebranchformer-transcribe` writes them to files, the server answers with them."""
+
+import json
+
+
+def format_time(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def subtitle_cues(words, max_pause=0.6, max_duration=6.0, max_chars=84) -> list[tuple[float, float, str]]:
+    """Words grouped into cues: a new cue after a pause longer than `max_pause` seconds, or when the cue
+    would last longer than `max_duration` or hold more than `max_chars` characters."""
+    cues, current = [], []
+    for word in words:
+        if current:
+            text = " ".join(w["word"] for w in current + [word])
+            if (
+                word["start"] - current[-1]["end"] > max_pause
+                or word["end"] - current[0]["start"] > max_duration
+                or len(text) > max_chars
+            ):
+                cues.append(current)
+                current = []
+        current.append(word)
+    if current:
+        cues.append(current)
+    return [(c[0]["start"], c[-1]["end"], " ".join(w["word"] for w in c)) for c in cues]
+
+
+def render(records: list[dict], suffix: str) -> str:
+    if suffix == ".jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if suffix == ".txt":
+        return "".join(f"{r['path']}\t{r['text']}\n" for r in records)
+    separator = "," if suffix == ".srt" else "."
+    blocks = [] if suffix == ".srt" else ["WEBVTT\n"]
+    for record in records:
+        for number, (start, end, text) in enumerate(subtitle_cues(record.get("words", [])), 1):
+            timing = f"{format_time(start, separator)} --> {format_time(end, separator)}"
+            blocks.append(f"{number}\n{timing}\n{text}\n" if suffix == ".srt" else f"{timing}\n{text}\n")
+    return "\n".join(blocks)
+
+
+def escaped(path: str) -> str:
+    """A path on one stdout line: backslash, tab and line breaks escaped."""
+    return path.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
