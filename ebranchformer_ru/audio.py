@@ -51,19 +51,24 @@ class AudioFile:
             raise ValueError(f"{path}: {info.channels} channels, expected mono")
         if info.frames == 0:
             raise ValueError(f"{path}: no samples")
-        self.frames = info.frames
+        self.frames, self.sampling_rate = info.frames, sampling_rate
 
     def __len__(self) -> int:
         return self.frames
 
     def __getitem__(self, stretch: slice) -> np.ndarray:
         start, stop, _ = stretch.indices(self.frames)
-        samples, _ = sf.read(self.path, start=start, stop=stop, dtype="float32", always_2d=True)
+        try:
+            samples, _ = sf.read(self.path, start=start, stop=stop, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, TypeError, sf.SoundFileError) as error:
+            if not os.path.isfile(self.path):
+                raise ValueError(f"{self.path}: audio file not found") from error
+            raise ValueError(f"{self.path}: cannot decode audio ({error})") from error
         finite = np.isfinite(samples)
         if not finite.all():
             raise ValueError(
                 f"{self.path}: {finite.size - np.count_nonzero(finite)} non-finite samples (NaN or "
-                f"infinity) from {start / 16000:.1f} s"
+                f"infinity) from {start / self.sampling_rate:.1f} s"
             )
         return samples[:, 0]
 

@@ -16,11 +16,13 @@ imports neither torch nor transformers: the PyTorch backend imports them when it
 
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from . import onnx_runtime
+from .audio import AudioFile
 from .errors import Error
 
 
@@ -245,30 +247,84 @@ class Transcriber:
                 break
         return out
 
-    def log_probs(self, waveforms: list) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(log-probabilities (frames, vocab), start time of every frame in seconds) per waveform (an array, or an
-        `AudioFile` read a chunk at a time): chunks of long ones joined, overlaps dropped. Pieces are batched
-        shortest first, so that a batch holds similar lengths (and, given in a fixed order, the same batches
-        every run); a piece's samples are taken when its batch runs."""
-        pieces = [(i, c) for i, w in enumerate(waveforms) for c in self.chunks(w)]
-        lengths = [end - start for _, (start, end, _, _) in pieces]
-        order = sorted(range(len(pieces)), key=lengths.__getitem__)
+    def batches(self, lengths: list[int]) -> list[list[int]]:
+        """The one batching: indices of `lengths` (pieces, in samples) in forward passes, longest first, so that a
+        batch holds similar lengths and the memory peaks in the first one (a batch too large fails at once, not
+        after an hour); runs of `batch_size`, or with `forward_cost` the cuts of `length_batches`. Ties keep their
+        order, so the same inputs give the same batches every run."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         if self.forward_cost is None:
-            bounds = [(b, min(b + self.batch_size, len(order))) for b in range(0, len(order), self.batch_size)]
-        else:
-            bounds = length_batches([lengths[p] for p in order], self.batch_size, self.forward_cost)
-        outputs = [None] * len(pieces)
-        for begin, end in bounds:
-            batch = order[begin:end]
-            stretches = [waveforms[pieces[p][0]][pieces[p][1][0] : pieces[p][1][1]] for p in batch]
-            for index, log_probs in zip(batch, self.backend(stretches)):
-                outputs[index] = log_probs
-        frames, times = [[] for _ in waveforms], [[] for _ in waveforms]
-        for (owner, (start, _, drop, keep)), log_probs in zip(pieces, outputs):
+            return [order[b : b + self.batch_size] for b in range(0, len(order), self.batch_size)]
+        ascending = order[::-1]
+        bounds = length_batches([lengths[i] for i in ascending], self.batch_size, self.forward_cost)
+        return [ascending[begin:end] for begin, end in reversed(bounds)]
+
+    def stream(self, recordings: list) -> Iterator[list[tuple[int, tuple | Exception]]]:
+        """Log-probabilities of `recordings` (arrays, or `AudioFile`s read a stretch at a time), batched once
+        (`batches`) over the pieces of all of them: after every forward pass, the recordings it completed, as
+        (index, (log-probabilities (frames, vocab), start time of every frame in seconds)), long ones' chunks
+        joined with their overlaps dropped; or (index, exception) for a recording that could not be read or that
+        the model could not take (a failed batch is run again a piece at a time, so one bad recording fails
+        alone). A piece's samples are read when its batch runs."""
+        pieces = [(owner, chunk) for owner, recording in enumerate(recordings) for chunk in self.chunks(recording)]
+        owned = [[] for _ in recordings]  # each recording's pieces, in order
+        for p, (owner, _) in enumerate(pieces):
+            owned[owner].append(p)
+        left = [len(p) for p in owned]
+        outputs, failed = [None] * len(pieces), set()
+        for batch in self.batches([end - start for _, (start, end, _, _) in pieces]):
+            batch = [p for p in batch if pieces[p][0] not in failed]
+            done = []
+            for p, result in self._forward(batch, pieces, recordings):
+                owner = pieces[p][0]
+                if owner in failed:
+                    continue
+                if isinstance(result, Exception):
+                    failed.add(owner)
+                    done.append((owner, result))
+                    continue
+                outputs[p], left[owner] = result, left[owner] - 1
+                if left[owner] == 0:
+                    done.append((owner, self._join([(pieces[q][1], outputs[q]) for q in owned[owner]])))
+            if done:
+                yield sorted(done, key=lambda pair: pair[0])
+
+    def _forward(self, batch, pieces, recordings) -> list[tuple[int, np.ndarray | Exception]]:
+        """(piece, log-probabilities or the exception) of one batch; a batch that fails runs a piece at a time."""
+        results, stretches = [], []
+        for p in batch:
+            owner, (start, end, _, _) = pieces[p]
+            try:
+                stretches.append((p, recordings[owner][start:end]))
+            except Exception as error:  # an unreadable file: its recording fails, the batch goes on
+                results.append((p, error))
+        if not stretches:
+            return results
+        try:
+            return results + list(zip([p for p, _ in stretches], self.backend([s for _, s in stretches])))
+        except Exception as error:
+            if len(stretches) == 1:
+                return results + [(stretches[0][0], error)]
+        return results + [pair for p, _ in stretches for pair in self._forward([p], pieces, recordings)]
+
+    def _join(self, chunks) -> tuple[np.ndarray, np.ndarray]:
+        """One recording's frames and their start times from its chunks' log-probabilities, overlaps dropped."""
+        frames, times = [], []
+        for (start, _, drop, keep), log_probs in chunks:
             kept = log_probs[drop:] if keep is None else log_probs[drop : drop + keep]
-            frames[owner].append(kept)
-            times[owner].append(start / self.backend.sampling_rate + (drop + np.arange(len(kept))) * self.frame_seconds)
-        return [(np.concatenate(f), np.concatenate(t)) for f, t in zip(frames, times)]
+            frames.append(kept)
+            times.append(start / self.backend.sampling_rate + (drop + np.arange(len(kept))) * self.frame_seconds)
+        return np.concatenate(frames), np.concatenate(times)
+
+    def log_probs(self, recordings: list) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`stream`'s results in the recordings' order; raises the first failure."""
+        results = [None] * len(recordings)
+        for done in self.stream(recordings):
+            for index, result in done:
+                if isinstance(result, Exception):
+                    raise result
+                results[index] = result
+        return results
 
     def decode(self, log_probs: np.ndarray, times: np.ndarray, decoder=None) -> dict:
         """A record {"text", "words"?} from one recording's joined frames, with `decoder` (default: this
@@ -301,9 +357,23 @@ class Transcriber:
             ]
         return record
 
-    def transcribe(self, waveforms: list[np.ndarray]) -> list[dict]:
-        """One record {"text", "words"?} per waveform."""
-        return [self.decode(log_probs, times) for log_probs, times in self.log_probs(waveforms)]
+    def transcribe(self, recordings: list) -> list[dict]:
+        """One record {"text", "words"?} per recording, in their order; raises the first failure."""
+        return [self.decode(log_probs, times) for log_probs, times in self.log_probs(recordings)]
+
+    def transcribe_each(self, recordings: list) -> Iterator[list[tuple[int, dict | Exception]]]:
+        """`stream`, decoded: after every forward pass, (index, record or the exception) of the recordings it
+        completed."""
+        for done in self.stream(recordings):
+            yield [(index, self._decoded(result)) for index, result in done]
+
+    def _decoded(self, result):
+        if isinstance(result, Exception):
+            return result
+        try:
+            return self.decode(*result)
+        except Exception as error:  # non-finite log-probabilities, a decoder that fails: this recording only
+            return error
 
 
 # ---------------------------------------------------------------------------------------------- test sets
@@ -350,18 +420,10 @@ def load_test_sets(data_dir, sets, tokenizer, max_samples=None) -> dict:
 
 
 def set_log_probs(transcriber, dataset) -> list:
-    """Log-probabilities (frames, labels) of every utterance of a test set, in the dataset's order; audio is read
-    a batch at a time, shortest first (batches of similar length)."""
-    from ebranchformer_ru.golos import decode_with_soundfile
-
-    order = sorted(range(len(dataset)), key=dataset["duration"].__getitem__)
-    audio = decode_with_soundfile(dataset)
-    log_probs = [None] * len(dataset)
-    for start in range(0, len(order), transcriber.batch_size):
-        indices = order[start : start + transcriber.batch_size]
-        for index, (values, _) in zip(indices, transcriber.log_probs([audio[i]["audio"]["array"] for i in indices])):
-            log_probs[index] = values
-    return log_probs
+    """Log-probabilities (frames, labels) of every utterance of a test set (`load_test_sets`: its `audio` column
+    holds paths), in the dataset's order; the audio is read when its batch runs."""
+    recordings = [AudioFile(audio["path"], transcriber.backend.sampling_rate) for audio in dataset["audio"]]
+    return [log_probs for log_probs, _ in transcriber.log_probs(recordings)]
 
 
 def decode_all(transcriber, log_probs, decoder="greedy") -> list[str]:

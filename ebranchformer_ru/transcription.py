@@ -38,14 +38,15 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import soundfile as sf
 
 from . import distributed
-from .audio import LOUD, AudioFile, read_audio
+from .audio import LOUD, AudioFile
 from .errors import Error, UsageError
 from .formats import escaped, render
 from .inference import Transcriber, load_backend, load_lm_decoder
@@ -64,6 +65,7 @@ from .resumable import (
 AUDIO_EXTENSIONS = ("wav", "flac", "opus", "ogg", "mp3")
 MANIFEST_EXTENSIONS = (".json", ".jsonl")
 OUTPUT_FORMATS = (".jsonl", ".txt", ".srt", ".vtt")
+SUBTITLES = (".srt", ".vtt")  # one recording's subtitles
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -285,270 +287,324 @@ def run(options, context=distributed.ONE_PROCESS) -> int:
     and journals it; rank 0 merges every share into the output once all have finished."""
     items = distributed.together(context, lambda: collect_inputs(options.inputs, options.extensions))
     suffix = Path(options.output).suffix.lower() if options.output else None
-    timestamps = options.timestamps or suffix in (".srt", ".vtt")
+    timestamps = options.timestamps or suffix in SUBTITLES
     # Before anything is written: every process was started on this job (one model, one set of options, one
     # list of inputs), or all refuse.
     distributed.agree(context, lambda: job_description(options, items, timestamps))
-    if suffix in (".srt", ".vtt") and len(items) != 1:
+    if suffix in SUBTITLES and len(items) != 1:
         raise UsageError(
             f"--output {options.output}: a subtitle file holds one recording, and {len(items)} were given; "
             "transcribe several to .jsonl with --timestamps, or run once per recording"
         )
-
-    output = Path(options.output) if options.output else None
-    if output is None:
+    if options.output is None:
         if context.world_size > 1:
             raise UsageError(
                 f"{context.world_size} processes need --output, the file their transcripts are merged "
                 "into (stdout is for one process)"
             )
-        return transcribe_all(options, items, timestamps, None, None, None, [], [])
-    journal = journal_path(output, context.rank)
+        return Run(options, items, timestamps).transcribe()
+    run = Run(options, items, timestamps, Path(options.output), context)
     with contextlib.ExitStack() as stack:
-        problem, done, journaled, end, own_records, journal_file = None, [], [], 0, False, None
+        run.resume(stack)
+        if suffix in SUBTITLES and run.done:
+            return run.nothing_to_do()
+        return run.transcribe()
 
-        def refuse(error: Error):  # nothing done: the journal this run made goes too
-            if journal_file is not None and os.fstat(journal_file.fileno()).st_size == 0:
-                journal.unlink(missing_ok=True)
-            raise error
 
-        try:  # every process reads (no process writes before all have read): all see the same work done
-            check_output_place(output, items, options.inputs, suffix)
-            journal_file = stack.enter_context(locked(journal, output))
-            settings = run_settings(options, items, suffix, timestamps)
-            if options.overwrite and context.is_main:
-                mine = {journal_path(output, rank) for rank in range(context.world_size)}
-                for path in journals(output):  # those of other processes of a run started over
-                    if path not in mine:
-                        path.unlink(missing_ok=True)
-            elif not options.overwrite:
-                done = read_done(output, suffix, settings)
-                journaled, end, own_records = read_journals(output, journal, settings)
+@dataclass
+class Run:
+    """One run of `transcribe`: what it was asked (`options`, `items`), where it writes (`output`, None: stdout;
+    this process's journal), and what earlier runs left (`done`: in the output, `journaled`: in the journals)."""
+
+    options: Options
+    items: list
+    timestamps: bool
+    output: Path | None = None
+    context: distributed.Context = distributed.ONE_PROCESS
+    done: list = field(default_factory=list)
+    journaled: list = field(default_factory=list)
+    settings: dict | None = None
+    journal_file: IO | None = None
+    header_end: int | None = None  # where this run's journal header ends, if it wrote one
+
+    @property
+    def journal(self) -> Path:
+        return journal_path(self.output, self.context.rank)
+
+    @property
+    def several(self) -> bool:
+        return self.context.world_size > 1
+
+    # -------------------------------------------------------------------------------------- resuming
+
+    def resume(self, stack: contextlib.ExitStack):
+        """Opens and locks this process's journal and reads what earlier runs did. Every process reads before any
+        process writes, so that all see the same work done; a process that cannot go on stops them all."""
+        problem, end, own_records = None, 0, False
+        try:
+            end, own_records = self.read_earlier(stack)
         except Error as error:
-            if context.world_size == 1:
-                refuse(error)
+            if not self.several:
+                self.refuse(error)
             problem = error
-        finished = sorted({os.path.abspath(r["path"]) for r in done + journaled}) if context.world_size > 1 else []
-        seen = context.all_gather((problem, hashlib.sha256("\n".join(finished).encode()).hexdigest()))
+        finished = sorted({os.path.abspath(r["path"]) for r in self.done + self.journaled}) if self.several else []
+        seen = self.context.all_gather((problem, hashlib.sha256("\n".join(finished).encode()).hexdigest()))
         if problems := [p for p, _ in seen if p]:
-            refuse(problems[0])  # on every process: the launcher sees one failed run, not a hung one
+            self.refuse(problems[0])  # on every process: the launcher sees one failed run, not a hung one
         if len({digest for _, digest in seen}) > 1:
-            refuse(
+            self.refuse(
                 Error(
-                    f"the {context.world_size} processes see different transcripts done in {output} and its "
-                    "journals: every process must see the output's folder (on several machines, a shared file "
+                    f"the {self.context.world_size} processes see different transcripts done in {self.output} and "
+                    "its journals: every process must see the output's folder (on several machines, a shared file "
                     "system)"
                 )
             )
-        journal_file.truncate(0 if options.overwrite else end)  # a line cut off mid-write goes: new lines start anew
-        header_end = None  # where this run's header ends, if it wrote one
+        self.start_journal(end, own_records)
+
+    def read_earlier(self, stack) -> tuple[int, bool]:
+        """The checks of the output's place, the journal's lock, and what the output and the journals hold; the end
+        of this process's journal's last whole line and whether it holds records."""
+        options, output = self.options, self.output
+        suffix = output.suffix.lower()
+        check_output_place(output, self.items, options.inputs, suffix)
+        self.journal_file = stack.enter_context(locked(self.journal, output))
+        self.settings = run_settings(options, self.items, suffix, self.timestamps)
+        if options.overwrite:
+            if self.context.is_main:
+                mine = {journal_path(output, rank) for rank in range(self.context.world_size)}
+                for path in journals(output):  # those of other processes of a run started over
+                    if path not in mine:
+                        path.unlink(missing_ok=True)
+            return 0, False
+        self.done = read_done(output, suffix, self.settings)
+        self.journaled, end, own_records = read_journals(output, self.journal, self.settings)
+        return end, own_records
+
+    def refuse(self, error: Error):
+        """Raises `error`; the journal this run made, holding nothing, goes."""
+        if self.journal_file is not None and os.fstat(self.journal_file.fileno()).st_size == 0:
+            self.journal.unlink(missing_ok=True)
+        raise error
+
+    def start_journal(self, end: int, own_records: bool):
+        """Cuts off a line cut mid-write (new lines start anew) and writes the settings as the first line of a
+        journal that holds no records."""
+        file = self.journal_file
+        file.truncate(end)
         if not own_records:
-            journal_file.truncate(0)
-            journal_file.write(json.dumps({SETTINGS_KEY: settings}, ensure_ascii=False) + "\n")
-            journal_file.flush()
-            header_end = os.fstat(journal_file.fileno()).st_size
-        if suffix in (".srt", ".vtt") and done:
-            if context.is_main:
-                print(
-                    f"{output} holds this recording's subtitles, made with these settings: nothing to do "
-                    "(--overwrite to transcribe again)",
-                    file=sys.stderr,
-                )
-            for path in journals(output) if context.is_main else [journal]:
-                path.unlink(missing_ok=True)
-            return 0
-        try:
-            return transcribe_all(
-                options, items, timestamps, output, journal, journal_file, done, journaled, settings, context
+            file.truncate(0)
+            file.write(json.dumps({SETTINGS_KEY: self.settings}, ensure_ascii=False) + "\n")
+            file.flush()
+            self.header_end = os.fstat(file.fileno()).st_size
+
+    def nothing_to_do(self) -> int:
+        if self.context.is_main:
+            print(
+                f"{self.output} holds this recording's subtitles, made with these settings: nothing to do "
+                "(--overwrite to transcribe again)",
+                file=sys.stderr,
             )
+        for path in journals(self.output) if self.context.is_main else [self.journal]:
+            path.unlink(missing_ok=True)
+        return 0
+
+    # -------------------------------------------------------------------------------------- transcribing
+
+    def transcribe(self) -> int:
+        """Transcribes what is left; 0, or 1 when a recording failed. A run stopped before its first transcript
+        (a model folder that does not load) leaves no journal."""
+        try:
+            return self.transcribe_left()
         except BaseException:
-            # Stopped before its first transcript (a model folder that does not load): its journal, which holds
-            # nothing, goes too.
-            if header_end is not None and os.fstat(journal_file.fileno()).st_size == header_end:
-                journal.unlink(missing_ok=True)
+            file = self.journal_file
+            if self.header_end is not None and os.fstat(file.fileno()).st_size == self.header_end:
+                self.journal.unlink(missing_ok=True)
             raise
 
-
-def transcribe_all(
-    options,
-    items,
-    timestamps,
-    output,
-    journal,
-    journal_file,
-    done,
-    journaled,
-    settings=None,
-    context=distributed.ONE_PROCESS,
-) -> int:
-    suffix = output.suffix.lower() if output else None
-    finished = {os.path.abspath(r["path"]) for r in done + journaled}
-    todo = [item for item in items if os.path.abspath(item["path"]) not in finished]
-    skipped = len(items) - len(todo)
-    several = context.world_size > 1
-
-    # Headers only (fast): durations for batching by length, for the progress bar, and for sharing the work out
-    # (several processes: each reads a share of the headers, and all split the files by the durations of all).
-    failures, sized = [], []
-    for item in todo[context.rank :: context.world_size]:
-        if not os.path.isfile(item["path"]):
-            failures.append((item["path"], "audio file not found"))
-            continue
+    def transcribe_left(self) -> int:
+        finished = {os.path.abspath(r["path"]) for r in self.done + self.journaled}
+        todo = [item for item in self.items if os.path.abspath(item["path"]) not in finished]
+        share, durations, failures = self.share(todo)
+        job = list(durations.values()) if self.several else [duration for _, duration in share]  # the whole job
+        transcriber = self.transcriber() if share else None  # nothing to transcribe: the model is not even loaded
+        tally = distributed.Tally(self.context)  # every process's progress, for one bar
+        progress = Progress(
+            len(job), sum(map(milliseconds, job)), self.options.progress and self.context.is_main, tally
+        )
+        started = time.monotonic()
         try:
-            info = sf.info(item["path"])
-            sized.append((item, info.frames / info.samplerate))
-        except Exception as error:
-            failures.append((item["path"], f"cannot read audio ({error})"))
-    for path, why in failures:
-        print(f"error: {path}: {why}", file=sys.stderr)
-    if several:
+            records, seconds = self.transcribe_share(transcriber, share, failures, progress) if share else ([], 0.0)
+        except BaseException:
+            progress.close()
+            raise
+        if self.several:  # rank 0 takes every process's new transcripts and failures, once all have finished
+            shares = self.context.gather((records, failures, seconds))
+            if not self.context.is_main:
+                return self.context.broadcast(None)
+            records = [record for share in shares for record in share[0]]
+            failures = [failure for share in shares for failure in share[1]]
+            seconds = sum(share[2] for share in shares)
+        progress.close()  # after every process's last batch: the whole job counted
+        return self.finish(records, failures, seconds, time.monotonic() - started, len(self.items) - len(todo))
+
+    def share(self, todo) -> tuple[list, dict, list]:
+        """(item, duration) of this process's share of `todo`, the durations of all (several processes), and the
+        files whose headers cannot be read. Headers only (fast): durations for batching by length, for the
+        progress bar, and for sharing the work out (each process reads a share of the headers, and all split the
+        files by the durations of all)."""
+        context, failures, sized = self.context, [], []
+        for item in todo[context.rank :: context.world_size]:
+            if not os.path.isfile(item["path"]):
+                failures.append((item["path"], "audio file not found"))
+                continue
+            try:
+                info = sf.info(item["path"])
+                sized.append((item, info.frames / info.samplerate))
+            except Exception as error:
+                failures.append((item["path"], f"cannot read audio ({error})"))
+        for path, why in failures:
+            print(f"error: {path}: {why}", file=sys.stderr)
+        if not self.several:
+            return sized, {}, failures
         position = {id(item): n for n, item in enumerate(todo)}
         durations = {}
-        for share in context.all_gather({position[id(item)]: duration for item, duration in sized}):
-            durations.update(share)
+        for part in context.all_gather({position[id(item)]: duration for item, duration in sized}):
+            durations.update(part)
         everyone = sorted(durations)
         mine = distributed.split_by_duration([durations[n] for n in everyone], context.world_size)[context.rank]
-        sized = [(todo[everyone[n]], durations[everyone[n]]) for n in mine]
+        return [(todo[everyone[n]], durations[everyone[n]]) for n in mine], durations, failures
 
-    tally = distributed.Tally(context)  # every process's progress, for one bar
-    device, threads = context.device(options.device), context.threads(options.threads)
-    backend = transcriber = None
-    if sized:  # nothing to transcribe: the model is not even loaded
+    def transcribe_share(self, transcriber, share, failures, progress) -> tuple[list, float]:
+        """This process's records and seconds of audio; failures appended to `failures`. Each forward pass's
+        transcripts are journaled (or printed) as it ends."""
+        items, recordings, durations = [], [], []
+        for item, duration in share:
+            try:
+                recordings.append(Recording(item["path"], transcriber.backend.sampling_rate))
+                items.append(item)
+                durations.append(duration)
+            except ValueError as error:
+                self.fail(failures, item["path"], error)
+                progress.update(1, milliseconds(duration))
+        records, seconds = [], 0.0
+        for done in transcriber.transcribe_each(recordings):
+            new = []
+            for index, result in done:
+                if isinstance(result, Exception):
+                    self.fail(failures, items[index]["path"], result)
+                    continue
+                new.append(self.record(items[index], recordings[index], result))
+            self.write(new)
+            records += new
+            seconds += sum(record["duration"] for record in new)
+            progress.update(len(done), sum(milliseconds(durations[index]) for index, _ in done))
+        return records, seconds
+
+    def transcriber(self) -> Transcriber:
+        options, context = self.options, self.context
+        device, threads = context.device(options.device), context.threads(options.threads)
         backend = load_backend(options.model, device, threads, options.quantized, options.trust_remote_code)
         decoder = None
         if options.decoder == "lm":
             decoder = load_lm_decoder(options.model, hotwords=options.hotwords, hotword_weight=options.hotword_weight)
-        transcriber = Transcriber(
-            backend, options.batch_size, options.chunk_length_s, options.stride_length_s, timestamps, decoder
+        return Transcriber(
+            backend, options.batch_size, options.chunk_length_s, options.stride_length_s, self.timestamps, decoder
         )
 
-    started = time.monotonic()
-    new_records, audio_seconds = [], 0.0
-    job = list(durations.values()) if several else [duration for _, duration in sized]  # the whole job's audio
-    progress = Progress(len(job), sum(map(milliseconds, job)), options.progress and context.is_main, tally)
-    sized.sort(key=lambda pair: -pair[1])  # longest first: a batch holds similar lengths, memory peaks early
-    try:
-        index = 0
-        while index < len(sized):
-            # A batch: up to batch_size recordings, or one long recording that is cut into chunks.
-            batch = [sized[index]]
-            index += 1
-            while (
-                index < len(sized)
-                and len(batch) < options.batch_size
-                and sized[index][1] <= options.chunk_length_s
-                and batch[0][1] <= options.chunk_length_s
-            ):
-                batch.append(sized[index])
-                index += 1
-            good, waveforms = [], []
-            for item, duration in batch:
-                try:
-                    if duration > options.chunk_length_s:  # read a chunk at a time, never whole
-                        waveforms.append(AudioFile(item["path"], backend.sampling_rate))
-                        good.append(item)
-                        continue
-                    waveforms.append(read_audio(item["path"], backend.sampling_rate))
-                    good.append(item)
-                    if (peak := float(np.abs(waveforms[-1]).max())) > LOUD:
-                        print(
-                            f"\nwarning: {item['path']}: float samples peak at {peak:g}, far above 1: integer PCM "
-                            "stored as floats? Its transcript will be wrong; scale the file",
-                            file=sys.stderr,
-                        )
-                except Exception as error:
-                    failures.append((item["path"], reason(item["path"], error)))
-                    print(f"\nerror: {item['path']}: {failures[-1][1]}", file=sys.stderr)
-            if waveforms:
-                records = transcribe_or_isolate(transcriber, good, waveforms, failures)
-                kept = [t for t in zip(good, waveforms, records) if t[2] is not None]
-                good, waveforms, records = [t[0] for t in kept], [t[1] for t in kept], [t[2] for t in kept]
-                lines = []
-                for item, samples, record in zip(good, waveforms, records):
-                    duration = round(len(samples) / backend.sampling_rate, 3)
-                    full = {"path": item["path"], "text": record["text"], "duration": duration}
-                    if "words" in record:
-                        full["words"] = record["words"]
-                    if "reference" in item:
-                        full["reference"] = item["reference"]
-                    new_records.append(full)
-                    audio_seconds += duration
-                    lines.append(json.dumps(full, ensure_ascii=False) + "\n")
-                if journal_file:
-                    journal_file.write("".join(lines))
-                    journal_file.flush()
-                    os.fsync(journal_file.fileno())
-                elif output is None:
-                    for record in new_records[len(new_records) - len(lines) :]:
-                        print(f"{escaped(record['path'])}\t{record['text']}", flush=True)
-            progress.update(len(batch), sum(milliseconds(d) for _, d in batch))
-    except BaseException:
-        progress.close()
-        raise
+    @staticmethod
+    def fail(failures, path, error):
+        failures.append((path, reason(path, error)))
+        print(f"\nerror: {path}: {failures[-1][1]}", file=sys.stderr)
 
-    merged = ""
-    if several:  # rank 0 takes every process's new transcripts and failures, once all have finished
-        shares = context.gather((new_records, failures, audio_seconds))
-        if not context.is_main:
-            return context.broadcast(None)
-        new_records = [record for share in shares for record in share[0]]
-        failures = [failure for share in shares for failure in share[1]]
-        audio_seconds = sum(share[2] for share in shares)
-    progress.close()  # after every process's last batch: the whole job counted
-    elapsed = time.monotonic() - started
-    status, unwritten = None, None
-    if output:
-        merge_started = time.monotonic()
-        records = done + [
-            r for r in journaled if os.path.abspath(r["path"]) not in {os.path.abspath(d["path"]) for d in done}
-        ]
-        records += new_records
-        order = {os.path.abspath(item["path"]): n for n, item in enumerate(items)}
-        records.sort(key=lambda r: order.get(os.path.abspath(r["path"]), -1))  # stable: earlier outputs first
-        if records:
+    @staticmethod
+    def record(item, recording, result) -> dict:
+        record = {"path": item["path"], "text": result["text"], "duration": round(len(recording) / recording.rate, 3)}
+        if "words" in result:
+            record["words"] = result["words"]
+        if "reference" in item:
+            record["reference"] = item["reference"]
+        return record
+
+    def write(self, records):
+        """Records journaled (synced: a run killed now keeps them), or printed when there is no output."""
+        if self.journal_file:
+            self.journal_file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            self.journal_file.flush()
+            os.fsync(self.journal_file.fileno())
+        elif self.output is None:
+            for record in records:
+                print(f"{escaped(record['path'])}\t{record['text']}", flush=True)
+
+    # -------------------------------------------------------------------------------------- finishing
+
+    def finish(self, new_records, failures, seconds, elapsed, skipped) -> int:
+        """The output written (on rank 0) with every transcript, journals removed, and the summary; 0, or 1 when a
+        recording failed. An output that cannot be written raises, naming where its transcripts are kept."""
+        status, unwritten, merged = None, None, ""
+        if self.output:
+            merge_started = time.monotonic()
             try:
-                write_output(output, render(records, suffix), settings)
+                self.write_output(new_records)
             except OSError as error:
-                kept = journal if not several else f"the journals .{output.name}.journal*.jsonl beside it"
+                kept = (
+                    self.journal if not self.several else f"the journals .{self.output.name}.journal*.jsonl beside it"
+                )
                 unwritten = Error(
-                    f"could not write {output} ({error.strerror or error}); nothing of it is lost: the "
-                    f"{len(records) - len(done)} new transcripts are kept in {kept}. Make room and run "
-                    "the same command again to finish."
+                    f"could not write {self.output} ({error.strerror or error}); nothing of it is lost: the "
+                    f"{len(self.journaled) + len(new_records)} new transcripts are kept in {kept}. Make room and "
+                    "run the same command again to finish."
                 )
                 status = 1
+            if status is None:
+                for path in journals(self.output):
+                    path.unlink(missing_ok=True)
+                if self.several:
+                    merged = (
+                        f"; {self.context.world_size} processes, merged in {time.monotonic() - merge_started:.3f} s"
+                    )
         if status is None:
-            for path in journals(output):
-                path.unlink(missing_ok=True)
-            if several:
-                merged = f"; {context.world_size} processes, merged in {time.monotonic() - merge_started:.3f} s"
+            summary = (
+                f"{len(new_records)} transcribed ({seconds / 3600:.3f} h of audio in {elapsed:.1f} s), "
+                f"{skipped} already done, {len(failures)} failed{merged}"
+            )
+            print(summary, file=sys.stderr)
+            for path, why in failures:
+                print(f"  failed: {path}: {why}", file=sys.stderr)
+            status = 1 if failures else 0
+        if self.several:
+            self.context.broadcast(status)  # the other processes end with this status; rank 0 raises below
+        if unwritten:
+            raise unwritten
+        return status
 
-    if status is None:
-        summary = (
-            f"{len(new_records)} transcribed ({audio_seconds / 3600:.3f} h of audio in {elapsed:.1f} s), "
-            f"{skipped} already done, {len(failures)} failed{merged}"
-        )
-        print(summary, file=sys.stderr)
-        for path, why in failures:
-            print(f"  failed: {path}: {why}", file=sys.stderr)
-        status = 1 if failures else 0
-    if several:
-        context.broadcast(status)  # the other processes end with this status; rank 0 raises below
-    if unwritten:
-        raise unwritten
-    return status
+    def write_output(self, new_records):
+        """The output: earlier outputs' records, then the journals', then this run's, in the order of the inputs."""
+        in_output = {os.path.abspath(d["path"]) for d in self.done}
+        records = self.done + [r for r in self.journaled if os.path.abspath(r["path"]) not in in_output]
+        records += new_records
+        order = {os.path.abspath(item["path"]): n for n, item in enumerate(self.items)}
+        records.sort(key=lambda r: order.get(os.path.abspath(r["path"]), -1))  # stable: earlier outputs first
+        if records:
+            write_output(self.output, render(records, self.output.suffix.lower()), self.settings)
 
 
-def transcribe_or_isolate(transcriber, items, waveforms, failures) -> list:
-    """Records of a batch; if the batch fails, each recording alone, so that one recording the model cannot
-    take (e.g. longer than its positions with a large --chunk_length_s) fails alone, named, with the reason."""
-    try:
-        return transcriber.transcribe(list(waveforms))
-    except Exception as error:
-        if len(waveforms) == 1:
-            failures.append((items[0]["path"], f"{type(error).__name__}: {error}"))
-            print(f"\nerror: {items[0]['path']}: {failures[-1][1]}", file=sys.stderr)
-            return [None]
-    return [transcribe_or_isolate(transcriber, [i], [w], failures)[0] for i, w in zip(items, waveforms)]
+class Recording(AudioFile):
+    """An input file read a stretch at a time, with a warning (once) when its float samples look like integer PCM."""
+
+    def __init__(self, path, sampling_rate):
+        super().__init__(path, sampling_rate)
+        self.rate, self.warned = sampling_rate, False
+
+    def __getitem__(self, stretch: slice) -> np.ndarray:
+        samples = super().__getitem__(stretch)
+        if not self.warned and (peak := float(np.abs(samples).max(initial=0.0))) > LOUD:
+            self.warned = True
+            print(
+                f"\nwarning: {self.path}: float samples peak at {peak:g}, far above 1: integer PCM stored as floats? "
+                "Its transcript will be wrong; scale the file",
+                file=sys.stderr,
+            )
+        return samples
 
 
 def reason(path, error: Exception) -> str:

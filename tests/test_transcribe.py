@@ -9,7 +9,7 @@ import pytest
 import torch
 from project import CORPUS
 
-from ebranchformer_ru import formats, onnx_runtime, resumable, transcription
+from ebranchformer_ru import formats, inference, onnx_runtime, resumable, transcription
 from ebranchformer_ru.audio import read_audio
 from ebranchformer_ru.commands import transcribe as command
 from ebranchformer_ru.errors import Error, UsageError
@@ -134,7 +134,7 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
     shutil.copy(CROWD / "files" / "test_opus_crowd_0005.opus", folder)
     shutil.copy(CROWD / "files" / "test_opus_crowd_0006.opus", folder)
     shutil.copy(CROWD / "files" / "test_opus_crowd_0007.opus", folder)
-    real, calls = transcription.Transcriber.transcribe, []
+    real, calls = inference.TorchBackend.__call__, []
 
     def stop_on_second_batch(self, waveforms):
         calls.append(len(waveforms))
@@ -142,7 +142,7 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
             raise KeyboardInterrupt
         return real(self, waveforms)
 
-    monkeypatch.setattr(transcription.Transcriber, "transcribe", stop_on_second_batch)
+    monkeypatch.setattr(inference.TorchBackend, "__call__", stop_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
         transcribe(args)
     assert output.read_text(encoding="utf-8").splitlines() == second
@@ -151,7 +151,7 @@ def test_resume_skips_done_files_and_survives_interruption(tiny_model, inputs, t
     assert len(done) == 2 and resumable.SETTINGS_KEY in json.loads(header)  # what made them, then them
     with open(journal, "a", encoding="utf-8") as file:
         file.write('{"path": "cut off mid-wri')  # the line being written when the process died
-    monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
+    monkeypatch.setattr(inference.TorchBackend, "__call__", real)
     capsys.readouterr()
     assert transcribe(args) == 0
     err = capsys.readouterr().err
@@ -329,7 +329,7 @@ def test_a_recording_the_model_fails_on_fails_alone(tiny_model, inputs, tmp_path
     folder, _, _ = inputs
     (folder / "broken.wav").unlink()
     bad = str(folder / "test_opus_crowd_0001.opus")
-    real = transcription.Transcriber.transcribe
+    real = inference.TorchBackend.__call__
     bad_length = len(read_audio(bad))
 
     def refuse_one(self, waveforms):
@@ -337,14 +337,14 @@ def test_a_recording_the_model_fails_on_fails_alone(tiny_model, inputs, tmp_path
             raise ValueError("Input of 9999 encoder steps is longer than max_position_embeddings")
         return real(self, waveforms)
 
-    monkeypatch.setattr(transcription.Transcriber, "transcribe", refuse_one)
+    monkeypatch.setattr(inference.TorchBackend, "__call__", refuse_one)
     output = tmp_path / "out.jsonl"
     assert transcribe([str(tiny_model), str(folder), "--output", str(output), "--no_progress"]) == 1
     err = capsys.readouterr().err
     assert f"{bad}: ValueError: Input of 9999 encoder steps" in err and "3 transcribed" in err and "1 failed" in err
     assert bad not in [r["path"] for r in records(output)] and len(records(output)) == 3
     # stdout when there is no --output
-    monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
+    monkeypatch.setattr(inference.TorchBackend, "__call__", real)
     assert transcribe([str(tiny_model), bad, "--no_progress"]) == 0
     assert capsys.readouterr().out.startswith(f"{bad}\t")
 
@@ -600,7 +600,7 @@ def test_a_line_cut_off_mid_write_never_hides_later_ones(tiny_model, tmp_path, c
     files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:6]]
     output = tmp_path / "out.jsonl"
     args = [str(tiny_model), *files, "--output", str(output), "--batch_size", "2", "--no_progress"]
-    real, calls = transcription.Transcriber.transcribe, []
+    real, calls = inference.TorchBackend.__call__, []
 
     def stop_on_second_batch(self, waveforms):
         calls.append(1)
@@ -608,7 +608,7 @@ def test_a_line_cut_off_mid_write_never_hides_later_ones(tiny_model, tmp_path, c
             raise KeyboardInterrupt
         return real(self, waveforms)
 
-    monkeypatch.setattr(transcription.Transcriber, "transcribe", stop_on_second_batch)
+    monkeypatch.setattr(inference.TorchBackend, "__call__", stop_on_second_batch)
     journal = tmp_path / ".out.jsonl.journal.jsonl"
     with pytest.raises(KeyboardInterrupt):
         transcribe(args)
@@ -618,7 +618,7 @@ def test_a_line_cut_off_mid_write_never_hides_later_ones(tiny_model, tmp_path, c
         transcribe(args)
     lines = journal.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 5 and all(json.loads(line) for line in lines)  # settings + 2 batches of 2, whole lines
-    monkeypatch.setattr(transcription.Transcriber, "transcribe", real)
+    monkeypatch.setattr(inference.TorchBackend, "__call__", real)
     capsys.readouterr()
     assert transcribe(args) == 0
     err = capsys.readouterr().err
@@ -658,4 +658,4 @@ def test_a_transcriber_with_a_forward_cost_cuts_batches_by_length_and_gives_the_
     plain, cut = FrameIndexBackend(), FrameIndexBackend()
     expected = transcription.Transcriber(plain, batch_size=16).transcribe(waveforms)
     assert transcription.Transcriber(cut, batch_size=16, forward_cost_s=1.0).transcribe(waveforms) == expected
-    assert plain.batches == [8] and cut.batches == [5, 3]
+    assert plain.batches == [8] and cut.batches == [3, 5]  # the longest first

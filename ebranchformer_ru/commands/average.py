@@ -46,3 +46,7 @@ def average(args):
 
 def main(argv=None) -> int:
     return cli.run(build_parser(), average, argv)
+
+
+if __name__ == "__main__":  # python -m ebranchformer_ru.commands.<name>
+    raise SystemExit(main())

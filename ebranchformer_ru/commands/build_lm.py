@@ -74,3 +74,7 @@ def build_lm(args):
 
 def main(argv=None) -> int:
     return cli.run(build_parser(), build_lm, argv)
+
+
+if __name__ == "__main__":  # python -m ebranchformer_ru.commands.<name>
+    raise SystemExit(main())

@@ -93,3 +93,7 @@ def convert(args):
 
 def main(argv=None) -> int:
     return cli.run(build_parser(), convert, argv)
+
+
+if __name__ == "__main__":  # python -m ebranchformer_ru.commands.<name>
+    raise SystemExit(main())

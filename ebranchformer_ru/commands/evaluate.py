@@ -98,3 +98,7 @@ def evaluate(args):
 
 def main(argv=None) -> int:
     return cli.run(build_parser(), evaluate, argv)
+
+
+if __name__ == "__main__":  # python -m ebranchformer_ru.commands.<name>
+    raise SystemExit(main())

@@ -63,3 +63,7 @@ def export(args) -> dict:
 
 def main(argv=None) -> int:
     return cli.run(build_parser(), export, argv)
+
+
+if __name__ == "__main__":  # python -m ebranchformer_ru.commands.<name>
+    raise SystemExit(main())

@@ -74,3 +74,7 @@ def push(args) -> str:
 
 def main(argv=None) -> int:
     return cli.run(build_parser(), push, argv)
+
+
+if __name__ == "__main__":  # python -m ebranchformer_ru.commands.<name>
+    raise SystemExit(main())

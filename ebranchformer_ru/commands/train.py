@@ -60,3 +60,7 @@ def main(argv=None) -> int:
     # needed before it starts. --help, and what the command line alone gets wrong, end here.
     given = parser.parse_known_args(argv)[0]
     return cli.run_job(parser, train, argparse.Namespace(argv=argv, debug=given.traceback))
+
+
+if __name__ == "__main__":  # python -m ebranchformer_ru.commands.<name>
+    raise SystemExit(main())

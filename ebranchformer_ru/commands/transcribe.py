@@ -92,3 +92,7 @@ def transcribe(args) -> int:
 
 def main(argv=None) -> int:
     return cli.run(build_parser(), transcribe, argv)
+
+
+if __name__ == "__main__":  # python -m ebranchformer_ru.commands.<name>
+    raise SystemExit(main())

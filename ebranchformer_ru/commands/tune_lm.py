@@ -76,3 +76,7 @@ def tune_lm(args):
 
 def main(argv=None) -> int:
     return cli.run(build_parser(), tune_lm, argv)
+
+
+if __name__ == "__main__":  # python -m ebranchformer_ru.commands.<name>
+    raise SystemExit(main())
