@@ -20,20 +20,23 @@ work. Every test set is split between the processes by duration, each decodes it
 import json
 import logging
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
-from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH
+from modeling_ebranchformer.beam_search import ALPHA_RANGE, BETA_RANGE, DEFAULT_BEAM_WIDTH, check_range
+from modeling_ebranchformer.ngram import LanguageModelError
 
 from . import distributed
 from .errors import Error, UsageError
 from .files import atomic_write_files
 from .inference import (
-    LMDecoder,
+    InferenceError,
     TorchBackend,
     Transcriber,
     choose_test_sets,
     decode_all,
+    load_decoder,
     load_test_sets,
     set_log_probs,
 )
@@ -42,20 +45,22 @@ from .metrics import cer, wer, word_errors
 logger = logging.getLogger("evaluate_ctc")
 
 
-def lm_decoder_of(processor, alpha=None, beta=None, **options):
-    """An `LMDecoder` over the processor's language model (None without one); `alpha`/`beta` override attrs.json."""
-    decoder = getattr(processor, "decoder", None)
-    if decoder is None:
-        return None
-    from modeling_ebranchformer.ngram import LanguageModelError
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate_model` was asked (its parameters)."""
 
-    try:
-        decoder.reset_params(alpha=alpha, beta=beta)
-    except LanguageModelError as error:  # --alpha or --beta out of range
-        raise UsageError(str(error)) from None
-    return LMDecoder(
-        decoder, **{"beam_width": DEFAULT_BEAM_WIDTH, **{k: v for k, v in options.items() if v is not None}}
-    )
+    model_path: str
+    data_dir: str
+    sets: list | None
+    output_dir: Path
+    batch_size: int
+    max_samples: int | None
+    trust_remote_code: bool
+    decoder: str | None
+    lm_options: dict
+    update_model_card: bool
+    device: str
+    threads: int | None
 
 
 def evaluate_model(
@@ -78,137 +83,120 @@ def evaluate_model(
     where it has one (and greedily always), "greedy" greedily only, "lm" requires the language model."""
     if decoder not in (None, "greedy", "lm"):
         raise UsageError(f"decoder must be None, 'greedy' or 'lm', got {decoder!r}")
+    job = Evaluation(
+        str(model_path),
+        data_dir,
+        sets,
+        Path(output_dir or Path(model_path) / "eval"),
+        batch_size,
+        max_samples,
+        trust_remote_code,
+        decoder,
+        lm_options or {},
+        update_model_card,
+        device,
+        threads,
+    )
     context = distributed.Context.from_env() if context is None else context
     with distributed.process_group(context):
-        return _evaluate_model(
-            model_path,
-            data_dir,
-            sets,
-            output_dir,
-            batch_size,
-            max_samples,
-            trust_remote_code,
-            decoder,
-            lm_options,
-            update_model_card,
-            device,
-            threads,
-            context,
-        )
+        # The place for the results is checked before any work; where it would lie in a model folder that is not
+        # here (a Hub id, or a mistyped folder), after loading, which names a missing folder.
+        place_first = output_dir is not None or Path(model_path).exists()
+        sets = distributed.together(context, lambda: choose(job, place_first))
+        job = replace(job, sets=sets)
+        # Before any work: every process was started on this evaluation (one model, decoder, data and sets), or
+        # all refuse.
+        distributed.agree(context, lambda: evaluation_description(job))
+        transcriber, lm_decoder, test_sets = distributed.together(context, lambda: load(job, context, place_first))
+        rows, files = score(job, transcriber, lm_decoder, test_sets, context)
+        if context.is_main:
+            write_results(job, rows, files, lm_decoder)
+        return rows
 
 
-def _evaluate_model(
-    model_path,
-    data_dir,
-    sets,
-    output_dir,
-    batch_size,
-    max_samples,
-    trust_remote_code,
-    decoder,
-    lm_options,
-    update_model_card,
-    device,
-    threads,
-    context,
-):
-    # The place for the results is checked before any work; where it would lie in a model folder that is not
-    # here (a Hub id, or a mistyped folder), after loading, which names a missing folder.
-    place_first = output_dir is not None or Path(model_path).exists()
-    output_dir = Path(output_dir or Path(model_path) / "eval")
+def choose(job: Evaluation, place_first: bool) -> list[str]:
+    if place_first:
+        check_results_place(job.output_dir)
+    return choose_test_sets(job.data_dir, job.sets)
 
-    def prepare():
-        if place_first:
-            check_results_place(output_dir)
-        return choose_test_sets(data_dir, sets)
 
-    sets = distributed.together(context, prepare)
-    # Before any work: every process was started on this evaluation (one model, decoder, data and sets), or all
-    # refuse.
-    distributed.agree(
-        context,
-        lambda: evaluation_description(
-            model_path, data_dir, sets, output_dir, max_samples, decoder, lm_options, update_model_card
-        ),
+def load(job: Evaluation, context, place_first: bool) -> tuple:
+    """The transcriber, the LM decoder (None: greedy only) and the test sets, each checked before any work."""
+    backend = TorchBackend.from_folder(
+        job.model_path,
+        context.device(job.device),
+        context.threads(job.threads),
+        trust_remote_code=job.trust_remote_code,
+        language_model=False,
     )
-
-    def load():
-        loaded = TorchBackend.from_folder(
-            model_path, context.device(device), context.threads(threads), trust_remote_code=trust_remote_code
-        )
-        if not place_first:
-            check_results_place(output_dir)
-        return loaded
-
-    backend = distributed.together(context, load)
-    processor = backend.processor
-    if decoder == "lm" and getattr(processor, "decoder", None) is None:
-        raise Error(
-            f"--decoder lm: {model_path} has no language_model/ folder; add one with `python build_lm.py "
-            f"{model_path}`, or evaluate with --decoder greedy"
-        )
-    test_sets = distributed.together(context, lambda: load_test_sets(data_dir, sets, processor.tokenizer, max_samples))
+    if not place_first:
+        check_results_place(job.output_dir)
+    options = {"beam_width": DEFAULT_BEAM_WIDTH, **{k: v for k, v in job.lm_options.items() if v is not None}}
+    alpha, beta = options.pop("alpha", None), options.pop("beta", None)
+    try:
+        check_range("alpha", alpha, *ALPHA_RANGE)
+        check_range("beta", beta, *BETA_RANGE)
+    except LanguageModelError as error:
+        raise UsageError(str(error)) from None
+    try:  # with a language model: the same logits decoded greedily and with the LM
+        lm_decoder = load_decoder(job.model_path, job.decoder or "auto", alpha, beta, **options)
+    except InferenceError as error:
+        raise Error(f"--decoder {job.decoder}: {error}" if job.decoder else str(error)) from None
+    test_sets = load_test_sets(job.data_dir, job.sets, backend.processor.tokenizer, job.max_samples)
     for name, (_, report) in test_sets.items():
         logger.info("%s: %s", name, report)
-    transcriber = Transcriber(backend, batch_size)
-    # with a language model: the same logits decoded greedily and with the LM
-    lm_decoder = lm_decoder_of(processor, **(lm_options or {})) if decoder != "greedy" else None
-    decoding = lm_decoder.settings if lm_decoder is not None else None
+    return Transcriber(backend, job.batch_size), lm_decoder, test_sets
+
+
+def score(job: Evaluation, transcriber, lm_decoder, test_sets, context) -> tuple[list, dict]:
+    """The rows of the results and the files that hold them, {path: text}."""
     rows, files = [], {}
     for name, (dataset, report) in test_sets.items():
         row, utterances = score_set(name, dataset, report, *decode_set(transcriber, dataset, lm_decoder, context))
         rows.append(row)
-        files[output_dir / f"utterances_{name}.jsonl"] = utterances
-    lm = decoding is not None
-    table = results_table(rows, lm)
-    header = f"Model: `{model_path}`, data: `{data_dir}`\n\n"
-    if lm:
-        header += (
-            "WER/CER: greedy decoding; LM WER/CER: beam search with the language model ("
-            + ", ".join(f"{k} {v}" for k, v in decoding.items())
-            + ")\n\n"
-        )
-    files[output_dir / "results.md"] = header + "\n".join(table) + "\n"
-    files[output_dir / "results.json"] = json.dumps(
-        {
-            "model": str(model_path),
-            "data_dir": str(data_dir),
-            **({"lm_decoding": decoding} if lm else {}),
-            "results": rows,
-        },
-        indent=1,
-    )
-    if not context.is_main:
-        return rows
-    output_dir.mkdir(parents=True, exist_ok=True)
+        files[job.output_dir / f"utterances_{name}.jsonl"] = utterances
+    decoding = lm_decoder.settings if lm_decoder is not None else None
+    header = f"Model: `{job.model_path}`, data: `{job.data_dir}`\n\n"
+    if decoding:
+        settings = ", ".join(f"{k} {v}" for k, v in decoding.items())
+        header += f"WER/CER: greedy decoding; LM WER/CER: beam search with the language model ({settings})\n\n"
+    files[job.output_dir / "results.md"] = header + "\n".join(results_table(rows, decoding is not None)) + "\n"
+    results = {"model": job.model_path, "data_dir": str(job.data_dir)}
+    results |= {"lm_decoding": decoding} if decoding else {}
+    files[job.output_dir / "results.json"] = json.dumps(results | {"results": rows}, indent=1)
+    return rows, files
+
+
+def write_results(job: Evaluation, rows, files, lm_decoder):
+    """The results' files, written together; the model card's figures when asked; the table printed."""
+    job.output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_files(files)
-    if update_model_card:
+    decoding = lm_decoder.settings if lm_decoder is not None else None
+    if job.update_model_card:
         from ebranchformer_ru.model_card import write_decoding_results
 
-        write_decoding_results(model_path, rows, decoding, data_dir)
-    print("\n".join(table))
-    return rows
+        write_decoding_results(job.model_path, rows, decoding, job.data_dir)
+    print("\n".join(results_table(rows, decoding is not None)))
 
 
-def evaluation_description(
-    model_path, data_dir, sets, output_dir, max_samples, decoder, lm_options, update_model_card
-) -> dict:
+def evaluation_description(job: Evaluation) -> dict:
     """What makes an evaluation's results as this process sees it, for the processes to agree on before any
     work (`distributed.agree`): the model's files by content (and its language model's unless decoding greedily),
     the decoding options, the data folder, its test sets and their manifests by content, the sample count and
     where the results go. Not --batch_size, --device or --threads, which give the same results."""
-    manifests = [f"test_opus/{name}/manifest.jsonl" for name in sets]
+    manifests = [f"test_opus/{name}/manifest.jsonl" for name in job.sets]
+    greedy = job.decoder == "greedy"
     return {
-        "model": distributed.model_digest(model_path),
-        "language model": distributed.language_model_digest(model_path) if decoder != "greedy" else None,
-        "--decoder": decoder,
-        "LM decoding": {name: value for name, value in (lm_options or {}).items() if value is not None},
-        "--data_dir": os.path.abspath(os.path.expanduser(data_dir)),
-        "--sets": list(sets),
-        "manifests": distributed.files_digest(Path(data_dir).expanduser(), manifests),
-        "--max_samples": max_samples,
-        "--output_dir": os.path.abspath(output_dir),
-        "--update_model_card": update_model_card,
+        "model": distributed.model_digest(job.model_path),
+        "language model": distributed.language_model_digest(job.model_path) if not greedy else None,
+        "--decoder": job.decoder,
+        "LM decoding": {name: value for name, value in job.lm_options.items() if value is not None},
+        "--data_dir": os.path.abspath(os.path.expanduser(job.data_dir)),
+        "--sets": list(job.sets),
+        "manifests": distributed.files_digest(Path(job.data_dir).expanduser(), manifests),
+        "--max_samples": job.max_samples,
+        "--output_dir": os.path.abspath(job.output_dir),
+        "--update_model_card": job.update_model_card,
     }
 
 

@@ -2,10 +2,10 @@
 backend) -> a decoder (greedy, or beam search with the folder's language model) -> text and word times.
 
     from ebranchformer_ru.audio import read_audio
-    from ebranchformer_ru.inference import Transcriber, load_backend, load_lm_decoder
+    from ebranchformer_ru.inference import Transcriber, load_backend, load_decoder
 
     backend = load_backend("outputs/mini")                    # or an export_onnx.py folder (no torch then)
-    transcriber = Transcriber(backend, decoder=load_lm_decoder("outputs/mini"), timestamps=True)
+    transcriber = Transcriber(backend, decoder=load_decoder("outputs/mini", "lm"), timestamps=True)
     transcriber.transcribe([read_audio("speech.opus")])       # [{"text": ..., "words": [{"word", "start", "end"}]}]
 
 `transcribe.py`, `evaluate_ctc.py`, `tune_lm.py`, `export_onnx.py`'s checks and the benchmarks all go through
@@ -41,10 +41,7 @@ class TorchBackend:
         self.model, self.processor, self.device = model, processor, device
         self.sampling_rate = processor.feature_extractor.sampling_rate
         self.samples_per_frame = int(model.config.inputs_to_logits_ratio)
-        tokenizer = processor.tokenizer
-        self.vocabulary = onnx_runtime.CTCVocabulary(
-            tokenizer.get_vocab(), tokenizer.pad_token, tokenizer.word_delimiter_token
-        )
+        self.vocabulary = onnx_runtime.CTCVocabulary.from_tokenizer(processor.tokenizer)
 
     @classmethod
     def from_folder(cls, model_dir, device="cpu", threads=None, trust_remote_code=False, language_model=True):
@@ -111,7 +108,7 @@ class OnnxBackend:
 
 def load_backend(model_dir, device="cpu", threads=None, quantized=False, trust_remote_code=False):
     """An ONNX backend for an `export_onnx.py` folder, otherwise a PyTorch one (a model folder or Hub id). The
-    folder's language model is not read here (`load_lm_decoder`)."""
+    folder's language model is not read here (`load_decoder`)."""
     path = Path(model_dir)
     if path.is_dir() and onnx_runtime.is_onnx_folder(path):
         return OnnxBackend(path, device, threads, quantized)
@@ -153,23 +150,25 @@ class LMDecoder:
         return {"language_model": Path(lm.path).name, "order": lm.order, **self.decoder.attrs, **self.options}
 
 
-def load_lm_decoder(model_dir, alpha=None, beta=None, **options) -> LMDecoder:
-    """The model folder's language model (`build_lm.py`) as an `LMDecoder`; `alpha`/`beta` override attrs.json.
-    Errors name the folder and what to do."""
-    from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH, CTCBeamSearchDecoder, has_language_model
+def load_decoder(model_dir, kind="lm", alpha=None, beta=None, **options) -> LMDecoder | None:
+    """The model folder's decoder (`modeling_ebranchformer.beam_search.load_decoder`: "greedy" gives None, "lm" the
+    folder's language model, "auto" the language model where there is one) as an `LMDecoder` with search `options`;
+    `alpha`/`beta` override attrs.json. Errors name the folder and what to do."""
+    from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH
+    from modeling_ebranchformer.beam_search import load_decoder as load_folder_decoder
     from modeling_ebranchformer.ngram import LanguageModelError
 
-    if not has_language_model(model_dir):
-        raise InferenceError(
-            f"{model_dir} has no language_model/ folder; add one with `python build_lm.py "
-            f"{model_dir}`, or decode greedily"
-        )
     try:
-        decoder = CTCBeamSearchDecoder.load_from_dir(model_dir, alpha=alpha, beta=beta)
+        decoder = load_folder_decoder(model_dir, kind, alpha=alpha, beta=beta)
     except LanguageModelError as error:
         raise InferenceError(str(error)) from None
+    if decoder is None:
+        return None
     options.setdefault("beam_width", DEFAULT_BEAM_WIDTH)
     return LMDecoder(decoder, **options)
+
+
+load_lm_decoder = load_decoder  # the server's name for it until it moves (the lead removes this)
 
 
 # ---------------------------------------------------------------------------------------------- transcription

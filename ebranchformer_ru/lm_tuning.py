@@ -29,12 +29,12 @@ from modeling_ebranchformer.ngram import LanguageModelError
 from .errors import Error, UsageError
 from .files import atomic_write_text
 from .inference import (
-    InferenceError,
     LMDecoder,
     TorchBackend,
     Transcriber,
     choose_test_sets,
     decode_all,
+    load_decoder,
     load_test_sets,
     set_log_probs,
 )
@@ -84,14 +84,9 @@ def tune(
     if not model_dir.is_dir():
         raise Error(f"model folder not found: {model_dir} (a model folder with a language model, build_lm.py)")
     sets = choose_test_sets(data_dir, sets)
-    try:
-        backend = TorchBackend.from_folder(str(model_dir), device, threads, trust_remote_code=trust_remote_code)
-    except LanguageModelError as error:  # the folder's language model, named
-        raise InferenceError(str(error)) from None
+    decoder = load_decoder(model_dir, "lm").decoder  # the search whose alpha and beta are tuned
+    backend = TorchBackend.from_folder(str(model_dir), device, threads, trust_remote_code, language_model=False)
     processor, transcriber = backend.processor, Transcriber(backend, batch_size)
-    decoder = getattr(processor, "decoder", None)
-    if decoder is None:
-        raise Error(f"{model_dir} has no {LM_DIR}/: add one with build_lm.py first")
     test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)
     tuning, unseen = held_out_halves(transcriber, test_sets, subset)
     if not tuning["references"]:

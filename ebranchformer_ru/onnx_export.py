@@ -32,13 +32,13 @@ import numpy as np
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from modeling_ebranchformer.text import normalize_text
 
-from .audio import read_audio
+from .audio import AudioFile, read_audio
 from .errors import Error
 from .files import OutputFolderError, check_output_folder, write_folder_atomically
 from .inference import InferenceError, OnnxBackend, TorchBackend, Transcriber
 from .manifest import audio_path, read_manifest
 from .metrics import cer, wer
-from .onnx_runtime import is_onnx_folder
+from .onnx_runtime import EXPORT_FILE, OnnxCTCModel, is_onnx_folder
 
 CORPUS = EMBEDDED_CORPUS / "test_opus"
 DEFAULT_SETS = {"crowd": CORPUS / "crowd" / "manifest.jsonl", "farfield": CORPUS / "farfield" / "manifest.jsonl"}
@@ -103,27 +103,17 @@ def quantize_int8(source, target):
         root.setLevel(level)
 
 
-def parity_check(backend, onnx_path, waveforms, tolerance, threads=None):
-    """Max |log-prob difference| between the graph in ONNX Runtime and the PyTorch backend, on the same features,
-    over valid frames: each waveform alone (batch 1) and all in one padded batch. Raises `ExportError` when either
-    exceeds `tolerance`."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+def parity_check(backend, onnx_model, waveforms, tolerance):
+    """Max |log-prob difference| between the exported graph run by `onnx_model` (an `OnnxCTCModel`, as transcription
+    runs it) and the PyTorch backend, on the same features, over valid frames: each waveform alone (batch 1) and
+    all in one padded batch. Raises `ExportError` when either exceeds `tolerance`."""
 
     def compare(batch):
         inputs = backend.features(batch)
         reference = backend.run_features(inputs)
         lengths = np.array([len(r) for r in reference])
-        log_probs, onnx_lengths = session.run(
-            None,
-            {
-                "input_features": inputs["input_features"].numpy(),
-                "attention_mask": inputs["attention_mask"].numpy().astype(np.int64),
-            },
+        log_probs, onnx_lengths = onnx_model.run_features(
+            inputs["input_features"].numpy(), inputs["attention_mask"].numpy()
         )
         if log_probs.shape[:2] != (len(batch), lengths.max()) or not np.array_equal(onnx_lengths, lengths):
             raise ExportError(
@@ -165,10 +155,11 @@ def word_error_rates(backend, sets, batch_size=16):
             for _, e in read_manifest(manifest)
         ]
         references = [text for _, text in entries]
-        hypotheses = []
-        for start in range(0, len(entries), batch_size):
-            waveforms = [_read_audio(path, f"--wer_manifest {name}") for path, _ in entries[start : start + batch_size]]
-            hypotheses += [record["text"] for record in transcriber.transcribe(waveforms)]
+        try:
+            recordings = [AudioFile(path, backend.sampling_rate) for path, _ in entries]
+            hypotheses = [record["text"] for record in transcriber.transcribe(recordings)]
+        except ValueError as error:  # names the file and what is wrong with it
+            raise ExportError(f"--wer_manifest {name}: {error}") from None
         results[name] = {
             "utterances": len(entries),
             "wer": round(100 * wer(references, hypotheses), 2),
@@ -190,11 +181,6 @@ def export(
     trust_remote_code=False,
 ):
     """Export, check and publish; returns the `onnx_export.json` content."""
-    import torch
-    import transformers
-
-    import modeling_ebranchformer
-
     out_dir = Path(out_dir)
     try:
         check_output_folder(
@@ -206,13 +192,7 @@ def export(
         )
     except OutputFolderError as error:
         raise ExportError(str(error)) from None
-    try:
-        backend = TorchBackend.from_folder(model_dir, trust_remote_code=trust_remote_code)
-    except InferenceError as error:
-        raise ExportError(str(error)) from None
-    model, processor = backend.model, backend.processor
-    if not isinstance(model, (modeling_ebranchformer.EBranchformerForCTC, modeling_ebranchformer.QuartzNetForCTC)):
-        raise ExportError(f"{model_dir}: {type(model).__name__} is not a model of this package")
+    backend = load_exportable(model_dir, trust_remote_code)
     if check_audio is None:
         check_audio = [
             audio_path(s, e["audio_filepath"]) for s in DEFAULT_SETS.values() for _, e in list(read_manifest(s))[:4]
@@ -222,67 +202,93 @@ def export(
     info = {}
 
     def write(folder):
-        started = time.perf_counter()
-        export_graph(model, folder / "model.onnx")
-        seconds = time.perf_counter() - started
-        log(f"exported {type(model).__name__} to ONNX (opset {OPSET}) in {seconds:.1f} s")
-        check = parity_check(backend, folder / "model.onnx", waveforms, tolerance, threads)
+        info.update(write_export(backend, folder, int8, model_dir, log))
+        write_info(folder, info)  # the folder is now one OnnxCTCModel opens: the check runs the graph through it
+        onnx_model = OnnxCTCModel(folder, num_threads=threads)
+        info["check"] = check = parity_check(backend, onnx_model, waveforms, tolerance)
         log(
             f"check on {check['utterances']} utterances: max |log-prob difference| batch 1 "
             f"{check['max_abs_diff_batch1']:.2e}, padded batch {check['max_abs_diff_padded_batch']:.2e} "
             f"(tolerance {tolerance:g})"
         )
-        processor.save_pretrained(folder)
-        model.config.save_pretrained(folder)
-        files = {"fp32": "model.onnx"}
-        if int8:
-            quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
-            files["int8"] = "model.int8.onnx"
-        info.update(
-            {
-                "format": "ebranchformer-ctc-onnx",
-                "model_type": model.config.model_type,
-                "files": files,
-                "default": "fp32",
-                "inputs": {
-                    "input_features": ["batch", "frames", model.config.num_mel_bins],
-                    "attention_mask": ["batch", "frames"],
-                },
-                "outputs": {"log_probs": ["batch", "steps", model.config.vocab_size], "output_lengths": ["batch"]},
-                "samples_per_frame": int(model.config.inputs_to_logits_ratio),
-                "opset": OPSET,
-                "exporter": f"torch.onnx.export (TorchScript), torch {torch.__version__}, "
-                f"transformers {transformers.__version__}",
-                "source": Path(model_dir).resolve().name,  # a name, not a path of this machine
-                "check": check,
-            }
-        )
-        (folder / "onnx_export.json").write_text(
-            json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        write_info(folder, info)
         if int8 and wer_sets:
-            rates = {
-                variant: word_error_rates(OnnxBackend(folder, threads=threads, quantized=variant == "int8"), wer_sets)
-                for variant in ("fp32", "int8")
-            }
-            info["wer"] = rates
-            for name in wer_sets:
-                fp32, q = rates["fp32"][name], rates["int8"][name]
-                log(
-                    f"{name}: WER fp32 {fp32['wer']:.2f} %, int8 {q['wer']:.2f} % ({q['wer'] - fp32['wer']:+.2f}); "
-                    f"CER fp32 {fp32['cer']:.2f} %, int8 {q['cer']:.2f} %"
-                )
-            worst = max(rates["int8"][n]["wer"] - rates["fp32"][n]["wer"] for n in wer_sets)
-            info["int8_within_1_point_wer"] = worst <= 1.0
-            if worst > 1.0:
-                log(f"warning: int8 costs up to {worst:.2f} WER points (> 1); fp32 stays the default")
-            (folder / "onnx_export.json").write_text(
-                json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-            )
+            info.update(compare_int8(folder, wer_sets, threads, log))
+            write_info(folder, info)
 
     write_folder_atomically(out_dir, write, overwrite=overwrite)
     log(f"wrote {out_dir}")
     return info
+
+
+def load_exportable(model_dir, trust_remote_code) -> TorchBackend:
+    """The model folder in PyTorch; refuses a model that is not one of this package's."""
+    import modeling_ebranchformer
+
+    try:
+        backend = TorchBackend.from_folder(model_dir, trust_remote_code=trust_remote_code)
+    except InferenceError as error:
+        raise ExportError(str(error)) from None
+    if not isinstance(
+        backend.model, (modeling_ebranchformer.EBranchformerForCTC, modeling_ebranchformer.QuartzNetForCTC)
+    ):
+        raise ExportError(f"{model_dir}: {type(backend.model).__name__} is not a model of this package")
+    return backend
+
+
+def write_export(backend, folder, int8, model_dir, log) -> dict:
+    """The graph (and its int8 twin), the processor and the config in `folder`; returns what onnx_export.json says
+    of them."""
+    import torch
+    import transformers
+
+    model = backend.model
+    started = time.perf_counter()
+    export_graph(model, folder / "model.onnx")
+    log(f"exported {type(model).__name__} to ONNX (opset {OPSET}) in {time.perf_counter() - started:.1f} s")
+    backend.processor.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+    files = {"fp32": "model.onnx"}
+    if int8:
+        quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
+        files["int8"] = "model.int8.onnx"
+    return {
+        "format": "ebranchformer-ctc-onnx",
+        "model_type": model.config.model_type,
+        "files": files,
+        "default": "fp32",
+        "inputs": {
+            "input_features": ["batch", "frames", model.config.num_mel_bins],
+            "attention_mask": ["batch", "frames"],
+        },
+        "outputs": {"log_probs": ["batch", "steps", model.config.vocab_size], "output_lengths": ["batch"]},
+        "samples_per_frame": int(model.config.inputs_to_logits_ratio),
+        "opset": OPSET,
+        "exporter": f"torch.onnx.export (TorchScript), torch {torch.__version__}, transformers {transformers.__version__}",
+        "source": Path(model_dir).resolve().name,  # a name, not a path of this machine
+    }
+
+
+def write_info(folder, info):
+    (folder / EXPORT_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def compare_int8(folder, wer_sets, threads, log) -> dict:
+    """WER of the fp32 and int8 models on `wer_sets`, logged; whether int8 stays within 1 point of fp32."""
+    rates = {
+        variant: word_error_rates(OnnxBackend(folder, threads=threads, quantized=variant == "int8"), wer_sets)
+        for variant in ("fp32", "int8")
+    }
+    for name in wer_sets:
+        fp32, q = rates["fp32"][name], rates["int8"][name]
+        log(
+            f"{name}: WER fp32 {fp32['wer']:.2f} %, int8 {q['wer']:.2f} % ({q['wer'] - fp32['wer']:+.2f}); "
+            f"CER fp32 {fp32['cer']:.2f} %, int8 {q['cer']:.2f} %"
+        )
+    worst = max(rates["int8"][n]["wer"] - rates["fp32"][n]["wer"] for n in wer_sets)
+    if worst > 1.0:
+        log(f"warning: int8 costs up to {worst:.2f} WER points (> 1); fp32 stays the default")
+    return {"wer": rates, "int8_within_1_point_wer": worst <= 1.0}
 
 
 def wer_sets_from(values) -> dict | None:

@@ -131,6 +131,11 @@ class CTCVocabulary:
         self.word_delimiter_token = word_delimiter_token
 
     @classmethod
+    def from_tokenizer(cls, tokenizer) -> "CTCVocabulary":
+        """The vocabulary of a loaded `EBranchformerCTCTokenizer` (or any Wav2Vec2-style CTC tokenizer)."""
+        return cls(tokenizer.get_vocab(), tokenizer.pad_token, tokenizer.word_delimiter_token)
+
+    @classmethod
     def from_folder(cls, folder) -> "CTCVocabulary":
         folder = Path(folder)
         vocab_path = folder / "vocab.json"

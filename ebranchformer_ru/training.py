@@ -58,6 +58,7 @@ from .files import publish_modes
 from .hub import ModelLoadError, load_ctc_model, load_processor
 from .metrics import cer, wer
 from .model_card import describe_data, write_model_card
+from .onnx_runtime import CTCVocabulary
 from .publishing import IGNORED, NEVER, Publisher, PublishError
 from .summary import model_summary
 
@@ -616,14 +617,15 @@ class HubPushCallback(TrainerCallback):
 
 
 def make_compute_metrics(tokenizer, logged_predictions):
+    """WER and CER of the Trainer's evaluation. The hypotheses are decoded greedily by `CTCVocabulary`, the one
+    greedy decoding of the commands and `evaluate_model`: the WER training reports is the one they report."""
+    vocabulary = CTCVocabulary.from_tokenizer(tokenizer)
 
     def compute_metrics(prediction):
         # The Trainer pads predictions and labels of different lengths with -100 when it gathers them.
-        ids = torch.as_tensor(prediction.predictions).masked_fill(
-            torch.as_tensor(prediction.predictions) < 0, tokenizer.pad_token_id
-        )
+        ids = np.where(prediction.predictions < 0, vocabulary.blank_id, prediction.predictions)
+        hypotheses = [vocabulary.decode(row) for row in ids]
         labels = torch.as_tensor(prediction.label_ids)
-        hypotheses = tokenizer.batch_decode(ids)
         references = tokenizer.batch_decode(labels.masked_fill(labels < 0, tokenizer.pad_token_id), group_tokens=False)
         for reference, hypothesis in list(zip(references, hypotheses))[:logged_predictions]:
             logger.info("reference : %s", reference)

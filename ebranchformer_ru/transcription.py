@@ -49,7 +49,7 @@ from . import distributed
 from .audio import LOUD, AudioFile
 from .errors import Error, UsageError
 from .formats import escaped, render
-from .inference import Transcriber, load_backend, load_lm_decoder
+from .inference import Transcriber, load_backend, load_decoder
 from .manifest import audio_path, read_manifest
 from .resumable import (
     SETTINGS_KEY,
@@ -504,9 +504,9 @@ class Run:
         options, context = self.options, self.context
         device, threads = context.device(options.device), context.threads(options.threads)
         backend = load_backend(options.model, device, threads, options.quantized, options.trust_remote_code)
-        decoder = None
-        if options.decoder == "lm":
-            decoder = load_lm_decoder(options.model, hotwords=options.hotwords, hotword_weight=options.hotword_weight)
+        decoder = load_decoder(
+            options.model, options.decoder, hotwords=options.hotwords, hotword_weight=options.hotword_weight
+        )
         return Transcriber(
             backend, options.batch_size, options.chunk_length_s, options.stride_length_s, self.timestamps, decoder
         )

@@ -4,7 +4,7 @@ import os
 
 from transformers import AutomaticSpeechRecognitionPipeline
 
-from .beam_search import ALPHABET_FILE, LM_DIR, CTCBeamSearchDecoder, check_alphabet
+from .beam_search import load_decoder
 from .processing_lm import _resolve_folder
 
 
@@ -37,9 +37,6 @@ class EBranchformerASRPipeline(AutomaticSpeechRecognitionPipeline):
         if not name:
             return None
         folder = _resolve_folder(name) if os.path.isdir(name) or "/" in name else None
-        if folder is None or not (folder / LM_DIR).is_dir():
+        if folder is None:
             return None
-        decoder = CTCBeamSearchDecoder.load_from_dir(folder)
-        if tokenizer is not None and not isinstance(tokenizer, str):
-            check_alphabet(decoder.labels, tokenizer, str(folder / ALPHABET_FILE))
-        return decoder
+        return load_decoder(folder, "auto", tokenizer if not isinstance(tokenizer, str) else None)

@@ -7,6 +7,7 @@ by position: `OutputBeam` keeps that order and names the fields), and saves/load
 `alpha`, `beta` and `unk_score_offset` mean what they mean in pyctcdecode, so its tuned values carry over.
 """
 
+import bisect
 import heapq
 import json
 import math
@@ -31,6 +32,10 @@ DEFAULT_BEAM_PRUNE_LOGP = -10.0
 DEFAULT_TOKEN_MIN_LOGP = -5.0
 DEFAULT_HOTWORD_WEIGHT = 10.0
 HOTWORD_WEIGHT_RANGE = (0.0, 100.0)
+# Bounds on the hotwords of one decoder (a server's `prompt` is a client's): their structure is linear in their
+# length, and every beam step looks a partial word up in it.
+MAX_HOTWORDS = 1000
+MAX_HOTWORD_LENGTH = 100  # characters of one word
 COMMIT_EVERY = 64  # frames between moves of the words all prefixes share out of them (_Committed)
 DECODE_OPTIONS = [
     "alpha",
@@ -188,15 +193,17 @@ class _Hotwords:
             if not isinstance(phrase, str):
                 raise LanguageModelError(f"hotwords must be strings, got {phrase!r}")
             words = normalize_text(phrase).split()
+            if long := [w for w in words if len(w) > MAX_HOTWORD_LENGTH]:
+                raise LanguageModelError(
+                    f"hotword {long[0][:40]!r}... has {len(long[0])} characters, over the limit of {MAX_HOTWORD_LENGTH}"
+                )
             unknown = sorted({c for w in words for c in w if c not in characters})
             if unknown:
-                raise LanguageModelError(f"hotword {phrase!r} has characters {unknown} outside the alphabet")
+                raise LanguageModelError(f"hotword {phrase[:80]!r} has characters {unknown} outside the alphabet")
             self.words.update(words)
-        self.prefixes = {}
-        for word in self.words:
-            for i in range(1, len(word) + 1):
-                prefix = word[:i]
-                self.prefixes[prefix] = min(self.prefixes.get(prefix, len(word)), len(word))
+            if len(self.words) > MAX_HOTWORDS:
+                raise LanguageModelError(f"over {MAX_HOTWORDS} hotwords: give at most {MAX_HOTWORDS} words")
+        self.prefixes = _Prefixes(self.words)
 
     def __bool__(self):
         return bool(self.words)
@@ -204,6 +211,24 @@ class _Hotwords:
     def partial(self, partial_word):
         length = self.prefixes.get(partial_word)
         return 0.0 if length is None else self.weight * len(partial_word) / length
+
+
+class _Prefixes:
+    """The prefixes of a set of words, each mapped to the length of the shortest word it begins, in memory linear
+    in the words' length (the words sorted: those a prefix begins are a run of them, found by bisection; a dict
+    of every prefix as its own string is quadratic, 22 GB for one 480,000-character word)."""
+
+    def __init__(self, words):
+        self.words = sorted(words)
+
+    def get(self, prefix, default=None):
+        first = bisect.bisect_left(self.words, prefix)
+        end = bisect.bisect_left(self.words, prefix + "\U0010ffff", first)  # past the words that begin with it
+        lengths = [len(w) for w in self.words[first:end] if w.startswith(prefix)]
+        return min(lengths) if prefix and lengths else default
+
+    def __contains__(self, prefix):
+        return self.get(prefix) is not None
 
 
 class CTCBeamSearchDecoder:
@@ -646,3 +671,26 @@ def check_alphabet(labels, tokenizer, where="alphabet.json"):
             f"{where} does not match the tokenizer: {len(labels)} labels for {len(expected)} "
             f"logit columns, first differences (column, alphabet, tokenizer): {diff}"
         )
+
+
+DECODER_KINDS = ("greedy", "lm", "auto")
+
+
+def load_decoder(folder, kind="lm", tokenizer=None, **overrides) -> "CTCBeamSearchDecoder | None":
+    """The one way to a model folder's decoder (the commands, evaluation, LM tuning, the LM processor and the
+    pipeline class all take it): `kind` "greedy" gives None (greedy decoding), "lm" the folder's language model,
+    "auto" the language model where the folder has one and None otherwise. `tokenizer`: its alphabet is checked
+    against the decoder's, column for column. `overrides` (alpha, beta, unk_score_offset, score_boundary) replace
+    attrs.json's values. Errors name the folder or file and what to do."""
+    if kind not in DECODER_KINDS:
+        raise ValueError(f"decoder kind must be one of {', '.join(DECODER_KINDS)}, got {kind!r}")
+    if kind == "greedy" or (kind == "auto" and not has_language_model(folder)):
+        return None
+    if not has_language_model(folder):
+        raise LanguageModelError(
+            f"{folder} has no {LM_DIR}/ folder; add one with `ebranchformer-build-lm {folder}`, or decode greedily"
+        )
+    decoder = CTCBeamSearchDecoder.load_from_dir(folder, **overrides)
+    if tokenizer is not None:
+        check_alphabet(decoder.labels, tokenizer, str(Path(folder) / ALPHABET_FILE))
+    return decoder

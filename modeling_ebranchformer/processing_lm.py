@@ -20,9 +20,9 @@ from .beam_search import (
     DECODE_OPTIONS,
     DEFAULT_BEAM_WIDTH,
     LM_DIR,
-    CTCBeamSearchDecoder,
     LanguageModelError,
     check_alphabet,
+    load_decoder,
 )
 from .processing import EBranchformerProcessor
 
@@ -119,13 +119,12 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
         overrides = {k: kwargs.pop(k, None) for k in ("alpha", "beta", "unk_score_offset", "score_boundary")}
         plain = EBranchformerProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
         folder = _resolve_folder(pretrained_model_name_or_path, **kwargs)
-        if folder is None or not (folder / LM_DIR).is_dir():
+        decoder = load_decoder(folder, "auto", plain.tokenizer, **overrides) if folder is not None else None
+        if decoder is None:
             logger.warning(
                 f"{pretrained_model_name_or_path} has no {LM_DIR}/ folder: decoding greedily without a language model"
             )
             return plain
-        decoder = CTCBeamSearchDecoder.load_from_dir(folder, **overrides)
-        check_alphabet(decoder.labels, plain.tokenizer, str(folder / ALPHABET_FILE))
         return cls(plain.feature_extractor, plain.tokenizer, decoder=decoder)
 
     @property

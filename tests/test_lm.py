@@ -650,7 +650,7 @@ def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(l
         >= 0
     )
     with pytest.raises(
-        Error, match=f"--decoder lm: {plain} has no language_model/ folder; add one with `python build_lm.py {plain}`"
+        Error, match=f"--decoder lm: {plain} has no language_model/ folder; add one with `ebranchformer-build-lm {plain}`"
     ):
         evaluate_main([str(plain), "--decoder", "lm", "--output_dir", str(tmp_path / "eval5")])
     assert not (tmp_path / "eval5").exists()
@@ -691,7 +691,7 @@ def test_evaluation_reports_greedy_and_lm_side_by_side_and_tuning_writes_attrs(l
         "farfield, heldout_voice",
     ):
         tune([str(copy), "--sets", "crowd,street"])
-    with pytest.raises(Error, match=f"{plain} has no language_model/: add one with build_lm.py"):
+    with pytest.raises(Error, match=f"{plain} has no language_model/ folder; add one with `ebranchformer-build-lm {plain}`"):
         tune([str(plain)])
     assert tune_lm.main([str(tmp_path / "nowhere")]) == 1
 
