@@ -114,17 +114,15 @@ def logged_losses(log_path) -> list:
 
 def transcribe_recordings(folder, manifest):
     """(reference, hypothesis, CER) of each line of a manifest of real recordings."""
-    from ebranchformer_ru.audio import read_audio
+    from ebranchformer_ru.audio import AudioFile
     from ebranchformer_ru.inference import TorchBackend, Transcriber
     from ebranchformer_ru.manifest import audio_path, read_manifest
     from ebranchformer_ru.metrics import cer
 
-    transcriber = Transcriber(TorchBackend.from_folder(folder))
-    results = []
-    for _, entry in read_manifest(manifest):
-        hypothesis = transcriber.transcribe([read_audio(audio_path(manifest, entry["audio_filepath"]))])[0]["text"]
-        results.append((entry["text"], hypothesis, cer([entry["text"]], [hypothesis])))
-    return results
+    entries = [entry for _, entry in read_manifest(manifest)]
+    recordings = [AudioFile(audio_path(manifest, entry["audio_filepath"])) for entry in entries]
+    records = Transcriber(TorchBackend.from_folder(folder)).transcribe(recordings)
+    return [(e["text"], r["text"], cer([e["text"]], [r["text"]])) for e, r in zip(entries, records)]
 
 
 def main():

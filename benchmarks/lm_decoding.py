@@ -25,7 +25,7 @@ import torch
 from common import machine, table
 
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
-from ebranchformer_ru.inference import TorchBackend, Transcriber, load_test_sets, set_log_probs
+from ebranchformer_ru.inference import TorchBackend, Transcriber, load_decoder, load_test_sets, set_log_probs
 from ebranchformer_ru.metrics import wer as word_error_rate
 from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH, LM_DIR
 
@@ -58,9 +58,9 @@ def main(argv=None):
         model_dir = temporary / "model"
         lm_building.build(model_dir)
     try:
-        backend = TorchBackend.from_folder(str(model_dir))
+        backend = TorchBackend.from_folder(str(model_dir), language_model=False)
         processor, transcriber = backend.processor, Transcriber(backend)
-        decoder = processor.decoder
+        decoder = load_decoder(model_dir, "lm").decoder
         print(machine())
         print(
             f"model {args.model_dir}; LM {decoder.language_model.path} (order {decoder.language_model.order}); "
