@@ -166,6 +166,21 @@ def collect_sentences(data_dir, texts, characters, summary: dict) -> list:
     return sentences
 
 
+def check_build_options(model_dir: Path, order, alpha, beta, overwrite):
+    """Refuses, before any work, a missing folder, an LM that would be replaced unasked, and options out of range."""
+    if not model_dir.is_dir():
+        raise Error(f"model folder not found: {model_dir}")
+    if (model_dir / LM_DIR).exists() and not overwrite:
+        raise Error(f"{model_dir / LM_DIR} exists; pass --overwrite to replace the language model")
+    try:
+        check_range("alpha", alpha, *ALPHA_RANGE)
+        check_range("beta", beta, *BETA_RANGE)
+    except LanguageModelError as error:
+        raise UsageError(str(error)) from None
+    if not isinstance(order, int) or not 1 <= order <= 10:
+        raise UsageError(f"--order must be between 1 and 10, got {order}")
+
+
 def build(
     model_dir,
     data_dir=None,
@@ -181,25 +196,14 @@ def build(
     printed). `arpa` is used as it is; otherwise an n-gram of `order` is built from the `texts` files and the
     train manifest of `data_dir` (default: the embedded corpus's, unless `texts` are given)."""
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise Error(f"model folder not found: {model_dir}")
-    if (model_dir / LM_DIR).exists() and not overwrite:
-        raise Error(f"{model_dir / LM_DIR} exists; pass --overwrite to replace the language model")
-    try:
-        check_range("alpha", alpha, *ALPHA_RANGE)
-        check_range("beta", beta, *BETA_RANGE)
-    except LanguageModelError as error:
-        raise UsageError(str(error)) from None
-    if not isinstance(order, int) or not 1 <= order <= 10:
-        raise UsageError(f"--order must be between 1 and 10, got {order}")
+    check_build_options(model_dir, order, alpha, beta, overwrite)
     from modeling_ebranchformer import EBranchformerProcessor
 
     try:  # the plain processor: an LM being replaced is not read (it may be the broken thing being replaced)
         processor = EBranchformerProcessor.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise Error(f"{model_dir}: cannot load the model's processor ({error})") from None
-    tokenizer = processor.tokenizer
-    labels = tokenizer_labels(tokenizer)
+    labels = tokenizer_labels(processor.tokenizer)
     characters = set(labels) - {"", " "}
     summary = {"model": str(model_dir)}
     try:
@@ -216,19 +220,17 @@ def build(
         _copy_folder(model_dir, tmp)
         if arpa is None:
             (tmp / LM_DIR).mkdir()
-            lm_path = tmp / LM_DIR / "lm.arpa"
-            lm_path.write_text(arpa_text, encoding="utf-8")
-            language_model = load_language_model(lm_path)
-        else:
-            language_model = model
+            (tmp / LM_DIR / "lm.arpa").write_text(arpa_text, encoding="utf-8")
+        language_model = load_language_model(tmp / LM_DIR / "lm.arpa") if arpa is None else model
         decoder = CTCBeamSearchDecoder(
             labels,
             language_model,
             alpha=DEFAULT_ALPHA if alpha is None else alpha,
             beta=DEFAULT_BETA if beta is None else beta,
         )
-        with_lm = EBranchformerProcessorWithLM(processor.feature_extractor, tokenizer, decoder=decoder)
-        with_lm.save_pretrained(str(tmp))
+        EBranchformerProcessorWithLM(processor.feature_extractor, processor.tokenizer, decoder=decoder).save_pretrained(
+            str(tmp)
+        )
         words = [w for w in language_model.vocabulary if w not in (BOS, EOS, UNK)]
         summary.update(
             {

@@ -682,15 +682,7 @@ def run(argv=None):
 
 def train(model_args, data_args, augment_args, run_args, training_args):
     """Train and/or evaluate as the options (`parse_args`) say; returns the trainer and the final metrics."""
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO,
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    # Our own messages (summary, selections, reference/prediction pairs) from the main process only.
-    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
-    datasets.utils.logging.set_verbosity_warning()
-    transformers.utils.logging.set_verbosity_warning()
+    set_up_logging(training_args)
     # The world size makes Accelerate's process group, which the processes agree through before any work: one
     # run, started with the same options and data on every process, or all refuse.
     logger.info("processes: %d (%s)", training_args.world_size, training_args.parallel_mode.value)
@@ -707,7 +699,58 @@ def train(model_args, data_args, augment_args, run_args, training_args):
 
     model, processor = load_model_and_processor(model_args)
     logger.info("model summary:\n%s", model_summary(model))
+    train_dataset, eval_sets = prepare_datasets(data_args, augment_args, run_args, training_args, processor, model)
+    publisher, pusher = make_publisher(training_args)
+    augmentation = None
+    if train_dataset is not None and augment_args.enabled:
+        # Training audio only: the eval sets (even --eval_sets train) are decoded separately, untouched.
+        seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+        augmentation = AudioAugmentation(
+            augment_args, seed=seed, sampling_rate=processor.feature_extractor.sampling_rate
+        )
+    logger.info("augmentation: %s; SpecAugment: %s", augment_args.describe(), spec_augment_summary(model.config))
+    if train_dataset is not None:
+        train_dataset = decode_with_soundfile(train_dataset, augmentation.transform if augmentation else None)
+    eval_sets = {name: decode_with_soundfile(dataset) for name, dataset in eval_sets.items()}
 
+    trainer = CTCTrainer(
+        model=model,
+        args=training_args,
+        data_collator=DataCollatorCTC(processor),
+        train_dataset=train_dataset,
+        eval_dataset=eval_sets or None,
+        processing_class=processor,
+        compute_metrics=make_compute_metrics(processor.tokenizer, run_args.logged_predictions),
+        card_metadata=card_metadata(
+            model, model_args, data_args, augment_args, run_args, publisher.repo_id if publisher is not None else None
+        ),
+        callbacks=[c for c in (pusher, AugmentationCallback(augmentation) if augmentation else None) if c],
+    )
+    metrics = train_and_evaluate(trainer, eval_sets, resume)
+    if publisher is not None:
+        pusher.wait()  # the checkpoints' uploads, in the background until now
+        try:
+            publisher.upload(training_args.output_dir, "End of training")
+        except PublishError as error:
+            raise Error(f"--push_to_hub: {error}") from None
+    return trainer, metrics
+
+
+def set_up_logging(training_args):
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO,
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    # Our own messages (summary, selections, reference/prediction pairs) from the main process only.
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    datasets.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.set_verbosity_warning()
+
+
+def prepare_datasets(data_args, augment_args, run_args, training_args, processor, model) -> tuple:
+    """The train set (None without --do_train) and the eval sets, prepared once (the main process first); sets
+    `eval_steps` from --eval_every_epochs."""
     with training_args.main_process_first(desc="preparing Golos"):
         try:
             fastest = max(augment_args.speed_perturbation, default=1.0)
@@ -723,77 +766,49 @@ def train(model_args, data_args, augment_args, run_args, training_args):
             training_args.eval_steps = max(
                 1, round(run_args.eval_every_epochs * math.ceil(len(train_dataset) / per_step))
             )
-    callbacks = []
-    publisher = pusher = None
-    if training_args.push_to_hub:
-        # Publishing is ours (HubPushCallback, ebranchformer_ru.publishing), so Trainer's own push is turned off. The repo is
-        # made (or checked) now: a refusal or an unreachable Hub stops the run before hours of training.
-        training_args.push_to_hub = False
-        repo = training_args.hub_model_id or Path(training_args.output_dir).resolve().name
-        if training_args.process_index == 0:
-            try:
-                publisher = Publisher(
-                    repo,
-                    private=training_args.hub_private_repo,
-                    revision=training_args.hub_revision,
-                    token=training_args.hub_token,
-                    folder=training_args.output_dir,
-                )
-            except PublishError as error:
-                raise Error(f"--push_to_hub: {error}") from None
-            pusher = HubPushCallback(publisher, HubStrategy(training_args.hub_strategy).value)
-            callbacks.append(pusher)
-    augmentation = None
-    if train_dataset is not None and augment_args.enabled:
-        # Training audio only: the eval sets (even --eval_sets train) are decoded separately, untouched.
-        seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-        augmentation = AudioAugmentation(
-            augment_args, seed=seed, sampling_rate=processor.feature_extractor.sampling_rate
+    return train_dataset, eval_sets
+
+
+def make_publisher(training_args) -> tuple:
+    """(Publisher, HubPushCallback) with --push_to_hub on the main process, else (None, None). Publishing is ours
+    (`ebranchformer_ru.publishing`), so Trainer's own push is turned off. The repo is made (or checked) now: a
+    refusal or an unreachable Hub stops the run before hours of training."""
+    if not training_args.push_to_hub:
+        return None, None
+    training_args.push_to_hub = False
+    if training_args.process_index != 0:
+        return None, None
+    repo = training_args.hub_model_id or Path(training_args.output_dir).resolve().name
+    try:
+        publisher = Publisher(
+            repo,
+            private=training_args.hub_private_repo,
+            revision=training_args.hub_revision,
+            token=training_args.hub_token,
+            folder=training_args.output_dir,
         )
-        callbacks.append(AugmentationCallback(augmentation))
-    logger.info("augmentation: %s; SpecAugment: %s", augment_args.describe(), spec_augment_summary(model.config))
-    train_dataset = (
-        decode_with_soundfile(train_dataset, augmentation.transform if augmentation else None)
-        if train_dataset is not None
-        else None
-    )
-    eval_sets = {name: decode_with_soundfile(dataset) for name, dataset in eval_sets.items()}
+    except PublishError as error:
+        raise Error(f"--push_to_hub: {error}") from None
+    return publisher, HubPushCallback(publisher, HubStrategy(training_args.hub_strategy).value)
 
-    trainer = CTCTrainer(
-        model=model,
-        args=training_args,
-        data_collator=DataCollatorCTC(processor),
-        train_dataset=train_dataset,
-        eval_dataset=eval_sets or None,
-        processing_class=processor,
-        compute_metrics=make_compute_metrics(processor.tokenizer, run_args.logged_predictions),
-        card_metadata=card_metadata(
-            model, model_args, data_args, augment_args, run_args, publisher.repo_id if publisher is not None else None
-        ),
-        callbacks=callbacks,
-    )
 
+def train_and_evaluate(trainer, eval_sets, resume) -> dict:
+    """Trains (with --do_train) and saves the model and its log; evaluates; writes the metrics and the card."""
     metrics = {}
-    if training_args.do_train:
+    if trainer.args.do_train:
         result = trainer.train(resume_from_checkpoint=resume)
         metrics.update(result.metrics)
         metrics["nonfinite_losses"] = trainer.nonfinite_losses
         trainer.save_model()  # model.safetensors, config, processor and the code for trust_remote_code
         trainer.save_state()  # trainer_state.json: the log history that scripts/plot_training.py draws
     if eval_sets:
-        metrics.update(final_evaluation(trainer, eval_sets) if training_args.do_train else trainer.evaluate())
+        metrics.update(final_evaluation(trainer, eval_sets) if trainer.args.do_train else trainer.evaluate())
     trainer.log_metrics("all", metrics)
     if trainer.is_world_process_zero():
         trainer.save_metrics("all", metrics)
         trainer.card_metadata["metrics"] = metrics
         trainer.create_model_card()
-    if publisher is not None:
-        pusher.wait()  # the checkpoints' uploads, in the background until now
-        try:
-            publisher.upload(training_args.output_dir, "End of training")
-        except PublishError as error:
-            raise Error(f"--push_to_hub: {error}") from None
-    return trainer, metrics
+    return metrics
 
 
 def check_data_dir(data_args):

@@ -399,6 +399,8 @@ class CTCBeamSearchDecoder:
         order = getattr(self.language_model, "order", 1)
         return (context + (word,))[-(order - 1) :] if order > 1 else ()
 
+    # Longer than our ~60 lines: the frame loop is the decoder's hot path, and splitting it into calls per frame
+    # and prefix would cost time where all of the search's time goes.
     def _search(self, logp, beam_width, beam_prune_logp, token_min_logp, hot, w, merge=_logaddexp):
         labels, blank = self.labels, self.blank
         start_context = (BOS,) if w.score_boundary else ()

@@ -148,6 +148,7 @@ class EBranchformerConfig(PretrainedConfig):
         super().validate()
         self._validate()
 
+    # Longer than our ~60 lines: a flat list of checks, one per field or pair of fields, each with its own message.
     def _validate(self):
         owner = "EBranchformerConfig"
         positive = (

@@ -112,6 +112,8 @@ class EBranchformerFeatureExtractor(SequenceFeatureExtractor):
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.hop_length
 
+    # Longer than our ~60 lines: every input form Transformers' feature extractors accept (arrays, tensors, lists,
+    # integer PCM), each refused with a message naming the item and its form.
     def _to_float_waveforms(self, raw_speech) -> list[np.ndarray]:
         if isinstance(raw_speech, torch.Tensor):
             raw_speech = tensor_to_numpy(raw_speech)

@@ -184,6 +184,8 @@ class NGramLanguageModel:
         except (OSError, EOFError) as error:  # a truncated .gz
             raise LanguageModelError(f"{path} cannot be read: {error}") from None
 
+    # Longer than our ~60 lines: one pass over the file in the order ARPA lays it out (\data\, then each
+    # \N-grams: section), so that every error names its line.
     @classmethod
     def _parse(cls, lines, path):
         def fail(number, message):

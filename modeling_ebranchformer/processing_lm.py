@@ -131,6 +131,8 @@ class EBranchformerProcessorWithLM(EBranchformerProcessor):
     def language_model(self):
         return self.decoder.language_model
 
+    # Long for its signature: the options of `Wav2Vec2ProcessorWithLM.batch_decode`, which the pipeline and users'
+    # code pass unchanged.
     def batch_decode(
         self,
         logits,

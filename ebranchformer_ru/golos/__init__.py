@@ -166,22 +166,8 @@ def load_golos(
             or modification time changed since it was prepared (a replaced file; about 3 s for the 1.1 M
             train files). False trusts the cache: only the manifests and this code are compared.
     """
-    if split not in MANIFESTS:
-        raise ValueError(f"unknown Golos split {split!r}: use 'train' or 'test'")
     data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
-    config = {"config_name": name}
-    if name not in DOMAINS:
-        others = find_test_sets(data_dir) if split == "test" and os.path.isdir(data_dir) else []
-        if name not in others:
-            hint = f"; the test sets of {data_dir} are {', '.join(others)}" if others else ""
-            raise ValueError(f"unknown Golos configuration {name!r}: use 'crowd', 'farfield' or 'all'{hint}")
-        config = {"config_name": "all", "test_sets": (name,)}  # another test set, with every domain it holds
-    if decode not in ("soundfile", "datasets", "none"):
-        raise ValueError(f"decode must be 'soundfile', 'datasets' or 'none', got {decode!r}")
-    if os.path.isfile(data_dir):
-        raise NotADirectoryError(f"{data_dir} is a file: data_dir is the folder that holds train_opus/ and test_opus/")
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"Golos data folder not found: {data_dir}")
+    config = _config(data_dir, name, split, decode)
     builder = Golos(
         **config,
         data_dir=data_dir,
@@ -198,15 +184,7 @@ def load_golos(
     if streaming:
         dataset = builder.as_streaming_dataset(split=split)
     else:
-        _prepare(builder)
-        dataset = builder.as_dataset(split=split)
-        stale = _changed_audio(builder, split, dataset) if recheck_audio and split not in builder.reports else None
-        if stale:
-            datasets.logging.get_logger(__name__).warning(f"Golos {name} {split}: {stale}: preparing it again")
-            _prepare(builder, datasets.DownloadMode.FORCE_REDOWNLOAD, datasets.VerificationMode.NO_CHECKS)
-            dataset = builder.as_dataset(split=split)
-        _save_stamps(builder, split)
-        report = _saved_report(builder, split)
+        dataset, report = _prepared(builder, name, split, recheck_audio)
     if decode == "datasets":
         dataset = dataset.cast_column("audio", datasets.Audio(sampling_rate=SAMPLING_RATE))
     elif not streaming:  # an IterableDataset would re-encode Audio on every example, which needs torchcodec
@@ -214,6 +192,39 @@ def load_golos(
     if decode == "soundfile":
         dataset = decode_with_soundfile(dataset)
     return (dataset, report) if return_report else dataset
+
+
+def _config(data_dir, name, split, decode) -> dict:
+    """The builder's configuration for `load_golos`' arguments, checked (errors name the value and the choices)."""
+    if split not in MANIFESTS:
+        raise ValueError(f"unknown Golos split {split!r}: use 'train' or 'test'")
+    config = {"config_name": name}
+    if name not in DOMAINS:
+        others = find_test_sets(data_dir) if split == "test" and os.path.isdir(data_dir) else []
+        if name not in others:
+            hint = f"; the test sets of {data_dir} are {', '.join(others)}" if others else ""
+            raise ValueError(f"unknown Golos configuration {name!r}: use 'crowd', 'farfield' or 'all'{hint}")
+        config = {"config_name": "all", "test_sets": (name,)}  # another test set, with every domain it holds
+    if decode not in ("soundfile", "datasets", "none"):
+        raise ValueError(f"decode must be 'soundfile', 'datasets' or 'none', got {decode!r}")
+    if os.path.isfile(data_dir):
+        raise NotADirectoryError(f"{data_dir} is a file: data_dir is the folder that holds train_opus/ and test_opus/")
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"Golos data folder not found: {data_dir}")
+    return config
+
+
+def _prepared(builder, name, split, recheck_audio) -> tuple:
+    """The split from the cache (prepared first where needed, again where an audio file changed) and its report."""
+    _prepare(builder)
+    dataset = builder.as_dataset(split=split)
+    stale = _changed_audio(builder, split, dataset) if recheck_audio and split not in builder.reports else None
+    if stale:
+        datasets.logging.get_logger(__name__).warning(f"Golos {name} {split}: {stale}: preparing it again")
+        _prepare(builder, datasets.DownloadMode.FORCE_REDOWNLOAD, datasets.VerificationMode.NO_CHECKS)
+        dataset = builder.as_dataset(split=split)
+    _save_stamps(builder, split)
+    return dataset, _saved_report(builder, split)
 
 
 def _prepare(builder, download_mode=None, verification_mode=None):
