@@ -61,6 +61,7 @@ class Evaluation:
     update_model_card: bool
     device: str
     threads: int | None
+    dtype: str = "float32"
 
 
 def evaluate_model(
@@ -77,6 +78,7 @@ def evaluate_model(
     device="cpu",
     threads=None,
     context=None,
+    dtype="float32",
 ):
     """The results of every set (rows), on every process; with several processes (`context`, default: from the
     launcher's environment) rank 0 writes the files. `decoder`: None decodes with the folder's language model
@@ -96,6 +98,7 @@ def evaluate_model(
         update_model_card,
         device,
         threads,
+        dtype,
     )
     context = distributed.Context.from_env() if context is None else context
     with distributed.process_group(context):
@@ -128,6 +131,7 @@ def load(job: Evaluation, context, place_first: bool) -> tuple:
         context.threads(job.threads),
         trust_remote_code=job.trust_remote_code,
         language_model=False,
+        dtype=job.dtype,
     )
     if not place_first:
         check_results_place(job.output_dir)
@@ -163,6 +167,8 @@ def score(job: Evaluation, transcriber, lm_decoder, test_sets, context) -> tuple
     files[job.output_dir / "results.md"] = header + "\n".join(results_table(rows, decoding is not None)) + "\n"
     results = {"model": job.model_path, "data_dir": str(job.data_dir)}
     results |= {"lm_decoding": decoding} if decoding else {}
+    if transcriber.backend.dtype != "float32":  # as --dtype auto chose
+        results["dtype"] = transcriber.backend.dtype
     files[job.output_dir / "results.json"] = json.dumps(results | {"results": rows}, indent=1)
     return rows, files
 
@@ -197,6 +203,7 @@ def evaluation_description(job: Evaluation) -> dict:
         "--max_samples": job.max_samples,
         "--output_dir": os.path.abspath(job.output_dir),
         "--update_model_card": job.update_model_card,
+        "--dtype": job.dtype,
     }
 
 

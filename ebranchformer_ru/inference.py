@@ -30,6 +30,37 @@ class InferenceError(Error, ValueError):
     """A model folder, decoder or option that cannot be used; the message names it."""
 
 
+# ---------------------------------------------------------------------------------------------- precision
+
+DTYPES = ("float32", "bfloat16", "auto")
+FAST_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with bf16 matrix instructions
+
+
+def cpu_has_fast_bf16(cpuinfo="/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (Intel AMX or AVX-512 BF16); elsewhere bf16 is emulated
+    and slower than float32."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as file:
+            flags = next((line.split(":", 1)[1].split() for line in file if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in FAST_BF16_FLAGS)
+
+
+def choose_dtype(dtype: str, device: str = "cpu") -> str:
+    """The precision the model runs in: "float32", "bfloat16", or for "auto" bfloat16 where the hardware has a
+    fast path for it (a CUDA device that supports it; a CPU with AMX or AVX-512 BF16) and float32 otherwise."""
+    if dtype not in DTYPES:
+        raise InferenceError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+
 # ---------------------------------------------------------------------------------------------- backends
 
 
@@ -37,15 +68,19 @@ class TorchBackend:
     """A Transformers model and processor run with PyTorch: the pipeline's features and outputs.
     `backend(waveforms)` gives one (frames, vocab) float32 log-probability array per waveform, padding removed."""
 
-    def __init__(self, model, processor, device="cpu"):
+    def __init__(self, model, processor, device="cpu", dtype="float32"):
         self.model, self.processor, self.device = model, processor, device
+        self.dtype = choose_dtype(dtype, device)
         self.sampling_rate = processor.feature_extractor.sampling_rate
         self.samples_per_frame = int(model.config.inputs_to_logits_ratio)
         self.vocabulary = onnx_runtime.CTCVocabulary.from_tokenizer(processor.tokenizer)
 
     @classmethod
-    def from_folder(cls, model_dir, device="cpu", threads=None, trust_remote_code=False, language_model=True):
-        """The folder's model and processor; `language_model=False` leaves its language model unread."""
+    def from_folder(
+        cls, model_dir, device="cpu", threads=None, trust_remote_code=False, language_model=True, dtype="float32"
+    ):
+        """The folder's model and processor; `language_model=False` leaves its language model unread; `dtype`:
+        `choose_dtype`'s choices."""
         import torch
 
         import modeling_ebranchformer  # noqa: F401  (registers the model types)
@@ -66,7 +101,7 @@ class TorchBackend:
             processor = load_processor(model_dir, trust_remote_code, language_model)
         except ModelLoadError as error:
             raise InferenceError(str(error)) from None
-        return cls(model, processor, device)
+        return cls(model, processor, device, dtype)
 
     def __call__(self, waveforms):
         return self.run_features(self.features(waveforms))
@@ -79,11 +114,14 @@ class TorchBackend:
             return self.processor.feature_extractor(waveforms, sampling_rate=self.sampling_rate, return_tensors="pt")
 
     def run_features(self, inputs):
-        """Log-probabilities of `features`' output, one (frames, vocab) array per utterance, padding removed."""
+        """Log-probabilities of `features`' output, one (frames, vocab) array per utterance, padding removed. In
+        bfloat16 the model's matrix products run under autocast; the features, the masks and the log-softmax stay
+        float32."""
         import torch
 
         inputs = inputs.to(self.device)
-        with torch.inference_mode():
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=self.dtype == "bfloat16"):
             logits = self.model(**inputs).logits
             log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
             lengths = self.model.get_output_lengths(inputs["attention_mask"].sum(-1)).cpu().numpy()
@@ -94,6 +132,7 @@ class OnnxBackend:
     """A folder made by `export_onnx.py`, run with ONNX Runtime and numpy only."""
 
     def __init__(self, model_dir, device="cpu", threads=None, quantized=False):
+        self.dtype = "float32"
         try:
             self.model = onnx_runtime.OnnxCTCModel(model_dir, quantized=quantized, num_threads=threads, device=device)
         except ValueError as error:  # a missing int8 model, no CUDA provider, a damaged folder: named
@@ -106,11 +145,15 @@ class OnnxBackend:
         return self.model(waveforms)
 
 
-def load_backend(model_dir, device="cpu", threads=None, quantized=False, trust_remote_code=False):
-    """An ONNX backend for an `export_onnx.py` folder, otherwise a PyTorch one (a model folder or Hub id). The
-    folder's language model is not read here (`load_decoder`)."""
+def load_backend(model_dir, device="cpu", threads=None, quantized=False, trust_remote_code=False, dtype="float32"):
+    """An ONNX backend for an `export_onnx.py` folder, otherwise a PyTorch one (a model folder or Hub id), in
+    `dtype` (`choose_dtype`). The folder's language model is not read here (`load_decoder`)."""
     path = Path(model_dir)
     if path.is_dir() and onnx_runtime.is_onnx_folder(path):
+        if dtype == "bfloat16":
+            raise InferenceError(
+                f"--dtype bfloat16: {model_dir} is an ONNX export, which runs in float32 (or int8 with --quantized)"
+            )
         return OnnxBackend(path, device, threads, quantized)
     if quantized:
         raise InferenceError(
@@ -120,7 +163,7 @@ def load_backend(model_dir, device="cpu", threads=None, quantized=False, trust_r
         raise InferenceError(
             f"{model_dir}: neither a model folder (config.json) nor an ONNX export ({onnx_runtime.EXPORT_FILE})"
         )
-    return TorchBackend.from_folder(model_dir, device, threads, trust_remote_code, language_model=False)
+    return TorchBackend.from_folder(model_dir, device, threads, trust_remote_code, language_model=False, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------- decoders

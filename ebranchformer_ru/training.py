@@ -236,10 +236,11 @@ def parse_args(argv=None, parser: HfArgumentParser | None = None):
         if given.eval_strategy not in (None, "no"):
             raise UsageError(f"--do_eval false contradicts --eval_strategy {given.eval_strategy}: drop one of them")
         defaults["eval_strategy"] = "no"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _accelerator_available():
-        # A process group launched by torchrun or `accelerate launch` on a machine without an accelerator:
-        # only use_cpu makes Accelerate set up CPU data parallelism (gloo); without it each process would
-        # train its own copy.
+    bf16 = any(a == "--bf16" or a.startswith("--bf16=") for a in argv) or defaults.get("bf16")
+    if not _accelerator_available() and (int(os.environ.get("WORLD_SIZE", "1")) > 1 or bf16):
+        # No accelerator: only use_cpu makes Accelerate set up CPU data parallelism (gloo) for a process group of
+        # torchrun or `accelerate launch` (without it each process would train its own copy), and lets --bf16
+        # run as CPU autocast (TrainingArguments otherwise refuses bf16 without a GPU).
         defaults["use_cpu"] = True
     parser.set_defaults(**defaults)
     try:

@@ -126,6 +126,7 @@ def job_description(options, items, timestamps) -> dict:
         "--chunk_length_s": options.chunk_length_s,
         "--stride_length_s": options.stride_length_s,
         "--quantized": options.quantized,
+        "--dtype": options.dtype,
         "--overwrite": options.overwrite,
         "--output": None if options.output is None else os.path.abspath(options.output),
         "inputs": [[item["path"], distributed.file_facts(item["path"]), item.get("reference")] for item in items],
@@ -160,6 +161,8 @@ def run_settings(options, items, suffix, timestamps) -> dict:
         "chunk_length_s": options.chunk_length_s,
         "stride_length_s": options.stride_length_s,
     }
+    if options.dtype != "float32":  # (absent for float32: outputs made before the choice existed still resume)
+        settings["dtype"] = options.dtype
     if any(not os.path.isabs(item["path"]) for item in items):  # records hold paths as given
         settings["working_directory"] = os.getcwd()
     if suffix in (".srt", ".vtt"):  # one recording's subtitles
@@ -240,6 +243,7 @@ class Options:
     batch_size: int = 16
     device: str = "cpu"
     threads: int | None = None
+    dtype: str = "float32"
     decoder: str = "greedy"
     hotwords: list | None = None
     hotword_weight: float | None = None
@@ -503,7 +507,9 @@ class Run:
     def transcriber(self) -> Transcriber:
         options, context = self.options, self.context
         device, threads = context.device(options.device), context.threads(options.threads)
-        backend = load_backend(options.model, device, threads, options.quantized, options.trust_remote_code)
+        backend = load_backend(
+            options.model, device, threads, options.quantized, options.trust_remote_code, options.dtype
+        )
         decoder = load_decoder(
             options.model, options.decoder, hotwords=options.hotwords, hotword_weight=options.hotword_weight
         )

@@ -136,6 +136,16 @@ def add_threads(parser):
     )
 
 
+def add_dtype(parser):
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "auto"),
+        default="float32",
+        help="the model's precision: auto is bfloat16 on a CPU with AMX or AVX-512 BF16 or a CUDA device that "
+        "supports it, float32 elsewhere (default float32)",
+    )
+
+
 def add_decoder(parser, default: str = "greedy", help: str = ""):
     parser.add_argument(
         "--decoder",

@@ -49,6 +49,7 @@ def build_parser():
     parser.add_argument("--max_samples", type=cli.positive_int, help="evaluate on the first N utterances of each set")
     cli.add_device(parser)
     cli.add_threads(parser)
+    cli.add_dtype(parser)
     cli.add_trust_remote_code(parser)
     cli.add_decoder(parser, None, ": LM figures where the folder has a language model; greedy figures always")
     parser.add_argument("--beam_width", type=cli.positive_int, help="beam width of LM decoding (default 32)")
@@ -93,6 +94,7 @@ def evaluate(args):
         args.update_model_card,
         args.device,
         args.threads,
+        dtype=args.dtype,
     )
 
 

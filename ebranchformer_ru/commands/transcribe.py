@@ -38,6 +38,7 @@ def build_parser():
     )
     cli.add_device(parser)
     cli.add_threads(parser)
+    cli.add_dtype(parser)
     cli.add_decoder(parser)
     parser.add_argument(
         "--hotwords", nargs="+", metavar="WORD", help="--decoder lm: words or phrases to favour (names, commands)"
@@ -76,6 +77,7 @@ def transcribe(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         threads=args.threads,
+        dtype=args.dtype,
         decoder=args.decoder,
         hotwords=args.hotwords,
         hotword_weight=args.hotword_weight,

@@ -48,6 +48,7 @@ def build_parser():
     parser.add_argument("--max_samples", type=cli.positive_int, help="use the first N utterances of each set")
     cli.add_device(parser)
     cli.add_threads(parser)
+    cli.add_dtype(parser)
     cli.add_switch(parser, "dry_run", "print the choice, do not write attrs.json")
     cli.add_trust_remote_code(parser)
     return parser
@@ -71,6 +72,7 @@ def tune_lm(args):
         args.max_samples,
         args.device,
         args.threads,
+        args.dtype,
     )
 
 

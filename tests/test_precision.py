@@ -1,0 +1,120 @@
+"""The precision choice (`--dtype`): what `auto` picks, bfloat16 inference through the inference core, and the
+parts that stay float32 under autocast (features, masks, log-softmax, the CTC loss)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ebranchformer_ru import inference
+from ebranchformer_ru.commands import transcribe as command
+from ebranchformer_ru.golos import EMBEDDED_CORPUS as EMBEDDED
+from ebranchformer_ru.inference import InferenceError, TorchBackend, choose_dtype, cpu_has_fast_bf16, load_backend
+
+CROWD = EMBEDDED / "test_opus" / "crowd"
+
+
+def cpuinfo(tmp_path, flags):
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: fpu sse2 avx2 {flags}\n\n")
+    return str(path)
+
+
+def test_auto_picks_bfloat16_only_where_the_cpu_has_bf16_matrix_instructions(tmp_path, monkeypatch):
+    assert cpu_has_fast_bf16(cpuinfo(tmp_path, "avx512f amx_tile amx_bf16"))
+    assert cpu_has_fast_bf16(cpuinfo(tmp_path, "avx512f avx512_bf16"))
+    assert not cpu_has_fast_bf16(cpuinfo(tmp_path, "avx512f avx512_vnni"))  # AVX-512 without BF16: emulated
+    assert not cpu_has_fast_bf16(str(tmp_path / "missing"))
+    monkeypatch.setattr(inference, "cpu_has_fast_bf16", lambda: True)
+    assert choose_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(inference, "cpu_has_fast_bf16", lambda: False)
+    assert choose_dtype("auto") == "float32"
+    assert choose_dtype("bfloat16") == "bfloat16" and choose_dtype("float32") == "float32"  # asked: as asked
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert choose_dtype("auto", "cuda") == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert choose_dtype("auto", "cuda:1") == "bfloat16"
+    with pytest.raises(InferenceError, match="--dtype must be one of float32, bfloat16, auto, got 'float16'"):
+        choose_dtype("float16")
+
+
+def test_an_onnx_export_refuses_bfloat16(tmp_path):
+    (tmp_path / "onnx_export.json").write_text("{}")
+    with pytest.raises(InferenceError, match="--dtype bfloat16: .* is an ONNX export, which runs in float32"):
+        load_backend(tmp_path, dtype="bfloat16")
+
+
+@pytest.fixture(scope="module")
+def waveforms():
+    from ebranchformer_ru.audio import read_audio
+
+    return [read_audio(p) for p in sorted((CROWD / "files").glob("*.opus"))[:6]]
+
+
+def test_bfloat16_log_probs_are_float32_close_to_float32s_and_padding_does_not_change_them(tiny_model, waveforms):
+    full = TorchBackend.from_folder(str(tiny_model), language_model=False)
+    half = TorchBackend.from_folder(str(tiny_model), language_model=False, dtype="bfloat16")
+    assert half.dtype == "bfloat16" and full.dtype == "float32"
+    reference, padded = full(waveforms), half(waveforms)
+    alone = [half([w])[0] for w in waveforms]
+    for r, p, a in zip(reference, padded, alone):
+        assert p.dtype == np.float32 and p.shape == r.shape  # the log-softmax in float32, the frames unchanged
+        assert np.allclose(np.exp(p).sum(-1), 1.0, atol=1e-5)
+        assert np.abs(p - r).max() < 0.1  # bf16 keeps 8 bits of mantissa: differences of a few hundredths
+        assert np.abs(p - a).max() < 0.05  # padded and alone agree under bf16 (the masks stay exact)
+    assert max(np.abs(p - r).max() for p, r in zip(padded, reference)) > 0  # bf16 did run
+
+
+def test_the_log_softmax_and_the_ctc_loss_stay_float32_under_autocast(tiny_model):
+    from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
+
+    model = EBranchformerForCTC.from_pretrained(tiny_model).eval()
+    processor = EBranchformerProcessor.from_pretrained(tiny_model)
+    rng = np.random.default_rng(0)
+    inputs = processor.feature_extractor(
+        [rng.normal(0, 0.1, 16000).astype(np.float32), rng.normal(0, 0.1, 12000).astype(np.float32)],
+        sampling_rate=16000,
+        return_tensors="pt",
+    )
+    labels = torch.tensor([[3, 5, 7, 0, 9], [4, 4, 2, -100, -100]])
+    with torch.autocast("cpu", torch.bfloat16):
+        output = model(**inputs, labels=labels)
+    assert output.logits.dtype == torch.bfloat16  # autocast did reach the model's matrix products
+    assert output.loss.dtype == torch.float32
+    # the loss is the float32 CTC loss of those bf16 logits: nothing of it was computed in bf16
+    expected = torch.nn.functional.ctc_loss(
+        torch.log_softmax(output.logits.float(), -1).transpose(0, 1),
+        labels.masked_fill(labels < 0, 0),
+        model.get_output_lengths(inputs["attention_mask"].sum(-1)),
+        (labels >= 0).sum(-1),
+        blank=model.config.pad_token_id,
+        reduction=model.config.ctc_loss_reduction,
+        zero_infinity=model.config.ctc_zero_infinity,
+    )
+    assert torch.allclose(output.loss, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_transcribe_dtype_records_its_choice_and_refuses_to_mix_precisions(tiny_model, tmp_path, capsys):
+    files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:3]]
+    output = tmp_path / "out.jsonl"
+    args = [str(tiny_model), *files, "--output", str(output), "--no_progress", "--dtype", "bfloat16"]
+    assert command.main(args) == 0
+    assert len(output.read_text().splitlines()) == 3
+    made = json.loads((tmp_path / ".out.jsonl.transcribe.json").read_text())
+    assert made["settings"]["dtype"] == "bfloat16"
+    capsys.readouterr()
+    assert command.main([*args[:-1], "float32"]) == 1  # bf16 transcripts are not resumed into by float32
+    assert "dtype: 'bfloat16' then, None now" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bf16_training_runs_on_the_cpu_with_float32_losses(train_args, tmp_path):
+    """`train_ctc.py --bf16 true` on a CPU: Trainer's autocast; the weights stay float32 and the losses finite."""
+    from ebranchformer_ru import training
+
+    trainer, metrics = training.run(train_args(tmp_path, "--max_steps", "3", "--bf16", "true"))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and metrics["nonfinite_losses"] == 0
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
