@@ -118,3 +118,31 @@ def test_bf16_training_runs_on_the_cpu_with_float32_losses(train_args, tmp_path)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(np.isfinite(losses)) and metrics["nonfinite_losses"] == 0
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def steps_to(losses: list[float], threshold: float, window: int = 5) -> int | None:
+    """The first step at which the mean of the last `window` losses is at most `threshold`."""
+    for end in range(window, len(losses) + 1):
+        if sum(losses[end - window : end]) / window <= threshold:
+            return end
+    return None
+
+
+@pytest.mark.slow
+def test_bf16_training_reaches_float32s_loss_within_a_fifth_more_steps(train_args, tmp_path):
+    """The tiny model on 40 s of speech at a constant learning rate: the loss float32 reaches in N steps, bf16
+    autocast reaches in at most 1.2 N (the log-softmax and the CTC loss in float32 keep the gradients sound)."""
+    from ebranchformer_ru import training
+
+    def losses(name, steps, *extra):
+        options = ["--max_steps", str(steps), "--learning_rate", "3e-3", "--lr_scheduler_type", "constant"]
+        options += ["--warmup_steps", "0", "--seed", "0", *extra]
+        trainer, _ = training.run(train_args(tmp_path / name, *options))
+        return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    full = losses("float32", 40)
+    threshold = sum(full[-5:]) / 5
+    assert threshold < 0.6 * sum(full[:5]) / 5  # it did learn: the threshold means something
+    half = losses("bfloat16", 48, "--bf16", "true")
+    reached = steps_to(half, threshold)
+    assert reached is not None and reached <= 1.2 * steps_to(full, threshold), (full, half)

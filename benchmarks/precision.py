@@ -1,0 +1,163 @@
+"""Precision on this CPU: float32 against bfloat16 (autocast), bfloat16 with torch.compile, and the ONNX export's
+float32 and int8 models, for inference (the inference core's backend call: features, model, log-softmax) and for
+training steps, in one process with the rounds interleaved (every variant once per round), median and spread; then
+the WER of each variant on the embedded test sets through `Transcriber`.
+
+    python benchmarks/precision.py outputs/mini                          # 1x10 s and 16x8 s, 2 threads, 7 rounds
+    python benchmarks/precision.py outputs/mini --rounds 9 --threads 2 --skip_compile true
+
+The CPU's model and its bf16/int8 flags are printed: the figures hold for this machine type only. Run it alone
+(another CPU-heavy process slows both far more than twice).
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import machine, table
+
+from ebranchformer_ru.audio import AudioFile, read_audio
+from ebranchformer_ru.golos import EMBEDDED_CORPUS
+from ebranchformer_ru.inference import OnnxBackend, TorchBackend, Transcriber
+from ebranchformer_ru.manifest import audio_path, read_manifest
+from ebranchformer_ru.metrics import wer
+from modeling_ebranchformer.text import normalize_text
+
+SETS = {name: EMBEDDED_CORPUS / "test_opus" / name / "manifest.jsonl" for name in ("crowd", "farfield")}
+FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx2")
+
+
+def cpu_flags() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return ", ".join(f"{flag} {'yes' if flag in present else 'no'}" for flag in FLAGS)
+    return "unknown"
+
+
+def speech(batch: int, seconds: float) -> list[np.ndarray]:
+    """`batch` stretches of `seconds` of real speech (the embedded train recordings, joined)."""
+    files = sorted((EMBEDDED_CORPUS / "train_opus" / "crowd").glob("*.opus"))[:200]
+    joined = np.concatenate([read_audio(path) for path in files])
+    n = int(seconds * 16000)
+    return [joined[i * n : (i + 1) * n] for i in range(batch)]
+
+
+def variants(model_dir, onnx_dir, threads, compile_):
+    """name -> backend (a callable from waveforms to log-probabilities)."""
+    out = {
+        "float32": TorchBackend.from_folder(model_dir, threads=threads, language_model=False),
+        "bfloat16": TorchBackend.from_folder(model_dir, threads=threads, language_model=False, dtype="bfloat16"),
+    }
+    if compile_:
+        import torch
+
+        compiled = TorchBackend.from_folder(model_dir, threads=threads, language_model=False, dtype="bfloat16")
+        compiled.model = torch.compile(compiled.model, dynamic=True)
+        out["bfloat16 + torch.compile"] = compiled
+    out["ONNX float32"] = OnnxBackend(onnx_dir, threads=threads)
+    out["ONNX int8"] = OnnxBackend(onnx_dir, threads=threads, quantized=True)
+    return out
+
+
+def interleaved(functions: dict, rounds: int) -> dict:
+    """name -> the seconds of each round; one warm-up call each, then every function once per round."""
+    for function in functions.values():
+        function()
+    times = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def speed_rows(times: dict, audio_seconds: float, baseline: str) -> list[list]:
+    base = statistics.median(times[baseline])
+    rows = []
+    for name, values in times.items():
+        median = statistics.median(values)
+        spread = f"{audio_seconds / max(values):,.0f}-{audio_seconds / min(values):,.0f}"
+        rows.append([name, f"{audio_seconds / median:,.0f}", spread, f"{base / median:.2f}x"])
+    return rows
+
+
+def training_times(model_dir, threads, rounds) -> dict:
+    """Seconds of a training step (forward, CTC loss, backward, AdamW) on 16 x 8 s, float32 and bf16 autocast."""
+    import torch
+
+    from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
+
+    torch.set_num_threads(threads)
+    processor = EBranchformerProcessor.from_pretrained(model_dir)
+    inputs = processor.feature_extractor(speech(16, 8.0), sampling_rate=16000, return_tensors="pt")
+    labels = (torch.arange(64).repeat(16, 1) % 32 + 1).long()
+    steps = {}
+    for dtype in ("float32", "bfloat16"):
+        model = EBranchformerForCTC.from_pretrained(model_dir).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step(model=model, optimizer=optimizer, dtype=dtype):
+            with torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bfloat16"):
+                loss = model(**inputs, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        steps[dtype] = step
+    return interleaved(steps, rounds)
+
+
+def word_error_rates(backends: dict) -> dict:
+    """name -> {set: WER %} of greedy transcripts through the Transcriber."""
+    out = {}
+    for name, backend in backends.items():
+        out[name] = {}
+        for set_name, manifest in SETS.items():
+            entries = [entry for _, entry in read_manifest(manifest)]
+            recordings = [AudioFile(audio_path(manifest, e["audio_filepath"])) for e in entries]
+            texts = [r["text"] for r in Transcriber(backend).transcribe(recordings)]
+            out[name][set_name] = 100 * wer([normalize_text(e["text"]) for e in entries], texts)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--skip_compile", choices=("true", "false"), default="false")
+    args = parser.parse_args()
+    print(machine())
+    print(f"CPU flags: {cpu_flags()}")
+    print(f"command: python benchmarks/precision.py {' '.join(sys.argv[1:])}\n")
+
+    from ebranchformer_ru.onnx_export import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_dir = Path(tmp) / "onnx"
+        export(args.model, onnx_dir, int8=True, wer_sets={}, threads=args.threads, log=lambda *_: None)
+        backends = variants(args.model, onnx_dir, args.threads, args.skip_compile == "false")
+        header = ["variant", "audio s / s (median)", "spread (slowest-fastest round)", "vs float32"]
+        for batch, seconds in ((1, 10.0), (16, 8.0)):
+            waveforms = speech(batch, seconds)
+            calls = {name: (lambda b=b, w=waveforms: b(w)) for name, b in backends.items()}
+            times = interleaved(calls, args.rounds)
+            print(f"inference, {batch} x {seconds:g} s, {args.threads} threads, {args.rounds} rounds")
+            print(table(header, speed_rows(times, batch * seconds, "float32")) + "\n")
+        times = training_times(args.model, args.threads, args.rounds)
+        print(f"training step, 16 x 8 s, {args.threads} threads, {args.rounds} rounds")
+        print(table(header, speed_rows(times, 16 * 8.0, "float32")) + "\n")
+        rates = word_error_rates(backends)
+        rows = [[name, *(f"{rates[name][s]:.2f} %" for s in SETS)] for name in backends]
+        print("WER on the embedded test sets (greedy, the Transcriber's batches)")
+        print(table(["variant", *SETS], rows))
+
+
+if __name__ == "__main__":
+    main()
