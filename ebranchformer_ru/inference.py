@@ -299,7 +299,7 @@ class Transcriber:
             return [order[b : b + self.batch_size] for b in range(0, len(order), self.batch_size)]
         ascending = order[::-1]
         bounds = length_batches([lengths[i] for i in ascending], self.batch_size, self.forward_cost)
-        return [ascending[begin:end] for begin, end in reversed(bounds)]
+        return [ascending[begin:end][::-1] for begin, end in reversed(bounds)]
 
     def stream(self, recordings: list) -> Iterator[list[tuple[int, tuple | Exception]]]:
         """Log-probabilities of `recordings` (arrays, or `AudioFile`s read a stretch at a time), batched once

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -134,24 +135,69 @@ def trained(tmp_path_factory):
     return tmp, trainer, metrics
 
 
-SLOW_FIXTURES = {"trained", "augmented_run", "exported", "two_processes"}  # training, an ONNX export, 2 processes
-SLOW_CODE = (
-    "subprocess.",
-    "training.run(",
-    "sys.executable",
-    "torchrun",
-    "run_killed(",
-    "launched(",
-)  # other processes, training
+@pytest.fixture
+def foreign_model_folder(tmp_path):
+    """A folder whose model type needs its own code, and whose code would leave a file behind if it ran."""
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    marker = tmp_path / "code_ran"
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "mystery",
+                "auto_map": {"AutoConfig": "mystery.MysteryConfig", "AutoModelForCTC": "mystery.MysteryForCTC"},
+            }
+        )
+    )
+    (folder / "mystery.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    return folder, marker
 
 
-def pytest_collection_modifyitems(items):
-    """The fast tier (`-m "not slow"`) leaves out what trains, starts other processes or runs on many: marked
-    here from the test's fixtures and code, so that a new test of that kind is slow without anyone saying so."""
-    import inspect
+# ---- language models (fixtures of the language-model tests)
 
-    for item in items:
-        function = getattr(item, "function", None)
-        source = inspect.getsource(function) if function is not None else ""
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or any(code in source for code in SLOW_CODE):
-            item.add_marker(pytest.mark.slow)
+
+@pytest.fixture(scope="session")
+def corpus_lm(tmp_path_factory):
+    """A trigram model (NGramLanguageModel) of the embedded corpus's train sentences."""
+    from lm_inputs import train_sentences
+
+    from modeling_ebranchformer.ngram import NGramLanguageModel, build_arpa
+
+    path = tmp_path_factory.mktemp("lm") / "lm.arpa"
+    path.write_text(build_arpa(train_sentences(), 3), encoding="utf-8")
+    return NGramLanguageModel.from_file(path)
+
+
+@pytest.fixture(scope="session")
+def lm_folder(tmp_path_factory, tiny_config_values, speech_like):
+    """(the model, its folder with the language model build_lm.py makes, a copy of the folder without it): a
+    tiny model whose transcripts have many words. Tests must not modify them."""
+    import shutil
+
+    import torch
+    from lm_inputs import build_lm
+
+    from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
+
+    torch.manual_seed(0)
+    model = EBranchformerForCTC(EBranchformerConfig(**tiny_config_values)).eval()
+    processor = EBranchformerProcessor()
+    # As in test_hub: a random encoder with a head that reads one channel, "в" where it is above its median,
+    # space where below, so that transcripts have many words with distinct times; other letters slightly less
+    # likely than blank, so that the beam search has candidates to weigh.
+    with torch.no_grad():
+        inputs = processor(audio=speech_like(3.0), sampling_rate=16000, return_tensors="pt")
+        hidden = model.ebranchformer(**inputs).last_hidden_state[0]
+        channel = int(hidden.std(0).argmax())
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.fill_(-4.0)
+        model.lm_head.weight[3, channel], model.lm_head.weight[0, channel] = 10.0, -10.0
+        model.lm_head.bias[[3, 0]] = torch.tensor([-10.0, 10.0]) * hidden[:, channel].median()
+        model.lm_head.bias[33] = 0.0
+    folder = tmp_path_factory.mktemp("model") / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    plain = folder.with_name("plain")
+    shutil.copytree(folder, plain)
+    build_lm([str(folder)])
+    return model, folder, plain

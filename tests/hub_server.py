@@ -89,222 +89,244 @@ class HubServer:
 
 
 def _handler(hub: HubServer):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    """The request handler class of `hub` (http.server makes one handler object a request)."""
+    return type("Handler", (HubHandler,), {"hub": hub})
 
-        def log_message(self, *args):  # quiet: the tests read hub.requests
-            pass
 
-        # ----------------------------------------------------------------------------------- plumbing
-        def user(self):
-            auth = self.headers.get("Authorization", "")
-            return hub.tokens.get(auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
+class HubHandler(BaseHTTPRequestHandler):
+    """The endpoints of the module's docstring, one method each, over the state of `hub` (a `HubServer`)."""
 
-        def body(self) -> bytes:
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    protocol_version = "HTTP/1.1"
+    hub: HubServer
 
-        def reply(self, status, payload=None, headers=(), raw=None, head=False):
-            data = raw if raw is not None else json.dumps(payload if payload is not None else {}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in headers:
-                self.send_header(key, value)
-            self.end_headers()
-            if not head:
-                self.wfile.write(data)
+    def log_message(self, *args):  # quiet: the tests read hub.requests
+        pass
 
-        def error(self, status, message, code=None, head=False):
-            self.reply(status, {"error": message}, [("X-Error-Code", code)] if code else [], head=head)
+    # --------------------------------------------------------------------------------------- plumbing
 
-        def repo(self, repo_id, head=False, write=False):
-            """The repo if this request may see it (and write to it), else an error was sent and None returned."""
-            repo = hub.repos.get(repo_id)
-            user = self.user()
-            if repo is None or (repo.private and user != repo.owner):
-                # The Hub answers 401 for a repo that does not exist or that the caller may not see.
-                self.error(401, f"Repository Not Found for url: {self.path}.", "RepoNotFound", head=head)
-                return None
-            if write and user != repo.owner:
-                self.error(403, f"You don't have the rights to write to {repo_id}", head=head)
-                return None
-            return repo
+    def user(self):
+        auth = self.headers.get("Authorization", "")
+        return self.hub.tokens.get(auth.removeprefix("Bearer ")) if auth.startswith("Bearer ") else None
 
-        # ----------------------------------------------------------------------------------- routes
-        def do_HEAD(self):
-            self.route("HEAD")
+    def body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-        def do_GET(self):
-            self.route("GET")
+    def reply(self, status, payload=None, headers=(), raw=None, head=False):
+        data = raw if raw is not None else json.dumps(payload if payload is not None else {}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers:
+            self.send_header(key, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(data)
 
-        def do_POST(self):
-            self.route("POST")
+    def error(self, status, message, code=None, head=False):
+        self.reply(status, {"error": message}, [("X-Error-Code", code)] if code else [], head=head)
 
-        def route(self, method):
-            url = urlparse(self.path)
-            parts = [unquote(p) for p in url.path.strip("/").split("/")]
-            query = parse_qs(url.query)
-            with hub.lock:
-                hub.requests.append((method, url.path, self.headers.get("Authorization")))
-            if parts[:2] == ["api", "whoami-v2"]:
-                user = self.user()
-                if user is None:
-                    return self.error(401, "Invalid credentials in Authorization header")
-                return self.reply(
-                    200,
-                    {
-                        "type": "user",
-                        "name": user,
-                        "orgs": [],
-                        "auth": {"type": "access_token", "accessToken": {"role": "write"}},
-                    },
-                )
-            if method == "POST" and parts[:2] == ["api", "validate-yaml"]:
-                return self.validate_yaml(json.loads(self.body()))
-            if method == "POST" and parts[:3] == ["api", "repos", "create"]:
-                return self.create_repo(json.loads(self.body() or b"{}"))
-            if parts[:2] == ["api", "models"] and len(parts) >= 4:
-                repo_id, rest = "/".join(parts[2:4]), parts[4:]
-                if method == "POST":
-                    return self.api_post(repo_id, rest, query)
-                return self.api_get(repo_id, rest, query)
-            if len(parts) >= 5 and parts[2] == "resolve":
-                return self.resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]), head=method == "HEAD")
-            self.error(404, f"not served here: {method} {url.path}")
+    def repo(self, repo_id, head=False, write=False):
+        """The repo if this request may see it (and write to it), else an error was sent and None returned."""
+        repo = self.hub.repos.get(repo_id)
+        user = self.user()
+        if repo is None or (repo.private and user != repo.owner):
+            # The Hub answers 401 for a repo that does not exist or that the caller may not see.
+            self.error(401, f"Repository Not Found for url: {self.path}.", "RepoNotFound", head=head)
+            return None
+        if write and user != repo.owner:
+            self.error(403, f"You don't have the rights to write to {repo_id}", head=head)
+            return None
+        return repo
 
-        def create_repo(self, payload):
-            user = self.user()
-            if user is None:
-                return self.error(401, "Invalid credentials in Authorization header")
-            namespace = payload.get("organization") or user
-            repo_id = f"{namespace}/{payload['name']}"
-            with hub.lock:
-                if namespace != user:
-                    return self.error(
-                        403, f'You don\'t have the rights to create a model under the namespace "{namespace}"'
-                    )
-                if repo_id in hub.repos:  # the Hub's answer names the repo: exist_ok reads its url
-                    return self.reply(
-                        409, {"error": "You already created this model repo", "url": f"{hub.url}/{repo_id}"}
-                    )
-                private = payload.get("visibility", "private" if payload.get("private") else "public") != "public"
-                hub.repos[repo_id] = Repo(user, private)
-            self.reply(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
+    def revision(self, repo, revision, head=False):
+        """The commit sha of `revision`, else a RevisionNotFound error was sent and None returned."""
+        sha = repo.resolve(revision)
+        if sha is None:
+            self.error(404, f"Invalid rev id: {revision}", "RevisionNotFound", head=head)
+        return sha
 
-        def validate_yaml(self, payload):
-            """The model card's metadata must be a YAML mapping (the Hub checks more: its schema)."""
-            import yaml
+    # --------------------------------------------------------------------------------------- routes
 
-            content = payload["content"]
-            if not content.startswith("---\n") or "\n---" not in content[3:]:
-                return self.reply(400, {"errors": [{"message": "no metadata block (--- ... ---) at the top"}]})
-            try:
-                metadata = yaml.safe_load(content[4:].split("\n---", 1)[0])
-            except yaml.YAMLError as error:
-                return self.reply(400, {"errors": [{"message": f"YAML: {error}"}]})
-            if not isinstance(metadata, dict):
-                return self.reply(400, {"errors": [{"message": "metadata is not a mapping"}]})
-            self.reply(200, {"warnings": []})
+    def do_HEAD(self):
+        self.route("HEAD")
 
-        def api_get(self, repo_id, rest, query):
-            repo = self.repo(repo_id)
-            if repo is None:
-                return
-            if rest[:1] == ["refs"]:
-                branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": s} for n, s in repo.branches.items()]
-                return self.reply(200, {"branches": branches, "tags": [], "converts": []})
-            revision = rest[1] if len(rest) >= 2 and rest[0] in ("revision", "tree") else "main"
-            sha = repo.resolve(revision)
-            if sha is None:
+    def do_GET(self):
+        self.route("GET")
+
+    def do_POST(self):
+        self.route("POST")
+
+    def route(self, method):
+        url = urlparse(self.path)
+        parts = [unquote(p) for p in url.path.strip("/").split("/")]
+        with self.hub.lock:
+            self.hub.requests.append((method, url.path, self.headers.get("Authorization")))
+        if parts[:2] == ["api", "whoami-v2"]:
+            return self.whoami()
+        if method == "POST" and parts[:2] == ["api", "validate-yaml"]:
+            return self.validate_yaml(json.loads(self.body()))
+        if method == "POST" and parts[:3] == ["api", "repos", "create"]:
+            return self.create_repo(json.loads(self.body() or b"{}"))
+        if parts[:2] == ["api", "models"] and len(parts) >= 4:
+            repo_id, rest = "/".join(parts[2:4]), parts[4:]
+            if method == "POST":
+                return self.api_post(repo_id, rest)
+            return self.api_get(repo_id, rest, parse_qs(url.query))
+        if len(parts) >= 5 and parts[2] == "resolve":
+            return self.resolve("/".join(parts[:2]), parts[3], "/".join(parts[4:]), head=method == "HEAD")
+        self.error(404, f"not served here: {method} {url.path}")
+
+    def whoami(self):
+        user = self.user()
+        if user is None:
+            return self.error(401, "Invalid credentials in Authorization header")
+        auth = {"type": "access_token", "accessToken": {"role": "write"}}
+        self.reply(200, {"type": "user", "name": user, "orgs": [], "auth": auth})
+
+    def create_repo(self, payload):
+        user = self.user()
+        if user is None:
+            return self.error(401, "Invalid credentials in Authorization header")
+        namespace = payload.get("organization") or user
+        repo_id = f"{namespace}/{payload['name']}"
+        with self.hub.lock:
+            if namespace != user:
+                message = f'You don\'t have the rights to create a model under the namespace "{namespace}"'
+                return self.error(403, message)
+            if repo_id in self.hub.repos:  # the Hub's answer names the repo: exist_ok reads its url
+                message = "You already created this model repo"
+                return self.reply(409, {"error": message, "url": f"{self.hub.url}/{repo_id}"})
+            private = payload.get("visibility", "private" if payload.get("private") else "public") != "public"
+            self.hub.repos[repo_id] = Repo(user, private)
+        self.reply(200, {"url": f"{self.hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
+
+    def validate_yaml(self, payload):
+        """The model card's metadata must be a YAML mapping (the Hub checks more: its schema)."""
+        import yaml
+
+        content = payload["content"]
+        if not content.startswith("---\n") or "\n---" not in content[3:]:
+            return self.reply(400, {"errors": [{"message": "no metadata block (--- ... ---) at the top"}]})
+        try:
+            metadata = yaml.safe_load(content[4:].split("\n---", 1)[0])
+        except yaml.YAMLError as error:
+            return self.reply(400, {"errors": [{"message": f"YAML: {error}"}]})
+        if not isinstance(metadata, dict):
+            return self.reply(400, {"errors": [{"message": "metadata is not a mapping"}]})
+        self.reply(200, {"warnings": []})
+
+    # --------------------------------------------------------------------------------------- /api/models
+
+    def api_get(self, repo_id, rest, query):
+        repo = self.repo(repo_id)
+        if repo is None:
+            return
+        if rest[:1] == ["refs"]:
+            return self.refs(repo)
+        sha = self.revision(repo, rest[1] if len(rest) >= 2 and rest[0] in ("revision", "tree") else "main")
+        if sha is None:
+            return
+        if rest[:1] == ["tree"]:
+            recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
+            return self.reply(200, _tree(repo.commits[sha], "/".join(rest[2:]), recursive))
+        self.info(repo_id, repo, sha)
+
+    def refs(self, repo):
+        branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": s} for n, s in repo.branches.items()]
+        self.reply(200, {"branches": branches, "tags": [], "converts": []})
+
+    def info(self, repo_id, repo, sha):
+        siblings = [{"rfilename": p} for p in sorted(repo.commits[sha])]
+        self.reply(
+            200,
+            {"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private, "author": repo.owner}
+            | {"siblings": siblings, "tags": [], "downloads": 0, "likes": 0},
+        )
+
+    def api_post(self, repo_id, rest):
+        payload = self.body()
+        repo = self.repo(repo_id, write=True)
+        if repo is None:
+            return
+        if rest[:1] == ["branch"] and len(rest) >= 2:
+            return self.create_branch(repo, rest[1])
+        if rest[:1] == ["preupload"]:
+            files = [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                for f in json.loads(payload)["files"]
+            ]
+            return self.reply(200, {"files": files})
+        if rest[:1] == ["commit"] and len(rest) >= 2:
+            return self.commit(repo_id, repo, rest[1], payload)
+        self.error(404, f"not served here: POST {self.path}")
+
+    def create_branch(self, repo, name):
+        with self.hub.lock:
+            if name in repo.branches:
+                return self.error(409, f"Branch {name} already exists")
+            repo.branches[name] = repo.branches["main"]
+        self.reply(200, {})
+
+    def commit(self, repo_id, repo, revision, payload):
+        if self.hub.cut_commits or self.hub.hold_commits:
+            return self.cut_off()
+        with self.hub.lock:
+            if revision not in repo.branches:
                 return self.error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-            files = repo.commits[sha]
-            if rest[:1] == ["tree"]:
-                prefix = "/".join(rest[2:])
-                recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
-                return self.reply(200, _tree(files, prefix, recursive))
-            self.reply(
-                200,
-                {
-                    "id": repo_id,
-                    "modelId": repo_id,
-                    "sha": sha,
-                    "private": repo.private,
-                    "author": repo.owner,
-                    "siblings": [{"rfilename": p} for p in sorted(files)],
-                    "tags": [],
-                    "downloads": 0,
-                    "likes": 0,
-                },
-            )
+            try:
+                files, summary = _apply(repo.commits[repo.branches[revision]], payload)
+            except ValueError as error:
+                return self.error(400, str(error))
+            new = repo.branches[revision] = repo._commit(files, summary)
+        self.reply(200, {"success": True, "commitOid": new, "commitUrl": f"{self.hub.url}/{repo_id}/commit/{new}"})
 
-        def api_post(self, repo_id, rest, query):
-            payload = self.body()
-            repo = self.repo(repo_id, write=True)
-            if repo is None:
-                return
-            if rest[:1] == ["branch"] and len(rest) >= 2:
-                with hub.lock:
-                    if rest[1] in repo.branches:
-                        return self.error(409, f"Branch {rest[1]} already exists")
-                    repo.branches[rest[1]] = repo.branches["main"]
-                return self.reply(200, {})
-            if rest[:1] == ["preupload"]:
-                files = json.loads(payload)["files"]
-                return self.reply(
-                    200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
-                )
-            if rest[:1] == ["commit"] and len(rest) >= 2:
-                return self.commit(repo_id, repo, rest[1], payload)
-            self.error(404, f"not served here: POST {self.path}")
+    def cut_off(self):
+        """An upload cut off midway: the connection closes, nothing is committed."""
+        if self.hub.cut_commits:
+            self.hub.cut_commits -= 1
+        else:
+            self.hub.commit_arrived.set()
+            self.hub.release_commits.wait(60)  # the test kills the client meanwhile
+        self.close_connection = True
+        self.connection.shutdown(2)
 
-        def commit(self, repo_id, repo, revision, payload):
-            if hub.cut_commits or hub.hold_commits:  # an upload cut off midway: nothing is committed
-                if hub.cut_commits:
-                    hub.cut_commits -= 1
-                else:
-                    hub.commit_arrived.set()
-                    hub.release_commits.wait(60)  # the test kills the client meanwhile
-                self.close_connection = True
-                self.connection.shutdown(2)
-                return
-            with hub.lock:
-                sha = repo.resolve(revision)
-                if sha is None or revision not in repo.branches:
-                    return self.error(404, f"Invalid rev id: {revision}", "RevisionNotFound")
-                files = dict(repo.commits[sha])
-                summary = ""
-                for line in payload.decode().splitlines():
-                    item = json.loads(line)
-                    key, value = item["key"], item["value"]
-                    if key == "header":
-                        summary = value.get("summary", "")
-                    elif key == "file":
-                        files[value["path"]] = base64.b64decode(value["content"])
-                    elif key == "deletedFile":
-                        files.pop(value["path"], None)
-                    elif key == "deletedFolder":
-                        prefix = value["path"].rstrip("/") + "/"
-                        files = {p: c for p, c in files.items() if not p.startswith(prefix)}
-                    else:
-                        return self.error(400, f"this test server does not take {key!r} commit lines")
-                new = repo._commit(files, summary)
-                repo.branches[revision] = new
-            self.reply(200, {"success": True, "commitOid": new, "commitUrl": f"{hub.url}/{repo_id}/commit/{new}"})
+    # --------------------------------------------------------------------------------------- downloads
 
-        def resolve(self, repo_id, revision, path, head):
-            repo = self.repo(repo_id, head=head)
-            if repo is None:
-                return
-            sha = repo.resolve(revision)
-            if sha is None:
-                return self.error(404, f"Invalid rev id: {revision}", "RevisionNotFound", head=head)
-            content = repo.commits[sha].get(path)
-            if content is None:
-                return self.error(404, f"Entry not found: {path}", "EntryNotFound", head=head)
-            etag = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()  # git's blob id, as the Hub
-            self.reply(200, raw=content, head=head, headers=[("X-Repo-Commit", sha), ("ETag", f'"{etag}"')])
+    def resolve(self, repo_id, revision, path, head):
+        repo = self.repo(repo_id, head=head)
+        sha = self.revision(repo, revision, head) if repo is not None else None
+        if sha is None:
+            return
+        content = repo.commits[sha].get(path)
+        if content is None:
+            return self.error(404, f"Entry not found: {path}", "EntryNotFound", head=head)
+        headers = [("X-Repo-Commit", sha), ("ETag", f'"{_git_blob_id(content)}"')]  # the Hub's ETag: git's blob id
+        self.reply(200, raw=content, head=head, headers=headers)
 
-    return Handler
+
+def _apply(files, payload: bytes) -> tuple[dict, str]:
+    """The files after an ndjson commit `payload` (header, file, deletedFile, deletedFolder lines), and its summary;
+    a ValueError names a line kind this server does not take."""
+    files, summary = dict(files), ""
+    for line in payload.decode().splitlines():
+        item = json.loads(line)
+        key, value = item["key"], item["value"]
+        if key == "header":
+            summary = value.get("summary", "")
+        elif key == "file":
+            files[value["path"]] = base64.b64decode(value["content"])
+        elif key == "deletedFile":
+            files.pop(value["path"], None)
+        elif key == "deletedFolder":
+            prefix = value["path"].rstrip("/") + "/"
+            files = {p: c for p, c in files.items() if not p.startswith(prefix)}
+        else:
+            raise ValueError(f"this test server does not take {key!r} commit lines")
+    return files, summary
+
+
+def _git_blob_id(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
 def _tree(files, prefix, recursive):
@@ -325,7 +347,7 @@ def _tree(files, prefix, recursive):
                 "type": "file",
                 "path": path,
                 "size": len(content),
-                "oid": hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest(),
+                "oid": _git_blob_id(content),
             }
         )
     return [

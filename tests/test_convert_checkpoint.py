@@ -17,12 +17,12 @@ import torch
 from course_modules import (
     CourseCTCModel,
     CourseDecoder,
-    CourseEBranchformerEncoder,
     CourseQuartzNetEncoder,
     lightning_checkpoint,
     randomize_batch_norms,
 )
 from project import CORPUS, ROOT
+from small_models import course_model
 from transformers import AutoModelForCTC
 
 from ebranchformer_ru import conversion
@@ -35,19 +35,6 @@ from modeling_ebranchformer import (
 )
 
 EXTRACTOR, TOKENIZER = EBranchformerFeatureExtractor(), EBranchformerCTCTokenizer()
-
-
-def course_model(arch, variant, seed=0):
-    """A course-layout model with random (for QuartzNet: trained-looking batch norm) weights, in eval mode."""
-    torch.manual_seed(seed)
-    if arch == "ebranchformer":
-        encoder, decoder = CourseEBranchformerEncoder(seq=variant == "sequential"), CourseDecoder(256)
-    else:
-        encoder, decoder = (
-            CourseQuartzNetEncoder(bias="bias" in variant, nested="nested" in variant),
-            CourseDecoder(1024),
-        )
-    return randomize_batch_norms(CourseCTCModel(encoder, decoder)).eval()
 
 
 @pytest.fixture(scope="module")

@@ -212,6 +212,7 @@ def two_processes(tmp_path_factory, inputs):
     return tmp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TRANSCRIPTIONS))
 def test_two_processes_transcribe_as_one(two_processes, inputs, tmp_path, name):
     """torchrun --nproc_per_node 2 transcribe.py: the same bytes and sidecar as one process, the broken file
@@ -230,6 +231,7 @@ def test_two_processes_transcribe_as_one(two_processes, inputs, tmp_path, name):
     assert not [p for p in two_processes.iterdir() if ".journal" in p.name and name in p.name]
 
 
+@pytest.mark.slow
 def test_two_processes_resume_and_refuse_together(two_processes, inputs, tmp_path):
     """A rerun of a finished job does nothing; a rerun into an output made with other settings is refused by
     every process with the same message, the output untouched; a journal that another run holds for rank 1 stops
@@ -250,6 +252,7 @@ def test_two_processes_resume_and_refuse_together(two_processes, inputs, tmp_pat
     assert (two_processes / "greedy.jsonl").read_bytes() == expected
 
 
+@pytest.mark.slow
 def test_one_progress_bar_counts_the_work_of_every_process(two_processes, inputs):
     """Rank 0 shows one bar for the whole job, whatever share of it is rank 0's; the other ranks none."""
     folder, _ = inputs
@@ -259,6 +262,7 @@ def test_one_progress_bar_counts_the_work_of_every_process(two_processes, inputs
     assert "h audio" not in report(two_processes, "progress", 1)["stderr"]
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_as_one(two_processes, inputs, tmp_path):
     """torchrun --nproc_per_node 2 evaluate_ctc.py: the sets split between the ranks, one set of result files,
     equal to one process's (greedy and LM hypotheses of every utterance)."""
@@ -315,6 +319,7 @@ def journal_files(output) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_resume_after_one_rank_is_killed_with_accelerate_and_3_processes(inputs, tmp_path):
     """Rank 1 of 2 is killed after its first batch (torchrun then stops rank 0): the output is not written, the
     journals hold what was finished; `accelerate launch --num_processes 3` finishes the job without redoing
@@ -376,6 +381,7 @@ def assert_one_bar_counts(stderr, files):
     assert states[-1] == ("100", total, total, str(len(files)), str(len(files))), states
 
 
+@pytest.mark.slow
 def test_resume_after_all_ranks_are_killed_with_one_process(inputs, tmp_path, capsys):
     """All 3 ranks killed after their first batch; one process then finishes from the three journals."""
     folder, model = inputs
@@ -400,6 +406,7 @@ def test_resume_after_all_ranks_are_killed_with_one_process(inputs, tmp_path, ca
 # ---- two "nodes"
 
 
+@pytest.mark.slow
 def test_two_nodes_train_and_transcribe(inputs, tmp_path, train_args):
     """Two torchrun launchers of one process each, meeting at a c10d rendezvous on localhost, as two machines
     would: training is one DDP job of world size 2 (identical weights on both nodes, its evaluation equal to one

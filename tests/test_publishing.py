@@ -97,6 +97,7 @@ def assert_no_machine_path(files: dict, *places):
 # ------------------------------------------------------------------------------------------ training
 
 
+@pytest.mark.slow  # starts the command's process or trains
 def test_a_training_run_publishes_the_model_folder_card_and_no_private_state(hub, tmp_path, train_args):
     env = hub_env(hub.url, tmp_path)
     args = train_args(
@@ -157,6 +158,7 @@ def test_a_training_run_publishes_the_model_folder_card_and_no_private_state(hub
     assert 'model="alice/run"' in card.text
 
 
+@pytest.mark.slow  # starts the command's process or trains
 def test_hub_strategy_checkpoint_publishes_the_last_checkpoint_with_its_optimizer_state(hub, tmp_path, train_args):
     env = hub_env(hub.url, tmp_path)
     args = train_args(
@@ -189,6 +191,7 @@ def test_hub_strategy_checkpoint_publishes_the_last_checkpoint_with_its_optimize
     assert not [name for name in files if name.endswith("training_args.bin")]
 
 
+@pytest.mark.slow  # starts the command's process or trains
 def test_a_repo_that_cannot_be_written_stops_training_before_it_starts(hub, tmp_path, train_args):
     hub.repos["alice/taken"] = Repo("alice", private=False)  # bob may not write to it
     result = script(
@@ -247,6 +250,7 @@ def local_transcripts(folder, path):
     }
 
 
+@pytest.mark.slow
 def test_a_published_folder_with_its_lm_loads_and_transcribes_elsewhere_as_here(hub, tmp_path, tiny_model):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
@@ -296,6 +300,7 @@ def test_a_published_folder_with_its_lm_loads_and_transcribes_elsewhere_as_here(
     assert got == expected and got["processor"] == "EBranchformerProcessorWithLM" and got["greedy"]
 
 
+@pytest.mark.slow
 def test_the_model_cards_snippet_runs_as_written_against_the_published_repo(hub, tmp_path, tiny_model):
     from ebranchformer_ru.model_card import write_model_card
 
@@ -325,6 +330,7 @@ def test_the_model_cards_snippet_runs_as_written_against_the_published_repo(hub,
 # ------------------------------------------------------------------------------------------ other commands
 
 
+@pytest.mark.slow
 def test_converted_and_averaged_folders_are_published(hub, tmp_path, trained):
     from course_modules import CourseCTCModel, CourseDecoder, CourseQuartzNetEncoder, lightning_checkpoint
 
@@ -371,6 +377,7 @@ def test_converted_and_averaged_folders_are_published(hub, tmp_path, trained):
 # ------------------------------------------------------------------------------------------ what goes wrong
 
 
+@pytest.mark.slow  # starts the command's process or trains
 def test_another_users_repo_is_refused_and_says_how_to_publish_later(hub, tmp_path, tiny_model):
     assert (
         script("push_to_hub.py", tiny_model, "--hub_model_id", "alice/mine", env=hub_env(hub.url, tmp_path)).returncode
@@ -386,6 +393,7 @@ def test_another_users_repo_is_refused_and_says_how_to_publish_later(hub, tmp_pa
     assert hub.files("alice/mine") == before and "carol/new" not in hub.repos
 
 
+@pytest.mark.slow  # starts the command's process or trains
 def test_an_unreachable_hub_keeps_the_folder_and_says_how_to_publish_later(tmp_path, tiny_model):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model, folder)
@@ -406,6 +414,7 @@ def test_an_unreachable_hub_keeps_the_folder_and_says_how_to_publish_later(tmp_p
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_an_upload_cut_off_midway_leaves_the_repo_as_it_was_and_a_rerun_completes_it(hub, tmp_path, tiny_model):
     env = hub_env(hub.url, tmp_path)
     expected = {p.name: p.read_bytes() for p in Path(tiny_model).iterdir()}
@@ -431,6 +440,7 @@ def test_an_upload_cut_off_midway_leaves_the_repo_as_it_was_and_a_rerun_complete
     assert hub.files("alice/cut") == expected
 
 
+@pytest.mark.slow
 def test_private_repos_and_branches(hub, tmp_path, tiny_model):
     env = hub_env(hub.url, tmp_path)
     result = script(

@@ -64,6 +64,7 @@ def without_ffmpeg_env(tmp_path):
 SERVER = "http://127.0.0.1:8000"  # a block that talks to it runs against `serve.py outputs/mini` on a free port
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_python_block_runs_as_written(index, workdir, tmp_path):
     code = blocks("python")[index]
@@ -101,13 +102,17 @@ def test_python_block_runs_as_written(index, workdir, tmp_path):
 
 
 def command_lines() -> list[list[str]]:
-    """Each command of the bash blocks as argv, continuation lines joined and comments dropped."""
+    """Each command of the bash blocks as argv, continuation lines joined, comments and the environment
+    assignments before the command (`NAME=value command ...`) dropped."""
     lines = []
     for block in blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
             if line and not line.startswith("#"):
-                lines.append(shlex.split(line))
+                argv = shlex.split(line)
+                while len(argv) > 1 and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=\S*", argv[0]):
+                    argv.pop(0)
+                lines.append(argv)
     return lines
 
 

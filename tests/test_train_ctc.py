@@ -206,26 +206,9 @@ def test_a_damaged_checkpoint_is_named(trained, tmp_path, train_args):
 # --- models from folders --------------------------------------------------------------------------------
 
 
-def foreign_model_folder(tmp_path):
-    """A folder whose model type needs its own code, and whose code would leave a file behind if it ran."""
-    folder = tmp_path / "foreign"
-    folder.mkdir()
-    marker = tmp_path / "code_ran"
-    (folder / "config.json").write_text(
-        json.dumps(
-            {
-                "model_type": "mystery",
-                "auto_map": {"AutoConfig": "mystery.MysteryConfig", "AutoModelForCTC": "mystery.MysteryForCTC"},
-            }
-        )
-    )
-    (folder / "mystery.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    return folder, marker
-
-
 @pytest.mark.slow
-def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path, train_args):
-    folder, marker = foreign_model_folder(tmp_path)
+def test_code_from_a_model_folder_runs_only_with_trust_remote_code(tmp_path, train_args, foreign_model_folder):
+    folder, marker = foreign_model_folder
     with pytest.raises(Error, match="--trust_remote_code true only if you trust"):
         training.run(train_args(tmp_path, "--model_name_or_path", str(folder)))
     assert not marker.exists()
@@ -253,10 +236,12 @@ def test_missing_and_damaged_model_folders_are_named(trained, tmp_path, train_ar
 @pytest.mark.parametrize("arch,variant", [("quartznet", "flat"), ("ebranchformer", "sequential")])
 @pytest.mark.slow
 def test_train_ctc_evaluates_and_fine_tunes_a_converted_folder(arch, variant, tmp_path):
-    from test_convert_checkpoint import convert, course_model, lightning_checkpoint
+    from course_modules import lightning_checkpoint
+    from small_models import course_model
     from transformers import AutoModelForCTC
 
     from ebranchformer_ru.commands import evaluate
+    from ebranchformer_ru.conversion import convert
 
     torch.save(lightning_checkpoint(course_model(arch, variant)), tmp_path / "model.ckpt")
     convert(tmp_path / "model.ckpt", tmp_path / "converted")
@@ -577,3 +562,52 @@ def test_a_preset_value_of_the_wrong_type_is_named(tmp_path, line, message):
     preset.write_text(line + "\n")
     with pytest.raises(Error, match=f"preset {preset}: {message}"):
         training.parse_args(["--preset", str(preset), "--output_dir", str(tmp_path / "out")])
+
+
+@pytest.mark.slow
+def test_training_from_a_folder_with_an_lm_keeps_it(lm_folder, tmp_path):
+    from transformers import AutoProcessor
+
+    from modeling_ebranchformer import EBranchformerProcessorWithLM
+
+    _, folder, _ = lm_folder
+    tiny = (
+        "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,cgmlp_intermediate_size=48,ffn_intermediate_size=64"
+    )
+    training.run(
+        [
+            "--model_name_or_path",
+            str(folder),
+            "--config_overrides",
+            tiny,
+            "--report_to",
+            "none",
+            "--max_steps",
+            "1",
+            "--dataloader_num_workers",
+            "0",
+            "--dataloader_persistent_workers",
+            "false",
+            "--per_device_train_batch_size",
+            "4",
+            "--save_strategy",
+            "no",
+            "--eval_strategy",
+            "no",
+            "--do_eval",
+            "false",
+            "--train_subset_seconds",
+            "20",
+            "--dataset_cache_dir",
+            str(tmp_path / "cache"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--disable_tqdm",
+            "true",
+        ]
+    )
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    assert type(processor) is EBranchformerProcessorWithLM
+    assert (tmp_path / "out" / "language_model" / "lm.arpa").read_text() == (
+        folder / "language_model" / "lm.arpa"
+    ).read_text()

@@ -1,13 +1,16 @@
 """ebranchformer-transcribe (transcribe.py): folders, manifests, a broken file, resuming, chunking, output formats,
-bad arguments and their exit statuses."""
+hotwords with --decoder lm, bad arguments and their exit statuses."""
 
+import inspect
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from project import CORPUS
+from project import CORPUS, ROOT
 
 from ebranchformer_ru import formats, inference, onnx_runtime, resumable, transcription
 from ebranchformer_ru.audio import read_audio
@@ -197,58 +200,6 @@ def test_srt_output_of_one_recording(tiny_model, tmp_path):
     assert f"a subtitle file holds one recording, and {given} were given" in message
 
 
-class FrameIndexBackend:
-    """Each output frame's argmax is the index (mod vocab) of the audio sample it starts at, divided by 640:
-    after chunking and dropping the overlaps, a file's ids must count 0, 1, 2, ... without gaps or repeats."""
-
-    sampling_rate, samples_per_frame, vocab = 16000, 640, 33
-
-    def __init__(self):
-        self.vocabulary = onnx_runtime.CTCVocabulary({str(i): i for i in range(self.vocab + 1)} | {"<pad>": 99})
-        self.batches = []
-
-    def __call__(self, waveforms):
-        self.batches.append(len(waveforms))
-        out = []
-        for w in waveforms:
-            frames = -(-(1 + len(w) // 160) // 4)
-            starts = np.rint(w[np.minimum(np.arange(frames) * 640, len(w) - 1)]).astype(int) // 640
-            log_probs = np.full((frames, self.vocab), -10.0, dtype=np.float32)
-            log_probs[np.arange(frames), starts % self.vocab] = 0
-            out.append(log_probs)
-        return out
-
-
-@pytest.mark.parametrize("seconds", [29.0, 70.0, 70.02, 95.5])
-def test_chunks_join_without_gaps(seconds):
-    backend = FrameIndexBackend()
-    transcriber = transcription.Transcriber(backend, batch_size=4, chunk_length_s=20, stride_length_s=3)
-    samples = np.arange(int(seconds * 16000), dtype=np.float64)  # sample values are their own index
-    ids, times = [], []
-    real = backend.vocabulary
-
-    class Recorder:
-        def decode(self, frame_ids):
-            ids.append(frame_ids)
-            return ""
-
-        def words(self, frame_ids, frame_times, frame_seconds):
-            times.append(frame_times)
-            return []
-
-    backend.vocabulary = Recorder()
-    transcriber.timestamps = True
-    transcriber.transcribe([samples])
-    frames = np.concatenate(ids)
-    expected = np.arange(len(frames))
-    assert np.array_equal(frames, expected % backend.vocab)
-    assert np.allclose(times[0], expected * 0.04)
-    assert len(frames) >= int(seconds * 16000) // 640  # the whole file is covered
-    assert real is not None and len(backend.batches) == (
-        1 if seconds < 20 else -(-len(transcriber.chunks(samples)) // 4)
-    )
-
-
 def test_bad_arguments(tiny_model, tmp_path, capsys):
     """Options that contradict each other exit 2 with the usage; a missing or bad input, output or model folder
     exits 1 with one `error:` line that names it."""
@@ -293,14 +244,14 @@ def test_switches_and_trust_remote_code(tiny_model, monkeypatch, capsys):
     assert parse([str(tiny_model), wav]).trust_remote_code is False
     loads, real = [], transcription.load_backend
 
-    def load(*args):
-        loads.append(args)
-        return real(*args)
+    def load(*args, **kwargs):
+        loads.append(inspect.signature(real).bind(*args, **kwargs).arguments)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(transcription, "load_backend", load)
     assert transcribe([str(tiny_model), wav, "--trust_remote_code", "--no_progress"]) == 0
     assert transcribe([str(tiny_model), wav, "--trust_remote_code", "false", "--no_progress"]) == 0
-    assert [args[-1] for args in loads] == [True, False]  # (model, device, threads, quantized, trust_remote_code)
+    assert [arguments["trust_remote_code"] for arguments in loads] == [True, False]
     assert capsys.readouterr().out.startswith(f"{wav}\t")
 
 
@@ -636,26 +587,48 @@ def test_relative_inputs_resume_only_from_the_same_folder(tiny_model, tmp_path, 
     assert "working_directory" in refused([str(tiny_model), str(tmp_path / "a" / "rec"), "--output", str(output)])
 
 
-def test_length_batches_cut_where_padding_costs_more_than_a_forward_pass():
-    from ebranchformer_ru.inference import length_batches
+@pytest.mark.slow
+def test_hotwords_through_transcribe_py(tmp_path, tiny_config):
+    """`transcribe.py --decoder lm --hotwords ...` as a user runs it (the script's own process): a hotword the
+    acoustics barely allow comes out with a large weight, and not without it; a hotword outside the alphabet
+    is refused by name before any work."""
+    from ebranchformer_ru.commands import build_lm
+    from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
 
-    # 4 short and 4 long: together, 8 x 5 = 40 (+2); apart, 4 x 1 + 4 x 5 = 24 (+4)
-    assert length_batches([1, 1, 1, 1, 5, 5, 5, 5], 16, forward_cost=2) == [(0, 4), (4, 8)]
-    # a forward pass dearer than the padding: one batch
-    assert length_batches([1, 1, 1, 1, 5, 5, 5, 5], 16, forward_cost=20) == [(0, 8)]
-    # never over batch_size; every length once, in order
-    bounds = length_batches([3] * 20, 8, forward_cost=1000)
-    assert len(bounds) == 3 and all(0 < e - b <= 8 for b, e in bounds)
-    assert [i for b, e in bounds for i in range(b, e)] == list(range(20))
-    assert length_batches([], 8, forward_cost=1) == []
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    EBranchformerForCTC(tiny_config).save_pretrained(folder)  # random weights: every character about as likely
+    EBranchformerProcessor().save_pretrained(folder)
+    assert build_lm.main([str(folder)]) == 0
+    audio = sorted((CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))[:2]
+    shutil.copy(audio[0], tmp_path / "a.opus")
 
+    def transcribe(*extra):
+        output = tmp_path / "out.jsonl"
+        command = [
+            sys.executable,
+            str(ROOT / "transcribe.py"),
+            str(folder),
+            str(tmp_path / "a.opus"),
+            "--decoder",
+            "lm",
+            "--output",
+            str(output),
+            "--overwrite",
+            "--no_progress",
+            *extra,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        text = json.loads(output.read_text(encoding="utf-8"))["text"] if result.returncode == 0 else None
+        return result, text
 
-def test_a_transcriber_with_a_forward_cost_cuts_batches_by_length_and_gives_the_same_records():
-    """The server's batches are whatever arrived together: 1 s and 5 s recordings run in separate forward passes
-    (none padded to 5 s), each recording's record unchanged, in the order given."""
-    rng = np.random.default_rng(0)
-    waveforms = [np.arange(int(s * 16000), dtype=np.float64) for s in rng.permutation([1.0] * 5 + [5.0] * 3)]
-    plain, cut = FrameIndexBackend(), FrameIndexBackend()
-    expected = transcription.Transcriber(plain, batch_size=16).transcribe(waveforms)
-    assert transcription.Transcriber(cut, batch_size=16, forward_cost_s=1.0).transcribe(waveforms) == expected
-    assert plain.batches == [8] and cut.batches == [3, 5]  # the longest first
+    result, plain = transcribe()
+    assert result.returncode == 0, result.stderr[-2000:]
+    result, boosted = transcribe("--hotwords", "джой", "--hotword_weight", "60")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "джой" in boosted.split() and "джой" not in plain.split()
+    # refused with the folder's alphabet and limits: a runtime error, one line, exit 1
+    result, _ = transcribe("--hotwords", "joy")
+    assert result.returncode == 1 and result.stderr.splitlines()[-1].startswith("error: hotword 'joy' has characters")
+    result, _ = transcribe("--hotwords", "джой", "--hotword_weight", "5000")
+    assert result.returncode == 1 and "hotword_weight=5000" in result.stderr.splitlines()[-1]
