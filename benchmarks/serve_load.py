@@ -12,6 +12,9 @@ is printed: a shared virtual machine's figures swing with it. Then --stream_file
 live endpoint in real time (4 at once): the lag of partial transcripts behind the audio, the time from the end of
 a stream to its final transcript, and the WER of the last partial against the offline transcript.
 
+As a deployment runs it: the servers require an API key (--api_key, sent by every client; `--api_key ""`: none)
+and serve /metrics, which a scraper reads every --scrape_s seconds during the load (`--metrics false`: neither).
+
     python benchmarks/serve_load.py outputs/mini --threads 2 --seconds 15 --rounds 4
     python benchmarks/serve_load.py outputs/mini --seconds 5 --rounds 1 --clients 1 4 --stream_files 4   # smoke run
 """
@@ -37,6 +40,7 @@ import requests
 import soundfile as sf
 from common import ROOT, table
 
+HEADERS = {}  # every request's: the API key (main)
 CORPUS = ROOT / "ebranchformer_ru" / "golos" / "golos_mini" / "test_opus"
 
 
@@ -49,7 +53,7 @@ def free_port():
 class Server:
     """serve.py in a process of its own; `peak_mib()` is its peak resident memory since the last `reset_peak()`."""
 
-    def __init__(self, model, threads, batch):
+    def __init__(self, model, threads, batch, options=()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
@@ -64,17 +68,18 @@ class Server:
             str(batch),
             "--max_queue",
             "1024",
+            *options,
         ]
         self.process = subprocess.Popen(command, stderr=subprocess.DEVNULL, cwd=ROOT)
         for _ in range(1200):
             try:
-                if requests.get(self.url + "/ready", timeout=1).ok:
+                if requests.get(self.url + "/ready", timeout=1, headers=HEADERS).ok:
                     break
             except requests.ConnectionError:
                 time.sleep(0.1)
         else:
             raise SystemExit(f"serve.py {model} did not start")
-        self.model = requests.get(self.url + "/v1/models").json()["data"][0]["id"]
+        self.model = requests.get(self.url + "/v1/models", headers=HEADERS).json()["data"][0]["id"]
 
     def reset_peak(self):
         with open(f"/proc/{self.process.pid}/clear_refs", "w") as f:
@@ -106,6 +111,7 @@ def load(server, files, clients, seconds) -> dict:
                         server.url + "/v1/audio/transcriptions",
                         files={"file": (path.name, data)},
                         data={"model": server.model},
+                        headers=HEADERS,
                         timeout=300,
                     ).status_code
                     == 200
@@ -168,7 +174,7 @@ def stream(server, path, data, expected):
     samples, _ = sf.read(io.BytesIO(data), dtype="int16")
     pcm, step = samples.astype("<i2").tobytes(), 3200
     lags, last = [], ""
-    with connect(server.url.replace("http", "ws") + "/v1/audio/stream") as ws:
+    with connect(server.url.replace("http", "ws") + "/v1/audio/stream", additional_headers=HEADERS) as ws:
         begun = time.monotonic()
 
         def receive():
@@ -207,6 +213,13 @@ def stolen(before, after) -> float:
     return spent[7] / max(1, sum(spent))
 
 
+def scrape(servers, every_s, stop):
+    """What Prometheus does to a deployment: reads every server's /metrics every `every_s` seconds."""
+    while not stop.wait(every_s):
+        for server in servers:
+            requests.get(server.url + "/metrics", headers=HEADERS, timeout=10).raise_for_status()
+
+
 def spread(values, digits=2):
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
@@ -219,7 +232,16 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--stream_files", type=int, default=20, help="files streamed in real time (0: none)")
+    parser.add_argument("--api_key", default="load-test-key", help='the key the servers require ("": none)')
+    parser.add_argument(
+        "--metrics", type=lambda t: t.lower() in ("true", "1", "yes"), default=True, help="serve and scrape /metrics"
+    )
+    parser.add_argument("--scrape_s", type=float, default=5.0, help="seconds between scrapes of /metrics")
     args = parser.parse_args(argv)
+    options = ["--metrics", str(args.metrics).lower()]
+    if args.api_key:
+        options += ["--api_key", args.api_key]
+        HEADERS["Authorization"] = f"Bearer {args.api_key}"
     import jiwer
 
     manifests = sorted(CORPUS.glob("*/manifest.jsonl"))
@@ -235,7 +257,10 @@ def main(argv=None):
     )
 
     counters = cpu_counters()
-    servers = {batch: Server(args.model, args.threads, batch) for batch in (16, 1)}
+    servers = {batch: Server(args.model, args.threads, batch, options) for batch in (16, 1)}
+    scraping = threading.Event()
+    if args.metrics:
+        threading.Thread(target=scrape, args=(list(servers.values()), args.scrape_s, scraping), daemon=True).start()
     results, offline_rates = {}, []
     try:
         for round_ in range(args.rounds):
@@ -260,11 +285,13 @@ def main(argv=None):
                     servers[16].url + "/v1/audio/transcriptions",
                     files={"file": ("a.wav", wav.getvalue())},
                     data={"model": servers[16].model},
+                    headers=HEADERS,
                 )
                 expected[path] = response.json()["text"]
             with ThreadPoolExecutor(4) as pool:
                 streams = list(pool.map(lambda f: stream(servers[16], f[0], f[1], expected[f[0]]), chosen))
     finally:
+        scraping.set()
         for server in servers.values():
             server.stop()
 

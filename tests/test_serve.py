@@ -460,7 +460,7 @@ def test_live_partials_of_a_long_stream_keep_the_words_before_the_window(tiny_mo
     samples = np.repeat(np.arange(12) / 1000, 8000).astype(np.float32)  # word k: samples k / 1000
     calls = []
 
-    async def recogniser(audio, decoder=None):
+    async def recogniser(audio, decoder=None, reserved=False):
         calls.append(len(audio))
         numbers = np.round(audio * 1000).astype(int)
         words = [
@@ -617,6 +617,92 @@ def test_the_page_transcribes_an_upload_and_the_microphone(server, tiny_model, b
     ).json()
     assert " ".join(shown) == again["text"] and shown
     assert len(recorded) > 16000 * 2 * 1.0  # over a second of audio was recorded
+
+
+ANOTHER_SITE = """<!doctype html><script>
+window.results = {};
+const api = "API", form = new FormData();
+form.append("model", "MODEL"); form.append("file", new Blob([new Uint8Array(64)]), "a.wav");
+fetch(api + "/v1/models").then((r) => r.status, () => "blocked").then((s) => { results.get = s; });
+fetch(api + "/v1/audio/transcriptions", { method: "POST", body: form })
+  .then((r) => r.status, () => "blocked").then((s) => { results.post = s; });
+const socket = new WebSocket(api.replace("http", "ws") + "/v1/audio/stream");
+socket.onopen = () => { results.stream = "open"; socket.close(); };
+socket.onerror = () => { results.stream = results.stream || "refused"; };
+</script>"""
+
+
+class AnotherSite:
+    """A page of another origin (a second local server, on another port) that calls the API at `api` and opens a
+    live stream there; `results(browser)` is what it could do."""
+
+    def __init__(self, model):
+        import http.server
+
+        site = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.end_headers()
+                self.wfile.write(ANOTHER_SITE.replace("API", site.api).replace("MODEL", model).encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin, self.api = f"http://127.0.0.1:{self.httpd.server_address[1]}", None
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def results(self, browser):
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        browser.get(self.origin + "/")
+        WebDriverWait(browser, 30).until(lambda d: len(d.execute_script("return window.results") or {}) == 3)
+        return browser.execute_script("return window.results")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+
+
+@pytest.mark.slow  # a browser process
+def test_a_page_of_another_origin_cannot_use_the_server(server, tiny_model, browser):
+    """A page served from another origin, in headless chromium, can neither read the API nor open a live stream:
+    the server refuses its Origin (403, counted as such), not only the browser its answers. With --allowed_origins
+    naming it, it can (CORS headers). The server's own page can: test_the_page_transcribes_an_upload_and_...."""
+    rejected = server.service.metrics.rejected.labels("origin")
+    before = rejected._value.get()
+    with AnotherSite(tiny_model.name) as site:
+        site.api = server.url
+        assert site.results(browser) == {"get": "blocked", "post": "blocked", "stream": "refused"}
+        assert rejected._value.get() - before == 3  # refused by the server, not only unread by the browser
+        with Running(tiny_model, "--allowed_origins", site.origin) as allowing:
+            site.api = allowing.url
+            assert site.results(browser) == {"get": 200, "post": 415, "stream": "open"}
+
+
+@pytest.mark.slow  # a browser process
+def test_the_page_asks_for_the_api_key_and_then_transcribes(tiny_model, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wav = tmp_path / "upload.wav"
+    sf.write(wav, serving.read_audio(FILES[0]), 16000, subtype="PCM_16")
+    with Running(tiny_model, "--api_key", "page-key") as running:
+        wait = WebDriverWait(browser, 60)
+        browser.get(running.url + "/")
+        wait.until(lambda d: d.find_element(By.ID, "keyline").is_displayed())
+        browser.find_element(By.ID, "key").send_keys("page-key\n")
+        wait.until(lambda d: d.find_element(By.ID, "model").text == tiny_model.name)
+        browser.find_element(By.ID, "file").send_keys(str(wav))
+        status = browser.find_element(By.ID, "status")
+        wait.until(lambda d: status.get_attribute("data-state") in ("done", "error"))
+        assert status.get_attribute("data-state") == "done", status.text
+        browser.execute_script("sessionStorage.clear()")
 
 
 @pytest.mark.slow  # an ONNX export

@@ -12,15 +12,20 @@ MODEL is a model folder (PyTorch, --device) or an ebranchformer-export-onnx fold
                                     `language` (ru), `prompt` (hotwords, with --decoder lm), `temperature` (0)
     GET  /v1/models                 the one model served (its id is the folder's name)
     GET  /health, /ready            the process is up; it takes requests (503 while the queue is full)
+    GET  /metrics                   Prometheus metrics (--metrics false: none)
     WS   /v1/audio/stream           live audio: binary messages of 16 kHz mono 16-bit little-endian PCM, then the
                                     text message {"type": "end"}; partial transcripts every 0.5 s, then a final one
     GET  /                          a page to try it: upload a file or record from the microphone
 
 Requests that arrive together run as one batch (at most --max_batch_size recordings), and a response is what
 ebranchformer-transcribe gives for the same file. Uploads must be 16 kHz mono (WAV, FLAC, Ogg/Opus, MP3); the
-page converts in the browser. SIGTERM finishes the requests in flight, then stops.
+page converts in the browser. SIGTERM stops accepting, gives each live stream the final transcript of what it sent,
+answers the requests in flight and stops within --shutdown_timeout_s (uploads still arriving after half of it are
+cut). With --api_key, every endpoint but /health and the page needs `Authorization: Bearer KEY`. On a public port
+(--host 0.0.0.0): docs/deployment.md.
 """
 
+import functools
 import logging
 
 from ebranchformer_ru import serving
@@ -70,8 +75,60 @@ def build_parser():
         default=20.0,
         help="live audio: the recent audio decoded again for each partial transcript",
     )
+    add_access(parser)
+    add_limits(parser)
     cli.add_trust_remote_code(parser)
     return parser
+
+
+def add_access(parser):
+    group = parser.add_argument_group("access")
+    group.add_argument(
+        "--api_key",
+        action="append",
+        metavar="KEY",
+        help="require `Authorization: Bearer KEY` (repeat for several keys; also --api_key_file, EBRANCHFORMER_API_KEY)",
+    )
+    group.add_argument("--api_key_file", metavar="PATH", help="a file of API keys, one a line")
+    group.add_argument(
+        "--allowed_origins",
+        type=cli.names,
+        metavar="ORIGIN[,ORIGIN...]",
+        help="web pages (https://host:port) that may call the API and open live streams, besides the server's own",
+    )
+    group.add_argument(
+        "--metrics",
+        type=cli.string_to_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        metavar="BOOL",
+        help="serve Prometheus metrics at /metrics (default true)",
+    )
+
+
+def add_limits(parser):
+    group = parser.add_argument_group("limits against slow or hostile clients (docs/deployment.md)")
+    seconds = functools.partial(group.add_argument, type=cli.positive_float, metavar="S")
+    seconds(
+        "--read_timeout_s", default=10.0, help="a request head, or the next part of an upload, must come within this"
+    )
+    seconds("--upload_timeout_s", default=120.0, help="an upload must be complete within this (408 after)")
+    seconds("--keep_alive_s", default=5.0, help="an idle connection is closed after this")
+    seconds("--shutdown_timeout_s", default=20.0, help="SIGTERM: the process stops within this")
+    seconds("--stream_idle_s", default=10.0, help="a live stream that sends nothing for this is closed")
+    group.add_argument(
+        "--max_connections",
+        type=cli.positive_int,
+        default=None,
+        help=f"open connections (default: the open-files limit, raised to the hard limit, less {serving.RESERVED_FILES})",
+    )
+    group.add_argument(
+        "--max_streams",
+        type=cli.positive_int,
+        default=16,
+        help="live streams at once (each holds up to --max_audio_s of PCM)",
+    )
 
 
 def serve(args):
@@ -80,15 +137,23 @@ def serve(args):
     if args.hotword_weight is not None and args.decoder != "lm":
         raise UsageError("--hotword_weight needs --decoder lm")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(serving.RateLimitedLog())
     app = serving.make_app(args)  # loads the model: a folder that is none is an error before anything is served
-    serving.log.info(f"serving {args.model} as {app.state.service.model_id!r} on http://{args.host}:{args.port}/")
-    import uvicorn  # the `serve` extra, which make_app has found
-
-    # uvicorn's SIGTERM/SIGINT handling: stop accepting, finish the requests in flight, then the lifespan's exit
-    # lets the worker finish its queue, and the process ends by the signal. Its access log is off: serving logs
-    # one line per request.
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info", timeout_graceful_shutdown=None)
+    keys = "API keys required" if serving.api_keys(args) else "no API key"
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not serving.api_keys(args):
+        serving.log.warning(f"--host {args.host} without --api_key: anyone who reaches the port may use the server")
+    serving.log.info(
+        f"serving {args.model} as {app.state.service.model_id!r} on http://{args.host}:{args.port}/ ({keys})"
+    )
+    # SIGTERM/SIGINT (serving.Server): stop accepting, the live streams' finals, the requests in flight, then the
+    # lifespan's exit lets the worker finish its queue, and the process ends by the signal.
+    serving.server(app, args).run()
 
 
 def main(argv=None) -> int:
     return cli.run(build_parser(), serve, argv)
+
+
+if __name__ == "__main__":  # python -m ebranchformer_ru.commands.<name>
+    raise SystemExit(main())
