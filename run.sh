@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=test,onnx,serve
+EXTRAS=test,onnx,serve,vad,itn
 
 setup() {
     local stamp="$VENV/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"

@@ -40,6 +40,7 @@ from .inference import (
     load_test_sets,
     set_log_probs,
 )
+from .itn import InverseNormalizer
 from .metrics import cer, wer, word_errors
 
 logger = logging.getLogger("evaluate_ctc")
@@ -62,6 +63,8 @@ class Evaluation:
     device: str
     threads: int | None
     dtype: str = "float32"
+    itn: bool = False  # the normalised hypotheses beside the spoken ones; WER stays on the spoken text
+    itn_cache_dir: str | None = None
 
 
 def evaluate_model(
@@ -79,6 +82,8 @@ def evaluate_model(
     threads=None,
     context=None,
     dtype="float32",
+    itn=False,
+    itn_cache_dir=None,
 ):
     """The results of every set (rows), on every process; with several processes (`context`, default: from the
     launcher's environment) rank 0 writes the files. `decoder`: None decodes with the folder's language model
@@ -99,6 +104,8 @@ def evaluate_model(
         device,
         threads,
         dtype,
+        itn,
+        itn_cache_dir,
     )
     context = distributed.Context.from_env() if context is None else context
     with distributed.process_group(context):
@@ -110,8 +117,8 @@ def evaluate_model(
         # Before any work: every process was started on this evaluation (one model, decoder, data and sets), or
         # all refuse.
         distributed.agree(context, lambda: evaluation_description(job))
-        transcriber, lm_decoder, test_sets = distributed.together(context, lambda: load(job, context, place_first))
-        rows, files = score(job, transcriber, lm_decoder, test_sets, context)
+        transcriber, lm_decoder, test_sets, itn = distributed.together(context, lambda: load(job, context, place_first))
+        rows, files = score(job, transcriber, lm_decoder, test_sets, itn, context)
         if context.is_main:
             write_results(job, rows, files, lm_decoder)
         return rows
@@ -124,7 +131,8 @@ def choose(job: Evaluation, place_first: bool) -> list[str]:
 
 
 def load(job: Evaluation, context, place_first: bool) -> tuple:
-    """The transcriber, the LM decoder (None: greedy only) and the test sets, each checked before any work."""
+    """The transcriber, the LM decoder (None: greedy only), the test sets and the inverse normaliser (--itn, on
+    the main process), each checked before any work."""
     backend = TorchBackend.from_folder(
         job.model_path,
         context.device(job.device),
@@ -149,18 +157,26 @@ def load(job: Evaluation, context, place_first: bool) -> tuple:
     test_sets = load_test_sets(job.data_dir, job.sets, backend.processor.tokenizer, job.max_samples)
     for name, (_, report) in test_sets.items():
         logger.info("%s: %s", name, report)
-    return Transcriber(backend, job.batch_size), lm_decoder, test_sets
+    itn = InverseNormalizer(job.itn_cache_dir, log=logger.info) if job.itn and context.is_main else None
+    return Transcriber(backend, job.batch_size), lm_decoder, test_sets, itn
 
 
-def score(job: Evaluation, transcriber, lm_decoder, test_sets, context) -> tuple[list, dict]:
+def score(job: Evaluation, transcriber, lm_decoder, test_sets, itn, context) -> tuple[list, dict]:
     """The rows of the results and the files that hold them, {path: text}."""
     rows, files = [], {}
     for name, (dataset, report) in test_sets.items():
-        row, utterances = score_set(name, dataset, report, *decode_set(transcriber, dataset, lm_decoder, context))
+        row, utterances = score_set(
+            name, dataset, report, *decode_set(transcriber, dataset, lm_decoder, context), itn=itn
+        )
         rows.append(row)
         files[job.output_dir / f"utterances_{name}.jsonl"] = utterances
     decoding = lm_decoder.settings if lm_decoder is not None else None
     header = f"Model: `{job.model_path}`, data: `{job.data_dir}`\n\n"
+    if itn is not None:
+        header += (
+            "WER on the spoken-form text (as the references are written); the hypotheses with numbers as digits "
+            "(--itn) are in utterances_*.jsonl as itn_hypothesis\n\n"
+        )
     if decoding:
         settings = ", ".join(f"{k} {v}" for k, v in decoding.items())
         header += f"WER/CER: greedy decoding; LM WER/CER: beam search with the language model ({settings})\n\n"
@@ -207,8 +223,9 @@ def evaluation_description(job: Evaluation) -> dict:
     }
 
 
-def score_set(name, dataset, report, hypotheses, lm_hypotheses) -> tuple[dict, str]:
-    """A test set's row of the results and its `utterances_<set>.jsonl` text."""
+def score_set(name, dataset, report, hypotheses, lm_hypotheses, itn=None) -> tuple[dict, str]:
+    """A test set's row of the results and its `utterances_<set>.jsonl` text (with `itn`, an `InverseNormalizer`,
+    each hypothesis normalised beside it; the scores stay on the spoken-form text)."""
     references = dataset["text"]
     lines = []
     for index, (id_, reference, hypothesis) in enumerate(zip(dataset["id"], references, hypotheses)):
@@ -219,6 +236,8 @@ def score_set(name, dataset, report, hypotheses, lm_hypotheses) -> tuple[dict, s
             lines[-1]["lm_hypothesis"] = lm_hypotheses[index]
             lines[-1]["lm_errors"] = word_errors(reference, lm_hypotheses[index])
             del lines[-1]["lm_errors"]["reference_words"]
+        if itn is not None:
+            lines[-1]["itn_hypothesis"] = itn(lm_hypotheses[index] if lm_hypotheses is not None else hypothesis)
     row = {
         "set": name,
         "utterances": len(references),

@@ -32,6 +32,19 @@ def subtitle_cues(words, max_pause=0.6, max_duration=6.0, max_chars=84) -> list[
     return [(c[0]["start"], c[-1]["end"], " ".join(w["word"] for w in c)) for c in cues]
 
 
+def cues(record: dict) -> list[tuple[float, float, str]]:
+    """A record's subtitle cues: with voice-activity segments, each segment's words cut by `subtitle_cues` (a cue
+    never spans a pause between segments); otherwise all its words."""
+    words = record.get("words", [])
+    if "segments" not in record:
+        return subtitle_cues(words)
+    out = []
+    for segment in record["segments"]:
+        inside = [w for w in words if segment["start"] <= w["start"] and w["end"] <= segment["end"] + 1e-6]
+        out += subtitle_cues(inside)
+    return out
+
+
 def render(records: list[dict], suffix: str) -> str:
     if suffix == ".jsonl":
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
@@ -40,7 +53,7 @@ def render(records: list[dict], suffix: str) -> str:
     separator = "," if suffix == ".srt" else "."
     blocks = [] if suffix == ".srt" else ["WEBVTT\n"]
     for record in records:
-        for number, (start, end, text) in enumerate(subtitle_cues(record.get("words", [])), 1):
+        for number, (start, end, text) in enumerate(cues(record), 1):
             timing = f"{format_time(start, separator)} --> {format_time(end, separator)}"
             blocks.append(f"{number}\n{timing}\n{text}\n" if suffix == ".srt" else f"{timing}\n{text}\n")
     return "\n".join(blocks)

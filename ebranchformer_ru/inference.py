@@ -14,6 +14,7 @@ dropped before decoding (as Transformers' ASR pipeline does), and pieces are bat
 imports neither torch nor transformers: the PyTorch backend imports them when it is made.
 """
 
+import itertools
 import math
 import warnings
 from collections.abc import Iterator
@@ -197,10 +198,12 @@ def load_decoder(model_dir, kind="lm", alpha=None, beta=None, **options) -> LMDe
     """The model folder's decoder (`modeling_ebranchformer.beam_search.load_decoder`: "greedy" gives None, "lm" the
     folder's language model, "auto" the language model where there is one) as an `LMDecoder` with search `options`;
     `alpha`/`beta` override attrs.json. Errors name the folder and what to do."""
-    from modeling_ebranchformer.beam_search import DEFAULT_BEAM_WIDTH
+    from modeling_ebranchformer.beam_search import DECODER_KINDS, DEFAULT_BEAM_WIDTH
     from modeling_ebranchformer.beam_search import load_decoder as load_folder_decoder
     from modeling_ebranchformer.ngram import LanguageModelError
 
+    if kind not in DECODER_KINDS:
+        raise InferenceError(f"decoder must be one of {', '.join(DECODER_KINDS)}, got {kind!r}")
     try:
         decoder = load_folder_decoder(model_dir, kind, alpha=alpha, beta=beta)
     except LanguageModelError as error:
@@ -209,9 +212,6 @@ def load_decoder(model_dir, kind="lm", alpha=None, beta=None, **options) -> LMDe
         return None
     options.setdefault("beam_width", DEFAULT_BEAM_WIDTH)
     return LMDecoder(decoder, **options)
-
-
-load_lm_decoder = load_decoder  # the server's name for it until it moves (the lead removes this)
 
 
 # ---------------------------------------------------------------------------------------------- transcription
@@ -250,8 +250,13 @@ class Transcriber:
         timestamps=False,
         decoder=None,
         forward_cost_s=None,
+        segmenter=None,
+        confidence=False,
     ):
         self.backend, self.batch_size, self.timestamps, self.decoder = backend, batch_size, timestamps, decoder
+        # segmenter: a `vad.VoiceActivity` (pieces are its segments, silence is not transcribed); confidence: a
+        # confidence per word (`word_confidences`).
+        self.segmenter, self.confidence = segmenter, confidence
         rate, spf = backend.sampling_rate, backend.samples_per_frame
         # None: pieces are cut into batches of batch_size (callers that sort a whole collection by length get
         # batches of similar lengths that way); a number: see `length_batches`.
@@ -270,10 +275,17 @@ class Transcriber:
                 f"--chunk_length_s {chunk_length_s}; make it smaller"
             )
         self.frame_seconds = spf / rate
+        if segmenter is not None and segmenter.max_segment > self.chunk:
+            raise InferenceError(
+                f"--vad_max_segment_s {segmenter.max_segment / rate:g} is longer than --chunk_length_s "
+                f"{chunk_length_s:g}: a segment must fit one forward pass"
+            )
 
     def chunks(self, samples):
         """(start sample, end sample, frames to drop on the left, frames to keep or None for all) of each chunk;
-        `samples` is an array or an `AudioFile` (only its length is used here)."""
+        `samples` is an array or an `AudioFile` (only its length is used here, unless a segmenter reads it)."""
+        if self.segmenter is not None:
+            return [(start, end, 0, None) for start, end in self.segmenter(samples)]
         n, spf = len(samples), self.backend.samples_per_frame
         if n <= self.chunk:
             return [(0, n, 0, None)]
@@ -308,7 +320,20 @@ class Transcriber:
         joined with their overlaps dropped; or (index, exception) for a recording that could not be read or that
         the model could not take (a failed batch is run again a piece at a time, so one bad recording fails
         alone). A piece's samples are read when its batch runs."""
-        pieces = [(owner, chunk) for owner, recording in enumerate(recordings) for chunk in self.chunks(recording)]
+        pieces, early = [], []  # early: recordings done before any forward pass (unreadable, or no speech)
+        for owner, recording in enumerate(recordings):
+            try:
+                chunks = self.chunks(recording)
+            except Exception as error:  # a recording the segmenter could not read
+                early.append((owner, error))
+                continue
+            pieces += [(owner, chunk) for chunk in chunks]
+            if not chunks:
+                early.append(
+                    (owner, (np.zeros((0, len(self.backend.vocabulary.id_to_token)), np.float32), np.zeros(0)))
+                )
+        if early:
+            yield early
         owned = [[] for _ in recordings]  # each recording's pieces, in order
         for p, (owner, _) in enumerate(pieces):
             owned[owner].append(p)
@@ -317,7 +342,7 @@ class Transcriber:
         for batch in self.batches([end - start for _, (start, end, _, _) in pieces]):
             batch = [p for p in batch if pieces[p][0] not in failed]
             done = []
-            for p, result in self._forward(batch, pieces, recordings):
+            for p, result in self._run_batch(batch, pieces, recordings):
                 owner = pieces[p][0]
                 if owner in failed:
                     continue
@@ -331,7 +356,11 @@ class Transcriber:
             if done:
                 yield sorted(done, key=lambda pair: pair[0])
 
-    def _forward(self, batch, pieces, recordings) -> list[tuple[int, np.ndarray | Exception]]:
+    def forward(self, stretches: list) -> list[np.ndarray]:
+        """One forward pass of the backend over a batch of stretches of samples (the place to time or hold it)."""
+        return self.backend(stretches)
+
+    def _run_batch(self, batch, pieces, recordings) -> list[tuple[int, np.ndarray | Exception]]:
         """(piece, log-probabilities or the exception) of one batch; a batch that fails runs a piece at a time."""
         results, stretches = [], []
         for p in batch:
@@ -343,11 +372,11 @@ class Transcriber:
         if not stretches:
             return results
         try:
-            return results + list(zip([p for p, _ in stretches], self.backend([s for _, s in stretches])))
+            return results + list(zip([p for p, _ in stretches], self.forward([s for _, s in stretches])))
         except Exception as error:
             if len(stretches) == 1:
                 return results + [(stretches[0][0], error)]
-        return results + [pair for p, _ in stretches for pair in self._forward([p], pieces, recordings)]
+        return results + [pair for p, _ in stretches for pair in self._run_batch([p], pieces, recordings)]
 
     def _join(self, chunks) -> tuple[np.ndarray, np.ndarray]:
         """One recording's frames and their start times from its chunks' log-probabilities, overlaps dropped."""
@@ -369,9 +398,26 @@ class Transcriber:
         return results
 
     def decode(self, log_probs: np.ndarray, times: np.ndarray, decoder=None) -> dict:
-        """A record {"text", "words"?} from one recording's joined frames, with `decoder` (default: this
-        transcriber's; greedy when None); word times in seconds."""
+        """A record {"text", "words"?, "segments"?} from one recording's joined frames, with `decoder` (default:
+        this transcriber's; greedy when None); word times in seconds. With a segmenter each segment is decoded on
+        its own (a character run never joins across silence) and listed in "segments" {"start", "end", "text"}."""
         decoder = self.decoder if decoder is None else decoder
+        self._check_finite(log_probs)
+        if self.segmenter is None:
+            return self._decode(log_probs, times, decoder)
+        records, segments = [], []
+        for frames in _spans(times, self.frame_seconds):
+            records.append(self._decode(log_probs[frames], times[frames], decoder))
+            end = round(float(times[frames][-1]) + self.frame_seconds, 3)
+            segments.append({"start": round(float(times[frames][0]), 3), "end": end, "text": records[-1]["text"]})
+        record = {"text": " ".join(r["text"] for r in records if r["text"])}
+        if self.timestamps:
+            record["words"] = [word for r in records for word in r["words"]]
+        record["segments"] = segments
+        return record
+
+    @staticmethod
+    def _check_finite(log_probs):
         finite = np.isfinite(log_probs).all(axis=-1)
         if not finite.all():  # broken weights (NaN) would otherwise decode to an empty text, silently
             raise InferenceError(
@@ -379,11 +425,17 @@ class Transcriber:
                 f"{len(finite)} frames, from frame {np.flatnonzero(~finite)[0]}: are its weights "
                 "finite?"
             )
+
+    def _decode(self, log_probs, times, decoder) -> dict:
+        vocabulary = self.backend.vocabulary
         if decoder is None or decoder == "greedy":
             ids = log_probs.argmax(-1)
-            record = {"text": self.backend.vocabulary.decode(ids)}
+            record = {"text": vocabulary.decode(ids)}
             if self.timestamps:
-                record["words"] = self.backend.vocabulary.words(ids, times, self.frame_seconds)
+                record["words"] = vocabulary.words(ids, times, self.frame_seconds)
+                if self.confidence:
+                    for word, confidence in zip(record["words"], greedy_confidences(log_probs, ids, vocabulary)):
+                        word["confidence"] = confidence
             return record
         beam = decoder(log_probs)
         record = {"text": beam.text}
@@ -397,6 +449,9 @@ class Transcriber:
                 }
                 for word, (begin, end) in beam.word_offsets
             ]
+            if self.confidence:
+                for entry, (word, (begin, end)) in zip(record["words"], beam.word_offsets):
+                    entry["confidence"] = aligned_confidence(log_probs[begin:end], vocabulary.ids(word), vocabulary)
         return record
 
     def transcribe(self, recordings: list) -> list[dict]:
@@ -416,6 +471,63 @@ class Transcriber:
             return self.decode(*result)
         except Exception as error:  # non-finite log-probabilities, a decoder that fails: this recording only
             return error
+
+
+# ---------------------------------------------------------------------------------------------- confidence
+# A word's confidence is the geometric mean, over its characters, of each character's peak posterior probability
+# in the frames aligned to it: near 1 where the model was sure of every character, lower as soon as one character
+# was in doubt. Greedy words take the greedy path's alignment; a word the LM's beam chose takes the best CTC
+# alignment of its characters within its frames, so that a word the LM preferred over what the frames said gets
+# the (lower) acoustic support the frames give it.
+
+
+def greedy_confidences(log_probs: np.ndarray, ids: np.ndarray, vocabulary) -> list[float]:
+    """One confidence per word of `vocabulary.words(ids, ...)`, in order."""
+    words, current = [], None
+    for char, start, end in vocabulary.token_runs(ids):
+        if char == " ":
+            current = None
+            continue
+        if current is None:
+            current = []
+            words.append(current)
+        current.append(float(log_probs[start:end, ids[start]].max()))
+    return [round(math.exp(sum(peaks) / len(peaks)), 3) for peaks in words]
+
+
+def aligned_confidence(log_probs: np.ndarray, labels: list[int], vocabulary) -> float:
+    """The confidence of `labels` (a word's character ids) in `log_probs` (its frames): the Viterbi CTC alignment
+    of blank, label, blank, ..., then each label's peak posterior over its aligned frames. 0 where the frames are
+    too few for the word."""
+    blank = vocabulary.blank_id
+    states = [blank] + [s for label in labels for s in (label, blank)]
+    if not labels or len(log_probs) < len(labels):
+        return 0.0
+    emit = log_probs[:, states]
+    skip = np.array([s >= 2 and states[s] != blank and states[s] != states[s - 2] for s in range(len(states))])
+    score = np.full(len(states), -np.inf)
+    score[:2] = emit[0, :2]
+    back = np.zeros((len(log_probs), len(states)), np.int64)
+    for t in range(1, len(log_probs)):
+        moves = np.stack(
+            [score, np.r_[-np.inf, score[:-1]], np.where(skip, np.r_[-np.inf, -np.inf, score[:-2]], -np.inf)]
+        )
+        back[t] = moves.argmax(0)
+        score = moves.max(0) + emit[t]
+    state = len(states) - 1 if score[-1] >= score[-2] else len(states) - 2
+    peaks = [-np.inf] * len(labels)
+    for t in range(len(log_probs) - 1, -1, -1):
+        if state % 2:
+            peaks[state // 2] = max(peaks[state // 2], float(emit[t, state]))
+        state -= back[t, state]
+    return round(math.exp(sum(peaks) / len(peaks)), 3) if all(np.isfinite(peaks)) else 0.0
+
+
+def _spans(times: np.ndarray, frame_seconds: float) -> list[slice]:
+    """The runs of consecutive frames of `times` (segments of a segmented recording are apart in time)."""
+    cuts = np.flatnonzero(np.diff(times) > 1.5 * frame_seconds) + 1
+    bounds = [0, *cuts.tolist(), len(times)]
+    return [slice(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 # ---------------------------------------------------------------------------------------------- test sets

@@ -162,6 +162,12 @@ class CTCVocabulary:
             runs.append((" " if char == self.word_delimiter_token else char, start, end))
         return runs
 
+    def ids(self, word: str) -> list[int]:
+        """The ids of a word's characters (characters outside the vocabulary are left out)."""
+        if not hasattr(self, "_token_to_id"):
+            self._token_to_id = {token: i for i, token in self.id_to_token.items()}
+        return [self._token_to_id[c] for c in word if c in self._token_to_id]
+
     def decode(self, ids: np.ndarray) -> str:
         return "".join(char for char, _, _ in self.token_runs(ids)).strip()
 

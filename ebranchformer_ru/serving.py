@@ -40,8 +40,10 @@ import numpy as np
 from modeling_ebranchformer.text import normalize_text
 
 from .audio import LOUD, read_audio
-from .formats import render, subtitle_cues
-from .inference import InferenceError, LMDecoder, Transcriber, load_backend, load_lm_decoder
+from .formats import cues, render
+from .inference import InferenceError, LMDecoder, Transcriber, load_backend, load_decoder
+from .itn import InverseNormalizer
+from .vad import VoiceActivity
 
 try:  # the `serve` extra; --help and the package import work without it
     import prometheus_client
@@ -60,7 +62,7 @@ else:
 
 log = logging.getLogger("ebranchformer_ru.serving")
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
-FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]")
+FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]", "itn")
 LANGUAGES = ("ru", "russian")
 PARTIAL_EVERY = 0.5  # seconds between live partial transcripts
 PAGE = Path(__file__).with_name("serving_page.html")
@@ -252,26 +254,22 @@ class Batcher:
                 job.loop.call_soon_threadsafe(settle, job.future, None, error)
 
     def process(self, batch):
+        """The batch through the transcriber's one batching: each request is answered as the forward pass that
+        completes it ends, with its own decoder; a request the model fails on fails alone."""
         started = time.monotonic()
         if not (batch := self.decode(batch)):
             return
-        try:
-            outputs = self.transcriber.log_probs([j.samples for j in batch])
-        except Exception as error:
-            if len(batch) > 1:
-                for job in batch:
-                    self.process([job])
-                return
-            outputs = [error]
-        for job, output in zip(batch, outputs):
-            try:
-                if isinstance(output, Exception):
-                    raise output
-                result, failure = self.transcriber.decode(*output, decoder=job.decoder), None
-            except Exception as error:
-                result, failure = None, error
-            job.started, job.finished = started, time.monotonic()
-            job.loop.call_soon_threadsafe(settle, job.future, result, failure)
+        for done in self.transcriber.stream([job.samples for job in batch]):
+            for index, output in done:
+                job = batch[index]
+                try:
+                    if isinstance(output, Exception):
+                        raise output
+                    result, failure = self.transcriber.decode(*output, decoder=job.decoder), None
+                except Exception as error:
+                    result, failure = None, error
+                job.started, job.finished = started, time.monotonic()
+                job.loop.call_soon_threadsafe(settle, job.future, result, failure)
 
 
 class Arrival:
@@ -470,10 +468,20 @@ class Service:
         # against 6; at 16 clients, the worst of 6 interleaved rounds fell to 0.35x of offline throughput, not 0.69x).
         with ThreadPoolExecutor(1) as loader:
             self.backend = loader.submit(
-                load_backend, args.model, args.device, args.threads, args.quantized, args.trust_remote_code
+                load_backend,
+                args.model,
+                args.device,
+                args.threads,
+                args.quantized,
+                args.trust_remote_code,
+                getattr(args, "dtype", "float32"),
             ).result()
-        self.decoder = load_lm_decoder(args.model, hotword_weight=args.hotword_weight) if args.decoder == "lm" else None
-        # Word times always: srt, vtt and verbose_json need them, and they never change the text.
+        self.decoder = load_decoder(args.model, args.decoder, hotword_weight=args.hotword_weight)
+        self.itn = InverseNormalizer(args.itn_cache_dir, log=log.info) if getattr(args, "itn", False) else None
+        segmenter = None
+        if getattr(args, "vad", False):
+            segmenter = VoiceActivity(threshold=args.vad_threshold, max_segment_s=args.vad_max_segment_s)
+        # Word times and confidences always: srt, vtt and verbose_json need them, and they never change the text.
         transcriber = Transcriber(
             self.backend,
             args.max_batch_size,
@@ -482,6 +490,8 @@ class Service:
             timestamps=True,
             decoder=self.decoder,
             forward_cost_s=FORWARD_COST_S[args.device],
+            segmenter=segmenter,
+            confidence=True,
         )
         decode_threads = min(args.max_batch_size, args.threads or os.cpu_count() or 1)
         self.batcher = Batcher(transcriber, args.max_batch_size, args.max_wait_ms, args.max_queue, decode_threads)
@@ -580,7 +590,26 @@ def parse_fields(form, service) -> dict:
         raise ApiError(400, f"timestamp_granularities[] {bad[0]!r}: segment or word", "timestamp_granularities[]")
     if granularities and response_format != "verbose_json":
         raise ApiError(400, "timestamp_granularities[] needs response_format verbose_json", "timestamp_granularities[]")
-    return {"upload": upload, "format": response_format, "words": "word" in granularities, "prompt": form.get("prompt")}
+    fields = {
+        "upload": upload,
+        "format": response_format,
+        "words": "word" in granularities,
+        "prompt": form.get("prompt"),
+    }
+    return fields | {"itn": request_itn(form.get("itn"), service)}
+
+
+def request_itn(value, service):
+    """The inverse normaliser a request asks for (`itn` true or false; default: the server's --itn), or None."""
+    if value is None:
+        return service.itn
+    if value.lower() not in ("true", "false"):
+        raise ApiError(400, f"itn {value!r}: true or false", "itn")
+    if value.lower() == "false":
+        return None
+    if service.itn is None:
+        raise ApiError(400, "itn: this server normalises no text; start it with --itn (the itn extra)", "itn")
+    return service.itn
 
 
 def check_temperature(temperature):
@@ -596,19 +625,25 @@ def check_temperature(temperature):
 
 
 def respond(record, fields, seconds, notes=()):
-    """The response in the requested format; srt and vtt are what `transcribe.py --output x.srt` writes."""
-    text, words = record["text"], record["words"]
+    """The response in the requested format; srt and vtt are what `transcribe.py --output x.srt` writes. With
+    --vad, verbose_json's segments are the voice-activity segments; with `itn`, texts are normalised (subtitles and
+    words keep the spoken words) and verbose_json keeps the spoken text as raw_text."""
+    words, itn = record["words"], fields["itn"] or (lambda text: text)
+    text = itn(record["text"])
     if fields["format"] == "json":
         return JSONResponse({"text": text})
     if fields["format"] == "text":
         return PlainTextResponse(text)
     if fields["format"] in ("srt", "vtt"):
         return PlainTextResponse(render([record], "." + fields["format"]))
+    spans = [(s["start"], s["end"], s["text"]) for s in record["segments"]] if "segments" in record else cues(record)
     segments = [
-        {"id": n, "seek": 0, "start": start, "end": end, "text": cue, "tokens": [], "temperature": 0.0}
-        for n, (start, end, cue) in enumerate(subtitle_cues(words))
+        {"id": n, "seek": 0, "start": start, "end": end, "text": itn(cue), "tokens": [], "temperature": 0.0}
+        for n, (start, end, cue) in enumerate(spans)
     ]
     body = {"task": "transcribe", "language": "russian", "duration": seconds, "text": text, "segments": segments}
+    if fields["itn"]:
+        body["raw_text"] = record["text"]
     if fields["words"]:
         body["words"] = words
     if notes:
@@ -803,7 +838,10 @@ class Api:
                 gone.cancel()
             answer["audio"] = round(len(job.samples) / service.rate, 3)
         service.metrics.audio.inc(answer["audio"])
-        return respond(job.future.result(), fields, answer["audio"], notes)
+        record = job.future.result()
+        if fields["itn"] is None:
+            return respond(record, fields, answer["audio"], notes)
+        return await asyncio.to_thread(respond, record, fields, answer["audio"], notes)  # the grammars take a while
 
     async def models(self, request):
         created = int(os.stat(self.args.model).st_mtime)
@@ -811,7 +849,7 @@ class Api:
         return JSONResponse({"object": "list", "data": [model]})
 
     async def health(self, request):
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "dtype": self.service.backend.dtype})
 
     async def ready(self, request):
         batcher = self.service.batcher

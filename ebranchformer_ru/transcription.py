@@ -50,6 +50,7 @@ from .audio import LOUD, AudioFile
 from .errors import Error, UsageError
 from .formats import escaped, render
 from .inference import Transcriber, load_backend, load_decoder
+from .itn import InverseNormalizer
 from .manifest import audio_path, read_manifest
 from .resumable import (
     SETTINGS_KEY,
@@ -61,6 +62,7 @@ from .resumable import (
     read_journals,
     write_output,
 )
+from .vad import VoiceActivity
 
 AUDIO_EXTENSIONS = ("wav", "flac", "opus", "ogg", "mp3")
 MANIFEST_EXTENSIONS = (".json", ".jsonl")
@@ -127,6 +129,7 @@ def job_description(options, items, timestamps) -> dict:
         "--stride_length_s": options.stride_length_s,
         "--quantized": options.quantized,
         "--dtype": options.dtype,
+        **{f"--{name}": value for name, value in options.transcript_settings().items()},
         "--overwrite": options.overwrite,
         "--output": None if options.output is None else os.path.abspath(options.output),
         "inputs": [[item["path"], distributed.file_facts(item["path"]), item.get("reference")] for item in items],
@@ -163,6 +166,7 @@ def run_settings(options, items, suffix, timestamps) -> dict:
     }
     if options.dtype != "float32":  # (absent for float32: outputs made before the choice existed still resume)
         settings["dtype"] = options.dtype
+    settings |= options.transcript_settings()
     if any(not os.path.isabs(item["path"]) for item in items):  # records hold paths as given
         settings["working_directory"] = os.getcwd()
     if suffix in (".srt", ".vtt"):  # one recording's subtitles
@@ -255,6 +259,19 @@ class Options:
     extensions: tuple = AUDIO_EXTENSIONS
     overwrite: bool = False
     progress: bool = True
+    vad: bool = False
+    vad_threshold: float = 0.5
+    vad_max_segment_s: float = 25.0
+    word_confidence: bool = False
+    itn: bool = False
+    itn_cache_dir: str | None = None
+
+    def transcript_settings(self) -> dict:
+        """The settings of segmentation, confidence and normalisation that are on (none: an older output's)."""
+        settings = {}
+        if self.vad:
+            settings |= {"vad_threshold": self.vad_threshold, "vad_max_segment_s": self.vad_max_segment_s}
+        return settings | {name: True for name in ("word_confidence", "itn") if getattr(self, name)}
 
 
 def check_options(options: Options):
@@ -267,6 +284,13 @@ def check_options(options: Options):
     # would accept them.
     if not 0 < options.chunk_length_s < float("inf"):
         raise UsageError(f"--chunk_length_s must be a positive number of seconds, got {options.chunk_length_s}")
+    if options.vad and not 0 < options.vad_threshold < 1:
+        raise UsageError(f"--vad_threshold must be between 0 and 1, got {options.vad_threshold}")
+    if options.vad and not 1 <= options.vad_max_segment_s <= options.chunk_length_s:
+        raise UsageError(
+            f"--vad_max_segment_s must be from 1 s to --chunk_length_s ({options.chunk_length_s:g} s), got "
+            f"{options.vad_max_segment_s:g}"
+        )
     stride = options.stride_length_s
     if stride is not None and not 0 <= stride < options.chunk_length_s / 2:
         raise UsageError(f"--stride_length_s must be in [0, chunk_length_s / 2), got {stride}")
@@ -330,6 +354,7 @@ class Run:
     settings: dict | None = None
     journal_file: IO | None = None
     header_end: int | None = None  # where this run's journal header ends, if it wrote one
+    itn: InverseNormalizer | None = None  # --itn, made with the transcriber
 
     @property
     def journal(self) -> Path:
@@ -513,8 +538,21 @@ class Run:
         decoder = load_decoder(
             options.model, options.decoder, hotwords=options.hotwords, hotword_weight=options.hotword_weight
         )
+        segmenter = None
+        if options.vad:
+            segmenter = VoiceActivity(threshold=options.vad_threshold, max_segment_s=options.vad_max_segment_s)
+        if options.itn:
+            self.itn = InverseNormalizer(options.itn_cache_dir, log=lambda line: print(line, file=sys.stderr))
+        timestamps = self.timestamps or options.word_confidence
         return Transcriber(
-            backend, options.batch_size, options.chunk_length_s, options.stride_length_s, self.timestamps, decoder
+            backend,
+            options.batch_size,
+            options.chunk_length_s,
+            options.stride_length_s,
+            timestamps,
+            decoder,
+            segmenter=segmenter,
+            confidence=options.word_confidence,
         )
 
     @staticmethod
@@ -522,11 +560,16 @@ class Run:
         failures.append((path, reason(path, error)))
         print(f"\nerror: {path}: {failures[-1][1]}", file=sys.stderr)
 
-    @staticmethod
-    def record(item, recording, result) -> dict:
-        record = {"path": item["path"], "text": result["text"], "duration": round(len(recording) / recording.rate, 3)}
-        if "words" in result:
-            record["words"] = result["words"]
+    def record(self, item, recording, result) -> dict:
+        """The output's record of one recording: path, text (normalised with --itn, the spoken text beside it),
+        duration, words, segments (--vad), reference (a manifest's text)."""
+        record = {"path": item["path"], "text": result["text"]}
+        if self.itn is not None:
+            record = {**record, "text": self.itn(result["text"]), "raw_text": result["text"]}
+        record["duration"] = round(len(recording) / recording.rate, 3)
+        for key in ("words", "segments"):
+            if key in result:
+                record[key] = result[key]
         if "reference" in item:
             record["reference"] = item["reference"]
         return record

@@ -27,47 +27,12 @@ uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
-from ebranchformer_ru import serving  # noqa: E402 (after the skips)
+from served import Running, free_port  # noqa: E402 (after the skips)
+
+from ebranchformer_ru import serving  # noqa: E402
 from ebranchformer_ru.commands import serve as command  # noqa: E402
 
 FILES = sorted((CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))[:6]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Running:
-    """serve.py's app on a free port, in a thread of this process (serving.server, as the command runs it)."""
-
-    def __init__(self, model, *options):
-        self.args = command.build_parser().parse_args([str(model), "--port", str(free_port()), *options])
-        self.app = serving.make_app(self.args)
-        self.service = self.app.state.service
-        self.server = serving.server(self.app, self.args)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.args.port}"
-
-    def __enter__(self):
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join()
-
-    def post(self, path=FILES[0], timeout=60, **data):
-        with open(path, "rb") as audio:
-            return requests.post(
-                self.url + "/v1/audio/transcriptions",
-                files={"file": (Path(path).name, audio)},
-                data={"model": self.service.model_id, **data},
-                timeout=timeout,
-            )
 
 
 class Process:
@@ -175,7 +140,7 @@ def test_slow_header_connections_do_not_take_the_server(tiny_model, tmp_path):
             time.sleep(1.0)
             for _ in range(3):
                 begun = time.monotonic()
-                assert requests.get(server.url + "/health", timeout=2).json() == {"status": "ok"}
+                assert requests.get(server.url + "/health", timeout=2).json() == {"status": "ok", "dtype": "float32"}
                 response = server.post(timeout=2)
                 assert response.status_code == 200 and response.json()["text"], response.text
                 assert time.monotonic() - begun < 2.0
@@ -313,8 +278,8 @@ def test_a_stream_ending_while_uploads_fill_the_queue_gets_its_final(tiny_model,
     gate = threading.Event()
     with Running(tiny_model, "--max_queue", "8", "--max_batch_size", "1", "--max_wait_ms", "0") as running:
         batcher = running.service.batcher
-        log_probs = batcher.transcriber.log_probs
-        monkeypatch.setattr(batcher.transcriber, "log_probs", lambda w: gate.wait(30) and log_probs(w))
+        forward = batcher.transcriber.forward
+        monkeypatch.setattr(batcher.transcriber, "forward", lambda w: gate.wait(30) and forward(w))
         pool = ThreadPoolExecutor(8)
         try:
             uploads = [pool.submit(running.post, path) for path in FILES[:4] * 2]
@@ -492,9 +457,9 @@ def test_request_ids_on_every_response_and_client_strings_escaped_in_the_log(tin
 def test_a_client_that_leaves_while_its_upload_is_decoded_is_not_computed(tiny_model, monkeypatch):
     with Running(tiny_model, "--max_wait_ms", "0") as running:
         service, ran = running.service, []
-        decode, log_probs = service.samples, service.batcher.transcriber.log_probs
+        decode, forward = service.samples, service.batcher.transcriber.forward
         monkeypatch.setattr(service, "samples", lambda *a: time.sleep(1.5) or decode(*a))
-        monkeypatch.setattr(service.batcher.transcriber, "log_probs", lambda w: ran.append(len(w)) or log_probs(w))
+        monkeypatch.setattr(service.batcher.transcriber, "forward", lambda w: ran.append(len(w)) or forward(w))
         with pytest.raises(requests.exceptions.ReadTimeout):
             running.post(FILES[0], timeout=0.7)  # taken by the worker, then left while decoded
         time.sleep(1.5)

@@ -50,6 +50,8 @@ def build_parser():
     cli.add_device(parser)
     cli.add_threads(parser)
     cli.add_dtype(parser)
+    cli.add_switch(parser, "itn", "also write each hypothesis with numbers as digits (the itn extra); WER stays spoken")
+    parser.add_argument("--itn_cache_dir", default=None, help="--itn: where its compiled grammars are kept")
     cli.add_trust_remote_code(parser)
     cli.add_decoder(parser, None, ": LM figures where the folder has a language model; greedy figures always")
     parser.add_argument("--beam_width", type=cli.positive_int, help="beam width of LM decoding (default 32)")
@@ -95,6 +97,8 @@ def evaluate(args):
         args.device,
         args.threads,
         dtype=args.dtype,
+        itn=args.itn,
+        itn_cache_dir=args.itn_cache_dir,
     )
 
 

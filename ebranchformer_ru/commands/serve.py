@@ -60,6 +60,7 @@ def build_parser():
     )
     cli.add_device(parser)
     cli.add_threads(parser)
+    cli.add_dtype(parser)
     cli.add_switch(parser, "quantized", "ONNX export only: run the int8 model")
     cli.add_decoder(parser, help="; with lm, a request's `prompt` carries hotwords")
     parser.add_argument("--hotword_weight", type=float, default=None, help="--decoder lm: bonus per hotword")
@@ -75,6 +76,17 @@ def build_parser():
         default=20.0,
         help="live audio: the recent audio decoded again for each partial transcript",
     )
+    cli.add_switch(
+        parser, "vad", "cut uploads where people pause (Silero's VAD): verbose_json segments are its segments"
+    )
+    parser.add_argument(
+        "--vad_threshold", type=cli.positive_float, default=0.5, help="--vad: speech probability threshold (0.5)"
+    )
+    parser.add_argument(
+        "--vad_max_segment_s", type=cli.positive_float, default=25.0, help="--vad: longest segment (25 s)"
+    )
+    cli.add_switch(parser, "itn", "numbers as digits by default (the itn extra); a request's `itn` field chooses")
+    parser.add_argument("--itn_cache_dir", default=None, help="--itn: where its compiled grammars are kept")
     add_access(parser)
     add_limits(parser)
     cli.add_trust_remote_code(parser)
@@ -136,6 +148,11 @@ def serve(args):
         raise UsageError(f"--max_wait_ms must be 0 or a positive number, got {args.max_wait_ms}")
     if args.hotword_weight is not None and args.decoder != "lm":
         raise UsageError("--hotword_weight needs --decoder lm")
+    if args.vad and not (0 < args.vad_threshold < 1 and 1 <= args.vad_max_segment_s <= args.chunk_length_s):
+        raise UsageError(
+            f"--vad_threshold must be between 0 and 1 (got {args.vad_threshold:g}) and --vad_max_segment_s from 1 s "
+            f"to --chunk_length_s {args.chunk_length_s:g} (got {args.vad_max_segment_s:g})"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(serving.RateLimitedLog())

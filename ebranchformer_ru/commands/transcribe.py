@@ -53,6 +53,22 @@ def build_parser():
         "--stride_length_s", type=float, default=None, help="the chunks' overlap on each side (default chunk / 6)"
     )
     cli.add_switch(parser, "timestamps", "word times in .jsonl (always for .srt/.vtt)")
+    cli.add_switch(parser, "word_confidence", "a confidence (0-1) per word in .jsonl (with word times)")
+    cli.add_switch(parser, "vad", "cut recordings where people pause (Silero's VAD) instead of fixed windows")
+    parser.add_argument(
+        "--vad_threshold", type=cli.positive_float, default=0.5, help="--vad: speech probability threshold (0.5)"
+    )
+    parser.add_argument(
+        "--vad_max_segment_s", type=cli.positive_float, default=25.0, help="--vad: longest segment (25 s)"
+    )
+    cli.add_switch(
+        parser, "itn", "numbers, dates and money as digits (the itn extra); the spoken text kept as raw_text"
+    )
+    parser.add_argument(
+        "--itn_cache_dir",
+        default=None,
+        help="--itn: where its compiled grammars are kept (~/.cache/ebranchformer_ru/itn)",
+    )
     cli.add_switch(parser, "quantized", "ONNX export only: run the int8 model")
     parser.add_argument(
         "--extensions",
@@ -89,6 +105,12 @@ def transcribe(args) -> int:
         extensions=tuple(args.extensions),
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        vad=args.vad,
+        vad_threshold=args.vad_threshold,
+        vad_max_segment_s=args.vad_max_segment_s,
+        word_confidence=args.word_confidence,
+        itn=args.itn,
+        itn_cache_dir=args.itn_cache_dir,
     )
 
 
