@@ -167,6 +167,8 @@ def run_settings(options, items, suffix, timestamps) -> dict:
     if options.dtype != "float32":  # (absent for float32: outputs made before the choice existed still resume)
         settings["dtype"] = options.dtype
     settings |= options.transcript_settings()
+    if timestamps:  # words carry confidences: an output whose words have none is not resumed into
+        settings["word_confidence"] = True
     if any(not os.path.isabs(item["path"]) for item in items):  # records hold paths as given
         settings["working_directory"] = os.getcwd()
     if suffix in (".srt", ".vtt"):  # one recording's subtitles
@@ -262,7 +264,6 @@ class Options:
     vad: bool = False
     vad_threshold: float = 0.5
     vad_max_segment_s: float = 25.0
-    word_confidence: bool = False
     itn: bool = False
     itn_cache_dir: str | None = None
 
@@ -271,7 +272,7 @@ class Options:
         settings = {}
         if self.vad:
             settings |= {"vad_threshold": self.vad_threshold, "vad_max_segment_s": self.vad_max_segment_s}
-        return settings | {name: True for name in ("word_confidence", "itn") if getattr(self, name)}
+        return settings | ({"itn": True} if self.itn else {})
 
 
 def check_options(options: Options):
@@ -543,16 +544,14 @@ class Run:
             segmenter = VoiceActivity(threshold=options.vad_threshold, max_segment_s=options.vad_max_segment_s)
         if options.itn:
             self.itn = InverseNormalizer(options.itn_cache_dir, log=lambda line: print(line, file=sys.stderr))
-        timestamps = self.timestamps or options.word_confidence
         return Transcriber(
             backend,
             options.batch_size,
             options.chunk_length_s,
             options.stride_length_s,
-            timestamps,
+            self.timestamps,
             decoder,
             segmenter=segmenter,
-            confidence=options.word_confidence,
         )
 
     @staticmethod

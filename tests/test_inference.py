@@ -106,7 +106,7 @@ def test_a_transcriber_with_a_forward_cost_cuts_batches_by_length_and_gives_the_
 @pytest.mark.parametrize("seconds", [29.0, 70.0, 70.02, 95.5])
 def test_chunks_join_without_gaps(seconds):
     backend = FrameIndexBackend()
-    transcriber = Transcriber(backend, batch_size=4, chunk_length_s=20, stride_length_s=3)
+    transcriber = Transcriber(backend, batch_size=4, chunk_length_s=20, stride_length_s=3, confidence=False)
     samples = counting(seconds)
     ids, times = [], []
 

@@ -47,7 +47,7 @@ def offline(model, path, tmp_path, suffix, *options):
 def test_the_openai_client_gets_what_transcribe_py_gives(server, tiny_model, tmp_path):
     client, path = server.client(), FILES[0]
     assert [m.id for m in client.models.list()] == [tiny_model.name]
-    record = offline(tiny_model, path, tmp_path, ".jsonl", "--timestamps", "--word_confidence")  # the server gives both
+    record = offline(tiny_model, path, tmp_path, ".jsonl", "--timestamps")
     with open(path, "rb") as audio:
         plain = client.audio.transcriptions.create(model=tiny_model.name, file=audio, language="ru")
     assert plain.text == record["text"] and record["text"]
@@ -404,7 +404,7 @@ def test_live_audio_gets_partials_and_the_offline_transcript_at_the_end(server, 
     samples = serving.read_audio(FILES[2])
     wav = tmp_path / "same.wav"  # what the stream carries: 16-bit samples
     sf.write(wav, samples, 16000, subtype="PCM_16")
-    record = offline(tiny_model, wav, tmp_path, ".jsonl", "--timestamps", "--word_confidence")
+    record = offline(tiny_model, wav, tmp_path, ".jsonl", "--timestamps")
     messages = stream(server.url, samples)
     partials = [m for m in messages if m["type"] == "partial"]
     assert messages[-1] == {
@@ -685,7 +685,7 @@ def test_an_onnx_export_is_served_as_transcribe_py_runs_it(tiny_model, tmp_path)
 
     folder = tmp_path / "onnx"
     onnx_export.export(tiny_model, folder, check_audio=FILES[:2], log=lambda *a: None)
-    record = offline(folder, FILES[3], tmp_path, ".jsonl", "--timestamps", "--word_confidence")
+    record = offline(folder, FILES[3], tmp_path, ".jsonl", "--timestamps")
     with Running(folder) as running:
         assert type(running.service.backend).__name__ == "OnnxBackend"
         result = running.client().audio.transcriptions.create(

@@ -52,8 +52,7 @@ def build_parser():
     parser.add_argument(
         "--stride_length_s", type=float, default=None, help="the chunks' overlap on each side (default chunk / 6)"
     )
-    cli.add_switch(parser, "timestamps", "word times in .jsonl (always for .srt/.vtt)")
-    cli.add_switch(parser, "word_confidence", "a confidence (0-1) per word in .jsonl (with word times)")
+    cli.add_switch(parser, "timestamps", "word times and confidences in .jsonl (always for .srt/.vtt)")
     cli.add_switch(parser, "vad", "cut recordings where people pause (Silero's VAD) instead of fixed windows")
     parser.add_argument(
         "--vad_threshold", type=cli.positive_float, default=0.5, help="--vad: speech probability threshold (0.5)"
@@ -108,7 +107,6 @@ def transcribe(args) -> int:
         vad=args.vad,
         vad_threshold=args.vad_threshold,
         vad_max_segment_s=args.vad_max_segment_s,
-        word_confidence=args.word_confidence,
         itn=args.itn,
         itn_cache_dir=args.itn_cache_dir,
     )
