@@ -236,6 +236,13 @@ def main(argv=None):
     parser.add_argument(
         "--metrics", type=lambda t: t.lower() in ("true", "1", "yes"), default=True, help="serve and scrape /metrics"
     )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32"],
+        choices=("float32", "bfloat16", "auto"),
+        help="the servers' --dtype: the first for both batch sizes, each further one a batch-16 server more",
+    )
     parser.add_argument("--scrape_s", type=float, default=5.0, help="seconds between scrapes of /metrics")
     args = parser.parse_args(argv)
     options = ["--metrics", str(args.metrics).lower()]
@@ -257,7 +264,11 @@ def main(argv=None):
     )
 
     counters = cpu_counters()
-    servers = {batch: Server(args.model, args.threads, batch, options) for batch in (16, 1)}
+    # the servers: (--max_batch_size, --dtype) -> Server; batch 1 shows what dynamic batching gains, each further
+    # --dtypes value a batch-16 server in that precision
+    variants = [(16, args.dtypes[0]), (1, args.dtypes[0])] + [(16, dtype) for dtype in args.dtypes[1:]]
+    servers = {v: Server(args.model, args.threads, v[0], [*options, "--dtype", v[1]]) for v in variants}
+    first = servers[(16, args.dtypes[0])]
     scraping = threading.Event()
     if args.metrics:
         threading.Thread(target=scrape, args=(list(servers.values()), args.scrape_s, scraping), daemon=True).start()
@@ -267,8 +278,8 @@ def main(argv=None):
             round_counters = cpu_counters()
             offline_rates.append(offline(args.model, args.threads, args.seconds))
             for clients in args.clients:
-                for batch, server in servers.items():
-                    results.setdefault((batch, clients), []).append(load(server, files, clients, args.seconds))
+                for variant, server in servers.items():
+                    results.setdefault((variant, clients), []).append(load(server, files, clients, args.seconds))
             print(
                 f"round {round_ + 1}: offline {offline_rates[-1]:.1f} audio s/s, "
                 f"{stolen(round_counters, cpu_counters()):.0%} of the CPU time stolen",
@@ -282,14 +293,14 @@ def main(argv=None):
                 wav = io.BytesIO()
                 sf.write(wav, sf.read(io.BytesIO(data), dtype="int16")[0], 16000, format="WAV", subtype="PCM_16")
                 response = requests.post(
-                    servers[16].url + "/v1/audio/transcriptions",
+                    first.url + "/v1/audio/transcriptions",
                     files={"file": ("a.wav", wav.getvalue())},
-                    data={"model": servers[16].model},
+                    data={"model": first.model},
                     headers=HEADERS,
                 )
                 expected[path] = response.json()["text"]
             with ThreadPoolExecutor(4) as pool:
-                streams = list(pool.map(lambda f: stream(servers[16], f[0], f[1], expected[f[0]]), chosen))
+                streams = list(pool.map(lambda f: stream(first, f[0], f[1], expected[f[0]]), chosen))
     finally:
         scraping.set()
         for server in servers.values():
@@ -300,7 +311,7 @@ def main(argv=None):
         f"{stolen(counters, cpu_counters()):.1%} of the run (figures under steal are not an idle machine's)\n"
     )
     rows = []
-    for (batch, clients), cells in sorted(results.items(), key=lambda kv: (kv[0][1], -kv[0][0])):
+    for ((batch, dtype), clients), cells in sorted(results.items(), key=lambda kv: (kv[0][1], -kv[0][0][0])):
         rates = [c["audio_per_s"] for c in cells]
         # each round's ratio to that round's offline run: the machine's speed drifts between rounds
         ratios = [rate / offline_rate for rate, offline_rate in zip(rates, offline_rates)]
@@ -308,6 +319,7 @@ def main(argv=None):
             [
                 clients,
                 batch,
+                dtype,
                 spread([c["rps"] for c in cells], 1),
                 spread(rates, 1),
                 spread(ratios),
@@ -323,6 +335,7 @@ def main(argv=None):
             [
                 "clients",
                 "--max_batch_size",
+                "--dtype",
                 "requests/s",
                 "audio s/s",
                 "x offline",

@@ -185,7 +185,11 @@ class LMDecoder:
             raise InferenceError(str(error)) from None
 
     def __call__(self, log_probs):
-        return self.decoder.decode_beams(log_probs, **self.options)[0]
+        return self.beams(log_probs)[0]
+
+    def beams(self, log_probs) -> list:
+        """Every beam the search kept, best first."""
+        return self.decoder.decode_beams(log_probs, **self.options)
 
     @property
     def settings(self) -> dict:
@@ -437,7 +441,8 @@ class Transcriber:
                     for word, confidence in zip(record["words"], greedy_confidences(log_probs, ids, vocabulary)):
                         word["confidence"] = confidence
             return record
-        beam = decoder(log_probs)
+        beams = decoder.beams(log_probs) if self.timestamps and self.confidence else [decoder(log_probs)]
+        beam = beams[0]
         record = {"text": beam.text}
         if self.timestamps:
             last = len(times) - 1
@@ -450,8 +455,8 @@ class Transcriber:
                 for word, (begin, end) in beam.word_offsets
             ]
             if self.confidence:
-                for entry, (word, (begin, end)) in zip(record["words"], beam.word_offsets):
-                    entry["confidence"] = aligned_confidence(log_probs[begin:end], vocabulary.ids(word), vocabulary)
+                for entry, confidence in zip(record["words"], beam_confidences(log_probs, beams, vocabulary)):
+                    entry["confidence"] = confidence
         return record
 
     def transcribe(self, recordings: list) -> list[dict]:
@@ -474,11 +479,12 @@ class Transcriber:
 
 
 # ---------------------------------------------------------------------------------------------- confidence
-# A word's confidence is the geometric mean, over its characters, of each character's peak posterior probability
-# in the frames aligned to it: near 1 where the model was sure of every character, lower as soon as one character
-# was in doubt. Greedy words take the greedy path's alignment; a word the LM's beam chose takes the best CTC
-# alignment of its characters within its frames, so that a word the LM preferred over what the frames said gets
-# the (lower) acoustic support the frames give it.
+# A greedy word's confidence is the geometric mean, over its characters, of each character's peak posterior
+# probability on the greedy path: near 1 where the model was sure of every character, lower as soon as one was in
+# doubt. A word of the LM's best beam has two witnesses, and its confidence is their geometric mean: the acoustic
+# support of the word (the same measure over the best CTC alignment of its characters within its frames, so a word
+# the LM preferred over what the frames said scores low) and the beam's agreement (the posterior mass, a softmax
+# of the kept beams' scores, of the beams holding the same word over overlapping frames).
 
 
 def greedy_confidences(log_probs: np.ndarray, ids: np.ndarray, vocabulary) -> list[float]:
@@ -521,6 +527,23 @@ def aligned_confidence(log_probs: np.ndarray, labels: list[int], vocabulary) -> 
             peaks[state // 2] = max(peaks[state // 2], float(emit[t, state]))
         state -= back[t, state]
     return round(math.exp(sum(peaks) / len(peaks)), 3) if all(np.isfinite(peaks)) else 0.0
+
+
+def beam_confidences(log_probs: np.ndarray, beams: list, vocabulary) -> list[float]:
+    """One confidence per word of `beams[0]` (the best beam of the LM search), in order."""
+    scores = np.array([b.lm_score for b in beams], np.float64)
+    weights = np.exp(scores - scores.max())
+    weights /= weights.sum()
+    out = []
+    for word, (begin, end) in beams[0].word_offsets:
+        acoustic = aligned_confidence(log_probs[begin:end], vocabulary.ids(word), vocabulary)
+        agreement = sum(
+            weight
+            for weight, beam in zip(weights, beams)
+            if any(other == word and start < end and begin < finish for other, (start, finish) in beam.word_offsets)
+        )
+        out.append(round(math.sqrt(acoustic * min(1.0, agreement)), 3))
+    return out
 
 
 def _spans(times: np.ndarray, frame_seconds: float) -> list[slice]:

@@ -28,6 +28,7 @@ WINDOW = 512  # samples per probability at 16 kHz (Silero's window)
 CONTEXT = 64  # samples of the previous window that Silero's model takes with each window
 SAMPLING_RATE = 16000
 MIN_GAP = 1280  # samples (two 40 ms output frames) kept between segments
+PART_S, MAX_PARTS = 60, 32  # a long recording's probabilities: parts of at least 60 s, at most 32 side by side
 
 
 class VADError(Error, ValueError):
@@ -74,20 +75,29 @@ class VoiceActivity:
         self.join_pause, self.max_segment = int(join_pause_s * SAMPLING_RATE), int(max_segment_s * SAMPLING_RATE)
 
     def probabilities(self, samples, block_s: float = 30.0) -> np.ndarray:
-        """The speech probability of every window of `samples`, read `block_s` at a time."""
-        state = np.zeros((2, 1, 128), np.float32)
-        context = np.zeros((1, CONTEXT), np.float32)
+        """The speech probability of every window of `samples`, read `block_s` at a time. A long recording is run
+        as parts of at least `PART_S` side by side in one batch (Silero's model is recurrent, so one recording is
+        otherwise one call a window: 37,500 calls for 20 minutes); each part starts as a recording does."""
+        windows = -(-len(samples) // WINDOW)
+        parts = max(1, min(MAX_PARTS, windows * WINDOW // (PART_S * SAMPLING_RATE)))
+        per_part = -(-windows // parts)  # windows of each part (the last may have fewer)
+        state = np.zeros((2, parts, 128), np.float32)
+        context = np.zeros((parts, CONTEXT), np.float32)
         rate = np.array(SAMPLING_RATE, np.int64)
-        out, block = [], int(block_s * SAMPLING_RATE) // WINDOW * WINDOW
-        for begin in range(0, len(samples), block):
-            stretch = np.asarray(samples[begin : begin + block], np.float32)
-            stretch = np.pad(stretch, (0, -len(stretch) % WINDOW))
-            for window in stretch.reshape(-1, WINDOW):
-                x = np.concatenate([context, window[None]], axis=1)
+        out, block = np.zeros((parts, per_part), np.float32), max(1, int(block_s * SAMPLING_RATE) // WINDOW)
+        for first in range(0, per_part, block):
+            count = min(block, per_part - first)
+            stretch = np.zeros((parts, count * WINDOW), np.float32)
+            for part in range(parts):
+                begin = (part * per_part + first) * WINDOW
+                piece = np.asarray(samples[begin : min(begin + count * WINDOW, len(samples))], np.float32)
+                stretch[part, : len(piece)] = piece
+            for index, window in enumerate(np.split(stretch, count, axis=1)):
+                x = np.concatenate([context, window], axis=1)
                 probability, state = self.session.run(None, {"input": x, "state": state, "sr": rate})
                 context = x[:, -CONTEXT:]
-                out.append(float(probability[0, 0]))
-        return np.asarray(out, np.float32)
+                out[:, first + index] = probability[:, 0]
+        return out.reshape(-1)[:windows]
 
     def regions(self, probabilities: np.ndarray, length: int) -> list[tuple[int, int]]:
         """Speech regions (samples) by hysteresis, short ones dropped, padded, clipped to the recording."""

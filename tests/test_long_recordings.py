@@ -16,7 +16,13 @@ from project import CORPUS, ROOT
 from ebranchformer_ru import onnx_runtime, vad
 from ebranchformer_ru.audio import read_audio
 from ebranchformer_ru.commands import transcribe
-from ebranchformer_ru.inference import Transcriber, aligned_confidence, greedy_confidences, load_backend
+from ebranchformer_ru.inference import (
+    Transcriber,
+    aligned_confidence,
+    beam_confidences,
+    greedy_confidences,
+    load_backend,
+)
 from ebranchformer_ru.itn import InverseNormalizer, ITNError
 
 SECOND = 16000
@@ -220,6 +226,19 @@ def test_an_lm_words_confidence_is_its_aligned_acoustic_support():
     doubted = aligned_confidence(frames, [1, 1], VOCABULARY)  # "аа", which an LM might prefer: frames disagree
     assert doubted < 0.1 < sure
     assert aligned_confidence(frames[:1], [1, 2], VOCABULARY) == 0.0  # too few frames for the word
+
+
+def test_an_lm_words_confidence_also_weighs_the_beams_that_agree():
+    from modeling_ebranchformer.beam_search import OutputBeam
+
+    frames = log_probs([{1: 0.9}, {3: 0.9}, {2: 0.8}, {0: 0.9}, {1: 0.9}, {2: 0.9}])  # "аб аб"
+    acoustic = aligned_confidence(frames[0:3], [1, 2], VOCABULARY)
+    best = OutputBeam("аб аб", None, [("аб", (0, 3)), ("аб", (4, 6))], -1.0, -1.0)
+    rival = OutputBeam("аб ба", None, [("аб", (0, 3)), ("ба", (4, 6))], -1.0, -1.0 - math.log(3))  # 1/4 of the mass
+    first, second = beam_confidences(frames, [best, rival], VOCABULARY)
+    assert first == round(math.sqrt(acoustic), 3)  # every beam agrees on the first word: agreement 1
+    second_acoustic = aligned_confidence(frames[4:6], [1, 2], VOCABULARY)
+    assert second == round(math.sqrt(second_acoustic * 0.75), 3)  # a quarter of the beams' mass says "ба"
 
 
 def test_every_word_in_jsonl_has_a_confidence(tiny_model, tmp_path):
