@@ -664,10 +664,14 @@ class Guard:
     policy), CORS headers for the allowed origins only, the API keys (`Authorization: Bearer`, compared in
     constant time; a browser's WebSocket sends one as the subprotocol `bearer.KEY`) and the request metrics."""
 
-    def __init__(self, app, service, keys, allowed_origins):
+    def __init__(self, app, service, keys, allowed_origins, allowed_hosts=None):
         self.app, self.service = app, service
         self.keys = [key.encode() for key in keys]
         self.allowed = set(allowed_origins)
+        # Host names answered (None: any). A server bound to loopback answers only loopback names by default: a
+        # hostile site whose name resolves to 127.0.0.1 (DNS rebinding) would otherwise be this server's "own"
+        # origin, and pass the Origin check.
+        self.hosts = None if allowed_hosts is None else {name.lower() for name in allowed_hosts}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
@@ -687,6 +691,10 @@ class Guard:
         await self.respond(scope, send, None, endpoint, receive, extra)
 
     def refusal(self, scope, origin, cross, endpoint) -> ApiError | None:
+        if self.hosts is not None and host_name(header(scope, b"host")) not in self.hosts:
+            self.service.metrics.rejected.labels("host").inc()
+            message = f"this server answers only to the host names {', '.join(sorted(self.hosts))} (--allowed_hosts)"
+            return ApiError(403, message, code="host_not_allowed")
         if cross and origin not in self.allowed:
             self.service.metrics.rejected.labels("origin").inc()
             return ApiError(403, f"origin {origin!r} is not allowed (--allowed_origins)", code="origin_not_allowed")
@@ -733,6 +741,17 @@ class Guard:
         finally:
             self.service.metrics.requests.labels(endpoint, str(status[0])).inc()
             self.service.metrics.latency.labels(endpoint).observe(time.monotonic() - begun)
+
+
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+
+
+def host_name(host: str | None) -> str:
+    """The name of a Host header without its port ("[::1]:8000" -> "::1")."""
+    host = (host or "").strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def own_origin(scope) -> str:
@@ -892,7 +911,12 @@ def make_app(args, service=None):
         return ApiError(error.status_code, f"{request.method} {request.url.path}: {error.detail}").response()
 
     app = Starlette(routes=Api(service).routes(), lifespan=lifespan, exception_handlers={HTTPException: http_error})
-    app.add_middleware(Guard, service=service, keys=keys, allowed_origins=args.allowed_origins or ())
+    hosts = getattr(args, "allowed_hosts", None)
+    if hosts is None and (args.host in LOOPBACK_NAMES or args.host == "[::1]"):
+        hosts = LOOPBACK_NAMES
+    app.add_middleware(
+        Guard, service=service, keys=keys, allowed_origins=args.allowed_origins or (), allowed_hosts=hosts
+    )
     app.state.service = service
     return app
 

@@ -607,6 +607,25 @@ def test_origins_are_checked_and_cors_headers_go_to_allowed_origins_only(tiny_mo
             assert messages_until_closed(ws)[0][-1]["error"]["message"] == "the stream held no audio"
 
 
+def test_a_loopback_server_refuses_other_host_names_dns_rebinding(tiny_model):
+    """A page of evil.example whose name was made to resolve to 127.0.0.1 sends Host and Origin evil.example: the
+    origin is then the server's "own", so the Host check is what keeps it out."""
+    with Running(tiny_model) as running:
+        port = running.args.port
+        rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+        refused = requests.get(running.url + "/v1/models", headers=rebound)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "host_not_allowed"
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+            assert requests.get(running.url + "/v1/models", headers={"Host": host}).ok, host
+        metrics = requests.get(running.url + "/metrics").text
+        assert 'asr_rejected_total{reason="host"} 1.0' in metrics
+    with Running(tiny_model, "--host", "0.0.0.0") as public:  # serving other machines: their names are unknown
+        assert requests.get(public.url + "/v1/models", headers={"Host": "asr.example:443"}).ok
+    with Running(tiny_model, "--allowed_hosts", "asr.example") as proxied:  # behind a proxy that keeps Host
+        assert requests.get(proxied.url + "/v1/models", headers={"Host": "asr.example"}).ok
+        assert requests.get(proxied.url + "/v1/models", headers={"Host": "evil.example"}).status_code == 403
+
+
 def test_new_options_follow_the_dialect(tmp_path, capsys):
     for option in (
         ["--max_streams", "0"],

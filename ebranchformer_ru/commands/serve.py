@@ -109,6 +109,13 @@ def add_access(parser):
         help="web pages (https://host:port) that may call the API and open live streams, besides the server's own",
     )
     group.add_argument(
+        "--allowed_hosts",
+        type=cli.names,
+        metavar="NAME[,NAME...]",
+        help="Host names the server answers to (default: with a loopback --host, 127.0.0.1, localhost and ::1 only, "
+        "against DNS rebinding; otherwise any)",
+    )
+    group.add_argument(
         "--metrics",
         type=cli.string_to_bool,
         nargs="?",
