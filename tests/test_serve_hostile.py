@@ -409,7 +409,7 @@ def test_a_half_close_is_taken_as_the_client_leaving(tiny_model, caplog):
         ).prepare()
         with socket.create_connection(("127.0.0.1", running.args.port), timeout=10) as connection:
             head = (
-                f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                 f"{prepared.headers['Content-Type']}\r\nContent-Length: {len(prepared.body)}\r\n\r\n"
             )
             connection.sendall(head.encode() + prepared.body)
