@@ -44,6 +44,8 @@ class AudioFile:
         try:
             info = sf.info(self.path)
         except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+            if not os.path.isfile(self.path):
+                raise ValueError(f"{path}: audio file not found") from error
             raise ValueError(f"{path}: cannot decode audio ({error})") from error
         if info.samplerate != sampling_rate:
             raise ValueError(f"{path}: sampling rate {info.samplerate} Hz, expected {sampling_rate} Hz")

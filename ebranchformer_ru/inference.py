@@ -279,7 +279,7 @@ class Transcriber:
                 f"--chunk_length_s {chunk_length_s}; make it smaller"
             )
         self.frame_seconds = spf / rate
-        if segmenter is not None and segmenter.max_segment > self.chunk:
+        if segmenter is not None and segmenter.max_segment > int(chunk_length_s * rate):  # segments are never cut
             raise InferenceError(
                 f"--vad_max_segment_s {segmenter.max_segment / rate:g} is longer than --chunk_length_s "
                 f"{chunk_length_s:g}: a segment must fit one forward pass"
@@ -353,10 +353,14 @@ class Transcriber:
                 if isinstance(result, Exception):
                     failed.add(owner)
                     done.append((owner, result))
+                    for q in owned[owner]:  # what its other pieces gave is not kept
+                        outputs[q] = None
                     continue
                 outputs[p], left[owner] = result, left[owner] - 1
                 if left[owner] == 0:
                     done.append((owner, self._join([(pieces[q][1], outputs[q]) for q in owned[owner]])))
+                    for q in owned[owner]:  # joined: memory stays bounded by the recordings in progress
+                        outputs[q] = None
             if done:
                 yield sorted(done, key=lambda pair: pair[0])
 

@@ -11,8 +11,11 @@ The compiled grammars (about 60 MB) go to `cache_dir`: default `$EBRANCHFORMER_I
 `~/.cache/ebranchformer_ru/itn`.
 """
 
+import fcntl
 import logging
 import os
+import tempfile
+import threading
 from pathlib import Path
 
 from .errors import Error
@@ -43,14 +46,38 @@ class InverseNormalizer:
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         try:
             cache.mkdir(parents=True, exist_ok=True)
+            lock = open(cache / ".lock", "a")
         except OSError as error:
-            raise ITNError(f"--itn_cache_dir {cache}: cannot make the folder ({error.strerror})") from None
-        if not (cache / GRAMMAR).is_file() and log is not None:
-            log(f"compiling the Russian inverse-normalisation grammars into {cache} (once; a few minutes)")
+            raise ITNError(f"--itn_cache_dir {cache}: cannot make or write the folder ({error.strerror})") from None
         for name in ("NeMo-text-processing", "nemo_text_processing"):  # its INFO lines would drown our output
             logging.getLogger(name).setLevel(logging.WARNING)
-        self.normalizer = Nemo(lang="ru", cache_dir=str(cache), overwrite_cache=False)
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # several processes (torchrun): one compiles, the others wait and read
+            if not (cache / GRAMMAR).is_file():
+                if log is not None:
+                    log(f"compiling the Russian inverse-normalisation grammars into {cache} (once; a few minutes)")
+                _compile(Nemo, cache)
+            try:
+                self.normalizer = Nemo(lang="ru", cache_dir=str(cache), overwrite_cache=False)
+            except OSError as error:  # pynini's FstIOError: a damaged file
+                raise ITNError(
+                    f"--itn_cache_dir {cache}: the compiled grammars cannot be read ({error}); delete "
+                    f"{cache / GRAMMAR} to compile them again"
+                ) from None
         self.cache_dir = cache
+        self.lock = threading.Lock()  # NeMo's parser keeps its state on the normaliser: one text at a time
 
     def __call__(self, text: str) -> str:
-        return self.normalizer.inverse_normalize(text, verbose=False) if text.strip() else text
+        if not text.strip():
+            return text
+        with self.lock:
+            return self.normalizer.inverse_normalize(text, verbose=False)
+
+
+def _compile(nemo, cache: Path):
+    """The grammars compiled in a folder of their own, then moved into `cache`: a run killed while compiling leaves
+    no half-written file there."""
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".compiling-") as work:
+        nemo(lang="ru", cache_dir=work, overwrite_cache=False)
+        for path in Path(work).glob("*.far"):
+            os.replace(path, cache / path.name)

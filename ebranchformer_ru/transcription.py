@@ -505,8 +505,17 @@ class Run:
         return [(todo[everyone[n]], durations[everyone[n]]) for n in mine], durations, failures
 
     def transcribe_share(self, transcriber, share, failures, progress) -> tuple[list, float]:
-        """This process's records and seconds of audio; failures appended to `failures`. Each forward pass's
-        transcripts are journaled (or printed) as it ends."""
+        """This process's records and seconds of audio; failures appended to `failures`. The share goes to the
+        transcriber a group at a time (`groups`), so that recordings complete, are journaled (or printed) and
+        counted as the job goes, and memory stays bounded."""
+        records, seconds = [], 0.0
+        for group in groups(share, transcriber.batch_size):
+            new, audio = self.transcribe_group(transcriber, group, failures, progress)
+            records += new
+            seconds += audio
+        return records, seconds
+
+    def transcribe_group(self, transcriber, share, failures, progress) -> tuple[list, float]:
         items, recordings, durations = [], [], []
         for item, duration in share:
             try:
@@ -634,6 +643,24 @@ class Run:
         records.sort(key=lambda r: order.get(os.path.abspath(r["path"]), -1))  # stable: earlier outputs first
         if records:
             write_output(self.output, render(records, self.output.suffix.lower()), self.settings)
+
+
+GROUP_S = 600.0  # seconds of audio handed to the transcriber at once (one longer recording goes alone)
+
+
+def groups(share: list, batch_size: int) -> list[list]:
+    """`share` ((item, duration) pairs) longest first, cut into groups of at most GROUP_S seconds or 8 batches of
+    recordings: within a group the transcriber sorts and batches once, and every recording of a group completes
+    before the next group starts (one `stream` over a whole job would finish its long recordings only at its end,
+    their last, shorter chunks being batched last)."""
+    out, total = [], 0.0
+    for item, duration in sorted(share, key=lambda pair: -pair[1]):
+        if not out or total + duration > GROUP_S or len(out[-1]) >= 8 * batch_size:
+            out.append([])
+            total = 0.0
+        out[-1].append((item, duration))
+        total += duration
+    return out
 
 
 class Recording(AudioFile):

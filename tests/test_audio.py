@@ -19,3 +19,11 @@ def test_read_audio_names_the_file_it_cannot_use(tmp_path, speech_like):
     sf.write(tmp_path / "slow.wav", samples[:100], 8000)
     with pytest.raises(ValueError, match="slow.wav: sampling rate 8000 Hz, expected 16000 Hz"):
         read_audio(tmp_path / "slow.wav")
+
+
+def test_a_missing_file_is_named_as_missing_by_both_readers(tmp_path):
+    from ebranchformer_ru.audio import AudioFile
+
+    for reader in (read_audio, AudioFile):
+        with pytest.raises(ValueError, match=f"{tmp_path / 'gone.wav'}: audio file not found"):
+            reader(tmp_path / "gone.wav")

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -267,6 +268,15 @@ def test_a_missing_itn_extra_is_named_with_the_install_line(monkeypatch):
         InverseNormalizer()
 
 
+def test_damaged_itn_grammars_are_named_with_the_fix(tmp_path):
+    pytest.importorskip("nemo_text_processing")
+    from ebranchformer_ru.itn import GRAMMAR
+
+    (tmp_path / GRAMMAR).write_bytes(b"a file cut off while it was written")
+    with pytest.raises(ITNError, match=rf"the compiled grammars cannot be read .*delete {tmp_path / GRAMMAR}"):
+        InverseNormalizer(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def itn(tmp_path_factory):
     """The Russian grammars, compiled once for the session (a few minutes) unless EBRANCHFORMER_ITN_CACHE holds
@@ -294,6 +304,15 @@ NUMBERS = {  # what nemo-text-processing's Russian grammars write (1.2): cardina
 def test_numbers_become_digits_and_the_spoken_text_is_kept(itn, tiny_model, tmp_path, monkeypatch):
     for spoken, written in NUMBERS.items():
         assert itn(spoken) == written, spoken
+    # the server normalises on several threads at once: NeMo's parser state is per normaliser, so calls take turns
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            phrases = list(NUMBERS) * 4
+            assert list(pool.map(itn, phrases)) == [NUMBERS[p] for p in phrases]
+    finally:
+        sys.setswitchinterval(interval)
     monkeypatch.setattr("ebranchformer_ru.transcription.InverseNormalizer", lambda *a, **k: itn)
     output = tmp_path / "out.jsonl"
     files = [str(p) for p in sorted(CROWD.glob("*.opus"))[:2]]

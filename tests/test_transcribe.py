@@ -632,3 +632,14 @@ def test_hotwords_through_transcribe_py(tmp_path, tiny_config):
     assert result.returncode == 1 and result.stderr.splitlines()[-1].startswith("error: hotword 'joy' has characters")
     result, _ = transcribe("--hotwords", "джой", "--hotword_weight", "5000")
     assert result.returncode == 1 and "hotword_weight=5000" in result.stderr.splitlines()[-1]
+
+
+def test_a_share_goes_to_the_transcriber_in_groups_that_complete_as_the_job_goes():
+    """One stream over a whole job would finish its long recordings only at the end (their last, shorter chunks
+    batched last): nothing journaled, no progress, until then. Groups of at most 600 s (or 8 batches) complete in
+    turn; a recording longer than that goes alone."""
+    share = [({"path": f"{n}.wav"}, seconds) for n, seconds in enumerate([10, 3600, 250, 250, 250, 5, 700])]
+    groups = transcription.groups(share, batch_size=16)
+    assert [[d for _, d in g] for g in groups] == [[3600], [700], [250, 250], [250, 10, 5]]
+    many = transcription.groups([({"path": str(n)}, 1.0) for n in range(40)], batch_size=2)
+    assert [len(g) for g in many] == [16, 16, 8]
