@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 from project import SHARED_EXAMPLE  # tests/ is on the import path: pyproject.toml's pytest `pythonpath`
+from small_models import one_channel_head
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -182,18 +183,7 @@ def lm_folder(tmp_path_factory, tiny_config_values, speech_like):
     torch.manual_seed(0)
     model = EBranchformerForCTC(EBranchformerConfig(**tiny_config_values)).eval()
     processor = EBranchformerProcessor()
-    # As in test_hub: a random encoder with a head that reads one channel, "в" where it is above its median,
-    # space where below, so that transcripts have many words with distinct times; other letters slightly less
-    # likely than blank, so that the beam search has candidates to weigh.
-    with torch.no_grad():
-        inputs = processor(audio=speech_like(3.0), sampling_rate=16000, return_tensors="pt")
-        hidden = model.ebranchformer(**inputs).last_hidden_state[0]
-        channel = int(hidden.std(0).argmax())
-        model.lm_head.weight.zero_()
-        model.lm_head.bias.fill_(-4.0)
-        model.lm_head.weight[3, channel], model.lm_head.weight[0, channel] = 10.0, -10.0
-        model.lm_head.bias[[3, 0]] = torch.tensor([-10.0, 10.0]) * hidden[:, channel].median()
-        model.lm_head.bias[33] = 0.0
+    one_channel_head(model, processor, speech_like(3.0), letter=3, others=-4.0)  # "в" words, candidates for the beam
     folder = tmp_path_factory.mktemp("model") / "model"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

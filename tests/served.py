@@ -14,6 +14,18 @@ from ebranchformer_ru.commands import serve as command
 FIRST = sorted((CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))[0]
 
 
+def raw_upload(url, model, path, *headers) -> tuple[tuple[str, int], bytes, bytes]:
+    """A transcription request for a raw socket: (host, port), its head (with `headers` lines) and its body."""
+    prepared = requests.Request(
+        "POST", url + "/v1/audio/transcriptions", data={"model": model}, files={"file": (path.name, path.read_bytes())}
+    ).prepare()
+    host, port = url.removeprefix("http://").split(":")
+    lines = [f"Host: {host}", *headers, f"Content-Type: {prepared.headers['Content-Type']}"]
+    lines.append(f"Content-Length: {len(prepared.body)}")
+    head = "POST /v1/audio/transcriptions HTTP/1.1\r\n" + "".join(line + "\r\n" for line in lines) + "\r\n"
+    return (host, int(port)), head.encode(), prepared.body
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -38,6 +38,24 @@ def give_words(model, inputs, blank_share=0.45, space_share=0.12, blank=33, spac
             model.lm_head.bias[token] += torch.quantile(others - logits[:, token], share)
 
 
+def one_channel_head(model, processor, speech, letter, others=-100.0):
+    """Sets a random E-Branchformer's CTC head to read one channel of its encoder on `speech`: `letter` (an id)
+    where that channel is above its median, space where below, blank otherwise, every other label at `others`
+    (-4: a little less likely than blank, so that a beam search has candidates to weigh). Its transcripts then
+    have many words with distinct times."""
+    import torch
+
+    with torch.no_grad():
+        inputs = processor(audio=speech, sampling_rate=16000, return_tensors="pt")
+        hidden = model.ebranchformer(**inputs).last_hidden_state[0]
+        channel = int(hidden.std(0).argmax())
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.fill_(others)
+        model.lm_head.weight[letter, channel], model.lm_head.weight[0, channel] = 10.0, -10.0
+        model.lm_head.bias[[letter, 0]] = torch.tensor([-10.0, 10.0]) * hidden[:, channel].median()
+        model.lm_head.bias[33] = 0.0
+
+
 def course_model(arch, variant, seed=0):
     """A course-layout model with random (for QuartzNet: trained-looking batch norm) weights, in eval mode."""
     import torch

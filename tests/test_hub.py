@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from small_models import one_channel_head
 from transformers import AutoModelForCTC, pipeline
 
 from ebranchformer_ru.audio import pipeline_input
@@ -24,18 +25,8 @@ from modeling_ebranchformer import (
 def saved_model(tmp_path, tiny_config, speech_like):
     torch.manual_seed(0)
     model = EBranchformerForCTC(tiny_config).eval()
-    # A random encoder with a head that reads one channel: "а" where it is above its median, space
-    # where below, so that transcripts have many words with distinct times, as the timestamp tests need.
     processor = EBranchformerProcessor()
-    with torch.no_grad():
-        inputs = processor(audio=speech_like(3.0), sampling_rate=16000, return_tensors="pt")
-        hidden = model.ebranchformer(**inputs).last_hidden_state[0]
-        channel = int(hidden.std(0).argmax())
-        model.lm_head.weight.zero_()
-        model.lm_head.bias.fill_(-100.0)
-        model.lm_head.weight[1, channel], model.lm_head.weight[0, channel] = 10.0, -10.0
-        model.lm_head.bias[[1, 0]] = torch.tensor([-10.0, 10.0]) * hidden[:, channel].median()
-        model.lm_head.bias[33] = 0.0
+    one_channel_head(model, processor, speech_like(3.0), letter=1)  # "а" words with distinct times
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -19,7 +19,7 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from served import Running, free_port  # noqa: E402 (after the skips)
+from served import Running, free_port, raw_upload  # noqa: E402 (after the skips)
 
 from ebranchformer_ru import serving  # noqa: E402
 from ebranchformer_ru.commands import serve as command  # noqa: E402
@@ -104,18 +104,8 @@ class SlowUpload:
     that a failing test never leaves the server waiting for the upload."""
 
     def __init__(self, url, model, path):
-        prepared = requests.Request(
-            "POST",
-            url + "/v1/audio/transcriptions",
-            data={"model": model},
-            files={"file": (path.name, path.read_bytes())},
-        ).prepare()
-        host, port = url.removeprefix("http://").split(":")
-        head = (
-            f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
-            f"Content-Type: {prepared.headers['Content-Type']}\r\nContent-Length: {len(prepared.body)}\r\n\r\n"
-        )
-        self.address, self.message = (host, int(port)), head.encode() + prepared.body
+        self.address, head, body = raw_upload(url, model, path, "Connection: close")
+        self.message = head + body
 
     def __enter__(self):
         self.socket = socket.create_connection(self.address, timeout=60)  # a server that never answers: a failure

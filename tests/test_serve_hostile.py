@@ -27,7 +27,7 @@ uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
-from served import Running, free_port  # noqa: E402 (after the skips)
+from served import Running, free_port, raw_upload  # noqa: E402 (after the skips)
 
 from ebranchformer_ru import serving  # noqa: E402
 from ebranchformer_ru.commands import serve as command  # noqa: E402
@@ -157,20 +157,10 @@ class Trickle:
     """A transcription upload over a raw socket, its body sent a byte a second by a thread until `close()`."""
 
     def __init__(self, url, model, path):
-        prepared = requests.Request(
-            "POST",
-            url + "/v1/audio/transcriptions",
-            data={"model": model},
-            files={"file": (path.name, path.read_bytes())},
-        ).prepare()
-        host, port = url.removeprefix("http://").split(":")
-        self.socket = socket.create_connection((host, int(port)), timeout=30)
-        head = (
-            f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\n"
-            f"Content-Type: {prepared.headers['Content-Type']}\r\nContent-Length: {len(prepared.body)}\r\n\r\n"
-        )
-        self.socket.sendall(head.encode() + prepared.body[:100])
-        self.rest, self.stop = prepared.body[100:], threading.Event()
+        address, head, body = raw_upload(url, model, path)
+        self.socket = socket.create_connection(address, timeout=30)
+        self.socket.sendall(head + body[:100])
+        self.rest, self.stop = body[100:], threading.Event()
         self.thread = threading.Thread(target=self.send, daemon=True)
         self.thread.start()
 
@@ -401,18 +391,9 @@ def test_a_half_close_is_taken_as_the_client_leaving(tiny_model, caplog):
     is not computed and is logged as 499 (curl, requests and the openai client never half-close)."""
     caplog.set_level("INFO", logger="ebranchformer_ru.serving")
     with Running(tiny_model) as running:
-        prepared = requests.Request(
-            "POST",
-            running.url + "/v1/audio/transcriptions",
-            data={"model": running.service.model_id},
-            files={"file": ("a.opus", FILES[0].read_bytes())},
-        ).prepare()
-        with socket.create_connection(("127.0.0.1", running.args.port), timeout=10) as connection:
-            head = (
-                f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                f"{prepared.headers['Content-Type']}\r\nContent-Length: {len(prepared.body)}\r\n\r\n"
-            )
-            connection.sendall(head.encode() + prepared.body)
+        address, head, body = raw_upload(running.url, running.service.model_id, FILES[0])
+        with socket.create_connection(address, timeout=10) as connection:
+            connection.sendall(head + body)
             connection.shutdown(socket.SHUT_WR)
             assert connection.recv(65536) == b""
         time.sleep(0.5)
