@@ -73,6 +73,24 @@ class EBranchformerConfig(PretrainedConfig):
             Length of each frequency mask, in mel bins (at most `num_mel_bins` when frequency masking is on).
         mask_feature_min_masks (`int`, defaults to 0):
             Minimum number of frequency masks per utterance.
+        causal_convolutions (`bool`, defaults to `False`):
+            Streaming: the depthwise convolutions of the CSGU and of the merge module see only the current and
+            earlier frames (`kernel - 1` frames of left context, none of look-ahead) instead of a centred window.
+            The stacking subsampling never looks ahead of its `subsampling_stride` frames.
+        streaming_chunk_size (`int`, *optional*):
+            Streaming: self-attention is limited to chunks of this many encoder steps (4 = 160 ms at the default
+            stride): each frame sees the frames of its own chunk and of `streaming_left_chunks` earlier ones, the
+            attention a chunk-by-chunk recogniser (`EBranchformerForCTC.stream_step`) computes. None: full context.
+            Change it at run time (`model.config.streaming_chunk_size = 16`) to decode with another chunk size.
+        streaming_left_chunks (`int`, defaults to -1):
+            Earlier chunks each frame attends to under `streaming_chunk_size`; -1: all of them. A bounded value
+            bounds the cost of a chunk step however long the stream.
+        dynamic_chunk_training (`bool`, defaults to `False`):
+            Streaming: in training, every batch draws its attention chunk (the U2 recipe of WeNet, Zhang et al.
+            2020, arXiv:2012.05481): full context half of the time, otherwise a chunk of 1 to
+            `dynamic_chunk_max_size` steps, so one model serves full context and any chunk size.
+        dynamic_chunk_max_size (`int`, defaults to 32):
+            The largest chunk drawn by `dynamic_chunk_training`, in encoder steps (32 = 1.28 s).
     """
 
     model_type = "ebranchformer"
@@ -105,6 +123,11 @@ class EBranchformerConfig(PretrainedConfig):
         mask_feature_prob=0.0,
         mask_feature_length=10,
         mask_feature_min_masks=0,
+        causal_convolutions=False,
+        streaming_chunk_size=None,
+        streaming_left_chunks=-1,
+        dynamic_chunk_training=False,
+        dynamic_chunk_max_size=32,
         **kwargs,
     ):
         super().__init__(pad_token_id=default_blank(vocab_size, pad_token_id), **kwargs)
@@ -133,6 +156,11 @@ class EBranchformerConfig(PretrainedConfig):
         self.mask_feature_prob = mask_feature_prob
         self.mask_feature_length = mask_feature_length
         self.mask_feature_min_masks = mask_feature_min_masks
+        self.causal_convolutions = causal_convolutions
+        self.streaming_chunk_size = streaming_chunk_size
+        self.streaming_left_chunks = streaming_left_chunks
+        self.dynamic_chunk_training = dynamic_chunk_training
+        self.dynamic_chunk_max_size = dynamic_chunk_max_size
         self._validate()
 
     @classmethod
@@ -165,6 +193,7 @@ class EBranchformerConfig(PretrainedConfig):
             "max_position_embeddings",
             "mask_time_length",
             "mask_feature_length",
+            "dynamic_chunk_max_size",
         )
         for name in positive:
             check_integer(owner, name, getattr(self, name), minimum=1)
@@ -174,7 +203,10 @@ class EBranchformerConfig(PretrainedConfig):
             check_probability(owner, name, getattr(self, name))
         check_positive_number(owner, "layer_norm_eps", self.layer_norm_eps, "LayerNorm divides by sqrt(variance + eps)")
         check_positive_number(owner, "initializer_range", self.initializer_range, "the std of the initial weights")
-        for name in ("apply_spec_augment", "ctc_zero_infinity"):
+        if self.streaming_chunk_size is not None:
+            check_integer(owner, "streaming_chunk_size", self.streaming_chunk_size, minimum=1)
+        check_integer(owner, "streaming_left_chunks", self.streaming_left_chunks, minimum=-1)
+        for name in ("apply_spec_augment", "ctc_zero_infinity", "causal_convolutions", "dynamic_chunk_training"):
             check_flag(owner, name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -216,6 +248,12 @@ class EBranchformerConfig(PretrainedConfig):
                 f"EBranchformerConfig: mask_feature_length ({self.mask_feature_length}) must be at most num_mel_bins "
                 f"({self.num_mel_bins}) when frequency masking is on (apply_spec_augment, mask_feature_prob > 0)"
             )
+
+    @property
+    def is_streaming(self) -> bool:
+        """Whether the model can recognise chunk by chunk: causal convolutions, and attention trained or set to
+        work in chunks."""
+        return self.causal_convolutions and (self.dynamic_chunk_training or self.streaming_chunk_size is not None)
 
     @property
     def inputs_to_logits_ratio(self) -> int:

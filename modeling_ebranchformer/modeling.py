@@ -88,14 +88,24 @@ class EBranchformerSinusoidalPositions(nn.Module):
         table[:, 1::2] = torch.cos(position * inv_freq)
         return table
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """`offset` (B,): the steps of each stream before this chunk; None: the input starts at step 0."""
         steps = hidden_states.shape[1]
-        if steps > self.table.shape[0]:
+        if offset is None:
+            if steps > self.table.shape[0]:
+                raise ValueError(
+                    f"Input of {steps} encoder steps is longer than max_position_embeddings "
+                    f"({self.table.shape[0]}); split the audio (e.g. pipeline(..., chunk_length_s=30))"
+                )
+            return self.dropout(hidden_states + self.table[:steps].to(hidden_states.dtype))
+        rows = offset[:, None] + torch.arange(steps, device=offset.device)
+        if not is_tracing(rows) and int(rows.max()) >= self.table.shape[0]:
             raise ValueError(
-                f"Input of {steps} encoder steps is longer than max_position_embeddings "
-                f"({self.table.shape[0]}); split the audio (e.g. pipeline(..., chunk_length_s=30))"
+                f"A stream of {int(rows.max()) + 1} encoder steps is longer than max_position_embeddings "
+                f"({self.table.shape[0]}): end the stream (endpoints may start new ones), or train the streaming "
+                "model with position_embedding_type='none'"
             )
-        return self.dropout(hidden_states + self.table[:steps].to(hidden_states.dtype))
+        return self.dropout(hidden_states + self.table[rows].to(hidden_states.dtype))
 
 
 class EBranchformerFeedForward(nn.Module):
@@ -140,12 +150,15 @@ class EBranchformerSelfAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states, attention_mask, output_attentions=False):
+    def forward(self, hidden_states, attention_mask, output_attentions=False, cache=None):
         """`attention_mask`: made by `EBranchformerModel.layer_attention_mask` for this implementation (for
-        `output_attentions`, for eager); None when nothing is padded."""
+        `output_attentions`, for eager); None when nothing is padded and attention is not in chunks. `cache`: a
+        stream's `EBranchformerLayerCache`, whose keys and values of earlier chunks the chunk attends to."""
         batch, steps, _ = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(batch, steps, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
+        if cache is not None:
+            key, value = cache.attend(key, value)
         dropout = self.config.attention_dropout if self.training else 0.0
         # Only eager attention computes the probabilities that output_attentions returns.
         attention_interface = (
@@ -165,16 +178,25 @@ class EBranchformerSelfAttention(nn.Module):
         return self.out_proj(context.reshape(batch, steps, -1)), weights if output_attentions else None
 
 
-def masked_depthwise_conv(conv: nn.Conv1d, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None):
+def masked_depthwise_conv(
+    conv: nn.Conv1d, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None, causal=False, past=None
+):
     """Depthwise convolution over time of (B, T, C). Padded frames are zeroed first so they cannot leak
-    into real ones: a padded batch then gives each utterance the result it gets alone."""
+    into real ones: a padded batch then gives each utterance the result it gets alone. `causal`: the window
+    ends at the current frame, its `kernel - 1` frames of left context being zeros at the start or, for a
+    stream, `past` (the input frames before this chunk)."""
     if frame_mask is not None:
         hidden_states = hidden_states * frame_mask
+    padding = conv.padding[0]
+    if causal:
+        if past is None:
+            past = hidden_states.new_zeros(hidden_states.shape[0], conv.kernel_size[0] - 1, hidden_states.shape[2])
+        hidden_states, padding = torch.cat([past, hidden_states], dim=1), 0
     # The same convolution as conv(x), run as a 2-D one over (B, C, 1, T): on CPU oneDNN's depthwise
     # conv2d kernel is 3x (training) to 50x (inference) faster than its conv1d path; results are identical.
     weight = conv.weight.unsqueeze(2)
     output = F.conv2d(
-        hidden_states.transpose(1, 2).unsqueeze(2), weight, conv.bias, padding=(0, conv.padding[0]), groups=conv.groups
+        hidden_states.transpose(1, 2).unsqueeze(2), weight, conv.bias, padding=(0, padding), groups=conv.groups
     )
     return output.squeeze(2).transpose(1, 2)
 
@@ -193,11 +215,14 @@ class EBranchformerCSGU(nn.Module):
         kernel = config.cgmlp_conv_kernel_size
         self.norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
         self.conv = EBranchformerCSGUConv(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels)
+        self.causal = config.causal_convolutions
         self.dropout = EBranchformerDropout(config.dropout)
 
-    def forward(self, hidden_states, frame_mask):
+    def forward(self, hidden_states, frame_mask, cache=None):
         value, gate = hidden_states.chunk(2, dim=-1)
-        gate = masked_depthwise_conv(self.conv, self.norm(gate), frame_mask)
+        gate = self.norm(gate)
+        past = cache.convolve("gate", gate) if cache is not None else None
+        gate = masked_depthwise_conv(self.conv, gate, frame_mask, self.causal, past)
         return self.dropout(value * gate)
 
 
@@ -210,8 +235,8 @@ class EBranchformerCgMLP(nn.Module):
         self.csgu = EBranchformerCSGU(config)
         self.channel_proj2 = nn.Linear(config.cgmlp_intermediate_size // 2, config.hidden_size)
 
-    def forward(self, hidden_states, frame_mask):
-        return self.channel_proj2(self.csgu(F.gelu(self.channel_proj1(hidden_states)), frame_mask))
+    def forward(self, hidden_states, frame_mask, cache=None):
+        return self.channel_proj2(self.csgu(F.gelu(self.channel_proj1(hidden_states)), frame_mask, cache))
 
 
 class EBranchformerMerge(nn.Module):
@@ -222,11 +247,13 @@ class EBranchformerMerge(nn.Module):
         channels = 2 * config.hidden_size
         kernel = config.merge_conv_kernel_size
         self.depthwise_conv = nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels)
+        self.causal = config.causal_convolutions
         self.proj = nn.Linear(channels, config.hidden_size)
 
-    def forward(self, global_branch, local_branch, frame_mask):
+    def forward(self, global_branch, local_branch, frame_mask, cache=None):
         merged = torch.cat([global_branch, local_branch], dim=-1)
-        return self.proj(merged + masked_depthwise_conv(self.depthwise_conv, merged, frame_mask))
+        past = cache.convolve("merge", merged) if cache is not None else None
+        return self.proj(merged + masked_depthwise_conv(self.depthwise_conv, merged, frame_mask, self.causal, past))
 
 
 class EBranchformerLayer(GradientCheckpointingLayer):
@@ -245,16 +272,113 @@ class EBranchformerLayer(GradientCheckpointingLayer):
         self.norm_final = nn.LayerNorm(config.hidden_size, eps=eps)
         self.dropout = EBranchformerDropout(config.dropout)
 
-    def forward(self, hidden_states, frame_mask=None, attention_mask=None, output_attentions=False):
+    def forward(self, hidden_states, frame_mask=None, attention_mask=None, output_attentions=False, cache=None):
+        """`cache`: a stream's `EBranchformerLayerCache` when the input is the next chunk of a stream."""
         hidden_states = hidden_states + 0.5 * self.dropout(self.ffn1(self.norm_ffn1(hidden_states)))
 
-        global_branch, attention = self.self_attn(self.norm_mha(hidden_states), attention_mask, output_attentions)
-        local_branch = self.cgmlp(self.norm_mlp(hidden_states), frame_mask)
-        merged = self.merge(self.dropout(global_branch), self.dropout(local_branch), frame_mask)
+        global_branch, attention = self.self_attn(
+            self.norm_mha(hidden_states), attention_mask, output_attentions, cache
+        )
+        local_branch = self.cgmlp(self.norm_mlp(hidden_states), frame_mask, cache)
+        merged = self.merge(self.dropout(global_branch), self.dropout(local_branch), frame_mask, cache)
         hidden_states = hidden_states + self.dropout(merged)
 
         hidden_states = hidden_states + 0.5 * self.dropout(self.ffn2(self.norm_ffn2(hidden_states)))
         return self.norm_final(hidden_states), attention
+
+
+def chunk_attention_mask(steps: int, chunk_size: int, left_chunks: int, device) -> torch.Tensor:
+    """(T, T) booleans, True where query frame i may attend to key frame j: j's chunk is i's own or one of the
+    `left_chunks` before it (all of them for -1). What `stream_step` sees, chunk by chunk, from its cache."""
+    chunk = torch.arange(steps, device=device) // chunk_size
+    behind = chunk[:, None] - chunk[None, :]
+    return (behind >= 0) & ((behind <= left_chunks) | (left_chunks < 0))
+
+
+class EBranchformerLayerCache:
+    """One layer's state in a stream: the keys and values of the earlier chunks its attention may still see,
+    and the last `kernel - 1` inputs of each causal convolution. Modules read it and write its next value."""
+
+    def __init__(self, keys, values, gate, merge, max_keys: int | None):
+        self.keys, self.values, self.gate, self.merge, self.max_keys = keys, values, gate, merge, max_keys
+
+    def attend(self, key, value):
+        """The keys and values of the cache and the chunk, for the chunk's attention; keeps the last `max_keys`."""
+        key, value = torch.cat([self.keys, key], dim=2), torch.cat([self.values, value], dim=2)
+        start = 0 if self.max_keys is None else max(0, key.shape[2] - self.max_keys)
+        self.keys, self.values = key[:, :, start:], value[:, :, start:]
+        return key, value
+
+    def convolve(self, name: str, inputs):
+        """The convolution `name`'s inputs before this chunk; keeps as many of the latest as it held."""
+        past = getattr(self, name)
+        setattr(self, name, torch.cat([past, inputs], dim=1)[:, inputs.shape[1] :])
+        return past
+
+
+class EBranchformerStreamingCache:
+    """What a chunk-by-chunk recogniser keeps between chunks of B streams: every layer's `EBranchformerLayerCache`,
+    `key_mask` (B, keys), False on cache slots a stream has not filled yet, and `offset` (B,), the encoder steps
+    each stream has had. Made by `EBranchformerModel.new_cache`; `stack` and `split` batch streams."""
+
+    def __init__(self, layers, key_mask, offset, chunk_size: int, left_chunks: int):
+        self.layers, self.key_mask, self.offset = layers, key_mask, offset
+        self.chunk_size, self.left_chunks = chunk_size, left_chunks
+
+    @property
+    def max_keys(self) -> int | None:
+        return None if self.left_chunks < 0 else self.left_chunks * self.chunk_size
+
+    def advance(self, steps: int):
+        """After a chunk of `steps` frames: its keys are real in every stream."""
+        mask = torch.cat([self.key_mask, self.key_mask.new_ones(self.key_mask.shape[0], steps)], dim=1)
+        start = 0 if self.max_keys is None else max(0, mask.shape[1] - self.max_keys)
+        self.key_mask, self.offset = mask[:, start:], self.offset + steps
+
+    @classmethod
+    def stack(cls, caches: list["EBranchformerStreamingCache"]) -> "EBranchformerStreamingCache":
+        """One cache for a batch of streams (of one chunk size and left context); shorter key caches are padded
+        in front with masked slots."""
+        first = caches[0]
+        keys = max(cache.key_mask.shape[1] for cache in caches)
+
+        def pad(tensor, dim):  # left-pad the key axis `dim` to `keys`
+            missing = keys - tensor.shape[dim]
+            return (
+                tensor
+                if missing == 0
+                else torch.cat([tensor.new_zeros(*tensor.shape[:dim], missing, *tensor.shape[dim + 1 :]), tensor], dim)
+            )
+
+        layers = []
+        for i in range(len(first.layers)):
+            rows = [cache.layers[i] for cache in caches]
+            layers.append(
+                EBranchformerLayerCache(
+                    torch.cat([pad(row.keys, 2) for row in rows]),
+                    torch.cat([pad(row.values, 2) for row in rows]),
+                    torch.cat([row.gate for row in rows]),
+                    torch.cat([row.merge for row in rows]),
+                    first.max_keys,
+                )
+            )
+        key_mask = torch.cat([pad(cache.key_mask, 1) for cache in caches])
+        offset = torch.cat([cache.offset for cache in caches])
+        return cls(layers, key_mask, offset, first.chunk_size, first.left_chunks)
+
+    def split(self) -> list["EBranchformerStreamingCache"]:
+        """One cache per stream, the inverse of `stack`."""
+        caches = []
+        for b in range(self.offset.shape[0]):
+            row = slice(b, b + 1)
+            layers = [
+                EBranchformerLayerCache(
+                    layer.keys[row], layer.values[row], layer.gate[row], layer.merge[row], layer.max_keys
+                )
+                for layer in self.layers
+            ]
+            caches.append(type(self)(layers, self.key_mask[row], self.offset[row], self.chunk_size, self.left_chunks))
+        return caches
 
 
 class EBranchformerPreTrainedModel(PreTrainedModel):
@@ -372,7 +496,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         if padded:
             valid = torch.arange(steps, device=hidden_states.device) < output_lengths[:, None]  # (B, T)
             frame_mask = valid[..., None].to(hidden_states.dtype)  # (B, T, 1) multiplies hidden states
-        attention_mask = self.layer_attention_mask(hidden_states, valid, output_attentions)
+        attention_mask = self.layer_attention_mask(hidden_states, valid, output_attentions, self.attention_chunk(steps))
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -390,17 +514,100 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
             output_lengths=output_lengths,
         )
 
-    def layer_attention_mask(self, hidden_states, valid, output_attentions=False):
-        """The key-padding mask for the attention implementation that will run: `valid` (B, T), True on real
-        frames, as booleans (B, 1, 1, T) for eager, SDPA and registered functions without a mask function of
-        their own; otherwise what Transformers makes for the implementation (a BlockMask for flex_attention).
-        None when nothing is padded (`valid` None)."""
+    def attention_chunk(self, steps: int) -> int | None:
+        """The attention chunk of this forward, in encoder steps (None: full context). `dynamic_chunk_training`
+        draws one per training batch as WeNet's U2 does: a number in [1, steps]; above steps / 2 (half of the
+        time) full context, otherwise a chunk of 1 to `dynamic_chunk_max_size` steps."""
+        config = self.config
+        if not (self.training and config.dynamic_chunk_training):
+            return config.streaming_chunk_size
+        draw = int(torch.randint(1, steps + 1, ()))
+        return None if draw > steps // 2 else draw % config.dynamic_chunk_max_size + 1
+
+    def layer_attention_mask(self, hidden_states, valid, output_attentions=False, chunk_size=None):
+        """The attention mask for the implementation that will run: `valid` (B, T), True on real frames, and
+        under `chunk_size` the chunks each frame may see (`chunk_attention_mask`), as booleans (B or 1, 1, 1 or
+        T, T) for eager, SDPA and registered functions without a mask function of their own; otherwise what
+        Transformers makes for the implementation (a BlockMask for flex_attention). None when nothing is padded
+        (`valid` None) and attention is not in chunks."""
         implementation = "eager" if output_attentions else self.config._attn_implementation
-        if valid is None:
+        if valid is None and chunk_size is None:
             return None
+        left = self.config.streaming_left_chunks
         if implementation in ("eager", "sdpa") or implementation not in ALL_MASK_ATTENTION_FUNCTIONS:
-            return valid[:, None, None, :]
-        return create_bidirectional_mask(self.config, hidden_states, valid, allow_is_bidirectional_skip=False)
+            mask = valid[:, None, None, :] if valid is not None else None
+            if chunk_size is None:
+                return mask
+            chunks = chunk_attention_mask(hidden_states.shape[1], chunk_size, left, hidden_states.device)
+            return chunks[None, None] if mask is None else mask & chunks
+        if valid is None:
+            valid = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+
+        def in_chunks(batch, head, query, key):
+            behind = query // chunk_size - key // chunk_size
+            return (behind >= 0) & ((behind <= left) | (left < 0))
+
+        return create_bidirectional_mask(
+            self.config,
+            hidden_states,
+            valid,
+            and_mask_function=in_chunks if chunk_size is not None else None,
+            allow_is_bidirectional_skip=False,
+        )
+
+    def new_cache(self, batch_size=1, chunk_size=None, left_chunks=None) -> EBranchformerStreamingCache:
+        """An empty cache for `batch_size` streams recognised in chunks of `chunk_size` encoder steps (default:
+        the config's `streaming_chunk_size`) with `left_chunks` earlier chunks of attention (default the
+        config's). The convolutions' left context starts as the zeros the full forward pads with."""
+        config = self.config
+        if not config.causal_convolutions:
+            raise ValueError(
+                "This model's convolutions look ahead (causal_convolutions=False): it cannot recognise chunk by "
+                "chunk; decode whole recordings, or train a streaming model (docs/streaming.md)"
+            )
+        chunk_size = chunk_size or config.streaming_chunk_size
+        if chunk_size is None:
+            raise ValueError("Give chunk_size: the config sets no streaming_chunk_size")
+        left_chunks = config.streaming_left_chunks if left_chunks is None else left_chunks
+        parameter = next(self.parameters())
+        heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+
+        def zeros(*shape):
+            return torch.zeros(batch_size, *shape, dtype=parameter.dtype, device=parameter.device)
+
+        max_keys = None if left_chunks < 0 else left_chunks * chunk_size
+        layers = [
+            EBranchformerLayerCache(
+                zeros(heads, 0, head_dim),
+                zeros(heads, 0, head_dim),
+                zeros(config.cgmlp_conv_kernel_size - 1, config.cgmlp_intermediate_size // 2),
+                zeros(config.merge_conv_kernel_size - 1, 2 * config.hidden_size),
+                max_keys,
+            )
+            for _ in range(config.num_hidden_layers)
+        ]
+        key_mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=parameter.device)
+        offset = torch.zeros(batch_size, dtype=torch.long, device=parameter.device)
+        return EBranchformerStreamingCache(layers, key_mask, offset, chunk_size, left_chunks)
+
+    def stream_step(self, input_features: torch.Tensor, cache: EBranchformerStreamingCache) -> torch.Tensor:
+        """The encoder's output for the next chunk of B streams: `input_features` (B, frames, mel bins), frames a
+        multiple of `subsampling_stride` (`chunk_size` steps' worth, fewer at a stream's end). Equal to the
+        full forward with `streaming_chunk_size` = the cache's chunk size over the whole stream, for the frames
+        of this chunk; `cache` (from `new_cache`) moves on to the next chunk."""
+        check_input_features(input_features, self.config.num_mel_bins)
+        hidden_states = self.subsampling(input_features)
+        if isinstance(self.positions, EBranchformerSinusoidalPositions):
+            hidden_states = self.positions(hidden_states, cache.offset)
+        else:
+            hidden_states = self.positions(hidden_states)
+        steps = hidden_states.shape[1]
+        mask = torch.cat([cache.key_mask, cache.key_mask.new_ones(cache.key_mask.shape[0], steps)], dim=1)
+        attention_mask = mask[:, None, None, :]  # every frame of the chunk sees the cache and the whole chunk
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            hidden_states, _ = layer(hidden_states, None, attention_mask, False, layer_cache)
+        cache.advance(steps)
+        return hidden_states
 
 
 class EBranchformerForCTC(CTCGenerationMixin, EBranchformerPreTrainedModel):
@@ -439,3 +646,11 @@ class EBranchformerForCTC(CTCGenerationMixin, EBranchformerPreTrainedModel):
         return CausalLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
+
+    def new_cache(self, batch_size=1, chunk_size=None, left_chunks=None) -> EBranchformerStreamingCache:
+        """See `EBranchformerModel.new_cache`."""
+        return self.ebranchformer.new_cache(batch_size, chunk_size, left_chunks)
+
+    def stream_step(self, input_features: torch.Tensor, cache: EBranchformerStreamingCache) -> torch.Tensor:
+        """The CTC logits (B, steps, vocab) of the next chunk of B streams (`EBranchformerModel.stream_step`)."""
+        return self.lm_head(self.ebranchformer.stream_step(input_features, cache))
