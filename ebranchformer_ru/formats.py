@@ -13,23 +13,42 @@ def format_time(seconds: float, separator: str) -> str:
 
 
 def subtitle_cues(words, max_pause=0.6, max_duration=6.0, max_chars=84) -> list[tuple[float, float, str]]:
-    """Words grouped into cues: a new cue after a pause longer than `max_pause` seconds, or when the cue
-    would last longer than `max_duration` or hold more than `max_chars` characters."""
-    cues, current = [], []
+    """Words grouped into cues: a new cue after a pause longer than `max_pause` seconds, and a run of words that
+    would last longer than `max_duration` or hold more than `max_chars` characters cut by `_fitted`."""
+    runs, current = [], []
     for word in words:
-        if current:
-            text = " ".join(w["word"] for w in current + [word])
-            if (
-                word["start"] - current[-1]["end"] > max_pause
-                or word["end"] - current[0]["start"] > max_duration
-                or len(text) > max_chars
-            ):
-                cues.append(current)
-                current = []
+        if current and word["start"] - current[-1]["end"] > max_pause:
+            runs.append(current)
+            current = []
         current.append(word)
     if current:
-        cues.append(current)
+        runs.append(current)
+    cues = [cue for run in runs for cue in _fitted(run, max_duration, max_chars)]
     return [(c[0]["start"], c[-1]["end"], " ".join(w["word"] for w in c)) for c in cues]
+
+
+def _fitted(words, max_duration, max_chars) -> list[list[dict]]:
+    """`words` cut into cues within the limits. Each cue ends at the widest gap between words among the places
+    where it still fits (the latest of gaps equal to the millisecond), not at the last word that fits: the widest
+    gap is where the speaker paused, so a cue rarely starts or ends mid-phrase, and it is never longer than the
+    limits. A lone word over the limits is a cue of its own."""
+
+    def fits(cue):
+        return cue[-1]["end"] - cue[0]["start"] <= max_duration and len(" ".join(w["word"] for w in cue)) <= max_chars
+
+    def gap(i):  # before words[i]; to the millisecond, so that float noise does not break ties
+        return round(words[i]["start"] - words[i - 1]["end"], 3)
+
+    cues = []
+    while words:
+        cut = 1  # words[:cut] fits
+        while cut < len(words) and fits(words[: cut + 1]):
+            cut += 1
+        if cut < len(words):
+            cut = max(range(cut, 0, -1), key=gap)
+        cues.append(words[:cut])
+        words = words[cut:]
+    return cues
 
 
 def cues(record: dict) -> list[tuple[float, float, str]]:

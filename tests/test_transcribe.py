@@ -2,6 +2,7 @@
 hotwords with --decoder lm, bad arguments and their exit statuses."""
 
 import inspect
+import itertools
 import json
 import shutil
 import subprocess
@@ -185,6 +186,48 @@ def test_subtitles():
     cues = formats.subtitle_cues(long)
     assert all(end - start <= 6.0 and len(text) <= 84 for start, end, text in cues) and len(cues) > 2
     assert " ".join(text for *_, text in cues) == " ".join(["слово"] * 30)
+
+
+def test_subtitle_cues_end_where_phrases_end():
+    """Speech over the limits (6 s, 84 characters) with no pause over 0.6 s is cut at the widest gaps between words,
+    where phrases end (0.4 s; words 0.05 s apart), not at the word that overflows; no cue passes the limits."""
+
+    def spoken(phrases, word_s):
+        words, at = [], 0.0
+        for phrase in phrases:
+            for word in phrase.split():
+                words.append({"word": word, "start": at, "end": at + word_s})
+                at += word_s + 0.05
+            at += 0.4 - 0.05  # a phrase ends: 0.4 s to the next
+        return words
+
+    def phrase_counts(cues, phrases):
+        """How many phrases each cue holds; fails where a cue starts or ends inside a phrase."""
+        assert " ".join(text for *_, text in cues) == " ".join(phrases)  # every word, in order
+        assert all(end - start <= 6.0 and len(text) <= 84 for start, end, text in cues)
+        ends, counts = list(itertools.accumulate(len(p.split()) for p in phrases)), []
+        for cue_end in itertools.accumulate(len(text.split()) for *_, text in cues):
+            assert cue_end in ends, f"a cue ends inside a phrase: {cues}"
+            counts.append(ends.index(cue_end) + 1 - sum(counts))
+        return counts
+
+    # the time binds: 4-word phrases last 1.35 s, 3 of them 4.85 s with their gaps, 4 would pass 6 s
+    phrases = ["раз два три четыре", "пять шесть семь восемь", "девять десять одиннадцать двенадцать"] * 3
+    assert phrase_counts(formats.subtitle_cues(spoken(phrases, 0.3)), phrases) == [3, 3, 3]
+    # the characters bind: phrases of 20-48 characters, quick words
+    phrases = ["переподготовка специалистов", "по распределённым вычислениям", "и машинному обучению"]
+    phrases = (phrases + ["в высокопроизводительных вычислительных системах"]) * 3
+    assert phrase_counts(formats.subtitle_cues(spoken(phrases, 0.1)), phrases) == [3, 2, 2, 2, 2, 1]
+    # phrases of unequal length under the time limit; a lone word over the limits is a cue of its own
+    phrases = ["да", "нет ответа пока", "раз два три четыре пять шесть семь", "конечно же", "пусть", "так и будет"]
+    words = spoken(phrases, 0.45)
+    assert phrase_counts(formats.subtitle_cues(words), phrases) == [2, 3, 1]
+    long = (
+        words[:1]
+        + [{"word": "ааааа", "start": 0.5, "end": 7.0}]
+        + [dict(w, start=w["start"] + 6.5, end=w["end"] + 6.5) for w in words[1:3]]
+    )
+    assert [text for *_, text in formats.subtitle_cues(long)] == ["да", "ааааа", "нет ответа"]
 
 
 def test_srt_output_of_one_recording(tiny_model, tmp_path):
