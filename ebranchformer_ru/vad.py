@@ -58,7 +58,7 @@ class VoiceActivity:
         min_speech_s=0.25,
         min_silence_s=0.1,
         speech_pad_s=0.1,
-        join_pause_s=1.0,
+        join_pause_s=0.5,
         max_segment_s=25.0,
     ):
         if not 0 < threshold < 1:
