@@ -435,33 +435,9 @@ class Transcriber:
             )
 
     def _decode(self, log_probs, times, decoder) -> dict:
-        vocabulary = self.backend.vocabulary
-        if decoder is None or decoder == "greedy":
-            ids = log_probs.argmax(-1)
-            record = {"text": vocabulary.decode(ids)}
-            if self.timestamps:
-                record["words"] = vocabulary.words(ids, times, self.frame_seconds)
-                if self.confidence:
-                    for word, confidence in zip(record["words"], greedy_confidences(log_probs, ids, vocabulary)):
-                        word["confidence"] = confidence
-            return record
-        beams = decoder.beams(log_probs) if self.timestamps and self.confidence else [decoder(log_probs)]
-        beam = beams[0]
-        record = {"text": beam.text}
-        if self.timestamps:
-            last = len(times) - 1
-            record["words"] = [
-                {
-                    "word": word,
-                    "start": round(float(times[min(begin, last)]), 3),
-                    "end": round(float(times[min(end, len(times)) - 1]) + self.frame_seconds, 3),
-                }
-                for word, (begin, end) in beam.word_offsets
-            ]
-            if self.confidence:
-                for entry, confidence in zip(record["words"], beam_confidences(log_probs, beams, vocabulary)):
-                    entry["confidence"] = confidence
-        return record
+        return decode_frames(
+            log_probs, times, self.backend.vocabulary, self.frame_seconds, decoder, self.timestamps, self.confidence
+        )
 
     def transcribe(self, recordings: list) -> list[dict]:
         """One record {"text", "words"?} per recording, in their order; raises the first failure."""
@@ -480,6 +456,37 @@ class Transcriber:
             return self.decode(*result)
         except Exception as error:  # non-finite log-probabilities, a decoder that fails: this recording only
             return error
+
+
+def decode_frames(log_probs, times, vocabulary, frame_seconds, decoder=None, timestamps=True, confidence=True) -> dict:
+    """A record {"text", "words"?} of frames `log_probs` (frames, vocab) starting at `times` (seconds): greedy when
+    `decoder` is None or "greedy", else with the `LMDecoder`; words with times (and confidences) when asked."""
+    if decoder is None or decoder == "greedy":
+        ids = log_probs.argmax(-1)
+        record = {"text": vocabulary.decode(ids)}
+        if timestamps:
+            record["words"] = vocabulary.words(ids, times, frame_seconds)
+            if confidence:
+                for word, value in zip(record["words"], greedy_confidences(log_probs, ids, vocabulary)):
+                    word["confidence"] = value
+        return record
+    beams = decoder.beams(log_probs) if timestamps and confidence else [decoder(log_probs)]
+    beam = beams[0]
+    record = {"text": beam.text}
+    if timestamps:
+        last = len(times) - 1
+        record["words"] = [
+            {
+                "word": word,
+                "start": round(float(times[min(begin, last)]), 3),
+                "end": round(float(times[min(end, len(times)) - 1]) + frame_seconds, 3),
+            }
+            for word, (begin, end) in beam.word_offsets
+        ]
+        if confidence:
+            for entry, value in zip(record["words"], beam_confidences(log_probs, beams, vocabulary)):
+                entry["confidence"] = value
+    return record
 
 
 # ---------------------------------------------------------------------------------------------- confidence

@@ -98,9 +98,14 @@ class LogMelFeatures:
         half = self.n_fft // 2
         mode = "reflect" if waveform.size > half else "constant"
         padded = np.pad(waveform, half, mode=mode)
-        frames = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop_length]
-        frames = frames[: self.num_frames(waveform.size)]
-        spectrum = np.fft.rfft(frames * self.window, axis=-1)
+        return self.frames(padded)[: self.num_frames(waveform.size)]
+
+    def frames(self, padded: np.ndarray) -> np.ndarray:
+        """The log-mel frames of every whole window (n_fft samples, every hop) of an already padded signal."""
+        if padded.size < self.n_fft:
+            return np.zeros((0, self.feature_size), np.float32)
+        windows = np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop_length]
+        spectrum = np.fft.rfft(windows * self.window, axis=-1)
         power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
         return np.log(np.clip(power @ self.mel_filters, self.log_floor, self.log_ceiling)).astype(np.float32)
 

@@ -640,6 +640,31 @@ def make_compute_metrics(tokenizer, logged_predictions):
     return compute_metrics
 
 
+def parse_overrides(text: str) -> dict:
+    """'num_hidden_layers=4,dropout=0.05,streaming_chunk_size=none' -> values of the config's fields. (Transformers'
+    `update_from_string` cannot set a field whose default is None.)"""
+    known, values = EBranchformerConfig().to_dict(), {}
+    for item in text.split(","):
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or name not in known:
+            raise ValueError(f"{item.strip()!r} is not field=value of a field of EBranchformerConfig")
+        values[name] = value if isinstance(known[name], str) else parse_value(value)  # position_embedding_type=none
+    return values
+
+
+def parse_value(value: str):
+    """true/false and none as such, integers and numbers as numbers, anything else as the string."""
+    words = {"true": True, "false": False, "none": None, "null": None}
+    if value.lower() in words:
+        return words[value.lower()]
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def load_model_and_processor(model_args):
     if model_args.model_name_or_path:
         # Only passed when asked for: QuartzNet has no attention, and transformers picks SDPA where it exists.
@@ -653,8 +678,7 @@ def load_model_and_processor(model_args):
     config = EBranchformerConfig()
     if model_args.config_overrides:
         try:
-            config.update_from_string(model_args.config_overrides)
-            config = EBranchformerConfig(**config.to_dict())  # validated as a new config
+            config = EBranchformerConfig(**{**config.to_dict(), **parse_overrides(model_args.config_overrides)})
         except ValueError as error:
             raise UsageError(f"--config_overrides {model_args.config_overrides!r}: {error}") from None
     model = EBranchformerForCTC._from_config(config, attn_implementation=model_args.attn_implementation or "sdpa")

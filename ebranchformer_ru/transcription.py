@@ -33,6 +33,7 @@ killed in one process or in all continues with any number of processes.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -62,6 +63,7 @@ from .resumable import (
     read_journals,
     write_output,
 )
+from .streaming import ChunkModel, Endpointing, StreamingError, StreamingTranscriber
 from .vad import VoiceActivity
 
 AUDIO_EXTENSIONS = ("wav", "flac", "opus", "ogg", "mp3")
@@ -266,13 +268,25 @@ class Options:
     vad_max_segment_s: float = 25.0
     itn: bool = False
     itn_cache_dir: str | None = None
+    streaming: bool = False
+    chunk_ms: int | None = None
+    left_chunks: int | None = None
+    silence_after_speech_s: float = 0.8
+    silence_without_speech_s: float = 2.4
+    max_segment_s: float = 20.0
 
     def transcript_settings(self) -> dict:
         """The settings of segmentation, confidence and normalisation that are on (none: an older output's)."""
         settings = {}
         if self.vad:
             settings |= {"vad_threshold": self.vad_threshold, "vad_max_segment_s": self.vad_max_segment_s}
+        if self.streaming:
+            settings |= {"streaming": True, "chunk_ms": self.chunk_ms, "left_chunks": self.left_chunks}
+            settings |= {"endpointing": dataclasses.asdict(self.endpointing())}
         return settings | ({"itn": True} if self.itn else {})
+
+    def endpointing(self) -> Endpointing:
+        return Endpointing(self.silence_after_speech_s, self.silence_without_speech_s, self.max_segment_s)
 
 
 def check_options(options: Options):
@@ -285,6 +299,12 @@ def check_options(options: Options):
     # would accept them.
     if not 0 < options.chunk_length_s < float("inf"):
         raise UsageError(f"--chunk_length_s must be a positive number of seconds, got {options.chunk_length_s}")
+    if options.streaming and options.vad:
+        raise UsageError("--streaming cuts recordings at its endpoints: leave out --vad")
+    try:
+        options.endpointing()
+    except StreamingError as error:
+        raise UsageError(str(error)) from None
     if options.vad and not 0 < options.vad_threshold < 1:
         raise UsageError(f"--vad_threshold must be between 0 and 1, got {options.vad_threshold}")
     if options.vad and not 1 <= options.vad_max_segment_s <= options.chunk_length_s:
@@ -553,6 +573,9 @@ class Run:
             segmenter = VoiceActivity(threshold=options.vad_threshold, max_segment_s=options.vad_max_segment_s)
         if options.itn:
             self.itn = InverseNormalizer(options.itn_cache_dir, log=lambda line: print(line, file=sys.stderr))
+        if options.streaming:
+            model = ChunkModel(backend, options.chunk_ms, options.left_chunks, decoder)
+            return StreamingTranscriber(model, options.endpointing(), options.batch_size, self.timestamps)
         return Transcriber(
             backend,
             options.batch_size,

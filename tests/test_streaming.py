@@ -1,10 +1,16 @@
 """Streaming: the chunk-masked model, its cached chunk-by-chunk step, and the recogniser built on it."""
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
+from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC
 from modeling_ebranchformer.modeling import EBranchformerStreamingCache, chunk_attention_mask
+
+CROWD = EMBEDDED_CORPUS / "test_opus" / "crowd"
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +117,179 @@ def test_a_stream_longer_than_the_position_table_is_refused(tiny_config_values):
     cache.offset += model.config.max_position_embeddings - 4
     with pytest.raises(ValueError, match="position_embedding_type='none'"):
         model.stream_step(torch.zeros(1, 32, 64), cache)
+
+
+# ---------------------------------------------------------------------------------------------- the recogniser
+
+
+@pytest.fixture(scope="module")
+def waveforms():
+    from ebranchformer_ru.audio import read_audio
+
+    return [read_audio(p) for p in sorted((CROWD / "files").glob("*.opus"))[:2]]
+
+
+@pytest.fixture(scope="module")
+def streaming_folder(tmp_path_factory, streaming_model):
+    from modeling_ebranchformer import EBranchformerProcessor
+
+    folder = tmp_path_factory.mktemp("streaming_model")
+    streaming_model.config.streaming_chunk_size = 8  # what the folder streams in by default: 320 ms
+    streaming_model.save_pretrained(folder)
+    streaming_model.config.streaming_chunk_size = None
+    EBranchformerProcessor().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def chunk_model(streaming_folder):
+    from ebranchformer_ru.inference import TorchBackend
+    from ebranchformer_ru.streaming import ChunkModel
+
+    return ChunkModel(TorchBackend.from_folder(str(streaming_folder)))
+
+
+def test_streaming_features_equal_the_whole_recordings(waveforms):
+    from ebranchformer_ru.onnx_runtime import LogMelFeatures
+    from ebranchformer_ru.streaming import StreamingFeatures
+
+    features, rng = LogMelFeatures(), np.random.default_rng(0)
+    for samples in [waveforms[0], waveforms[0][:150], waveforms[0][:201], waveforms[1][:16123]]:
+        stream, pieces, at = StreamingFeatures(features), [], 0
+        while at < len(samples):
+            size = int(rng.integers(1, 900))
+            pieces.append(stream.accept(samples[at : at + size]))
+            at += size
+        pieces.append(stream.finish())
+        np.testing.assert_allclose(np.concatenate(pieces), features(samples), atol=1e-5, rtol=0)
+
+
+def fed(chunk_model, samples, piece=1600):
+    """The log-probabilities a stream gets for `samples` arriving `piece` samples at a time."""
+    from ebranchformer_ru.streaming import Endpointing, recognize
+
+    stream, seen, step = chunk_model.stream(Endpointing()), [], chunk_model.step
+
+    def spy(chunks, states):
+        log_probs, states = step(chunks, states)
+        seen.extend(log_probs)
+        return log_probs, states
+
+    chunk_model.step = spy
+    try:
+        for at in range(0, len(samples), piece):
+            stream.accept(samples[at : at + piece])
+            recognize(chunk_model, [stream])
+        stream.end()
+        recognize(chunk_model, [stream])
+    finally:
+        del chunk_model.step
+    return np.concatenate(seen)
+
+
+def test_a_stream_fed_as_it_arrives_equals_the_chunk_masked_forward(chunk_model, waveforms):
+    """Audio in 0.1 s pieces, features as their windows fill, one model step per 320 ms: the log-probabilities of the
+    whole recording's chunk-masked forward (the folder's config streams in chunks of 8 steps)."""
+    samples = np.concatenate([waveforms[0], waveforms[1], waveforms[0]])
+    whole = chunk_model.backend([samples])[0]
+    np.testing.assert_allclose(fed(chunk_model, samples), whole, atol=1e-4, rtol=0)
+
+
+def rows(labels, vocabulary_size=34):
+    """Log-probabilities whose argmax is each label."""
+    log_probs = np.full((len(labels), vocabulary_size), -10.0, np.float32)
+    log_probs[np.arange(len(labels)), labels] = -0.01
+    return log_probs
+
+
+def test_endpoints_fall_where_the_rules_say(chunk_model):
+    from ebranchformer_ru.streaming import Endpointing, StreamDecoder
+
+    vocabulary = chunk_model.backend.vocabulary
+    blank, a, b = vocabulary.blank_id, *vocabulary.ids("аб")
+    rules = Endpointing(silence_after_speech_s=0.4, silence_without_speech_s=1.0, max_segment_s=2.0)
+    decoder = StreamDecoder(vocabulary, 0.04, rules)
+    # 5 frames of speech, 9 blank (0.36 s: no endpoint), then 1 more: 0.4 s after speech ends the segment.
+    assert decoder.push(rows([a] * 5 + [blank] * 9)) == []
+    assert decoder.partial() == {"start": 0.0, "text": "а"}
+    (final,) = decoder.push(rows([blank]))
+    assert (final["start"], final["end"], final["text"]) == (0.0, 0.2, "а")
+    assert final["words"][0]["word"] == "а" and 0 < final["words"][0]["confidence"] <= 1
+    # 25 blank frames (1.0 s) without speech: the segment restarts, nothing final; speech then starts at 1.6 s.
+    assert decoder.push(rows([blank] * 25)) == [] and decoder.partial()["start"] == 1.6
+    # 50 frames of speech reach max_segment_s (2.0 s): cut there, with the words on the stream's time line.
+    (final,) = decoder.push(rows([b, blank] * 25))
+    assert (final["start"], final["text"]) == (1.6, "б" * 25)
+    assert decoder.partial() == {"start": 3.6, "text": ""}
+    assert decoder.push(rows([a, a, blank])) == [] and decoder.finish()[0]["start"] == 3.6
+
+
+def test_transcribe_streaming_writes_segments_on_the_time_line(streaming_folder, waveforms, tmp_path):
+    """Two recordings with 3 s of silence between their speech: `transcribe.py --streaming` cuts them at the
+    endpoints and gives words on the recording's time line, the same as a stream fed as the audio arrives."""
+    import soundfile as sf
+
+    from ebranchformer_ru.commands import transcribe as command
+    from ebranchformer_ru.streaming import Endpointing, recognize
+
+    silence = np.zeros(48000, np.float32)
+    recording = np.concatenate([waveforms[0], silence, waveforms[1]])
+    sf.write(tmp_path / "a.wav", recording, 16000)
+    sf.write(tmp_path / "b.wav", waveforms[1], 16000)
+    output = tmp_path / "out.jsonl"
+    args = [str(streaming_folder), str(tmp_path / "a.wav"), str(tmp_path / "b.wav"), "--streaming"]
+    assert command.main([*args, "--timestamps", "--output", str(output), "--no_progress"]) == 0
+    first = json.loads(output.read_text().splitlines()[0])
+    assert first["segments"] and first["text"] == " ".join(s["text"] for s in first["segments"] if s["text"])
+    assert all(0 < w["confidence"] <= 1 for w in first["words"])
+    assert [w["start"] for w in first["words"]] == sorted(w["start"] for w in first["words"])
+    from ebranchformer_ru.inference import TorchBackend
+    from ebranchformer_ru.streaming import ChunkModel
+
+    model = ChunkModel(TorchBackend.from_folder(str(streaming_folder)))
+    stream, finals = model.stream(Endpointing()), []
+    for at in range(0, len(recording), 1600):
+        stream.accept(recording[at : at + 1600])
+        finals += [f for _, found in recognize(model, [stream]) for f in found]
+    stream.end()
+    finals += [f for _, found in recognize(model, [stream]) for f in found]
+    assert [(f["start"], f["end"], f["text"]) for f in finals] == [
+        (s["start"], s["end"], s["text"]) for s in first["segments"]
+    ]
+
+
+def test_streaming_options_are_checked(streaming_folder, tiny_model, waveforms, tmp_path, capsys):
+    import soundfile as sf
+
+    from ebranchformer_ru.commands import transcribe as command
+
+    sf.write(tmp_path / "a.wav", waveforms[0], 16000)
+    audio = str(tmp_path / "a.wav")
+    with pytest.raises(SystemExit) as usage:
+        command.main([str(streaming_folder), audio, "--streaming", "--vad"])
+    assert usage.value.code == 2 and "leave out --vad" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
+        command.main([str(streaming_folder), audio, "--streaming", "--max_segment_s", "0"])
+    assert usage.value.code == 2
+    assert command.main([str(tiny_model), audio, "--streaming", "--no_progress"]) == 1
+    assert "cannot stream" in capsys.readouterr().err
+    assert command.main([str(streaming_folder), audio, "--streaming", "--chunk_ms", "100", "--no_progress"]) == 1
+    assert "multiple of the model's 40 ms frame" in capsys.readouterr().err
+
+
+def test_the_streaming_preset_is_the_main_jobs_model_made_streaming():
+    """`--preset streaming`: the mini preset's model and schedule, with causal convolutions, dynamic chunks and no
+    position table; its overrides set fields whose default is None (Transformers' update_from_string cannot)."""
+    from ebranchformer_ru.training import load_preset, parse_overrides
+
+    preset, mini = load_preset("streaming"), load_preset("mini")
+    assert {k: v for k, v in preset.items() if k not in ("output_dir", "config_overrides")} == {
+        k: v for k, v in mini.items() if k != "output_dir"
+    }
+    config = EBranchformerConfig(**parse_overrides(preset["config_overrides"]))
+    assert config.is_streaming and config.position_embedding_type == "none" and config.streaming_chunk_size == 16
+    streaming, course = EBranchformerForCTC(config), EBranchformerForCTC(EBranchformerConfig())
+    assert streaming.num_parameters() == course.num_parameters()  # the same weights, used causally
+    assert parse_overrides("streaming_chunk_size=none,dropout=0.05") == {"streaming_chunk_size": None, "dropout": 0.05}
+    with pytest.raises(ValueError, match="'chunk=4' is not field=value of a field"):
+        parse_overrides("chunk=4")

@@ -364,7 +364,7 @@ def test_two_processes_are_data_parallel(tmp_path, train_args):
 def test_unknown_preset_and_option(tmp_path, capsys, train_args):
     with pytest.raises(
         UsageError,
-        match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'golos', 'mini', 'overfit'\]",
+        match=r"unknown preset 'fast': use one of \['course', 'finetune_farfield', 'golos', 'mini', 'overfit', 'streaming'\]",
     ):
         training.run(["--preset", "fast"])
     with pytest.raises(UsageError, match="unrecognized arguments: --learning_rat 1"):

@@ -110,6 +110,25 @@ def add_switch(parser, name: str, help: str):
     )
 
 
+def add_streaming(parser):
+    """Chunk-by-chunk recognition with a streaming model (docs/streaming.md): the switch, the chunk, the endpoints."""
+    add_switch(parser, "streaming", "a streaming model, chunk by chunk: segments cut at endpoints (docs/streaming.md)")
+    parser.add_argument(
+        "--chunk_ms", type=positive_int, default=None, help="--streaming: audio per step (default: the model's, 640)"
+    )
+    parser.add_argument(
+        "--left_chunks", type=int, default=None, help="--streaming: earlier chunks attended to (default the model's)"
+    )
+    for name, default, what in (
+        ("silence_after_speech_s", 0.8, "blank after speech that ends a segment"),
+        ("silence_without_speech_s", 2.4, "blank without speech that restarts a segment"),
+        ("max_segment_s", 20.0, "longest segment"),
+    ):
+        parser.add_argument(
+            f"--{name}", type=positive_float, default=default, help=f"--streaming: {what} ({default:g} s)"
+        )
+
+
 def add_model(parser, help: str = "a model folder (or an export_onnx output folder where the command runs one)"):
     parser.add_argument("model", metavar="MODEL", help=help)
 

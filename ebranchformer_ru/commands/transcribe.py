@@ -68,6 +68,7 @@ def build_parser():
         default=None,
         help="--itn: where its compiled grammars are kept (~/.cache/ebranchformer_ru/itn)",
     )
+    cli.add_streaming(parser)
     cli.add_switch(parser, "quantized", "ONNX export only: run the int8 model")
     parser.add_argument(
         "--extensions",
@@ -109,6 +110,12 @@ def transcribe(args) -> int:
         vad_max_segment_s=args.vad_max_segment_s,
         itn=args.itn,
         itn_cache_dir=args.itn_cache_dir,
+        streaming=args.streaming,
+        chunk_ms=args.chunk_ms,
+        left_chunks=args.left_chunks,
+        silence_after_speech_s=args.silence_after_speech_s,
+        silence_without_speech_s=args.silence_without_speech_s,
+        max_segment_s=args.max_segment_s,
     )
 
 

@@ -1,0 +1,307 @@
+"""Streaming recognition: audio in as it arrives, a partial transcript after every chunk, final segments at endpoints.
+
+    from ebranchformer_ru.inference import TorchBackend
+    from ebranchformer_ru.streaming import ChunkModel, Endpointing, recognize
+    model = ChunkModel(TorchBackend.from_folder("outputs/streaming"), chunk_ms=640)
+    stream = model.stream(Endpointing())
+    stream.accept(samples)                      # 16 kHz float samples, any amount at a time
+    events = recognize(model, [stream])         # [(stream, [final segment, ...])] for streams with a chunk ready
+    stream.partial()                            # {"start", "text"} of the segment under way
+    stream.end(); recognize(model, [stream])    # the last chunk and the last segment
+
+A streaming model (`config.is_streaming`: causal convolutions and attention in chunks, `train_ctc.py --preset
+streaming`) computes each chunk of audio once, keeping what later chunks need of it (`EBranchformerStreamingCache`):
+its frames equal the chunk-masked forward of the whole stream. Features are computed as their windows fill
+(`StreamingFeatures`, equal to the whole recording's), frames are decoded greedily as they come, and `Endpointing`
+cuts the stream into segments on trailing blank frames: a final segment has words with times on the stream's time
+line and their confidences, decoded once (with the folder's language model when one is given), and a new segment
+starts. `recognize` steps every stream that has a chunk ready in one batch per chunk length, each with its state,
+as the server batches uploads; `transcribe_files` runs whole recordings the same way.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import Error
+from .inference import decode_frames
+
+
+class StreamingError(Error):
+    """A model that cannot stream, or streaming options out of range."""
+
+
+class StreamingFeatures:
+    """The log-mel frames (`onnx_runtime.LogMelFeatures`) of a stream as its audio arrives, each computed once when
+    its window is complete; together equal to the frames of the whole recording (reflect padding at both ends)."""
+
+    def __init__(self, features):
+        self.features, self.half, self.hop = features, features.n_fft // 2, features.hop_length
+        self.pending = np.zeros(0, np.float32)  # the padded signal from the first window not yet framed
+        self.started, self.samples, self.frames_out = False, 0, 0
+
+    def accept(self, samples) -> np.ndarray:
+        """The frames completed by `samples` (frames, mel bins)."""
+        samples = np.asarray(samples, np.float32).reshape(-1)
+        self.samples += samples.size
+        self.pending = np.concatenate([self.pending, samples])
+        if not self.started:
+            if self.pending.size <= self.half:  # reflecting needs more samples than the padding
+                return self._none()
+            self.pending = np.concatenate([self.pending[1 : self.half + 1][::-1], self.pending])
+            self.started = True
+        return self._take()
+
+    def finish(self) -> np.ndarray:
+        """The last frames, those whose windows reach into the end's padding."""
+        if not self.started:  # no audio, or a clip too short to reflect: as the whole recording's features
+            return self.features(self.pending) if self.samples else self._none()
+        self.pending = np.concatenate([self.pending, self.pending[-(self.half + 1) : -1][::-1]])
+        return self._take(self.features.num_frames(self.samples) - self.frames_out)
+
+    def _take(self, limit=None) -> np.ndarray:
+        frames = self.features.frames(self.pending)[:limit]
+        self.pending = self.pending[len(frames) * self.hop :]
+        self.frames_out += len(frames)
+        return frames
+
+    def _none(self) -> np.ndarray:
+        return np.zeros((0, self.features.feature_size), np.float32)
+
+
+@dataclass(frozen=True)
+class Endpointing:
+    """Where a segment ends, by the trailing blank frames of the greedy decoding (sherpa-onnx's endpoint rules): after
+    `silence_after_speech_s` of them once the segment has speech; after `silence_without_speech_s` of them with none
+    (the segment is dropped: nothing was said); and when the segment reaches `max_segment_s`."""
+
+    silence_after_speech_s: float = 0.8
+    silence_without_speech_s: float = 2.4
+    max_segment_s: float = 20.0
+
+    def __post_init__(self):
+        for name in ("silence_after_speech_s", "silence_without_speech_s", "max_segment_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise StreamingError(f"--{name} must be a positive number of seconds, got {value!r}")
+
+
+class StreamDecoder:
+    """Greedy CTC over one stream's frames as they come, cut into segments by `Endpointing`. `push(log_probs)`
+    returns the segments those frames finished; `partial()` is the segment under way."""
+
+    def __init__(self, vocabulary, frame_seconds, endpointing: Endpointing, decoder=None, confidence=True):
+        self.vocabulary, self.frame_seconds, self.endpointing = vocabulary, frame_seconds, endpointing
+        self.decoder, self.confidence = decoder, confidence
+        self.silent = {vocabulary.blank_id, *vocabulary.ids(vocabulary.word_delimiter_token)}
+        self.frames, self.start = 0, 0  # frames seen; the segment's first frame
+        self._new_segment()
+
+    def _new_segment(self):
+        self.start, self.rows, self.ids, self.trailing, self.speech = self.frames, [], [], 0, False
+
+    def push(self, log_probs: np.ndarray) -> list[dict]:
+        finals = []
+        for row in log_probs:
+            label = int(row.argmax())
+            self.rows.append(row)
+            self.ids.append(label)
+            self.frames += 1
+            self.trailing = self.trailing + 1 if label in self.silent else 0
+            self.speech |= label not in self.silent
+            final = self._endpoint()
+            if final is not None:
+                finals.append(final)
+        return finals
+
+    def _endpoint(self) -> dict | None:
+        rules, seconds = self.endpointing, self.frame_seconds
+        if self.speech and (
+            self.trailing * seconds >= rules.silence_after_speech_s or len(self.ids) * seconds >= rules.max_segment_s
+        ):
+            return self._cut()
+        if not self.speech and (
+            self.trailing * seconds >= rules.silence_without_speech_s or len(self.ids) * seconds >= rules.max_segment_s
+        ):
+            self._new_segment()
+        return None
+
+    def _cut(self) -> dict:
+        """The segment as a record {"start", "end", "text", "words"}, decoded once; a new segment starts."""
+        times = (self.start + np.arange(len(self.rows))) * self.frame_seconds
+        log_probs = np.stack(self.rows)
+        record = decode_frames(
+            log_probs, times, self.vocabulary, self.frame_seconds, self.decoder, True, self.confidence
+        )
+        speech_end = self.start + len(self.ids) - self.trailing
+        segment = {"start": round(self.start * self.frame_seconds, 3), "end": round(speech_end * self.frame_seconds, 3)}
+        self._new_segment()
+        return {**segment, **record}
+
+    def partial(self) -> dict:
+        return {"start": round(self.start * self.frame_seconds, 3), "text": self.vocabulary.decode(np.array(self.ids))}
+
+    def finish(self) -> list[dict]:
+        """The last segment, if it has speech."""
+        return [self._cut()] if self.speech else []
+
+
+class Stream:
+    """One stream: its audio becomes feature chunks for the model, the model's log-probabilities become segments."""
+
+    def __init__(self, features, chunk_frames: int, decoder: StreamDecoder, state):
+        self.audio, self.chunk_frames, self.decoder, self.state = (
+            StreamingFeatures(features),
+            chunk_frames,
+            decoder,
+            state,
+        )
+        self.waiting = self.audio.accept([])
+        self.ended = self.finished = False  # no more audio; its last segment given
+
+    def accept(self, samples):
+        self.waiting = np.concatenate([self.waiting, self.audio.accept(samples)])
+
+    def end(self):
+        """No more audio: the features of the end, and the last (shorter) chunk, are ready."""
+        self.waiting = np.concatenate([self.waiting, self.audio.finish()])
+        self.ended = True
+
+    def next_chunk(self) -> np.ndarray | None:
+        """The next chunk of features for the model, if one is complete (or the stream has ended)."""
+        take = self.chunk_frames if len(self.waiting) >= self.chunk_frames else len(self.waiting) * self.ended
+        if take == 0:
+            return None
+        chunk, self.waiting = self.waiting[:take], self.waiting[take:]
+        return chunk
+
+    @property
+    def done(self) -> bool:
+        return self.ended and len(self.waiting) == 0
+
+    def partial(self) -> dict:
+        return self.decoder.partial()
+
+
+class ChunkModel:
+    """A streaming model run chunk by chunk with PyTorch (`inference.TorchBackend`): `chunk_ms` of audio a step
+    (a multiple of the model's 40 ms frame; default the config's `streaming_chunk_size`, else 640 ms) with
+    `left_chunks` earlier chunks of attention (default the config's)."""
+
+    def __init__(self, backend, chunk_ms=None, left_chunks=None, decoder=None, confidence=True):
+        config = backend.model.config
+        if not getattr(config, "is_streaming", False):
+            raise StreamingError(
+                "the model cannot stream (it needs causal_convolutions and attention in chunks: train it with "
+                "train_ctc.py --preset streaming); decode whole recordings with transcribe.py without --streaming"
+            )
+        self.backend, self.decoder, self.confidence = backend, decoder, confidence
+        self.frame_seconds = backend.samples_per_frame / backend.sampling_rate
+        frame_ms = round(1000 * self.frame_seconds)
+        chunk_ms = chunk_ms or (config.streaming_chunk_size or 16) * frame_ms
+        if chunk_ms % frame_ms or chunk_ms <= 0:
+            raise StreamingError(
+                f"--chunk_ms must be a positive multiple of the model's {frame_ms} ms frame, got {chunk_ms}"
+            )
+        self.chunk_size = chunk_ms // frame_ms
+        self.left_chunks = config.streaming_left_chunks if left_chunks is None else left_chunks
+        self.chunk_frames = self.chunk_size * config.subsampling_stride
+        from .onnx_runtime import LogMelFeatures
+
+        self.features = LogMelFeatures(**backend.processor.feature_extractor.to_dict())
+
+    def stream(self, endpointing: Endpointing) -> Stream:
+        decoder = StreamDecoder(self.backend.vocabulary, self.frame_seconds, endpointing, self.decoder, self.confidence)
+        state = self.backend.model.new_cache(1, self.chunk_size, self.left_chunks)
+        return Stream(self.features, self.chunk_frames, decoder, state)
+
+    def step(self, chunks: list[np.ndarray], states: list) -> tuple[list[np.ndarray], list]:
+        """The log-probabilities of one chunk (all of one length) of each stream, and the streams' next states."""
+        import torch
+
+        from modeling_ebranchformer.modeling import EBranchformerStreamingCache
+
+        backend = self.backend
+        cache = states[0] if len(states) == 1 else EBranchformerStreamingCache.stack(states)
+        features = torch.from_numpy(np.stack(chunks)).to(backend.device)
+        device_type = "cuda" if backend.device.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=backend.dtype == "bfloat16"):
+            logits = backend.model.stream_step(features, cache)
+            log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        return list(log_probs), [cache] if len(states) == 1 else cache.split()
+
+
+def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, list[dict]]]:
+    """Steps every stream with a complete chunk, one batch per chunk length, until none has one; the final
+    segments that ended on the way, per stream that had any (and for ended streams, their last segment)."""
+    finals: dict[int, list[dict]] = {}
+    while True:
+        ready = [(stream, chunk) for stream in streams if (chunk := stream.next_chunk()) is not None]
+        if not ready:
+            break
+        for length in sorted({len(chunk) for _, chunk in ready}, reverse=True):
+            batch = [(stream, chunk) for stream, chunk in ready if len(chunk) == length]
+            log_probs, states = model.step([chunk for _, chunk in batch], [stream.state for stream, _ in batch])
+            for (stream, _), frames, state in zip(batch, log_probs, states):
+                stream.state = state
+                finals.setdefault(id(stream), []).extend(stream.decoder.push(frames))
+    for stream in streams:
+        if stream.done and not stream.finished:
+            stream.finished = True
+            finals.setdefault(id(stream), []).extend(stream.decoder.finish())
+    return [(stream, finals[id(stream)]) for stream in streams if finals.get(id(stream))]
+
+
+def transcribe_files(model: ChunkModel, waveforms: list[np.ndarray], endpointing: Endpointing) -> list[dict]:
+    """Whole recordings streamed side by side: one record {"text", "words", "segments"} each, the segments being
+    the stream's final segments."""
+    streams = [model.stream(endpointing) for _ in waveforms]
+    for stream, samples in zip(streams, waveforms):
+        stream.accept(samples)
+        stream.end()
+    segments = {id(stream): finals for stream, finals in recognize(model, streams)}
+    records = []
+    for stream in streams:
+        finals = segments.get(id(stream), [])
+        records.append(
+            {
+                "text": " ".join(f["text"] for f in finals if f["text"]),
+                "words": [word for f in finals for word in f.get("words", [])],
+                "segments": [{"start": f["start"], "end": f["end"], "text": f["text"]} for f in finals],
+            }
+        )
+    return records
+
+
+class StreamingTranscriber:
+    """`inference.Transcriber`'s `transcribe_each` for a streaming model: recordings streamed side by side,
+    `batch_size` at a time; records {"text", "segments", "words" (with `timestamps`)}. A batch that fails runs
+    again a recording at a time, so one bad recording fails alone."""
+
+    def __init__(self, model: ChunkModel, endpointing: Endpointing, batch_size=16, timestamps=False):
+        self.model, self.endpointing, self.batch_size, self.timestamps = model, endpointing, batch_size, timestamps
+        self.backend = model.backend
+
+    def transcribe_each(self, recordings: list):
+        for first in range(0, len(recordings), self.batch_size):
+            yield self._batch(list(range(first, min(first + self.batch_size, len(recordings)))), recordings)
+
+    def _batch(self, indices, recordings) -> list[tuple[int, dict | Exception]]:
+        results, read = [], []
+        for index in indices:
+            try:
+                read.append((index, np.asarray(recordings[index][0 : len(recordings[index])], np.float32)))
+            except Exception as error:  # an unreadable file fails alone
+                results.append((index, error))
+        try:
+            records = transcribe_files(self.model, [samples for _, samples in read], self.endpointing)
+        except Exception as error:
+            if len(read) == 1:
+                return results + [(read[0][0], error)]
+            return results + [pair for index, _ in read for pair in self._batch([index], recordings)]
+        for (index, _), record in zip(read, records):
+            if not self.timestamps:
+                record.pop("words")
+            results.append((index, record))
+        return sorted(results, key=lambda pair: pair[0])
