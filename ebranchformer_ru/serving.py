@@ -43,6 +43,7 @@ from .audio import LOUD, read_audio
 from .formats import cues, render
 from .inference import InferenceError, LMDecoder, Transcriber, load_backend, load_decoder
 from .itn import InverseNormalizer
+from .streaming import ChunkModel, Endpointing, StreamingError, recognize
 from .vad import VoiceActivity
 
 try:  # the `serve` extra; --help and the package import work without it
@@ -186,8 +187,9 @@ class Batcher:
             while (batch := self.take()) is not None:
                 batch = [j for j in batch if not j.abandoned]  # clients that left while queued
                 if batch:
-                    self.batch_sizes.append(len(batch))
-                    self.on_batch(len(batch))
+                    if recordings := sum(not isinstance(job, StreamRound) for job in batch):
+                        self.batch_sizes.append(recordings)
+                        self.on_batch(recordings)
                     self.process_safely(batch)
         except BaseException as error:  # the thread dies: its requests must not wait for it
             self.failure = f"{type(error).__name__}: {error}"
@@ -204,7 +206,10 @@ class Batcher:
             if job is not None:
                 batch.append(job)
         for job in batch:
-            job.loop.call_soon_threadsafe(settle, job.future, None, WorkerFailed(self.failure))
+            if isinstance(job, StreamRound):
+                job.live.fail(WorkerFailed(self.failure))
+            else:
+                job.loop.call_soon_threadsafe(settle, job.future, None, WorkerFailed(self.failure))
 
     def take(self) -> list | None:
         """The next batch, or None to stop. Requests that queued while the model was busy run at once (waiting
@@ -255,7 +260,12 @@ class Batcher:
 
     def process(self, batch):
         """The batch through the transcriber's one batching: each request is answered as the forward pass that
-        completes it ends, with its own decoder; a request the model fails on fails alone."""
+        completes it ends, with its own decoder; a request the model fails on fails alone. Live streams' chunks
+        (a `StreamRound` in the batch) are stepped first: the model thread is theirs too."""
+        for job in batch:
+            if isinstance(job, StreamRound):
+                job.run()
+        batch = [job for job in batch if not isinstance(job, StreamRound)]
         started = time.monotonic()
         if not (batch := self.decode(batch)):
             return
@@ -498,9 +508,24 @@ class Service:
         self.metrics = Metrics(self.batcher)
         self.batcher.on_batch = self.metrics.batch_size.observe
         self.rate = self.backend.sampling_rate
+        self.live = None  # with --streaming: the live streams of the streaming model
+        if getattr(args, "streaming", False):
+            self.live = LiveStreams(self.chunk_model(args), self.endpointing(args), self.batcher)
         self.streams = 0  # live streams open
         self.stopping = None  # an asyncio.Event, set when the server begins to stop (made on the serving loop)
         self.uploads_cut_at = float("inf")  # loop time from which uploads still arriving are cut
+
+    def chunk_model(self, args) -> ChunkModel:
+        if not hasattr(self.backend, "model"):
+            raise InferenceError(f"--streaming: {args.model} is an ONNX export; stream with the PyTorch model folder")
+        try:
+            return ChunkModel(self.backend, args.chunk_ms, args.left_chunks, self.decoder)
+        except StreamingError as error:
+            raise InferenceError(f"--streaming: {args.model}: {error}") from None
+
+    @staticmethod
+    def endpointing(args) -> Endpointing:
+        return Endpointing(args.silence_after_speech_s, args.silence_without_speech_s, args.max_segment_s)
 
     async def transcribe(self, samples, decoder=None, reserved=False) -> dict:
         """The record {"text", "words"} of `samples`, through the batcher."""
@@ -868,7 +893,10 @@ class Api:
         return JSONResponse({"object": "list", "data": [model]})
 
     async def health(self, request):
-        return JSONResponse({"status": "ok", "dtype": self.service.backend.dtype})
+        body = {"status": "ok", "dtype": self.service.backend.dtype}
+        if (live := self.service.live) is not None:
+            body["streaming"] = {"chunk_ms": round(live.model.chunk_size * live.model.frame_seconds * 1000)}
+        return JSONResponse(body)
 
     async def ready(self, request):
         batcher = self.service.batcher
@@ -886,7 +914,7 @@ class Api:
         return Response(self.service.metrics.text(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     async def stream(self, websocket):
-        await LiveStream(websocket, self.service).run()
+        await live(websocket, self.service)
 
 
 def make_app(args, service=None):
@@ -1109,7 +1137,7 @@ class LiveStream:
             service.streams -= 1
             service.metrics.streams.dec()
             service.metrics.requests.labels("/v1/audio/stream", status.split()[-1]).inc()
-            audio = len(self.pcm) // 2 / service.rate
+            audio = self.audio_bytes() // 2 / service.rate
             self.pcm = bytearray()  # the memory goes now, not when the connection's last reference does
             log.info(f"stream {self.rid} status={status} duration={time.monotonic() - begun:.3f}s audio={audio:.2f}s")
 
@@ -1155,11 +1183,17 @@ class LiveStream:
             if message["type"] == "websocket.disconnect":
                 raise ClientGone()
             if message.get("bytes") is not None:
-                if len(self.pcm) + len(message["bytes"]) > self.limit:
+                if self.audio_bytes() + len(message["bytes"]) > self.limit:
                     raise ApiError(413, f"the stream is over the limit of {self.args.max_audio_s:g} s (--max_audio_s)")
-                self.pcm.extend(message["bytes"])
+                self.add(message["bytes"])
             elif message.get("text") is not None:
                 return self.end(message["text"])
+
+    def add(self, data: bytes):
+        self.pcm.extend(data)
+
+    def audio_bytes(self) -> int:
+        return len(self.pcm)
 
     def end(self, text):
         try:
@@ -1171,7 +1205,7 @@ class LiveStream:
                 400,
                 f'unknown text message {text[:80]!r}; send audio as binary messages and {{"type": "end"}} at the end',
             )
-        if len(self.pcm) % 2:
+        if self.audio_bytes() % 2:
             raise ApiError(400, "the stream ends with half a sample: send 16-bit PCM (2 bytes a sample)")
 
     def samples(self, start=0, end=None):
@@ -1221,5 +1255,148 @@ class LiveStream:
 
 
 async def live(websocket, service, window_s=None):
-    """A live stream on `websocket` (`LiveStream`)."""
-    await LiveStream(websocket, service, window_s).run()
+    """A live stream on `websocket`: `ChunkedLiveStream` with a streaming model (--streaming), else `LiveStream`."""
+    if service.live is not None:
+        await ChunkedLiveStream(websocket, service).run()
+    else:
+        await LiveStream(websocket, service, window_s).run()
+
+
+# ---------------------------------------------------------------------------------------------- streaming models
+
+
+class StreamRound:
+    """A job for the model thread: step every live stream that has a chunk ready (`LiveStreams.round`)."""
+
+    abandoned = False
+
+    def __init__(self, live):
+        self.live = live
+
+    def run(self):
+        self.live.round()
+
+
+class LiveEntry:
+    """One live stream as the model thread sees it: audio handed over by the event loop (`inbox`: sample arrays,
+    None at the end), the `streaming.Stream`, its final segments so far, and where its events go."""
+
+    def __init__(self, stream, loop, send):
+        self.stream, self.loop, self.send = stream, loop, send  # send(event) runs on the event loop
+        self.inbox, self.finals, self.heard = collections.deque(), [], 0
+
+    def post(self, event):
+        self.loop.call_soon_threadsafe(self.send, event)
+
+
+class LiveStreams:
+    """The live streams of a streaming model (serve.py --streaming). Audio arriving asks for a round on the model
+    thread (one `StreamRound` queued at a time); a round hands every stream its audio, steps all the streams with a
+    chunk ready together, each with its own state (`streaming.recognize`), then sends each stream a partial, its
+    finished segments, and at its end the final transcript, built from the segments (nothing is decoded again)."""
+
+    def __init__(self, model: ChunkModel, endpointing: Endpointing, batcher):
+        self.model, self.endpointing, self.batcher = model, endpointing, batcher
+        self.entries, self.queued = set(), False  # queued: a round waits in the batcher's queue
+
+    def open(self, send) -> LiveEntry:
+        entry = LiveEntry(self.model.stream(self.endpointing), asyncio.get_running_loop(), send)
+        self.entries.add(entry)
+        return entry
+
+    def close(self, entry):
+        self.entries.discard(entry)
+
+    def heard(self, entry, samples):
+        """Audio of `entry` (None: its end), to be taken by the next round (which this asks for)."""
+        entry.inbox.append(samples)
+        if not self.queued:
+            self.queued = True
+            self.batcher.jobs.put(StreamRound(self))
+
+    def round(self):
+        """On the model thread."""
+        self.queued = False
+        entries = list(self.entries)
+        for entry in entries:
+            while entry.inbox:
+                samples = entry.inbox.popleft()
+                if samples is None:
+                    entry.stream.end()
+                else:
+                    entry.stream.accept(samples)
+                    entry.heard += len(samples)
+        finished = {id(stream): finals for stream, finals in recognize(self.model, [e.stream for e in entries])}
+        for entry in entries:
+            self.report(entry, finished.get(id(entry.stream), []))
+
+    def report(self, entry, finals):
+        seconds = round(entry.heard / self.model.backend.sampling_rate, 3)
+        for final in finals:
+            entry.finals.append(final)
+            entry.post({"type": "segment", **final})
+        if entry.stream.finished:
+            words = [word for final in entry.finals for word in final["words"]]
+            text = " ".join(final["text"] for final in entry.finals if final["text"])
+            segments = [{k: f[k] for k in ("start", "end", "text")} for f in entry.finals]
+            entry.post({"type": "final", "text": text, "words": words, "segments": segments, "duration": seconds})
+        elif finals or entry.stream.decoder.frames:
+            texts = [final["text"] for final in entry.finals] + [entry.stream.partial()["text"]]
+            entry.post({"type": "partial", "text": " ".join(t for t in texts if t), "duration": seconds})
+
+    def fail(self, error):
+        for entry in list(self.entries):
+            entry.post({"type": "error", "error": {"message": str(error), "code": 500}})
+
+
+class ChunkedLiveStream(LiveStream):
+    """A live stream of a streaming model: each piece of audio is computed once, chunk by chunk, on the model
+    thread (`LiveStreams`); a partial after every chunk, a `segment` at every endpoint, and at the end the final
+    transcript of the segments. The limits of `LiveStream` hold (--max_streams, --stream_idle_s, --max_audio_s)."""
+
+    def __init__(self, websocket, service):
+        super().__init__(websocket, service)
+        self.events, self.received, self.odd = asyncio.Queue(), 0, b""
+
+    def add(self, data: bytes):
+        self.received += len(data)
+        data, self.odd = self.odd + data, b""
+        if len(data) % 2:
+            data, self.odd = data[:-1], data[-1:]
+        if data:
+            self.service.live.heard(self.entry, np.frombuffer(data, "<i2").astype(np.float32) / 32768)
+
+    def audio_bytes(self) -> int:
+        return self.received
+
+    async def transcribe(self, receiver) -> str:
+        """Events from the model thread until the final; the stream's status."""
+        live = self.service.live
+        self.entry = live.open(self.events.put_nowait)
+        stopping = asyncio.ensure_future(self.service.stopping.wait())
+        ended = False
+        try:
+            while True:
+                getting = asyncio.ensure_future(self.events.get())
+                await asyncio.wait({receiver, stopping, getting}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                if getting.done():
+                    event = getting.result()
+                    await self.websocket.send_json(event)
+                    if event["type"] in ("final", "error"):
+                        break
+                else:
+                    getting.cancel()
+                if not ended and (receiver.done() or stopping.done()):
+                    if receiver.done():
+                        receiver.result()  # an error in the stream is raised here
+                    ended = True
+                    live.heard(self.entry, None)
+                if not ended and time.monotonic() - self.last_message > self.args.stream_idle_s:
+                    idle = self.args.stream_idle_s
+                    raise ApiError(408, f"nothing arrived for {idle:g} s (--stream_idle_s): the stream is closed")
+        finally:
+            stopping.cancel()
+            live.close(self.entry)
+        self.service.metrics.audio.inc(self.received / 2 / self.service.rate)
+        await self.websocket.close(GOING_AWAY if stopping.done() and not receiver.done() else 1000)
+        return "final"

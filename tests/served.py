@@ -1,10 +1,12 @@
 """serve.py's app in a thread of the test process, as the command runs it (`serving.server`), on a free port."""
 
+import json
 import socket
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import requests
 from project import CORPUS
 
@@ -72,3 +74,24 @@ class Running:
         import openai
 
         return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
+
+
+def stream(url, samples, chunk_s=0.1, pause_s=0.05, end=True):
+    """Sends 16-bit PCM over the live endpoint in chunks; returns the messages received."""
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.sync.client import connect
+
+    pcm = (np.clip(np.round(samples * 32768), -32768, 32767)).astype("<i2").tobytes()
+    step = int(16000 * chunk_s) * 2
+    messages = []
+    with connect(url.replace("http", "ws") + "/v1/audio/stream") as ws:
+        for start in range(0, len(pcm), step):
+            ws.send(pcm[start : start + step])
+            time.sleep(pause_s)
+        ws.send(json.dumps({"type": "end"}) if end else "hello")
+        try:
+            for message in ws:
+                messages.append(json.loads(message))
+        except ConnectionClosedError as closed:  # an error: its code, after the message that names it
+            messages.append({"closed": closed.rcvd.code})
+    return messages

@@ -19,7 +19,7 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 
-from served import Running, free_port, raw_upload  # noqa: E402 (after the skips)
+from served import Running, free_port, raw_upload, stream  # noqa: E402 (after the skips)
 
 from ebranchformer_ru import serving  # noqa: E402
 from ebranchformer_ru.commands import serve as command  # noqa: E402
@@ -366,27 +366,6 @@ def test_prompt_words_are_hotwords_of_that_request_only(tiny_model, tmp_path):
             assert list(got) == [hot, plain]
         with pytest.raises(openai.BadRequestError, match="prompt: "):
             client.audio.transcriptions.create(model=folder.name, file=path.open("rb"), prompt="hello")
-
-
-def stream(url, samples, chunk_s=0.1, pause_s=0.05, end=True):
-    """Sends 16-bit PCM over the live endpoint in chunks; returns the messages received."""
-    from websockets.exceptions import ConnectionClosedError
-    from websockets.sync.client import connect
-
-    pcm = (np.clip(np.round(samples * 32768), -32768, 32767)).astype("<i2").tobytes()
-    step = int(16000 * chunk_s) * 2
-    messages = []
-    with connect(url.replace("http", "ws") + "/v1/audio/stream") as ws:
-        for start in range(0, len(pcm), step):
-            ws.send(pcm[start : start + step])
-            time.sleep(pause_s)
-        ws.send(json.dumps({"type": "end"}) if end else "hello")
-        try:
-            for message in ws:
-                messages.append(json.loads(message))
-        except ConnectionClosedError as closed:  # an error: its code, after the message that names it
-            messages.append({"closed": closed.rcvd.code})
-    return messages
 
 
 def test_live_audio_gets_partials_and_the_offline_transcript_at_the_end(server, tiny_model, tmp_path, caplog):

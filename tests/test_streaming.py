@@ -224,7 +224,7 @@ def test_endpoints_fall_where_the_rules_say(chunk_model):
     assert decoder.push(rows([a, a, blank])) == [] and decoder.finish()[0]["start"] == 3.6
 
 
-def test_transcribe_streaming_writes_segments_on_the_time_line(streaming_folder, waveforms, tmp_path):
+def test_transcribe_streaming_writes_segments_on_the_time_line(streaming_folder, waveforms, tmp_path, voice_steps):
     """Two recordings with 3 s of silence between their speech: `transcribe.py --streaming` cuts them at the
     endpoints and gives words on the recording's time line, the same as a stream fed as the audio arrives."""
     import soundfile as sf
@@ -240,7 +240,8 @@ def test_transcribe_streaming_writes_segments_on_the_time_line(streaming_folder,
     args = [str(streaming_folder), str(tmp_path / "a.wav"), str(tmp_path / "b.wav"), "--streaming"]
     assert command.main([*args, "--timestamps", "--output", str(output), "--no_progress"]) == 0
     first = json.loads(output.read_text().splitlines()[0])
-    assert first["segments"] and first["text"] == " ".join(s["text"] for s in first["segments"] if s["text"])
+    assert len(first["segments"]) == 2 and first["segments"][1]["start"] > len(waveforms[0]) / 16000
+    assert first["text"] == " ".join(s["text"] for s in first["segments"] if s["text"])
     assert all(0 < w["confidence"] <= 1 for w in first["words"])
     assert [w["start"] for w in first["words"]] == sorted(w["start"] for w in first["words"])
     from ebranchformer_ru.inference import TorchBackend
@@ -293,3 +294,69 @@ def test_the_streaming_preset_is_the_main_jobs_model_made_streaming():
     assert parse_overrides("streaming_chunk_size=none,dropout=0.05") == {"streaming_chunk_size": None, "dropout": 0.05}
     with pytest.raises(ValueError, match="'chunk=4' is not field=value of a field"):
         parse_overrides("chunk=4")
+
+
+# ---------------------------------------------------------------------------------------------- the live endpoint
+
+
+@pytest.fixture
+def voice_steps(monkeypatch):
+    """`ChunkModel.step` made to spell "а" on every 40 ms frame with speech energy and blank elsewhere, so that where
+    the endpoints fall is known from the audio (a random model never says blank). The model's step itself is
+    proven equal to the full forward above."""
+    from ebranchformer_ru.streaming import ChunkModel
+
+    def step(self, chunks, states):
+        log_probs = []
+        for chunk in chunks:
+            steps = -(-len(chunk) // 4)
+            loud = np.pad(chunk.mean(-1), (0, steps * 4 - len(chunk)), constant_values=-20).reshape(steps, 4).max(-1)
+            labels = np.where(loud > -9.0, self.backend.vocabulary.ids("а")[0], self.backend.vocabulary.blank_id)
+            log_probs.append(rows(labels))
+        return log_probs, states
+
+    monkeypatch.setattr(ChunkModel, "step", step)
+
+
+def test_the_live_endpoint_streams_segments_equal_to_transcribe_streaming(
+    streaming_folder, waveforms, tmp_path, voice_steps
+):
+    """serve.py --streaming: partials as the audio arrives, a `segment` at every endpoint, and a final made of them;
+    the segments are those `transcribe.py --streaming` writes for the same audio."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("websockets")
+    import requests
+    import soundfile as sf
+    from served import Running, stream
+
+    from ebranchformer_ru.commands import transcribe as command
+
+    recording = np.concatenate([waveforms[0], np.zeros(48000, np.float32), waveforms[1]])
+    pcm = np.clip(np.round(recording * 32768), -32768, 32767).astype(np.int16)
+    sf.write(tmp_path / "a.wav", pcm, 16000, subtype="PCM_16")
+    output = tmp_path / "a.jsonl"
+    args = [str(streaming_folder), str(tmp_path / "a.wav"), "--streaming", "--timestamps", "--no_progress"]
+    assert command.main([*args, "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    with Running(streaming_folder, "--streaming") as running:
+        health = requests.get(running.url + "/health", timeout=10).json()
+        messages = stream(running.url, pcm.astype(np.float32) / 32768, pause_s=0.01)
+    partials = [m for m in messages if m["type"] == "partial"]
+    segments = [m for m in messages if m["type"] == "segment"]
+    assert len(partials) >= 5 and [m["duration"] for m in partials] == sorted(m["duration"] for m in partials)
+    assert [{k: s[k] for k in ("start", "end", "text")} for s in segments] == record["segments"]
+    first = len(waveforms[0]) / 16000  # the first utterance's end: 3 s of silence follow
+    assert len(segments) == 2 and segments[0]["end"] <= first + 0.1 and segments[1]["end"] > first + 3
+    assert messages[-1]["type"] == "final" and messages[-1]["text"] == record["text"]
+    assert messages[-1]["words"] == record["words"] and messages[-1]["duration"] == record["duration"]
+    assert health["streaming"] == {"chunk_ms": 320}
+
+
+def test_serve_streaming_refuses_a_model_that_cannot_stream(tiny_model):
+    pytest.importorskip("starlette")
+    from served import Running
+
+    from ebranchformer_ru.inference import InferenceError
+
+    with pytest.raises(InferenceError, match="--streaming: .*cannot stream"):
+        Running(tiny_model, "--streaming")

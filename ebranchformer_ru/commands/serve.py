@@ -85,6 +85,7 @@ def build_parser():
     parser.add_argument(
         "--vad_max_segment_s", type=cli.positive_float, default=25.0, help="--vad: longest segment (25 s)"
     )
+    cli.add_streaming(parser)
     cli.add_switch(parser, "itn", "numbers as digits by default (the itn extra); a request's `itn` field chooses")
     parser.add_argument("--itn_cache_dir", default=None, help="--itn: where its compiled grammars are kept")
     add_access(parser)
@@ -160,6 +161,11 @@ def serve(args):
             f"--vad_threshold must be between 0 and 1 (got {args.vad_threshold:g}) and --vad_max_segment_s from 1 s "
             f"to --chunk_length_s {args.chunk_length_s:g} (got {args.vad_max_segment_s:g})"
         )
+    if args.streaming:
+        try:
+            serving.Service.endpointing(args)
+        except serving.StreamingError as error:
+            raise UsageError(str(error)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(serving.RateLimitedLog())
