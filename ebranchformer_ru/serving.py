@@ -1283,7 +1283,8 @@ class LiveEntry:
 
     def __init__(self, stream, loop, send):
         self.stream, self.loop, self.send = stream, loop, send  # send(event) runs on the event loop
-        self.inbox, self.finals, self.heard = collections.deque(), [], 0
+        self.inbox, self.finals, self.samples = collections.deque(), [], 0
+        self.reported = 0.0  # the audio that the last partial covered
 
     def post(self, event):
         self.loop.call_soon_threadsafe(self.send, event)
@@ -1310,6 +1311,7 @@ class LiveStreams:
     def heard(self, entry, samples):
         """Audio of `entry` (None: its end), to be taken by the next round (which this asks for)."""
         entry.inbox.append(samples)
+        entry.samples += 0 if samples is None else len(samples)
         if not self.queued:
             self.queued = True
             self.batcher.jobs.put(StreamRound(self))
@@ -1325,13 +1327,17 @@ class LiveStreams:
                     entry.stream.end()
                 else:
                     entry.stream.accept(samples)
-                    entry.heard += len(samples)
         finished = {id(stream): finals for stream, finals in recognize(self.model, [e.stream for e in entries])}
         for entry in entries:
             self.report(entry, finished.get(id(entry.stream), []))
 
     def report(self, entry, finals):
-        seconds = round(entry.heard / self.model.backend.sampling_rate, 3)
+        """A partial when the stream has new frames (its `duration`: the audio they cover), its new segments, and
+        the final once it has ended."""
+        seconds = round(entry.stream.decoder.frames * self.model.frame_seconds, 3)
+        if seconds == entry.reported and not entry.stream.finished:
+            return
+        entry.reported = seconds
         for final in finals:
             entry.finals.append(final)
             entry.post({"type": "segment", **final})
@@ -1339,8 +1345,9 @@ class LiveStreams:
             words = [word for final in entry.finals for word in final["words"]]
             text = " ".join(final["text"] for final in entry.finals if final["text"])
             segments = [{k: f[k] for k in ("start", "end", "text")} for f in entry.finals]
-            entry.post({"type": "final", "text": text, "words": words, "segments": segments, "duration": seconds})
-        elif finals or entry.stream.decoder.frames:
+            duration = round(entry.samples / self.model.backend.sampling_rate, 3)
+            entry.post({"type": "final", "text": text, "words": words, "segments": segments, "duration": duration})
+        else:
             texts = [final["text"] for final in entry.finals] + [entry.stream.partial()["text"]]
             entry.post({"type": "partial", "text": " ".join(t for t in texts if t), "duration": seconds})
 

@@ -128,14 +128,16 @@ class StreamDecoder:
         return None
 
     def _cut(self) -> dict:
-        """The segment as a record {"start", "end", "text", "words"}, decoded once; a new segment starts."""
+        """The segment as a record {"start", "end", "endpoint", "text", "words"}, decoded once; a new segment
+        starts."""
         times = (self.start + np.arange(len(self.rows))) * self.frame_seconds
         log_probs = np.stack(self.rows)
         record = decode_frames(
             log_probs, times, self.vocabulary, self.frame_seconds, self.decoder, True, self.confidence
         )
-        speech_end = self.start + len(self.ids) - self.trailing
-        segment = {"start": round(self.start * self.frame_seconds, 3), "end": round(speech_end * self.frame_seconds, 3)}
+        speech_end, seconds = self.start + len(self.ids) - self.trailing, self.frame_seconds
+        segment = {"start": round(self.start * seconds, 3), "end": round(speech_end * seconds, 3)}
+        segment["endpoint"] = round(self.frames * seconds, 3)  # the stream time at which the segment ended
         self._new_segment()
         return {**segment, **record}
 

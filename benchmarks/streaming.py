@@ -1,0 +1,203 @@
+"""Streaming: the WER of a streaming model at full context and in chunks, the cost of a chunk step along a stream,
+and the latency of live streams served by `serve.py --streaming` at 1 to 128 concurrent real-time streams.
+
+1. WER on the embedded test sets (crowd, farfield, heldout_voice; 180 utterances) of STREAMING_MODEL at full context
+   and with attention in chunks of --chunk_ms (greedy; the chunk-masked forward, which the cached chunk step
+   equals within 1e-5, tests/test_streaming.py), beside --full_model (the main job's model) at full context.
+2. The cost of a chunk step at the 1st and the 60th second of one stream (the model alone, median of the steps of
+   that second over --rounds rounds): with attention to a bounded number of earlier chunks, they should be equal.
+3. Live streams: `serve.py STREAMING_MODEL --streaming --threads 2` in a process of its own; N clients each stream
+   --stream_s seconds of the embedded crowd recordings (with 1 s pauses between them) in real time, 0.1 s a
+   message: partials received, their lag behind the audio (arrival - start - the audio they cover), the delay of
+   each segment behind its endpoint (arrival - start - the stream time at which the endpoint rule fired), and the
+   final transcript's delay after the end of the audio.
+
+    python benchmarks/streaming.py outputs/streaming --full_model outputs/mini
+    python benchmarks/streaming.py outputs/streaming --streams 1 4 --stream_s 10 --skip_wer   # smoke run
+
+Run it alone: the figures are this machine's (its CPU is printed), and the clients share its cores.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import jiwer
+import numpy as np
+import requests
+from common import ROOT, machine, table
+
+from ebranchformer_ru.audio import read_audio
+from ebranchformer_ru.golos import EMBEDDED_CORPUS
+from ebranchformer_ru.inference import TorchBackend, Transcriber, decode_all, load_test_sets, set_log_probs
+from ebranchformer_ru.streaming import ChunkModel, Endpointing
+
+SETS = ("crowd", "farfield", "heldout_voice")
+
+
+def wer_table(folder, chunks_ms, full_model=None) -> str:
+    rows = []
+    for name, path, settings in [(folder, folder, [None, *chunks_ms])] + (
+        [(full_model, full_model, [None])] if full_model else []
+    ):
+        backend = TorchBackend.from_folder(path, threads=2)
+        frame_ms = round(1000 * backend.samples_per_frame / backend.sampling_rate)
+        tests = load_test_sets(EMBEDDED_CORPUS, SETS, backend.processor.tokenizer)
+        for chunk_ms in settings:
+            backend.model.config.streaming_chunk_size = None if chunk_ms is None else chunk_ms // frame_ms
+            transcriber = Transcriber(backend, batch_size=16)
+            wers = {}
+            for set_name, (dataset, _) in tests.items():
+                hypotheses = decode_all(transcriber, set_log_probs(transcriber, dataset))
+                wers[set_name] = 100 * jiwer.wer(list(dataset["text"]), hypotheses)
+            label = "full context" if chunk_ms is None else f"{chunk_ms} ms chunks"
+            rows.append([name, label, *(f"{wers[s]:.1f}" for s in SETS), f"{statistics.mean(wers.values()):.1f}"])
+            print(rows[-1], flush=True)
+    return table(["model", "attention", *SETS, "mean"], rows)
+
+
+def recording(seconds) -> np.ndarray:
+    """The embedded crowd recordings, 1 s of silence after each, to `seconds`."""
+    files = sorted((EMBEDDED_CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))
+    pieces, total = [], 0
+    for path in files:
+        samples = read_audio(path)
+        pieces += [samples, np.zeros(16000, np.float32)]
+        total += len(samples) + 16000
+        if total >= seconds * 16000:
+            break
+    return np.concatenate(pieces)[: int(seconds * 16000)]
+
+
+def step_costs(folder, rounds) -> str:
+    """Median time of the chunk steps in the 1st and the 60th second of one stream."""
+    model = ChunkModel(TorchBackend.from_folder(folder, threads=2))
+    samples, per_second = recording(60), []
+    for _ in range(rounds):
+        stream, times = model.stream(Endpointing()), []
+        stream.accept(samples)
+        stream.end()
+        while (chunk := stream.next_chunk()) is not None:
+            began = time.perf_counter()
+            _, (stream.state,) = model.step([chunk], [stream.state])
+            times.append(time.perf_counter() - began)
+        steps = len(times) / 60
+        per_second.append((times[: int(steps)], times[-int(steps) :]))
+    first = statistics.median(t for f, _ in per_second for t in f)
+    last = statistics.median(t for _, later in per_second for t in later)
+    chunk_ms = round(model.chunk_size * model.frame_seconds * 1000)
+    return table(
+        ["chunk", "step at 0-1 s", "step at 59-60 s", "ratio"],
+        [[f"{chunk_ms} ms", f"{1000 * first:.2f} ms", f"{1000 * last:.2f} ms", f"{last / first:.2f}"]],
+    )
+
+
+def serve(folder, port):
+    command = [sys.executable, str(ROOT / "serve.py"), folder, "--streaming", "--threads", "2", "--port", str(port)]
+    command += ["--max_streams", "256"]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL, cwd=ROOT)
+    for _ in range(1200):
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/ready", timeout=1).ok:
+                return process
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise SystemExit(f"serve.py {folder} --streaming did not start")
+
+
+def live(port, samples, start_at) -> dict:
+    """One real-time stream; what its client measured."""
+    from websockets.sync.client import connect
+
+    pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()
+    lags, delays, final = [], [], {}
+    with connect(f"ws://127.0.0.1:{port}/v1/audio/stream", open_timeout=60, max_size=None) as ws:
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        begun = time.monotonic()
+
+        def receive():
+            for message in ws:
+                event, now = json.loads(message), time.monotonic()
+                if event["type"] == "partial":
+                    lags.append(now - begun - event["duration"])
+                elif event["type"] == "segment":
+                    delays.append(now - begun - event["endpoint"])
+                else:
+                    final.update(event, received=now)
+                    return
+
+        reader = ThreadPoolExecutor(1).submit(receive)
+        for n, start in enumerate(range(0, len(pcm), 3200)):
+            time.sleep(max(0.0, begun + n * 0.1 - time.monotonic()))
+            ws.send(pcm[start : start + 3200])
+        ended = time.monotonic()
+        ws.send(json.dumps({"type": "end"}))
+        reader.result()
+    return {"lags": lags, "delays": delays, "final_delay": final["received"] - ended, "type": final["type"]}
+
+
+def latency_table(folder, counts, seconds) -> str:
+    samples, rows, port = recording(seconds), [], 18000 + int(time.time()) % 1000
+    server = serve(folder, port)
+    try:
+        for count in counts:
+            start_at = [time.monotonic() + 2.0] * count  # every client connected before the audio starts
+            with ThreadPoolExecutor(count) as pool:
+                results = list(pool.map(live, [port] * count, [samples] * count, start_at))
+            lags = [lag for r in results for lag in r["lags"]]
+            delays = [d for r in results for d in r["delays"]]
+            finals = [r["final_delay"] for r in results]
+            expected = count * seconds / 0.64  # one partial per 640 ms chunk
+            rows.append(
+                [
+                    count,
+                    f"{len(lags):,} of ~{expected:,.0f}",
+                    f"{np.percentile(lags, 50):.2f} / {np.percentile(lags, 95):.2f} s",
+                    f"{np.percentile(delays, 50):.2f} / {np.percentile(delays, 95):.2f} / {max(delays):.2f} s"
+                    if delays
+                    else "-",
+                    f"{np.percentile(finals, 50):.2f} / {max(finals):.2f} s",
+                    sum(r["type"] != "final" for r in results),
+                ]
+            )
+            print(rows[-1], flush=True)
+            time.sleep(2.0)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return table(
+        [
+            "live streams",
+            "partials",
+            "partial lag p50 / p95",
+            "segment after its endpoint p50 / p95 / max",
+            "final after the end of audio p50 / max",
+            "errors",
+        ],
+        rows,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a streaming model folder (train_ctc.py --preset streaming)")
+    parser.add_argument("--full_model", default=None, help="a full-context model to compare WER with (outputs/mini)")
+    parser.add_argument("--chunk_ms", type=int, nargs="+", default=[320, 640, 1280])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64, 128])
+    parser.add_argument("--stream_s", type=float, default=60.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip_wer", action="store_true")
+    args = parser.parse_args(argv)
+    print(machine())
+    if not args.skip_wer:
+        print(wer_table(args.model, args.chunk_ms, args.full_model))
+    print(step_costs(args.model, args.rounds))
+    print(latency_table(args.model, args.streams, args.stream_s))
+
+
+if __name__ == "__main__":
+    main()
