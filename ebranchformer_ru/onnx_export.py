@@ -39,6 +39,7 @@ from .inference import InferenceError, OnnxBackend, TorchBackend, Transcriber
 from .manifest import audio_path, read_manifest
 from .metrics import cer, wer
 from .onnx_runtime import EXPORT_FILE, OnnxCTCModel, is_onnx_folder
+from .streaming import TorchSteps
 
 CORPUS = EMBEDDED_CORPUS / "test_opus"
 DEFAULT_SETS = {"crowd": CORPUS / "crowd" / "manifest.jsonl", "farfield": CORPUS / "farfield" / "manifest.jsonl"}
@@ -85,6 +86,99 @@ def export_graph(model, path, opset=OPSET):
             opset_version=opset,
             dynamo=False,
         )
+
+
+STATE = ("keys", "values", "gate_inputs", "merge_inputs", "key_mask", "offset")
+
+
+def export_step_graph(model, path, chunk_size, left_chunks, opset=OPSET) -> dict:
+    """A streaming model's cached chunk step as an ONNX graph at `path`: `input_features` (batch, frames, mel bins)
+    and the cache (`EBranchformerStreamingCache.tensors`) in, `log_probs` (batch, steps, vocab) and the next cache
+    (`next_keys`, ...) out; dynamic batch and frame axes (a stream's last chunk is shorter), a bounded left context
+    so that the cache's shapes are fixed. Returns what onnx_export.json says of it."""
+    import torch
+
+    from modeling_ebranchformer.modeling import EBranchformerStreamingCache
+
+    class Step(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_features, *state):
+            cache = EBranchformerStreamingCache.from_tensors(dict(zip(STATE, state)), chunk_size, left_chunks)
+            logits = self.model.stream_step(input_features, cache)
+            return torch.log_softmax(logits.float(), dim=-1), *cache.tensors().values()
+
+    cache = model.new_cache(2, chunk_size, left_chunks)
+    cache.key_mask[1, : chunk_size - 1] = True  # streams at different points: the mask is an input, not a constant
+    state = cache.tensors()
+    features = torch.randn(2, chunk_size * model.config.subsampling_stride, model.config.num_mel_bins)
+    batch = {name: {0 if name in ("key_mask", "offset") else 1: "batch"} for name in STATE}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings: the shapes the step depends on are fixed by the cache
+        torch.onnx.export(
+            Step(model).eval(),
+            (features, *state.values()),
+            str(path),
+            input_names=["input_features", *STATE],
+            output_names=["log_probs", *(f"next_{name}" for name in STATE)],
+            dynamic_axes={
+                "input_features": {0: "batch", 1: "frames"},
+                "log_probs": {0: "batch", 1: "steps"},
+                **batch,
+                **{f"next_{name}": axes for name, axes in batch.items()},
+            },
+            opset_version=opset,
+            dynamo=False,
+        )
+    shapes = {
+        name: [
+            [1, *t.shape[1:]] if name in ("key_mask", "offset") else [t.shape[0], 1, *t.shape[2:]],
+            str(t.dtype).removeprefix("torch."),
+        ]
+        for name, t in state.items()
+    }
+    return {
+        "file": path.name,
+        "chunk_size": chunk_size,
+        "left_chunks": left_chunks,
+        "stride": model.config.subsampling_stride,
+        "state": shapes,
+    }
+
+
+def step_parity_check(backend, folder, waveforms, tolerance) -> float:
+    """Max |log-prob difference| between the exported chunk step and PyTorch's, each stepping the check audio as
+    streams side by side (`streaming.transcribe_files`: the same chunks in the same batches)."""
+    from .streaming import ChunkModel, Endpointing, transcribe_files
+
+    outputs = []
+    for model in (ChunkModel(backend), ChunkModel(OnnxBackend(folder))):
+        model.steps = Recorded(model.steps)
+        transcribe_files(model, waveforms, Endpointing())
+        outputs.append(np.concatenate(model.steps.log_probs))
+    worst = float(np.abs(outputs[0] - outputs[1]).max())
+    if not worst <= tolerance:
+        raise ExportError(
+            f"ONNX Runtime's chunk step differs from PyTorch's by {worst:.3g} > {tolerance:g}; nothing written"
+        )
+    return worst
+
+
+class Recorded:
+    """A chunk-step runner that keeps every log-probability it gave, in order."""
+
+    def __init__(self, steps):
+        self.steps, self.log_probs = steps, []
+
+    def __call__(self, chunks, states):
+        log_probs, states = self.steps(chunks, states)
+        self.log_probs += log_probs
+        return log_probs, states
+
+    def __getattr__(self, name):
+        return getattr(self.steps, name)
 
 
 def quantize_int8(source, target):
@@ -212,6 +306,10 @@ def export(
             f"(tolerance {tolerance:g})"
         )
         write_info(folder, info)
+        if "streaming" in info:
+            check["max_abs_diff_chunk_step"] = step_parity_check(backend, folder, waveforms, tolerance)
+            log(f"check of the chunk step: max |log-prob difference| {check['max_abs_diff_chunk_step']:.2e}")
+            write_info(folder, info)
         if int8 and wer_sets:
             info.update(compare_int8(folder, wer_sets, threads, log))
             write_info(folder, info)
@@ -248,7 +346,15 @@ def write_export(backend, folder, int8, model_dir, log) -> dict:
     log(f"exported {type(model).__name__} to ONNX (opset {OPSET}) in {time.perf_counter() - started:.1f} s")
     backend.processor.save_pretrained(folder)
     model.config.save_pretrained(folder)
-    files = {"fp32": "model.onnx"}
+    files, streaming = {"fp32": "model.onnx"}, {}
+    if getattr(model.config, "is_streaming", False):
+        steps = TorchSteps(backend)
+        if steps.left_chunks < 0:
+            raise ExportError(
+                "the chunk step exports with a bounded left context: set streaming_left_chunks in the model's config"
+            )
+        streaming = export_step_graph(model, folder / "model.step.onnx", steps.chunk_size, steps.left_chunks)
+        log(f"exported the chunk step ({steps.chunk_size} steps a chunk, {steps.left_chunks} chunks of left context)")
     if int8:
         quantize_int8(folder / "model.onnx", folder / "model.int8.onnx")
         files["int8"] = "model.int8.onnx"
@@ -266,7 +372,7 @@ def write_export(backend, folder, int8, model_dir, log) -> dict:
         "opset": OPSET,
         "exporter": f"torch.onnx.export (TorchScript), torch {torch.__version__}, transformers {transformers.__version__}",
         "source": Path(model_dir).resolve().name,  # a name, not a path of this machine
-    }
+    } | ({"streaming": streaming} if streaming else {})
 
 
 def write_info(folder, info):

@@ -248,13 +248,8 @@ class OnnxCTCModel:
             providers = ["CPUExecutionProvider"]
         else:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as error:
-            raise ValueError(
-                f"{path}: ONNX Runtime cannot load it ({type(error).__name__}: {error}); the file is "
-                "damaged or truncated: export the model again"
-            ) from None
+        self.options, self.providers = options, providers
+        self.session = self.open(path)
         config = _read_json(self.folder / "config.json") if (self.folder / "config.json").is_file() else {}
         # the sinusoidal table's length, which PyTorch checks with a message and ONNX Runtime with a broadcast error
         self.max_steps = (
@@ -262,6 +257,18 @@ class OnnxCTCModel:
             if config.get("position_embedding_type", "sinusoidal") == "sinusoidal"
             else 0
         )
+
+    def open(self, path):
+        """An ONNX Runtime session of the graph at `path` with this model's threads and device."""
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(str(path), self.options, providers=self.providers)
+        except Exception as error:
+            raise ValueError(
+                f"{path}: ONNX Runtime cannot load it ({type(error).__name__}: {error}); the file is "
+                "damaged or truncated: export the model again"
+            ) from None
 
     def run_features(self, input_features: np.ndarray, attention_mask: np.ndarray):
         steps = -(-np.asarray(input_features).shape[1] // 4)  # the stacking subsampling's stride

@@ -516,8 +516,6 @@ class Service:
         self.uploads_cut_at = float("inf")  # loop time from which uploads still arriving are cut
 
     def chunk_model(self, args) -> ChunkModel:
-        if not hasattr(self.backend, "model"):
-            raise InferenceError(f"--streaming: {args.model} is an ONNX export; stream with the PyTorch model folder")
         try:
             return ChunkModel(self.backend, args.chunk_ms, args.left_chunks, self.decoder)
         except StreamingError as error:

@@ -187,39 +187,62 @@ class Stream:
 
 
 class ChunkModel:
-    """A streaming model run chunk by chunk with PyTorch (`inference.TorchBackend`): `chunk_ms` of audio a step
-    (a multiple of the model's 40 ms frame; default the config's `streaming_chunk_size`, else 640 ms) with
-    `left_chunks` earlier chunks of attention (default the config's)."""
+    """A streaming model run chunk by chunk: with PyTorch (`TorchSteps`, an `inference.TorchBackend`) or with ONNX
+    Runtime (`OnnxSteps`, an export folder's chunk step). `chunk_ms` of audio a step (a multiple of the model's 40 ms
+    frame; default the config's `streaming_chunk_size`, else 640 ms; an export steps in the chunk it was exported
+    with) and `left_chunks` earlier chunks of attention (default the config's)."""
 
     def __init__(self, backend, chunk_ms=None, left_chunks=None, decoder=None, confidence=True):
-        config = backend.model.config
-        if not getattr(config, "is_streaming", False):
-            raise StreamingError(
-                "the model cannot stream (it needs causal_convolutions and attention in chunks: train it with "
-                "train_ctc.py --preset streaming); decode whole recordings with transcribe.py without --streaming"
-            )
         self.backend, self.decoder, self.confidence = backend, decoder, confidence
         self.frame_seconds = backend.samples_per_frame / backend.sampling_rate
         frame_ms = round(1000 * self.frame_seconds)
-        chunk_ms = chunk_ms or (config.streaming_chunk_size or 16) * frame_ms
-        if chunk_ms % frame_ms or chunk_ms <= 0:
+        if chunk_ms is not None and (chunk_ms <= 0 or chunk_ms % frame_ms):
             raise StreamingError(
                 f"--chunk_ms must be a positive multiple of the model's {frame_ms} ms frame, got {chunk_ms}"
             )
-        self.chunk_size = chunk_ms // frame_ms
-        self.left_chunks = config.streaming_left_chunks if left_chunks is None else left_chunks
-        self.chunk_frames = self.chunk_size * config.subsampling_stride
-        from .onnx_runtime import LogMelFeatures
+        chunk_size = None if chunk_ms is None else chunk_ms // frame_ms
+        if hasattr(backend, "processor"):
+            self.steps = TorchSteps(backend, chunk_size, left_chunks)
+            from .onnx_runtime import LogMelFeatures
 
-        self.features = LogMelFeatures(**backend.processor.feature_extractor.to_dict())
+            self.features = LogMelFeatures(**backend.processor.feature_extractor.to_dict())
+        else:
+            self.steps = OnnxSteps(backend.model, chunk_size, left_chunks)
+            self.features = backend.model.features
+        self.chunk_size, self.left_chunks = self.steps.chunk_size, self.steps.left_chunks
+        self.chunk_frames = self.chunk_size * self.steps.stride
 
     def stream(self, endpointing: Endpointing) -> Stream:
         decoder = StreamDecoder(self.backend.vocabulary, self.frame_seconds, endpointing, self.decoder, self.confidence)
-        state = self.backend.model.new_cache(1, self.chunk_size, self.left_chunks)
-        return Stream(self.features, self.chunk_frames, decoder, state)
+        return Stream(self.features, self.chunk_frames, decoder, self.steps.new_state())
 
     def step(self, chunks: list[np.ndarray], states: list) -> tuple[list[np.ndarray], list]:
         """The log-probabilities of one chunk (all of one length) of each stream, and the streams' next states."""
+        return self.steps(chunks, states)
+
+
+def cannot_stream(what) -> StreamingError:
+    return StreamingError(
+        f"{what} cannot stream (it needs causal_convolutions and attention in chunks: train it with train_ctc.py "
+        "--preset streaming); decode whole recordings with transcribe.py without --streaming"
+    )
+
+
+class TorchSteps:
+    """The model's cached chunk step (`EBranchformerForCTC.stream_step`), streams batched by stacking their caches."""
+
+    def __init__(self, backend, chunk_size=None, left_chunks=None):
+        config = backend.model.config
+        if not getattr(config, "is_streaming", False):
+            raise cannot_stream("the model")
+        self.backend, self.stride = backend, config.subsampling_stride
+        self.chunk_size = chunk_size or config.streaming_chunk_size or 16
+        self.left_chunks = config.streaming_left_chunks if left_chunks is None else left_chunks
+
+    def new_state(self):
+        return self.backend.model.new_cache(1, self.chunk_size, self.left_chunks)
+
+    def __call__(self, chunks, states):
         import torch
 
         from modeling_ebranchformer.modeling import EBranchformerStreamingCache
@@ -232,6 +255,41 @@ class ChunkModel:
             logits = backend.model.stream_step(features, cache)
             log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         return list(log_probs), [cache] if len(states) == 1 else cache.split()
+
+
+class OnnxSteps:
+    """An export folder's chunk step (`model.step.onnx`, export_onnx.py of a streaming model), run with ONNX Runtime
+    and numpy: the state is the graph's cache inputs, stacked along the batch axis for streams stepped together."""
+
+    def __init__(self, onnx_model, chunk_size=None, left_chunks=None):
+        info = onnx_model.info.get("streaming")
+        if not info:
+            raise cannot_stream(f"{onnx_model.folder} (an export without a chunk step)")
+        self.chunk_size, self.left_chunks, self.stride = info["chunk_size"], info["left_chunks"], info["stride"]
+        for asked, exported, name in ((chunk_size, self.chunk_size, "chunk"), (left_chunks, self.left_chunks, "left")):
+            if asked is not None and asked != exported:
+                raise StreamingError(
+                    f"{onnx_model.folder} steps in the {name} setting it was exported with ({exported}), not {asked}: "
+                    "export again with that setting in the model's config"
+                )
+        self.state_shapes, self.session = info["state"], onnx_model.open(onnx_model.folder / info["file"])
+
+    def new_state(self) -> dict:
+        return {name: np.zeros(shape, np.dtype(dtype)) for name, (shape, dtype) in self.state_shapes.items()}
+
+    @staticmethod
+    def batch_axis(name) -> int:
+        return 0 if name in ("key_mask", "offset") else 1  # the layered tensors are (layers, batch, ...)
+
+    def __call__(self, chunks, states):
+        inputs = {name: np.concatenate([s[name] for s in states], self.batch_axis(name)) for name in self.state_shapes}
+        outputs = self.session.run(None, {"input_features": np.stack(chunks).astype(np.float32), **inputs})
+        log_probs, state = outputs[0], dict(zip(self.state_shapes, outputs[1:]))
+        split = [
+            {name: np.take(value, [b], self.batch_axis(name)) for name, value in state.items()}
+            for b in range(len(chunks))
+        ]
+        return list(log_probs), split
 
 
 def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, list[dict]]]:

@@ -292,7 +292,7 @@ def chunk_attention_mask(steps: int, chunk_size: int, left_chunks: int, device) 
     `left_chunks` before it (all of them for -1). What `stream_step` sees, chunk by chunk, from its cache."""
     chunk = torch.arange(steps, device=device) // chunk_size
     behind = chunk[:, None] - chunk[None, :]
-    return (behind >= 0) & ((behind <= left_chunks) | (left_chunks < 0))
+    return (behind >= 0) & (behind <= left_chunks) if left_chunks >= 0 else behind >= 0
 
 
 class EBranchformerLayerCache:
@@ -305,21 +305,29 @@ class EBranchformerLayerCache:
     def attend(self, key, value):
         """The keys and values of the cache and the chunk, for the chunk's attention; keeps the last `max_keys`."""
         key, value = torch.cat([self.keys, key], dim=2), torch.cat([self.values, value], dim=2)
-        start = 0 if self.max_keys is None else max(0, key.shape[2] - self.max_keys)
-        self.keys, self.values = key[:, :, start:], value[:, :, start:]
+        self.keys, self.values = latest(key, self.max_keys, 2), latest(value, self.max_keys, 2)
         return key, value
 
     def convolve(self, name: str, inputs):
         """The convolution `name`'s inputs before this chunk; keeps as many of the latest as it held."""
         past = getattr(self, name)
-        setattr(self, name, torch.cat([past, inputs], dim=1)[:, inputs.shape[1] :])
+        setattr(self, name, latest(torch.cat([past, inputs], dim=1), past.shape[1], 1))
         return past
+
+
+def latest(tensor: torch.Tensor, count: int | None, dim: int) -> torch.Tensor:
+    """The last `count` entries of `tensor` along `dim` (all for None). Sliced from the end by a constant, so that
+    a traced graph (the ONNX chunk step) keeps them whatever the chunk's length."""
+    if count is None:
+        return tensor
+    return tensor.narrow(dim, 0, 0) if count == 0 else tensor[(slice(None),) * dim + (slice(-count, None),)]
 
 
 class EBranchformerStreamingCache:
     """What a chunk-by-chunk recogniser keeps between chunks of B streams: every layer's `EBranchformerLayerCache`,
     `key_mask` (B, keys), False on cache slots a stream has not filled yet, and `offset` (B,), the encoder steps
-    each stream has had. Made by `EBranchformerModel.new_cache`; `stack` and `split` batch streams."""
+    each stream has had. Made by `EBranchformerModel.new_cache`; `stack` and `split` batch streams; `tensors` and
+    `from_tensors` are its form as the inputs and outputs of the ONNX chunk step."""
 
     def __init__(self, layers, key_mask, offset, chunk_size: int, left_chunks: int):
         self.layers, self.key_mask, self.offset = layers, key_mask, offset
@@ -332,8 +340,7 @@ class EBranchformerStreamingCache:
     def advance(self, steps: int):
         """After a chunk of `steps` frames: its keys are real in every stream."""
         mask = torch.cat([self.key_mask, self.key_mask.new_ones(self.key_mask.shape[0], steps)], dim=1)
-        start = 0 if self.max_keys is None else max(0, mask.shape[1] - self.max_keys)
-        self.key_mask, self.offset = mask[:, start:], self.offset + steps
+        self.key_mask, self.offset = latest(mask, self.max_keys, 1), self.offset + steps
 
     @classmethod
     def stack(cls, caches: list["EBranchformerStreamingCache"]) -> "EBranchformerStreamingCache":
@@ -365,6 +372,32 @@ class EBranchformerStreamingCache:
         key_mask = torch.cat([pad(cache.key_mask, 1) for cache in caches])
         offset = torch.cat([cache.offset for cache in caches])
         return cls(layers, key_mask, offset, first.chunk_size, first.left_chunks)
+
+    def tensors(self) -> dict:
+        """The cache as stacked tensors: keys and values (layers, B, heads, keys, head_dim), the convolutions' inputs
+        gate_inputs (layers, B, kernel - 1, channels) and merge_inputs, key_mask (B, keys), offset (B,)."""
+        return {
+            "keys": torch.stack([layer.keys for layer in self.layers]),
+            "values": torch.stack([layer.values for layer in self.layers]),
+            "gate_inputs": torch.stack([layer.gate for layer in self.layers]),
+            "merge_inputs": torch.stack([layer.merge for layer in self.layers]),
+            "key_mask": self.key_mask,
+            "offset": self.offset,
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict, chunk_size: int, left_chunks: int) -> "EBranchformerStreamingCache":
+        max_keys = None if left_chunks < 0 else left_chunks * chunk_size
+        layers = [
+            EBranchformerLayerCache(*parts, max_keys)
+            for parts in zip(
+                tensors["keys"].unbind(0),
+                tensors["values"].unbind(0),
+                tensors["gate_inputs"].unbind(0),
+                tensors["merge_inputs"].unbind(0),
+            )
+        ]
+        return cls(layers, tensors["key_mask"], tensors["offset"], chunk_size, left_chunks)
 
     def split(self) -> list["EBranchformerStreamingCache"]:
         """One cache per stream, the inverse of `stack`."""
@@ -545,7 +578,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
 
         def in_chunks(batch, head, query, key):
             behind = query // chunk_size - key // chunk_size
-            return (behind >= 0) & ((behind <= left) | (left < 0))
+            return (behind >= 0) & (behind <= left) if left >= 0 else behind >= 0
 
         return create_bidirectional_mask(
             self.config,
@@ -575,18 +608,20 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         def zeros(*shape):
             return torch.zeros(batch_size, *shape, dtype=parameter.dtype, device=parameter.device)
 
+        # A bounded cache has its full size from the start, its slots masked until filled: every chunk step has the
+        # same shapes, so streams at any point batch together and the step traces into one graph.
         max_keys = None if left_chunks < 0 else left_chunks * chunk_size
         layers = [
             EBranchformerLayerCache(
-                zeros(heads, 0, head_dim),
-                zeros(heads, 0, head_dim),
+                zeros(heads, max_keys or 0, head_dim),
+                zeros(heads, max_keys or 0, head_dim),
                 zeros(config.cgmlp_conv_kernel_size - 1, config.cgmlp_intermediate_size // 2),
                 zeros(config.merge_conv_kernel_size - 1, 2 * config.hidden_size),
                 max_keys,
             )
             for _ in range(config.num_hidden_layers)
         ]
-        key_mask = torch.zeros(batch_size, 0, dtype=torch.bool, device=parameter.device)
+        key_mask = torch.zeros(batch_size, max_keys or 0, dtype=torch.bool, device=parameter.device)
         offset = torch.zeros(batch_size, dtype=torch.long, device=parameter.device)
         return EBranchformerStreamingCache(layers, key_mask, offset, chunk_size, left_chunks)
 

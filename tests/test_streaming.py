@@ -360,3 +360,80 @@ def test_serve_streaming_refuses_a_model_that_cannot_stream(tiny_model):
 
     with pytest.raises(InferenceError, match="--streaming: .*cannot stream"):
         Running(tiny_model, "--streaming")
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+@pytest.fixture(scope="module")
+def streaming_export(tmp_path_factory, streaming_model):
+    """The streaming model (chunks of 8 steps, 2 of left context) and its export with the chunk step."""
+    from ebranchformer_ru.onnx_export import export
+    from modeling_ebranchformer import EBranchformerProcessor
+
+    folder, onnx = tmp_path_factory.mktemp("bounded"), tmp_path_factory.mktemp("bounded_onnx") / "export"
+    streaming_model.config.streaming_chunk_size, streaming_model.config.streaming_left_chunks = 8, 2
+    try:
+        streaming_model.save_pretrained(folder)
+    finally:
+        streaming_model.config.streaming_chunk_size, streaming_model.config.streaming_left_chunks = None, -1
+    EBranchformerProcessor().save_pretrained(folder)
+    info = export(folder, onnx, wer_sets={}, log=lambda *_: None)
+    return folder, onnx, info
+
+
+def test_the_onnx_chunk_step_equals_pytorchs_over_a_minute(streaming_export, waveforms):
+    """The exported step with its caches as inputs and outputs, under ONNX Runtime: the log-probabilities of PyTorch's
+    step for streams stepped side by side (the export's own check), and over 60 s of one stream."""
+    from ebranchformer_ru.inference import OnnxBackend, TorchBackend
+    from ebranchformer_ru.onnx_export import Recorded
+    from ebranchformer_ru.streaming import ChunkModel, Endpointing, transcribe_files
+
+    folder, onnx, info = streaming_export
+    assert info["streaming"]["chunk_size"] == 8 and info["check"]["max_abs_diff_chunk_step"] <= 1e-5
+    minute = np.tile(np.concatenate(waveforms), 10)[: 60 * 16000]
+    outputs = []
+    for model in (ChunkModel(TorchBackend.from_folder(str(folder))), ChunkModel(OnnxBackend(onnx))):
+        model.steps = Recorded(model.steps)
+        transcribe_files(model, [minute, waveforms[1]], Endpointing())
+        outputs.append(np.concatenate(model.steps.log_probs))
+    assert len(outputs[0]) == 1501 + len(waveforms[1]) // 640 + 1
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5, rtol=0)
+
+
+def test_an_export_streams_without_torch(streaming_export, waveforms, tmp_path):
+    """transcribe.py --streaming on the export folder where torch cannot be imported: what PyTorch's gives."""
+    import os
+    import subprocess
+    import sys
+
+    import soundfile as sf
+    from project import ROOT
+
+    from ebranchformer_ru.commands import transcribe as command
+
+    folder, onnx, _ = streaming_export
+    sf.write(tmp_path / "a.wav", np.concatenate([waveforms[0], np.zeros(48000, np.float32), waveforms[1]]), 16000)
+    blocker = tmp_path / "blocker"
+    for name in ("torch", "transformers"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)])}
+    code = (
+        "import sys; from ebranchformer_ru.commands.transcribe import main; status = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(status)"
+    )
+    args = [str(tmp_path / "a.wav"), "--streaming", "--timestamps", "--no_progress", "--output"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(onnx), *args, str(tmp_path / "onnx.jsonl")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert command.main([str(folder), *args, str(tmp_path / "torch.jsonl")]) == 0
+    onnx_record, torch_record = (json.loads((tmp_path / f"{n}.jsonl").read_text()) for n in ("onnx", "torch"))
+    assert [s["text"] for s in onnx_record["segments"]] == [s["text"] for s in torch_record["segments"]]
+    for a, b in zip(onnx_record["words"], torch_record["words"]):
+        assert (a["word"], a["start"], a["end"]) == (b["word"], b["start"], b["end"])
