@@ -104,6 +104,24 @@ def test_dynamic_chunk_training_draws_full_context_and_chunks(streaming_model, m
     assert encoder.attention_chunk(100) is None  # evaluation: the config's chunk (none set: full context)
 
 
+@pytest.mark.slow
+def test_dynamic_chunk_training_trains_a_model_that_streams(train_args, tmp_path):
+    """train_ctc.py with the streaming fields: the losses fall, and the saved folder streams (the cached step of the
+    trained weights equals their chunk-masked forward)."""
+    from ebranchformer_ru import training
+
+    args = train_args(tmp_path, "--max_steps", "12", "--learning_rate", "3e-3", "--warmup_steps", "0")
+    at = args.index("--config_overrides") + 1
+    args[at] += ",causal_convolutions=true,dynamic_chunk_training=true,streaming_chunk_size=4,streaming_left_chunks=2"
+    trainer, metrics = training.run(args)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert metrics["nonfinite_losses"] == 0 and sum(losses[-3:]) < sum(losses[:3])
+    model = EBranchformerForCTC.from_pretrained(tmp_path / "out").eval()
+    assert model.config.is_streaming and model.config.streaming_chunk_size == 4
+    features = torch.randn(1, 800, 64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(stepped(model, features, 4, 2), chunked(model, features, 4, 2), atol=1e-5, rtol=0)
+
+
 def test_a_model_with_look_ahead_convolutions_cannot_stream(tiny_config):
     with pytest.raises(ValueError, match="causal_convolutions=False"):
         EBranchformerForCTC(tiny_config).new_cache()
@@ -365,21 +383,27 @@ def test_serve_streaming_refuses_a_model_that_cannot_stream(tiny_model):
 # ---------------------------------------------------------------------------------------------- ONNX
 
 
-@pytest.fixture(scope="module")
-def streaming_export(tmp_path_factory, streaming_model):
-    """The streaming model (chunks of 8 steps, 2 of left context) and its export with the chunk step."""
+def exported(place, streaming_model, chunk_size, left_chunks):
+    """The streaming model saved to `place`/model to stream in chunks of `chunk_size` with `left_chunks` of left
+    context, and its export with the chunk step in `place`/onnx."""
     from ebranchformer_ru.onnx_export import export
     from modeling_ebranchformer import EBranchformerProcessor
 
-    folder, onnx = tmp_path_factory.mktemp("bounded"), tmp_path_factory.mktemp("bounded_onnx") / "export"
-    streaming_model.config.streaming_chunk_size, streaming_model.config.streaming_left_chunks = 8, 2
+    folder = place / "model"
+    streaming_model.config.streaming_chunk_size, streaming_model.config.streaming_left_chunks = chunk_size, left_chunks
     try:
         streaming_model.save_pretrained(folder)
     finally:
         streaming_model.config.streaming_chunk_size, streaming_model.config.streaming_left_chunks = None, -1
     EBranchformerProcessor().save_pretrained(folder)
-    info = export(folder, onnx, wer_sets={}, log=lambda *_: None)
-    return folder, onnx, info
+    info = export(folder, place / "onnx", wer_sets={}, log=lambda *_: None)
+    return folder, place / "onnx", info
+
+
+@pytest.fixture(scope="module")
+def streaming_export(tmp_path_factory, streaming_model):
+    """The streaming model in chunks of 8 steps with 2 of left context, and its export."""
+    return exported(tmp_path_factory.mktemp("bounded"), streaming_model, 8, 2)
 
 
 def test_the_onnx_chunk_step_equals_pytorchs_over_a_minute(streaming_export, waveforms):
@@ -399,6 +423,29 @@ def test_the_onnx_chunk_step_equals_pytorchs_over_a_minute(streaming_export, wav
         outputs.append(np.concatenate(model.steps.log_probs))
     assert len(outputs[0]) == 1501 + len(waveforms[1]) // 640 + 1
     np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("left_chunks", [1, 3])
+@pytest.mark.parametrize("chunk_size", [4, 8, 16])
+def test_the_onnx_chunk_step_equals_the_chunk_masked_forward(streaming_model, tmp_path, chunk_size, left_chunks):
+    """For three chunk sizes and two left contexts: ONNX Runtime stepping 60 s of features through the exported step
+    gives PyTorch's chunk-masked forward of the whole."""
+    import onnxruntime as ort
+
+    from ebranchformer_ru.onnx_export import STATE
+
+    _, onnx, info = exported(tmp_path, streaming_model, chunk_size, left_chunks)
+    session = ort.InferenceSession(str(onnx / "model.step.onnx"))
+    state = {name: np.zeros(shape, dtype) for name, (shape, dtype) in info["streaming"]["state"].items()}
+    features = torch.randn(1, 6001, 64, generator=torch.Generator().manual_seed(chunk_size + left_chunks))
+    frames, outputs = chunk_size * 4, []
+    for start in range(0, features.shape[1], frames):
+        log_probs, *rest = session.run(None, {"input_features": features[:, start : start + frames].numpy(), **state})
+        state = dict(zip(STATE, rest))
+        outputs.append(log_probs)
+    whole = torch.log_softmax(chunked(streaming_model, features, chunk_size, left_chunks), -1).numpy()
+    np.testing.assert_allclose(np.concatenate(outputs, 1), whole, atol=1e-5, rtol=0)
 
 
 def test_an_export_streams_without_torch(streaming_export, waveforms, tmp_path):
