@@ -191,6 +191,10 @@ class LMDecoder:
         """Every beam the search kept, best first."""
         return self.decoder.decode_beams(log_probs, **self.options)
 
+    def search(self):
+        """A search with these options over frames to come (`beam_search.BeamSearch`: advance, then beams)."""
+        return self.decoder.search(**self.options)
+
     @property
     def settings(self) -> dict:
         """What decoded: the LM file and order, attrs.json's values and the search options."""
@@ -471,6 +475,11 @@ def decode_frames(log_probs, times, vocabulary, frame_seconds, decoder=None, tim
                     word["confidence"] = value
         return record
     beams = decoder.beams(log_probs) if timestamps and confidence else [decoder(log_probs)]
+    return beam_record(beams, log_probs, times, vocabulary, frame_seconds, timestamps, confidence)
+
+
+def beam_record(beams, log_probs, times, vocabulary, frame_seconds, timestamps=True, confidence=True) -> dict:
+    """The record of the LM search's `beams` (best first) over frames `log_probs` starting at `times`."""
     beam = beams[0]
     record = {"text": beam.text}
     if timestamps:
@@ -490,71 +499,24 @@ def decode_frames(log_probs, times, vocabulary, frame_seconds, decoder=None, tim
 
 
 # ---------------------------------------------------------------------------------------------- confidence
-# A greedy word's confidence is the geometric mean, over its characters, of each character's peak posterior
-# probability on the greedy path: near 1 where the model was sure of every character, lower as soon as one was in
-# doubt. A word of the LM's best beam has two witnesses, and its confidence is their geometric mean: the acoustic
-# support of the word (the same measure over the best CTC alignment of its characters within its frames, so a word
-# the LM preferred over what the frames said scores low) and the beam's agreement (the posterior mass, a softmax
-# of the kept beams' scores, of the beams holding the same word over overlapping frames).
+# The formulas are `modeling_ebranchformer.confidence`'s (numpy only), which the Transformers pipeline class uses
+# too; these give them a `CTCVocabulary`'s blank, word delimiter and spelling. They import it when first called:
+# the model package's __init__ imports torch where it is installed, and this module imports no torch.
 
 
 def greedy_confidences(log_probs: np.ndarray, ids: np.ndarray, vocabulary) -> list[float]:
     """One confidence per word of `vocabulary.words(ids, ...)`, in order."""
-    words, current = [], None
-    for char, start, end in vocabulary.token_runs(ids):
-        if char == " ":
-            current = None
-            continue
-        if current is None:
-            current = []
-            words.append(current)
-        current.append(float(log_probs[start:end, ids[start]].max()))
-    return [round(math.exp(sum(peaks) / len(peaks)), 3) for peaks in words]
+    from modeling_ebranchformer import confidence
 
-
-def aligned_confidence(log_probs: np.ndarray, labels: list[int], vocabulary) -> float:
-    """The confidence of `labels` (a word's character ids) in `log_probs` (its frames): the Viterbi CTC alignment
-    of blank, label, blank, ..., then each label's peak posterior over its aligned frames. 0 where the frames are
-    too few for the word."""
-    blank = vocabulary.blank_id
-    states = [blank] + [s for label in labels for s in (label, blank)]
-    if not labels or len(log_probs) < len(labels):
-        return 0.0
-    emit = log_probs[:, states]
-    skip = np.array([s >= 2 and states[s] != blank and states[s] != states[s - 2] for s in range(len(states))])
-    score = np.full(len(states), -np.inf)
-    score[:2] = emit[0, :2]
-    back = np.zeros((len(log_probs), len(states)), np.int64)
-    for t in range(1, len(log_probs)):
-        moves = np.stack(
-            [score, np.r_[-np.inf, score[:-1]], np.where(skip, np.r_[-np.inf, -np.inf, score[:-2]], -np.inf)]
-        )
-        back[t] = moves.argmax(0)
-        score = moves.max(0) + emit[t]
-    state = len(states) - 1 if score[-1] >= score[-2] else len(states) - 2
-    peaks = [-np.inf] * len(labels)
-    for t in range(len(log_probs) - 1, -1, -1):
-        if state % 2:
-            peaks[state // 2] = max(peaks[state // 2], float(emit[t, state]))
-        state -= back[t, state]
-    return round(math.exp(sum(peaks) / len(peaks)), 3) if all(np.isfinite(peaks)) else 0.0
+    delimiter = next((i for i, t in vocabulary.id_to_token.items() if t == vocabulary.word_delimiter_token), None)
+    return confidence.greedy_confidences(log_probs, ids, vocabulary.blank_id, delimiter)
 
 
 def beam_confidences(log_probs: np.ndarray, beams: list, vocabulary) -> list[float]:
     """One confidence per word of `beams[0]` (the best beam of the LM search), in order."""
-    scores = np.array([b.lm_score for b in beams], np.float64)
-    weights = np.exp(scores - scores.max())
-    weights /= weights.sum()
-    out = []
-    for word, (begin, end) in beams[0].word_offsets:
-        acoustic = aligned_confidence(log_probs[begin:end], vocabulary.ids(word), vocabulary)
-        agreement = sum(
-            weight
-            for weight, beam in zip(weights, beams)
-            if any(other == word and start < end and begin < finish for other, (start, finish) in beam.word_offsets)
-        )
-        out.append(round(math.sqrt(acoustic * min(1.0, agreement)), 3))
-    return out
+    from modeling_ebranchformer import confidence
+
+    return confidence.beam_confidences(log_probs, beams, vocabulary.blank_id, vocabulary.ids)
 
 
 def _spans(times: np.ndarray, frame_seconds: float) -> list[slice]:

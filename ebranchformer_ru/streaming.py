@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import Error
-from .inference import decode_frames
+from .inference import beam_record, decode_frames
 
 
 class StreamingError(Error):
@@ -88,8 +88,10 @@ class Endpointing:
 
 
 class StreamDecoder:
-    """Greedy CTC over one stream's frames as they come, cut into segments by `Endpointing`. `push(log_probs)`
-    returns the segments those frames finished; `partial()` is the segment under way."""
+    """One stream's frames decoded as they come, cut into segments by `Endpointing` (on the greedy labels'
+    trailing blanks): greedily, or with `decoder` (an `inference.LMDecoder`) by a beam search that takes each frame
+    once (`BeamSearch.advance`) and gives the partials and, at the endpoint, the segment. `push(log_probs)` returns
+    the segments those frames finished; `partial()` is the segment under way."""
 
     def __init__(self, vocabulary, frame_seconds, endpointing: Endpointing, decoder=None, confidence=True):
         self.vocabulary, self.frame_seconds, self.endpointing = vocabulary, frame_seconds, endpointing
@@ -100,6 +102,14 @@ class StreamDecoder:
 
     def _new_segment(self):
         self.start, self.rows, self.ids, self.trailing, self.speech = self.frames, [], [], 0, False
+        self.search = self.decoder.search() if self.decoder is not None else None
+        self.searched = 0  # rows the search has taken
+
+    def _search(self):
+        """The LM search takes the segment's rows it has not seen."""
+        if self.search is not None and self.searched < len(self.rows):
+            self.search.advance(np.stack(self.rows[self.searched :]))
+            self.searched = len(self.rows)
 
     def push(self, log_probs: np.ndarray) -> list[dict]:
         finals = []
@@ -113,6 +123,7 @@ class StreamDecoder:
             final = self._endpoint()
             if final is not None:
                 finals.append(final)
+        self._search()
         return finals
 
     def _endpoint(self) -> dict | None:
@@ -132,9 +143,12 @@ class StreamDecoder:
         starts."""
         times = (self.start + np.arange(len(self.rows))) * self.frame_seconds
         log_probs = np.stack(self.rows)
-        record = decode_frames(
-            log_probs, times, self.vocabulary, self.frame_seconds, self.decoder, True, self.confidence
-        )
+        if self.search is None:
+            record = decode_frames(log_probs, times, self.vocabulary, self.frame_seconds, None, True, self.confidence)
+        else:
+            self._search()
+            beams = self.search.beams()
+            record = beam_record(beams, log_probs, times, self.vocabulary, self.frame_seconds, True, self.confidence)
         speech_end, seconds = self.start + len(self.ids) - self.trailing, self.frame_seconds
         segment = {"start": round(self.start * seconds, 3), "end": round(speech_end * seconds, 3)}
         segment["endpoint"] = round(self.frames * seconds, 3)  # the stream time at which the segment ended
@@ -142,7 +156,12 @@ class StreamDecoder:
         return {**segment, **record}
 
     def partial(self) -> dict:
-        return {"start": round(self.start * self.frame_seconds, 3), "text": self.vocabulary.decode(np.array(self.ids))}
+        if self.search is not None:
+            self._search()
+            text = self.search.best_text()
+        else:
+            text = self.vocabulary.decode(np.array(self.ids))
+        return {"start": round(self.start * self.frame_seconds, 3), "text": text}
 
     def finish(self) -> list[dict]:
         """The last segment, if it has speech."""

@@ -295,9 +295,19 @@ class CTCBeamSearchDecoder:
 
     # ---- decoding
 
-    def decode_beams(
+    def decode_beams(self, logits, **options):
+        """`OutputBeam`s for one utterance, best first (pyctcdecode's tuples: text, None, word frames
+        [(word, (start, end))], acoustic log-score, combined score). `logits`: (frames, labels), logits or
+        log-probabilities (a log-softmax is applied). `options`: those of `search`."""
+        logits = np.asarray(logits)
+        if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+            raise LanguageModelError(f"logits must have shape (frames, {len(self.labels)}), got {logits.shape}")
+        search = self.search(**options)
+        search.advance(logits)
+        return search.beams()
+
+    def search(
         self,
-        logits,
         beam_width=None,
         beam_prune_logp=None,
         token_min_logp=None,
@@ -311,10 +321,9 @@ class CTCBeamSearchDecoder:
         lm_score_boundary=None,
         lm_start_state=None,
         **unknown,
-    ):
-        """`OutputBeam`s for one utterance, best first (pyctcdecode's tuples: text, None, word frames
-        [(word, (start, end))], acoustic log-score, combined score). `logits`: (frames, labels), logits or
-        log-probabilities (a log-softmax is applied).
+    ) -> "BeamSearch":
+        """A search over frames to come, frame by frame (`BeamSearch.advance`, then `beams()` at any point): what
+        `decode_beams` runs over a whole utterance, and what a stream runs chunk by chunk.
 
         `alpha`, `beta`, `unk_score_offset` and `lm_score_boundary` override the decoder's own for this call
         (what `pipeline(..., decoder_kwargs=...)` passes); an unknown option is refused by name.
@@ -326,16 +335,6 @@ class CTCBeamSearchDecoder:
             raise LanguageModelError(f"unknown decoding option(s) {sorted(unknown)}; the options are {DECODE_OPTIONS}")
         if lm_start_state is not None:
             raise LanguageModelError("lm_start_state is pyctcdecode's; this decoder starts every utterance at <s>")
-        logits = np.asarray(logits)
-        if logits.ndim != 2 or logits.shape[1] != len(self.labels):
-            raise LanguageModelError(f"logits must have shape (frames, {len(self.labels)}), got {logits.shape}")
-        finite = np.isfinite(logits).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
-            raise LanguageModelError(
-                f"frame {bad[0]} of the logits is NaN or infinite ({len(bad)} such frames of "
-                f"{len(logits)}): the model's output is broken there"
-            )
         beam_width = DEFAULT_BEAM_WIDTH if beam_width is None else beam_width
         if isinstance(beam_width, bool) or not isinstance(beam_width, (int, np.integer)) or beam_width < 1:
             raise LanguageModelError(f"beam_width must be a positive integer, got {beam_width!r}")
@@ -347,15 +346,8 @@ class CTCBeamSearchDecoder:
         check_range("hotword_weight", weight, *HOTWORD_WEIGHT_RANGE)
         hot = _Hotwords([hotwords] if isinstance(hotwords, str) else hotwords, weight, self.characters)
         weights = self._weights(alpha, beta, unk_score_offset, lm_score_boundary)
-        return self._search(
-            log_softmax(logits),
-            int(beam_width),
-            float(beam_prune_logp),
-            float(token_min_logp),
-            hot,
-            weights,
-            _logaddexp if sum_alignments else max,
-        )
+        merge = _logaddexp if sum_alignments else max
+        return BeamSearch(self, int(beam_width), float(beam_prune_logp), float(token_min_logp), hot, weights, merge)
 
     def decode(self, logits, **kwargs) -> str:
         return self.decode_beams(logits, **kwargs)[0].text
@@ -398,108 +390,6 @@ class CTCBeamSearchDecoder:
     def _next_context(self, context, word):
         order = getattr(self.language_model, "order", 1)
         return (context + (word,))[-(order - 1) :] if order > 1 else ()
-
-    # Longer than our ~60 lines: the frame loop is the decoder's hot path, and splitting it into calls per frame
-    # and prefix would cost time where all of the search's time goes.
-    def _search(self, logp, beam_width, beam_prune_logp, token_min_logp, hot, w, merge=_logaddexp):
-        labels, blank = self.labels, self.blank
-        start_context = (BOS,) if w.score_boundary else ()
-        prefixes = {"": _Prefix(0.0, NEG_INF, 0.0, 0.0, 0.0, start_context, (), -1, -1, 0.0)}
-        committed = _Committed()  # the words every prefix shares, taken out of the keys (see _Committed)
-        no_hotwords = _Hotwords((), 0.0, self.characters)
-        partial_scores = {}  # unfinished word -> (its score, its score without hotwords): functions of the word alone
-        frames = logp.shape[0]
-        above = logp > token_min_logp
-        above[:, blank] = False
-        best_tokens = logp.argmax(axis=1)
-        for t in range(frames):
-            if t % COMMIT_EVERY == COMMIT_EVERY - 1:
-                prefixes = committed.take(prefixes)
-            row = logp[t]
-            candidates = np.flatnonzero(above[t]).tolist()
-            best = int(best_tokens[t])
-            if best != blank and best not in candidates:
-                candidates.append(best)
-            blank_lp = float(row[blank])
-            if not candidates:  # only the blank: every prefix stays, no new text
-                for prefix in prefixes.values():
-                    prefix.p_blank = merge(prefix.p_blank, prefix.p_nonblank) + blank_lp
-                    prefix.p_nonblank = NEG_INF
-                    prefix.best = prefix.p_blank
-                continue
-            lps = [(c, labels[c], float(row[c])) for c in candidates]
-            new = {}
-            for text, prefix in prefixes.items():
-                total = merge(prefix.p_blank, prefix.p_nonblank)
-                last = text[-1] if text else ""
-                # blank: same text
-                p = total + blank_lp
-                entry = new.get(text)
-                if entry is None:
-                    new[text] = prefix.extended(p, NEG_INF, prefix.word_start, prefix.word_end, p)
-                else:
-                    entry.p_blank = merge(entry.p_blank, p)
-                    entry.keep_alignment_if_better(p, prefix.words, prefix.word_start, prefix.word_end)
-                for _, ch, lp in lps:
-                    if ch == " ":
-                        if not text or last == " ":  # a leading or repeated space leaves the text as it is
-                            entry = new[text]
-                            entry.p_nonblank = merge(entry.p_nonblank, total + lp)
-                            continue
-                        # a space ends the word
-                        p = total + lp
-                        word = text[text.rfind(" ") + 1 :]
-                        words = prefix.words + ((word, prefix.word_start, prefix.word_end),)
-                        entry = new.get(text + " ")
-                        if entry is None:
-                            new[text + " "] = _Prefix(
-                                NEG_INF,
-                                p,
-                                prefix.lm_score + self._word_score(prefix.context, word, hot, w),
-                                0.0,
-                                0.0,
-                                self._next_context(prefix.context, word),
-                                words,
-                                -1,
-                                -1,
-                                p,
-                            )
-                        else:
-                            entry.p_nonblank = merge(entry.p_nonblank, p)
-                            if p > entry.best:
-                                entry.words, entry.best = words, p
-                        continue
-                    if ch == last:
-                        # the same character again: collapsed (from non-blank) or a new one (after a blank)
-                        entry = new[text]
-                        p = prefix.p_nonblank + lp
-                        entry.p_nonblank = merge(entry.p_nonblank, p)
-                        entry.keep_alignment_if_better(p, prefix.words, prefix.word_start, t + 1)
-                        p = prefix.p_blank + lp
-                    else:
-                        p = total + lp
-                    if p == NEG_INF:
-                        continue
-                    new_text = text + ch
-                    starts_word = not text or last == " "
-                    word_start = t if starts_word else prefix.word_start
-                    entry = new.get(new_text)
-                    if entry is None:
-                        partial = ch if starts_word else new_text[new_text.rfind(" ") + 1 :]
-                        scores = partial_scores.get(partial)
-                        if scores is None:
-                            scores = partial_scores[partial] = (
-                                self._partial_score(partial, hot, w),
-                                self._partial_score(partial, no_hotwords, w),
-                            )
-                        new[new_text] = _Prefix(
-                            NEG_INF, p, prefix.lm_score, *scores, prefix.context, prefix.words, word_start, t + 1, p
-                        )
-                    else:
-                        entry.p_nonblank = merge(entry.p_nonblank, p)
-                        entry.keep_alignment_if_better(p, prefix.words, word_start, t + 1)
-            prefixes = self._prune(new, beam_width, beam_prune_logp, bool(hot), merge)
-        return self._finish(committed, committed.take(prefixes), hot, w, merge)
 
     @staticmethod
     def _prune(new, beam_width, beam_prune_logp, hotwords, merge):
@@ -636,6 +526,148 @@ class CTCBeamSearchDecoder:
             if str(folder) not in message:
                 message = f"{folder}: {message}"
             raise LanguageModelError(message) from None
+
+
+class BeamSearch:
+    """One utterance's CTC prefix beam search with the language model, frame by frame: `advance(logits)` takes the
+    next frames, `beams()` gives the best texts as if the utterance ended there (`OutputBeam`s, best first), and the
+    search goes on. `CTCBeamSearchDecoder.search(**options)` makes one; `decode_beams` is one `advance` over a whole
+    utterance, so a stream decoded chunk by chunk gets what its whole recording gets."""
+
+    def __init__(self, decoder, beam_width, beam_prune_logp, token_min_logp, hot, w, merge=_logaddexp):
+        self.decoder, self.beam_width, self.beam_prune_logp, self.token_min_logp = (
+            decoder,
+            beam_width,
+            beam_prune_logp,
+            token_min_logp,
+        )
+        self.hot, self.w, self.merge = hot, w, merge
+        start_context = (BOS,) if w.score_boundary else ()
+        self.prefixes = {"": _Prefix(0.0, NEG_INF, 0.0, 0.0, 0.0, start_context, (), -1, -1, 0.0)}
+        self.committed = _Committed()  # the words every prefix shares, taken out of the keys (see _Committed)
+        self.partial_scores = {}  # unfinished word -> (its score, its score without hotwords): of the word alone
+        self.frames = 0  # frames searched so far
+
+    def beams(self) -> list[OutputBeam]:
+        self.prefixes = self.committed.take(self.prefixes)
+        return self.decoder._finish(self.committed, self.prefixes, self.hot, self.w, self.merge)
+
+    def best_text(self) -> str:
+        """The best text so far; unlike `beams`, nothing of the search changes (a partial transcript)."""
+        return self.decoder._finish(self.committed, self.prefixes, self.hot, self.w, self.merge)[0].text
+
+    def advance(self, logits):
+        """Searches the next frames, `logits` (frames, labels): logits or log-probabilities."""
+        logits = np.asarray(logits)
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise LanguageModelError(
+                f"frame {self.frames + bad[0]} of the logits is NaN or infinite ({len(bad)} such frames of "
+                f"{len(logits)}): the model's output is broken there"
+            )
+        self._search(log_softmax(logits))
+
+    # Longer than our ~60 lines: the frame loop is the decoder's hot path, and splitting it into calls per frame
+    # and prefix would cost time where all of the search's time goes.
+    def _search(self, logp):
+        decoder, merge, w, hot = self.decoder, self.merge, self.w, self.hot
+        beam_width, beam_prune_logp, token_min_logp = self.beam_width, self.beam_prune_logp, self.token_min_logp
+        labels, blank = decoder.labels, decoder.blank
+        prefixes, committed, partial_scores = self.prefixes, self.committed, self.partial_scores
+        no_hotwords = _Hotwords((), 0.0, decoder.characters)
+        frames = logp.shape[0]
+        above = logp > token_min_logp
+        above[:, blank] = False
+        best_tokens = logp.argmax(axis=1)
+        for t in range(self.frames, self.frames + frames):
+            if t % COMMIT_EVERY == COMMIT_EVERY - 1:
+                prefixes = committed.take(prefixes)
+            row = logp[t - self.frames]
+            candidates = np.flatnonzero(above[t - self.frames]).tolist()
+            best = int(best_tokens[t - self.frames])
+            if best != blank and best not in candidates:
+                candidates.append(best)
+            blank_lp = float(row[blank])
+            if not candidates:  # only the blank: every prefix stays, no new text
+                for prefix in prefixes.values():
+                    prefix.p_blank = merge(prefix.p_blank, prefix.p_nonblank) + blank_lp
+                    prefix.p_nonblank = NEG_INF
+                    prefix.best = prefix.p_blank
+                continue
+            lps = [(c, labels[c], float(row[c])) for c in candidates]
+            new = {}
+            for text, prefix in prefixes.items():
+                total = merge(prefix.p_blank, prefix.p_nonblank)
+                last = text[-1] if text else ""
+                # blank: same text
+                p = total + blank_lp
+                entry = new.get(text)
+                if entry is None:
+                    new[text] = prefix.extended(p, NEG_INF, prefix.word_start, prefix.word_end, p)
+                else:
+                    entry.p_blank = merge(entry.p_blank, p)
+                    entry.keep_alignment_if_better(p, prefix.words, prefix.word_start, prefix.word_end)
+                for _, ch, lp in lps:
+                    if ch == " ":
+                        if not text or last == " ":  # a leading or repeated space leaves the text as it is
+                            entry = new[text]
+                            entry.p_nonblank = merge(entry.p_nonblank, total + lp)
+                            continue
+                        # a space ends the word
+                        p = total + lp
+                        word = text[text.rfind(" ") + 1 :]
+                        words = prefix.words + ((word, prefix.word_start, prefix.word_end),)
+                        entry = new.get(text + " ")
+                        if entry is None:
+                            new[text + " "] = _Prefix(
+                                NEG_INF,
+                                p,
+                                prefix.lm_score + decoder._word_score(prefix.context, word, hot, w),
+                                0.0,
+                                0.0,
+                                decoder._next_context(prefix.context, word),
+                                words,
+                                -1,
+                                -1,
+                                p,
+                            )
+                        else:
+                            entry.p_nonblank = merge(entry.p_nonblank, p)
+                            if p > entry.best:
+                                entry.words, entry.best = words, p
+                        continue
+                    if ch == last:
+                        # the same character again: collapsed (from non-blank) or a new one (after a blank)
+                        entry = new[text]
+                        p = prefix.p_nonblank + lp
+                        entry.p_nonblank = merge(entry.p_nonblank, p)
+                        entry.keep_alignment_if_better(p, prefix.words, prefix.word_start, t + 1)
+                        p = prefix.p_blank + lp
+                    else:
+                        p = total + lp
+                    if p == NEG_INF:
+                        continue
+                    new_text = text + ch
+                    starts_word = not text or last == " "
+                    word_start = t if starts_word else prefix.word_start
+                    entry = new.get(new_text)
+                    if entry is None:
+                        partial = ch if starts_word else new_text[new_text.rfind(" ") + 1 :]
+                        scores = partial_scores.get(partial)
+                        if scores is None:
+                            scores = partial_scores[partial] = (
+                                decoder._partial_score(partial, hot, w),
+                                decoder._partial_score(partial, no_hotwords, w),
+                            )
+                        new[new_text] = _Prefix(
+                            NEG_INF, p, prefix.lm_score, *scores, prefix.context, prefix.words, word_start, t + 1, p
+                        )
+                    else:
+                        entry.p_nonblank = merge(entry.p_nonblank, p)
+                        entry.keep_alignment_if_better(p, prefix.words, word_start, t + 1)
+            prefixes = decoder._prune(new, beam_width, beam_prune_logp, bool(hot), merge)
+        self.prefixes, self.frames = prefixes, self.frames + frames
 
 
 def has_language_model(folder) -> bool:

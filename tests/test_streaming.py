@@ -484,3 +484,31 @@ def test_an_export_streams_without_torch(streaming_export, waveforms, tmp_path):
     assert [s["text"] for s in onnx_record["segments"]] == [s["text"] for s in torch_record["segments"]]
     for a, b in zip(onnx_record["words"], torch_record["words"]):
         assert (a["word"], a["start"], a["end"]) == (b["word"], b["start"], b["end"])
+
+
+def test_the_lm_search_runs_incrementally_and_gives_what_the_whole_segment_gets(lm_folder):
+    """With a language model the stream's beam search takes each frame once, chunk after chunk: every partial is the
+    best text of the frames so far, and the final segment (text, words, times, confidences) is what decoding all its
+    frames at once gives."""
+    from lm_inputs import crafted_logits
+
+    from ebranchformer_ru.inference import decode_frames, load_decoder
+    from ebranchformer_ru.onnx_runtime import CTCVocabulary
+    from ebranchformer_ru.streaming import Endpointing, StreamDecoder
+    from modeling_ebranchformer.beam_search import log_softmax
+
+    _, folder, _ = lm_folder
+    lm, vocabulary = load_decoder(folder, "lm"), CTCVocabulary.from_folder(folder)
+    rng = np.random.default_rng(7)
+    frames = log_softmax(crafted_logits("салют выключи свет в комнате", rng, noise=2.0, confusion=0.3))
+    rules = Endpointing(silence_after_speech_s=100, silence_without_speech_s=100, max_segment_s=100)
+    decoder, at = StreamDecoder(vocabulary, 0.04, rules, lm), 0
+    while at < len(frames):
+        size = int(rng.integers(1, 9))
+        assert decoder.push(frames[at : at + size]) == []
+        at = min(at + size, len(frames))
+        assert decoder.search.frames == at  # the search has taken this chunk, and each frame once
+        assert decoder.partial()["text"] == lm(frames[:at]).text
+    (final,) = decoder.finish()
+    whole = decode_frames(frames, np.arange(len(frames)) * 0.04, vocabulary, 0.04, lm)
+    assert final["text"] == whole["text"] and final["words"] == whole["words"] and len(whole["words"]) >= 4
