@@ -512,3 +512,24 @@ def test_the_lm_search_runs_incrementally_and_gives_what_the_whole_segment_gets(
     (final,) = decoder.finish()
     whole = decode_frames(frames, np.arange(len(frames)) * 0.04, vocabulary, 0.04, lm)
     assert final["text"] == whole["text"] and final["words"] == whole["words"] and len(whole["words"]) >= 4
+
+
+def test_an_export_serves_live_streams(streaming_export, waveforms, tmp_path):
+    """serve.py --streaming on the export folder (ONNX Runtime's chunk step): the final a live stream gets is what
+    transcribe.py --streaming gives with the PyTorch folder."""
+    pytest.importorskip("starlette")
+    pytest.importorskip("websockets")
+    import soundfile as sf
+    from served import Running, stream
+
+    from ebranchformer_ru.commands import transcribe as command
+
+    folder, onnx, _ = streaming_export
+    pcm = np.clip(np.round(waveforms[0] * 32768), -32768, 32767).astype(np.int16)
+    sf.write(tmp_path / "a.wav", pcm, 16000, subtype="PCM_16")
+    args = [str(folder), str(tmp_path / "a.wav"), "--streaming", "--timestamps", "--no_progress", "--output"]
+    assert command.main([*args, str(tmp_path / "a.jsonl")]) == 0
+    record = json.loads((tmp_path / "a.jsonl").read_text())
+    with Running(onnx, "--streaming") as running:
+        final = stream(running.url, pcm.astype(np.float32) / 32768, pause_s=0.01)[-1]
+    assert final["type"] == "final" and final["text"] == record["text"] and final["segments"] == record["segments"]
