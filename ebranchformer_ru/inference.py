@@ -263,7 +263,7 @@ class Transcriber:
     ):
         self.backend, self.batch_size, self.timestamps, self.decoder = backend, batch_size, timestamps, decoder
         # segmenter: a `vad.VoiceActivity` (pieces are its segments, silence is not transcribed); confidence: a
-        # confidence per word wherever there are words (`greedy_confidences`, `aligned_confidence`).
+        # confidence per word wherever there are words (`modeling_ebranchformer.confidence`).
         self.segmenter, self.confidence = segmenter, confidence
         rate, spf = backend.sampling_rate, backend.samples_per_frame
         # None: pieces are cut into batches of batch_size (callers that sort a whole collection by length get

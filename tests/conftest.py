@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import pytest
-from project import SHARED_EXAMPLE  # tests/ is on the import path: pyproject.toml's pytest `pythonpath`
+from project import CORPUS, SHARED_EXAMPLE  # tests/ is on the import path: pyproject.toml's pytest `pythonpath`
 from small_models import one_channel_head
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -134,6 +134,41 @@ def trained(tmp_path_factory):
         _train_args(tmp, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--save_total_limit", "2")
     )
     return tmp, trainer, metrics
+
+
+# ---- a small trained model (fixtures of test_confidence.py)
+
+SEEN = 80  # the first 80 utterances of the embedded train set (about 4 minutes of speech)
+
+
+@pytest.fixture(scope="session")
+def recogniser(tmp_path_factory):
+    """A small E-Branchformer (two layers) that train_ctc.py trained until it spells words: 200 steps of the
+    overfit preset on the first `SEEN` utterances of the embedded train set, about 90 s on 2 cores. Returns (model
+    folder, data folder); the data folder has the Golos layout: train_opus/ holds those utterances, test_opus/ the
+    embedded test sets (crowd, farfield, heldout_voice) and "seen", the trained-on utterances again as a test set.
+    A model trained for 90 s learns the utterances it saw (WER about 20 % on them) and writes mostly wrong words
+    on the unseen test sets. Tests must not modify it."""
+    from ebranchformer_ru import training
+
+    tmp = tmp_path_factory.mktemp("recogniser")
+    data = tmp / "data"
+    lines = (CORPUS / "train_opus" / "manifest.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:SEEN]
+    for folder in (data / "train_opus", data / "test_opus" / "seen"):
+        folder.mkdir(parents=True)
+        (folder / "manifest.jsonl").write_text("".join(lines), encoding="utf-8")
+        for domain in ("crowd", "farfield"):  # the manifest's audio paths: <domain>/<file>
+            (folder / domain).symlink_to(CORPUS / "train_opus" / domain)
+    for name in ("crowd", "farfield", "heldout_voice"):
+        (data / "test_opus" / name).symlink_to(CORPUS / "test_opus" / name)
+    # no dropout, a constant rate: memorising quickly is the point here
+    options = ["--preset", "overfit", "--data_dir", str(data), "--train_subset_seconds", "0"]
+    options += ["--config_overrides", "num_hidden_layers=2,dropout=0.0", "--max_steps", "200"]
+    options += ["--learning_rate", "1e-3", "--lr_scheduler_type", "constant", "--warmup_steps", "30"]
+    options += ["--do_eval", "false", "--save_strategy", "no", "--report_to", "none", "--logging_steps", "20"]
+    options += ["--dataloader_num_workers", "0", "--disable_tqdm", "true", "--dataset_cache_dir", str(tmp / "cache")]
+    training.run([*options, "--output_dir", str(tmp / "model")])
+    return tmp / "model", data
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Long recordings and readable transcripts: voice-activity segmentation (`ebranchformer_ru.vad`), word confidence
-(`inference.greedy_confidences`, `aligned_confidence`) and inverse text normalisation (`ebranchformer_ru.itn`),
+(`modeling_ebranchformer.confidence`, through `inference.greedy_confidences` and `beam_confidences`) and inverse text normalisation (`ebranchformer_ru.itn`),
 through the Transcriber, transcribe.py and the server."""
 
 import itertools
@@ -17,14 +17,9 @@ from project import CORPUS, ROOT
 from ebranchformer_ru import onnx_runtime, vad
 from ebranchformer_ru.audio import read_audio
 from ebranchformer_ru.commands import transcribe
-from ebranchformer_ru.inference import (
-    Transcriber,
-    aligned_confidence,
-    beam_confidences,
-    greedy_confidences,
-    load_backend,
-)
+from ebranchformer_ru.inference import Transcriber, beam_confidences, greedy_confidences, load_backend
 from ebranchformer_ru.itn import InverseNormalizer, ITNError
+from modeling_ebranchformer.confidence import aligned_confidence
 
 SECOND = 16000
 CROWD = CORPUS / "test_opus" / "crowd" / "files"
@@ -199,6 +194,7 @@ def test_vad_runs_with_an_onnx_export_where_torch_cannot_be_imported(tiny_model,
 # ---------------------------------------------------------------------------------------------- confidence
 
 VOCABULARY = onnx_runtime.CTCVocabulary({"|": 0, "а": 1, "б": 2, "<pad>": 3})
+BLANK = VOCABULARY.blank_id
 
 
 def log_probs(rows) -> np.ndarray:
@@ -222,23 +218,23 @@ def test_a_greedy_words_confidence_is_the_geometric_mean_of_its_characters_peaks
 
 def test_an_lm_words_confidence_is_its_aligned_acoustic_support():
     frames = log_probs([{1: 0.9}, {3: 0.9}, {2: 0.8}, {2: 0.7}])  # the frames say "аб" clearly
-    sure = aligned_confidence(frames, [1, 2], VOCABULARY)
+    sure = aligned_confidence(frames, [1, 2], BLANK)
     assert sure == round(math.sqrt(np.exp(frames[0, 1]) * np.exp(frames[2, 2])), 3)
-    doubted = aligned_confidence(frames, [1, 1], VOCABULARY)  # "аа", which an LM might prefer: frames disagree
+    doubted = aligned_confidence(frames, [1, 1], BLANK)  # "аа", which an LM might prefer: frames disagree
     assert doubted < 0.1 < sure
-    assert aligned_confidence(frames[:1], [1, 2], VOCABULARY) == 0.0  # too few frames for the word
+    assert aligned_confidence(frames[:1], [1, 2], BLANK) == 0.0  # too few frames for the word
 
 
 def test_an_lm_words_confidence_also_weighs_the_beams_that_agree():
     from modeling_ebranchformer.beam_search import OutputBeam
 
     frames = log_probs([{1: 0.9}, {3: 0.9}, {2: 0.8}, {0: 0.9}, {1: 0.9}, {2: 0.9}])  # "аб аб"
-    acoustic = aligned_confidence(frames[0:3], [1, 2], VOCABULARY)
+    acoustic = aligned_confidence(frames[0:3], [1, 2], BLANK)
     best = OutputBeam("аб аб", None, [("аб", (0, 3)), ("аб", (4, 6))], -1.0, -1.0)
     rival = OutputBeam("аб ба", None, [("аб", (0, 3)), ("ба", (4, 6))], -1.0, -1.0 - math.log(3))  # 1/4 of the mass
     first, second = beam_confidences(frames, [best, rival], VOCABULARY)
     assert first == round(math.sqrt(acoustic), 3)  # every beam agrees on the first word: agreement 1
-    second_acoustic = aligned_confidence(frames[4:6], [1, 2], VOCABULARY)
+    second_acoustic = aligned_confidence(frames[4:6], [1, 2], BLANK)
     assert second == round(math.sqrt(second_acoustic * 0.75), 3)  # a quarter of the beams' mass says "ба"
 
 
