@@ -256,7 +256,10 @@ class Batcher:
         except Exception as error:
             log.error(f"a batch of {len(batch)} failed: {type(error).__name__}: {error}")
             for job in batch:
-                job.loop.call_soon_threadsafe(settle, job.future, None, error)
+                if isinstance(job, StreamRound):
+                    job.live.fail(error)
+                else:
+                    job.loop.call_soon_threadsafe(settle, job.future, None, error)
 
     def process(self, batch):
         """The batch through the transcriber's one batching: each request is answered as the forward pass that
@@ -1331,7 +1334,12 @@ class LiveStreams:
 
     def report(self, entry, finals):
         """A partial when the stream has new frames (its `duration`: the audio they cover), its new segments, and
-        the final once it has ended."""
+        the final once it has ended (an error if the model failed on it)."""
+        if (failure := entry.stream.failure) is not None:
+            log.error(f"a live stream failed: {type(failure).__name__}: {failure}")
+            return entry.post(
+                {"type": "error", "error": {"message": f"the model failed on the stream: {failure}", "code": 500}}
+            )
         seconds = round(entry.stream.decoder.frames * self.model.frame_seconds, 3)
         if seconds == entry.reported and not entry.stream.finished:
             return

@@ -180,6 +180,7 @@ class Stream:
         )
         self.waiting = self.audio.accept([])
         self.ended = self.finished = False  # no more audio; its last segment given
+        self.failure = None  # what stopped it
 
     def accept(self, samples):
         self.waiting = np.concatenate([self.waiting, self.audio.accept(samples)])
@@ -196,6 +197,10 @@ class Stream:
             return None
         chunk, self.waiting = self.waiting[:take], self.waiting[take:]
         return chunk
+
+    def fail(self, error):
+        """The model could not step it: it ends here, without a last segment."""
+        self.failure, self.waiting, self.ended, self.finished = error, self.waiting[:0], True, True
 
     @property
     def done(self) -> bool:
@@ -313,23 +318,35 @@ class OnnxSteps:
 
 def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, list[dict]]]:
     """Steps every stream with a complete chunk, one batch per chunk length, until none has one; the final
-    segments that ended on the way, per stream that had any (and for ended streams, their last segment)."""
+    segments that ended on the way, per stream that had any (and for ended streams, their last segment). A stream
+    whose step fails (a batch that fails is stepped again a stream at a time) ends with its `failure` set."""
     finals: dict[int, list[dict]] = {}
     while True:
         ready = [(stream, chunk) for stream in streams if (chunk := stream.next_chunk()) is not None]
         if not ready:
             break
         for length in sorted({len(chunk) for _, chunk in ready}, reverse=True):
-            batch = [(stream, chunk) for stream, chunk in ready if len(chunk) == length]
-            log_probs, states = model.step([chunk for _, chunk in batch], [stream.state for stream, _ in batch])
-            for (stream, _), frames, state in zip(batch, log_probs, states):
-                stream.state = state
+            for stream, frames in _step(model, [(stream, chunk) for stream, chunk in ready if len(chunk) == length]):
                 finals.setdefault(id(stream), []).extend(stream.decoder.push(frames))
     for stream in streams:
         if stream.done and not stream.finished:
             stream.finished = True
             finals.setdefault(id(stream), []).extend(stream.decoder.finish())
     return [(stream, finals[id(stream)]) for stream in streams if finals.get(id(stream))]
+
+
+def _step(model: ChunkModel, batch: list) -> list[tuple[Stream, np.ndarray]]:
+    """(stream, log-probabilities) of one chunk of each stream in `batch`, their states advanced."""
+    try:
+        log_probs, states = model.step([chunk for _, chunk in batch], [stream.state for stream, _ in batch])
+    except Exception as error:
+        if len(batch) == 1:
+            batch[0][0].fail(error)
+            return []
+        return [result for pair in batch for result in _step(model, [pair])]
+    for (stream, _), state in zip(batch, states):
+        stream.state = state
+    return [(stream, frames) for (stream, _), frames in zip(batch, log_probs)]
 
 
 def transcribe_files(model: ChunkModel, waveforms: list[np.ndarray], endpointing: Endpointing) -> list[dict]:
@@ -340,6 +357,9 @@ def transcribe_files(model: ChunkModel, waveforms: list[np.ndarray], endpointing
         stream.accept(samples)
         stream.end()
     segments = {id(stream): finals for stream, finals in recognize(model, streams)}
+    for stream in streams:
+        if stream.failure is not None:
+            raise stream.failure
     records = []
     for stream in streams:
         finals = segments.get(id(stream), [])

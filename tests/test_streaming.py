@@ -297,8 +297,8 @@ def test_streaming_options_are_checked(streaming_folder, tiny_model, waveforms, 
 
 
 def test_the_streaming_preset_is_the_main_jobs_model_made_streaming():
-    """`--preset streaming`: the mini preset's model and schedule, with causal convolutions, dynamic chunks and no
-    position table; its overrides set fields whose default is None (Transformers' update_from_string cannot)."""
+    """`--preset streaming`: the mini preset's model and schedule, with causal convolutions, dynamic chunks and a
+    bounded left context; overrides set fields whose default is None (Transformers' update_from_string cannot)."""
     from ebranchformer_ru.training import load_preset, parse_overrides
 
     preset, mini = load_preset("streaming"), load_preset("mini")
@@ -306,7 +306,8 @@ def test_the_streaming_preset_is_the_main_jobs_model_made_streaming():
         k: v for k, v in mini.items() if k != "output_dir"
     }
     config = EBranchformerConfig(**parse_overrides(preset["config_overrides"]))
-    assert config.is_streaming and config.position_embedding_type == "none" and config.streaming_chunk_size == 16
+    assert config.is_streaming and config.streaming_chunk_size == 16 and config.streaming_left_chunks == 8
+    assert parse_overrides("position_embedding_type=none") == {"position_embedding_type": "none"}  # a string field
     streaming, course = EBranchformerForCTC(config), EBranchformerForCTC(EBranchformerConfig())
     assert streaming.num_parameters() == course.num_parameters()  # the same weights, used causally
     assert parse_overrides("streaming_chunk_size=none,dropout=0.05") == {"streaming_chunk_size": None, "dropout": 0.05}
@@ -533,3 +534,26 @@ def test_an_export_serves_live_streams(streaming_export, waveforms, tmp_path):
     with Running(onnx, "--streaming") as running:
         final = stream(running.url, pcm.astype(np.float32) / 32768, pause_s=0.01)[-1]
     assert final["type"] == "final" and final["text"] == record["text"] and final["segments"] == record["segments"]
+
+
+def test_a_stream_the_model_fails_on_fails_alone(chunk_model, waveforms, monkeypatch):
+    """A step that fails for one stream of a batch: that stream ends with the error, the others go on (their chunk
+    stepped again alone), as the server's live streams and transcribe.py's recordings need."""
+    from ebranchformer_ru.streaming import ChunkModel, Endpointing, recognize
+
+    step = ChunkModel.step
+
+    def fragile(self, chunks, states):
+        if any(np.all(chunk == chunk[0, 0]) for chunk in chunks):  # the silent stream's chunks are constant
+            raise RuntimeError("this chunk breaks the model")
+        return step(self, chunks, states)
+
+    monkeypatch.setattr(ChunkModel, "step", fragile)
+    good, bad = chunk_model.stream(Endpointing()), chunk_model.stream(Endpointing())
+    good.accept(waveforms[0])
+    bad.accept(np.zeros(16000, np.float32))
+    recognize(chunk_model, [good, bad])
+    assert isinstance(bad.failure, RuntimeError) and bad.done and good.failure is None
+    good.end()
+    recognize(chunk_model, [good, bad])
+    assert good.finished and good.decoder.frames == -(-(1 + len(waveforms[0]) // 160) // 4)  # all of it stepped
