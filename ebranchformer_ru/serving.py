@@ -267,7 +267,11 @@ class Batcher:
         (a `StreamRound` in the batch) are stepped first: the model thread is theirs too."""
         for job in batch:
             if isinstance(job, StreamRound):
-                job.run()
+                try:
+                    job.run()
+                except Exception as error:  # the live streams fail, the uploads of this batch go on
+                    log.error(f"a round of live streams failed: {type(error).__name__}: {error}")
+                    job.live.fail(error)
         batch = [job for job in batch if not isinstance(job, StreamRound)]
         started = time.monotonic()
         if not (batch := self.decode(batch)):
@@ -520,9 +524,12 @@ class Service:
 
     def chunk_model(self, args) -> ChunkModel:
         try:
-            return ChunkModel(self.backend, args.chunk_ms, args.left_chunks, self.decoder)
+            model = ChunkModel(self.backend, args.chunk_ms, args.left_chunks, self.decoder)
         except StreamingError as error:
             raise InferenceError(f"--streaming: {args.model}: {error}") from None
+        if model.left_chunks < 0:  # a step's cost and memory would grow with the stream, without a limit
+            raise InferenceError("--streaming: the server needs a bounded left context: give --left_chunks N (e.g. 8)")
+        return model
 
     @staticmethod
     def endpointing(args) -> Endpointing:
@@ -1302,6 +1309,8 @@ class LiveStreams:
         self.entries, self.queued = set(), False  # queued: a round waits in the batcher's queue
 
     def open(self, send) -> LiveEntry:
+        if self.batcher.failure is not None:
+            raise ApiError(500, f"the model worker has stopped ({self.batcher.failure}); the server must be restarted")
         entry = LiveEntry(self.model.stream(self.endpointing), asyncio.get_running_loop(), send)
         self.entries.add(entry)
         return entry
@@ -1318,15 +1327,15 @@ class LiveStreams:
             self.batcher.jobs.put(StreamRound(self))
 
     def round(self):
-        """On the model thread."""
+        """On the model thread. A stream that is done (its final or its error sent) leaves the round."""
         self.queued = False
-        entries = list(self.entries)
+        entries = [entry for entry in self.entries if not entry.stream.finished]
         for entry in entries:
             while entry.inbox:
                 samples = entry.inbox.popleft()
                 if samples is None:
                     entry.stream.end()
-                else:
+                elif not entry.stream.ended:
                     entry.stream.accept(samples)
         finished = {id(stream): finals for stream, finals in recognize(self.model, [e.stream for e in entries])}
         for entry in entries:
@@ -1358,7 +1367,10 @@ class LiveStreams:
             entry.post({"type": "partial", "text": " ".join(t for t in texts if t), "duration": seconds})
 
     def fail(self, error):
+        """Every open stream gets the error (a round failed, or the worker stopped)."""
+        self.queued = False
         for entry in list(self.entries):
+            entry.stream.fail(error)
             entry.post({"type": "error", "error": {"message": str(error), "code": 500}})
 
 
@@ -1369,9 +1381,11 @@ class ChunkedLiveStream(LiveStream):
 
     def __init__(self, websocket, service):
         super().__init__(websocket, service)
-        self.events, self.received, self.odd = asyncio.Queue(), 0, b""
+        self.events, self.received, self.odd, self.ended = asyncio.Queue(), 0, b"", False
 
     def add(self, data: bytes):
+        if self.ended:  # the server is stopping: the final is of what came before
+            return
         self.received += len(data)
         data, self.odd = self.odd + data, b""
         if len(data) % 2:
@@ -1387,29 +1401,44 @@ class ChunkedLiveStream(LiveStream):
         live = self.service.live
         self.entry = live.open(self.events.put_nowait)
         stopping = asyncio.ensure_future(self.service.stopping.wait())
-        ended = False
         try:
-            while True:
-                getting = asyncio.ensure_future(self.events.get())
-                await asyncio.wait({receiver, stopping, getting}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-                if getting.done():
-                    event = getting.result()
+            while (event := await self.next_event(receiver, stopping)) is None or event["type"] not in (
+                "final",
+                "error",
+            ):
+                if event is not None:
                     await self.websocket.send_json(event)
-                    if event["type"] in ("final", "error"):
-                        break
-                else:
-                    getting.cancel()
-                if not ended and (receiver.done() or stopping.done()):
-                    if receiver.done():
-                        receiver.result()  # an error in the stream is raised here
-                    ended = True
-                    live.heard(self.entry, None)
-                if not ended and time.monotonic() - self.last_message > self.args.stream_idle_s:
-                    idle = self.args.stream_idle_s
-                    raise ApiError(408, f"nothing arrived for {idle:g} s (--stream_idle_s): the stream is closed")
         finally:
             stopping.cancel()
+            if getattr(self, "getter", None) is not None:
+                self.getter.cancel()
             live.close(self.entry)
+        await self.websocket.send_json(event)
+        if event["type"] == "error":
+            await self.websocket.close(1011)
+            return "error 500"
         self.service.metrics.audio.inc(self.received / 2 / self.service.rate)
         await self.websocket.close(GOING_AWAY if stopping.done() and not receiver.done() else 1000)
         return "final"
+
+    async def next_event(self, receiver, stopping) -> dict | None:
+        """The model thread's next event for this stream, or None after a second without one. Until the stream
+        has ended (its end message, or the server stopping) it also watches the client: an error in what it sent
+        is raised, and a client silent for --stream_idle_s is closed."""
+        waiting = {self.events_getter()} | (set() if self.ended else {receiver, stopping})
+        await asyncio.wait(waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        if not self.ended and (receiver.done() or stopping.done()):
+            if receiver.done():
+                receiver.result()  # an error in the stream is raised here
+            self.ended = True
+            self.service.live.heard(self.entry, None)
+        if not self.ended and time.monotonic() - self.last_message > self.args.stream_idle_s:
+            idle = self.args.stream_idle_s
+            raise ApiError(408, f"nothing arrived for {idle:g} s (--stream_idle_s): the stream is closed")
+        return self.getter.result() if self.getter.done() else None
+
+    def events_getter(self):
+        """The pending `events.get()`, kept across waits so that no event is lost to a cancelled get."""
+        if getattr(self, "getter", None) is None or self.getter.done():
+            self.getter = asyncio.ensure_future(self.events.get())
+        return self.getter

@@ -181,6 +181,7 @@ class Stream:
         self.waiting = self.audio.accept([])
         self.ended = self.finished = False  # no more audio; its last segment given
         self.failure = None  # what stopped it
+        self.state_start = 0  # the frame at which `state` began (`ChunkModel.renew`)
 
     def accept(self, samples):
         self.waiting = np.concatenate([self.waiting, self.audio.accept(samples)])
@@ -220,6 +221,8 @@ class ChunkModel:
         self.backend, self.decoder, self.confidence = backend, decoder, confidence
         self.frame_seconds = backend.samples_per_frame / backend.sampling_rate
         frame_ms = round(1000 * self.frame_seconds)
+        if left_chunks is not None and left_chunks < -1:
+            raise StreamingError(f"--left_chunks must be -1 (all) or a number of chunks, got {left_chunks}")
         if chunk_ms is not None and (chunk_ms <= 0 or chunk_ms % frame_ms):
             raise StreamingError(
                 f"--chunk_ms must be a positive multiple of the model's {frame_ms} ms frame, got {chunk_ms}"
@@ -244,6 +247,18 @@ class ChunkModel:
         """The log-probabilities of one chunk (all of one length) of each stream, and the streams' next states."""
         return self.steps(chunks, states)
 
+    def renew(self, stream: Stream):
+        """A model with a position table (`max_position_embeddings` steps) starts a stream's state afresh at the
+        first chunk after an endpoint from which the next segment could outrun the table: the stream goes on for
+        as long as it has endpoints (a segment lasts at most `max_segment_s`), its next segment without the
+        earlier audio as left context."""
+        limit, decoder = self.steps.position_limit, stream.decoder
+        if limit is None or decoder.start < decoder.frames - self.chunk_size:  # no endpoint in the last chunk
+            return
+        longest = math.ceil(decoder.endpointing.max_segment_s / self.frame_seconds) + 2 * self.chunk_size
+        if decoder.frames - stream.state_start > limit - longest:
+            stream.state, stream.state_start = self.steps.new_state(), decoder.frames
+
 
 def cannot_stream(what) -> StreamingError:
     return StreamingError(
@@ -262,6 +277,8 @@ class TorchSteps:
         self.backend, self.stride = backend, config.subsampling_stride
         self.chunk_size = chunk_size or config.streaming_chunk_size or 16
         self.left_chunks = config.streaming_left_chunks if left_chunks is None else left_chunks
+        sinusoidal = config.position_embedding_type == "sinusoidal"
+        self.position_limit = config.max_position_embeddings if sinusoidal else None
 
     def new_state(self):
         return self.backend.model.new_cache(1, self.chunk_size, self.left_chunks)
@@ -297,6 +314,7 @@ class OnnxSteps:
                     "export again with that setting in the model's config"
                 )
         self.state_shapes, self.session = info["state"], onnx_model.open(onnx_model.folder / info["file"])
+        self.position_limit = onnx_model.max_steps or None
 
     def new_state(self) -> dict:
         return {name: np.zeros(shape, np.dtype(dtype)) for name, (shape, dtype) in self.state_shapes.items()}
@@ -307,6 +325,9 @@ class OnnxSteps:
 
     def __call__(self, chunks, states):
         inputs = {name: np.concatenate([s[name] for s in states], self.batch_axis(name)) for name in self.state_shapes}
+        steps = -(-len(chunks[0]) // self.stride)
+        if self.position_limit and int(inputs["offset"].max()) + steps > self.position_limit:  # ONNX would not say
+            raise StreamingError(f"a stream passed the model's {self.position_limit} positions without an endpoint")
         outputs = self.session.run(None, {"input_features": np.stack(chunks).astype(np.float32), **inputs})
         log_probs, state = outputs[0], dict(zip(self.state_shapes, outputs[1:]))
         split = [
@@ -327,7 +348,11 @@ def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, li
             break
         for length in sorted({len(chunk) for _, chunk in ready}, reverse=True):
             for stream, frames in _step(model, [(stream, chunk) for stream, chunk in ready if len(chunk) == length]):
-                finals.setdefault(id(stream), []).extend(stream.decoder.push(frames))
+                try:
+                    finals.setdefault(id(stream), []).extend(stream.decoder.push(frames))
+                except Exception as error:  # the decoder failed on it (an LM error): it fails alone
+                    stream.fail(error)
+                model.renew(stream)
     for stream in streams:
         if stream.done and not stream.finished:
             stream.finished = True

@@ -102,8 +102,8 @@ class EBranchformerSinusoidalPositions(nn.Module):
         if not is_tracing(rows) and int(rows.max()) >= self.table.shape[0]:
             raise ValueError(
                 f"A stream of {int(rows.max()) + 1} encoder steps is longer than max_position_embeddings "
-                f"({self.table.shape[0]}): end the stream (endpoints may start new ones), or train the streaming "
-                "model with position_embedding_type='none'"
+                f"({self.table.shape[0]}): start a new cache (ebranchformer_ru's streaming does at an endpoint), "
+                "or train the streaming model with position_embedding_type='none'"
             )
         return self.dropout(hidden_states + self.table[rows].to(hidden_states.dtype))
 

@@ -152,9 +152,10 @@ def streaming_folder(tmp_path_factory, streaming_model):
     from modeling_ebranchformer import EBranchformerProcessor
 
     folder = tmp_path_factory.mktemp("streaming_model")
-    streaming_model.config.streaming_chunk_size = 8  # what the folder streams in by default: 320 ms
+    config = streaming_model.config  # the folder streams in 320 ms chunks with 2 of left context by default
+    config.streaming_chunk_size, config.streaming_left_chunks = 8, 2
     streaming_model.save_pretrained(folder)
-    streaming_model.config.streaming_chunk_size = None
+    config.streaming_chunk_size, config.streaming_left_chunks = None, -1
     EBranchformerProcessor().save_pretrained(folder)
     return folder
 
@@ -371,7 +372,7 @@ def test_the_live_endpoint_streams_segments_equal_to_transcribe_streaming(
     assert health["streaming"] == {"chunk_ms": 320}
 
 
-def test_serve_streaming_refuses_a_model_that_cannot_stream(tiny_model):
+def test_serve_streaming_refuses_a_model_that_cannot_stream_or_an_unbounded_left_context(tiny_model, streaming_folder):
     pytest.importorskip("starlette")
     from served import Running
 
@@ -379,6 +380,8 @@ def test_serve_streaming_refuses_a_model_that_cannot_stream(tiny_model):
 
     with pytest.raises(InferenceError, match="--streaming: .*cannot stream"):
         Running(tiny_model, "--streaming")
+    with pytest.raises(InferenceError, match="needs a bounded left context"):  # a step's cost would grow forever
+        Running(streaming_folder, "--streaming", "--left_chunks", "-1")
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
@@ -557,3 +560,20 @@ def test_a_stream_the_model_fails_on_fails_alone(chunk_model, waveforms, monkeyp
     good.end()
     recognize(chunk_model, [good, bad])
     assert good.finished and good.decoder.frames == -(-(1 + len(waveforms[0]) // 160) // 4)  # all of it stepped
+
+
+def test_a_stream_outlasts_the_position_table_by_starting_afresh_after_endpoints(tiny_config_values, tmp_path):
+    """A model with a table of 300 positions (12 s) streams 40 s: after an endpoint from which the next segment could
+    outrun the table, the stream's state starts afresh; without that, the step would refuse position 300."""
+    from ebranchformer_ru.inference import TorchBackend
+    from ebranchformer_ru.streaming import ChunkModel, Endpointing, transcribe_files
+    from modeling_ebranchformer import EBranchformerProcessor
+
+    torch.manual_seed(0)
+    values = dict(tiny_config_values, causal_convolutions=True, streaming_chunk_size=8, max_position_embeddings=300)
+    EBranchformerForCTC(EBranchformerConfig(**values)).save_pretrained(tmp_path)
+    EBranchformerProcessor().save_pretrained(tmp_path)
+    model = ChunkModel(TorchBackend.from_folder(str(tmp_path)))
+    samples = np.random.default_rng(0).normal(0, 0.1, 40 * 16000).astype(np.float32)
+    (record,) = transcribe_files(model, [samples], Endpointing(max_segment_s=2.0))
+    assert record["segments"][-1]["end"] > 38 and len(record["segments"]) >= 15  # a random model: cut at 2 s
