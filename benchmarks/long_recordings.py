@@ -65,13 +65,14 @@ def long_recording(minutes=20.0, silence_share=0.2, seed=0):
     return np.concatenate(parts), " ".join(t for t in texts if t), gaps
 
 
-def boundaries_in_pauses(record, gaps) -> float:
-    """The share of boundaries between consecutive subtitle cues that overlap an inserted pause."""
+def boundaries_in_pauses(record, gaps) -> str:
+    """How many boundaries between consecutive subtitle cues overlap an inserted pause, of how many."""
     spans = cues(record)
     inside = 0
     for (_, end, _), (start, _, _) in itertools.pairwise(spans):
         inside += any(a / RATE <= start and end <= b / RATE + 0.5 for a, b in gaps)  # the cue gap meets a pause
-    return inside / max(1, len(spans) - 1)
+    total = max(1, len(spans) - 1)
+    return f"{inside / total:.1%} ({inside} of {total})"
 
 
 def segmentation(model, threads, rounds):
@@ -102,7 +103,7 @@ def segmentation(model, threads, rounds):
                 f"{100 * jiwer.wer(reference, records[name]['text']):.2f} %",
                 f"{median:.1f} s ({min(times[name]):.1f}-{max(times[name]):.1f})",
                 f"{1 - median / base:+.0%}" if name != "fixed 30 s windows" else "",
-                f"{boundaries_in_pauses(records[name], gaps):.0%}",
+                boundaries_in_pauses(records[name], gaps),
             ]
         )
     print(table(["", "WER", "wall time, median (range)", "time saved", "cue boundaries in a pause"], rows))
