@@ -28,7 +28,8 @@ def blocks(language: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A folder with what the README's Python blocks use: a model at outputs/mini and some audio files."""
+    """A folder with what the README's Python blocks use: models at outputs/mini and outputs/streaming, and some audio
+    files."""
     from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
 
     folder = tmp_path_factory.mktemp("readme")
@@ -43,6 +44,9 @@ def workdir(tmp_path_factory):
     )
     model.save_pretrained(folder / "outputs" / "mini")
     EBranchformerProcessor().save_pretrained(folder / "outputs" / "mini")
+    model.config.update(dict(causal_convolutions=True, streaming_chunk_size=16, streaming_left_chunks=8))
+    model.save_pretrained(folder / "outputs" / "streaming")  # docs/streaming.md's streaming model
+    EBranchformerProcessor().save_pretrained(folder / "outputs" / "streaming")
     speech, rate = sf.read(next((CORPUS / "test_opus" / "crowd").rglob("*.opus")), dtype="float32")
     sf.write(folder / "speech.opus", speech, rate, format="OGG", subtype="OPUS")
     sf.write(folder / "speech.wav", speech, rate)
