@@ -315,6 +315,11 @@ class EBranchformerLayerCache:
         return past
 
 
+def cached_keys(chunk_size: int, left_chunks: int) -> int | None:
+    """How many earlier frames' keys a stream keeps: `left_chunks` chunks' worth (None: all, for -1)."""
+    return None if left_chunks < 0 else left_chunks * chunk_size
+
+
 def latest(tensor: torch.Tensor, count: int | None, dim: int) -> torch.Tensor:
     """The last `count` entries of `tensor` along `dim` (all for None). Sliced from the end by a constant, so that
     a traced graph (the ONNX chunk step) keeps them whatever the chunk's length."""
@@ -335,11 +340,14 @@ class EBranchformerStreamingCache:
 
     @property
     def max_keys(self) -> int | None:
-        return None if self.left_chunks < 0 else self.left_chunks * self.chunk_size
+        return cached_keys(self.chunk_size, self.left_chunks)
 
-    def advance(self, steps: int):
-        """After a chunk of `steps` frames: its keys are real in every stream."""
-        mask = torch.cat([self.key_mask, self.key_mask.new_ones(self.key_mask.shape[0], steps)], dim=1)
+    def keys_mask(self, steps: int) -> torch.Tensor:
+        """(B, cached keys + steps): which keys a chunk of `steps` frames attends to (all of its own)."""
+        return torch.cat([self.key_mask, self.key_mask.new_ones(self.key_mask.shape[0], steps)], dim=1)
+
+    def advance(self, mask: torch.Tensor, steps: int):
+        """After a chunk of `steps` frames whose keys were `mask` (`keys_mask`): its keys are real in every stream."""
         self.key_mask, self.offset = latest(mask, self.max_keys, 1), self.offset + steps
 
     @classmethod
@@ -387,7 +395,7 @@ class EBranchformerStreamingCache:
 
     @classmethod
     def from_tensors(cls, tensors: dict, chunk_size: int, left_chunks: int) -> "EBranchformerStreamingCache":
-        max_keys = None if left_chunks < 0 else left_chunks * chunk_size
+        max_keys = cached_keys(chunk_size, left_chunks)
         layers = [
             EBranchformerLayerCache(*parts, max_keys)
             for parts in zip(
@@ -610,7 +618,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
 
         # A bounded cache has its full size from the start, its slots masked until filled: every chunk step has the
         # same shapes, so streams at any point batch together and the step traces into one graph.
-        max_keys = None if left_chunks < 0 else left_chunks * chunk_size
+        max_keys = cached_keys(chunk_size, left_chunks)
         layers = [
             EBranchformerLayerCache(
                 zeros(heads, max_keys or 0, head_dim),
@@ -637,11 +645,11 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         else:
             hidden_states = self.positions(hidden_states)
         steps = hidden_states.shape[1]
-        mask = torch.cat([cache.key_mask, cache.key_mask.new_ones(cache.key_mask.shape[0], steps)], dim=1)
+        mask = cache.keys_mask(steps)
         attention_mask = mask[:, None, None, :]  # every frame of the chunk sees the cache and the whole chunk
         for layer, layer_cache in zip(self.layers, cache.layers):
             hidden_states, _ = layer(hidden_states, None, attention_mask, False, layer_cache)
-        cache.advance(steps)
+        cache.advance(mask, steps)
         return hidden_states
 
 
