@@ -29,6 +29,7 @@ CONTEXT = 64  # samples of the previous window that Silero's model takes with ea
 SAMPLING_RATE = 16000
 MIN_GAP = 1280  # samples (two 40 ms output frames) kept between segments
 PART_S, MAX_PARTS = 60, 32  # a long recording's probabilities: parts of at least 60 s, at most 32 side by side
+LEAD_S = 2.0  # seconds each part hears before its own, for its state to settle
 
 
 class VADError(Error, ValueError):
@@ -77,26 +78,33 @@ class VoiceActivity:
     def probabilities(self, samples, block_s: float = 30.0) -> np.ndarray:
         """The speech probability of every window of `samples`, read `block_s` at a time. A long recording is run
         as parts of at least `PART_S` side by side in one batch (Silero's model is recurrent, so one recording is
-        otherwise one call a window: 37,500 calls for 20 minutes); each part starts as a recording does."""
+        otherwise one call a window: 37,500 calls for 20 minutes). Each part after the first starts `LEAD_S` early
+        and drops those windows' probabilities: a fresh state takes a second or so to hear speech, and without the
+        lead every part boundary inside speech became a pause (and the speech after it was lost)."""
         windows = -(-len(samples) // WINDOW)
         parts = max(1, min(MAX_PARTS, windows * WINDOW // (PART_S * SAMPLING_RATE)))
         per_part = -(-windows // parts)  # windows of each part (the last may have fewer)
+        lead = int(LEAD_S * SAMPLING_RATE) // WINDOW if parts > 1 else 0
         state = np.zeros((2, parts, 128), np.float32)
         context = np.zeros((parts, CONTEXT), np.float32)
         rate = np.array(SAMPLING_RATE, np.int64)
         out, block = np.zeros((parts, per_part), np.float32), max(1, int(block_s * SAMPLING_RATE) // WINDOW)
-        for first in range(0, per_part, block):
+        for first in range(-lead, per_part, block):
             count = min(block, per_part - first)
             stretch = np.zeros((parts, count * WINDOW), np.float32)
             for part in range(parts):
                 begin = (part * per_part + first) * WINDOW
-                piece = np.asarray(samples[begin : min(begin + count * WINDOW, len(samples))], np.float32)
-                stretch[part, : len(piece)] = piece
+                piece = np.asarray(samples[max(0, begin) : min(begin + count * WINDOW, len(samples))], np.float32)
+                at = max(0, -begin)  # the first part's lead lies before the recording: silence
+                stretch[part, at : at + len(piece)] = piece
             for index, window in enumerate(np.split(stretch, count, axis=1)):
+                if first + index == 0:  # the first part starts as a recording does, not after its silent lead
+                    state[:, 0], context[0] = 0, 0
                 x = np.concatenate([context, window], axis=1)
                 probability, state = self.session.run(None, {"input": x, "state": state, "sr": rate})
                 context = x[:, -CONTEXT:]
-                out[:, first + index] = probability[:, 0]
+                if first + index >= 0:
+                    out[:, first + index] = probability[:, 0]
         return out.reshape(-1)[:windows]
 
     def regions(self, probabilities: np.ndarray, length: int) -> list[tuple[int, int]]:

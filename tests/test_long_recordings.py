@@ -70,6 +70,20 @@ def test_segments_follow_the_pauses_under_noise(recording):
         assert first - 0.2 * SECOND <= start and end <= last + 0.2 * SECOND
 
 
+def test_a_recording_run_in_parts_is_not_cut_where_one_part_meets_the_next():
+    """Over 120 s, Silero runs as parts side by side. An utterance across the boundary of two parts is still one
+    segment: a part's fresh state used to hear a quiet (far-field) voice as silence for its first windows, and the
+    speech there was cut and lost."""
+    speech = read_audio(CORPUS / "test_opus" / "farfield" / "files" / "test_opus_farfield_0002.opus")
+    windows = 130 * SECOND // vad.WINDOW  # two parts
+    boundary = -(-windows // 2) * vad.WINDOW  # where the second part starts
+    start = boundary - len(speech) // 2
+    samples = np.zeros(windows * vad.WINDOW, np.float32)
+    samples[start : start + len(speech)] = speech
+    (segment,) = vad.VoiceActivity()(samples)
+    assert segment[0] <= boundary - SECOND and boundary + SECOND <= segment[1]
+
+
 def test_a_long_stretch_is_cut_at_its_longest_pause_and_a_pauseless_one_into_equal_parts():
     segmenter = vad.VoiceActivity(max_segment_s=10, join_pause_s=5)
     regions = [
