@@ -6,7 +6,7 @@ tells right words from wrong ones.
 1. A 20-minute recording is built from the embedded test sets' utterances (crowd, farfield, heldout_voice, in
    order, repeated as needed) with pauses drawn from 0.3-3 s (seed 0), scaled so that inserted silence is 20 % of
    it. Both ways transcribe it whole (greedy); printed: WER against the utterances' texts joined, wall time
-   (median of the rounds, interleaved), and the share of subtitle cue boundaries that fall in an inserted pause
+   (median of the rounds, interleaved), and the share of subtitle cue boundaries that lie in an inserted pause
    (not inside an utterance).
 2. Confidence: every word of the greedy (and, where the folder has a language model, LM) transcripts of the
    embedded test sets, labelled right or wrong by its alignment to the reference (jiwer); printed: the AUC of
@@ -66,11 +66,13 @@ def long_recording(minutes=20.0, silence_share=0.2, seed=0):
 
 
 def boundaries_in_pauses(record, gaps) -> str:
-    """How many boundaries between consecutive subtitle cues overlap an inserted pause, of how many."""
+    """How many boundaries between consecutive subtitle cues lie in an inserted pause, of how many: the silence
+    from the end of one cue to the start of the next takes in part of an inserted pause (the utterances' own
+    leading and trailing silence is a pause too, but only the inserted one is known for sure to hold no word)."""
     spans = cues(record)
     inside = 0
     for (_, end, _), (start, _, _) in itertools.pairwise(spans):
-        inside += any(a / RATE <= start and end <= b / RATE + 0.5 for a, b in gaps)  # the cue gap meets a pause
+        inside += any(end < b / RATE and a / RATE < start for a, b in gaps)
     total = max(1, len(spans) - 1)
     return f"{inside / total:.1%} ({inside} of {total})"
 
