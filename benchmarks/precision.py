@@ -1,7 +1,8 @@
 """Precision on this CPU: float32 against bfloat16 (autocast), bfloat16 with torch.compile, and the ONNX export's
 float32 and int8 models, for inference (the inference core's backend call: features, model, log-softmax) and for
 training steps, in one process with the rounds interleaved (every variant once per round), median and spread; then
-the WER of each variant on the embedded test sets through `Transcriber`.
+what each part of a served request costs (uploads' decoding, features, the model, CTC decoding), which bounds what
+bf16 can do for a server; then the WER of each variant on the embedded test sets through `Transcriber`.
 
     python benchmarks/precision.py outputs/mini                          # 1x10 s and 16x8 s, 2 threads, 7 rounds
     python benchmarks/precision.py outputs/mini --rounds 9 --threads 2 --skip_compile true
@@ -11,6 +12,7 @@ The CPU's model and its bf16/int8 flags are printed: the figures hold for this m
 """
 
 import argparse
+import io
 import statistics
 import sys
 import tempfile
@@ -87,8 +89,9 @@ def speed_rows(times: dict, audio_seconds: float, baseline: str) -> list[list]:
     return rows
 
 
-def training_times(model_dir, threads, rounds) -> dict:
-    """Seconds of a training step (forward, CTC loss, backward, AdamW) on 16 x 8 s, float32 and bf16 autocast."""
+def training_times(model_dir, threads, rounds, compile_) -> dict:
+    """Seconds of a training step (forward, CTC loss, backward, AdamW) on 16 x 8 s: float32, bf16 autocast, and
+    bf16 with the model compiled (what `train_ctc.py --torch_compile true` does: Trainer compiles the model)."""
     import torch
 
     from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
@@ -98,19 +101,57 @@ def training_times(model_dir, threads, rounds) -> dict:
     inputs = processor.feature_extractor(speech(16, 8.0), sampling_rate=16000, return_tensors="pt")
     labels = (torch.arange(64).repeat(16, 1) % 32 + 1).long()
     steps = {}
-    for dtype in ("float32", "bfloat16"):
+    for name in ("float32", "bfloat16", "bfloat16 + torch.compile")[: 3 if compile_ else 2]:
         model = EBranchformerForCTC.from_pretrained(model_dir).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        forward = torch.compile(model) if name.endswith("compile") else model
 
-        def step(model=model, optimizer=optimizer, dtype=dtype):
-            with torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bfloat16"):
-                loss = model(**inputs, labels=labels).loss
+        def step(forward=forward, optimizer=optimizer, bf16=name != "float32"):
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                loss = forward(**inputs, labels=labels).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
 
-        steps[dtype] = step
+        steps[name] = step
     return interleaved(steps, rounds)
+
+
+def request_parts(backends: dict, rounds: int) -> tuple[dict, float]:
+    """(name -> seconds of each round, audio seconds) of the parts of serving the embedded test files (Opus, 3 s
+    on average) in the server's batches of 16: decoding the uploads, log-mel features, the model in float32 and in
+    bf16, greedy CTC decoding. bf16 speeds up the model only, so the rest bounds what it can do for a server."""
+    files = [path.read_bytes() for path in sorted((EMBEDDED_CORPUS / "test_opus").rglob("*.opus"))]
+    waveforms = [read_audio(io.BytesIO(data)) for data in files]
+    batches = [waveforms[i : i + 16] for i in range(0, len(waveforms), 16)]
+    float32, bfloat16 = backends["float32"], backends["bfloat16"]
+    features = [float32.features(batch) for batch in batches]
+    transcriber = Transcriber(float32)
+    outputs = transcriber.log_probs(waveforms)
+    parts = {
+        "Opus decoding (soundfile)": lambda: [read_audio(io.BytesIO(data)) for data in files],
+        "log-mel features": lambda: [float32.features(batch) for batch in batches],
+        "model, float32": lambda: [float32.run_features(inputs) for inputs in features],
+        "model, bfloat16": lambda: [bfloat16.run_features(inputs) for inputs in features],
+        "greedy CTC decoding": lambda: [transcriber.decode(*output) for output in outputs],
+    }
+    return interleaved(parts, rounds), sum(len(w) for w in waveforms) / 16000
+
+
+def parts_rows(times: dict, audio_seconds: float) -> tuple[list[list], float]:
+    """Rows of each part's core-independent cost (ms a second of audio), and the ratio bf16 can give a server
+    whose requests are only these parts: (the rest + float32 model) / (the rest + bf16 model)."""
+    cost = {name: 1000 * statistics.median(values) / audio_seconds for name, values in times.items()}
+    rest = sum(value for name, value in cost.items() if not name.startswith("model"))
+    rows = [
+        [
+            name,
+            f"{value:.2f}",
+            f"{min(times[name]) * 1000 / audio_seconds:.2f}-{max(times[name]) * 1000 / audio_seconds:.2f}",
+        ]
+        for name, value in cost.items()
+    ]
+    return rows, (rest + cost["model, float32"]) / (rest + cost["model, bfloat16"])
 
 
 def word_error_rates(backends: dict) -> dict:
@@ -150,9 +191,14 @@ def main():
             times = interleaved(calls, args.rounds)
             print(f"inference, {batch} x {seconds:g} s, {args.threads} threads, {args.rounds} rounds")
             print(table(header, speed_rows(times, batch * seconds, "float32")) + "\n")
-        times = training_times(args.model, args.threads, args.rounds)
+        times = training_times(args.model, args.threads, args.rounds, args.skip_compile == "false")
         print(f"training step, 16 x 8 s, {args.threads} threads, {args.rounds} rounds")
         print(table(header, speed_rows(times, 16 * 8.0, "float32")) + "\n")
+        times, audio_seconds = request_parts(backends, args.rounds)
+        rows, bound = parts_rows(times, audio_seconds)
+        print(f"a served request's parts: the {audio_seconds:.0f} s of the embedded test files in batches of 16")
+        print(table(["part", "ms a second of audio (median)", "spread"], rows))
+        print(f"bf16 can speed up a server whose requests are these parts at most {bound:.2f}x (HTTP not counted)\n")
         rates = word_error_rates(backends)
         rows = [[name, *(f"{rates[name][s]:.2f} %" for s in SETS)] for name in backends]
         print("WER on the embedded test sets (greedy, the Transcriber's batches)")
