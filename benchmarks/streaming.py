@@ -14,6 +14,7 @@ and the latency of live streams served by `serve.py --streaming` at 1 to 128 con
 
     python benchmarks/streaming.py outputs/streaming --full_model outputs/mini
     python benchmarks/streaming.py outputs/streaming --streams 1 4 --stream_s 10 --skip_wer   # smoke run
+    python benchmarks/streaming.py outputs/streaming --skip_wer --streams 128 --dtypes float32 auto
 
 Run it alone: the figures are this machine's (its CPU is printed), and the clients share its cores.
 """
@@ -96,9 +97,9 @@ def step_costs(folder, rounds) -> str:
     )
 
 
-def serve(folder, port):
+def serve(folder, port, dtype):
     command = [sys.executable, str(ROOT / "serve.py"), folder, "--streaming", "--threads", "2", "--port", str(port)]
-    command += ["--max_streams", "256"]
+    command += ["--max_streams", "256", "--dtype", dtype]
     process = subprocess.Popen(command, stderr=subprocess.DEVNULL, cwd=ROOT)
     for _ in range(1200):
         try:
@@ -140,9 +141,26 @@ def live(port, samples, start_at) -> dict:
     return {"lags": lags, "delays": delays, "final_delay": final["received"] - ended, "type": final["type"]}
 
 
-def latency_table(folder, counts, seconds) -> str:
+def latency_table(folder, counts, seconds, dtypes) -> str:
     samples, rows, port = recording(seconds), [], 18000 + int(time.time()) % 1000
-    server = serve(folder, port)
+    for dtype in dtypes:
+        rows += latency_rows(folder, port, samples, counts, seconds, dtype)
+    return table(
+        [
+            "live streams",
+            "--dtype",
+            "partials",
+            "partial lag p50 / p95",
+            "segment after its endpoint p50 / p95 / max",
+            "final after the end of audio p50 / max",
+            "errors",
+        ],
+        rows,
+    )
+
+
+def latency_rows(folder, port, samples, counts, seconds, dtype) -> list[list]:
+    rows, server = [], serve(folder, port, dtype)
     try:
         for count in counts:
             start_at = [time.monotonic() + 2.0] * count  # every client connected before the audio starts
@@ -155,6 +173,7 @@ def latency_table(folder, counts, seconds) -> str:
             rows.append(
                 [
                     count,
+                    dtype,
                     f"{len(lags):,} of ~{expected:,.0f}",
                     f"{np.percentile(lags, 50):.2f} / {np.percentile(lags, 95):.2f} s",
                     f"{np.percentile(delays, 50):.2f} / {np.percentile(delays, 95):.2f} / {max(delays):.2f} s"
@@ -169,17 +188,7 @@ def latency_table(folder, counts, seconds) -> str:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    return table(
-        [
-            "live streams",
-            "partials",
-            "partial lag p50 / p95",
-            "segment after its endpoint p50 / p95 / max",
-            "final after the end of audio p50 / max",
-            "errors",
-        ],
-        rows,
-    )
+    return rows
 
 
 def main(argv=None):
@@ -191,12 +200,13 @@ def main(argv=None):
     parser.add_argument("--stream_s", type=float, default=60.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip_wer", action="store_true")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], help="the live streams' --dtype, one server each")
     args = parser.parse_args(argv)
     print(machine())
     if not args.skip_wer:
         print(wer_table(args.model, args.chunk_ms, args.full_model))
     print(step_costs(args.model, args.rounds))
-    print(latency_table(args.model, args.streams, args.stream_s))
+    print(latency_table(args.model, args.streams, args.stream_s, args.dtypes))
 
 
 if __name__ == "__main__":
