@@ -268,11 +268,7 @@ def cannot_stream(what) -> StreamingError:
 
 
 class TorchSteps:
-    """The model's cached chunk step (`EBranchformerForCTC.stream_step`), streams batched by stacking their caches.
-    A stream's state after a batched step is its row of the batch's cache (`CacheRow`): when the same streams step
-    together again, in the same order, as they do round after round on a server, the batch's cache is stepped as it
-    is, without splitting and stacking every layer's caches again (a tenth of the model thread's time at 128 live
-    streams)."""
+    """The model's cached chunk step (`EBranchformerForCTC.stream_step`), streams batched by stacking their caches."""
 
     def __init__(self, backend, chunk_size=None, left_chunks=None):
         config = backend.model.config
@@ -290,44 +286,16 @@ class TorchSteps:
     def __call__(self, chunks, states):
         import torch
 
+        from modeling_ebranchformer.modeling import EBranchformerStreamingCache
+
         backend = self.backend
-        cache = self.batch_cache(states)
+        cache = states[0] if len(states) == 1 else EBranchformerStreamingCache.stack(states)
         features = torch.from_numpy(np.stack(chunks)).to(backend.device)
         device_type = "cuda" if backend.device.startswith("cuda") else "cpu"
         with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=backend.dtype == "bfloat16"):
             logits = backend.model.stream_step(features, cache)
             log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-        return list(log_probs), [cache] if len(states) == 1 else [CacheRow(cache, i) for i in range(len(states))]
-
-    @staticmethod
-    def batch_cache(states):
-        """One cache for `states`: the batch they are the rows of, in order, or their caches stacked."""
-        from modeling_ebranchformer.modeling import EBranchformerStreamingCache
-
-        batch = getattr(states[0], "batch", None)
-        if (
-            batch is not None
-            and batch.offset.shape[0] == len(states)
-            and all(isinstance(s, CacheRow) and s.batch is batch and s.index == i for i, s in enumerate(states))
-        ):
-            batch.rows = None  # rows split from it before are not its rows after this step
-            return batch
-        caches = [s.cache() if isinstance(s, CacheRow) else s for s in states]
-        return caches[0] if len(caches) == 1 else EBranchformerStreamingCache.stack(caches)
-
-
-class CacheRow:
-    """A stream's state as row `index` of a batch's cache; `cache()` is it alone (the batch is split once, when a
-    row is first asked for). A batch stepped again as a whole is changed in place, so it is stepped only with all
-    its rows, which then all move on together."""
-
-    def __init__(self, batch, index: int):
-        self.batch, self.index = batch, index
-
-    def cache(self):
-        if getattr(self.batch, "rows", None) is None:
-            self.batch.rows = self.batch.split()
-        return self.batch.rows[self.index]
+        return list(log_probs), [cache] if len(states) == 1 else cache.split()
 
 
 class OnnxSteps:

@@ -214,36 +214,6 @@ def test_a_stream_fed_as_it_arrives_equals_the_chunk_masked_forward(chunk_model,
     np.testing.assert_allclose(fed(chunk_model, samples), whole, atol=1e-4, rtol=0)
 
 
-def test_streams_stepped_together_round_after_round_equal_each_alone(chunk_model, waveforms, monkeypatch):
-    """Three streams fed 0.1 s a round: while the same streams step together their batch's cache is stepped as it is;
-    when one ends (its last, shorter chunk a batch of its own) the others go on from their rows of it, stacked. Each
-    gets the log-probabilities it gets alone."""
-    from ebranchformer_ru.streaming import Endpointing, recognize
-    from modeling_ebranchformer.modeling import EBranchformerStreamingCache
-
-    a, b = waveforms
-    recordings = [np.concatenate([a, b]), np.concatenate([b, a]), a]
-    streams = [chunk_model.stream(Endpointing()) for _ in recordings]
-    got = [[] for _ in streams]
-    for stream, out in zip(streams, got):
-        push = stream.decoder.push
-        stream.decoder.push = lambda frames, push=push, out=out: out.append(frames) or push(frames)
-    batched, stacked, stack, step = [0], [0], EBranchformerStreamingCache.stack, chunk_model.step
-    monkeypatch.setattr(EBranchformerStreamingCache, "stack", lambda caches: stacked.append(1) or stack(caches))
-    monkeypatch.setattr(chunk_model, "step", lambda c, s: batched.append(len(s) > 1) or step(c, s))
-    for at in range(0, max(map(len, recordings)), 1600):
-        for stream, samples in zip(streams, recordings):
-            if not stream.ended:
-                stream.accept(samples[at : at + 1600])
-                if at + 1600 >= len(samples):
-                    stream.end()
-        recognize(chunk_model, streams)
-    assert 1 < sum(stacked) < sum(batched)  # the first batch and the two after the third stream ended: stacked
-    monkeypatch.undo()
-    for samples, out in zip(recordings, got):
-        np.testing.assert_allclose(np.concatenate(out), fed(chunk_model, samples), atol=1e-5, rtol=0)
-
-
 def rows(labels, vocabulary_size=34):
     """Log-probabilities whose argmax is each label."""
     log_probs = np.full((len(labels), vocabulary_size), -10.0, np.float32)
