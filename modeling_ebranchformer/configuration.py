@@ -77,6 +77,11 @@ class EBranchformerConfig(PretrainedConfig):
             Streaming: the depthwise convolutions of the CSGU and of the merge module see only the current and
             earlier frames (`kernel - 1` frames of left context, none of look-ahead) instead of a centred window.
             The stacking subsampling never looks ahead of its `subsampling_stride` frames.
+        chunk_convolutions (`bool`, defaults to `False`):
+            Streaming, instead of `causal_convolutions`: the depthwise convolutions keep their centred window but see
+            nothing past the end of the frame's attention chunk (zeros there, as at the end of a recording): the
+            dynamic chunk convolution of Li et al. 2023 (arXiv:2304.09325). At full context they are the course's
+            convolutions; in a chunk they look ahead at most to the chunk's end, which costs no latency.
         streaming_chunk_size (`int`, *optional*):
             Streaming: self-attention is limited to chunks of this many encoder steps (4 = 160 ms at the default
             stride): each frame sees the frames of its own chunk and of `streaming_left_chunks` earlier ones, the
@@ -124,6 +129,7 @@ class EBranchformerConfig(PretrainedConfig):
         mask_feature_length=10,
         mask_feature_min_masks=0,
         causal_convolutions=False,
+        chunk_convolutions=False,
         streaming_chunk_size=None,
         streaming_left_chunks=-1,
         dynamic_chunk_training=False,
@@ -157,6 +163,7 @@ class EBranchformerConfig(PretrainedConfig):
         self.mask_feature_length = mask_feature_length
         self.mask_feature_min_masks = mask_feature_min_masks
         self.causal_convolutions = causal_convolutions
+        self.chunk_convolutions = chunk_convolutions
         self.streaming_chunk_size = streaming_chunk_size
         self.streaming_left_chunks = streaming_left_chunks
         self.dynamic_chunk_training = dynamic_chunk_training
@@ -206,8 +213,13 @@ class EBranchformerConfig(PretrainedConfig):
         if self.streaming_chunk_size is not None:
             check_integer(owner, "streaming_chunk_size", self.streaming_chunk_size, minimum=1)
         check_integer(owner, "streaming_left_chunks", self.streaming_left_chunks, minimum=-1)
-        for name in ("apply_spec_augment", "ctc_zero_infinity", "causal_convolutions", "dynamic_chunk_training"):
+        flags = ("apply_spec_augment", "ctc_zero_infinity", "causal_convolutions", "chunk_convolutions")
+        for name in (*flags, "dynamic_chunk_training"):
             check_flag(owner, name, getattr(self, name))
+        if self.causal_convolutions and self.chunk_convolutions:
+            raise ValueError(
+                "EBranchformerConfig: causal_convolutions and chunk_convolutions are two ways to stream; set one"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"EBranchformerConfig: hidden_size ({self.hidden_size}) must be divisible by "
@@ -251,9 +263,15 @@ class EBranchformerConfig(PretrainedConfig):
 
     @property
     def is_streaming(self) -> bool:
-        """Whether the model can recognise chunk by chunk: causal convolutions, and attention trained or set to
-        work in chunks."""
-        return self.causal_convolutions and (self.dynamic_chunk_training or self.streaming_chunk_size is not None)
+        """Whether the model can recognise chunk by chunk: convolutions that do not see past a chunk (causal or
+        chunk convolutions), and attention trained or set to work in chunks."""
+        convolutions = self.causal_convolutions or self.chunk_convolutions
+        return convolutions and (self.dynamic_chunk_training or self.streaming_chunk_size is not None)
+
+    @property
+    def convolution_context(self) -> str:
+        """What the depthwise convolutions see: "full" (a centred window), "causal" or "chunk"."""
+        return "causal" if self.causal_convolutions else "chunk" if self.chunk_convolutions else "full"
 
     @property
     def inputs_to_logits_ratio(self) -> int:

@@ -179,26 +179,48 @@ class EBranchformerSelfAttention(nn.Module):
 
 
 def masked_depthwise_conv(
-    conv: nn.Conv1d, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None, causal=False, past=None
+    conv: nn.Conv1d, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None, context="full", past=None, chunk=None
 ):
     """Depthwise convolution over time of (B, T, C). Padded frames are zeroed first so they cannot leak
-    into real ones: a padded batch then gives each utterance the result it gets alone. `causal`: the window
-    ends at the current frame, its `kernel - 1` frames of left context being zeros at the start or, for a
-    stream, `past` (the input frames before this chunk)."""
+    into real ones: a padded batch then gives each utterance the result it gets alone. `context`
+    (`EBranchformerConfig.convolution_context`): "full", the window centred on the frame; "causal", the window ends
+    at the frame, its `kernel - 1` frames of left context being zeros at the start or, for a stream, `past` (the
+    input frames before this chunk); "chunk", centred but blind past the end of the frame's attention chunk of
+    `chunk` frames (None: full context), or, for a stream, the input is one chunk and `past` the half kernel
+    before it."""
     if frame_mask is not None:
         hidden_states = hidden_states * frame_mask
-    padding = conv.padding[0]
-    if causal:
-        if past is None:
-            past = hidden_states.new_zeros(hidden_states.shape[0], conv.kernel_size[0] - 1, hidden_states.shape[2])
-        hidden_states, padding = torch.cat([past, hidden_states], dim=1), 0
+    half = conv.padding[0]
+    if context == "chunk" and past is None and chunk is not None:
+        return chunk_depthwise_conv(conv, hidden_states, chunk)
+    if past is None and context == "causal":
+        past = hidden_states.new_zeros(hidden_states.shape[0], 2 * half, hidden_states.shape[2])
+    if past is not None:  # a stream's chunk (or a causal window): left context given, and zeros after a chunk
+        after = [hidden_states.new_zeros(hidden_states.shape[0], half, hidden_states.shape[2])] * (context == "chunk")
+        hidden_states, half = torch.cat([past, hidden_states, *after], dim=1), 0
     # The same convolution as conv(x), run as a 2-D one over (B, C, 1, T): on CPU oneDNN's depthwise
     # conv2d kernel is 3x (training) to 50x (inference) faster than its conv1d path; results are identical.
     weight = conv.weight.unsqueeze(2)
     output = F.conv2d(
-        hidden_states.transpose(1, 2).unsqueeze(2), weight, conv.bias, padding=(0, padding), groups=conv.groups
+        hidden_states.transpose(1, 2).unsqueeze(2), weight, conv.bias, padding=(0, half), groups=conv.groups
     )
     return output.squeeze(2).transpose(1, 2)
+
+
+def chunk_depthwise_conv(conv: nn.Conv1d, hidden_states: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The dynamic chunk convolution over (B, T, C): every chunk of `chunk` frames convolved with the half kernel
+    of frames before it and zeros after it, as a stream computes it chunk by chunk. The chunks become a batch of
+    windows `chunk + kernel - 1` long (a copy that much larger than the input), gathered by index (which the ONNX
+    exporter follows for any length, where it cannot follow `unfold`)."""
+    batch, steps, channels = hidden_states.shape
+    half, count = conv.padding[0], (steps + chunk - 1) // chunk
+    padded = F.pad(hidden_states, (0, 0, half, count * chunk - steps))  # (B, half + count * chunk, C)
+    starts = torch.arange(count, device=hidden_states.device) * chunk
+    index = starts[:, None] + torch.arange(chunk + half, device=hidden_states.device)  # the half kernel, the chunk
+    windows = F.pad(padded[:, index], (0, 0, 0, half))  # (B, count, chunk + 2 * half, C): zeros after the chunk
+    windows = windows.reshape(-1, chunk + 2 * half, channels).transpose(1, 2).unsqueeze(2)
+    output = F.conv2d(windows, conv.weight.unsqueeze(2), conv.bias, groups=conv.groups)  # (B * count, C, 1, chunk)
+    return output.reshape(batch, -1, channels, chunk).transpose(2, 3).reshape(batch, -1, channels)[:, :steps]
 
 
 class EBranchformerCSGUConv(nn.Conv1d):
@@ -215,14 +237,14 @@ class EBranchformerCSGU(nn.Module):
         kernel = config.cgmlp_conv_kernel_size
         self.norm = nn.LayerNorm(channels, eps=config.layer_norm_eps)
         self.conv = EBranchformerCSGUConv(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels)
-        self.causal = config.causal_convolutions
+        self.context = config.convolution_context
         self.dropout = EBranchformerDropout(config.dropout)
 
-    def forward(self, hidden_states, frame_mask, cache=None):
+    def forward(self, hidden_states, frame_mask, cache=None, chunk=None):
         value, gate = hidden_states.chunk(2, dim=-1)
         gate = self.norm(gate)
         past = cache.convolve("gate", gate) if cache is not None else None
-        gate = masked_depthwise_conv(self.conv, gate, frame_mask, self.causal, past)
+        gate = masked_depthwise_conv(self.conv, gate, frame_mask, self.context, past, chunk)
         return self.dropout(value * gate)
 
 
@@ -235,8 +257,8 @@ class EBranchformerCgMLP(nn.Module):
         self.csgu = EBranchformerCSGU(config)
         self.channel_proj2 = nn.Linear(config.cgmlp_intermediate_size // 2, config.hidden_size)
 
-    def forward(self, hidden_states, frame_mask, cache=None):
-        return self.channel_proj2(self.csgu(F.gelu(self.channel_proj1(hidden_states)), frame_mask, cache))
+    def forward(self, hidden_states, frame_mask, cache=None, chunk=None):
+        return self.channel_proj2(self.csgu(F.gelu(self.channel_proj1(hidden_states)), frame_mask, cache, chunk))
 
 
 class EBranchformerMerge(nn.Module):
@@ -247,13 +269,14 @@ class EBranchformerMerge(nn.Module):
         channels = 2 * config.hidden_size
         kernel = config.merge_conv_kernel_size
         self.depthwise_conv = nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels)
-        self.causal = config.causal_convolutions
+        self.context = config.convolution_context
         self.proj = nn.Linear(channels, config.hidden_size)
 
-    def forward(self, global_branch, local_branch, frame_mask, cache=None):
+    def forward(self, global_branch, local_branch, frame_mask, cache=None, chunk=None):
         merged = torch.cat([global_branch, local_branch], dim=-1)
         past = cache.convolve("merge", merged) if cache is not None else None
-        return self.proj(merged + masked_depthwise_conv(self.depthwise_conv, merged, frame_mask, self.causal, past))
+        convolved = masked_depthwise_conv(self.depthwise_conv, merged, frame_mask, self.context, past, chunk)
+        return self.proj(merged + convolved)
 
 
 class EBranchformerLayer(GradientCheckpointingLayer):
@@ -272,15 +295,18 @@ class EBranchformerLayer(GradientCheckpointingLayer):
         self.norm_final = nn.LayerNorm(config.hidden_size, eps=eps)
         self.dropout = EBranchformerDropout(config.dropout)
 
-    def forward(self, hidden_states, frame_mask=None, attention_mask=None, output_attentions=False, cache=None):
-        """`cache`: a stream's `EBranchformerLayerCache` when the input is the next chunk of a stream."""
+    def forward(
+        self, hidden_states, frame_mask=None, attention_mask=None, output_attentions=False, cache=None, chunk=None
+    ):
+        """`cache`: a stream's `EBranchformerLayerCache` when the input is the next chunk of a stream; `chunk`: the
+        attention chunk (in steps) of a forward over whole recordings, for chunk convolutions."""
         hidden_states = hidden_states + 0.5 * self.dropout(self.ffn1(self.norm_ffn1(hidden_states)))
 
         global_branch, attention = self.self_attn(
             self.norm_mha(hidden_states), attention_mask, output_attentions, cache
         )
-        local_branch = self.cgmlp(self.norm_mlp(hidden_states), frame_mask, cache)
-        merged = self.merge(self.dropout(global_branch), self.dropout(local_branch), frame_mask, cache)
+        local_branch = self.cgmlp(self.norm_mlp(hidden_states), frame_mask, cache, chunk)
+        merged = self.merge(self.dropout(global_branch), self.dropout(local_branch), frame_mask, cache, chunk)
         hidden_states = hidden_states + self.dropout(merged)
 
         hidden_states = hidden_states + 0.5 * self.dropout(self.ffn2(self.norm_ffn2(hidden_states)))
@@ -297,7 +323,8 @@ def chunk_attention_mask(steps: int, chunk_size: int, left_chunks: int, device) 
 
 class EBranchformerLayerCache:
     """One layer's state in a stream: the keys and values of the earlier chunks its attention may still see,
-    and the last `kernel - 1` inputs of each causal convolution. Modules read it and write its next value."""
+    and the last inputs of each convolution (`kernel - 1` of a causal one, half that of a chunk one). Modules read
+    it and write its next value."""
 
     def __init__(self, keys, values, gate, merge, max_keys: int | None):
         self.keys, self.values, self.gate, self.merge, self.max_keys = keys, values, gate, merge, max_keys
@@ -537,12 +564,13 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         if padded:
             valid = torch.arange(steps, device=hidden_states.device) < output_lengths[:, None]  # (B, T)
             frame_mask = valid[..., None].to(hidden_states.dtype)  # (B, T, 1) multiplies hidden states
-        attention_mask = self.layer_attention_mask(hidden_states, valid, output_attentions, self.attention_chunk(steps))
+        chunk = self.attention_chunk(steps)
+        attention_mask = self.layer_attention_mask(hidden_states, valid, output_attentions, chunk)
 
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, attention = layer(hidden_states, frame_mask, attention_mask, output_attentions)
+            hidden_states, attention = layer(hidden_states, frame_mask, attention_mask, output_attentions, chunk=chunk)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -601,10 +629,10 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         the config's `streaming_chunk_size`) with `left_chunks` earlier chunks of attention (default the
         config's). The convolutions' left context starts as the zeros the full forward pads with."""
         config = self.config
-        if not config.causal_convolutions:
+        if config.convolution_context == "full":
             raise ValueError(
-                "This model's convolutions look ahead (causal_convolutions=False): it cannot recognise chunk by "
-                "chunk; decode whole recordings, or train a streaming model (docs/streaming.md)"
+                "This model's convolutions look ahead (causal_convolutions and chunk_convolutions False): it cannot "
+                "recognise chunk by chunk; decode whole recordings, or train a streaming model (docs/streaming.md)"
             )
         chunk_size = chunk_size or config.streaming_chunk_size
         if chunk_size is None:
@@ -619,12 +647,13 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         # A bounded cache has its full size from the start, its slots masked until filled: every chunk step has the
         # same shapes, so streams at any point batch together and the step traces into one graph.
         max_keys = cached_keys(chunk_size, left_chunks)
+        look_back = 2 if config.causal_convolutions else 1  # frames of left context: kernel - 1, or half of that
         layers = [
             EBranchformerLayerCache(
                 zeros(heads, max_keys or 0, head_dim),
                 zeros(heads, max_keys or 0, head_dim),
-                zeros(config.cgmlp_conv_kernel_size - 1, config.cgmlp_intermediate_size // 2),
-                zeros(config.merge_conv_kernel_size - 1, 2 * config.hidden_size),
+                zeros(look_back * (config.cgmlp_conv_kernel_size // 2), config.cgmlp_intermediate_size // 2),
+                zeros(look_back * (config.merge_conv_kernel_size // 2), 2 * config.hidden_size),
                 max_keys,
             )
             for _ in range(config.num_hidden_layers)

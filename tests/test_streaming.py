@@ -13,15 +13,27 @@ from modeling_ebranchformer.modeling import EBranchformerStreamingCache, chunk_a
 CROWD = EMBEDDED_CORPUS / "test_opus" / "crowd"
 
 
-@pytest.fixture(scope="module")
-def streaming_model(tiny_config_values):
+def made_streaming(tiny_config_values, **fields):
     torch.manual_seed(0)
-    values = dict(tiny_config_values, causal_convolutions=True, max_position_embeddings=5000)
+    values = dict(tiny_config_values, max_position_embeddings=5000, **fields)
     model = EBranchformerForCTC(EBranchformerConfig(**values)).eval()
     with torch.no_grad():  # sharper attention than a fresh model's near-uniform one, so which keys it sees shows
         for layer in model.ebranchformer.layers:
             layer.self_attn.qkv_proj.weight.mul_(8.0)
     return model
+
+
+@pytest.fixture(scope="module")
+def streaming_model(tiny_config_values):
+    return made_streaming(tiny_config_values, causal_convolutions=True)
+
+
+@pytest.fixture(scope="module", params=["causal_convolutions", "chunk_convolutions"])
+def stepping_model(request, tiny_config_values, streaming_model):
+    """Each way a model streams: causal convolutions, or chunk convolutions (which see ahead to their chunk's end)."""
+    if request.param == "causal_convolutions":
+        return streaming_model
+    return made_streaming(tiny_config_values, chunk_convolutions=True)
 
 
 def stepped(model, features, chunk_size, left_chunks):
@@ -45,47 +57,64 @@ def chunked(model, features, chunk_size, left_chunks, attention_mask=None):
 
 @pytest.mark.parametrize("left_chunks", [-1, 2])
 @pytest.mark.parametrize("chunk_size", [4, 8, 16])
-def test_the_cached_step_equals_the_chunk_masked_forward_over_a_minute(streaming_model, chunk_size, left_chunks):
+def test_the_cached_step_equals_the_chunk_masked_forward_over_a_minute(stepping_model, chunk_size, left_chunks):
     features = torch.randn(1, 6001, 64, generator=torch.Generator().manual_seed(chunk_size))  # 60 s
-    full = chunked(streaming_model, features, chunk_size, left_chunks)
+    full = chunked(stepping_model, features, chunk_size, left_chunks)
     assert full.shape[1] == 1501
-    torch.testing.assert_close(stepped(streaming_model, features, chunk_size, left_chunks), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(stepped(stepping_model, features, chunk_size, left_chunks), full, atol=1e-5, rtol=0)
 
 
-def test_chunks_limit_what_a_frame_sees(streaming_model):
+def test_chunk_convolutions_at_full_context_are_the_course_convolutions(tiny_config_values):
+    """The same weights without chunk_convolutions give the same logits at full context: one model serves both."""
+    chunk = made_streaming(tiny_config_values, chunk_convolutions=True)
+    with torch.no_grad():  # convolutions that matter more than a fresh model's, so that what they see shows
+        for layer in chunk.ebranchformer.layers:
+            layer.merge.depthwise_conv.weight.mul_(10.0)
+            layer.cgmlp.csgu.conv.weight.mul_(10.0)
+    plain = EBranchformerForCTC(EBranchformerConfig(**dict(chunk.config.to_dict(), chunk_convolutions=False))).eval()
+    plain.load_state_dict(chunk.state_dict())
+    features = torch.randn(2, 300, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(chunk(features).logits, plain(features).logits, atol=1e-6, rtol=0)
+    assert (chunked(chunk, features, 8, -1) - chunked(plain, features, 8, -1)).abs().max() > 1e-4  # chunks differ
+    with pytest.raises(ValueError, match="two ways to stream; set one"):
+        EBranchformerConfig(causal_convolutions=True, chunk_convolutions=True)
+
+
+def test_chunks_limit_what_a_frame_sees(stepping_model):
     """Changing the audio after a chunk leaves that chunk's and earlier frames alone; the left context bounds
     how far back a frame looks; full context differs from chunks (the mask is real)."""
     features = torch.randn(1, 400, 64, generator=torch.Generator().manual_seed(0))
     later = features.clone()
     later[:, 160:] += 1.0  # from encoder step 40 = chunk 5 of 8 steps on
-    first, changed = chunked(streaming_model, features, 8, -1), chunked(streaming_model, later, 8, -1)
+    first, changed = chunked(stepping_model, features, 8, -1), chunked(stepping_model, later, 8, -1)
     torch.testing.assert_close(first[:, :40], changed[:, :40], atol=1e-6, rtol=0)
     assert (first[:, 40:] - changed[:, 40:]).abs().max() > 1e-2
-    assert (chunked(streaming_model, features, 8, -1) - chunked(streaming_model, features, None, -1)).abs().max() > 1e-3
+    assert (chunked(stepping_model, features, 8, -1) - chunked(stepping_model, features, None, -1)).abs().max() > 1e-3
     mask = chunk_attention_mask(12, 4, 1, "cpu")
     assert mask[11].tolist() == [False] * 4 + [True] * 8 and mask[4].tolist() == [True] * 8 + [False] * 4
 
 
-def test_padding_does_not_change_chunked_logits(streaming_model):
+def test_padding_does_not_change_chunked_logits(stepping_model):
     features = torch.randn(2, 320, 64, generator=torch.Generator().manual_seed(1))
     mask = torch.ones(2, 320, dtype=torch.long)
     mask[1, 200:] = 0
-    batch = chunked(streaming_model, features, 8, 2, mask)
-    alone = chunked(streaming_model, features[1:, :200], 8, 2)
+    batch = chunked(stepping_model, features, 8, 2, mask)
+    alone = chunked(stepping_model, features[1:, :200], 8, 2)
     torch.testing.assert_close(batch[1:, :50], alone, atol=1e-5, rtol=0)
 
 
-def test_streams_batched_at_different_points_equal_each_alone(streaming_model):
+def test_streams_batched_at_different_points_equal_each_alone(stepping_model):
     """Two streams, one 3 chunks ahead, stepped together from stacked caches: each gets what it gets alone."""
     a, b = (torch.randn(1, 480, 64, generator=torch.Generator().manual_seed(s)) for s in (2, 3))
-    alone_a, alone_b = stepped(streaming_model, a, 8, 2), stepped(streaming_model, b, 8, 2)
-    cache_a, cache_b = streaming_model.new_cache(1, 8, 2), streaming_model.new_cache(1, 8, 2)
+    alone_a, alone_b = stepped(stepping_model, a, 8, 2), stepped(stepping_model, b, 8, 2)
+    cache_a, cache_b = stepping_model.new_cache(1, 8, 2), stepping_model.new_cache(1, 8, 2)
     with torch.no_grad():
-        head = [streaming_model.stream_step(a[:, s : s + 32], cache_a) for s in range(0, 96, 32)]
+        head = [stepping_model.stream_step(a[:, s : s + 32], cache_a) for s in range(0, 96, 32)]
         together = []
         for s in range(0, 384, 32):
             cache = EBranchformerStreamingCache.stack([cache_a, cache_b])
-            logits = streaming_model.stream_step(torch.cat([a[:, 96 + s : 128 + s], b[:, s : s + 32]]), cache)
+            logits = stepping_model.stream_step(torch.cat([a[:, 96 + s : 128 + s], b[:, s : s + 32]]), cache)
             cache_a, cache_b = cache.split()
             together.append(logits)
     torch.testing.assert_close(torch.cat(head + [t[:1] for t in together], 1), alone_a, atol=1e-5, rtol=0)
@@ -123,10 +152,11 @@ def test_dynamic_chunk_training_trains_a_model_that_streams(train_args, tmp_path
 
 
 def test_a_model_with_look_ahead_convolutions_cannot_stream(tiny_config):
-    with pytest.raises(ValueError, match="causal_convolutions=False"):
+    with pytest.raises(ValueError, match="convolutions look ahead"):
         EBranchformerForCTC(tiny_config).new_cache()
     assert not tiny_config.is_streaming
     assert EBranchformerConfig(causal_convolutions=True, dynamic_chunk_training=True).is_streaming
+    assert EBranchformerConfig(chunk_convolutions=True, streaming_chunk_size=8).is_streaming
 
 
 def test_a_stream_longer_than_the_position_table_is_refused(tiny_config_values):
@@ -430,15 +460,21 @@ def test_the_onnx_chunk_step_equals_pytorchs_over_a_minute(streaming_export, wav
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("left_chunks", [1, 3])
-@pytest.mark.parametrize("chunk_size", [4, 8, 16])
-def test_the_onnx_chunk_step_equals_the_chunk_masked_forward(streaming_model, tmp_path, chunk_size, left_chunks):
-    """For three chunk sizes and two left contexts: ONNX Runtime stepping 60 s of features through the exported step
-    gives PyTorch's chunk-masked forward of the whole."""
+@pytest.mark.parametrize(
+    "chunk_size, left_chunks, convolutions",
+    [(c, left, "causal") for c in (4, 8, 16) for left in (1, 3)] + [(8, 2, "chunk")],
+)
+def test_the_onnx_chunk_step_equals_the_chunk_masked_forward(
+    streaming_model, tiny_config_values, tmp_path, chunk_size, left_chunks, convolutions
+):
+    """For three chunk sizes and two left contexts (and a model with chunk convolutions): ONNX Runtime stepping 60 s
+    of features through the exported step gives PyTorch's chunk-masked forward of the whole."""
     import onnxruntime as ort
 
     from ebranchformer_ru.onnx_export import STATE
 
+    if convolutions == "chunk":
+        streaming_model = made_streaming(tiny_config_values, chunk_convolutions=True)
     _, onnx, info = exported(tmp_path, streaming_model, chunk_size, left_chunks)
     session = ort.InferenceSession(str(onnx / "model.step.onnx"))
     state = {name: np.zeros(shape, dtype) for name, (shape, dtype) in info["streaming"]["state"].items()}
