@@ -9,7 +9,7 @@
     stream.partial()                            # {"start", "text"} of the segment under way
     stream.end(); recognize(model, [stream])    # the last chunk and the last segment
 
-A streaming model (`config.is_streaming`: causal convolutions and attention in chunks, `train_ctc.py --preset
+A streaming model (`config.is_streaming`: causal or chunk convolutions and attention in chunks, `train_ctc.py --preset
 streaming`) computes each chunk of audio once, keeping what later chunks need of it (`EBranchformerStreamingCache`):
 its frames equal the chunk-masked forward of the whole stream. Features are computed as their windows fill
 (`StreamingFeatures`, equal to the whole recording's), frames are decoded greedily as they come, and `Endpointing`
@@ -262,7 +262,7 @@ class ChunkModel:
 
 def cannot_stream(what) -> StreamingError:
     return StreamingError(
-        f"{what} cannot stream (it needs causal_convolutions and attention in chunks: train it with train_ctc.py "
+        f"{what} cannot stream (it needs causal or chunk convolutions and attention in chunks: train it with train_ctc.py "
         "--preset streaming); decode whole recordings with transcribe.py without --streaming"
     )
 

@@ -44,7 +44,7 @@ def workdir(tmp_path_factory):
     )
     model.save_pretrained(folder / "outputs" / "mini")
     EBranchformerProcessor().save_pretrained(folder / "outputs" / "mini")
-    model.config.update(dict(causal_convolutions=True, streaming_chunk_size=16, streaming_left_chunks=8))
+    model.config.update(dict(chunk_convolutions=True, streaming_chunk_size=16, streaming_left_chunks=8))
     model.save_pretrained(folder / "outputs" / "streaming")  # docs/streaming.md's streaming model
     EBranchformerProcessor().save_pretrained(folder / "outputs" / "streaming")
     speech, rate = sf.read(next((CORPUS / "test_opus" / "crowd").rglob("*.opus")), dtype="float32")

@@ -328,7 +328,7 @@ def test_streaming_options_are_checked(streaming_folder, tiny_model, waveforms, 
 
 
 def test_the_streaming_preset_is_the_main_jobs_model_made_streaming():
-    """`--preset streaming`: the mini preset's model and schedule, with causal convolutions, dynamic chunks and a
+    """`--preset streaming`: the mini preset's model and schedule, with chunk convolutions, dynamic chunks and a
     bounded left context; overrides set fields whose default is None (Transformers' update_from_string cannot)."""
     from ebranchformer_ru.training import load_preset, parse_overrides
 
@@ -338,9 +338,10 @@ def test_the_streaming_preset_is_the_main_jobs_model_made_streaming():
     }
     config = EBranchformerConfig(**parse_overrides(preset["config_overrides"]))
     assert config.is_streaming and config.streaming_chunk_size == 16 and config.streaming_left_chunks == 8
+    assert config.convolution_context == "chunk"
     assert parse_overrides("position_embedding_type=none") == {"position_embedding_type": "none"}  # a string field
     streaming, course = EBranchformerForCTC(config), EBranchformerForCTC(EBranchformerConfig())
-    assert streaming.num_parameters() == course.num_parameters()  # the same weights, used causally
+    assert streaming.num_parameters() == course.num_parameters()  # the same weights, used chunk by chunk
     assert parse_overrides("streaming_chunk_size=none,dropout=0.05") == {"streaming_chunk_size": None, "dropout": 0.05}
     with pytest.raises(ValueError, match="'chunk=4' is not field=value of a field"):
         parse_overrides("chunk=4")
