@@ -94,7 +94,8 @@ class VoiceActivity:
             stretch = np.zeros((parts, count * WINDOW), np.float32)
             for part in range(parts):
                 begin = (part * per_part + first) * WINDOW
-                piece = np.asarray(samples[max(0, begin) : min(begin + count * WINDOW, len(samples))], np.float32)
+                end = max(0, min(begin + count * WINDOW, len(samples)))  # a lead block may end before 0
+                piece = np.asarray(samples[max(0, begin) : end], np.float32)
                 at = max(0, -begin)  # the first part's lead lies before the recording: silence
                 stretch[part, at : at + len(piece)] = piece
             for index, window in enumerate(np.split(stretch, count, axis=1)):

@@ -210,8 +210,9 @@ def masked_depthwise_conv(
 def chunk_depthwise_conv(conv: nn.Conv1d, hidden_states: torch.Tensor, chunk: int) -> torch.Tensor:
     """The dynamic chunk convolution over (B, T, C): every chunk of `chunk` frames convolved with the half kernel
     of frames before it and zeros after it, as a stream computes it chunk by chunk. The chunks become a batch of
-    windows `chunk + kernel - 1` long (a copy that much larger than the input), gathered by index (which the ONNX
-    exporter follows for any length, where it cannot follow `unfold`)."""
+    windows `chunk + kernel - 1` long, gathered by index (which the ONNX exporter follows for any length, where it
+    cannot follow `unfold`): a copy (chunk + kernel - 1) / chunk times the input, kept for the backward pass, so the
+    smallest chunks of dynamic chunk training cost the most memory (31x at chunk 1 with the merge kernel of 31)."""
     batch, steps, channels = hidden_states.shape
     half, count = conv.padding[0], (steps + chunk - 1) // chunk
     padded = F.pad(hidden_states, (0, 0, half, count * chunk - steps))  # (B, half + count * chunk, C)
@@ -410,7 +411,8 @@ class EBranchformerStreamingCache:
 
     def tensors(self) -> dict:
         """The cache as stacked tensors: keys and values (layers, B, heads, keys, head_dim), the convolutions' inputs
-        gate_inputs (layers, B, kernel - 1, channels) and merge_inputs, key_mask (B, keys), offset (B,)."""
+        gate_inputs (layers, B, frames, channels; kernel - 1 frames, or half that for chunk convolutions) and
+        merge_inputs, key_mask (B, keys), offset (B,)."""
         return {
             "keys": torch.stack([layer.keys for layer in self.layers]),
             "values": torch.stack([layer.values for layer in self.layers]),

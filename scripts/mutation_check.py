@@ -42,14 +42,14 @@ MUTATIONS = [
     Mutation(
         "CSGU: no padding mask before its depthwise conv",
         EBRANCHFORMER,
-        "gate = masked_depthwise_conv(self.conv, gate, frame_mask, self.causal, past)",
-        "gate = masked_depthwise_conv(self.conv, gate, None, self.causal, past)",
+        "gate = masked_depthwise_conv(self.conv, gate, frame_mask, self.context, past, chunk)",
+        "gate = masked_depthwise_conv(self.conv, gate, None, self.context, past, chunk)",
     ),
     Mutation(
         "Merge: no padding mask before its depthwise conv",
         EBRANCHFORMER,
-        "masked_depthwise_conv(self.depthwise_conv, merged, frame_mask, self.causal, past)",
-        "masked_depthwise_conv(self.depthwise_conv, merged, None, self.causal, past)",
+        "masked_depthwise_conv(self.depthwise_conv, merged, frame_mask, self.context, past, chunk)",
+        "masked_depthwise_conv(self.depthwise_conv, merged, None, self.context, past, chunk)",
     ),
     Mutation(
         "SDPA: key padding mask ignored",

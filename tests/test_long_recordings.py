@@ -80,8 +80,11 @@ def test_a_recording_run_in_parts_is_not_cut_where_one_part_meets_the_next():
     start = boundary - len(speech) // 2
     samples = np.zeros(windows * vad.WINDOW, np.float32)
     samples[start : start + len(speech)] = speech
-    (segment,) = vad.VoiceActivity()(samples)
+    segmenter = vad.VoiceActivity()
+    (segment,) = segmenter(samples)
     assert segment[0] <= boundary - SECOND and boundary + SECOND <= segment[1]
+    short_blocks = segmenter.probabilities(samples, block_s=1.0)  # blocks shorter than the lead: the same
+    np.testing.assert_allclose(short_blocks, segmenter.probabilities(samples), atol=1e-5)
 
 
 def test_a_long_stretch_is_cut_at_its_longest_pause_and_a_pauseless_one_into_equal_parts():
