@@ -154,17 +154,20 @@ def parts_rows(times: dict, audio_seconds: float) -> tuple[list[list], float]:
     return rows, (rest + cost["model, float32"]) / (rest + cost["model, bfloat16"])
 
 
-def word_error_rates(backends: dict) -> dict:
-    """name -> {set: WER %} of greedy transcripts through the Transcriber."""
-    out = {}
+def word_error_rates(backends: dict) -> tuple[dict, dict]:
+    """(name -> {set: WER %}, name -> {set: % of words changed}) of greedy transcripts through the Transcriber; a
+    variant's words changed are the word error rate of its transcripts against float32's (0: the same words)."""
+    rates, changed, float32 = {}, {}, {}
     for name, backend in backends.items():
-        out[name] = {}
+        rates[name], changed[name] = {}, {}
         for set_name, manifest in SETS.items():
             entries = [entry for _, entry in read_manifest(manifest)]
             recordings = [AudioFile(audio_path(manifest, e["audio_filepath"])) for e in entries]
             texts = [r["text"] for r in Transcriber(backend).transcribe(recordings)]
-            out[name][set_name] = 100 * wer([normalize_text(e["text"]) for e in entries], texts)
-    return out
+            float32.setdefault(set_name, texts)
+            rates[name][set_name] = 100 * wer([normalize_text(e["text"]) for e in entries], texts)
+            changed[name][set_name] = 100 * wer(float32[set_name], texts)
+    return rates, changed
 
 
 def main():
@@ -199,10 +202,14 @@ def main():
         print(f"a served request's parts: the {audio_seconds:.0f} s of the embedded test files in batches of 16")
         print(table(["part", "ms a second of audio (median)", "spread"], rows))
         print(f"bf16 can speed up a server whose requests are these parts at most {bound:.2f}x (HTTP not counted)\n")
-        rates = word_error_rates(backends)
-        rows = [[name, *(f"{rates[name][s]:.2f} %" for s in SETS)] for name in backends]
-        print("WER on the embedded test sets (greedy, the Transcriber's batches)")
-        print(table(["variant", *SETS], rows))
+        rates, changed = word_error_rates(backends)
+        rows = [
+            [name, *(f"{rates[name][s]:.2f} %" for s in SETS), *(f"{changed[name][s]:.2f} %" for s in SETS)]
+            for name in backends
+        ]
+        print("WER on the embedded test sets (greedy, the Transcriber's batches), and the words that differ from")
+        print("float32's transcripts (their WER against float32's)")
+        print(table(["variant", *SETS, *(f"{s}: words changed" for s in SETS)], rows))
 
 
 if __name__ == "__main__":
