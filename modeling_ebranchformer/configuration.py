@@ -213,8 +213,14 @@ class EBranchformerConfig(PretrainedConfig):
         if self.streaming_chunk_size is not None:
             check_integer(owner, "streaming_chunk_size", self.streaming_chunk_size, minimum=1)
         check_integer(owner, "streaming_left_chunks", self.streaming_left_chunks, minimum=-1)
-        flags = ("apply_spec_augment", "ctc_zero_infinity", "causal_convolutions", "chunk_convolutions")
-        for name in (*flags, "dynamic_chunk_training"):
+        flags = (
+            "apply_spec_augment",
+            "ctc_zero_infinity",
+            "causal_convolutions",
+            "chunk_convolutions",
+            "dynamic_chunk_training",
+        )
+        for name in flags:
             check_flag(owner, name, getattr(self, name))
         if self.causal_convolutions and self.chunk_convolutions:
             raise ValueError(

@@ -195,9 +195,11 @@ def masked_depthwise_conv(
         return chunk_depthwise_conv(conv, hidden_states, chunk)
     if past is None and context == "causal":
         past = hidden_states.new_zeros(hidden_states.shape[0], 2 * half, hidden_states.shape[2])
-    if past is not None:  # a stream's chunk (or a causal window): left context given, and zeros after a chunk
-        after = [hidden_states.new_zeros(hidden_states.shape[0], half, hidden_states.shape[2])] * (context == "chunk")
-        hidden_states, half = torch.cat([past, hidden_states, *after], dim=1), 0
+    if past is not None:  # a stream's chunk (or a causal window): its left context given, and a chunk ends in zeros
+        parts = [past, hidden_states]
+        if context == "chunk":
+            parts.append(hidden_states.new_zeros(hidden_states.shape[0], half, hidden_states.shape[2]))
+        hidden_states, half = torch.cat(parts, dim=1), 0
     # The same convolution as conv(x), run as a 2-D one over (B, C, 1, T): on CPU oneDNN's depthwise
     # conv2d kernel is 3x (training) to 50x (inference) faster than its conv1d path; results are identical.
     weight = conv.weight.unsqueeze(2)
