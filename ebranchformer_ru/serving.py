@@ -205,11 +205,7 @@ class Batcher:
                 break
             if job is not None:
                 batch.append(job)
-        for job in batch:
-            if isinstance(job, StreamRound):
-                job.live.fail(WorkerFailed(self.failure))
-            else:
-                job.loop.call_soon_threadsafe(settle, job.future, None, WorkerFailed(self.failure))
+        fail_jobs(batch, WorkerFailed(self.failure))
 
     def take(self) -> list | None:
         """The next batch, or None to stop. Requests that queued while the model was busy run at once (waiting
@@ -255,11 +251,7 @@ class Batcher:
             self.process(batch)
         except Exception as error:
             log.error(f"a batch of {len(batch)} failed: {type(error).__name__}: {error}")
-            for job in batch:
-                if isinstance(job, StreamRound):
-                    job.live.fail(error)
-                else:
-                    job.loop.call_soon_threadsafe(settle, job.future, None, error)
+            fail_jobs(batch, error)
 
     def process(self, batch):
         """The batch through the transcriber's one batching: each request is answered as the forward pass that
@@ -310,6 +302,15 @@ class Arrival:
 
     def __exit__(self, *exc):
         self.end()
+
+
+def fail_jobs(jobs, error):
+    """Each request of `jobs` answered with `error`, and each round's live streams sent it."""
+    for job in jobs:
+        if isinstance(job, StreamRound):
+            job.live.fail(error)
+        else:
+            job.loop.call_soon_threadsafe(settle, job.future, None, error)
 
 
 def settle(future, result, failure):
