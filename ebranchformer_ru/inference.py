@@ -62,6 +62,16 @@ def choose_dtype(dtype: str, device: str = "cpu") -> str:
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 
+def cast_matmul_weights(model, dtype):
+    """Casts the weights of `model`'s linear and convolution layers to `dtype` once, where autocast would cast
+    them to it at every call: the outputs are the same, bit for bit. The norms and the rest keep float32."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
+            module.to(dtype)
+
+
 # ---------------------------------------------------------------------------------------------- backends
 
 
@@ -102,7 +112,10 @@ class TorchBackend:
             processor = load_processor(model_dir, trust_remote_code, language_model)
         except ModelLoadError as error:
             raise InferenceError(str(error)) from None
-        return cls(model, processor, device, dtype)
+        backend = cls(model, processor, device, dtype)
+        if backend.dtype == "bfloat16":  # the backend's own model, whose matrix products only ever run in bf16
+            cast_matmul_weights(model, torch.bfloat16)
+        return backend
 
     def __call__(self, waveforms):
         return self.run_features(self.features(waveforms))

@@ -281,7 +281,10 @@ class TorchSteps:
         self.position_limit = config.max_position_embeddings if sinusoidal else None
 
     def new_state(self):
-        return self.backend.model.new_cache(1, self.chunk_size, self.left_chunks)
+        import torch
+
+        dtype = torch.bfloat16 if self.backend.dtype == "bfloat16" else torch.float32
+        return self.backend.model.new_cache(1, self.chunk_size, self.left_chunks, dtype)
 
     def __call__(self, chunks, states):
         import torch

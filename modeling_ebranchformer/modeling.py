@@ -628,10 +628,12 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
             allow_is_bidirectional_skip=False,
         )
 
-    def new_cache(self, batch_size=1, chunk_size=None, left_chunks=None) -> EBranchformerStreamingCache:
+    def new_cache(self, batch_size=1, chunk_size=None, left_chunks=None, dtype=None) -> EBranchformerStreamingCache:
         """An empty cache for `batch_size` streams recognised in chunks of `chunk_size` encoder steps (default:
         the config's `streaming_chunk_size`) with `left_chunks` earlier chunks of attention (default the
-        config's). The convolutions' left context starts as the zeros the full forward pads with."""
+        config's). The convolutions' left context starts as the zeros the full forward pads with. `dtype`: that
+        of the keys, values and convolution inputs it keeps (default the parameters'); under bf16 autocast they
+        are computed in bfloat16, and a float32 cache would only hold them twice as large, to be cast back."""
         config = self.config
         if config.convolution_context == "full":
             raise ValueError(
@@ -646,7 +648,7 @@ class EBranchformerModel(EBranchformerPreTrainedModel):
         heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
 
         def zeros(*shape):
-            return torch.zeros(batch_size, *shape, dtype=parameter.dtype, device=parameter.device)
+            return torch.zeros(batch_size, *shape, dtype=dtype or parameter.dtype, device=parameter.device)
 
         # A bounded cache has its full size from the start, its slots masked until filled: every chunk step has the
         # same shapes, so streams at any point batch together and the step traces into one graph.
@@ -723,9 +725,9 @@ class EBranchformerForCTC(CTCGenerationMixin, EBranchformerPreTrainedModel):
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
-    def new_cache(self, batch_size=1, chunk_size=None, left_chunks=None) -> EBranchformerStreamingCache:
+    def new_cache(self, batch_size=1, chunk_size=None, left_chunks=None, dtype=None) -> EBranchformerStreamingCache:
         """See `EBranchformerModel.new_cache`."""
-        return self.ebranchformer.new_cache(batch_size, chunk_size, left_chunks)
+        return self.ebranchformer.new_cache(batch_size, chunk_size, left_chunks, dtype)
 
     def stream_step(self, input_features: torch.Tensor, cache: EBranchformerStreamingCache) -> torch.Tensor:
         """The CTC logits (B, steps, vocab) of the next chunk of B streams (`EBranchformerModel.stream_step`)."""

@@ -67,6 +67,22 @@ def test_bfloat16_log_probs_are_float32_close_to_float32s_and_padding_does_not_c
     assert max(np.abs(p - r).max() for p, r in zip(padded, reference)) > 0  # bf16 did run
 
 
+def test_a_bfloat16_backend_casts_its_matmul_weights_once_to_what_autocast_casts_them_to(tiny_model, waveforms):
+    from modeling_ebranchformer import EBranchformerForCTC
+
+    half = TorchBackend.from_folder(str(tiny_model), language_model=False, dtype="bfloat16")
+    autocast_only = TorchBackend(
+        EBranchformerForCTC.from_pretrained(tiny_model).eval(), half.processor, "cpu", "bfloat16"
+    )
+    layer = half.model.ebranchformer.layers[0]
+    assert (
+        layer.ffn1.linear1.weight.dtype == torch.bfloat16 and layer.merge.depthwise_conv.weight.dtype == torch.bfloat16
+    )
+    assert layer.norm_ffn1.weight.dtype == torch.float32  # the norms keep float32, as under autocast
+    for cast, casting in zip(half(waveforms), autocast_only(waveforms)):
+        np.testing.assert_array_equal(cast, casting)
+
+
 def test_the_log_softmax_and_the_ctc_loss_stay_float32_under_autocast(tiny_model):
     from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
 
