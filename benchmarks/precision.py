@@ -66,13 +66,21 @@ def variants(model_dir, onnx_dir, threads, compile_):
     return out
 
 
+SETTLE_S = 0.3
+
+
 def interleaved(functions: dict, rounds: int) -> dict:
-    """name -> the seconds of each round; one warm-up call each, then every function once per round."""
+    """name -> the seconds of each round; one warm-up call each, then every function once per round, each after a
+    pause of SETTLE_S. Without the pause a PyTorch call right after an ONNX Runtime one ran at about half its speed
+    (float32 at 1 x 10 s: 77 audio s/s against 144; with ONNX Runtime's threads not spinning, and with one thread,
+    the same; after a 0.3 s pause, 178 against 170), which had made float32, measured after the int8 export, look
+    twice as slow as it is."""
     for function in functions.values():
         function()
     times = {name: [] for name in functions}
     for _ in range(rounds):
         for name, function in functions.items():
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             function()
             times[name].append(time.perf_counter() - start)

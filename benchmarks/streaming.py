@@ -9,8 +9,10 @@ and the latency of live streams served by `serve.py --streaming` at 1 to 128 con
 3. Live streams: `serve.py STREAMING_MODEL --streaming --threads 2` in a process of its own; N clients each stream
    --stream_s seconds of the embedded crowd recordings (with 1 s pauses between them) in real time, 0.1 s a
    message: partials received, their lag behind the audio (arrival - start - the audio they cover), the delay of
-   each segment behind its endpoint (arrival - start - the stream time at which the endpoint rule fired), and the
-   final transcript's delay after the end of the audio.
+   each segment behind the end of the chunk in which its endpoint fell (the first moment the server can know of
+   it: the rules are read on the model's frames, which come a chunk at a time) and behind the endpoint itself (the
+   stream time at which the endpoint rule fired, so up to a chunk earlier), and the final transcript's delay after
+   the end of the audio.
 
     python benchmarks/streaming.py outputs/streaming --full_model outputs/mini
     python benchmarks/streaming.py outputs/streaming --streams 1 4 --stream_s 10 --skip_wer   # smoke run
@@ -21,6 +23,7 @@ Run it alone: the figures are this machine's (its CPU is printed), and the clien
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -75,10 +78,11 @@ def recording(seconds) -> np.ndarray:
 
 
 def step_costs(folder, rounds) -> str:
-    """Median time of the chunk steps in the 1st and the 60th second of one stream."""
+    """Median time of the chunk steps in the 1st and the 60th second of one stream (after a stream that warms the
+    model up: the first calls of a process are slower)."""
     model = ChunkModel(TorchBackend.from_folder(folder, threads=2))
     samples, per_second = recording(60), []
-    for _ in range(rounds):
+    for _ in range(rounds + 1):
         stream, times = model.stream(Endpointing()), []
         stream.accept(samples)
         stream.end()
@@ -88,8 +92,8 @@ def step_costs(folder, rounds) -> str:
             times.append(time.perf_counter() - began)
         steps = len(times) / 60
         per_second.append((times[: int(steps)], times[-int(steps) :]))
-    first = statistics.median(t for f, _ in per_second for t in f)
-    last = statistics.median(t for _, later in per_second for t in later)
+    first = statistics.median(t for f, _ in per_second[1:] for t in f)
+    last = statistics.median(t for _, later in per_second[1:] for t in later)
     chunk_ms = round(model.chunk_size * model.frame_seconds * 1000)
     return table(
         ["chunk", "step at 0-1 s", "step at 59-60 s", "ratio"],
@@ -110,12 +114,12 @@ def serve(folder, port, dtype):
     raise SystemExit(f"serve.py {folder} --streaming did not start")
 
 
-def live(port, samples, start_at) -> dict:
+def live(port, samples, start_at, chunk_s) -> dict:
     """One real-time stream; what its client measured."""
     from websockets.sync.client import connect
 
     pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()
-    lags, delays, final = [], [], {}
+    lags, delays, after_chunk, final = [], [], [], {}
     with connect(f"ws://127.0.0.1:{port}/v1/audio/stream", open_timeout=60, max_size=None) as ws:
         time.sleep(max(0.0, start_at - time.monotonic()))
         begun = time.monotonic()
@@ -127,6 +131,7 @@ def live(port, samples, start_at) -> dict:
                     lags.append(now - begun - event["duration"])
                 elif event["type"] == "segment":
                     delays.append(now - begun - event["endpoint"])
+                    after_chunk.append(now - begun - math.ceil(event["endpoint"] / chunk_s - 1e-6) * chunk_s)
                 else:
                     final.update(event, received=now)
                     return
@@ -138,7 +143,13 @@ def live(port, samples, start_at) -> dict:
         ended = time.monotonic()
         ws.send(json.dumps({"type": "end"}))
         reader.result()
-    return {"lags": lags, "delays": delays, "final_delay": final["received"] - ended, "type": final["type"]}
+    return {
+        "lags": lags,
+        "delays": delays,
+        "after_chunk": after_chunk,
+        "final_delay": final["received"] - ended,
+        "type": final["type"],
+    }
 
 
 def latency_table(folder, counts, seconds, dtypes) -> str:
@@ -151,6 +162,7 @@ def latency_table(folder, counts, seconds, dtypes) -> str:
             "--dtype",
             "partials",
             "partial lag p50 / p95",
+            "segment after its endpoint's chunk p50 / p95",
             "segment after its endpoint p50 / p95 / max",
             "final after the end of audio p50 / max",
             "errors",
@@ -161,21 +173,26 @@ def latency_table(folder, counts, seconds, dtypes) -> str:
 
 def latency_rows(folder, port, samples, counts, seconds, dtype) -> list[list]:
     rows, server = [], serve(folder, port, dtype)
+    chunk_s = requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["streaming"]["chunk_ms"] / 1000
     try:
         for count in counts:
             start_at = [time.monotonic() + 2.0] * count  # every client connected before the audio starts
             with ThreadPoolExecutor(count) as pool:
-                results = list(pool.map(live, [port] * count, [samples] * count, start_at))
+                results = list(pool.map(live, [port] * count, [samples] * count, start_at, [chunk_s] * count))
             lags = [lag for r in results for lag in r["lags"]]
             delays = [d for r in results for d in r["delays"]]
+            after_chunk = [d for r in results for d in r["after_chunk"]]
             finals = [r["final_delay"] for r in results]
-            expected = count * seconds / 0.64  # one partial per 640 ms chunk
+            expected = count * seconds / chunk_s  # one partial per chunk
             rows.append(
                 [
                     count,
                     dtype,
                     f"{len(lags):,} of ~{expected:,.0f}",
                     f"{np.percentile(lags, 50):.2f} / {np.percentile(lags, 95):.2f} s",
+                    f"{np.percentile(after_chunk, 50):.2f} / {np.percentile(after_chunk, 95):.2f} s"
+                    if after_chunk
+                    else "-",
                     f"{np.percentile(delays, 50):.2f} / {np.percentile(delays, 95):.2f} / {max(delays):.2f} s"
                     if delays
                     else "-",
