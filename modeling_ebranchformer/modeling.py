@@ -333,15 +333,20 @@ class EBranchformerLayerCache:
         self.keys, self.values, self.gate, self.merge, self.max_keys = keys, values, gate, merge, max_keys
 
     def attend(self, key, value):
-        """The keys and values of the cache and the chunk, for the chunk's attention; keeps the last `max_keys`."""
-        key, value = torch.cat([self.keys, key], dim=2), torch.cat([self.values, value], dim=2)
+        """The keys and values of the cache and the chunk, for the chunk's attention; keeps the last `max_keys`, in
+        the cache's dtype (under autocast the chunk's may differ: attention casts them all alike)."""
+        key, value = (
+            torch.cat([self.keys, key.to(self.keys.dtype)], 2),
+            torch.cat([self.values, value.to(self.values.dtype)], 2),
+        )
         self.keys, self.values = latest(key, self.max_keys, 2), latest(value, self.max_keys, 2)
         return key, value
 
     def convolve(self, name: str, inputs):
-        """The convolution `name`'s inputs before this chunk; keeps as many of the latest as it held."""
+        """The convolution `name`'s inputs before this chunk; keeps as many of the latest as it held, in its dtype
+        (under CUDA autocast the gate's norm gives float32; the convolution casts its input to bf16 all the same)."""
         past = getattr(self, name)
-        setattr(self, name, latest(torch.cat([past, inputs], dim=1), past.shape[1], 1))
+        setattr(self, name, latest(torch.cat([past, inputs.to(past.dtype)], dim=1), past.shape[1], 1))
         return past
 
 
