@@ -4,8 +4,9 @@ and the latency of live streams served by `serve.py --streaming` at 1 to 128 con
 1. WER on the embedded test sets (crowd, farfield, heldout_voice; 180 utterances) of STREAMING_MODEL at full context
    and with attention in chunks of --chunk_ms (greedy; the chunk-masked forward, which the cached chunk step
    equals within 1e-5, tests/test_streaming.py), beside --full_model (the main job's model) at full context.
-2. The cost of a chunk step at the 1st and the 60th second of one stream (the model alone, median of the steps of
-   that second over --rounds rounds): with attention to a bounded number of earlier chunks, they should be equal.
+2. The cost of a chunk step in the first and in the last second of a 60 s stream (the model alone, float32; median
+   of the full chunks' steps of that second over --rounds rounds, each after a warm-up): with attention to a bounded
+   number of earlier chunks, they should be equal.
 3. Live streams: `serve.py STREAMING_MODEL --streaming --threads 2` in a process of its own; N clients each stream
    --stream_s seconds of the embedded crowd recordings (with 1 s pauses between them) in real time, 0.1 s a
    message: partials received, their lag behind the audio (arrival - start - the audio they cover), the delay of
