@@ -264,6 +264,42 @@ def test_a_bfloat16_stream_keeps_its_cache_in_bfloat16_and_steps_as_autocast_doe
     np.testing.assert_array_equal(fed(half, samples), fed(reference, samples))
 
 
+def test_bfloat16_streams_stepped_together_get_what_each_gets_alone(streaming_folder, waveforms):
+    """bf16 caches stack and split as float32 ones do: two streams, one 1 s ahead, stepped in the same batches, each
+    within bf16's rounding of what it gets alone (a batch's matrix products round differently from one stream's)."""
+    from ebranchformer_ru.inference import TorchBackend
+    from ebranchformer_ru.streaming import ChunkModel, Endpointing, recognize
+
+    half = ChunkModel(TorchBackend.from_folder(str(streaming_folder), dtype="bfloat16"))
+    a, b = waveforms[0], waveforms[1]
+    alone = {"a": fed(half, a), "b": fed(half, b)}
+    streams, seen, sizes, step = {"a": half.stream(Endpointing()), "b": half.stream(Endpointing())}, {}, [], half.step
+
+    def spy(chunks, states):
+        names = [next(n for n, stream in streams.items() if stream.state is state) for state in states]
+        log_probs, states = step(chunks, states)
+        for name, frames in zip(names, log_probs):
+            seen.setdefault(name, []).append(frames)
+        sizes.append(len(chunks))
+        return log_probs, states
+
+    half.step = spy
+    try:
+        streams["a"].accept(a[:16000])
+        for at in range(0, max(len(a) - 16000, len(b)), 1600):
+            streams["a"].accept(a[16000 + at : 17600 + at])
+            streams["b"].accept(b[at : at + 1600])
+            recognize(half, list(streams.values()))
+        for stream in streams.values():
+            stream.end()
+        recognize(half, list(streams.values()))
+    finally:
+        del half.step
+    assert max(sizes) == 2  # they did step together
+    for name in ("a", "b"):
+        np.testing.assert_allclose(np.concatenate(seen[name]), alone[name], atol=0.05, rtol=0)
+
+
 def rows(labels, vocabulary_size=34):
     """Log-probabilities whose argmax is each label."""
     log_probs = np.full((len(labels), vocabulary_size), -10.0, np.float32)
