@@ -14,6 +14,7 @@ dropped before decoding (as Transformers' ASR pipeline does), and pieces are bat
 imports neither torch nor transformers: the PyTorch backend imports them when it is made.
 """
 
+import contextlib
 import itertools
 import math
 import warnings
@@ -116,8 +117,25 @@ class TorchBackend:
             raise InferenceError(str(error)) from None
         backend = cls(model, processor, device, dtype)
         if backend.dtype == "bfloat16":  # the backend's own model, whose matrix products only ever run in bf16
-            cast_matmul_weights(model, torch.bfloat16)
+            cast_matmul_weights(model, backend.torch_dtype)
         return backend
+
+    @property
+    def torch_dtype(self):
+        """The torch dtype of the model's matrix products (`dtype`)."""
+        import torch
+
+        return torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+
+    @contextlib.contextmanager
+    def running(self):
+        """Where the model runs: inference mode, and in bfloat16 autocast, which computes the matrix products in
+        bf16 while the features, the masks and the log-softmax stay float32."""
+        import torch
+
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=self.dtype == "bfloat16"):
+            yield
 
     def __call__(self, waveforms):
         return self.run_features(self.features(waveforms))
@@ -130,14 +148,12 @@ class TorchBackend:
             return self.processor.feature_extractor(waveforms, sampling_rate=self.sampling_rate, return_tensors="pt")
 
     def run_features(self, inputs):
-        """Log-probabilities of `features`' output, one (frames, vocab) array per utterance, padding removed. In
-        bfloat16 the model's matrix products run under autocast; the features, the masks and the log-softmax stay
-        float32."""
+        """Log-probabilities of `features`' output, one (frames, vocab) array per utterance, padding removed
+        (`running`: in bfloat16 under autocast)."""
         import torch
 
         inputs = inputs.to(self.device)
-        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=self.dtype == "bfloat16"):
+        with self.running():
             logits = self.model(**inputs).logits
             log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
             lengths = self.model.get_output_lengths(inputs["attention_mask"].sum(-1)).cpu().numpy()

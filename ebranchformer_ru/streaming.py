@@ -281,10 +281,7 @@ class TorchSteps:
         self.position_limit = config.max_position_embeddings if sinusoidal else None
 
     def new_state(self):
-        import torch
-
-        dtype = torch.bfloat16 if self.backend.dtype == "bfloat16" else torch.float32
-        return self.backend.model.new_cache(1, self.chunk_size, self.left_chunks, dtype)
+        return self.backend.model.new_cache(1, self.chunk_size, self.left_chunks, self.backend.torch_dtype)
 
     def __call__(self, chunks, states):
         import torch
@@ -294,8 +291,7 @@ class TorchSteps:
         backend = self.backend
         cache = states[0] if len(states) == 1 else EBranchformerStreamingCache.stack(states)
         features = torch.from_numpy(np.stack(chunks)).to(backend.device)
-        device_type = "cuda" if backend.device.startswith("cuda") else "cpu"
-        with torch.inference_mode(), torch.autocast(device_type, torch.bfloat16, enabled=backend.dtype == "bfloat16"):
+        with backend.running():
             logits = backend.model.stream_step(features, cache)
             log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         return list(log_probs), [cache] if len(states) == 1 else cache.split()
