@@ -28,6 +28,7 @@ import logging
 import os
 import queue
 import re
+import socket
 import threading
 import time
 import unicodedata
@@ -74,6 +75,12 @@ FORWARD_COST_S = {"cpu": 4.0, "cuda": None}
 OPEN_PATHS = ("/health", "/")  # answered without an API key (the page then asks for one)
 ENDPOINTS = ("/v1/audio/transcriptions", "/v1/models", "/health", "/ready", "/metrics", "/", "/v1/audio/stream")
 RESERVED_FILES = 128  # open files kept for the process itself (model files, logs, pipes) below the connections
+# asyncio accepts up to ACCEPT_BATCH connections a turn of its loop, and one over the connection limit holds its file
+# for four turns (accepted, its transport made, seen, closed): 4 x 16 files within the reserve, so accept() never
+# meets the open-files limit (at 64, 1,021 of 1,024 files were open in the slow-header test). asyncio also gives its
+# batch to listen(), where it is the kernel's queue of connections not yet accepted: a queue of 16 dropped connections
+# whenever the loop was busy for a moment, so it is raised to uvicorn's default once listening.
+ACCEPT_BATCH, LISTEN_QUEUE = 16, 2048
 STREAM_FULL, GOING_AWAY = 1013, 1001  # WebSocket close codes: try again later; the server is stopping
 
 
@@ -1074,9 +1081,7 @@ def server(app, args):
         access_log=False,  # serving logs one line per request
         log_config=None,  # the command's logging (with its rate limit) for uvicorn's loggers too
         http=guarded_protocol(connections, args.read_timeout_s, lambda why: service.metrics.rejected.labels(why).inc()),
-        # asyncio accepts up to `backlog` connections at a time before any is seen (and closed, if over the limit):
-        # a backlog within the files kept in reserve never takes the last file (an accept() failure a connection).
-        backlog=RESERVED_FILES // 2,
+        backlog=ACCEPT_BATCH,  # the kernel's queue is raised to LISTEN_QUEUE once listening (Server.startup)
         timeout_keep_alive=args.keep_alive_s,
         timeout_graceful_shutdown=args.shutdown_timeout_s,
         ws_max_size=1 << 20,  # 32 s of PCM a message: a live stream's messages are a fraction of a second
@@ -1097,6 +1102,13 @@ if MISSING is None:
         def __init__(self, config, service, grace_s):
             super().__init__(config)
             self.service, self.grace_s = service, grace_s
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            for listening in self.servers:
+                for sock in listening.sockets:  # listen() again on a listening socket sets its queue's length
+                    with socket.fromfd(sock.fileno(), sock.family, sock.type) as same:
+                        same.listen(LISTEN_QUEUE)
 
         async def shutdown(self, sockets=None):
             for listening in self.servers:

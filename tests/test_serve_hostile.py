@@ -153,6 +153,26 @@ def test_slow_header_connections_do_not_take_the_server(tiny_model, tmp_path):
         assert "Traceback" not in server.log.read_text(errors="replace")
 
 
+@pytest.mark.slow
+def test_connections_wait_in_the_queue_while_the_server_is_stopped(tiny_model, tmp_path):
+    """200 connections made while the server process is stopped are all taken by the kernel's queue (asyncio's
+    accept batch of 16 must not be its length: connections beyond it were dropped, and the client waited a second or
+    more to try again), then all answered once it runs again."""
+    with Process(tiny_model, tmp_path) as server:
+        assert server.post().status_code == 200
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            waiting = [socket.create_connection(("127.0.0.1", server.port), timeout=0.5) for _ in range(200)]
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        for connection in waiting:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        for connection in waiting:
+            connection.settimeout(30)
+            assert connection.recv(64).startswith(b"HTTP/1.1 200")
+            connection.close()
+
+
 class Trickle:
     """A transcription upload over a raw socket, its body sent a byte a second by a thread until `close()`."""
 
