@@ -44,7 +44,7 @@ from .audio import LOUD, read_audio
 from .formats import cues, render
 from .inference import InferenceError, LMDecoder, Transcriber, load_backend, load_decoder
 from .itn import InverseNormalizer
-from .streaming import ChunkModel, Endpointing, StreamingError, recognize
+from .streaming import ChunkModel, Endpointing, StreamingError, accept_audio, recognize
 from .vad import VoiceActivity
 
 try:  # the `serve` extra; --help and the package import work without it
@@ -1344,13 +1344,21 @@ class LiveStreams:
         """On the model thread. A stream that is done (its final or its error sent) leaves the round."""
         self.queued = False
         entries = [entry for entry in self.entries if not entry.stream.finished]
+        heard, ending = [], []
         for entry in entries:
+            pieces, ended = [], entry.stream.ended
             while entry.inbox:
                 samples = entry.inbox.popleft()
-                if samples is None:
-                    entry.stream.end()
-                elif not entry.stream.ended:
-                    entry.stream.accept(samples)
+                ended |= samples is None
+                if not ended:
+                    pieces.append(samples)
+            if pieces:
+                heard.append((entry.stream, np.concatenate(pieces)))
+            if ended and not entry.stream.ended:
+                ending.append(entry.stream)
+        accept_audio(heard)  # every stream's new features at once: a call each took a fifth of a round at 128 streams
+        for stream in ending:
+            stream.end()
         finished = {id(stream): finals for stream, finals in recognize(self.model, [e.stream for e in entries])}
         for entry in entries:
             self.report(entry, finished.get(id(entry.stream), []))

@@ -43,15 +43,16 @@ class StreamingFeatures:
 
     def accept(self, samples) -> np.ndarray:
         """The frames completed by `samples` (frames, mel bins)."""
+        return accept_together([(self, samples)])[0]
+
+    def add(self, samples):
+        """`samples` join the signal waiting to be framed (`accept_together` frames it)."""
         samples = np.asarray(samples, np.float32).reshape(-1)
         self.samples += samples.size
         self.pending = np.concatenate([self.pending, samples])
-        if not self.started:
-            if self.pending.size <= self.half:  # reflecting needs more samples than the padding
-                return self._none()
+        if not self.started and self.pending.size > self.half:  # reflecting needs more samples than the padding
             self.pending = np.concatenate([self.pending[1 : self.half + 1][::-1], self.pending])
             self.started = True
-        return self._take()
 
     def finish(self) -> np.ndarray:
         """The last frames, those whose windows reach into the end's padding."""
@@ -61,13 +62,28 @@ class StreamingFeatures:
         return self._take(self.features.num_frames(self.samples) - self.frames_out)
 
     def _take(self, limit=None) -> np.ndarray:
-        frames = self.features.frames(self.pending)[:limit]
+        return self._taken(self.features.frames(self.pending)[:limit])
+
+    def _taken(self, frames) -> np.ndarray:
         self.pending = self.pending[len(frames) * self.hop :]
         self.frames_out += len(frames)
         return frames
 
     def _none(self) -> np.ndarray:
         return np.zeros((0, self.features.feature_size), np.float32)
+
+
+def accept_together(pairs: list) -> list[np.ndarray]:
+    """`StreamingFeatures.accept` of several streams' (features, samples) at once: their frames computed together
+    (`LogMelFeatures.frames_of`), each stream's own to float32 rounding (the mel product's kernel varies with its
+    rows: 5e-7 at most seen). A signal not started (shorter than the reflect
+    padding) is shorter than a window, so it gives no frames yet."""
+    for audio, samples in pairs:
+        audio.add(samples)
+    if not pairs:
+        return []
+    framed = pairs[0][0].features.frames_of([audio.pending for audio, _ in pairs])
+    return [audio._taken(frames) for (audio, _), frames in zip(pairs, framed)]
 
 
 @dataclass(frozen=True)
@@ -184,7 +200,7 @@ class Stream:
         self.state_start = 0  # the frame at which `state` began (`ChunkModel.renew`)
 
     def accept(self, samples):
-        self.waiting = np.concatenate([self.waiting, self.audio.accept(samples)])
+        accept_audio([(self, samples)])
 
     def end(self):
         """No more audio: the features of the end, and the last (shorter) chunk, are ready."""
@@ -258,6 +274,12 @@ class ChunkModel:
         longest = math.ceil(decoder.endpointing.max_segment_s / self.frame_seconds) + 2 * self.chunk_size
         if decoder.frames - stream.state_start > limit - longest:
             stream.state, stream.state_start = self.steps.new_state(), decoder.frames
+
+
+def accept_audio(pairs: list[tuple[Stream, np.ndarray]]):
+    """`Stream.accept` of several streams' audio, their features computed together (`accept_together`)."""
+    for (stream, _), frames in zip(pairs, accept_together([(stream.audio, samples) for stream, samples in pairs])):
+        stream.waiting = np.concatenate([stream.waiting, frames])
 
 
 def cannot_stream(what) -> StreamingError:

@@ -213,6 +213,27 @@ def test_streaming_features_equal_the_whole_recordings(waveforms):
         np.testing.assert_allclose(np.concatenate(pieces), features(samples), atol=1e-5, rtol=0)
 
 
+def test_streams_fed_together_get_the_features_each_gets_alone(waveforms):
+    """`accept_together` (a live round's streams framed in one FFT and one mel product) gives every stream the
+    frames of its whole recording, whatever the other streams bring: pieces of any size, none yet, a stream too
+    short to start, one that has ended."""
+    from ebranchformer_ru.onnx_runtime import LogMelFeatures
+    from ebranchformer_ru.streaming import StreamingFeatures, accept_together
+
+    features, rng = LogMelFeatures(), np.random.default_rng(1)
+    recordings = [waveforms[0], waveforms[0][:150], waveforms[0][:201], waveforms[1][:16123]]
+    streams, pieces, at = [StreamingFeatures(features) for _ in recordings], [[] for _ in recordings], [0] * 4
+    while any(a < len(r) for a, r in zip(at, recordings)):
+        sizes = [int(rng.choice([0, 1, 150, 1600, 4000])) for _ in recordings]
+        pairs = [(s, r[a : a + n]) for s, r, a, n in zip(streams, recordings, at, sizes)]
+        for frames, piece in zip(accept_together(pairs), pieces):
+            piece.append(frames)
+        at = [a + n for a, n in zip(at, sizes)]
+    for stream, piece, samples in zip(streams, pieces, recordings):
+        piece.append(stream.finish())
+        np.testing.assert_allclose(np.concatenate(piece), features(samples), atol=1e-5, rtol=0)
+
+
 def fed(chunk_model, samples, piece=1600):
     """The log-probabilities a stream gets for `samples` arriving `piece` samples at a time."""
     from ebranchformer_ru.streaming import Endpointing, recognize
