@@ -8,8 +8,8 @@ and the latency of live streams served by `serve.py --streaming` at 1 to 128 con
    of the full chunks' steps of that second over --rounds rounds, each after a warm-up): with attention to a bounded
    number of earlier chunks, they should be equal.
 3. Live streams: `serve.py STREAMING_MODEL --streaming --threads 2` in a process of its own; N clients each stream
-   --stream_s seconds of the embedded crowd recordings (with 1 s pauses between them) in real time, 0.1 s a
-   message: partials received, their lag behind the audio (arrival - start - the audio they cover), the delay of
+   --stream_s seconds of the embedded crowd recordings (with 1 s pauses between them; each client from its own
+   place in them, the places spread evenly) in real time, 0.1 s a message: partials received, their lag behind the audio (arrival - start - the audio they cover), the delay of
    each segment behind the end of the chunk in which its endpoint fell (the first moment the server can know of
    it: the rules are read on the model's frames, which come a chunk at a time) and behind the endpoint itself (the
    stream time at which the endpoint rule fired, so up to a chunk earlier), and the final transcript's delay after
@@ -23,6 +23,7 @@ Run it alone: the figures are this machine's (its CPU is printed), and the clien
 """
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -65,17 +66,17 @@ def wer_table(folder, chunks_ms, full_model=None) -> str:
     return table(["model", "attention", *SETS, "mean"], rows)
 
 
-def recording(seconds) -> np.ndarray:
-    """The embedded crowd recordings, 1 s of silence after each, to `seconds`."""
+@functools.cache
+def crowd_audio() -> np.ndarray:
+    """The embedded crowd recordings joined, 1 s of silence after each."""
     files = sorted((EMBEDDED_CORPUS / "test_opus" / "crowd" / "files").glob("*.opus"))
-    pieces, total = [], 0
-    for path in files:
-        samples = read_audio(path)
-        pieces += [samples, np.zeros(16000, np.float32)]
-        total += len(samples) + 16000
-        if total >= seconds * 16000:
-            break
-    return np.concatenate(pieces)[: int(seconds * 16000)]
+    return np.concatenate([piece for path in files for piece in (read_audio(path), np.zeros(16000, np.float32))])
+
+
+def recording(seconds, start=0.0) -> np.ndarray:
+    """`seconds` of `crowd_audio()` from `start` seconds into it, going round to its beginning at its end."""
+    audio = crowd_audio()
+    return np.resize(np.roll(audio, -int(start * 16000)), int(seconds * 16000))  # resize repeats it
 
 
 def step_costs(folder, rounds) -> str:
@@ -170,9 +171,9 @@ def live(port, samples, start_at, chunk_s) -> dict:
 
 
 def latency_table(folder, counts, seconds, dtypes) -> str:
-    samples, rows, port = recording(seconds), [], 18000 + int(time.time()) % 1000
+    rows, port = [], 18000 + int(time.time()) % 1000
     for dtype in dtypes:
-        rows += latency_rows(folder, port, samples, counts, seconds, dtype)
+        rows += latency_rows(folder, port, counts, seconds, dtype)
     return table(
         [
             "live streams",
@@ -188,14 +189,18 @@ def latency_table(folder, counts, seconds, dtypes) -> str:
     )
 
 
-def latency_rows(folder, port, samples, counts, seconds, dtype) -> list[list]:
+def latency_rows(folder, port, counts, seconds, dtype) -> list[list]:
+    """Each client streams its own stretch of `crowd_audio()`, the clients' starts spread evenly over it: speakers
+    apart pause apart (when every client sent the same audio, all their endpoints fell in the same chunk step)."""
     rows, server = [], serve(folder, port, dtype)
     try:
         chunk_s = requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["streaming"]["chunk_ms"] / 1000
         for count in counts:
+            spacing = len(crowd_audio()) / 16000 / count
+            audio = [recording(seconds, client * spacing) for client in range(count)]
             start_at = [time.monotonic() + 2.0] * count  # every client connected before the audio starts
             with ThreadPoolExecutor(count) as pool:
-                results = list(pool.map(live, [port] * count, [samples] * count, start_at, [chunk_s] * count))
+                results = list(pool.map(live, [port] * count, audio, start_at, [chunk_s] * count))
             lags = [lag for r in results for lag in r["lags"]]
             delays = [d for r in results for d in r["delays"]]
             after_chunk = [d for r in results for d in r["after_chunk"]]
