@@ -107,12 +107,14 @@ class LogMelFeatures:
     def frames_of(self, signals: list) -> list[np.ndarray]:
         """`frames` of each of several padded signals, computed together: one FFT and one mel product for the
         windows of all (a live round's streams each bring a few frames, and numpy's cost a call outweighed them)."""
+        if len(signals) < 2:  # one signal's windows stay a view (a whole recording's would be copied twice)
+            return [self.frames(signal) for signal in signals]
         windows = [self.windows(signal) for signal in signals]
         ends = np.cumsum([len(w) for w in windows])[:-1]
         return np.split(self.log_mel(np.concatenate(windows)), ends)
 
     def windows(self, padded: np.ndarray) -> np.ndarray:
-        """(frames, n_fft): the whole windows of a padded signal, every hop (a view)."""
+        """(frames, n_fft): the whole windows of a padded signal, every hop (a view of it)."""
         if padded.size < self.n_fft:
             return np.zeros((0, self.n_fft), np.float32)
         return np.lib.stride_tricks.sliding_window_view(padded, self.n_fft)[:: self.hop_length]

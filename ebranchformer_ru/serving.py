@@ -75,11 +75,12 @@ FORWARD_COST_S = {"cpu": 4.0, "cuda": None}
 OPEN_PATHS = ("/health", "/")  # answered without an API key (the page then asks for one)
 ENDPOINTS = ("/v1/audio/transcriptions", "/v1/models", "/health", "/ready", "/metrics", "/", "/v1/audio/stream")
 RESERVED_FILES = 128  # open files kept for the process itself (model files, logs, pipes) below the connections
-# asyncio accepts up to ACCEPT_BATCH connections a turn of its loop, and one over the connection limit holds its file
-# for four turns (accepted, its transport made, seen, closed): 4 x 16 files within the reserve, so accept() never
-# meets the open-files limit (at 64, 1,021 of 1,024 files were open in the slow-header test). asyncio also gives its
-# batch to listen(), where it is the kernel's queue of connections not yet accepted: a queue of 16 dropped connections
-# whenever the loop was busy for a moment, so it is raised to uvicorn's default once listening.
+# asyncio's loop (the server runs on it, not uvloop, which accepts all it can) accepts up to ACCEPT_BATCH connections
+# a turn, and one over the connection limit holds its file for four turns (accepted, its transport made, seen,
+# closed): 4 x 16 files within the reserve, so accept() never meets the open-files limit (at 64, 1,021 of 1,024 files
+# were open in the slow-header test). asyncio also gives its batch to listen(), where it is the kernel's queue of
+# connections not yet accepted: a queue of 16 dropped connections whenever the loop was busy for a moment, so it is
+# raised to uvicorn's default once listening (the kernel caps it at net.core.somaxconn, 4,096 on Linux 5.4 and later).
 ACCEPT_BATCH, LISTEN_QUEUE = 16, 2048
 STREAM_FULL, GOING_AWAY = 1013, 1001  # WebSocket close codes: try again later; the server is stopping
 
@@ -1081,6 +1082,7 @@ def server(app, args):
         access_log=False,  # serving logs one line per request
         log_config=None,  # the command's logging (with its rate limit) for uvicorn's loggers too
         http=guarded_protocol(connections, args.read_timeout_s, lambda why: service.metrics.rejected.labels(why).inc()),
+        loop="asyncio",  # see ACCEPT_BATCH
         backlog=ACCEPT_BATCH,  # the kernel's queue is raised to LISTEN_QUEUE once listening (Server.startup)
         timeout_keep_alive=args.keep_alive_s,
         timeout_graceful_shutdown=args.shutdown_timeout_s,
@@ -1299,6 +1301,18 @@ class StreamRound:
         self.live.round()
 
 
+def drain(inbox) -> tuple[list, bool]:
+    """Empties a live stream's `inbox`: its sample arrays up to the end marker (None), and whether it held one
+    (what follows the end is dropped)."""
+    pieces, ended = [], False
+    while inbox:
+        samples = inbox.popleft()
+        ended |= samples is None
+        if not ended:
+            pieces.append(samples)
+    return pieces, ended
+
+
 class LiveEntry:
     """One live stream as the model thread sees it: audio handed over by the event loop (`inbox`: sample arrays,
     None at the end), the `streaming.Stream`, its final segments so far, and where its events go."""
@@ -1343,20 +1357,16 @@ class LiveStreams:
     def round(self):
         """On the model thread. A stream that is done (its final or its error sent) leaves the round."""
         self.queued = False
-        entries = [entry for entry in self.entries if not entry.stream.finished]
-        heard, ending = [], []
+        # A copy of the set, taken at once: the event loop opens and closes streams while the round runs.
+        entries = [entry for entry in self.entries.copy() if not entry.stream.finished]
+        arrived, ending = [], []
         for entry in entries:
-            pieces, ended = [], entry.stream.ended
-            while entry.inbox:
-                samples = entry.inbox.popleft()
-                ended |= samples is None
-                if not ended:
-                    pieces.append(samples)
-            if pieces:
-                heard.append((entry.stream, np.concatenate(pieces)))
+            pieces, ended = drain(entry.inbox)
+            if pieces and not entry.stream.ended:
+                arrived.append((entry.stream, np.concatenate(pieces)))
             if ended and not entry.stream.ended:
                 ending.append(entry.stream)
-        accept_audio(heard)  # every stream's new features at once: a call each took a fifth of a round at 128 streams
+        accept_audio(arrived)  # every stream's new features at once: a call each was a fifth of a round, 128 streams
         for stream in ending:
             stream.end()
         finished = {id(stream): finals for stream, finals in recognize(self.model, [e.stream for e in entries])}

@@ -74,15 +74,13 @@ class StreamingFeatures:
 
 
 def accept_together(pairs: list) -> list[np.ndarray]:
-    """`StreamingFeatures.accept` of several streams' (features, samples) at once: their frames computed together
-    (`LogMelFeatures.frames_of`), each stream's own to float32 rounding (the mel product's kernel varies with its
-    rows: 5e-7 at most seen). A signal not started (shorter than the reflect
-    padding) is shorter than a window, so it gives no frames yet."""
+    """`StreamingFeatures.accept` of several streams' (features, samples) at once, each stream once and all with the
+    same `LogMelFeatures`: their frames computed together (`LogMelFeatures.frames_of`), each stream's own to float32
+    rounding (the mel product's kernel varies with its rows: 5e-7 at most seen). A signal not started (no longer
+    than the reflect padding) is shorter than a window: it gives no frames yet."""
     for audio, samples in pairs:
         audio.add(samples)
-    if not pairs:
-        return []
-    framed = pairs[0][0].features.frames_of([audio.pending for audio, _ in pairs])
+    framed = pairs[0][0].features.frames_of([audio.pending for audio, _ in pairs]) if pairs else []
     return [audio._taken(frames) for (audio, _), frames in zip(pairs, framed)]
 
 

@@ -2,6 +2,7 @@
 to transcribe.py's, dynamic batching under concurrent requests, limits and faults, live audio over the WebSocket,
 the page in a real headless browser, SIGTERM, the command line's exit statuses."""
 
+import collections
 import json
 import shutil
 import socket
@@ -42,6 +43,15 @@ def offline(model, path, tmp_path, suffix, *options):
     if suffix == ".jsonl":
         return json.loads(output.read_text(encoding="utf-8"))
     return output.read_text(encoding="utf-8")
+
+
+def test_a_live_round_takes_a_streams_audio_up_to_its_end_marker():
+    a, b, c = (np.full(3, value, np.float32) for value in (1, 2, 3))
+    inbox = collections.deque([a, b, None, c, None])
+    pieces, ended = serving.drain(inbox)
+    assert [p.tolist() for p in pieces] == [a.tolist(), b.tolist()] and ended and not inbox
+    assert serving.drain(collections.deque([c])) == ([c], False)
+    assert serving.drain(collections.deque()) == ([], False)
 
 
 def test_the_openai_client_gets_what_transcribe_py_gives(server, tiny_model, tmp_path):

@@ -215,8 +215,8 @@ def test_streaming_features_equal_the_whole_recordings(waveforms):
 
 def test_streams_fed_together_get_the_features_each_gets_alone(waveforms):
     """`accept_together` (a live round's streams framed in one FFT and one mel product) gives every stream the
-    frames of its whole recording, whatever the other streams bring: pieces of any size, none yet, a stream too
-    short to start, one that has ended."""
+    frames of its whole recording, whatever the other streams bring: pieces of any size, nothing, a stream too
+    short to start, streams that have run out of audio."""
     from ebranchformer_ru.onnx_runtime import LogMelFeatures
     from ebranchformer_ru.streaming import StreamingFeatures, accept_together
 
