@@ -9,11 +9,11 @@ and the latency of live streams served by `serve.py --streaming` at 1 to 128 con
    number of earlier chunks, they should be equal.
 3. Live streams: `serve.py STREAMING_MODEL --streaming --threads 2` in a process of its own; N clients each stream
    --stream_s seconds of the embedded crowd recordings (with 1 s pauses between them; each client from its own
-   place in them, the places spread evenly) in real time, 0.1 s a message: partials received, their lag behind the audio (arrival - start - the audio they cover), the delay of
-   each segment behind the end of the chunk in which its endpoint fell (the first moment the server can know of
-   it: the rules are read on the model's frames, which come a chunk at a time) and behind the endpoint itself (the
-   stream time at which the endpoint rule fired, so up to a chunk earlier), and the final transcript's delay after
-   the end of the audio.
+   place in them, the places spread evenly) in real time, 0.1 s a message: partials received, their lag behind the
+   audio (arrival - start - the audio they cover), the delay of each segment behind the end of the chunk in which
+   its endpoint fell (the first moment the server can know of it: the rules are read on the model's frames, which
+   come a chunk at a time) and behind the endpoint itself (the stream time at which the endpoint rule fired, so up
+   to a chunk earlier), and the final transcript's delay after the end of the audio.
 
     python benchmarks/streaming.py outputs/streaming --full_model outputs/mini
     python benchmarks/streaming.py outputs/streaming --streams 1 4 --stream_s 10 --skip_wer   # smoke run
@@ -131,11 +131,13 @@ def serve(folder, port, dtype):
     raise SystemExit(f"serve.py {folder} --streaming did not start")
 
 
-def live(port, samples, start_at, chunk_s) -> dict:
-    """One real-time stream; what its client measured."""
+def live(port, seconds, audio_start, start_at, chunk_s) -> dict:
+    """One real-time stream of `recording(seconds, audio_start)`; what its client measured."""
     from websockets.sync.client import connect
 
-    pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes()
+    samples = recording(seconds, audio_start)
+    pcm, end_s = np.clip(np.round(samples * 32768), -32768, 32767).astype("<i2").tobytes(), len(samples) / 16000
+    del samples  # 128 clients' float copies took 0.5 GB beside the server
     lags, delays, after_chunk, final = [], [], [], {}
     with connect(f"ws://127.0.0.1:{port}/v1/audio/stream", open_timeout=60, max_size=None) as ws:
         time.sleep(max(0.0, start_at - time.monotonic()))
@@ -149,7 +151,7 @@ def live(port, samples, start_at, chunk_s) -> dict:
                 elif event["type"] == "segment":
                     delays.append(now - begun - event["endpoint"])
                     endpoint_chunk_end = math.ceil(event["endpoint"] / chunk_s - 1e-6) * chunk_s
-                    after_chunk.append(now - begun - min(endpoint_chunk_end, len(samples) / 16000))
+                    after_chunk.append(now - begun - min(endpoint_chunk_end, end_s))
                 else:
                     final.update(event, received=now)
                     return
@@ -197,10 +199,10 @@ def latency_rows(folder, port, counts, seconds, dtype) -> list[list]:
         chunk_s = requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["streaming"]["chunk_ms"] / 1000
         for count in counts:
             spacing = len(crowd_audio()) / 16000 / count
-            audio = [recording(seconds, client * spacing) for client in range(count)]
+            starts = [client * spacing for client in range(count)]
             start_at = [time.monotonic() + 2.0] * count  # every client connected before the audio starts
             with ThreadPoolExecutor(count) as pool:
-                results = list(pool.map(live, [port] * count, audio, start_at, [chunk_s] * count))
+                results = list(pool.map(live, [port] * count, [seconds] * count, starts, start_at, [chunk_s] * count))
             lags = [lag for r in results for lag in r["lags"]]
             delays = [d for r in results for d in r["delays"]]
             after_chunk = [d for r in results for d in r["after_chunk"]]
