@@ -329,17 +329,23 @@ class EBranchformerLayerCache:
     and the last inputs of each convolution (`kernel - 1` of a causal one, half that of a chunk one). Modules read
     it and write its next value."""
 
-    def __init__(self, keys, values, gate, merge, max_keys: int | None):
+    def __init__(self, keys, values, gate, merge, max_keys: int | None, room=None):
         self.keys, self.values, self.gate, self.merge, self.max_keys = keys, values, gate, merge, max_keys
+        self.room = room  # None, or (keys, values) buffers that hold `keys` and `values` followed by free slots
 
     def attend(self, key, value):
         """The keys and values of the cache and the chunk, for the chunk's attention; keeps the last `max_keys`, in
-        the cache's dtype (under autocast the chunk's may differ: attention casts them all alike)."""
-        key, value = (
-            torch.cat([self.keys, key.to(self.keys.dtype)], 2),
-            torch.cat([self.values, value.to(self.values.dtype)], 2),
-        )
-        self.keys, self.values = latest(key, self.max_keys, 2), latest(value, self.max_keys, 2)
+        the cache's dtype (under autocast the chunk's may differ: attention casts them all alike). Where `stack`
+        left the chunk's slots free after the cached keys, they are filled in place: concatenating copied every
+        cached key again, which at 128 streams cost more than the attention itself."""
+        key, value = key.to(self.keys.dtype), value.to(self.values.dtype)
+        if self.room is not None and self.room[0].shape[2] == self.keys.shape[2] + key.shape[2]:
+            for buffer, new in zip(self.room, (key, value)):
+                buffer[:, :, self.keys.shape[2] :].copy_(new)
+            key, value = self.room
+        else:
+            key, value = torch.cat([self.keys, key], 2), torch.cat([self.values, value], 2)
+        self.keys, self.values, self.room = latest(key, self.max_keys, 2), latest(value, self.max_keys, 2), None
         return key, value
 
     def convolve(self, name: str, inputs):
@@ -390,28 +396,30 @@ class EBranchformerStreamingCache:
         """One cache for a batch of streams (of one chunk size and left context); shorter key caches are padded
         in front with masked slots."""
         first = caches[0]
-        keys = max(cache.key_mask.shape[1] for cache in caches)
+        slots = max(cache.key_mask.shape[1] for cache in caches)
 
-        def pad(tensor, dim):  # left-pad the key axis `dim` to `keys`
-            missing = keys - tensor.shape[dim]
+        def pad(tensor, dim):  # left-pad the key axis `dim` to `slots`
+            missing = slots - tensor.shape[dim]
             return (
                 tensor
                 if missing == 0
                 else torch.cat([tensor.new_zeros(*tensor.shape[:dim], missing, *tensor.shape[dim + 1 :]), tensor], dim)
             )
 
+        def with_room(tensors):  # stacked into a buffer with a chunk's free key slots after them (see `attend`)
+            buffer = tensors[0].new_empty(
+                len(tensors), tensors[0].shape[1], slots + first.chunk_size, tensors[0].shape[3]
+            )
+            return torch.cat(tensors, out=buffer[:, :, :slots]), buffer
+
         layers = []
         for i in range(len(first.layers)):
             rows = [cache.layers[i] for cache in caches]
-            layers.append(
-                EBranchformerLayerCache(
-                    torch.cat([pad(row.keys, 2) for row in rows]),
-                    torch.cat([pad(row.values, 2) for row in rows]),
-                    torch.cat([row.gate for row in rows]),
-                    torch.cat([row.merge for row in rows]),
-                    first.max_keys,
-                )
+            (keys, keys_room), (values, values_room) = (
+                with_room([pad(getattr(row, name), 2) for row in rows]) for name in ("keys", "values")
             )
+            gate, merge = torch.cat([row.gate for row in rows]), torch.cat([row.merge for row in rows])
+            layers.append(EBranchformerLayerCache(keys, values, gate, merge, first.max_keys, (keys_room, values_room)))
         key_mask = torch.cat([pad(cache.key_mask, 1) for cache in caches])
         offset = torch.cat([cache.offset for cache in caches])
         return cls(layers, key_mask, offset, first.chunk_size, first.left_chunks)
