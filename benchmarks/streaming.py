@@ -6,7 +6,8 @@ and the latency of live streams served by `serve.py --streaming` at 1 to 128 con
    equals within 1e-5, tests/test_streaming.py), beside --full_model (the main job's model) at full context.
 2. The cost of a chunk step in the first and in the last second of a 60 s stream (the model alone, float32; median
    of the full chunks' steps of that second over --rounds rounds, each after a warm-up): with attention to a bounded
-   number of earlier chunks, they should be equal.
+   number of earlier chunks, they should be equal. Then what a round of the server's model thread costs for the
+   largest of --streams when all of them have a chunk ready, for each of --dtypes (`round_costs`).
 3. Live streams: `serve.py STREAMING_MODEL --streaming --threads 2` in a process of its own; N clients each stream
    --stream_s seconds of the embedded crowd recordings (with 1 s pauses between them; each client from its own
    place in them, the places spread evenly) in real time, 0.1 s a message: partials received, their lag behind the
@@ -40,7 +41,7 @@ from common import ROOT, machine, table
 from ebranchformer_ru.audio import read_audio
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
 from ebranchformer_ru.inference import TorchBackend, Transcriber, decode_all, load_test_sets, set_log_probs
-from ebranchformer_ru.streaming import ChunkModel, Endpointing
+from ebranchformer_ru.streaming import ChunkModel, Endpointing, accept_audio, recognize
 
 SETS = ("crowd", "farfield", "heldout_voice")
 
@@ -116,6 +117,30 @@ def step_costs(folder, rounds) -> str:
             ]
         ],
     )
+
+
+def round_costs(folder, count, dtypes, rounds=20) -> str:
+    """What a round of the server's model thread costs with `count` live streams, each with its own audio, when every
+    one has its next chunk: their audio framed together and their chunks stepped together (`accept_audio`,
+    `recognize`: the caches stacked, the model, the decoding), as `LiveStreams.round` does. A partial's lag is at
+    least this. Median and spread over `rounds` rounds, after 5 to warm up."""
+    rows = []
+    for dtype in dtypes:
+        model = ChunkModel(TorchBackend.from_folder(folder, threads=2, dtype=dtype))
+        piece = model.chunk_frames * model.features.hop_length  # a chunk's samples
+        spacing = len(crowd_audio()) / 16000 / count
+        seconds = (rounds + 6) * piece / 16000
+        audio = [recording(seconds, stream * spacing) for stream in range(count)]
+        streams, times = [model.stream(Endpointing()) for _ in range(count)], []
+        for n in range(rounds + 5):
+            began = time.perf_counter()
+            accept_audio([(stream, samples[n * piece : (n + 1) * piece]) for stream, samples in zip(streams, audio)])
+            recognize(model, streams)
+            times.append(time.perf_counter() - began)
+        times = times[5:]
+        spread = f"{1000 * min(times):.0f}-{1000 * max(times):.0f} ms"
+        rows.append([count, dtype, f"{round(piece / 16)} ms", f"{1000 * statistics.median(times):.0f} ms", spread])
+    return table(["streams", "--dtype", "audio a round", "a round (median)", "spread"], rows)
 
 
 def serve(folder, port, dtype):
@@ -247,6 +272,7 @@ def main(argv=None):
     if not args.skip_wer:
         print(wer_table(args.model, args.chunk_ms, args.full_model))
     print(step_costs(args.model, args.rounds))
+    print(round_costs(args.model, max(args.streams), args.dtypes))
     print(latency_table(args.model, args.streams, args.stream_s, args.dtypes))
 
 
