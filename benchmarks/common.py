@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# A pause before each timed call of interleaved rounds: a PyTorch call right after an ONNX Runtime one ran at about
+# half its speed (precision.py's `interleaved` says what was measured); 0.3 s later it did not.
+SETTLE_S = 0.3
 
 
 def machine() -> str:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, machine, table
+from common import ROOT, SETTLE_S, machine, table
 
 from ebranchformer_ru.audio import AudioFile
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
@@ -40,9 +40,6 @@ TEST = EMBEDDED_CORPUS / "test_opus"
 SETS = {"crowd": TEST / "crowd" / "manifest.jsonl", "farfield": TEST / "farfield" / "manifest.jsonl"}
 SHAPES = {"1 x 10 s": (1, 10.0), "16 x 8 s": (16, 8.0)}
 VARIANTS = ["PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8", "PyTorch int8 (torch.ao dynamic)"]
-
-
-SETTLE_S = 0.3
 
 
 def manifest_entries(path):
@@ -211,7 +208,7 @@ def main(argv=None):
         times = {name: [] for name in variants}
         for _ in range(args.rounds):
             for name, v in variants.items():
-                time.sleep(SETTLE_S)  # precision.py's pause: a PyTorch call right after ONNX Runtime ran at half speed
+                time.sleep(SETTLE_S)
                 start = time.perf_counter()
                 v.forward(inputs[name])
                 times[name].append(time.perf_counter() - start)

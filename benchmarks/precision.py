@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import machine, table
+from common import SETTLE_S, machine, table
 
 from ebranchformer_ru.audio import AudioFile, read_audio
 from ebranchformer_ru.golos import EMBEDDED_CORPUS
@@ -64,9 +64,6 @@ def variants(model_dir, onnx_dir, threads, compile_):
     out["ONNX float32"] = OnnxBackend(onnx_dir, threads=threads)
     out["ONNX int8"] = OnnxBackend(onnx_dir, threads=threads, quantized=True)
     return out
-
-
-SETTLE_S = 0.3
 
 
 def interleaved(functions: dict, rounds: int) -> dict:

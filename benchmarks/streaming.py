@@ -74,6 +74,12 @@ def crowd_audio() -> np.ndarray:
     return np.concatenate([piece for path in files for piece in (read_audio(path), np.zeros(16000, np.float32))])
 
 
+def client_starts(count) -> list[float]:
+    """Where in `crowd_audio()` each of `count` live streams starts, spread evenly: speakers apart pause apart (when
+    every client sent the same audio, all their endpoints fell in the same chunk step)."""
+    return [stream * len(crowd_audio()) / 16000 / count for stream in range(count)]
+
+
 def recording(seconds, start=0.0) -> np.ndarray:
     """`seconds` of `crowd_audio()` from `start` seconds into it, going round to its beginning at its end."""
     audio = crowd_audio()
@@ -128,9 +134,8 @@ def round_costs(folder, count, dtypes, rounds=20) -> str:
     for dtype in dtypes:
         model = ChunkModel(TorchBackend.from_folder(folder, threads=2, dtype=dtype))
         piece = model.chunk_frames * model.features.hop_length  # a chunk's samples
-        spacing = len(crowd_audio()) / 16000 / count
         seconds = (rounds + 6) * piece / 16000
-        audio = [recording(seconds, stream * spacing) for stream in range(count)]
+        audio = [recording(seconds, start) for start in client_starts(count)]
         streams, times = [model.stream(Endpointing()) for _ in range(count)], []
         for n in range(rounds + 5):
             began = time.perf_counter()
@@ -217,14 +222,12 @@ def latency_table(folder, counts, seconds, dtypes) -> str:
 
 
 def latency_rows(folder, port, counts, seconds, dtype) -> list[list]:
-    """Each client streams its own stretch of `crowd_audio()`, the clients' starts spread evenly over it: speakers
-    apart pause apart (when every client sent the same audio, all their endpoints fell in the same chunk step)."""
+    """Each client streams its own stretch of `crowd_audio()` (`client_starts`)."""
     rows, server = [], serve(folder, port, dtype)
     try:
         chunk_s = requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["streaming"]["chunk_ms"] / 1000
         for count in counts:
-            spacing = len(crowd_audio()) / 16000 / count
-            starts = [client * spacing for client in range(count)]
+            starts = client_starts(count)
             start_at = [time.monotonic() + 2.0] * count  # every client connected before the audio starts
             with ThreadPoolExecutor(count) as pool:
                 results = list(pool.map(live, [port] * count, [seconds] * count, starts, start_at, [chunk_s] * count))
