@@ -67,12 +67,38 @@ def cast_matmul_weights(model, dtype):
     """Casts the weights of `model`'s linear and convolution layers to `dtype` once, where autocast would cast
     them to it at every call: the outputs are the same, bit for bit. The norms and the rest keep float32. The casts
     weigh most where the batches are small: with them (and a float32 cache), a round of 128 live streams' chunk
-    steps took 428 ms against 304 ms."""
+    steps took 428 ms against 304 ms. On a CPU whose oneDNN multiplies bf16, the linear layers also get their
+    weights laid out once for it (`pack_linear`)."""
     import torch
 
+    pack = (
+        dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
             module.to(dtype)
+        if pack and isinstance(module, torch.nn.Linear) and module.weight.device.type == "cpu":
+            module.forward = pack_linear(module)
+
+
+def pack_linear(linear):
+    """A forward for the bf16 `linear` (CPU) whose weight is reordered once into the blocked layout of oneDNN's
+    matrix kernels (AMX), as Inductor's freezing does, where `F.linear` reorders it at every call: the same values
+    bit for bit, each layer 1.1-1.8x faster at 16-8,000 rows, the main job's model 1.14x at one 10 s recording and
+    1.03x at 16 x 8 s (AMX Xeon, 2 cores). The input is cast to bf16 as autocast casts it. The reordered copy takes
+    as much memory as the bf16 weight it is made from."""
+    import torch
+
+    weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+    bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(hidden_states):
+        hidden_states = hidden_states.to(torch.bfloat16)
+        return torch.ops.mkldnn._linear_pointwise(hidden_states, weight, bias, "none", [], "")
+
+    return forward
 
 
 # ---------------------------------------------------------------------------------------------- backends

@@ -83,6 +83,32 @@ def test_a_bfloat16_backend_casts_its_matmul_weights_once_to_what_autocast_casts
         np.testing.assert_array_equal(cast, casting)
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16 kernels on this CPU")
+def test_a_bfloat16_cpu_backend_multiplies_by_linear_weights_packed_once_for_onednn(tiny_model, waveforms, tmp_path):
+    """The linear layers run oneDNN's kernel on weights it laid out at loading, not `addmm`, which lays the weight
+    out again at every call; the log-probabilities are autocast's, bit for bit (with non-zero biases: the tiny
+    model's start at zero)."""
+    from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
+
+    model = EBranchformerForCTC.from_pretrained(tiny_model)
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.bias, std=0.5)
+    model.save_pretrained(tmp_path)
+    EBranchformerProcessor.from_pretrained(tiny_model).save_pretrained(tmp_path)
+    half = TorchBackend.from_folder(str(tmp_path), language_model=False, dtype="bfloat16")
+    autocast_only = TorchBackend(
+        EBranchformerForCTC.from_pretrained(tmp_path).eval(), half.processor, "cpu", "bfloat16"
+    )
+    with torch.profiler.profile() as profile:
+        packed = half(waveforms)
+    ops = {event.name for event in profile.events()}
+    assert "mkldnn::_linear_pointwise" in ops and not ops & {"aten::addmm", "aten::linear"}  # (mm: the mel product)
+    for ours, autocasts in zip(packed, autocast_only(waveforms)):
+        np.testing.assert_array_equal(ours, autocasts)
+
+
 def test_the_log_softmax_and_the_ctc_loss_stay_float32_under_autocast(tiny_model):
     from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
 
