@@ -10,11 +10,13 @@ and the latency of live streams served by `serve.py --streaming` at 1 to 128 con
    largest of --streams when all of them have a chunk ready, for each of --dtypes (`round_costs`).
 3. Live streams: `serve.py STREAMING_MODEL --streaming --threads 2` in a process of its own; N clients each stream
    --stream_s seconds of the embedded crowd recordings (with 1 s pauses between them; each client from its own
-   place in them, the places spread evenly) in real time, 0.1 s a message: partials received, their lag behind the
-   audio (arrival - start - the audio they cover), the delay of each segment behind the end of the chunk in which
-   its endpoint fell (the first moment the server can know of it: the rules are read on the model's frames, which
-   come a chunk at a time) and behind the endpoint itself (the stream time at which the endpoint rule fired, so up
-   to a chunk earlier), and the final transcript's delay after the end of the audio.
+   place in them, the places spread evenly) in real time, 0.1 s a message, all from the same instant or spread evenly
+   over one chunk (--starts: together, the worst case, where every round steps every stream; spread, as independent
+   speakers would): partials received, their lag behind the audio (arrival - start - the audio they cover), the
+   delay of each segment behind the end of the chunk in which its endpoint fell (the first moment the server can
+   know of it: the rules are read on the model's frames, which come a chunk at a time) and behind the endpoint
+   itself (the stream time at which the endpoint rule fired, so up to a chunk earlier), and the final transcript's
+   delay after the end of the audio.
 
     python benchmarks/streaming.py outputs/streaming --full_model outputs/mini
     python benchmarks/streaming.py outputs/streaming --streams 1 4 --stream_s 10 --skip_wer   # smoke run
@@ -25,6 +27,7 @@ Run it alone: the figures are this machine's (its CPU is printed), and the clien
 
 import argparse
 import functools
+import itertools
 import json
 import math
 import statistics
@@ -202,14 +205,15 @@ def live(port, seconds, audio_start, start_at, chunk_s) -> dict:
     }
 
 
-def latency_table(folder, counts, seconds, dtypes) -> str:
+def latency_table(folder, counts, seconds, dtypes, starts) -> str:
     rows, port = [], 18000 + int(time.time()) % 1000
     for dtype in dtypes:
-        rows += latency_rows(folder, port, counts, seconds, dtype)
+        rows += latency_rows(folder, port, counts, seconds, dtype, starts)
     return table(
         [
             "live streams",
             "--dtype",
+            "starts",
             "partials",
             "partial lag p50 / p95",
             "segment after its endpoint's chunk p50 / p95",
@@ -221,16 +225,22 @@ def latency_table(folder, counts, seconds, dtypes) -> str:
     )
 
 
-def latency_rows(folder, port, counts, seconds, dtype) -> list[list]:
-    """Each client streams its own stretch of `crowd_audio()` (`client_starts`)."""
+def latency_rows(folder, port, counts, seconds, dtype, starts) -> list[list]:
+    """Each client streams its own stretch of `crowd_audio()` (`client_starts`), for each way of `starts`:
+    "together", every client's audio from the same instant, so that all the streams' chunks end at once and every
+    round of the server steps all of them (the worst case); "spread", client i's audio from i / N of a chunk later,
+    so that their chunks end spread evenly, as independent speakers' would."""
     rows, server = [], serve(folder, port, dtype)
     try:
         chunk_s = requests.get(f"http://127.0.0.1:{port}/health", timeout=5).json()["streaming"]["chunk_ms"] / 1000
-        for count in counts:
-            starts = client_starts(count)
-            start_at = [time.monotonic() + 2.0] * count  # every client connected before the audio starts
+        for count, way in itertools.product(counts, starts):
+            begin = time.monotonic() + 2.0  # every client connected before the audio starts
+            start_at = [begin + (chunk_s * i / count if way == "spread" else 0.0) for i in range(count)]
+            audio_starts = client_starts(count)
             with ThreadPoolExecutor(count) as pool:
-                results = list(pool.map(live, [port] * count, [seconds] * count, starts, start_at, [chunk_s] * count))
+                results = list(
+                    pool.map(live, [port] * count, [seconds] * count, audio_starts, start_at, [chunk_s] * count)
+                )
             lags = [lag for r in results for lag in r["lags"]]
             delays = [d for r in results for d in r["delays"]]
             after_chunk = [d for r in results for d in r["after_chunk"]]
@@ -240,6 +250,7 @@ def latency_rows(folder, port, counts, seconds, dtype) -> list[list]:
                 [
                     count,
                     dtype,
+                    way,
                     f"{len(lags):,} of ~{expected:,.0f}",
                     f"{np.percentile(lags, 50):.2f} / {np.percentile(lags, 95):.2f} s",
                     f"{np.percentile(after_chunk, 50):.2f} / {np.percentile(after_chunk, 95):.2f} s"
@@ -270,13 +281,20 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip_wer", action="store_true")
     parser.add_argument("--dtypes", nargs="+", default=["float32"], help="the live streams' --dtype, one server each")
+    parser.add_argument(
+        "--starts",
+        nargs="+",
+        choices=("together", "spread"),
+        default=["together", "spread"],
+        help="the clients' audio from the same instant, or spread evenly over one chunk (latency_rows)",
+    )
     args = parser.parse_args(argv)
     print(machine())
     if not args.skip_wer:
         print(wer_table(args.model, args.chunk_ms, args.full_model))
     print(step_costs(args.model, args.rounds))
     print(round_costs(args.model, max(args.streams), args.dtypes))
-    print(latency_table(args.model, args.streams, args.stream_s, args.dtypes))
+    print(latency_table(args.model, args.streams, args.stream_s, args.dtypes, args.starts))
 
 
 if __name__ == "__main__":
