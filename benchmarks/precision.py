@@ -58,8 +58,10 @@ def variants(model_dir, onnx_dir, threads, compile_):
     if compile_:
         import torch
 
-        compiled = TorchBackend.from_folder(model_dir, threads=threads, language_model=False, dtype="bfloat16")
-        compiled.model = torch.compile(compiled.model, dynamic=True)
+        # float32 weights, which autocast casts inside the compiled graph: Inductor cannot trace the weights that a
+        # bf16 backend packs for oneDNN at loading (`inference.pack_linear`)
+        plain = TorchBackend.from_folder(model_dir, threads=threads, language_model=False)
+        compiled = TorchBackend(torch.compile(plain.model, dynamic=True), plain.processor, dtype="bfloat16")
         out["bfloat16 + torch.compile"] = compiled
     out["ONNX float32"] = OnnxBackend(onnx_dir, threads=threads)
     out["ONNX int8"] = OnnxBackend(onnx_dir, threads=threads, quantized=True)

@@ -88,7 +88,8 @@ def pack_linear(linear):
     matrix kernels (AMX), as Inductor's freezing does, where `F.linear` reorders it at every call: the same values
     bit for bit, each layer 1.1-1.8x faster at 16-8,000 rows, the main job's model 1.14x at one 10 s recording and
     1.03x at 16 x 8 s (AMX Xeon, 2 cores). The input is cast to bf16 as autocast casts it. The reordered copy takes
-    as much memory as the bf16 weight it is made from."""
+    as much memory as the bf16 weight it is made from. `torch.compile` cannot trace it: compile a model that is not
+    packed (Inductor packs weights itself with `freezing`)."""
     import torch
 
     weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
