@@ -118,7 +118,8 @@ def raise_own_open_files(count):
 @pytest.mark.slow
 def test_slow_header_connections_do_not_take_the_server(tiny_model, tmp_path):
     """1,100 connections each sending a header byte a second, against a process limited to 1,024 open files: real
-    requests are still answered within 2 s, and the log grows by less than 1 MB (no traceback per connection)."""
+    requests are still answered within 5 s (a taken server answers none, or after its 10 s head timeout), and the
+    log grows by less than 1 MB (no traceback per connection)."""
     raise_own_open_files(1400)
     with Process(tiny_model, tmp_path, open_files=1024) as server:
         assert server.post().status_code == 200
@@ -140,10 +141,10 @@ def test_slow_header_connections_do_not_take_the_server(tiny_model, tmp_path):
             time.sleep(1.0)
             for _ in range(3):
                 begun = time.monotonic()
-                assert requests.get(server.url + "/health", timeout=2).json() == {"status": "ok", "dtype": "float32"}
-                response = server.post(timeout=2)
+                assert requests.get(server.url + "/health", timeout=5).json() == {"status": "ok", "dtype": "float32"}
+                response = server.post(timeout=5)
                 assert response.status_code == 200 and response.json()["text"], response.text
-                assert time.monotonic() - begun < 2.0
+                assert time.monotonic() - begun < 5.0
         finally:
             stop.set()
             for connection in slow:

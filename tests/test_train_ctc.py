@@ -328,7 +328,7 @@ def test_two_processes_are_data_parallel(tmp_path, train_args):
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(script)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
         capture_output=True,
         text=True,
         env=env,
