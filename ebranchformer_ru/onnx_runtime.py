@@ -250,6 +250,10 @@ class OnnxCTCModel:
         if num_threads:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
+        # ONNX Runtime's threads spin after each run by default, on the cores that the features, the decoding and
+        # the caller's next call need: without spinning, one 10 s recording's features and run took 1.85x less
+        # time on 2 cores (a batch of 16 x 8 s 1.08x less), with the same outputs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if device == "cuda" or device.startswith("cuda:"):  # cuda:N, the GPU of one of several processes
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")

@@ -82,6 +82,17 @@ def test_export_is_checked_and_self_contained(exported):
 
 
 @pytest.mark.slow
+def test_onnx_runtime_threads_do_not_spin_between_runs(exported):
+    """Spinning threads would hold the cores that the features, the decoding and the caller's next call need between
+    runs: on 2 cores one 10 s recording ran 1.85x slower with them (docs/benchmarks.md, ONNX Runtime); the live
+    chunk step opens its graph with the same options."""
+    _, out, _ = exported
+    for quantized in (False, True):
+        model = onnx_runtime.OnnxCTCModel(out, quantized=quantized, num_threads=2)
+        assert model.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+@pytest.mark.slow
 def test_numpy_runtime_matches_pytorch(exported):
     """The torch-free path (numpy features + ONNX Runtime) against the PyTorch model on real audio: log-mel
     features within float32 rounding, log-probabilities close, identical greedy transcripts."""
