@@ -15,8 +15,11 @@ its frames equal the chunk-masked forward of the whole stream. Features are comp
 (`StreamingFeatures`, equal to the whole recording's), frames are decoded greedily as they come, and `Endpointing`
 cuts the stream into segments on trailing blank frames: a final segment has words with times on the stream's time
 line and their confidences, decoded once (with the folder's language model when one is given), and a new segment
-starts. `recognize` steps every stream that has a chunk ready in one batch per chunk length, each with its state,
-as the server batches uploads; `transcribe_files` runs whole recordings the same way.
+starts. A segment ends as soon as the audio received shows its endpoint: the frames of a chunk not yet complete are
+computed ahead, the stream's state left as it was, and where they finish the silence after speech the segment ends
+there, without waiting for the rest of the chunk (up to 640 ms); the chunk's own frames then take their place.
+`recognize` steps every stream that has a chunk ready in one batch per chunk length, each with its state, as the
+server batches uploads; `transcribe_files` runs whole recordings the same way.
 """
 
 import math
@@ -112,6 +115,8 @@ class StreamDecoder:
         self.decoder, self.confidence = decoder, confidence
         self.silent = {vocabulary.blank_id, *vocabulary.ids(vocabulary.word_delimiter_token)}
         self.frames, self.start = 0, 0  # frames seen; the segment's first frame
+        self.ahead = 0  # frames taken from a look ahead (`look_ahead`) that the next chunk's own frames replace
+        self.looked = False  # a look ahead since the last chunk found speech: no other until the next chunk
         self._new_segment()
 
     def _new_segment(self):
@@ -126,6 +131,10 @@ class StreamDecoder:
             self.searched = len(self.rows)
 
     def push(self, log_probs: np.ndarray) -> list[dict]:
+        log_probs, self.looked = self._replace_looked_ahead(log_probs), False
+        return self._push_rows(log_probs)
+
+    def _push_rows(self, log_probs: np.ndarray) -> list[dict]:
         finals = []
         for row in log_probs:
             label = int(row.argmax())
@@ -139,6 +148,43 @@ class StreamDecoder:
                 finals.append(final)
         self._search()
         return finals
+
+    def can_end_within(self, frames: int) -> bool:
+        """Whether `frames` more blank frames would end the segment by its silence after speech (so a look ahead at
+        that many frames of audio not yet in a chunk could end it now)."""
+        if not self.speech or self.ahead or self.looked:
+            return False
+        return (self.trailing + frames) * self.frame_seconds >= self.endpointing.silence_after_speech_s
+
+    def look_ahead(self, log_probs: np.ndarray) -> list[dict]:
+        """Frames of the audio not yet in a complete chunk (`ChunkModel.look_ahead`: the chunk's first frames, computed
+        before the rest of it has arrived): where they are blank until the segment's silence after speech is long
+        enough, the segment ends now, at that frame, rather than when its chunk is complete; its silent frames are
+        taken, and the chunk's own frames replace them when they come (`push`). A look ahead that finds speech or
+        too few frames takes nothing."""
+        labels = log_probs.argmax(-1)
+        for count, label in enumerate(labels, 1):
+            if label not in self.silent:
+                self.looked = True
+                return []
+            if (self.trailing + count) * self.frame_seconds >= self.endpointing.silence_after_speech_s:
+                finals = self._push_rows(log_probs[:count])
+                self.ahead = count
+                return finals
+        return []
+
+    def _replace_looked_ahead(self, log_probs: np.ndarray) -> np.ndarray:
+        """The chunk's frames after those a look ahead took. The segment it ended stands; where the chunk's own
+        frames are not all silent there (the rest of the chunk changed them), the segment after it starts at the
+        chunk's first frame instead, so that nothing they hold is lost."""
+        ahead, self.ahead = self.ahead, 0
+        if not ahead:
+            return log_probs
+        if all(int(label) in self.silent for label in log_probs[:ahead].argmax(-1)):
+            return log_probs[ahead:]
+        self.frames -= ahead
+        self._new_segment()
+        return log_probs
 
     def _endpoint(self) -> dict | None:
         rules, seconds = self.endpointing, self.frame_seconds
@@ -261,6 +307,11 @@ class ChunkModel:
         """The log-probabilities of one chunk (all of one length) of each stream, and the streams' next states."""
         return self.steps(chunks, states)
 
+    def look_ahead(self, chunks: list[np.ndarray], states: list) -> list[np.ndarray]:
+        """The log-probabilities of chunks not yet complete (all of one length), the streams' states left as they
+        were: the complete chunk is stepped when it has arrived."""
+        return self.step(chunks, [self.steps.fork(state) for state in states])[0]
+
     def renew(self, stream: Stream):
         """A model with a position table (`max_position_embeddings` steps) starts a stream's state afresh at the
         first chunk after an endpoint from which the next segment could outrun the table: the stream goes on for
@@ -303,6 +354,18 @@ class TorchSteps:
     def new_state(self):
         return self.backend.model.new_cache(1, self.chunk_size, self.left_chunks, self.backend.torch_dtype)
 
+    @staticmethod
+    def fork(state):
+        """A copy of a stream's state that a step may move on: the step replaces the tensors it holds (one stream's
+        are never written in place), so new holders of the same tensors suffice."""
+        from modeling_ebranchformer.modeling import EBranchformerLayerCache, EBranchformerStreamingCache
+
+        layers = [
+            EBranchformerLayerCache(layer.keys, layer.values, layer.gate, layer.merge, layer.max_keys)
+            for layer in state.layers
+        ]
+        return EBranchformerStreamingCache(layers, state.key_mask, state.offset, state.chunk_size, state.left_chunks)
+
     def __call__(self, chunks, states):
         import torch
 
@@ -339,6 +402,10 @@ class OnnxSteps:
         return {name: np.zeros(shape, np.dtype(dtype)) for name, (shape, dtype) in self.state_shapes.items()}
 
     @staticmethod
+    def fork(state: dict) -> dict:
+        return state  # a step reads the arrays and returns new ones
+
+    @staticmethod
     def batch_axis(name) -> int:
         return 0 if name in ("key_mask", "offset") else 1  # the layered tensors are (layers, batch, ...)
 
@@ -372,11 +439,39 @@ def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, li
                 except Exception as error:  # the decoder failed on it (an LM error): it fails alone
                     stream.fail(error)
                 model.renew(stream)
+    for stream, ended in _look_ahead(model, streams):
+        finals.setdefault(id(stream), []).extend(ended)
     for stream in streams:
         if stream.done and not stream.finished:
             stream.finished = True
             finals.setdefault(id(stream), []).extend(stream.decoder.finish())
     return [(stream, finals[id(stream)]) for stream in streams if finals.get(id(stream))]
+
+
+def _look_ahead(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, list[dict]]]:
+    """(stream, segments) ended early: each stream whose waiting frames, were they blank, would complete its segment's
+    silence after speech gets their encoder steps computed now (`ChunkModel.look_ahead`, batched by length), and
+    its segment ends at once where they are (`StreamDecoder.look_ahead`). Without it a segment waits for the end of
+    the chunk its endpoint falls in: up to a chunk (640 ms) after the endpoint. A look ahead that fails is only
+    dropped: the chunk's own step, which fails the stream if it fails too, follows."""
+    stride, ready = model.steps.stride, []
+    for stream in streams:
+        complete = len(stream.waiting) // stride * stride  # frames of whole encoder steps
+        if not stream.ended and complete and stream.decoder.can_end_within(complete // stride):
+            ready.append((stream, stream.waiting[:complete]))
+    ended = []
+    for length in sorted({len(chunk) for _, chunk in ready}):
+        batch = [(stream, chunk) for stream, chunk in ready if len(chunk) == length]
+        try:
+            log_probs = model.look_ahead([chunk for _, chunk in batch], [stream.state for stream, _ in batch])
+        except Exception:
+            continue
+        for (stream, _), frames in zip(batch, log_probs):
+            try:
+                ended.append((stream, stream.decoder.look_ahead(frames)))
+            except Exception as error:  # the decoder failed on it (an LM error): it fails alone
+                stream.fail(error)
+    return ended
 
 
 def _step(model: ChunkModel, batch: list) -> list[tuple[Stream, np.ndarray]]:

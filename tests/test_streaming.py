@@ -1,5 +1,6 @@
 """Streaming: the chunk-masked model, its cached chunk-by-chunk step, and the recogniser built on it."""
 
+import copy
 import json
 
 import numpy as np
@@ -350,6 +351,58 @@ def test_endpoints_fall_where_the_rules_say(chunk_model):
     assert decoder.push(rows([a, a, blank])) == [] and decoder.finish()[0]["start"] == 3.6
 
 
+def test_a_look_ahead_ends_a_segment_before_its_chunk_is_complete(chunk_model):
+    """Frames of audio not yet in a complete chunk that finish the silence after speech end the segment at once, at
+    the frame the rules say; the chunk's own frames then take their place: where they are silent too, the stream
+    goes on as if the segment had ended with them, and where they hold speech the next segment starts at the
+    chunk's first frame, with it."""
+    from ebranchformer_ru.streaming import Endpointing, StreamDecoder
+
+    vocabulary = chunk_model.backend.vocabulary
+    blank, a = vocabulary.blank_id, vocabulary.ids("а")[0]
+    rules = Endpointing(silence_after_speech_s=0.4, silence_without_speech_s=1.0, max_segment_s=20.0)
+    for chunk, start in (([blank] * 7 + [a], 0.6), ([blank, blank, a] + [blank] * 5, 0.32)):
+        decoder = StreamDecoder(vocabulary, 0.04, rules)
+        assert decoder.push(rows([a] * 5 + [blank] * 3)) == []  # a chunk of 8 frames: 0.12 s of silence after speech
+        assert not decoder.can_end_within(6) and decoder.can_end_within(7)  # 10 frames are 0.4 s
+        (final,) = decoder.look_ahead(rows([blank] * 7))
+        assert (final["start"], final["end"], final["endpoint"], final["text"]) == (0.0, 0.2, 0.6, "а")
+        assert decoder.push(rows(chunk)) == [] and decoder.frames == 16
+        assert decoder.partial() == {"start": start, "text": "а"}
+    # A look ahead that finds speech takes nothing, and none follows until the chunk's own frames have come.
+    decoder = StreamDecoder(vocabulary, 0.04, rules)
+    decoder.push(rows([a] * 5 + [blank] * 3))
+    assert decoder.look_ahead(rows([blank] * 5 + [a, blank])) == [] and decoder.frames == 8
+    assert not decoder.can_end_within(8)
+    assert decoder.push(rows([blank] * 4)) == []  # 0.28 s of silence
+    assert decoder.can_end_within(3) and decoder.look_ahead(rows([blank] * 3))[0]["endpoint"] == 0.6
+
+
+def test_a_live_stream_gets_each_segment_as_soon_as_the_audio_shows_its_endpoint(
+    streaming_folder, waveforms, voice_steps
+):
+    """Audio in 0.1 s pieces to a model of 640 ms chunks, with the default 0.8 s of silence after speech: each segment
+    ends in the round whose audio first covers its endpoint (the frames' windows and their 0.1 s piece), not when the
+    chunk holding the endpoint is complete (up to 640 ms later); the segments are those of the whole recording."""
+    from ebranchformer_ru.inference import TorchBackend
+    from ebranchformer_ru.streaming import ChunkModel, Endpointing, recognize, transcribe_files
+
+    model = ChunkModel(TorchBackend.from_folder(str(streaming_folder)), chunk_ms=640)
+    silence = np.zeros(48000, np.float32)
+    recording = np.concatenate([waveforms[0], silence, waveforms[1], silence, waveforms[0], silence])
+    stream, finals, delays = model.stream(Endpointing()), [], []
+    for at in range(0, len(recording), 1600):
+        stream.accept(recording[at : at + 1600])
+        for final in [f for _, found in recognize(model, [stream]) for f in found]:
+            finals.append(final)
+            delays.append((at + 1600) / 16000 - final["endpoint"])
+    assert len(delays) == 3 and all(0 <= delay <= 0.15 for delay in delays), delays
+    stream.end()
+    finals += [f for _, found in recognize(model, [stream]) for f in found]
+    whole = transcribe_files(model, [recording], Endpointing())[0]["segments"]
+    assert [{k: f[k] for k in ("start", "end", "text")} for f in finals] == whole
+
+
 def test_transcribe_streaming_writes_segments_on_the_time_line(streaming_folder, waveforms, tmp_path, voice_steps):
     """Two recordings with 3 s of silence between their speech: `transcribe.py --streaming` cuts them at the
     endpoints and gives words on the recording's time line, the same as a stream fed as the audio arrives."""
@@ -535,6 +588,22 @@ def test_the_onnx_chunk_step_equals_pytorchs_over_a_minute(streaming_export, wav
         outputs.append(np.concatenate(model.steps.log_probs))
     assert len(outputs[0]) == 1501 + len(waveforms[1]) // 640 + 1
     np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5, rtol=0)
+
+
+def test_a_look_ahead_leaves_the_streams_state_as_it_was(streaming_export, waveforms):
+    """Stepping a chunk not yet complete for a look ahead, with PyTorch and with ONNX Runtime, does not move the
+    stream's state on: the complete chunk then gets what it gets without the look ahead, bit for bit."""
+    from ebranchformer_ru.inference import OnnxBackend, TorchBackend
+    from ebranchformer_ru.streaming import ChunkModel
+
+    folder, onnx, _ = streaming_export
+    for model in (ChunkModel(TorchBackend.from_folder(str(folder))), ChunkModel(OnnxBackend(onnx))):
+        features, size = model.features(waveforms[0]), model.chunk_frames
+        _, (state,) = model.step([features[:size]], [model.steps.new_state()])
+        expected, _ = model.step([features[size : 2 * size]], [copy.deepcopy(state)])
+        model.look_ahead([features[size : size + 12]], [state])
+        model.look_ahead([features[size : size + 8]] * 2, [state, state])
+        np.testing.assert_array_equal(model.step([features[size : 2 * size]], [state])[0][0], expected[0])
 
 
 @pytest.mark.slow
