@@ -12,11 +12,11 @@ and the latency of live streams served by `serve.py --streaming` at 1 to 128 con
    --stream_s seconds of the embedded crowd recordings (with 1 s pauses between them; each client from its own
    place in them, the places spread evenly) in real time, 0.1 s a message, all from the same instant or spread evenly
    over one chunk (--starts: together, the worst case, where every round steps every stream; spread, as independent
-   speakers would): partials received, their lag behind the audio (arrival - start - the audio they cover), the
-   delay of each segment behind the end of the chunk in which its endpoint fell (the first moment the server can
-   know of it: the rules are read on the model's frames, which come a chunk at a time) and behind the endpoint
-   itself (the stream time at which the endpoint rule fired, so up to a chunk earlier), and the final transcript's
-   delay after the end of the audio.
+   speakers would): partials received (one a chunk, and one more at each segment ended by a look ahead), their lag
+   behind the audio (arrival - start - the audio they cover), the delay of each segment behind its endpoint (the
+   stream time at which the endpoint rule fired) and behind the end of the chunk in which it fell (negative where
+   a look ahead ended it before the chunk was complete, `streaming.recognize`), and the final transcript's delay
+   after the end of the audio.
 
     python benchmarks/streaming.py outputs/streaming --full_model outputs/mini
     python benchmarks/streaming.py outputs/streaming --streams 1 4 --stream_s 10 --skip_wer   # smoke run
