@@ -17,11 +17,12 @@ cuts the stream into segments on trailing blank frames: a final segment has word
 line and their confidences, decoded once (with the folder's language model when one is given), and a new segment
 starts. A segment ends as soon as the audio received shows its endpoint: the frames of a chunk not yet complete are
 computed ahead, the stream's state left as it was, and where they finish the silence after speech the segment ends
-there, without waiting for the rest of the chunk (up to 640 ms); the chunk's own frames then take their place.
+there, without waiting for the rest of the chunk (up to a chunk); the chunk's own frames then take their place.
 `recognize` steps every stream that has a chunk ready in one batch per chunk length, each with its state, as the
 server batches uploads; `transcribe_files` runs whole recordings the same way.
 """
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ import numpy as np
 
 from .errors import Error
 from .inference import beam_record, decode_frames
+
+log = logging.getLogger(__name__)
 
 
 class StreamingError(Error):
@@ -115,8 +118,8 @@ class StreamDecoder:
         self.decoder, self.confidence = decoder, confidence
         self.silent = {vocabulary.blank_id, *vocabulary.ids(vocabulary.word_delimiter_token)}
         self.frames, self.start = 0, 0  # frames seen; the segment's first frame
-        self.ahead = 0  # frames taken from a look ahead (`look_ahead`) that the next chunk's own frames replace
-        self.looked = False  # a look ahead since the last chunk found speech: no other until the next chunk
+        self.looked_ahead = 0  # frames a look ahead took (`look_ahead`), which the chunk's own frames replace
+        self.wait_for_chunk = False  # no look ahead until the chunk's own frames: one found speech in it, or failed
         self._new_segment()
 
     def _new_segment(self):
@@ -131,7 +134,8 @@ class StreamDecoder:
             self.searched = len(self.rows)
 
     def push(self, log_probs: np.ndarray) -> list[dict]:
-        log_probs, self.looked = self._replace_looked_ahead(log_probs), False
+        log_probs = self._replace_looked_ahead(log_probs)
+        self.wait_for_chunk = False  # a new chunk: a look ahead may try again
         return self._push_rows(log_probs)
 
     def _push_rows(self, log_probs: np.ndarray) -> list[dict]:
@@ -149,52 +153,54 @@ class StreamDecoder:
         self._search()
         return finals
 
-    def can_end_within(self, frames: int) -> bool:
-        """Whether `frames` more blank frames would end the segment by its silence after speech (so a look ahead at
-        that many frames of audio not yet in a chunk could end it now)."""
-        if not self.speech or self.ahead or self.looked:
-            return False
-        return (self.trailing + frames) * self.frame_seconds >= self.endpointing.silence_after_speech_s
+    def _ends(self, trailing: int, length: int, silence_s: float) -> bool:
+        """Whether a segment of `length` frames, the last `trailing` of them silent, ends by the rules."""
+        seconds = self.frame_seconds
+        return trailing * seconds >= silence_s or length * seconds >= self.endpointing.max_segment_s
+
+    def frames_to_end(self, limit: int) -> int | None:
+        """The fewest silent frames, at most `limit`, after which the segment under way (which has speech) would
+        end: what a look ahead must see; None when none would do, or a look ahead is not wanted now."""
+        if not self.speech or self.looked_ahead or self.wait_for_chunk:
+            return None
+        after_speech = self.endpointing.silence_after_speech_s
+        for count in range(1, limit + 1):
+            if self._ends(self.trailing + count, len(self.ids) + count, after_speech):
+                return count
+        return None
 
     def look_ahead(self, log_probs: np.ndarray) -> list[dict]:
         """Frames of the audio not yet in a complete chunk (`ChunkModel.look_ahead`: the chunk's first frames, computed
-        before the rest of it has arrived): where they are blank until the segment's silence after speech is long
-        enough, the segment ends now, at that frame, rather than when its chunk is complete; its silent frames are
-        taken, and the chunk's own frames replace them when they come (`push`). A look ahead that finds speech or
-        too few frames takes nothing."""
-        labels = log_probs.argmax(-1)
-        for count, label in enumerate(labels, 1):
-            if label not in self.silent:
-                self.looked = True
-                return []
-            if (self.trailing + count) * self.frame_seconds >= self.endpointing.silence_after_speech_s:
-                finals = self._push_rows(log_probs[:count])
-                self.ahead = count
-                return finals
-        return []
+        before the rest of it has arrived): where they are silent until the segment ends by the rules, it ends now,
+        at that frame, rather than when its chunk is complete; those frames are taken, and the chunk's own frames
+        replace them when they come (`push`). A look ahead that finds speech first takes nothing."""
+        count = self.frames_to_end(len(log_probs))
+        if count is None:
+            return []
+        if any(int(label) not in self.silent for label in log_probs[:count].argmax(-1)):
+            self.wait_for_chunk = True  # the speech stays in the chunk: a later look ahead would find it again
+            return []
+        self.looked_ahead = count
+        return self._push_rows(log_probs[:count])  # the segment ends at the last of them
 
     def _replace_looked_ahead(self, log_probs: np.ndarray) -> np.ndarray:
-        """The chunk's frames after those a look ahead took. The segment it ended stands; where the chunk's own
-        frames are not all silent there (the rest of the chunk changed them), the segment after it starts at the
-        chunk's first frame instead, so that nothing they hold is lost."""
-        ahead, self.ahead = self.ahead, 0
-        if not ahead:
-            return log_probs
-        if all(int(label) in self.silent for label in log_probs[:ahead].argmax(-1)):
+        """The chunk's frames after those a look ahead took. The segment it ended stands. Where the chunk's own
+        frames are not all silent there (the rest of the chunk changed them), the next segment starts at the first
+        that is not, so that nothing they hold is lost; its start then lies before the endpoint of the one before."""
+        ahead, self.looked_ahead = self.looked_ahead, 0
+        labels = log_probs[:ahead].argmax(-1)
+        spoken = [index for index, label in enumerate(labels) if int(label) not in self.silent]
+        if not spoken:
             return log_probs[ahead:]
-        self.frames -= ahead
+        self.frames -= ahead - spoken[0]
         self._new_segment()
-        return log_probs
+        return log_probs[spoken[0] :]
 
     def _endpoint(self) -> dict | None:
-        rules, seconds = self.endpointing, self.frame_seconds
-        if self.speech and (
-            self.trailing * seconds >= rules.silence_after_speech_s or len(self.ids) * seconds >= rules.max_segment_s
-        ):
+        rules = self.endpointing
+        if self.speech and self._ends(self.trailing, len(self.ids), rules.silence_after_speech_s):
             return self._cut()
-        if not self.speech and (
-            self.trailing * seconds >= rules.silence_without_speech_s or len(self.ids) * seconds >= rules.max_segment_s
-        ):
+        if not self.speech and self._ends(self.trailing, len(self.ids), rules.silence_without_speech_s):
             self._new_segment()
         return None
 
@@ -356,15 +362,7 @@ class TorchSteps:
 
     @staticmethod
     def fork(state):
-        """A copy of a stream's state that a step may move on: the step replaces the tensors it holds (one stream's
-        are never written in place), so new holders of the same tensors suffice."""
-        from modeling_ebranchformer.modeling import EBranchformerLayerCache, EBranchformerStreamingCache
-
-        layers = [
-            EBranchformerLayerCache(layer.keys, layer.values, layer.gate, layer.merge, layer.max_keys)
-            for layer in state.layers
-        ]
-        return EBranchformerStreamingCache(layers, state.key_mask, state.offset, state.chunk_size, state.left_chunks)
+        return state.fork()
 
     def __call__(self, chunks, states):
         import torch
@@ -403,7 +401,7 @@ class OnnxSteps:
 
     @staticmethod
     def fork(state: dict) -> dict:
-        return state  # a step reads the arrays and returns new ones
+        return state  # a step reads the arrays and gives new ones
 
     @staticmethod
     def batch_axis(name) -> int:
@@ -424,9 +422,10 @@ class OnnxSteps:
 
 
 def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, list[dict]]]:
-    """Steps every stream with a complete chunk, one batch per chunk length, until none has one; the final
-    segments that ended on the way, per stream that had any (and for ended streams, their last segment). A stream
-    whose step fails (a batch that fails is stepped again a stream at a time) ends with its `failure` set."""
+    """Steps every stream with a complete chunk, one batch per chunk length, until none has one, then looks ahead
+    at the chunks under way whose frames could end a segment (`_look_ahead`); the final segments that ended on the
+    way, per stream that had any (and for ended streams, their last segment). A stream whose step fails (a batch
+    that fails is stepped again a stream at a time) ends with its `failure` set."""
     finals: dict[int, list[dict]] = {}
     while True:
         ready = [(stream, chunk) for stream in streams if (chunk := stream.next_chunk()) is not None]
@@ -434,10 +433,7 @@ def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, li
             break
         for length in sorted({len(chunk) for _, chunk in ready}, reverse=True):
             for stream, frames in _step(model, [(stream, chunk) for stream, chunk in ready if len(chunk) == length]):
-                try:
-                    finals.setdefault(id(stream), []).extend(stream.decoder.push(frames))
-                except Exception as error:  # the decoder failed on it (an LM error): it fails alone
-                    stream.fail(error)
+                finals.setdefault(id(stream), []).extend(_decoded(stream, stream.decoder.push, frames))
                 model.renew(stream)
     for stream, ended in _look_ahead(model, streams):
         finals.setdefault(id(stream), []).extend(ended)
@@ -449,29 +445,52 @@ def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, li
 
 
 def _look_ahead(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, list[dict]]]:
-    """(stream, segments) ended early: each stream whose waiting frames, were they blank, would complete its segment's
-    silence after speech gets their encoder steps computed now (`ChunkModel.look_ahead`, batched by length), and
-    its segment ends at once where they are (`StreamDecoder.look_ahead`). Without it a segment waits for the end of
-    the chunk its endpoint falls in: up to a chunk (640 ms) after the endpoint. A look ahead that fails is only
-    dropped: the chunk's own step, which fails the stream if it fails too, follows."""
-    stride, ready = model.steps.stride, []
+    """(stream, segments) ended early: each stream whose chunk under way holds enough frames to end its segment,
+    were they silent (`StreamDecoder.frames_to_end`), has them computed now (`ChunkModel.look_ahead`), and its
+    segment ends at once where they are silent that long (`StreamDecoder.look_ahead`). Without it a segment waits
+    for the end of the chunk its endpoint falls in: up to a chunk later. A look ahead that fails is only logged:
+    the chunk's own step follows, and fails the stream if it fails too."""
+    stride, wanted = model.steps.stride, []
     for stream in streams:
-        complete = len(stream.waiting) // stride * stride  # frames of whole encoder steps
-        if not stream.ended and complete and stream.decoder.can_end_within(complete // stride):
-            ready.append((stream, stream.waiting[:complete]))
+        available = len(stream.waiting) // stride  # whole encoder steps of the chunk under way
+        if not stream.ended and (needed := stream.decoder.frames_to_end(available)) is not None:
+            wanted.append((stream, needed, available))
     ended = []
-    for length in sorted({len(chunk) for _, chunk in ready}):
-        batch = [(stream, chunk) for stream, chunk in ready if len(chunk) == length]
+    for steps, group in _common_lengths(wanted):
         try:
-            log_probs = model.look_ahead([chunk for _, chunk in batch], [stream.state for stream, _ in batch])
-        except Exception:
+            log_probs = model.look_ahead([s.waiting[: steps * stride] for s in group], [s.state for s in group])
+        except Exception as error:
+            log.warning(f"a look ahead of {len(group)} live streams failed: {type(error).__name__}: {error}")
+            for stream in group:
+                stream.decoder.wait_for_chunk = True
             continue
-        for (stream, _), frames in zip(batch, log_probs):
-            try:
-                ended.append((stream, stream.decoder.look_ahead(frames)))
-            except Exception as error:  # the decoder failed on it (an LM error): it fails alone
-                stream.fail(error)
+        ended += [
+            (stream, _decoded(stream, stream.decoder.look_ahead, frames)) for stream, frames in zip(group, log_probs)
+        ]
     return ended
+
+
+def _decoded(stream: Stream, decode, frames: np.ndarray) -> list[dict]:
+    """The segments that `decode` (a method of the stream's decoder) ends on `frames`; a decoder that fails (an LM
+    error) fails its stream alone."""
+    try:
+        return decode(frames)
+    except Exception as error:
+        stream.fail(error)
+        return []
+
+
+def _common_lengths(wanted: list[tuple[Stream, int, int]]):
+    """(steps, streams) batches for `wanted` (stream, steps needed, steps available): any length between the two
+    serves a stream, so the streams are taken by the steps they have and each batch's length is the first one's
+    available steps, which the rest need no more than: few batches (one model call each), however spread the
+    streams' chunks are."""
+    batches, steps = {}, 0
+    for stream, needed, available in sorted(wanted, key=lambda item: item[2]):
+        if needed > steps:
+            steps = available
+        batches.setdefault(steps, []).append(stream)
+    return batches.items()
 
 
 def _step(model: ChunkModel, batch: list) -> list[tuple[Stream, np.ndarray]]:

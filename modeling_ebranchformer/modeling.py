@@ -327,7 +327,8 @@ def chunk_attention_mask(steps: int, chunk_size: int, left_chunks: int, device) 
 class EBranchformerLayerCache:
     """One layer's state in a stream: the keys and values of the earlier chunks its attention may still see,
     and the last inputs of each convolution (`kernel - 1` of a causal one, half that of a chunk one). Modules read
-    it and write its next value."""
+    it and write its next value as new tensors, never into the ones it held: a forked cache shares them
+    (`EBranchformerStreamingCache.fork`)."""
 
     def __init__(self, keys, values, gate, merge, max_keys: int | None, room=None):
         self.keys, self.values, self.gate, self.merge, self.max_keys = keys, values, gate, merge, max_keys
@@ -464,6 +465,16 @@ class EBranchformerStreamingCache:
             ]
             caches.append(type(self)(layers, self.key_mask[row], self.offset[row], self.chunk_size, self.left_chunks))
         return caches
+
+    def fork(self) -> "EBranchformerStreamingCache":
+        """A copy that a step may move on while this one stays as it was (a look ahead at a chunk not yet complete).
+        A step gives each layer's cache new tensors and writes none of those it held (`EBranchformerLayerCache`
+        writes in place only the free slots of a buffer that `stack` made for the step), so new holders suffice."""
+        layers = [
+            EBranchformerLayerCache(layer.keys, layer.values, layer.gate, layer.merge, layer.max_keys)
+            for layer in self.layers
+        ]
+        return type(self)(layers, self.key_mask, self.offset, self.chunk_size, self.left_chunks)
 
 
 class EBranchformerPreTrainedModel(PreTrainedModel):

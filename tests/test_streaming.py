@@ -1,6 +1,7 @@
 """Streaming: the chunk-masked model, its cached chunk-by-chunk step, and the recogniser built on it."""
 
 import copy
+import itertools
 import json
 
 import numpy as np
@@ -354,53 +355,122 @@ def test_endpoints_fall_where_the_rules_say(chunk_model):
 def test_a_look_ahead_ends_a_segment_before_its_chunk_is_complete(chunk_model):
     """Frames of audio not yet in a complete chunk that finish the silence after speech end the segment at once, at
     the frame the rules say; the chunk's own frames then take their place: where they are silent too, the stream
-    goes on as if the segment had ended with them, and where they hold speech the next segment starts at the
-    chunk's first frame, with it."""
+    goes on as if the segment had ended with them, and where they hold speech the next segment starts at the first
+    that does, with it (before the endpoint of the segment already ended). The longest segment's rule is read the
+    same way."""
     from ebranchformer_ru.streaming import Endpointing, StreamDecoder
 
     vocabulary = chunk_model.backend.vocabulary
     blank, a = vocabulary.blank_id, vocabulary.ids("а")[0]
     rules = Endpointing(silence_after_speech_s=0.4, silence_without_speech_s=1.0, max_segment_s=20.0)
-    for chunk, start in (([blank] * 7 + [a], 0.6), ([blank, blank, a] + [blank] * 5, 0.32)):
+    for chunk, start in (([blank] * 7 + [a], 0.6), ([blank, blank, a] + [blank] * 5, 0.4)):
         decoder = StreamDecoder(vocabulary, 0.04, rules)
         assert decoder.push(rows([a] * 5 + [blank] * 3)) == []  # a chunk of 8 frames: 0.12 s of silence after speech
-        assert not decoder.can_end_within(6) and decoder.can_end_within(7)  # 10 frames are 0.4 s
-        (final,) = decoder.look_ahead(rows([blank] * 7))
+        assert decoder.frames_to_end(6) is None and decoder.frames_to_end(8) == 7  # 10 frames are 0.4 s
+        (final,) = decoder.look_ahead(rows([blank] * 8))
         assert (final["start"], final["end"], final["endpoint"], final["text"]) == (0.0, 0.2, 0.6, "а")
+        assert decoder.frames == 15 and decoder.frames_to_end(8) is None  # a new segment, without speech yet
         assert decoder.push(rows(chunk)) == [] and decoder.frames == 16
         assert decoder.partial() == {"start": start, "text": "а"}
     # A look ahead that finds speech takes nothing, and none follows until the chunk's own frames have come.
     decoder = StreamDecoder(vocabulary, 0.04, rules)
     decoder.push(rows([a] * 5 + [blank] * 3))
-    assert decoder.look_ahead(rows([blank] * 5 + [a, blank])) == [] and decoder.frames == 8
-    assert not decoder.can_end_within(8)
+    assert decoder.look_ahead(rows([blank] * 5 + [a, blank, blank])) == [] and decoder.frames == 8
+    assert decoder.frames_to_end(8) is None
     assert decoder.push(rows([blank] * 4)) == []  # 0.28 s of silence
-    assert decoder.can_end_within(3) and decoder.look_ahead(rows([blank] * 3))[0]["endpoint"] == 0.6
+    assert decoder.frames_to_end(3) == 3 and decoder.look_ahead(rows([blank] * 3))[0]["endpoint"] == 0.6
+    # A segment that reaches max_segment_s inside the frames looked at ends there.
+    decoder = StreamDecoder(vocabulary, 0.04, Endpointing(silence_after_speech_s=0.4, max_segment_s=0.44))
+    decoder.push(rows([a] * 8))
+    assert decoder.frames_to_end(8) == 3
+    (final,) = decoder.look_ahead(rows([blank] * 8))
+    assert (final["end"], final["endpoint"], decoder.frames) == (0.32, 0.44, 11)
+    assert decoder.push(rows([blank] * 8)) == [] and decoder.frames == 16 and decoder.partial()["start"] == 0.44
 
 
-def test_a_live_stream_gets_each_segment_as_soon_as_the_audio_shows_its_endpoint(
-    streaming_folder, waveforms, voice_steps
-):
+def test_streams_look_ahead_in_few_batches():
+    """Streams whose chunks under way need between `needed` and `available` steps are looked at in batches of one
+    length each, a length every stream of its batch can take, and no more batches than the disjoint needs ask."""
+    from ebranchformer_ru.streaming import _common_lengths
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        needed = rng.integers(1, 16, size=int(rng.integers(1, 7)))
+        wanted = [(i, int(n), int(n + rng.integers(0, 16 - n + 1))) for i, n in enumerate(needed)]
+        batches = dict(_common_lengths(wanted))
+        assert sorted(i for streams in batches.values() for i in streams) == list(range(len(wanted)))
+        for steps, streams in batches.items():
+            assert all(wanted[i][1] <= steps <= wanted[i][2] for i in streams)
+        fewer = itertools.combinations(range(1, 17), len(batches) - 1)  # no fewer lengths serve every stream
+        assert not any(all(any(low <= n <= high for n in lengths) for _, low, high in wanted) for lengths in fewer)
+    assert dict(_common_lengths([("a", 3, 16), ("b", 10, 12), ("c", 5, 16)])) == {12: ["b", "a", "c"]}
+
+
+def fed_live(model, recordings):
+    """Recordings fed side by side, 0.1 s a round, as live streams: each one's final segments, and each segment's
+    delay: the audio received when it ended, less its endpoint."""
+    from ebranchformer_ru.streaming import Endpointing, accept_audio, recognize
+
+    streams = [model.stream(Endpointing()) for _ in recordings]
+    finals, delays = [[] for _ in recordings], []
+    for at in range(0, max(len(r) for r in recordings), 1600):
+        accept_audio([(stream, r[at : at + 1600]) for stream, r in zip(streams, recordings)])
+        for stream, found in recognize(model, streams):
+            finals[streams.index(stream)] += found
+            delays += [(at + 1600) / 16000 - final["endpoint"] for final in found]
+    for stream in streams:
+        stream.end()
+    for stream, found in recognize(model, streams):
+        finals[streams.index(stream)] += found
+    assert all(stream.failure is None for stream in streams)
+    return finals, delays
+
+
+@pytest.fixture
+def spoken(waveforms):
+    """Three recordings of three utterances with 3 s of silence after each, the second and third 0.2 and 0.4 s later
+    (their chunks under way at a round differ)."""
+    silence = np.zeros(48000, np.float32)
+    speech = np.concatenate([waveforms[0], silence, waveforms[1], silence, waveforms[0], silence])
+    return [np.concatenate([np.zeros(3200 * i, np.float32), speech]) for i in range(3)]
+
+
+def test_live_streams_get_each_segment_as_soon_as_the_audio_shows_its_endpoint(streaming_folder, spoken, voice_steps):
     """Audio in 0.1 s pieces to a model of 640 ms chunks, with the default 0.8 s of silence after speech: each segment
     ends in the round whose audio first covers its endpoint (the frames' windows and their 0.1 s piece), not when the
-    chunk holding the endpoint is complete (up to 640 ms later); the segments are those of the whole recording."""
+    chunk holding the endpoint is complete (up to 640 ms later); the segments are those of the whole recordings."""
     from ebranchformer_ru.inference import TorchBackend
-    from ebranchformer_ru.streaming import ChunkModel, Endpointing, recognize, transcribe_files
+    from ebranchformer_ru.streaming import ChunkModel, Endpointing, transcribe_files
 
     model = ChunkModel(TorchBackend.from_folder(str(streaming_folder)), chunk_ms=640)
-    silence = np.zeros(48000, np.float32)
-    recording = np.concatenate([waveforms[0], silence, waveforms[1], silence, waveforms[0], silence])
-    stream, finals, delays = model.stream(Endpointing()), [], []
-    for at in range(0, len(recording), 1600):
-        stream.accept(recording[at : at + 1600])
-        for final in [f for _, found in recognize(model, [stream]) for f in found]:
-            finals.append(final)
-            delays.append((at + 1600) / 16000 - final["endpoint"])
-    assert len(delays) == 3 and all(0 <= delay <= 0.15 for delay in delays), delays
-    stream.end()
-    finals += [f for _, found in recognize(model, [stream]) for f in found]
-    whole = transcribe_files(model, [recording], Endpointing())[0]["segments"]
-    assert [{k: f[k] for k in ("start", "end", "text")} for f in finals] == whole
+    finals, delays = fed_live(model, spoken)
+    assert len(delays) == 9 and all(0 <= delay <= 0.15 for delay in delays), delays
+    for final, whole in zip(finals, transcribe_files(model, spoken, Endpointing())):
+        assert [{k: f[k] for k in ("start", "end", "text")} for f in final] == whole["segments"]
+
+
+def test_a_look_ahead_that_fails_only_leaves_the_segment_to_its_chunk(
+    streaming_folder, spoken, voice_steps, monkeypatch, caplog
+):
+    """The model failing on a look ahead fails no stream: it is logged, the segment ends with its chunk, and the
+    chunk is not looked at again."""
+    from ebranchformer_ru.inference import TorchBackend
+    from ebranchformer_ru.streaming import ChunkModel, Endpointing, transcribe_files
+
+    calls = []
+
+    def fail(self, chunks, states):
+        calls.append(len(chunks))
+        raise RuntimeError("out of memory")
+
+    model = ChunkModel(TorchBackend.from_folder(str(streaming_folder)), chunk_ms=640)
+    monkeypatch.setattr(ChunkModel, "look_ahead", fail)
+    finals, delays = fed_live(model, spoken[:1])
+    assert [{k: f[k] for k in ("start", "end", "text")} for f in finals[0]] == transcribe_files(
+        model, spoken[:1], Endpointing()
+    )[0]["segments"]
+    assert max(delays) > 0.3 and "a look ahead of 1 live streams failed: RuntimeError: out of memory" in caplog.text
+    assert len(calls) == len(finals[0]) == 3  # once in each endpoint's chunk, not again in every round after
 
 
 def test_transcribe_streaming_writes_segments_on_the_time_line(streaming_folder, waveforms, tmp_path, voice_steps):
@@ -591,19 +661,26 @@ def test_the_onnx_chunk_step_equals_pytorchs_over_a_minute(streaming_export, wav
 
 
 def test_a_look_ahead_leaves_the_streams_state_as_it_was(streaming_export, waveforms):
-    """Stepping a chunk not yet complete for a look ahead, with PyTorch and with ONNX Runtime, does not move the
-    stream's state on: the complete chunk then gets what it gets without the look ahead, bit for bit."""
+    """Stepping a chunk not yet complete for a look ahead, with PyTorch (float32 and bf16) and with ONNX Runtime, alone
+    or beside another stream, does not move a stream's state on, as a server's round leaves it (split from a batch):
+    the complete chunk then gets what it gets without the look ahead, bit for bit."""
     from ebranchformer_ru.inference import OnnxBackend, TorchBackend
     from ebranchformer_ru.streaming import ChunkModel
 
     folder, onnx, _ = streaming_export
-    for model in (ChunkModel(TorchBackend.from_folder(str(folder))), ChunkModel(OnnxBackend(onnx))):
-        features, size = model.features(waveforms[0]), model.chunk_frames
-        _, (state,) = model.step([features[:size]], [model.steps.new_state()])
-        expected, _ = model.step([features[size : 2 * size]], [copy.deepcopy(state)])
-        model.look_ahead([features[size : size + 12]], [state])
-        model.look_ahead([features[size : size + 8]] * 2, [state, state])
-        np.testing.assert_array_equal(model.step([features[size : 2 * size]], [state])[0][0], expected[0])
+    for backend in (TorchBackend.from_folder(str(folder)), TorchBackend.from_folder(str(folder), dtype="bfloat16")):
+        check_look_ahead(ChunkModel(backend), waveforms)
+    check_look_ahead(ChunkModel(OnnxBackend(onnx)), waveforms)
+
+
+def check_look_ahead(model, waveforms):
+    features = [model.features(samples) for samples in waveforms]
+    size = model.chunk_frames
+    _, (state, other) = model.step([f[:size] for f in features], [model.steps.new_state()] * 2)
+    expected, _ = model.step([features[0][size : 2 * size]], [copy.deepcopy(state)])
+    model.look_ahead([features[0][size : size + 12]], [state])
+    model.look_ahead([features[0][size : size + 8], features[1][size : size + 8]], [state, other])
+    np.testing.assert_array_equal(model.step([features[0][size : 2 * size]], [state])[0][0], expected[0])
 
 
 @pytest.mark.slow
