@@ -44,7 +44,7 @@ from .audio import LOUD, read_audio
 from .formats import cues, render
 from .inference import InferenceError, LMDecoder, Transcriber, load_backend, load_decoder
 from .itn import InverseNormalizer
-from .streaming import ChunkModel, Endpointing, StreamingError, accept_audio, recognize
+from .streaming import ChunkModel, Endpointing, StreamingError, accept_audio, look_ahead_at, recognize
 from .vad import VoiceActivity
 
 try:  # the `serve` extra; --help and the package import work without it
@@ -1330,7 +1330,8 @@ class LiveStreams:
     """The live streams of a streaming model (serve.py --streaming). Audio arriving asks for a round on the model
     thread (one `StreamRound` queued at a time); a round hands every stream its audio, steps all the streams with a
     chunk ready together, each with its own state (`streaming.recognize`), then sends each stream a partial, its
-    finished segments, and at its end the final transcript, built from the segments (nothing is decoded again)."""
+    finished segments, and at its end the final transcript, built from the segments (nothing is decoded again);
+    last, the segments that the chunks under way already end (`streaming.look_ahead_at`)."""
 
     def __init__(self, model: ChunkModel, endpointing: Endpointing, batcher):
         self.model, self.endpointing, self.batcher = model, endpointing, batcher
@@ -1369,9 +1370,15 @@ class LiveStreams:
         accept_audio(arrived)  # every stream's new features at once: a call each was a fifth of a round, 128 streams
         for stream in ending:
             stream.end()
-        finished = {id(stream): finals for stream, finals in recognize(self.model, [e.stream for e in entries])}
+        streams = [entry.stream for entry in entries]
+        finished = {id(stream): finals for stream, finals in recognize(self.model, streams, look_ahead=False)}
         for entry in entries:
             self.report(entry, finished.get(id(entry.stream), []))
+        # then the segments that the chunks under way end (`look_ahead_at`), after the partials, which they would delay
+        looked_at = {id(entry.stream): entry for entry in entries}
+        for stream, finals in look_ahead_at(self.model, streams):
+            if finals or stream.failure is not None:
+                self.report(looked_at[id(stream)], finals)
 
     def report(self, entry, finals):
         """A partial when the stream has new frames (its `duration`: the audio they cover), its new segments, and

@@ -421,11 +421,12 @@ class OnnxSteps:
         return list(log_probs), split
 
 
-def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, list[dict]]]:
+def recognize(model: ChunkModel, streams: list[Stream], look_ahead=True) -> list[tuple[Stream, list[dict]]]:
     """Steps every stream with a complete chunk, one batch per chunk length, until none has one, then looks ahead
-    at the chunks under way whose frames could end a segment (`_look_ahead`); the final segments that ended on the
-    way, per stream that had any (and for ended streams, their last segment). A stream whose step fails (a batch
-    that fails is stepped again a stream at a time) ends with its `failure` set."""
+    at the chunks under way whose frames could end a segment (`look_ahead_at`; a server that sends the partials
+    first calls it after); the final segments that ended on the way, per stream that had any (and for ended
+    streams, their last segment). A stream whose step fails (a batch that fails is stepped again a stream at a
+    time) ends with its `failure` set."""
     finals: dict[int, list[dict]] = {}
     while True:
         ready = [(stream, chunk) for stream in streams if (chunk := stream.next_chunk()) is not None]
@@ -435,7 +436,7 @@ def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, li
             for stream, frames in _step(model, [(stream, chunk) for stream, chunk in ready if len(chunk) == length]):
                 finals.setdefault(id(stream), []).extend(_decoded(stream, stream.decoder.push, frames))
                 model.renew(stream)
-    for stream, ended in _look_ahead(model, streams):
+    for stream, ended in look_ahead_at(model, streams) if look_ahead else []:
         finals.setdefault(id(stream), []).extend(ended)
     for stream in streams:
         if stream.done and not stream.finished:
@@ -444,8 +445,9 @@ def recognize(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, li
     return [(stream, finals[id(stream)]) for stream in streams if finals.get(id(stream))]
 
 
-def _look_ahead(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, list[dict]]]:
-    """(stream, segments) ended early: each stream whose chunk under way holds enough frames to end its segment,
+def look_ahead_at(model: ChunkModel, streams: list[Stream]) -> list[tuple[Stream, list[dict]]]:
+    """(stream, the segments it ended early) of each stream looked at (the segments may be none, and the stream
+    may have failed): each stream whose chunk under way holds enough frames to end its segment,
     were they silent (`StreamDecoder.frames_to_end`), has them computed now (`ChunkModel.look_ahead`), and its
     segment ends at once where they are silent that long (`StreamDecoder.look_ahead`). Without it a segment waits
     for the end of the chunk its endpoint falls in: up to a chunk later. A look ahead that fails is only logged:

@@ -596,6 +596,9 @@ def test_the_live_endpoint_streams_segments_equal_to_transcribe_streaming(
     segments = [m for m in messages if m["type"] == "segment"]
     assert len(partials) >= 5 and [m["duration"] for m in partials] == sorted(m["duration"] for m in partials)
     assert [{k: s[k] for k in ("start", "end", "text")} for s in segments] == record["segments"]
+    # the first segment ended by a look ahead, inside its chunk: the partial after it covers the audio to its endpoint
+    after = messages[messages.index(segments[0]) + 1]
+    assert after["type"] == "partial" and after["duration"] == segments[0]["endpoint"]
     first = len(waveforms[0]) / 16000  # the first utterance's end: 3 s of silence follow
     assert len(segments) == 2 and segments[0]["end"] <= first + 0.1 and segments[1]["end"] > first + 3
     assert messages[-1]["type"] == "final" and messages[-1]["text"] == record["text"]
