@@ -132,14 +132,14 @@ def request_parts(backends: dict, rounds: int) -> tuple[dict, float]:
     waveforms = [read_audio(io.BytesIO(data)) for data in files]
     batches = [waveforms[i : i + 16] for i in range(0, len(waveforms), 16)]
     float32, bfloat16 = backends["float32"], backends["bfloat16"]
-    features = [float32.features(batch) for batch in batches]
+    features = {backend: [backend.features(batch) for batch in batches] for backend in (float32, bfloat16)}
     transcriber = Transcriber(float32)
     outputs = transcriber.log_probs(waveforms)
     parts = {
         "Opus decoding (soundfile)": lambda: [read_audio(io.BytesIO(data)) for data in files],
         "log-mel features": lambda: [float32.features(batch) for batch in batches],
-        "model, float32": lambda: [float32.run_features(inputs) for inputs in features],
-        "model, bfloat16": lambda: [bfloat16.run_features(inputs) for inputs in features],
+        "model, float32": lambda: [float32.run_features(inputs) for inputs in features[float32]],
+        "model, bfloat16": lambda: [bfloat16.run_features(inputs) for inputs in features[bfloat16]],
         "greedy CTC decoding": lambda: [transcriber.decode(*output) for output in outputs],
     }
     return interleaved(parts, rounds), sum(len(w) for w in waveforms) / 16000

@@ -115,6 +115,10 @@ class TorchBackend:
     def __init__(self, model, processor, device="cpu", dtype="float32"):
         self.model, self.processor, self.device = model, processor, device
         self.dtype = choose_dtype(dtype, device)
+        # bf16 on a CPU runs on oneDNN, which builds a kernel for every shape it is given and keeps 1,024 of them: at
+        # the lengths of real recordings every batch was a new shape (a third of a batch's time). Frames padded to
+        # a multiple of 64 (0.64 s; the model masks them) make few shapes, in whole tiles of AMX's 16 rows.
+        self.pad_to_multiple_of = 64 if self.dtype == "bfloat16" and device == "cpu" else None
         self.sampling_rate = processor.feature_extractor.sampling_rate
         self.samples_per_frame = int(model.config.inputs_to_logits_ratio)
         self.vocabulary = onnx_runtime.CTCVocabulary.from_tokenizer(processor.tokenizer)
@@ -171,11 +175,17 @@ class TorchBackend:
         return self.run_features(self.features(waveforms))
 
     def features(self, waveforms):
-        """The processor's padded `input_features` and `attention_mask` (torch tensors) of a batch. Its warning
-        about loud float audio names an item of the batch; callers that read files name the file instead."""
+        """The processor's padded `input_features` and `attention_mask` (torch tensors) of a batch (in bf16 on a CPU
+        padded to a multiple of `pad_to_multiple_of` frames). Its warning about loud float audio names an item of
+        the batch; callers that read files name the file instead."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="float audio item", category=UserWarning)
-            return self.processor.feature_extractor(waveforms, sampling_rate=self.sampling_rate, return_tensors="pt")
+            return self.processor.feature_extractor(
+                waveforms,
+                sampling_rate=self.sampling_rate,
+                return_tensors="pt",
+                pad_to_multiple_of=self.pad_to_multiple_of,
+            )
 
     def run_features(self, inputs):
         """Log-probabilities of `features`' output, one (frames, vocab) array per utterance, padding removed

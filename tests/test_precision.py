@@ -109,6 +109,22 @@ def test_a_bfloat16_cpu_backend_multiplies_by_linear_weights_packed_once_for_one
         np.testing.assert_array_equal(ours, autocasts)
 
 
+def test_a_bfloat16_cpu_backend_pads_to_few_shapes_without_changing_what_it_gives(tiny_model, waveforms):
+    """In bf16 on a CPU a batch's frames are padded to a multiple of 64, so that oneDNN meets few shapes; the model
+    masks the padding: each recording's log-probabilities are those of the batch padded only to its longest,
+    within bf16's rounding. float32 pads to the longest only."""
+    full = TorchBackend.from_folder(str(tiny_model), language_model=False)
+    half = TorchBackend.from_folder(str(tiny_model), language_model=False, dtype="bfloat16")
+    frames = [half.features([w])["input_features"].shape[1] for w in waveforms]
+    assert all(n % 64 == 0 for n in frames) and half.features(waveforms)["input_features"].shape[1] % 64 == 0
+    longest = full.features(waveforms)["input_features"].shape[1]
+    assert longest % 64 and longest == max(len(w) for w in waveforms) // 160 + 1
+    to_longest = TorchBackend(half.model, half.processor, "cpu", "bfloat16")
+    to_longest.pad_to_multiple_of = None
+    for padded, unpadded in zip(half(waveforms), to_longest(waveforms)):
+        assert padded.shape == unpadded.shape and np.abs(padded - unpadded).max() < 0.05
+
+
 def test_the_log_softmax_and_the_ctc_loss_stay_float32_under_autocast(tiny_model):
     from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
 
