@@ -116,8 +116,8 @@ class TorchBackend:
         self.model, self.processor, self.device = model, processor, device
         self.dtype = choose_dtype(dtype, device)
         # bf16 on a CPU runs on oneDNN, which builds a kernel for every shape it is given and keeps 1,024 of them: at
-        # the lengths of real recordings every batch was a new shape (a third of a batch's time). Frames padded to
-        # a multiple of 64 (0.64 s; the model masks them) make few shapes, in whole tiles of AMX's 16 rows.
+        # the lengths of real recordings nearly every batch was a new shape (a bf16 server served 1.17x the audio
+        # once they were few). Frames padded to a multiple of 64 (0.64 s; the model masks them) make few shapes.
         self.pad_to_multiple_of = 64 if self.dtype == "bfloat16" and device == "cpu" else None
         self.sampling_rate = processor.feature_extractor.sampling_rate
         self.samples_per_frame = int(model.config.inputs_to_logits_ratio)
@@ -178,13 +178,16 @@ class TorchBackend:
         """The processor's padded `input_features` and `attention_mask` (torch tensors) of a batch (in bf16 on a CPU
         padded to a multiple of `pad_to_multiple_of` frames). Its warning about loud float audio names an item of
         the batch; callers that read files name the file instead."""
+        extractor, multiple = self.processor.feature_extractor, self.pad_to_multiple_of
+        if multiple:  # never past the position table, which the longest alone would fit
+            steps = getattr(self.model.config, "max_position_embeddings", None)
+            longest = max(extractor.num_frames(len(waveform)) for waveform in waveforms)
+            if steps and -(-longest // multiple) * multiple > steps * self.samples_per_frame // extractor.hop_length:
+                multiple = None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="float audio item", category=UserWarning)
-            return self.processor.feature_extractor(
-                waveforms,
-                sampling_rate=self.sampling_rate,
-                return_tensors="pt",
-                pad_to_multiple_of=self.pad_to_multiple_of,
+            return extractor(
+                waveforms, sampling_rate=self.sampling_rate, return_tensors="pt", pad_to_multiple_of=multiple
             )
 
     def run_features(self, inputs):

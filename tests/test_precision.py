@@ -123,6 +123,16 @@ def test_a_bfloat16_cpu_backend_pads_to_few_shapes_without_changing_what_it_give
     to_longest.pad_to_multiple_of = None
     for padded, unpadded in zip(half(waveforms), to_longest(waveforms)):
         assert padded.shape == unpadded.shape and np.abs(padded - unpadded).max() < 0.05
+    # float32 with the same padding: the model masks it to float32's rounding, alone and in a batch
+    full_padded = TorchBackend(full.model, full.processor, "cpu", "float32")
+    full_padded.pad_to_multiple_of = 64
+    for batch in ([waveforms[0]], waveforms):
+        for padded, unpadded in zip(full_padded(batch), full(batch)):
+            np.testing.assert_allclose(padded, unpadded, atol=2e-5, rtol=0)
+    # never past the position table: 1.15 s (116 frames) fits 30 steps (120 frames), its padding to 128 would not
+    half.model.config.max_position_embeddings = 30
+    half.model.ebranchformer.positions.table = half.model.ebranchformer.positions.table[:30]
+    assert half.features([waveforms[0][:18400]])["input_features"].shape[1] == 116 and half([waveforms[0][:18400]])
 
 
 def test_the_log_softmax_and_the_ctc_loss_stay_float32_under_autocast(tiny_model):

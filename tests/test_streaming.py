@@ -473,6 +473,60 @@ def test_a_look_ahead_that_fails_only_leaves_the_segment_to_its_chunk(
     assert len(calls) == len(finals[0]) == 3  # once in each endpoint's chunk, not again in every round after
 
 
+class Posted:
+    """An event loop to which the server's model thread posts: each event is sent at once, in order."""
+
+    def call_soon_threadsafe(self, send, event):
+        send(event)
+
+
+def test_a_live_round_sends_each_segment_as_soon_as_a_look_ahead_ends_it(streaming_folder, spoken, voice_steps):
+    """The server's rounds (`LiveStreams.round`), 0.1 s of each of three streams a round: a segment comes in the round
+    whose audio covers its endpoint, after the round's partials, and the partial after it covers the audio to its
+    endpoint; the segments are those of the whole recordings. A decoder that fails in a look ahead fails its
+    stream alone, with one error."""
+    from ebranchformer_ru.inference import TorchBackend
+    from ebranchformer_ru.serving import LiveEntry, LiveStreams
+    from ebranchformer_ru.streaming import ChunkModel, Endpointing, StreamDecoder, transcribe_files
+
+    model = ChunkModel(TorchBackend.from_folder(str(streaming_folder)), chunk_ms=640)
+    live, loop = LiveStreams(model, Endpointing(), batcher=None), Posted()
+    events = [[] for _ in spoken]
+    entries = [LiveEntry(model.stream(Endpointing()), loop, events[i].append) for i in range(len(spoken))]
+    live.entries.update(entries)
+    for at in range(0, max(len(r) for r in spoken), 1600):
+        for entry, recording, received in zip(entries, spoken, events):
+            entry.inbox.append(recording[at : at + 1600])
+            received.append({"type": "round", "audio": (at + 1600) / 16000})
+        live.round()
+    firsts = 0  # segments after a partial of the same round: a chunk's, sent before the look ahead
+    for stream_events, recording in zip(events, spoken):
+        segments = [e for e in stream_events if e["type"] == "segment"]
+        whole = transcribe_files(model, [recording], Endpointing())[0]["segments"]
+        assert len(segments) == 3 and [{k: s[k] for k in ("start", "end", "text")} for s in segments] == whole
+        for segment in segments:
+            at = stream_events.index(segment)
+            after, audio = stream_events[at + 1], max(e["audio"] for e in stream_events[:at] if e["type"] == "round")
+            assert after["type"] == "partial" and after["duration"] == segment["endpoint"]
+            assert audio - segment["endpoint"] <= 0.15
+            firsts += stream_events[at - 1]["type"] == "partial"
+    assert firsts > 0
+    # a decoder failing in a look ahead: its stream gets one error, the others go on
+    broken = model.stream(Endpointing())
+
+    def fail(self, frames):
+        raise RuntimeError("the language model failed")
+
+    broken.decoder.look_ahead = fail.__get__(broken.decoder, StreamDecoder)
+    received = []
+    live.entries = {LiveEntry(broken, loop, received.append)}
+    for at in range(0, len(spoken[0]), 1600):
+        next(iter(live.entries)).inbox.append(spoken[0][at : at + 1600])
+        live.round()
+    errors = [e for e in received if e["type"] == "error"]
+    assert len(errors) == 1 and "the language model failed" in errors[0]["error"]["message"] and broken.finished
+
+
 def test_transcribe_streaming_writes_segments_on_the_time_line(streaming_folder, waveforms, tmp_path, voice_steps):
     """Two recordings with 3 s of silence between their speech: `transcribe.py --streaming` cuts them at the
     endpoints and gives words on the recording's time line, the same as a stream fed as the audio arrives."""
@@ -596,9 +650,6 @@ def test_the_live_endpoint_streams_segments_equal_to_transcribe_streaming(
     segments = [m for m in messages if m["type"] == "segment"]
     assert len(partials) >= 5 and [m["duration"] for m in partials] == sorted(m["duration"] for m in partials)
     assert [{k: s[k] for k in ("start", "end", "text")} for s in segments] == record["segments"]
-    # the first segment ended by a look ahead, inside its chunk: the partial after it covers the audio to its endpoint
-    after = messages[messages.index(segments[0]) + 1]
-    assert after["type"] == "partial" and after["duration"] == segments[0]["endpoint"]
     first = len(waveforms[0]) / 16000  # the first utterance's end: 3 s of silence follow
     assert len(segments) == 2 and segments[0]["end"] <= first + 0.1 and segments[1]["end"] > first + 3
     assert messages[-1]["type"] == "final" and messages[-1]["text"] == record["text"]
