@@ -15,7 +15,7 @@ and the latency of live streams served by `serve.py --streaming` at 1 to 128 con
    speakers would): partials received (one a chunk, and one more at each segment ended by a look ahead), their lag
    behind the audio (arrival - start - the audio they cover), the delay of each segment behind its endpoint (the
    stream time at which the endpoint rule fired) and behind the end of the chunk in which it fell (negative where
-   a look ahead ended it before the chunk was complete, `streaming.recognize`), and the final transcript's delay
+   a look ahead ended it before the chunk was complete, `streaming.look_ahead_at`), and the final transcript's delay
    after the end of the audio.
 
     python benchmarks/streaming.py outputs/streaming --full_model outputs/mini
@@ -143,7 +143,7 @@ def round_costs(folder, count, dtypes, rounds=20) -> str:
         for n in range(rounds + 5):
             began = time.perf_counter()
             accept_audio([(stream, samples[n * piece : (n + 1) * piece]) for stream, samples in zip(streams, audio)])
-            recognize(model, streams)
+            recognize(model, streams, look_ahead=False)  # as the server: a round's chunks before its look aheads
             times.append(time.perf_counter() - began)
         times = times[5:]
         spread = f"{1000 * min(times):.0f}-{1000 * max(times):.0f} ms"
