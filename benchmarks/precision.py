@@ -55,14 +55,11 @@ def variants(model_dir, onnx_dir, threads, compile_):
         "float32": TorchBackend.from_folder(model_dir, threads=threads, language_model=False),
         "bfloat16": TorchBackend.from_folder(model_dir, threads=threads, language_model=False, dtype="bfloat16"),
     }
-    if compile_:
-        import torch
-
-        # float32 weights, which autocast casts inside the compiled graph: Inductor cannot trace the weights that a
-        # bf16 backend packs for oneDNN at loading (`inference.pack_linear`)
-        plain = TorchBackend.from_folder(model_dir, threads=threads, language_model=False)
-        compiled = TorchBackend(torch.compile(plain.model, dynamic=True), plain.processor, dtype="bfloat16")
-        out["bfloat16 + torch.compile"] = compiled
+    if compile_:  # Inductor with freezing, dynamic shapes (`inference.compile_model`)
+        for dtype in ("float32", "bfloat16"):
+            out[f"{dtype} + torch.compile"] = TorchBackend.from_folder(
+                model_dir, threads=threads, language_model=False, dtype=dtype, torch_compile=True
+            )
     out["ONNX float32"] = OnnxBackend(onnx_dir, threads=threads)
     out["ONNX int8"] = OnnxBackend(onnx_dir, threads=threads, quantized=True)
     return out

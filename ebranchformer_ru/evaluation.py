@@ -63,6 +63,7 @@ class Evaluation:
     device: str
     threads: int | None
     dtype: str = "float32"
+    torch_compile: bool = False
     itn: bool = False  # the normalised hypotheses beside the spoken ones; WER stays on the spoken text
     itn_cache_dir: str | None = None
 
@@ -84,6 +85,7 @@ def evaluate_model(
     dtype="float32",
     itn=False,
     itn_cache_dir=None,
+    torch_compile=False,
 ):
     """The results of every set (rows), on every process; with several processes (`context`, default: from the
     launcher's environment) rank 0 writes the files. `decoder`: None decodes with the folder's language model
@@ -104,6 +106,7 @@ def evaluate_model(
         device,
         threads,
         dtype,
+        torch_compile,
         itn,
         itn_cache_dir,
     )
@@ -140,6 +143,7 @@ def load(job: Evaluation, context, place_first: bool) -> tuple:
         trust_remote_code=job.trust_remote_code,
         language_model=False,
         dtype=job.dtype,
+        torch_compile=job.torch_compile,
     )
     if not place_first:
         check_results_place(job.output_dir)
@@ -185,6 +189,8 @@ def score(job: Evaluation, transcriber, lm_decoder, test_sets, itn, context) -> 
     results |= {"lm_decoding": decoding} if decoding else {}
     if transcriber.backend.dtype != "float32":  # as --dtype auto chose
         results["dtype"] = transcriber.backend.dtype
+    if job.torch_compile:
+        results["torch_compile"] = True
     files[job.output_dir / "results.json"] = json.dumps(results | {"results": rows}, indent=1)
     return rows, files
 
@@ -220,6 +226,7 @@ def evaluation_description(job: Evaluation) -> dict:
         "--output_dir": os.path.abspath(job.output_dir),
         "--update_model_card": job.update_model_card,
         "--dtype": job.dtype,
+        "--torch_compile": job.torch_compile,
     }
 
 

@@ -63,16 +63,17 @@ def choose_dtype(dtype: str, device: str = "cpu") -> str:
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 
-def cast_matmul_weights(model, dtype):
+def cast_matmul_weights(model, dtype, pack=True):
     """Casts the weights of `model`'s linear and convolution layers to `dtype` once, where autocast would cast
     them to it at every call: the outputs are the same, bit for bit. The norms and the rest keep float32. The casts
     weigh most where the batches are small: with them (and a float32 cache), a round of 128 live streams' chunk
     steps took 428 ms against 304 ms. On a CPU whose oneDNN multiplies bf16, the linear layers also get their
-    weights laid out once for it (`pack_linear`)."""
+    weights laid out once for it (`pack_linear`; `pack=False`: not, for a model to compile)."""
     import torch
 
     pack = (
-        dtype == torch.bfloat16
+        pack
+        and dtype == torch.bfloat16
         and torch.backends.mkldnn.is_available()
         and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
@@ -105,6 +106,27 @@ def pack_linear(linear):
     return forward
 
 
+def compile_model(model):
+    """A forward of `model` compiled by Inductor with `freezing`: the weights become constants, laid out once for the
+    CPU's matrix kernels, and the element-wise work between the products is fused; for inference only. Shapes are
+    dynamic, so one compilation serves every length; it compiles at the first call and again at the first batch of
+    more than one (20-30 s each for the main job's model on 2 cores)."""
+    import torch
+    from torch._inductor import config
+
+    compiled = torch.compile(model, dynamic=True)
+
+    def forward(**inputs):
+        try:
+            with config.patch(freezing=True):  # at every call, as any call may compile again (`options` has none)
+                return compiled(**inputs)
+        except torch._dynamo.exc.BackendCompilerFailed as error:  # no C++ compiler, say
+            reason = str(error).strip().splitlines()[-1]
+            raise InferenceError(f"--torch_compile: Inductor failed to compile the model ({reason})") from None
+
+    return forward
+
+
 # ---------------------------------------------------------------------------------------------- backends
 
 
@@ -112,8 +134,9 @@ class TorchBackend:
     """A Transformers model and processor run with PyTorch: the pipeline's features and outputs.
     `backend(waveforms)` gives one (frames, vocab) float32 log-probability array per waveform, padding removed."""
 
-    def __init__(self, model, processor, device="cpu", dtype="float32"):
+    def __init__(self, model, processor, device="cpu", dtype="float32", compiled=None):
         self.model, self.processor, self.device = model, processor, device
+        self.compiled = compiled  # `compile_model(model)`, which runs the offline forward when given
         self.dtype = choose_dtype(dtype, device)
         # bf16 on a CPU runs on oneDNN, which builds a kernel for every shape it is given and keeps 1,024 of them: at
         # the lengths of real recordings nearly every batch was a new shape (a bf16 server served 1.17x the audio
@@ -125,10 +148,17 @@ class TorchBackend:
 
     @classmethod
     def from_folder(
-        cls, model_dir, device="cpu", threads=None, trust_remote_code=False, language_model=True, dtype="float32"
+        cls,
+        model_dir,
+        device="cpu",
+        threads=None,
+        trust_remote_code=False,
+        language_model=True,
+        dtype="float32",
+        torch_compile=False,
     ):
         """The folder's model and processor; `language_model=False` leaves its language model unread; `dtype`:
-        `choose_dtype`'s choices."""
+        `choose_dtype`'s choices; `torch_compile`: offline forwards through `compile_model`."""
         import torch
 
         import modeling_ebranchformer  # noqa: F401  (registers the model types)
@@ -151,8 +181,18 @@ class TorchBackend:
             raise InferenceError(str(error)) from None
         backend = cls(model, processor, device, dtype)
         if backend.dtype == "bfloat16":  # the backend's own model, whose matrix products only ever run in bf16
-            cast_matmul_weights(model, backend.torch_dtype)
+            cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile)
+        if torch_compile:
+            backend.compiled = compile_model(model)
         return backend
+
+    def compile_now(self):
+        """Compiles the `compiled` forward now, as the first call and the first batch of more than one would (1 s of
+        silence each), so that no caller waits for it later. Nothing without `torch_compile`."""
+        if self.compiled is not None:
+            silence = np.zeros(self.sampling_rate, np.float32)
+            self([silence])
+            self([silence, silence[: len(silence) // 2]])
 
     @property
     def torch_dtype(self):
@@ -197,7 +237,7 @@ class TorchBackend:
 
         inputs = inputs.to(self.device)
         with self.running():
-            logits = self.model(**inputs).logits
+            logits = (self.model if self.compiled is None else self.compiled)(**inputs).logits
             log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
             lengths = self.model.get_output_lengths(inputs["attention_mask"].sum(-1)).cpu().numpy()
         return [log_probs[i, : int(n)] for i, n in enumerate(lengths)]
@@ -220,15 +260,26 @@ class OnnxBackend:
         return self.model(waveforms)
 
 
-def load_backend(model_dir, device="cpu", threads=None, quantized=False, trust_remote_code=False, dtype="float32"):
+def load_backend(
+    model_dir,
+    device="cpu",
+    threads=None,
+    quantized=False,
+    trust_remote_code=False,
+    dtype="float32",
+    torch_compile=False,
+):
     """An ONNX backend for an `export_onnx.py` folder, otherwise a PyTorch one (a model folder or Hub id), in
-    `dtype` (`choose_dtype`). The folder's language model is not read here (`load_decoder`)."""
+    `dtype` (`choose_dtype`), compiled with `torch_compile`. The folder's language model is not read here
+    (`load_decoder`)."""
     path = Path(model_dir)
     if path.is_dir() and onnx_runtime.is_onnx_folder(path):
         if dtype == "bfloat16":
             raise InferenceError(
                 f"--dtype bfloat16: {model_dir} is an ONNX export, which runs in float32 (or int8 with --quantized)"
             )
+        if torch_compile:
+            raise InferenceError(f"--torch_compile: {model_dir} is an ONNX export, which ONNX Runtime runs")
         return OnnxBackend(path, device, threads, quantized)
     if quantized:
         raise InferenceError(
@@ -238,7 +289,7 @@ def load_backend(model_dir, device="cpu", threads=None, quantized=False, trust_r
         raise InferenceError(
             f"{model_dir}: neither a model folder (config.json) nor an ONNX export ({onnx_runtime.EXPORT_FILE})"
         )
-    return TorchBackend.from_folder(model_dir, device, threads, trust_remote_code, language_model=False, dtype=dtype)
+    return TorchBackend.from_folder(model_dir, device, threads, trust_remote_code, False, dtype, torch_compile)
 
 
 # ---------------------------------------------------------------------------------------------- decoders

@@ -493,15 +493,7 @@ class Service:
         # main thread by loading did that to the model thread's forward passes (on 2 cores: ~1,700 sleeps a second
         # against 6; at 16 clients, the worst of 6 interleaved rounds fell to 0.35x of offline throughput, not 0.69x).
         with ThreadPoolExecutor(1) as loader:
-            self.backend = loader.submit(
-                load_backend,
-                args.model,
-                args.device,
-                args.threads,
-                args.quantized,
-                args.trust_remote_code,
-                getattr(args, "dtype", "float32"),
-            ).result()
+            self.backend = loader.submit(self.load_backend, args).result()
         self.decoder = load_decoder(args.model, args.decoder, hotword_weight=args.hotword_weight)
         self.itn = InverseNormalizer(args.itn_cache_dir, log=log.info) if getattr(args, "itn", False) else None
         segmenter = None
@@ -530,6 +522,24 @@ class Service:
         self.streams = 0  # live streams open
         self.stopping = None  # an asyncio.Event, set when the server begins to stop (made on the serving loop)
         self.uploads_cut_at = float("inf")  # loop time from which uploads still arriving are cut
+
+    @staticmethod
+    def load_backend(args):
+        """The model's backend; with --torch_compile compiled now, before the server is ready (20-60 s)."""
+        compile_ = getattr(args, "torch_compile", False)
+        backend = load_backend(
+            args.model,
+            args.device,
+            args.threads,
+            args.quantized,
+            args.trust_remote_code,
+            getattr(args, "dtype", "float32"),
+            compile_,
+        )
+        if compile_:
+            log.info("compiling the model (--torch_compile)")
+            backend.compile_now()
+        return backend
 
     def chunk_model(self, args) -> ChunkModel:
         try:
@@ -910,7 +920,8 @@ class Api:
         return JSONResponse({"object": "list", "data": [model]})
 
     async def health(self, request):
-        body = {"status": "ok", "dtype": self.service.backend.dtype}
+        backend = self.service.backend
+        body = {"status": "ok", "dtype": backend.dtype, "torch_compile": getattr(backend, "compiled", None) is not None}
         if (live := self.service.live) is not None:
             body["streaming"] = {"chunk_ms": round(live.model.chunk_size * live.model.frame_seconds * 1000)}
         return JSONResponse(body)

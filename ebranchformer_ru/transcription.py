@@ -131,6 +131,7 @@ def job_description(options, items, timestamps) -> dict:
         "--stride_length_s": options.stride_length_s,
         "--quantized": options.quantized,
         "--dtype": options.dtype,
+        "--torch_compile": options.torch_compile,
         **{f"--{name}": value for name, value in options.transcript_settings().items()},
         "--overwrite": options.overwrite,
         "--output": None if options.output is None else os.path.abspath(options.output),
@@ -168,6 +169,8 @@ def run_settings(options, items, suffix, timestamps) -> dict:
     }
     if options.dtype != "float32":  # (absent for float32: outputs made before the choice existed still resume)
         settings["dtype"] = options.dtype
+    if options.torch_compile:  # its fused kernels round otherwise (absent when off, as dtype's float32)
+        settings["torch_compile"] = True
     settings |= options.transcript_settings()
     if timestamps:  # words carry confidences: an output whose words have none is not resumed into
         settings["word_confidence"] = True
@@ -252,6 +255,7 @@ class Options:
     device: str = "cpu"
     threads: int | None = None
     dtype: str = "float32"
+    torch_compile: bool = False
     decoder: str = "greedy"
     hotwords: list | None = None
     hotword_weight: float | None = None
@@ -301,6 +305,8 @@ def check_options(options: Options):
         raise UsageError(f"--chunk_length_s must be a positive number of seconds, got {options.chunk_length_s}")
     if options.streaming and options.vad:
         raise UsageError("--streaming cuts recordings at its endpoints: leave out --vad")
+    if options.streaming and options.torch_compile:
+        raise UsageError("--torch_compile compiles the whole-recording forward, which --streaming does not run")
     try:
         options.endpointing()
     except StreamingError as error:
@@ -563,7 +569,13 @@ class Run:
         options, context = self.options, self.context
         device, threads = context.device(options.device), context.threads(options.threads)
         backend = load_backend(
-            options.model, device, threads, options.quantized, options.trust_remote_code, options.dtype
+            options.model,
+            device,
+            threads,
+            options.quantized,
+            options.trust_remote_code,
+            options.dtype,
+            options.torch_compile,
         )
         decoder = load_decoder(
             options.model, options.decoder, hotwords=options.hotwords, hotword_weight=options.hotword_weight

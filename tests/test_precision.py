@@ -46,6 +46,17 @@ def test_an_onnx_export_refuses_bfloat16(tmp_path):
         load_backend(tmp_path, dtype="bfloat16")
 
 
+def test_torch_compile_is_refused_where_it_would_not_run(tmp_path, tiny_model, capsys):
+    (tmp_path / "onnx_export.json").write_text("{}")
+    with pytest.raises(InferenceError, match="--torch_compile: .* is an ONNX export, which ONNX Runtime runs"):
+        load_backend(tmp_path, torch_compile=True)
+    file = str(sorted((CROWD / "files").glob("*.opus"))[0])
+    with pytest.raises(SystemExit) as exit:  # a usage error exits through argparse
+        command.main([str(tiny_model), file, "--streaming", "--torch_compile"])
+    assert exit.value.code == 2
+    assert "--torch_compile compiles the whole-recording forward" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def waveforms():
     from ebranchformer_ru.audio import read_audio
@@ -175,6 +186,69 @@ def test_transcribe_dtype_records_its_choice_and_refuses_to_mix_precisions(tiny_
     capsys.readouterr()
     assert command.main([*args[:-1], "float32"]) == 1  # bf16 transcripts are not resumed into by float32
     assert "dtype: 'bfloat16' then, None now" in capsys.readouterr().err
+
+
+def test_transcribe_torch_compile_compiles_the_backends_model_and_records_it(tiny_model, tmp_path, monkeypatch):
+    compiled = []
+
+    def compile_model(model):  # what compile_model's forward is given; the compilation itself is tested below
+        compiled.append(model)
+        return lambda **inputs: model(**inputs)
+
+    monkeypatch.setattr(inference, "compile_model", compile_model)
+    files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:2]]
+    output = tmp_path / "out.jsonl"
+    assert command.main([str(tiny_model), *files, "--output", str(output), "--no_progress", "--torch_compile"]) == 0
+    assert len(compiled) == 1 and len(output.read_text().splitlines()) == 2
+    assert json.loads((tmp_path / ".out.jsonl.transcribe.json").read_text())["settings"]["torch_compile"] is True
+
+
+def test_evaluate_and_the_server_compile_with_torch_compile(tiny_model, tmp_path, monkeypatch):
+    """`ebranchformer-evaluate --torch_compile` compiles and says so in results.json; `ebranchformer-serve
+    --torch_compile` compiles before it is ready, a batch of one and one of two."""
+    from argparse import Namespace
+
+    from ebranchformer_ru.commands import evaluate
+    from ebranchformer_ru.serving import Service
+
+    batches = []
+
+    def compile_model(model):
+        def forward(**inputs):
+            batches.append(len(inputs["input_features"]))
+            return model(**inputs)
+
+        return forward
+
+    monkeypatch.setattr(inference, "compile_model", compile_model)
+    out = tmp_path / "eval"
+    assert evaluate.main([str(tiny_model), "--max_samples", "2", "--output_dir", str(out), "--torch_compile"]) == 0
+    assert json.loads((out / "results.json").read_text())["torch_compile"] is True and batches
+    batches.clear()
+    args = dict(model=str(tiny_model), device="cpu", threads=None, quantized=False, trust_remote_code=False)
+    backend = Service.load_backend(Namespace(**args, torch_compile=True))
+    assert backend.compiled is not None and batches == [1, 2]
+    assert Service.load_backend(Namespace(**args)).compiled is None and batches == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_compiled_backend_gives_the_eager_log_probs_for_every_batch_and_length(tiny_model, waveforms):
+    """`--torch_compile`: Inductor with frozen weights and dynamic shapes, compiled by `compile_now` for a batch of
+    one and of more; then recordings alone and batched (other lengths, other batch sizes) run the compiled code
+    without compiling again, and give eager bf16's log-probabilities within bf16's rounding."""
+    from torch._dynamo.utils import counters
+
+    eager = TorchBackend.from_folder(str(tiny_model), language_model=False, dtype="bfloat16")
+    compiled = TorchBackend.from_folder(str(tiny_model), language_model=False, dtype="bfloat16", torch_compile=True)
+    compiled.compile_now()
+    compilations = counters["stats"]["unique_graphs"]
+    with torch.profiler.profile() as profile:
+        outputs = compiled(waveforms) + [compiled([w])[0] for w in waveforms[:3]] + compiled(waveforms[3:])
+    assert counters["stats"]["unique_graphs"] == compilations  # no length or batch size compiled again
+    assert any(event.name.startswith("Torch-Compiled Region") for event in profile.events())
+    expected = eager(waveforms) + eager(waveforms[:3]) + eager(waveforms[3:])
+    for ours, theirs in zip(outputs, expected):
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 0.05
 
 
 @pytest.mark.slow

@@ -300,7 +300,11 @@ def test_limits(tiny_model, tmp_path, speech_like):
         sf.write(short, speech_like(2.5, 0), 16000)
         ok = requests.post(url, data={"model": name}, files={"file": short.open("rb")})
         assert ok.status_code == 200 and ok.headers["x-request-id"]
-        assert requests.get(running.url + "/health").json() == {"status": "ok", "dtype": "float32"}
+        assert requests.get(running.url + "/health").json() == {
+            "status": "ok",
+            "dtype": "float32",
+            "torch_compile": False,
+        }
         assert requests.get(running.url + "/ready").json() == {"status": "ready", "queued": 0, "max_queue": 256}
 
 

@@ -141,7 +141,11 @@ def test_slow_header_connections_do_not_take_the_server(tiny_model, tmp_path):
             time.sleep(1.0)
             for _ in range(3):
                 begun = time.monotonic()
-                assert requests.get(server.url + "/health", timeout=5).json() == {"status": "ok", "dtype": "float32"}
+                assert requests.get(server.url + "/health", timeout=5).json() == {
+                    "status": "ok",
+                    "dtype": "float32",
+                    "torch_compile": False,
+                }
                 response = server.post(timeout=5)
                 assert response.status_code == 200 and response.json()["text"], response.text
                 assert time.monotonic() - begun < 5.0

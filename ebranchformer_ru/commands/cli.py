@@ -165,6 +165,15 @@ def add_dtype(parser):
     )
 
 
+def add_torch_compile(parser):
+    add_switch(
+        parser,
+        "torch_compile",
+        "compile the model with torch.compile (Inductor, weights frozen): faster calls after 20-30 s of compiling at "
+        "the first call and at the first batch of more than one; needs a C++ compiler on a CPU (docs/precision.md)",
+    )
+
+
 def add_decoder(parser, default: str = "greedy", help: str = ""):
     parser.add_argument(
         "--decoder",

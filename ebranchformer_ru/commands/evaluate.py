@@ -50,6 +50,7 @@ def build_parser():
     cli.add_device(parser)
     cli.add_threads(parser)
     cli.add_dtype(parser)
+    cli.add_torch_compile(parser)
     cli.add_switch(parser, "itn", "also write each hypothesis with numbers as digits (the itn extra); WER stays spoken")
     parser.add_argument("--itn_cache_dir", default=None, help="--itn: where its compiled grammars are kept")
     cli.add_trust_remote_code(parser)
@@ -97,6 +98,7 @@ def evaluate(args):
         args.device,
         args.threads,
         dtype=args.dtype,
+        torch_compile=args.torch_compile,
         itn=args.itn,
         itn_cache_dir=args.itn_cache_dir,
     )

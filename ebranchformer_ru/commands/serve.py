@@ -61,6 +61,7 @@ def build_parser():
     cli.add_device(parser)
     cli.add_threads(parser)
     cli.add_dtype(parser)
+    cli.add_torch_compile(parser)
     cli.add_switch(parser, "quantized", "ONNX export only: run the int8 model")
     cli.add_decoder(parser, help="; with lm, a request's `prompt` carries hotwords")
     parser.add_argument("--hotword_weight", type=float, default=None, help="--decoder lm: bonus per hotword")

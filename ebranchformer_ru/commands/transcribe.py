@@ -39,6 +39,7 @@ def build_parser():
     cli.add_device(parser)
     cli.add_threads(parser)
     cli.add_dtype(parser)
+    cli.add_torch_compile(parser)
     cli.add_decoder(parser)
     parser.add_argument(
         "--hotwords", nargs="+", metavar="WORD", help="--decoder lm: words or phrases to favour (names, commands)"
@@ -94,6 +95,7 @@ def transcribe(args) -> int:
         device=args.device,
         threads=args.threads,
         dtype=args.dtype,
+        torch_compile=args.torch_compile,
         decoder=args.decoder,
         hotwords=args.hotwords,
         hotword_weight=args.hotword_weight,

@@ -49,6 +49,7 @@ def build_parser():
     cli.add_device(parser)
     cli.add_threads(parser)
     cli.add_dtype(parser)
+    cli.add_torch_compile(parser)
     cli.add_switch(parser, "dry_run", "print the choice, do not write attrs.json")
     cli.add_trust_remote_code(parser)
     return parser
@@ -73,6 +74,7 @@ def tune_lm(args):
         args.device,
         args.threads,
         args.dtype,
+        args.torch_compile,
     )
 
 
