@@ -17,6 +17,8 @@ and serve /metrics, which a scraper reads every --scrape_s seconds during the lo
 
     python benchmarks/serve_load.py outputs/mini --threads 2 --seconds 15 --rounds 4
     python benchmarks/serve_load.py outputs/mini --seconds 5 --rounds 1 --clients 1 4 --stream_files 4   # smoke run
+    python benchmarks/serve_load.py outputs/mini --clients 16 --stream_files 0 --dtypes float32 auto auto+compile \
+        --peer /tmp/peer          # precisions against an older checkout's server (git worktree add /tmp/peer COMMIT)
 """
 
 import argparse
@@ -53,12 +55,12 @@ def free_port():
 class Server:
     """serve.py in a process of its own; `peak_mib()` is its peak resident memory since the last `reset_peak()`."""
 
-    def __init__(self, model, threads, batch, options=()):
+    def __init__(self, model, threads, batch, options=(), root=ROOT):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             sys.executable,
-            str(ROOT / "serve.py"),
+            str(root / "serve.py"),
             model,
             "--port",
             str(self.port),
@@ -70,7 +72,7 @@ class Server:
             "1024",
             *options,
         ]
-        self.process = subprocess.Popen(command, stderr=subprocess.DEVNULL, cwd=ROOT)
+        self.process = subprocess.Popen(command, stderr=subprocess.DEVNULL, cwd=root)
         for _ in range(1200):
             try:
                 if requests.get(self.url + "/ready", timeout=1, headers=HEADERS).ok:
@@ -240,10 +242,18 @@ def main(argv=None):
         "--dtypes",
         nargs="+",
         default=["float32"],
-        choices=("float32", "bfloat16", "auto"),
-        help="the servers' --dtype: the first for both batch sizes, each further one a batch-16 server more",
+        choices=[f"{dtype}{compiled}" for dtype in ("float32", "bfloat16", "auto") for compiled in ("", "+compile")],
+        help="the servers' --dtype (+compile: and --torch_compile): the first for both batch sizes, each further "
+        "one a batch-16 server more",
     )
     parser.add_argument("--scrape_s", type=float, default=5.0, help="seconds between scrapes of /metrics")
+    parser.add_argument(
+        "--peer",
+        type=Path,
+        default=None,
+        help="another checkout of this project (`git worktree add /tmp/peer COMMIT`): its serve.py, float32 at batch "
+        "16 with no other options, one server more, and every server's ratio to it in the same round (x peer)",
+    )
     args = parser.parse_args(argv)
     options = ["--metrics", str(args.metrics).lower()]
     if args.api_key:
@@ -267,11 +277,24 @@ def main(argv=None):
     # the servers: (--max_batch_size, --dtype) -> Server; batch 1 shows what dynamic batching gains, each further
     # --dtypes value a batch-16 server in that precision
     variants = [(16, args.dtypes[0]), (1, args.dtypes[0])] + [(16, dtype) for dtype in args.dtypes[1:]]
-    servers = {v: Server(args.model, args.threads, v[0], [*options, "--dtype", v[1]]) for v in variants}
+    servers = {
+        v: Server(
+            args.model,
+            args.threads,
+            v[0],
+            [*options, "--dtype", v[1].split("+")[0], *["--torch_compile"] * ("+" in v[1])],
+        )
+        for v in variants
+    }
     first = servers[(16, args.dtypes[0])]
     scraping = threading.Event()
     if args.metrics:
         threading.Thread(target=scrape, args=(list(servers.values()), args.scrape_s, scraping), daemon=True).start()
+    peer = None
+    if args.peer:  # started after the scraper took its list: an older server may have no /metrics
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=args.peer)
+        peer = (16, f"float32 (peer {commit.stdout.strip() or args.peer})")
+        servers[peer] = Server(args.model, args.threads, 16, root=args.peer.resolve())
     results, offline_rates = {}, []
     try:
         for round_ in range(args.rounds):
@@ -313,8 +336,10 @@ def main(argv=None):
     rows = []
     for ((batch, dtype), clients), cells in sorted(results.items(), key=lambda kv: (kv[0][1], -kv[0][0][0])):
         rates = [c["audio_per_s"] for c in cells]
-        # each round's ratio to that round's offline run: the machine's speed drifts between rounds
+        # each round's ratio to that round's offline run (and peer server): the machine's speed drifts between rounds
         ratios = [rate / offline_rate for rate, offline_rate in zip(rates, offline_rates)]
+        peer_rates = [c["audio_per_s"] for c in results[(peer, clients)]] if peer else []
+        to_peer = spread([rate / peer_rate for rate, peer_rate in zip(rates, peer_rates)]) if peer else "-"
         rows.append(
             [
                 clients,
@@ -323,6 +348,7 @@ def main(argv=None):
                 spread([c["rps"] for c in cells], 1),
                 spread(rates, 1),
                 spread(ratios),
+                to_peer,
                 spread([c["p50"] for c in cells]),
                 spread([c["p95"] for c in cells]),
                 spread([c["p99"] for c in cells]),
@@ -339,6 +365,7 @@ def main(argv=None):
                 "requests/s",
                 "audio s/s",
                 "x offline",
+                "x peer",
                 "p50 s",
                 "p95 s",
                 "p99 s",
