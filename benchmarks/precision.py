@@ -1,5 +1,5 @@
-"""Precision on this CPU: float32 against bfloat16 (autocast), bfloat16 with torch.compile, and the ONNX export's
-float32 and int8 models, for inference (the inference core's backend call: features, model, log-softmax) and for
+"""Precision on this CPU: float32 against bfloat16 (autocast), each also compiled as `--torch_compile` compiles
+it, and the ONNX export's float32 and int8 models, for inference (the inference core's backend call: features, model, log-softmax) and for
 training steps, in one process with the rounds interleaved (every variant once per round), median and spread; then
 what each part of a served request costs (uploads' decoding, features, the model, CTC decoding), which bounds what
 bf16 can do for a server; then the WER of each variant on the embedded test sets through `Transcriber`.

@@ -110,19 +110,26 @@ def compile_model(model):
     """A forward of `model` compiled by Inductor with `freezing`: the weights become constants, laid out once for the
     CPU's matrix kernels, and the element-wise work between the products is fused; for inference only. Shapes are
     dynamic, so one compilation serves every length; it compiles at the first call and again at the first batch of
-    more than one (20-30 s each for the main job's model on 2 cores)."""
+    more than one (`TorchBackend.compile_now`)."""
     import torch
     from torch._inductor import config
 
     compiled = torch.compile(model, dynamic=True)
 
     def forward(**inputs):
+        # Dynamo reads `freezing` from the global config when it traces (whether the weights become constants):
+        # torch.compile's `options` reach only Inductor's later steps, where it freezes nothing. So it is set around
+        # every call, as any call may compile again.
         try:
-            with config.patch(freezing=True):  # at every call, as any call may compile again (`options` has none)
+            with config.patch(freezing=True):
                 return compiled(**inputs)
         except torch._dynamo.exc.BackendCompilerFailed as error:  # no C++ compiler, say
-            reason = str(error).strip().splitlines()[-1]
-            raise InferenceError(f"--torch_compile: Inductor failed to compile the model ({reason})") from None
+            inner = getattr(error, "inner_exception", None) or error
+            reason = f"{type(inner).__name__}: {inner}".strip().splitlines()[0]
+            raise InferenceError(
+                f"--torch_compile: Inductor failed to compile the model ({reason}); on a CPU it needs a C++ compiler "
+                "(g++): install one, or leave out --torch_compile"
+            ) from None
 
     return forward
 
@@ -134,9 +141,9 @@ class TorchBackend:
     """A Transformers model and processor run with PyTorch: the pipeline's features and outputs.
     `backend(waveforms)` gives one (frames, vocab) float32 log-probability array per waveform, padding removed."""
 
-    def __init__(self, model, processor, device="cpu", dtype="float32", compiled=None):
+    def __init__(self, model, processor, device="cpu", dtype="float32"):
         self.model, self.processor, self.device = model, processor, device
-        self.compiled = compiled  # `compile_model(model)`, which runs the offline forward when given
+        self.compiled = None  # `compile_model(model)`, which runs the whole-recording forward when set
         self.dtype = choose_dtype(dtype, device)
         # bf16 on a CPU runs on oneDNN, which builds a kernel for every shape it is given and keeps 1,024 of them: at
         # the lengths of real recordings nearly every batch was a new shape (a bf16 server served 1.17x the audio
@@ -158,7 +165,8 @@ class TorchBackend:
         torch_compile=False,
     ):
         """The folder's model and processor; `language_model=False` leaves its language model unread; `dtype`:
-        `choose_dtype`'s choices; `torch_compile`: offline forwards through `compile_model`."""
+        `choose_dtype`'s choices; `torch_compile`: whole-recording forwards through `compile_model`, compiled here for
+        a batch of one, so that a model Inductor cannot compile is refused before any work."""
         import torch
 
         import modeling_ebranchformer  # noqa: F401  (registers the model types)
@@ -184,15 +192,18 @@ class TorchBackend:
             cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile)
         if torch_compile:
             backend.compiled = compile_model(model)
+            backend.compile_now(largest_batch=1)
         return backend
 
-    def compile_now(self):
-        """Compiles the `compiled` forward now, as the first call and the first batch of more than one would (1 s of
-        silence each), so that no caller waits for it later. Nothing without `torch_compile`."""
+    def compile_now(self, largest_batch=2):
+        """Compiles the `compiled` forward now, as the first call and, where batches of `largest_batch` may come, the
+        first batch of more than one would (1 s of silence each), so that no caller waits for it later. Nothing
+        without `torch_compile`."""
         if self.compiled is not None:
             silence = np.zeros(self.sampling_rate, np.float32)
             self([silence])
-            self([silence, silence[: len(silence) // 2]])
+            if largest_batch > 1:
+                self([silence, silence[: len(silence) // 2]])
 
     @property
     def torch_dtype(self):
@@ -247,7 +258,7 @@ class OnnxBackend:
     """A folder made by `export_onnx.py`, run with ONNX Runtime and numpy only."""
 
     def __init__(self, model_dir, device="cpu", threads=None, quantized=False):
-        self.dtype = "float32"
+        self.dtype, self.compiled = "float32", None
         try:
             self.model = onnx_runtime.OnnxCTCModel(model_dir, quantized=quantized, num_threads=threads, device=device)
         except ValueError as error:  # a missing int8 model, no CUDA provider, a damaged folder: named
@@ -289,7 +300,9 @@ def load_backend(
         raise InferenceError(
             f"{model_dir}: neither a model folder (config.json) nor an ONNX export ({onnx_runtime.EXPORT_FILE})"
         )
-    return TorchBackend.from_folder(model_dir, device, threads, trust_remote_code, False, dtype, torch_compile)
+    return TorchBackend.from_folder(
+        model_dir, device, threads, trust_remote_code, language_model=False, dtype=dtype, torch_compile=torch_compile
+    )
 
 
 # ---------------------------------------------------------------------------------------------- decoders

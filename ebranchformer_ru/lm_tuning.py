@@ -87,7 +87,9 @@ def tune(
         raise Error(f"model folder not found: {model_dir} (a model folder with a language model, build_lm.py)")
     sets = choose_test_sets(data_dir, sets)
     decoder = load_decoder(model_dir, "lm").decoder  # the search whose alpha and beta are tuned
-    backend = TorchBackend.from_folder(str(model_dir), device, threads, trust_remote_code, False, dtype, torch_compile)
+    backend = TorchBackend.from_folder(
+        str(model_dir), device, threads, trust_remote_code, False, dtype=dtype, torch_compile=torch_compile
+    )
     processor, transcriber = backend.processor, Transcriber(backend, batch_size)
     test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)
     tuning, unseen = held_out_halves(transcriber, test_sets, subset)

@@ -525,8 +525,11 @@ class Service:
 
     @staticmethod
     def load_backend(args):
-        """The model's backend; with --torch_compile compiled now, before the server is ready (20-60 s)."""
+        """The model's backend; with --torch_compile compiled now for the batches to come, before the server is
+        ready."""
         compile_ = getattr(args, "torch_compile", False)
+        if compile_:
+            log.info("--torch_compile: compiling the model before serving")
         backend = load_backend(
             args.model,
             args.device,
@@ -537,8 +540,7 @@ class Service:
             compile_,
         )
         if compile_:
-            log.info("compiling the model (--torch_compile)")
-            backend.compile_now()
+            backend.compile_now(args.max_batch_size)
         return backend
 
     def chunk_model(self, args) -> ChunkModel:
@@ -921,7 +923,7 @@ class Api:
 
     async def health(self, request):
         backend = self.service.backend
-        body = {"status": "ok", "dtype": backend.dtype, "torch_compile": getattr(backend, "compiled", None) is not None}
+        body = {"status": "ok", "dtype": backend.dtype, "torch_compile": backend.compiled is not None}
         if (live := self.service.live) is not None:
             body["streaming"] = {"chunk_ms": round(live.model.chunk_size * live.model.frame_seconds * 1000)}
         return JSONResponse(body)

@@ -306,7 +306,9 @@ def check_options(options: Options):
     if options.streaming and options.vad:
         raise UsageError("--streaming cuts recordings at its endpoints: leave out --vad")
     if options.streaming and options.torch_compile:
-        raise UsageError("--torch_compile compiles the whole-recording forward, which --streaming does not run")
+        raise UsageError(
+            "--torch_compile compiles the whole-recording forward, not --streaming's chunk steps: leave out one"
+        )
     try:
         options.endpointing()
     except StreamingError as error:

@@ -5,9 +5,11 @@ import json
 
 import numpy as np
 import pytest
+import requests
 import torch
 
 from ebranchformer_ru import inference
+from ebranchformer_ru.commands import serve
 from ebranchformer_ru.commands import transcribe as command
 from ebranchformer_ru.golos import EMBEDDED_CORPUS as EMBEDDED
 from ebranchformer_ru.inference import InferenceError, TorchBackend, choose_dtype, cpu_has_fast_bf16, load_backend
@@ -55,6 +57,9 @@ def test_torch_compile_is_refused_where_it_would_not_run(tmp_path, tiny_model, c
         command.main([str(tiny_model), file, "--streaming", "--torch_compile"])
     assert exit.value.code == 2
     assert "--torch_compile compiles the whole-recording forward" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        serve.main([str(tiny_model), "--streaming", "--torch_compile"])
+    assert exit.value.code == 2 and "leave out one" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -188,29 +193,18 @@ def test_transcribe_dtype_records_its_choice_and_refuses_to_mix_precisions(tiny_
     assert "dtype: 'bfloat16' then, None now" in capsys.readouterr().err
 
 
-def test_transcribe_torch_compile_compiles_the_backends_model_and_records_it(tiny_model, tmp_path, monkeypatch):
-    compiled = []
-
-    def compile_model(model):  # what compile_model's forward is given; the compilation itself is tested below
-        compiled.append(model)
-        return lambda **inputs: model(**inputs)
-
-    monkeypatch.setattr(inference, "compile_model", compile_model)
+def test_transcribe_torch_compile_compiles_the_backends_model_and_records_it(tiny_model, tmp_path, compiled_batches):
     files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:2]]
     output = tmp_path / "out.jsonl"
     assert command.main([str(tiny_model), *files, "--output", str(output), "--no_progress", "--torch_compile"]) == 0
-    assert len(compiled) == 1 and len(output.read_text().splitlines()) == 2
+    assert compiled_batches == [1, 2] and len(output.read_text().splitlines()) == 2  # at loading, then the batch
     assert json.loads((tmp_path / ".out.jsonl.transcribe.json").read_text())["settings"]["torch_compile"] is True
 
 
-def test_evaluate_and_the_server_compile_with_torch_compile(tiny_model, tmp_path, monkeypatch):
-    """`ebranchformer-evaluate --torch_compile` compiles and says so in results.json; `ebranchformer-serve
-    --torch_compile` compiles before it is ready, a batch of one and one of two."""
-    from argparse import Namespace
-
-    from ebranchformer_ru.commands import evaluate
-    from ebranchformer_ru.serving import Service
-
+@pytest.fixture
+def compiled_batches(monkeypatch):
+    """The batch sizes the compiled forward is called with, `compile_model` standing in for Inductor (the
+    compilation itself is tested below)."""
     batches = []
 
     def compile_model(model):
@@ -221,25 +215,70 @@ def test_evaluate_and_the_server_compile_with_torch_compile(tiny_model, tmp_path
         return forward
 
     monkeypatch.setattr(inference, "compile_model", compile_model)
+    return batches
+
+
+def test_evaluate_tune_lm_and_the_server_compile_with_torch_compile(tiny_model, lm_folder, tmp_path, compiled_batches):
+    """`--torch_compile` compiles at loading (a batch of one); evaluate says so in results.json; the server also
+    compiles a batch of two before it is ready, and says so on /health."""
+    from served import Running
+
+    from ebranchformer_ru.commands import evaluate, tune_lm
+
     out = tmp_path / "eval"
     assert evaluate.main([str(tiny_model), "--max_samples", "2", "--output_dir", str(out), "--torch_compile"]) == 0
-    assert json.loads((out / "results.json").read_text())["torch_compile"] is True and batches
-    batches.clear()
-    args = dict(model=str(tiny_model), device="cpu", threads=None, quantized=False, trust_remote_code=False)
-    backend = Service.load_backend(Namespace(**args, torch_compile=True))
-    assert backend.compiled is not None and batches == [1, 2]
-    assert Service.load_backend(Namespace(**args)).compiled is None and batches == [1, 2]
+    assert json.loads((out / "results.json").read_text())["torch_compile"] is True
+    assert compiled_batches[0] == 1 and len(compiled_batches) > 1
+    compiled_batches.clear()
+    grid = ["--alphas", "0.5", "--betas", "0", "--max_samples", "2", "--dry_run"]
+    assert tune_lm.main([str(lm_folder[1]), *grid, "--torch_compile"]) == 0 and compiled_batches[0] == 1
+    compiled_batches.clear()
+    with Running(tiny_model, "--torch_compile") as running:
+        assert compiled_batches == [1, 1, 2]
+        assert requests.get(running.url + "/health").json()["torch_compile"] is True
+
+
+def test_a_model_inductor_cannot_compile_is_refused_at_loading_with_the_reason(tiny_model, monkeypatch, capsys):
+    from torch._dynamo.exc import BackendCompilerFailed
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    def fail(**inputs):
+        error = BackendCompilerFailed(fail, InvalidCxxCompiler(), None)
+        error.args = (f"{error}\n\nSet TORCHDYNAMO_VERBOSE=1 for the internal stack trace",)  # as Dynamo adds it
+        raise error
+
+    monkeypatch.setattr(torch, "compile", lambda model, **options: fail)
+    file = str(sorted((CROWD / "files").glob("*.opus"))[0])
+    assert command.main([str(tiny_model), file, "--torch_compile", "--no_progress"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("error: --torch_compile: Inductor failed to compile the model (InvalidCxxCompiler: No")
+    assert error[-1].endswith("install one, or leave out --torch_compile") and "error:" not in "".join(error[:-1])
+
+
+@pytest.fixture(params=["full context", "chunk convolutions"])
+def model_to_compile(request, tiny_model, tiny_config_values, tmp_path):
+    """The tiny model, and a streaming one whose whole-recording forward convolves chunk by chunk."""
+    if request.param == "full context":
+        return tiny_model
+    from modeling_ebranchformer import EBranchformerConfig, EBranchformerForCTC, EBranchformerProcessor
+
+    torch.manual_seed(0)
+    values = dict(tiny_config_values, chunk_convolutions=True, streaming_chunk_size=8, streaming_left_chunks=2)
+    EBranchformerForCTC(EBranchformerConfig(**values)).eval().save_pretrained(tmp_path)
+    EBranchformerProcessor().save_pretrained(tmp_path)
+    return tmp_path
 
 
 @pytest.mark.slow
-def test_a_compiled_backend_gives_the_eager_log_probs_for_every_batch_and_length(tiny_model, waveforms):
-    """`--torch_compile`: Inductor with frozen weights and dynamic shapes, compiled by `compile_now` for a batch of
-    one and of more; then recordings alone and batched (other lengths, other batch sizes) run the compiled code
-    without compiling again, and give eager bf16's log-probabilities within bf16's rounding."""
+def test_a_compiled_backend_gives_the_eager_log_probs_for_every_batch_and_length(model_to_compile, waveforms):
+    """`--torch_compile`: Inductor with frozen weights and dynamic shapes, compiled for a batch of one and of more;
+    then recordings alone and batched (other lengths, other batch sizes) run the compiled code without compiling
+    again, and give eager bf16's log-probabilities within bf16's rounding."""
     from torch._dynamo.utils import counters
 
-    eager = TorchBackend.from_folder(str(tiny_model), language_model=False, dtype="bfloat16")
-    compiled = TorchBackend.from_folder(str(tiny_model), language_model=False, dtype="bfloat16", torch_compile=True)
+    folder = str(model_to_compile)
+    eager = TorchBackend.from_folder(folder, language_model=False, dtype="bfloat16")
+    compiled = TorchBackend.from_folder(folder, language_model=False, dtype="bfloat16", torch_compile=True)
     compiled.compile_now()
     compilations = counters["stats"]["unique_graphs"]
     with torch.profiler.profile() as profile:

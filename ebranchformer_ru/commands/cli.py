@@ -169,8 +169,9 @@ def add_torch_compile(parser):
     add_switch(
         parser,
         "torch_compile",
-        "compile the model with torch.compile (Inductor, weights frozen): faster calls after 20-30 s of compiling at "
-        "the first call and at the first batch of more than one; needs a C++ compiler on a CPU (docs/precision.md)",
+        "compile the model with torch.compile (Inductor, weights frozen): faster calls after compiling at loading "
+        "and at the first batch of more than one (about 40 s each on 2 cores); needs a C++ compiler on a CPU "
+        "(docs/precision.md)",
     )
 
 

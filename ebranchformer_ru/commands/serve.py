@@ -162,6 +162,10 @@ def serve(args):
             f"--vad_threshold must be between 0 and 1 (got {args.vad_threshold:g}) and --vad_max_segment_s from 1 s "
             f"to --chunk_length_s {args.chunk_length_s:g} (got {args.vad_max_segment_s:g})"
         )
+    if args.streaming and args.torch_compile:  # live streams run chunk steps, which it does not compile
+        raise UsageError(
+            "--torch_compile compiles the whole-recording forward, not --streaming's chunk steps: leave out one"
+        )
     if args.streaming:
         try:
             serving.Service.endpointing(args)
