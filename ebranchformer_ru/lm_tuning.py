@@ -88,7 +88,13 @@ def tune(
     sets = choose_test_sets(data_dir, sets)
     decoder = load_decoder(model_dir, "lm").decoder  # the search whose alpha and beta are tuned
     backend = TorchBackend.from_folder(
-        str(model_dir), device, threads, trust_remote_code, False, dtype=dtype, torch_compile=torch_compile
+        str(model_dir),
+        device,
+        threads,
+        trust_remote_code,
+        language_model=False,
+        dtype=dtype,
+        torch_compile=torch_compile,
     )
     processor, transcriber = backend.processor, Transcriber(backend, batch_size)
     test_sets = load_test_sets(data_dir, sets, processor.tokenizer, max_samples)

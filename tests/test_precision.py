@@ -1,5 +1,5 @@
 """The precision choice (`--dtype`): what `auto` picks, bfloat16 inference through the inference core, and the
-parts that stay float32 under autocast (features, masks, log-softmax, the CTC loss)."""
+parts that stay float32 under autocast (features, masks, log-softmax, the CTC loss); `--torch_compile`."""
 
 import json
 
@@ -193,14 +193,6 @@ def test_transcribe_dtype_records_its_choice_and_refuses_to_mix_precisions(tiny_
     assert "dtype: 'bfloat16' then, None now" in capsys.readouterr().err
 
 
-def test_transcribe_torch_compile_compiles_the_backends_model_and_records_it(tiny_model, tmp_path, compiled_batches):
-    files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:2]]
-    output = tmp_path / "out.jsonl"
-    assert command.main([str(tiny_model), *files, "--output", str(output), "--no_progress", "--torch_compile"]) == 0
-    assert compiled_batches == [1, 2] and len(output.read_text().splitlines()) == 2  # at loading, then the batch
-    assert json.loads((tmp_path / ".out.jsonl.transcribe.json").read_text())["settings"]["torch_compile"] is True
-
-
 @pytest.fixture
 def compiled_batches(monkeypatch):
     """The batch sizes the compiled forward is called with, `compile_model` standing in for Inductor (the
@@ -216,6 +208,14 @@ def compiled_batches(monkeypatch):
 
     monkeypatch.setattr(inference, "compile_model", compile_model)
     return batches
+
+
+def test_transcribe_torch_compile_compiles_the_backends_model_and_records_it(tiny_model, tmp_path, compiled_batches):
+    files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:2]]
+    output = tmp_path / "out.jsonl"
+    assert command.main([str(tiny_model), *files, "--output", str(output), "--no_progress", "--torch_compile"]) == 0
+    assert compiled_batches == [1, 2] and len(output.read_text().splitlines()) == 2  # at loading, then the batch
+    assert json.loads((tmp_path / ".out.jsonl.transcribe.json").read_text())["settings"]["torch_compile"] is True
 
 
 def test_evaluate_tune_lm_and_the_server_compile_with_torch_compile(tiny_model, lm_folder, tmp_path, compiled_batches):
