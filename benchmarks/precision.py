@@ -1,8 +1,9 @@
-"""Precision on this CPU: float32 against bfloat16 (autocast), each also compiled as `--torch_compile` compiles
-it, and the ONNX export's float32 and int8 models, for inference (the inference core's backend call: features, model, log-softmax) and for
-training steps, in one process with the rounds interleaved (every variant once per round), median and spread; then
-what each part of a served request costs (uploads' decoding, features, the model, CTC decoding), which bounds what
-bf16 can do for a server; then the WER of each variant on the embedded test sets through `Transcriber`.
+"""Precision on this CPU: float32 against bfloat16 (autocast), each also compiled as `--torch_compile` compiles it, and
+the ONNX export's float32 and int8 models, for inference (the inference core's backend call: features, model,
+log-softmax) and for training steps, in one process with the rounds interleaved (every variant once per round),
+median and spread; then what each part of a served request costs (uploads' decoding, features, the model, CTC
+decoding), which bounds what bf16 can do for a server; then the WER of each variant on the embedded test sets
+through `Transcriber`.
 
     python benchmarks/precision.py outputs/mini                          # 1x10 s and 16x8 s, 2 threads, 7 rounds
     python benchmarks/precision.py outputs/mini --rounds 9 --threads 2 --skip_compile true
