@@ -48,7 +48,7 @@ def test_an_onnx_export_refuses_bfloat16(tmp_path):
         load_backend(tmp_path, dtype="bfloat16")
 
 
-def test_torch_compile_is_refused_where_it_would_not_run(tmp_path, tiny_model, capsys):
+def test_torch_compile_is_refused_where_it_would_not_run(tmp_path, tiny_model, capsys, monkeypatch):
     (tmp_path / "onnx_export.json").write_text("{}")
     with pytest.raises(InferenceError, match="--torch_compile: .* is an ONNX export, which ONNX Runtime runs"):
         load_backend(tmp_path, torch_compile=True)
@@ -57,6 +57,12 @@ def test_torch_compile_is_refused_where_it_would_not_run(tmp_path, tiny_model, c
         command.main([str(tiny_model), file, "--streaming", "--torch_compile"])
     assert exit.value.code == 2
     assert "--torch_compile compiles the whole-recording forward" in capsys.readouterr().err
+    from ebranchformer_ru import serving
+
+    def make_app(args):  # a server not refused would start here, and serve until stopped
+        raise AssertionError("serve started with --streaming --torch_compile")
+
+    monkeypatch.setattr(serving, "make_app", make_app)
     with pytest.raises(SystemExit) as exit:
         serve.main([str(tiny_model), "--streaming", "--torch_compile"])
     assert exit.value.code == 2 and "leave out one" in capsys.readouterr().err
