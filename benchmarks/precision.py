@@ -3,7 +3,8 @@ the ONNX export's float32 and int8 models, for inference (the inference core's b
 log-softmax) and for training steps, in one process with the rounds interleaved (every variant once per round),
 median and spread; then what each part of a served request costs (uploads' decoding, features, the model, CTC
 decoding), which bounds what bf16 can do for a server; then the WER of each variant on the embedded test sets
-through `Transcriber`.
+through `Transcriber`, and how far it is from float32's: the words and the frames' best tokens it changes, and the
+RMS of its log-probabilities' difference.
 
     python benchmarks/precision.py outputs/mini                          # 1x10 s and 16x8 s, 2 threads, 7 rounds
     python benchmarks/precision.py outputs/mini --rounds 9 --threads 2 --skip_compile true
@@ -159,20 +160,29 @@ def parts_rows(times: dict, audio_seconds: float) -> tuple[list[list], float]:
     return rows, (rest + cost["model, float32"]) / (rest + cost["model, bfloat16"])
 
 
-def word_error_rates(backends: dict) -> tuple[dict, dict]:
-    """(name -> {set: WER %}, name -> {set: % of words changed}) of greedy transcripts through the Transcriber; a
-    variant's words changed are the word error rate of its transcripts against float32's (0: the same words)."""
-    rates, changed, float32 = {}, {}, {}
+def word_error_rates(backends: dict) -> tuple[dict, dict, dict]:
+    """(name -> {set: WER %}, name -> {set: % of words changed}, name -> (RMS, frames changed, frames)) of greedy
+    transcripts through the Transcriber; a variant's words changed are the word error rate of its transcripts
+    against float32's (0: the same words); RMS: of its log-probabilities' difference from float32's over every frame
+    of both sets, and the frames whose best token differs from float32's."""
+    rates, changed, errors, float32 = {}, {}, {}, {}
     for name, backend in backends.items():
-        rates[name], changed[name] = {}, {}
+        rates[name], changed[name], differences, flips = {}, {}, [], 0
         for set_name, manifest in SETS.items():
             entries = [entry for _, entry in read_manifest(manifest)]
             recordings = [AudioFile(audio_path(manifest, e["audio_filepath"])) for e in entries]
-            texts = [r["text"] for r in Transcriber(backend).transcribe(recordings)]
-            float32.setdefault(set_name, texts)
+            transcriber = Transcriber(backend)
+            outputs = transcriber.log_probs(recordings)
+            texts = [transcriber.decode(*output)["text"] for output in outputs]
+            reference, _ = float32.setdefault(set_name, (outputs, texts))
             rates[name][set_name] = 100 * wer([normalize_text(e["text"]) for e in entries], texts)
-            changed[name][set_name] = 100 * wer(float32[set_name], texts)
-    return rates, changed
+            changed[name][set_name] = 100 * wer(float32[set_name][1], texts)
+            for (ours, _), (theirs, _) in zip(outputs, reference):
+                differences.append((ours - theirs).ravel())
+                flips += int(np.count_nonzero(ours.argmax(-1) != theirs.argmax(-1)))
+        differences = np.concatenate(differences)
+        errors[name] = (float(np.sqrt(np.mean(differences**2))), flips, sum(len(o) for o, _ in reference))
+    return rates, changed, errors
 
 
 def main():
@@ -207,14 +217,23 @@ def main():
         print(f"a served request's parts: the {audio_seconds:.0f} s of the embedded test files in batches of 16")
         print(table(["part", "ms a second of audio (median)", "spread"], rows))
         print(f"bf16 can speed up a server whose requests are these parts at most {bound:.2f}x (HTTP not counted)\n")
-        rates, changed = word_error_rates(backends)
+        rates, changed, errors = word_error_rates(backends)
         rows = [
-            [name, *(f"{rates[name][s]:.2f} %" for s in SETS), *(f"{changed[name][s]:.2f} %" for s in SETS)]
+            [
+                name,
+                *(f"{rates[name][s]:.2f} %" for s in SETS),
+                *(f"{changed[name][s]:.2f} %" for s in SETS),
+                f"{errors[name][0]:.4f}",
+                f"{errors[name][1]:,}",
+            ]
             for name in backends
         ]
-        print("WER on the embedded test sets (greedy, the Transcriber's batches), and the words that differ from")
-        print("float32's transcripts (their WER against float32's)")
-        print(table(["variant", *SETS, *(f"{s}: words changed" for s in SETS)], rows))
+        frames = errors["float32"][2]
+        print("WER on the embedded test sets (greedy, the Transcriber's batches); the words that differ from float32's")
+        print("transcripts (their WER against float32's); the RMS of the log-probabilities' difference from float32's")
+        print(f"and the frames whose best token differs from float32's, of the {frames:,} frames of both sets")
+        header = ["variant", *SETS, *(f"{s}: words changed" for s in SETS), "log-prob RMS", "frames changed"]
+        print(table(header, rows))
 
 
 if __name__ == "__main__":
