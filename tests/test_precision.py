@@ -96,6 +96,7 @@ def test_a_bfloat16_backend_casts_its_matmul_weights_once_to_what_autocast_casts
     autocast_only = TorchBackend(
         EBranchformerForCTC.from_pretrained(tiny_model).eval(), half.processor, "cpu", "bfloat16"
     )
+    inference.float32_head(autocast_only.model)  # both heads in float32 (the next test)
     layer = half.model.ebranchformer.layers[0]
     assert (
         layer.ffn1.linear1.weight.dtype == torch.bfloat16 and layer.merge.depthwise_conv.weight.dtype == torch.bfloat16
@@ -103,6 +104,25 @@ def test_a_bfloat16_backend_casts_its_matmul_weights_once_to_what_autocast_casts
     assert layer.norm_ffn1.weight.dtype == torch.float32  # the norms keep float32, as under autocast
     for cast, casting in zip(half(waveforms), autocast_only(waveforms)):
         np.testing.assert_array_equal(cast, casting)
+
+
+def test_a_bfloat16_backend_runs_the_ctc_head_in_float32_on_the_folders_float32_weights(tiny_model, waveforms):
+    """Under autocast the head would give bf16 logits, rounded to steps of 1/32-1/16 where a trained model's best
+    ones lie; the bf16 backend's head gives the float32 product of what the encoder gave it and the folder's
+    float32 weights, exactly."""
+    from modeling_ebranchformer import EBranchformerForCTC
+
+    half = TorchBackend.from_folder(str(tiny_model), language_model=False, dtype="bfloat16")
+    head = EBranchformerForCTC.from_pretrained(tiny_model).lm_head
+    seen = []
+    half.model.lm_head.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
+    half(waveforms)
+    ((hidden, logits),) = seen
+    assert (
+        logits.dtype == torch.float32 and half.model.ebranchformer.layers[0].ffn1.linear1.weight.dtype == torch.bfloat16
+    )
+    expected = torch.nn.functional.linear(hidden.float(), head.weight, head.bias)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16 kernels on this CPU")
@@ -123,10 +143,11 @@ def test_a_bfloat16_cpu_backend_multiplies_by_linear_weights_packed_once_for_one
     autocast_only = TorchBackend(
         EBranchformerForCTC.from_pretrained(tmp_path).eval(), half.processor, "cpu", "bfloat16"
     )
+    inference.float32_head(autocast_only.model)
     with torch.profiler.profile() as profile:
         packed = half(waveforms)
-    ops = {event.name for event in profile.events()}
-    assert "mkldnn::_linear_pointwise" in ops and not ops & {"aten::addmm", "aten::linear"}  # (mm: the mel product)
+    ops = [event.name for event in profile.events()]
+    assert "mkldnn::_linear_pointwise" in ops and ops.count("aten::linear") == 1  # the CTC head's, in float32
     for ours, autocasts in zip(packed, autocast_only(waveforms)):
         np.testing.assert_array_equal(ours, autocasts)
 
