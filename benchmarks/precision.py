@@ -167,7 +167,7 @@ def word_error_rates(backends: dict) -> tuple[dict, dict, dict]:
     of both sets, and the frames whose best token differs from float32's."""
     rates, changed, errors, float32 = {}, {}, {}, {}
     for name, backend in backends.items():
-        rates[name], changed[name], differences, flips = {}, {}, [], 0
+        rates[name], changed[name], differences, flips, frames = {}, {}, [], 0, 0
         for set_name, manifest in SETS.items():
             entries = [entry for _, entry in read_manifest(manifest)]
             recordings = [AudioFile(audio_path(manifest, e["audio_filepath"])) for e in entries]
@@ -180,8 +180,9 @@ def word_error_rates(backends: dict) -> tuple[dict, dict, dict]:
             for (ours, _), (theirs, _) in zip(outputs, reference):
                 differences.append((ours - theirs).ravel())
                 flips += int(np.count_nonzero(ours.argmax(-1) != theirs.argmax(-1)))
+                frames += len(theirs)
         differences = np.concatenate(differences)
-        errors[name] = (float(np.sqrt(np.mean(differences**2))), flips, sum(len(o) for o, _ in reference))
+        errors[name] = (float(np.sqrt(np.mean(differences**2))), flips, frames)
     return rates, changed, errors
 
 
