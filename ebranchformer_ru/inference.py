@@ -68,8 +68,8 @@ def cast_matmul_weights(model, dtype, pack=True, skip=()):
     them to it at every call: the outputs are the same, bit for bit. The norms and the rest keep float32. The casts
     weigh most where the batches are small: with them (and a float32 cache), a round of 128 live streams' chunk
     steps took 428 ms against 304 ms. On a CPU whose oneDNN multiplies bf16, the linear layers also get their
-    weights laid out once for it (`pack_linear`; `pack=False`: not, for a model to compile). Modules in `skip` are
-    left as they are."""
+    weights laid out once for it (`pack_linear`; `pack=False`: not, for a model to compile). The modules listed in
+    `skip` (not their children) are left as they are."""
     import torch
 
     pack = (
@@ -90,12 +90,10 @@ def cast_matmul_weights(model, dtype, pack=True, skip=()):
 
 def float32_head(model):
     """Runs `model`'s CTC head (`lm_head`) in float32 with float32 weights under autocast, which would give bf16
-    logits: a trained model's best logits lie near 10 (the main job's model's: 4-14), where bf16's steps are
-    1/32-1/16, a rounding of what the log-softmax and the decoders compare. It was the largest single part of bf16's
-    error: on the embedded test sets the main job's model's bf16 log-probabilities came 1.5x closer to float32's
-    (RMS 0.014 against 0.021) and 11 frames of 9,518 changed their best token against 18, at no measured cost (a
-    256 x 34 product). Gives the head, whose weights must not have been cast to bf16 before
-    (`cast_matmul_weights(skip=...)`)."""
+    logits: a trained model's best logits lie near 10, where bf16's steps are 1/32-1/16, a rounding of what the
+    log-softmax and the decoders compare, and the largest single part of bf16's difference from float32
+    (docs/precision.md). Gives the head, whose weights must not have been cast to bf16 before (`cast_matmul_weights`'
+    `skip`)."""
     import torch
 
     head = model.lm_head.float()
@@ -211,8 +209,9 @@ class TorchBackend:
         except ModelLoadError as error:
             raise InferenceError(str(error)) from None
         backend = cls(model, processor, device, dtype)
-        if backend.dtype == "bfloat16":  # the backend's own model, whose matrix products only ever run in bf16
-            cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile, skip=[float32_head(model)])
+        if backend.dtype == "bfloat16":  # the backend's own model, whose matrix products run in bf16 but the head's
+            head = float32_head(model)
+            cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile, skip=[head])
         if torch_compile:
             backend.compiled = compile_model(model)
             backend.compile_now(largest_batch=1)
@@ -238,7 +237,7 @@ class TorchBackend:
     @contextlib.contextmanager
     def running(self):
         """Where the model runs: inference mode, and in bfloat16 autocast, which computes the matrix products in
-        bf16 while the features, the masks and the log-softmax stay float32."""
+        bf16 while the features, the masks, the CTC head (`float32_head`) and the log-softmax stay float32."""
         import torch
 
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"
