@@ -112,8 +112,9 @@ def pack_linear(linear):
     bit for bit, except where `F.linear` rounds the product before adding the bias (a non-contiguous input of 3 or
     more dimensions): the kernel adds the bias before it rounds, once. Each layer is 1.1-1.8x faster at 16-8,000
     rows; the main job's model 1.14x at one 10 s recording and 1.03x at 16 x 8 s (AMX Xeon, 2 cores). The input is
-    cast to bf16 as autocast casts it. The reordered copy takes as much memory as the bf16 weight it is made from. `torch.compile` cannot trace it: compile a model that is not packed (Inductor
-    packs weights itself with `freezing`)."""
+    cast to bf16 as autocast casts it. The reordered copy takes as much memory as the bf16 weight it is made from.
+    `torch.compile` cannot trace it: compile a model that is not packed (Inductor packs weights itself with
+    `freezing`)."""
     import torch
 
     weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
