@@ -88,24 +88,6 @@ def cast_matmul_weights(model, dtype, pack=True, skip=()):
             module.forward = pack_linear(module)
 
 
-def float32_head(model):
-    """Runs `model`'s CTC head (`lm_head`) in float32 with float32 weights under autocast, which would give bf16
-    logits: a trained model's best logits lie near 10, where bf16's steps are 1/32-1/16, a rounding of what the
-    log-softmax and the decoders compare, and the largest single part of bf16's difference from float32
-    (docs/precision.md). Gives the head, whose weights must not have been cast to bf16 before (`cast_matmul_weights`'
-    `skip`)."""
-    import torch
-
-    head = model.lm_head.float()
-
-    def forward(hidden_states):
-        with torch.autocast(hidden_states.device.type, enabled=False):
-            return torch.nn.functional.linear(hidden_states.float(), head.weight, head.bias)
-
-    head.forward = forward
-    return head
-
-
 def pack_linear(linear):
     """A forward for the bf16 `linear` (CPU) whose weight is reordered once into the blocked layout of oneDNN's
     matrix kernels (AMX), as Inductor's freezing does, where `F.linear` reorders it at every call. The same values
@@ -210,8 +192,7 @@ class TorchBackend:
             raise InferenceError(str(error)) from None
         backend = cls(model, processor, device, dtype)
         if backend.dtype == "bfloat16":  # the backend's own model, whose matrix products run in bf16 but the head's
-            head = float32_head(model)
-            cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile, skip=[head])
+            cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile, skip=[model.lm_head])
         if torch_compile:
             backend.compiled = compile_model(model)
             backend.compile_now(largest_batch=1)
@@ -237,7 +218,8 @@ class TorchBackend:
     @contextlib.contextmanager
     def running(self):
         """Where the model runs: inference mode, and in bfloat16 autocast, which computes the matrix products in
-        bf16 while the features, the masks, the CTC head (`float32_head`) and the log-softmax stay float32."""
+        bf16 while the features, the masks, the CTC head (`CTCHead`, on its float32 weights) and the log-softmax stay
+        float32."""
         import torch
 
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"

@@ -1,10 +1,11 @@
-"""What the CTC models of this package share: the encoder output, the input check, the CTC loss and greedy
-decoding (`generate`, as `ParakeetForCTC` has it)."""
+"""What the CTC models of this package share: the encoder output, the input check, the CTC head, the CTC loss and
+greedy decoding (`generate`, as `ParakeetForCTC` has it)."""
 
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 
@@ -20,6 +21,21 @@ def check_input_features(input_features: torch.Tensor, num_mel_bins: int):
         raise ValueError(
             f"input_features must have shape (batch, frames, {num_mel_bins}), got {tuple(input_features.shape)}"
         )
+
+
+class CTCHead(nn.Linear):
+    """The linear layer from the encoder's output to the CTC logits, which runs in float32 under autocast (on
+    float32 weights: a model cast to bf16 whole stays bf16). In bf16 a trained model's best logits, near 10, would
+    be rounded to steps of 1/32-1/16: a rounding of what the log-softmax, the CTC loss and every decoder compare,
+    and the largest single part of bf16 inference's difference from float32 (docs/precision.md). The head is about
+    0.1 % of the model's multiply-adds. Training, evaluation, the pipeline and the inference backends all get it."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        device = hidden_states.device.type
+        if device == "meta" or not torch.is_autocast_enabled(device):
+            return super().forward(hidden_states)
+        with torch.autocast(device, enabled=False):
+            return super().forward(hidden_states.to(self.weight.dtype))
 
 
 def ctc_loss(logits, output_lengths, labels, config):

@@ -42,7 +42,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.import_utils import is_tracing
 
 from .configuration import EBranchformerConfig
-from .ctc import CTCEncoderOutput, CTCGenerationMixin, check_input_features, ctc_loss
+from .ctc import CTCEncoderOutput, CTCGenerationMixin, CTCHead, check_input_features, ctc_loss
 
 
 class EBranchformerDropout(nn.Dropout):
@@ -723,7 +723,7 @@ class EBranchformerForCTC(CTCGenerationMixin, EBranchformerPreTrainedModel):
     def __init__(self, config: EBranchformerConfig):
         super().__init__(config)
         self.ebranchformer = EBranchformerModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.lm_head = CTCHead(config.hidden_size, config.vocab_size)
         self.post_init()
 
     @can_return_tuple

@@ -20,7 +20,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.import_utils import is_tracing
 
 from .configuration_quartznet import QuartzNetConfig
-from .ctc import CTCEncoderOutput, CTCGenerationMixin, check_input_features, ctc_loss
+from .ctc import CTCEncoderOutput, CTCGenerationMixin, CTCHead, check_input_features, ctc_loss
 
 
 def masked(hidden_states: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
@@ -176,7 +176,7 @@ class QuartzNetForCTC(CTCGenerationMixin, QuartzNetPreTrainedModel):
     def __init__(self, config: QuartzNetConfig):
         super().__init__(config)
         self.quartznet = QuartzNetModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.lm_head = CTCHead(config.hidden_size, config.vocab_size)
         self.post_init()
 
     @can_return_tuple

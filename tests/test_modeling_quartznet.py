@@ -38,6 +38,19 @@ def test_output_lengths_match_the_logits():
         assert logits.shape[1] == model.get_output_lengths(torch.tensor([frames])).item() == (frames - 1) // 4 + 1
 
 
+def test_the_ctc_head_runs_in_float32_under_autocast():
+    """Under bf16 autocast the encoder computes in bf16 and the CTC head (`CTCHead`) gives the float32 product of the
+    encoder's output and its float32 weights, exactly, as E-Branchformer's (tests/test_precision.py)."""
+    model = realistic_weights(QuartzNetForCTC(QuartzNetConfig(**SMALL))).eval()
+    features = torch.randn(2, 120, 64)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        hidden = model.quartznet(features).last_hidden_state
+        logits = model(features).logits
+    assert hidden.dtype == torch.bfloat16 and logits.dtype == torch.float32
+    expected = torch.nn.functional.linear(hidden.float(), model.lm_head.weight, model.lm_head.bias)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+
+
 def test_padding_does_not_change_the_logits():
     """Each utterance gives the same logits alone as in the padded batch, whatever the padding holds. With
     weights of realistic scale (logits ~1) a padded frame leaking into a convolution moves them by >1e-2."""

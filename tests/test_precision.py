@@ -96,7 +96,6 @@ def test_a_bfloat16_backend_casts_its_matmul_weights_once_to_what_autocast_casts
     autocast_only = TorchBackend(
         EBranchformerForCTC.from_pretrained(tiny_model).eval(), half.processor, "cpu", "bfloat16"
     )
-    inference.float32_head(autocast_only.model)  # both heads in float32 (the next test)
     layer = half.model.ebranchformer.layers[0]
     assert (
         layer.ffn1.linear1.weight.dtype == torch.bfloat16 and layer.merge.depthwise_conv.weight.dtype == torch.bfloat16
@@ -144,7 +143,6 @@ def test_a_bfloat16_cpu_backend_multiplies_by_linear_weights_packed_once_for_one
     autocast_only = TorchBackend(
         EBranchformerForCTC.from_pretrained(tmp_path).eval(), half.processor, "cpu", "bfloat16"
     )
-    inference.float32_head(autocast_only.model)
     with torch.profiler.profile() as profile:
         packed = half(waveforms)
     ops = [event.name for event in profile.events()]
@@ -191,11 +189,18 @@ def test_the_log_softmax_and_the_ctc_loss_stay_float32_under_autocast(tiny_model
         return_tensors="pt",
     )
     labels = torch.tensor([[3, 5, 7, 0, 9], [4, 4, 2, -100, -100]])
+    seen = []
+    for module in (model.ebranchformer.layers[0].ffn1.linear1, model.lm_head):
+        module.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
     with torch.autocast("cpu", torch.bfloat16):
         output = model(**inputs, labels=labels)
-    assert output.logits.dtype == torch.bfloat16  # autocast did reach the model's matrix products
-    assert output.loss.dtype == torch.float32
-    # the loss is the float32 CTC loss of those bf16 logits: nothing of it was computed in bf16
+    (_, inner), (hidden, logits) = seen
+    assert inner.dtype == torch.bfloat16  # autocast did reach the model's matrix products
+    # the CTC head (`CTCHead`) gave the float32 product of its input and its float32 weights, exactly
+    assert logits is output.logits and logits.dtype == torch.float32 and output.loss.dtype == torch.float32
+    expected = torch.nn.functional.linear(hidden.float(), model.lm_head.weight, model.lm_head.bias)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    # the loss is the float32 CTC loss of those logits: nothing of it was computed in bf16
     expected = torch.nn.functional.ctc_loss(
         torch.log_softmax(output.logits.float(), -1).transpose(0, 1),
         labels.masked_fill(labels < 0, 0),
@@ -354,4 +359,5 @@ def test_bf16_training_reaches_float32s_loss_within_a_fifth_more_steps(train_arg
     assert threshold < 0.6 * sum(full[:5]) / 5  # it did learn: the threshold means something
     half = losses("bfloat16", 48, "--bf16", "true")
     reached = steps_to(half, threshold)
+    print(f"loss {threshold:.3f}: float32 in {steps_to(full, threshold)} steps, bf16 in {reached}")
     assert reached is not None and reached <= 1.2 * steps_to(full, threshold), (full, half)

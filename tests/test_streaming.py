@@ -270,12 +270,11 @@ def test_a_stream_fed_as_it_arrives_equals_the_chunk_masked_forward(chunk_model,
 def test_a_bfloat16_stream_keeps_its_cache_in_bfloat16_and_steps_as_autocast_does(streaming_folder, waveforms):
     """Under bf16 the cached keys, values and convolution inputs are computed in bfloat16: a bfloat16 cache holds the
     same values as a float32 one, and the step gives the same log-probabilities, bit for bit."""
-    from ebranchformer_ru.inference import TorchBackend, float32_head
+    from ebranchformer_ru.inference import TorchBackend
     from ebranchformer_ru.streaming import ChunkModel
 
     half = ChunkModel(TorchBackend.from_folder(str(streaming_folder), dtype="bfloat16"))
     model = EBranchformerForCTC.from_pretrained(streaming_folder).eval()
-    float32_head(model)  # as the backend's: its CTC head in float32
     reference = ChunkModel(TorchBackend(model, half.backend.processor, "cpu", "bfloat16"))
     steps = reference.steps
     reference.steps.new_state = lambda: model.new_cache(1, steps.chunk_size, steps.left_chunks)  # float32
