@@ -3,11 +3,12 @@ the ONNX export's float32 and int8 models, for inference (the inference core's b
 log-softmax) and for training steps, in one process with the rounds interleaved (every variant once per round),
 median and spread; then what each part of a served request costs (uploads' decoding, features, the model, CTC
 decoding), which bounds what bf16 can do for a server; then the WER of each variant on the embedded test sets
-through `Transcriber`, and how far it is from float32's: the words and the frames' best tokens it changes, and the
-RMS of its log-probabilities' difference.
+through `Transcriber`, and how far it is from float32's: the words and the frames' best tokens it changes, the
+RMS of its log-probabilities' difference, and how near a tie float32's two best tokens were where it changed one.
 
     python benchmarks/precision.py outputs/mini                          # 1x10 s and 16x8 s, 2 threads, 7 rounds
     python benchmarks/precision.py outputs/mini --rounds 9 --threads 2 --skip_compile true
+    python benchmarks/precision.py outputs/mini --skip_speed true        # the WERs and the differences only
 
 The CPU's model and its bf16/int8 flags are printed: the figures hold for this machine type only. Run it alone
 (another CPU-heavy process slows both far more than twice).
@@ -160,14 +161,16 @@ def parts_rows(times: dict, audio_seconds: float) -> tuple[list[list], float]:
     return rows, (rest + cost["model, float32"]) / (rest + cost["model, bfloat16"])
 
 
-def word_error_rates(backends: dict) -> tuple[dict, dict, dict]:
-    """(name -> {set: WER %}, name -> {set: % of words changed}, name -> (RMS, frames changed, frames)) of greedy
-    transcripts through the Transcriber; a variant's words changed are the word error rate of its transcripts
-    against float32's (0: the same words); RMS: of its log-probabilities' difference from float32's over every frame
-    of both sets, and the frames whose best token differs from float32's."""
+def word_error_rates(backends: dict) -> tuple[dict, dict, dict, np.ndarray]:
+    """(name -> {set: WER %}, name -> {set: % of words changed}, name -> (RMS, frames changed, frames, widest),
+    margins) of greedy transcripts through the Transcriber; a variant's words changed are the word error rate of its
+    transcripts against float32's (0: the same words); RMS: of its log-probabilities' difference from float32's over
+    every frame of both sets; the frames whose best token differs from float32's, and the widest float32 margin
+    among them; margins: float32's margin at every frame, its best token's log-probability less the second's (a
+    near-tie is a small one)."""
     rates, changed, errors, float32 = {}, {}, {}, {}
     for name, backend in backends.items():
-        rates[name], changed[name], differences, flips, frames = {}, {}, [], 0, 0
+        rates[name], changed[name], differences, flipped, margins = {}, {}, [], [], []
         for set_name, manifest in SETS.items():
             entries = [entry for _, entry in read_manifest(manifest)]
             recordings = [AudioFile(audio_path(manifest, e["audio_filepath"])) for e in entries]
@@ -179,11 +182,32 @@ def word_error_rates(backends: dict) -> tuple[dict, dict, dict]:
             changed[name][set_name] = 100 * wer(float32[set_name][1], texts)
             for (ours, _), (theirs, _) in zip(outputs, reference):
                 differences.append((ours - theirs).ravel())
-                flips += int(np.count_nonzero(ours.argmax(-1) != theirs.argmax(-1)))
-                frames += len(theirs)
-        differences = np.concatenate(differences)
-        errors[name] = (float(np.sqrt(np.mean(differences**2))), flips, frames)
-    return rates, changed, errors
+                best_two = np.sort(theirs, axis=-1)[:, -2:]
+                margins.append(best_two[:, 1] - best_two[:, 0])
+                flipped.append(margins[-1][ours.argmax(-1) != theirs.argmax(-1)])
+        differences, flipped, margins = (np.concatenate(parts) for parts in (differences, flipped, margins))
+        widest = float(flipped.max()) if len(flipped) else 0.0
+        errors[name] = (float(np.sqrt(np.mean(differences**2))), len(flipped), len(margins), widest)
+    return rates, changed, errors, margins
+
+
+def print_speed(backends: dict, args):
+    """The speed tables: inference at 1 x 10 s and 16 x 8 s, training steps, and a served request's parts."""
+    header = ["variant", "audio s / s (median)", "spread (slowest-fastest round)", "vs float32"]
+    for batch, seconds in ((1, 10.0), (16, 8.0)):
+        waveforms = speech(batch, seconds)
+        calls = {name: (lambda b=b, w=waveforms: b(w)) for name, b in backends.items()}
+        times = interleaved(calls, args.rounds)
+        print(f"inference, {batch} x {seconds:g} s, {args.threads} threads, {args.rounds} rounds")
+        print(table(header, speed_rows(times, batch * seconds, "float32")) + "\n")
+    times = training_times(args.model, args.threads, args.rounds, args.skip_compile == "false")
+    print(f"training step, 16 x 8 s, {args.threads} threads, {args.rounds} rounds")
+    print(table(header, speed_rows(times, 16 * 8.0, "float32")) + "\n")
+    times, audio_seconds = request_parts(backends, args.rounds)
+    rows, bound = parts_rows(times, audio_seconds)
+    print(f"a served request's parts: the {audio_seconds:.0f} s of the embedded test files in batches of 16")
+    print(table(["part", "ms a second of audio (median)", "spread"], rows))
+    print(f"bf16 can speed up a server whose requests are these parts at most {bound:.2f}x (HTTP not counted)\n")
 
 
 def main():
@@ -192,6 +216,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--skip_compile", choices=("true", "false"), default="false")
+    parser.add_argument("--skip_speed", choices=("true", "false"), default="false", help="the WER part only")
     args = parser.parse_args()
     print(machine())
     print(f"CPU flags: {cpu_flags()}")
@@ -203,22 +228,9 @@ def main():
         onnx_dir = Path(tmp) / "onnx"
         export(args.model, onnx_dir, int8=True, wer_sets={}, threads=args.threads, log=lambda *_: None)
         backends = variants(args.model, onnx_dir, args.threads, args.skip_compile == "false")
-        header = ["variant", "audio s / s (median)", "spread (slowest-fastest round)", "vs float32"]
-        for batch, seconds in ((1, 10.0), (16, 8.0)):
-            waveforms = speech(batch, seconds)
-            calls = {name: (lambda b=b, w=waveforms: b(w)) for name, b in backends.items()}
-            times = interleaved(calls, args.rounds)
-            print(f"inference, {batch} x {seconds:g} s, {args.threads} threads, {args.rounds} rounds")
-            print(table(header, speed_rows(times, batch * seconds, "float32")) + "\n")
-        times = training_times(args.model, args.threads, args.rounds, args.skip_compile == "false")
-        print(f"training step, 16 x 8 s, {args.threads} threads, {args.rounds} rounds")
-        print(table(header, speed_rows(times, 16 * 8.0, "float32")) + "\n")
-        times, audio_seconds = request_parts(backends, args.rounds)
-        rows, bound = parts_rows(times, audio_seconds)
-        print(f"a served request's parts: the {audio_seconds:.0f} s of the embedded test files in batches of 16")
-        print(table(["part", "ms a second of audio (median)", "spread"], rows))
-        print(f"bf16 can speed up a server whose requests are these parts at most {bound:.2f}x (HTTP not counted)\n")
-        rates, changed, errors = word_error_rates(backends)
+        if args.skip_speed == "false":
+            print_speed(backends, args)
+        rates, changed, errors, margins = word_error_rates(backends)
         rows = [
             [
                 name,
@@ -226,15 +238,21 @@ def main():
                 *(f"{changed[name][s]:.2f} %" for s in SETS),
                 f"{errors[name][0]:.4f}",
                 f"{errors[name][1]:,}",
+                f"{errors[name][3]:.4f}",
             ]
             for name in backends
         ]
         frames = errors["float32"][2]
         print("WER on the embedded test sets (greedy, the Transcriber's batches); the words that differ from float32's")
         print("transcripts (their WER against float32's); the RMS of the log-probabilities' difference from float32's")
-        print(f"and the frames whose best token differs from float32's, of the {frames:,} frames of both sets")
+        print(
+            f"and the frames whose best token differs from float32's, of the {frames:,} frames of both sets, with the"
+        )
+        print("widest float32 margin among them (its best token's log-probability less the second's)")
         header = ["variant", *SETS, *(f"{s}: words changed" for s in SETS), "log-prob RMS", "frames changed"]
-        print(table(header, rows))
+        print(table([*header, "their widest margin"], rows))
+        near = ", ".join(f"{np.count_nonzero(margins < m):,} under {m:g}" for m in (0.01, 0.03, 0.1))
+        print(f"float32's frames by margin: {near}")
 
 
 if __name__ == "__main__":
