@@ -9,6 +9,7 @@ RMS of its log-probabilities' difference, and how near a tie float32's two best 
     python benchmarks/precision.py outputs/mini                          # 1x10 s and 16x8 s, 2 threads, 7 rounds
     python benchmarks/precision.py outputs/mini --rounds 9 --threads 2 --skip_compile true
     python benchmarks/precision.py outputs/mini --skip_speed true        # the WERs and the differences only
+    python benchmarks/precision.py outputs/mini --float32_layers 1 3     # also bf16 with its first 1, 3 layers float32
 
 The CPU's model and its bf16/int8 flags are printed: the figures hold for this machine type only. Run it alone
 (another CPU-heavy process slows both far more than twice).
@@ -52,12 +53,15 @@ def speech(batch: int, seconds: float) -> list[np.ndarray]:
     return [joined[i * n : (i + 1) * n] for i in range(batch)]
 
 
-def variants(model_dir, onnx_dir, threads, compile_):
+def variants(model_dir, onnx_dir, threads, compile_, float32_layers=()):
     """name -> backend (a callable from waveforms to log-probabilities)."""
     out = {
         "float32": TorchBackend.from_folder(model_dir, threads=threads, language_model=False),
         "bfloat16": TorchBackend.from_folder(model_dir, threads=threads, language_model=False, dtype="bfloat16"),
     }
+    for count in float32_layers:
+        layers = "layer 1" if count == 1 else f"layers 1-{count}"
+        out[f"bfloat16, {layers} in float32"] = with_float32_layers(model_dir, count, threads)
     if compile_:  # Inductor with freezing, dynamic shapes (`inference.compile_model`)
         for dtype in ("float32", "bfloat16"):
             out[f"{dtype} + torch.compile"] = TorchBackend.from_folder(
@@ -66,6 +70,30 @@ def variants(model_dir, onnx_dir, threads, compile_):
     out["ONNX float32"] = OnnxBackend(onnx_dir, threads=threads)
     out["ONNX int8"] = OnnxBackend(onnx_dir, threads=threads, quantized=True)
     return out
+
+
+def with_float32_layers(model_dir, count, threads):
+    """A bf16 backend whose first `count` encoder layers compute in float32 (their weights float32, autocast off
+    inside them; an error made early runs through every later layer): what fewer changed words would cost."""
+    import torch
+
+    from ebranchformer_ru.inference import cast_matmul_weights
+
+    def in_float32(forward):
+        def run(*args, **kwargs):
+            args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+            with torch.autocast("cpu", enabled=False):
+                return forward(*args, **kwargs)
+
+        return run
+
+    full = TorchBackend.from_folder(model_dir, threads=threads, language_model=False)
+    kept = list(full.model.ebranchformer.layers)[:count]
+    for layer in kept:
+        layer.forward = in_float32(layer.forward)
+    skip = [full.model.lm_head, *(module for layer in kept for module in layer.modules())]
+    cast_matmul_weights(full.model, torch.bfloat16, skip=skip)
+    return TorchBackend(full.model, full.processor, "cpu", "bfloat16")
 
 
 def interleaved(functions: dict, rounds: int) -> dict:
@@ -217,6 +245,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--skip_compile", choices=("true", "false"), default="false")
     parser.add_argument("--skip_speed", choices=("true", "false"), default="false", help="the WER part only")
+    parser.add_argument(
+        "--float32_layers", type=int, nargs="*", default=[], help="variants: bf16 with the first N layers in float32"
+    )
     args = parser.parse_args()
     print(machine())
     print(f"CPU flags: {cpu_flags()}")
@@ -227,7 +258,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = Path(tmp) / "onnx"
         export(args.model, onnx_dir, int8=True, wer_sets={}, threads=args.threads, log=lambda *_: None)
-        backends = variants(args.model, onnx_dir, args.threads, args.skip_compile == "false")
+        backends = variants(args.model, onnx_dir, args.threads, args.skip_compile == "false", args.float32_layers)
         if args.skip_speed == "false":
             print_speed(backends, args)
         rates, changed, errors, margins = word_error_rates(backends)
