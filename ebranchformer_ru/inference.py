@@ -192,7 +192,8 @@ class TorchBackend:
             raise InferenceError(str(error)) from None
         backend = cls(model, processor, device, dtype)
         if backend.dtype == "bfloat16":  # the backend's own model, whose matrix products run in bf16 but the head's
-            cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile, skip=[model.lm_head])
+            head = model.lm_head.float()  # float32 weights (`CTCHead`), also from a folder saved in bf16
+            cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile, skip=[head])
         if torch_compile:
             backend.compiled = compile_model(model)
             backend.compile_now(largest_batch=1)

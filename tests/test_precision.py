@@ -125,6 +125,22 @@ def test_a_bfloat16_backend_runs_the_ctc_head_in_float32_on_the_folders_float32_
     torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
+def test_a_bfloat16_backend_multiplies_the_head_of_a_folder_saved_in_bfloat16_in_float32(
+    tiny_model, waveforms, tmp_path
+):
+    """A folder saved in bf16 loads in bf16 (Transformers' default dtype is the saved one): the backend gives its
+    head float32 weights, so that its logits are float32 there too."""
+    from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
+
+    EBranchformerForCTC.from_pretrained(tiny_model).to(torch.bfloat16).save_pretrained(tmp_path)
+    EBranchformerProcessor.from_pretrained(tiny_model).save_pretrained(tmp_path)
+    half = TorchBackend.from_folder(str(tmp_path), language_model=False, dtype="bfloat16")
+    seen = []
+    half.model.lm_head.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    (log_probs, *_) = half(waveforms)
+    assert seen == [torch.float32] and half.model.lm_head.weight.dtype == torch.float32 and np.isfinite(log_probs).all()
+
+
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16 kernels on this CPU")
 def test_a_bfloat16_cpu_backend_multiplies_by_linear_weights_packed_once_for_onednn(tiny_model, waveforms, tmp_path):
     """The linear layers run oneDNN's kernel on weights it laid out at loading, not `addmm`, which lays the weight
