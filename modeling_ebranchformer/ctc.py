@@ -28,7 +28,8 @@ class CTCHead(nn.Linear):
     float32 weights: a model cast to bf16 whole stays bf16). In bf16 a trained model's best logits, near 10, would
     be rounded to steps of 1/32-1/16: a rounding of what the log-softmax, the CTC loss and every decoder compare,
     and the largest single part of bf16 inference's difference from float32 (docs/precision.md). The head is about
-    0.1 % of the model's multiply-adds. Training, evaluation, the pipeline and the inference backends all get it."""
+    0.1 % of the model's multiply-adds. Whatever runs the model under autocast gets it: training, evaluation,
+    the inference backends."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         device = hidden_states.device.type
