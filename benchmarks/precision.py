@@ -10,6 +10,7 @@ RMS of its log-probabilities' difference, and how near a tie float32's two best 
     python benchmarks/precision.py outputs/mini --rounds 9 --threads 2 --skip_compile true
     python benchmarks/precision.py outputs/mini --skip_speed true        # the WERs and the differences only
     python benchmarks/precision.py outputs/mini --float32_layers 1 3     # also bf16 with its first 1, 3 layers float32
+    python benchmarks/precision.py outputs/mini --bf16_residual true     # also bf16 with its residual stream in bf16
 
 The CPU's model and its bf16/int8 flags are printed: the figures hold for this machine type only. Run it alone
 (another CPU-heavy process slows both far more than twice).
@@ -53,12 +54,14 @@ def speech(batch: int, seconds: float) -> list[np.ndarray]:
     return [joined[i * n : (i + 1) * n] for i in range(batch)]
 
 
-def variants(model_dir, onnx_dir, threads, compile_, float32_layers=()):
+def variants(model_dir, onnx_dir, threads, compile_, float32_layers=(), bf16_residual=False):
     """name -> backend (a callable from waveforms to log-probabilities)."""
     out = {
         "float32": TorchBackend.from_folder(model_dir, threads=threads, language_model=False),
         "bfloat16": TorchBackend.from_folder(model_dir, threads=threads, language_model=False, dtype="bfloat16"),
     }
+    if bf16_residual:
+        out["bfloat16, residual stream in bf16"] = with_bf16_residual_stream(model_dir, threads)
     for count in float32_layers:
         layers = "layer 1" if count == 1 else f"layers 1-{count}"
         out[f"bfloat16, {layers} in float32"] = with_float32_layers(model_dir, count, threads)
@@ -77,7 +80,7 @@ def with_float32_layers(model_dir, count, threads):
     inside them; an error made early runs through every later layer): what fewer changed words would cost."""
     import torch
 
-    from ebranchformer_ru.inference import cast_matmul_weights
+    from ebranchformer_ru.inference import cast_matmul_weights, float32_modules
 
     def in_float32(forward):
         def run(*args, **kwargs):
@@ -91,8 +94,21 @@ def with_float32_layers(model_dir, count, threads):
     kept = list(full.model.ebranchformer.layers)[:count]
     for layer in kept:
         layer.forward = in_float32(layer.forward)
-    skip = [full.model.lm_head, *(module for layer in kept for module in layer.modules())]
+    skip = [*float32_modules(full.model), *(module for layer in kept for module in layer.modules())]
     cast_matmul_weights(full.model, torch.bfloat16, skip=skip)
+    return TorchBackend(full.model, full.processor, "cpu", "bfloat16")
+
+
+def with_bf16_residual_stream(model_dir, threads):
+    """A bf16 backend whose subsampling multiplies in bf16, as before the residual stream was kept float32: the
+    stream starts in bf16 and stays bf16 (a CPU's layer norms keep their input's dtype). What float32 costs there."""
+    import torch
+
+    from ebranchformer_ru.inference import cast_matmul_weights
+
+    full = TorchBackend.from_folder(model_dir, threads=threads, language_model=False)
+    full.model.ebranchformer.subsampling.projection.__class__ = torch.nn.Linear
+    cast_matmul_weights(full.model, torch.bfloat16, skip=[full.model.lm_head])
     return TorchBackend(full.model, full.processor, "cpu", "bfloat16")
 
 
@@ -248,6 +264,9 @@ def main():
     parser.add_argument(
         "--float32_layers", type=int, nargs="*", default=[], help="variants: bf16 with the first N layers in float32"
     )
+    parser.add_argument(
+        "--bf16_residual", choices=("true", "false"), default="false", help="also bf16 with a bf16 residual stream"
+    )
     args = parser.parse_args()
     print(machine())
     print(f"CPU flags: {cpu_flags()}")
@@ -258,7 +277,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         onnx_dir = Path(tmp) / "onnx"
         export(args.model, onnx_dir, int8=True, wer_sets={}, threads=args.threads, log=lambda *_: None)
-        backends = variants(args.model, onnx_dir, args.threads, args.skip_compile == "false", args.float32_layers)
+        compile_, bf16_residual = args.skip_compile == "false", args.bf16_residual == "true"
+        backends = variants(args.model, onnx_dir, args.threads, compile_, args.float32_layers, bf16_residual)
         if args.skip_speed == "false":
             print_speed(backends, args)
         rates, changed, errors, margins = word_error_rates(backends)

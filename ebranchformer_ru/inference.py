@@ -88,6 +88,15 @@ def cast_matmul_weights(model, dtype, pack=True, skip=()):
             module.forward = pack_linear(module)
 
 
+def float32_modules(model) -> list:
+    """The modules of `model` that compute in float32 under bf16 autocast (`Float32Linear`: the CTC head, the
+    E-Branchformer's subsampling), for `cast_matmul_weights` to skip. The head by name too: a folder's own code
+    (`trust_remote_code`) has classes of its own."""
+    from modeling_ebranchformer.ctc import Float32Linear
+
+    return [model.lm_head, *(m for m in model.modules() if isinstance(m, Float32Linear) and m is not model.lm_head)]
+
+
 def pack_linear(linear):
     """A forward for the bf16 `linear` (CPU) whose weight is reordered once into the blocked layout of oneDNN's
     matrix kernels (AMX), as Inductor's freezing does, where `F.linear` reorders it at every call. The same values
@@ -191,9 +200,9 @@ class TorchBackend:
         except ModelLoadError as error:
             raise InferenceError(str(error)) from None
         backend = cls(model, processor, device, dtype)
-        if backend.dtype == "bfloat16":  # the backend's own model, whose matrix products run in bf16 but the head's
-            head = model.lm_head.float()  # float32 weights (`CTCHead`), also from a folder saved in bf16
-            cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile, skip=[head])
+        if backend.dtype == "bfloat16":  # the backend's own model: the folder's values in float32 (a folder saved in
+            model.float()  # bf16 loads in bf16), whose matrix products run in bf16 but a few
+            cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile, skip=float32_modules(model))
         if torch_compile:
             backend.compiled = compile_model(model)
             backend.compile_now(largest_batch=1)
@@ -219,8 +228,8 @@ class TorchBackend:
     @contextlib.contextmanager
     def running(self):
         """Where the model runs: inference mode, and in bfloat16 autocast, which computes the matrix products in
-        bf16 while the features, the masks, the CTC head (`CTCHead`, on its float32 weights) and the log-softmax stay
-        float32."""
+        bf16 while the features, the masks, the subsampling and the CTC head (`float32_modules`) and the log-softmax
+        stay float32."""
         import torch
 
         device_type = "cuda" if self.device.startswith("cuda") else "cpu"

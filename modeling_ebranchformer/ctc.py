@@ -23,20 +23,26 @@ def check_input_features(input_features: torch.Tensor, num_mel_bins: int):
         )
 
 
-class CTCHead(nn.Linear):
-    """The linear layer from the encoder's output to the CTC logits, which runs in float32 under autocast (on
-    float32 weights: a model cast to bf16 whole stays bf16). In bf16 a trained model's best logits, near 10, would
-    be rounded to steps of 1/32-1/16: a rounding of what the log-softmax, the CTC loss and every decoder compare,
-    and the largest single part of bf16 inference's difference from float32 (docs/precision.md). The head is about
-    0.1 % of the model's multiply-adds. Whatever runs the model under autocast gets it: training, evaluation,
-    the inference backends."""
+class Float32Linear(nn.Linear):
+    """A linear layer that multiplies in its weights' dtype under autocast: float32 on float32 weights, while a model
+    cast to bf16 whole stays bf16. For the few products at the model's two ends whose rounding to bf16 everything
+    after them would carry (`CTCHead`, the E-Branchformer's subsampling). Devices torch has no autocast for (meta;
+    MPS before torch 2.5) take the plain path."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         device = hidden_states.device.type
-        if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):  # meta, say
+        if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):
             return super().forward(hidden_states)
         with torch.autocast(device, enabled=False):
             return super().forward(hidden_states.to(self.weight.dtype))
+
+
+class CTCHead(Float32Linear):
+    """The linear layer from the encoder's output to the CTC logits, in float32 under autocast (`Float32Linear`).
+    In bf16 a trained model's best logits, near 10, would be rounded to steps of 1/32-1/16: a rounding of what the
+    log-softmax, the CTC loss and every decoder compare, and the largest single part of bf16 inference's difference
+    from float32 (docs/precision.md). The head is about 0.1 % of the model's multiply-adds. Whatever runs the model
+    under autocast gets it: training, evaluation, the inference backends."""
 
 
 def ctc_loss(logits, output_lengths, labels, config):

@@ -42,7 +42,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.import_utils import is_tracing
 
 from .configuration import EBranchformerConfig
-from .ctc import CTCEncoderOutput, CTCGenerationMixin, CTCHead, check_input_features, ctc_loss
+from .ctc import CTCEncoderOutput, CTCGenerationMixin, CTCHead, Float32Linear, check_input_features, ctc_loss
 
 
 class EBranchformerDropout(nn.Dropout):
@@ -62,7 +62,11 @@ class EBranchformerStackingSubsampling(nn.Module):
     def __init__(self, config: EBranchformerConfig):
         super().__init__()
         self.stride = config.subsampling_stride
-        self.projection = nn.Linear(config.subsampling_stride * config.num_mel_bins, config.hidden_size)
+        # In float32 under autocast, so that the residual stream starts, and stays, in float32: the layers add their
+        # branches' bf16 outputs to it, and the layer norms keep their input's dtype on a CPU. From a bf16 start
+        # the whole stream would be bf16, rounded at every addition: a third more of bf16's difference from float32
+        # on the main job's model, for 4-5 % of bf16 inference's speed (docs/precision.md).
+        self.projection = Float32Linear(config.subsampling_stride * config.num_mel_bins, config.hidden_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch, frames, bins = features.shape
@@ -188,8 +192,8 @@ def masked_depthwise_conv(
     input frames before this chunk); "chunk", centred but blind past the end of the frame's attention chunk of
     `chunk` frames (None: full context), or, for a stream, the input is one chunk and `past` the half kernel
     before it."""
-    if frame_mask is not None:
-        hidden_states = hidden_states * frame_mask
+    if frame_mask is not None:  # in the input's dtype: under autocast a float32 mask would make bf16 inputs float32
+        hidden_states = hidden_states * frame_mask.to(hidden_states.dtype)
     half = conv.padding[0]
     if context == "chunk" and past is None and chunk is not None:
         return chunk_depthwise_conv(conv, hidden_states, chunk)
@@ -356,7 +360,7 @@ class EBranchformerLayerCache:
 
     def convolve(self, name: str, inputs):
         """The convolution `name`'s inputs before this chunk; keeps as many of the latest as it held, in its dtype
-        (under CUDA autocast the gate's norm gives float32; the convolution casts its input to bf16 all the same)."""
+        (under autocast the gate's norm gives float32; the convolution casts its input to bf16 all the same)."""
         past = getattr(self, name)
         setattr(self, name, latest(torch.cat([past, inputs.to(past.dtype)], dim=1), past.shape[1], 1))
         return past

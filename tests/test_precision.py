@@ -1,6 +1,7 @@
 """The precision choice (`--dtype`): what `auto` picks, bfloat16 inference through the inference core, and the
 parts that stay float32 under autocast (features, masks, log-softmax, the CTC loss); `--torch_compile`."""
 
+import functools
 import json
 
 import numpy as np
@@ -106,27 +107,33 @@ def test_a_bfloat16_backend_casts_its_matmul_weights_once_to_what_autocast_casts
 
 
 @pytest.mark.parametrize("saved", [torch.float32, torch.bfloat16])
-def test_a_bfloat16_backend_runs_the_ctc_head_in_float32_on_float32_weights(tiny_model, waveforms, tmp_path, saved):
+def test_a_bfloat16_backend_runs_the_subsampling_and_the_ctc_head_in_float32(tiny_model, waveforms, tmp_path, saved):
     """Under autocast the head would give bf16 logits, rounded to steps of 1/32-1/16 where a trained model's best
-    ones lie; the bf16 backend's head gives the float32 product of what the encoder gave it and the folder's weights
-    in float32, exactly, also from a folder saved in bf16 (which loads in bf16: Transformers' default dtype is the
-    saved one)."""
+    ones lie, and the subsampling a bf16 start of the residual stream; in the bf16 backend each gives the float32
+    product of its input and the folder's weights in float32, exactly, also from a folder saved in bf16 (which loads
+    in bf16: Transformers' default dtype is the saved one)."""
     from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
 
     EBranchformerForCTC.from_pretrained(tiny_model).to(saved).save_pretrained(tmp_path)
     EBranchformerProcessor.from_pretrained(tiny_model).save_pretrained(tmp_path)
     half = TorchBackend.from_folder(str(tmp_path), language_model=False, dtype="bfloat16")
-    head = EBranchformerForCTC.from_pretrained(tmp_path).lm_head.float()
-    seen = []
-    half.model.lm_head.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
+    folder = EBranchformerForCTC.from_pretrained(tmp_path).float()
+    assert half.model.ebranchformer.layers[0].ffn1.linear1.weight.dtype == torch.bfloat16
+    names, seen = ("lm_head", "ebranchformer.subsampling.projection"), {}
+
+    def keep(name, module, args, output):  # what the module was given and gave (returns None: the output stands)
+        seen[name] = args[0], output
+
+    for name in names:
+        half.model.get_submodule(name).register_forward_hook(functools.partial(keep, name))
     half(waveforms)
-    ((hidden, logits),) = seen
-    assert (
-        logits.dtype == torch.float32 and half.model.ebranchformer.layers[0].ffn1.linear1.weight.dtype == torch.bfloat16
-    )
-    with torch.inference_mode():
-        expected = torch.nn.functional.linear(hidden.float(), head.weight, head.bias)
-    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    for name in names:
+        inputs, outputs = seen[name]
+        weights = folder.get_submodule(name)
+        with torch.inference_mode():
+            expected = torch.nn.functional.linear(inputs.float(), weights.weight, weights.bias)
+        assert outputs.dtype == torch.float32, name
+        torch.testing.assert_close(outputs, expected, rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16 kernels on this CPU")
@@ -150,7 +157,7 @@ def test_a_bfloat16_cpu_backend_multiplies_by_linear_weights_packed_once_for_one
     with torch.profiler.profile() as profile:
         packed = half(waveforms)
     ops = [event.name for event in profile.events()]
-    assert "mkldnn::_linear_pointwise" in ops and ops.count("aten::linear") == 1  # the CTC head's, in float32
+    assert "mkldnn::_linear_pointwise" in ops and ops.count("aten::linear") == 2  # in float32: subsampling, head
     for ours, autocasts in zip(packed, autocast_only(waveforms)):
         np.testing.assert_array_equal(ours, autocasts)
 
@@ -194,16 +201,21 @@ def test_the_log_softmax_and_the_ctc_loss_stay_float32_under_autocast(tiny_model
     )
     labels = torch.tensor([[3, 5, 7, 0, 9], [4, 4, 2, -100, -100]])
     seen = []
-    for module in (model.ebranchformer.layers[0].ffn1.linear1, model.lm_head):
+    subsampling = model.ebranchformer.subsampling.projection
+    for module in (subsampling, model.ebranchformer.layers[0].ffn1.linear1, model.lm_head):
         module.register_forward_hook(lambda module, args, output: seen.append((args[0], output)))
     with torch.autocast("cpu", torch.bfloat16):
         output = model(**inputs, labels=labels)
-    (_, inner), (hidden, logits) = seen
+    (stacked, start), (_, inner), (hidden, logits) = seen
     assert inner.dtype == torch.bfloat16  # autocast did reach the model's matrix products
-    # the CTC head (`CTCHead`) gave the float32 product of its input and its float32 weights, exactly
+    # the subsampling and the CTC head (`Float32Linear`s) gave the float32 products of their inputs and their
+    # float32 weights, exactly
     assert logits is output.logits and logits.dtype == torch.float32 and output.loss.dtype == torch.float32
     expected = torch.nn.functional.linear(hidden.float(), model.lm_head.weight, model.lm_head.bias)
     torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    assert stacked.dtype == start.dtype == torch.float32
+    expected = torch.nn.functional.linear(stacked, subsampling.weight, subsampling.bias)
+    torch.testing.assert_close(start, expected, rtol=0, atol=0)
     # the loss is the float32 CTC loss of those logits: nothing of it was computed in bf16
     expected = torch.nn.functional.ctc_loss(
         torch.log_softmax(output.logits.float(), -1).transpose(0, 1),
