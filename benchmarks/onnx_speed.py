@@ -84,8 +84,8 @@ class OnnxVariant:
 
 class TorchVariant:
     """The PyTorch backend of the inference core (with `quantized`, torch.ao's dynamic int8 of the Linear
-    layers, which leaves the CTC head, a `CTCHead`, in float32: 0.1 % of the work); `forward` times the model
-    alone."""
+    layers, which leaves the `Float32Linear`s, the CTC head and the subsampling, in float32: under 1 % of the work);
+    `forward` times the model alone."""
 
     def __init__(self, model_dir, quantized, threads):
         import torch

@@ -195,13 +195,14 @@ class TorchBackend:
         if threads:
             torch.set_num_threads(threads)
         try:
-            model = load_ctc_model(model_dir, trust_remote_code).to(device).eval()
+            # loaded in float32, also from a folder saved in bf16 (which loads in bf16 by default, its position table
+            # too): the precision is `dtype`'s
+            model = load_ctc_model(model_dir, trust_remote_code, dtype=torch.float32).to(device).eval()
             processor = load_processor(model_dir, trust_remote_code, language_model)
         except ModelLoadError as error:
             raise InferenceError(str(error)) from None
         backend = cls(model, processor, device, dtype)
-        if backend.dtype == "bfloat16":  # the backend's own model: the folder's values in float32 (a folder saved in
-            model.float()  # bf16 loads in bf16), whose matrix products run in bf16 but a few
+        if backend.dtype == "bfloat16":  # the backend's own model, whose matrix products run in bf16 but a few
             cast_matmul_weights(model, backend.torch_dtype, pack=not torch_compile, skip=float32_modules(model))
         if torch_compile:
             backend.compiled = compile_model(model)

@@ -64,8 +64,8 @@ class EBranchformerStackingSubsampling(nn.Module):
         self.stride = config.subsampling_stride
         # In float32 under autocast, so that the residual stream starts, and stays, in float32: the layers add their
         # branches' bf16 outputs to it, and the layer norms keep their input's dtype on a CPU. From a bf16 start
-        # the whole stream would be bf16, rounded at every addition: a third more of bf16's difference from float32
-        # on the main job's model, for 4-5 % of bf16 inference's speed (docs/precision.md).
+        # the whole stream would be bf16, rounded at every addition: bf16's difference from float32 is about 30 %
+        # smaller on the main job's model, for 3-5 % of bf16 inference's speed (docs/precision.md).
         self.projection = Float32Linear(config.subsampling_stride * config.num_mel_bins, config.hidden_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -360,7 +360,7 @@ class EBranchformerLayerCache:
 
     def convolve(self, name: str, inputs):
         """The convolution `name`'s inputs before this chunk; keeps as many of the latest as it held, in its dtype
-        (under autocast the gate's norm gives float32; the convolution casts its input to bf16 all the same)."""
+        (under CUDA autocast the gate's norm gives float32; the convolution casts its input to bf16 all the same)."""
         past = getattr(self, name)
         setattr(self, name, latest(torch.cat([past, inputs.to(past.dtype)], dim=1), past.shape[1], 1))
         return past

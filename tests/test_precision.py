@@ -1,5 +1,6 @@
 """The precision choice (`--dtype`): what `auto` picks, bfloat16 inference through the inference core, and the
-parts that stay float32 under autocast (features, masks, log-softmax, the CTC loss); `--torch_compile`."""
+parts that stay float32 under autocast (features, masks, the subsampling and the residual stream, the CTC head, the
+log-softmax, the CTC loss); `--torch_compile`."""
 
 import functools
 import json
@@ -136,6 +137,24 @@ def test_a_bfloat16_backend_runs_the_subsampling_and_the_ctc_head_in_float32(tin
         torch.testing.assert_close(outputs, expected, rtol=0, atol=0)
 
 
+def test_a_folder_saved_in_bfloat16_runs_in_float32_with_dtype_float32(tiny_model, waveforms, tmp_path):
+    """Transformers loads a folder saved in bf16 in bf16; `--dtype float32` computes in float32 all the same: what the
+    same values saved in float32 give, bit for bit (the float32 features met bf16 weights before)."""
+    from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
+
+    rounded = EBranchformerForCTC.from_pretrained(tiny_model).to(torch.bfloat16)
+    for dtype in (torch.bfloat16, torch.float32):
+        rounded.to(dtype).save_pretrained(tmp_path / str(dtype))
+        EBranchformerProcessor.from_pretrained(tiny_model).save_pretrained(tmp_path / str(dtype))
+    saved_half, saved_full = (
+        TorchBackend.from_folder(str(tmp_path / str(dtype)), language_model=False)
+        for dtype in (torch.bfloat16, torch.float32)
+    )
+    assert saved_half.model.lm_head.weight.dtype == torch.float32
+    for half, full in zip(saved_half(waveforms), saved_full(waveforms)):
+        np.testing.assert_array_equal(half, full)
+
+
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16 kernels on this CPU")
 def test_a_bfloat16_cpu_backend_multiplies_by_linear_weights_packed_once_for_onednn(tiny_model, waveforms, tmp_path):
     """The linear layers run oneDNN's kernel on weights it laid out at loading, not `addmm`, which lays the weight
@@ -208,6 +227,7 @@ def test_the_log_softmax_and_the_ctc_loss_stay_float32_under_autocast(tiny_model
         output = model(**inputs, labels=labels)
     (stacked, start), (_, inner), (hidden, logits) = seen
     assert inner.dtype == torch.bfloat16  # autocast did reach the model's matrix products
+    assert hidden.dtype == torch.float32  # the residual stream, which the last layer norm gave the head
     # the subsampling and the CTC head (`Float32Linear`s) gave the float32 products of their inputs and their
     # float32 weights, exactly
     assert logits is output.logits and logits.dtype == torch.float32 and output.loss.dtype == torch.float32
