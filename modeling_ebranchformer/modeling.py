@@ -64,8 +64,8 @@ class EBranchformerStackingSubsampling(nn.Module):
         self.stride = config.subsampling_stride
         # In float32 under autocast, so that the residual stream starts, and stays, in float32: the layers add their
         # branches' bf16 outputs to it, and the layer norms keep their input's dtype on a CPU. From a bf16 start
-        # the whole stream would be bf16, rounded at every addition: bf16's difference from float32 is about 30 %
-        # smaller on the main job's model, for 3-5 % of bf16 inference's speed (docs/precision.md).
+        # the whole stream would be bf16, rounded at every addition. Kept float32, bf16's difference from float32
+        # is about 30 % smaller on the main job's model, for 3-5 % of bf16 inference's speed (docs/precision.md).
         self.projection = Float32Linear(config.subsampling_stride * config.num_mel_bins, config.hidden_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
