@@ -145,6 +145,7 @@ def training_times(model_dir, threads, rounds, compile_) -> dict:
     bf16 with the model compiled (what `train_ctc.py --torch_compile true` does: Trainer compiles the model)."""
     import torch
 
+    from ebranchformer_ru.training import backward_outside_autocast
     from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
 
     torch.set_num_threads(threads)
@@ -157,10 +158,11 @@ def training_times(model_dir, threads, rounds, compile_) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         forward = torch.compile(model) if name.endswith("compile") else model
 
-        def step(forward=forward, optimizer=optimizer, bf16=name != "float32"):
-            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                loss = forward(**inputs, labels=labels).loss
-            loss.backward()
+        def step(forward=forward, optimizer=optimizer, bf16=name != "float32", compiled=forward is not model):
+            with backward_outside_autocast(compiled):  # as train_ctc.py traces a compiled backward
+                with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                    loss = forward(**inputs, labels=labels).loss
+                loss.backward()
             optimizer.step()
             optimizer.zero_grad()
 

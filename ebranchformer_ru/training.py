@@ -18,6 +18,7 @@ at fault.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -821,7 +822,8 @@ def train_and_evaluate(trainer, eval_sets, resume) -> dict:
     """Trains (with --do_train) and saves the model and its log; evaluates; writes the metrics and the card."""
     metrics = {}
     if trainer.args.do_train:
-        result = trainer.train(resume_from_checkpoint=resume)
+        with backward_outside_autocast(trainer.args.torch_compile):
+            result = trainer.train(resume_from_checkpoint=resume)
         metrics.update(result.metrics)
         metrics["nonfinite_losses"] = trainer.nonfinite_losses
         trainer.save_model()  # model.safetensors, config, processor and the code for trust_remote_code
@@ -834,6 +836,18 @@ def train_and_evaluate(trainer, eval_sets, resume) -> dict:
         trainer.card_metadata["metrics"] = metrics
         trainer.create_model_card()
     return metrics
+
+
+def backward_outside_autocast(compiled: bool):
+    """For a compiled model (--torch_compile), its backward traced without autocast, as Trainer runs the backward:
+    eager PyTorch's semantics. By default AOTAutograd traces it under the forward's autocast, which made --bf16's
+    float32 products (the CTC head, the subsampling: `Float32Linear`) bf16 ones in the backward (PyTorch's
+    `backward_pass_autocast`; pytorch/pytorch#179804)."""
+    if not compiled:
+        return contextlib.nullcontext()
+    from torch._functorch import config
+
+    return config.patch(backward_pass_autocast="off")
 
 
 def check_data_dir(data_args):

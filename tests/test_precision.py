@@ -370,6 +370,38 @@ def test_bf16_training_runs_on_the_cpu_with_float32_losses(train_args, tmp_path)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_bf16_training_gives_the_float32_layers_float32_gradients_compiled_as_eager(
+    train_args, tmp_path, monkeypatch, compiled
+):
+    """Trainer runs the backward outside autocast, so the gradients of the CTC head and of the subsampling, which
+    multiply in float32 (`Float32Linear`), are float32 products. Compiled, AOTAutograd traced the backward under the
+    forward's autocast by default, and both came out of bf16 products: every value a bf16 one. (Inductor and the
+    `aot_eager` backend, quicker to compile, trace the backward alike.)"""
+    from ebranchformer_ru import training
+
+    gradients, load = {}, training.load_model_and_processor
+    names = ("lm_head", "ebranchformer.subsampling.projection")
+
+    def keep(name, weight):  # the first step's gradient, before the optimizer's step and zero_grad
+        gradients[name] = weight.grad.clone()
+
+    def loading(model_args):
+        model, processor = load(model_args)
+        for name in names:
+            model.get_submodule(name).weight.register_post_accumulate_grad_hook(functools.partial(keep, name))
+        return model, processor
+
+    monkeypatch.setattr(training, "load_model_and_processor", loading)
+    compiling = ["--torch_compile", "true", "--torch_compile_backend", "aot_eager"] if compiled else []
+    training.run(train_args(tmp_path, "--max_steps", "1", "--bf16", "true", *compiling))
+    assert set(gradients) == set(names)
+    for name, gradient in gradients.items():
+        assert gradient.dtype == torch.float32 and gradient.abs().sum() > 0, name
+        assert not torch.equal(gradient.bfloat16().float(), gradient), f"{name}: a bf16 product's gradient"
+
+
 def steps_to(losses: list[float], threshold: float, window: int = 5) -> int | None:
     """The first step at which the mean of the last `window` losses is at most `threshold`."""
     for end in range(window, len(losses) + 1):
