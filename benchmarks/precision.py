@@ -11,6 +11,7 @@ RMS of its log-probabilities' difference, and how near a tie float32's two best 
     python benchmarks/precision.py outputs/mini --skip_speed true        # the WERs and the differences only
     python benchmarks/precision.py outputs/mini --float32_layers 1 3     # also bf16 with its first 1, 3 layers float32
     python benchmarks/precision.py outputs/mini --bf16_residual true     # also bf16 with its residual stream in bf16
+    python benchmarks/precision.py outputs/mini --float32_parts cgmlp    # also bf16 with every layer's cgMLP float32
 
 The CPU's model and its bf16/int8 flags are printed: the figures hold for this machine type only. Run it alone
 (another CPU-heavy process slows both far more than twice).
@@ -54,7 +55,7 @@ def speech(batch: int, seconds: float) -> list[np.ndarray]:
     return [joined[i * n : (i + 1) * n] for i in range(batch)]
 
 
-def variants(model_dir, onnx_dir, threads, compile_, float32_layers=(), bf16_residual=False):
+def variants(model_dir, onnx_dir, threads, compile_, float32_layers=(), bf16_residual=False, float32_parts=()):
     """name -> backend (a callable from waveforms to log-probabilities)."""
     out = {
         "float32": TorchBackend.from_folder(model_dir, threads=threads, language_model=False),
@@ -64,7 +65,9 @@ def variants(model_dir, onnx_dir, threads, compile_, float32_layers=(), bf16_res
         out["bfloat16, residual stream in bf16"] = with_bf16_residual_stream(model_dir, threads)
     for count in float32_layers:
         layers = "layer 1" if count == 1 else f"layers 1-{count}"
-        out[f"bfloat16, {layers} in float32"] = with_float32_layers(model_dir, count, threads)
+        out[f"bfloat16, {layers} in float32"] = with_float32(model_dir, threads, first_layers(count))
+    for part in float32_parts:
+        out[f"bfloat16, every {part} in float32"] = with_float32(model_dir, threads, every_layers(part))
     if compile_:  # Inductor with freezing, dynamic shapes (`inference.compile_model`)
         for dtype in ("float32", "bfloat16"):
             out[f"{dtype} + torch.compile"] = TorchBackend.from_folder(
@@ -75,9 +78,9 @@ def variants(model_dir, onnx_dir, threads, compile_, float32_layers=(), bf16_res
     return out
 
 
-def with_float32_layers(model_dir, count, threads):
-    """A bf16 backend whose first `count` encoder layers compute in float32 (their weights float32, autocast off
-    inside them; an error made early runs through every later layer): what fewer changed words would cost."""
+def with_float32(model_dir, threads, chosen):
+    """A bf16 backend whose modules `chosen(model)` compute in float32 (their weights float32, autocast off inside
+    them): what making a part of the model float32 again costs, and how much closer to float32 it brings bf16."""
     import torch
 
     from ebranchformer_ru.inference import cast_matmul_weights, float32_modules
@@ -91,12 +94,22 @@ def with_float32_layers(model_dir, count, threads):
         return run
 
     full = TorchBackend.from_folder(model_dir, threads=threads, language_model=False)
-    kept = list(full.model.ebranchformer.layers)[:count]
-    for layer in kept:
-        layer.forward = in_float32(layer.forward)
-    skip = [*float32_modules(full.model), *(module for layer in kept for module in layer.modules())]
+    kept = chosen(full.model)
+    for module in kept:
+        module.forward = in_float32(module.forward)
+    skip = [*float32_modules(full.model), *(inner for module in kept for inner in module.modules())]
     cast_matmul_weights(full.model, torch.bfloat16, skip=skip)
     return TorchBackend(full.model, full.processor, "cpu", "bfloat16")
+
+
+def first_layers(count):
+    """The first `count` encoder layers (an error made early runs through every later layer)."""
+    return lambda model: list(model.ebranchformer.layers)[:count]
+
+
+def every_layers(part):
+    """Module `part` of every encoder layer (`self_attn`, `cgmlp`, `merge`, `ffn1`, `ffn2`, `cgmlp.csgu`, ...)."""
+    return lambda model: [layer.get_submodule(part) for layer in model.ebranchformer.layers]
 
 
 def with_bf16_residual_stream(model_dir, threads):
@@ -269,6 +282,12 @@ def main():
     parser.add_argument(
         "--bf16_residual", choices=("true", "false"), default="false", help="also bf16 with a bf16 residual stream"
     )
+    parser.add_argument(
+        "--float32_parts",
+        nargs="*",
+        default=[],
+        help="variants: bf16 with this module of every layer in float32 (self_attn, cgmlp, merge, ffn1, ffn2, ...)",
+    )
     args = parser.parse_args()
     print(machine())
     print(f"CPU flags: {cpu_flags()}")
@@ -280,7 +299,9 @@ def main():
         onnx_dir = Path(tmp) / "onnx"
         export(args.model, onnx_dir, int8=True, wer_sets={}, threads=args.threads, log=lambda *_: None)
         compile_, bf16_residual = args.skip_compile == "false", args.bf16_residual == "true"
-        backends = variants(args.model, onnx_dir, args.threads, compile_, args.float32_layers, bf16_residual)
+        backends = variants(
+            args.model, onnx_dir, args.threads, compile_, args.float32_layers, bf16_residual, args.float32_parts
+        )
         if args.skip_speed == "false":
             print_speed(backends, args)
         rates, changed, errors, margins = word_error_rates(backends)
