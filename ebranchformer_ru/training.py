@@ -671,7 +671,11 @@ def load_model_and_processor(model_args):
         # Only passed when asked for: QuartzNet has no attention, and transformers picks SDPA where it exists.
         extra = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
         try:
-            model = load_ctc_model(model_args.model_name_or_path, model_args.trust_remote_code, **extra)
+            # float32 whatever the folder holds (Transformers loads a bf16 one in bf16): Trainer's mixed precision
+            # keeps float32 weights and optimizer state, and float32 features would meet bf16 weights without it.
+            model = load_ctc_model(
+                model_args.model_name_or_path, model_args.trust_remote_code, dtype=torch.float32, **extra
+            )
             processor = load_processor(model_args.model_name_or_path, model_args.trust_remote_code)
         except ModelLoadError as error:
             raise Error(f"--model_name_or_path: {error}") from None

@@ -402,6 +402,26 @@ def test_bf16_training_gives_the_float32_layers_float32_gradients_compiled_as_ea
         assert not torch.equal(gradient.bfloat16().float(), gradient), f"{name}: a bf16 product's gradient"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("bf16", ["false", "true"])
+def test_training_from_a_folder_saved_in_bfloat16_keeps_float32_weights(train_args, tiny_model, tmp_path, bf16):
+    """A folder saved in bf16, fine-tuned: Transformers would load it in bf16, and float32 features then met bf16
+    weights (a crash), or with --bf16 true the weights, the optimizer state, the head and the position table were
+    all bf16. Trainer's mixed precision keeps float32 weights whatever the folder holds."""
+    from ebranchformer_ru import training
+    from modeling_ebranchformer import EBranchformerForCTC, EBranchformerProcessor
+
+    folder = tmp_path / "saved in bf16"
+    EBranchformerForCTC.from_pretrained(tiny_model).to(torch.bfloat16).save_pretrained(folder)
+    EBranchformerProcessor.from_pretrained(tiny_model).save_pretrained(folder)
+    options = train_args(tmp_path / "run", "--max_steps", "1", "--bf16", bf16, "--model_name_or_path", str(folder))
+    at = options.index("--config_overrides")
+    trainer, metrics = training.run(options[:at] + options[at + 2 :])
+    assert np.isfinite(metrics["train_loss"])
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    assert trainer.model.ebranchformer.positions.table.dtype == torch.float32
+
+
 def steps_to(losses: list[float], threshold: float, window: int = 5) -> int | None:
     """The first step at which the mean of the last `window` losses is at most `threshold`."""
     for end in range(window, len(losses) + 1):
