@@ -38,6 +38,7 @@ from .inference import (
     decode_all,
     load_decoder,
     load_test_sets,
+    resolved_dtype,
     set_log_probs,
 )
 from .itn import InverseNormalizer
@@ -119,7 +120,7 @@ def evaluate_model(
         job = replace(job, sets=sets)
         # Before any work: every process was started on this evaluation (one model, decoder, data and sets), or
         # all refuse.
-        distributed.agree(context, lambda: evaluation_description(job))
+        distributed.agree(context, lambda: evaluation_description(job, context.device(job.device)))
         transcriber, lm_decoder, test_sets, itn = distributed.together(context, lambda: load(job, context, place_first))
         rows, files = score(job, transcriber, lm_decoder, test_sets, itn, context)
         if context.is_main:
@@ -207,7 +208,7 @@ def write_results(job: Evaluation, rows, files, lm_decoder):
     print("\n".join(results_table(rows, decoding is not None)))
 
 
-def evaluation_description(job: Evaluation) -> dict:
+def evaluation_description(job: Evaluation, device: str) -> dict:
     """What makes an evaluation's results as this process sees it, for the processes to agree on before any
     work (`distributed.agree`): the model's files by content (and its language model's unless decoding greedily),
     the decoding options, the data folder, its test sets and their manifests by content, the sample count and
@@ -225,7 +226,7 @@ def evaluation_description(job: Evaluation) -> dict:
         "--max_samples": job.max_samples,
         "--output_dir": os.path.abspath(job.output_dir),
         "--update_model_card": job.update_model_card,
-        "--dtype": job.dtype,
+        "--dtype": resolved_dtype(job.model_path, job.dtype, device),  # as this machine resolves auto
         "--torch_compile": job.torch_compile,
     }
 

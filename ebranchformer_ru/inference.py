@@ -63,6 +63,16 @@ def choose_dtype(dtype: str, device: str = "cpu") -> str:
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 
+def resolved_dtype(model_dir, dtype: str, device: str = "cpu") -> str:
+    """The precision `load_backend(model_dir, device, dtype=dtype)` computes in, without loading it: float32 for an
+    ONNX export (int8 with --quantized is a setting of its own), `choose_dtype`'s choice on this machine otherwise.
+    What a run records and its processes agree on: `auto` is bf16 on one machine and float32 on another."""
+    path = Path(model_dir)
+    if path.is_dir() and onnx_runtime.is_onnx_folder(path):
+        return "float32"
+    return choose_dtype(dtype, device)
+
+
 def cast_matmul_weights(model, dtype, pack=True, skip=()):
     """Casts the weights of `model`'s linear and convolution layers to `dtype` once, where autocast would cast
     them to it at every call: the outputs are the same, bit for bit. The norms and the rest keep float32. The casts

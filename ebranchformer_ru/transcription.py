@@ -50,7 +50,7 @@ from . import distributed
 from .audio import LOUD, AudioFile
 from .errors import Error, UsageError
 from .formats import escaped, render
-from .inference import Transcriber, load_backend, load_decoder
+from .inference import Transcriber, load_backend, load_decoder, resolved_dtype
 from .itn import InverseNormalizer
 from .manifest import audio_path, read_manifest
 from .resumable import (
@@ -115,7 +115,7 @@ def collect_inputs(inputs, extensions) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- outputs
 
 
-def job_description(options, items, timestamps) -> dict:
+def job_description(options, items, timestamps, device) -> dict:
     """What makes a run's output as this process sees it, for the processes to agree on before any writes
     (`distributed.agree`): the model's files by content (two copies of one model agree), the decoder and every
     option that changes a transcript (not --batch_size, --device or --threads, which give the same ones), the
@@ -130,7 +130,7 @@ def job_description(options, items, timestamps) -> dict:
         "--chunk_length_s": options.chunk_length_s,
         "--stride_length_s": options.stride_length_s,
         "--quantized": options.quantized,
-        "--dtype": options.dtype,
+        "--dtype": resolved_dtype(options.model, options.dtype, device),  # as this machine resolves auto
         "--torch_compile": options.torch_compile,
         **{f"--{name}": value for name, value in options.transcript_settings().items()},
         "--overwrite": options.overwrite,
@@ -144,7 +144,7 @@ def job_description(options, items, timestamps) -> dict:
     return described
 
 
-def run_settings(options, items, suffix, timestamps) -> dict:
+def run_settings(options, items, suffix, timestamps, device="cpu") -> dict:
     """What makes the transcripts of a run: an output or journal made with other settings is never resumed
     into (the records of two models or decoders would be mixed in one file)."""
     model = Path(options.model)
@@ -167,8 +167,10 @@ def run_settings(options, items, suffix, timestamps) -> dict:
         "chunk_length_s": options.chunk_length_s,
         "stride_length_s": options.stride_length_s,
     }
-    if options.dtype != "float32":  # (absent for float32: outputs made before the choice existed still resume)
-        settings["dtype"] = options.dtype
+    # The precision as this machine resolves --dtype (auto: bf16 here, float32 there), absent for float32: outputs
+    # made before the choice existed still resume.
+    if (dtype := resolved_dtype(options.model, options.dtype, device)) != "float32":
+        settings["dtype"] = dtype
     if options.torch_compile:  # its fused kernels round otherwise (absent when off, as dtype's float32)
         settings["torch_compile"] = True
     settings |= options.transcript_settings()
@@ -347,7 +349,7 @@ def run(options, context=distributed.ONE_PROCESS) -> int:
     timestamps = options.timestamps or suffix in SUBTITLES
     # Before anything is written: every process was started on this job (one model, one set of options, one
     # list of inputs), or all refuse.
-    distributed.agree(context, lambda: job_description(options, items, timestamps))
+    distributed.agree(context, lambda: job_description(options, items, timestamps, context.device(options.device)))
     if suffix in SUBTITLES and len(items) != 1:
         raise UsageError(
             f"--output {options.output}: a subtitle file holds one recording, and {len(items)} were given; "
@@ -426,7 +428,8 @@ class Run:
         suffix = output.suffix.lower()
         check_output_place(output, self.items, options.inputs, suffix)
         self.journal_file = stack.enter_context(locked(self.journal, output))
-        self.settings = run_settings(options, self.items, suffix, self.timestamps)
+        device = self.context.device(options.device)
+        self.settings = run_settings(options, self.items, suffix, self.timestamps, device)
         if options.overwrite:
             if self.context.is_main:
                 mine = {journal_path(output, rank) for rank in range(self.context.world_size)}

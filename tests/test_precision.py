@@ -262,6 +262,37 @@ def test_transcribe_dtype_records_its_choice_and_refuses_to_mix_precisions(tiny_
     assert "dtype: 'bfloat16' then, None now" in capsys.readouterr().err
 
 
+def test_a_run_records_and_agrees_on_what_dtype_auto_resolved_to(tiny_model, tmp_path, capsys, monkeypatch):
+    """`--dtype auto` is bf16 on one machine and float32 on another: a transcription records what it resolved to,
+    so its output is not resumed where auto resolves otherwise (with transcripts of another precision), and an auto
+    run that resolved to float32 resumes float32's output; the processes of a run, and of an evaluation, compare
+    the resolved precision, not the word `auto`."""
+    from ebranchformer_ru.evaluation import Evaluation, evaluation_description
+    from ebranchformer_ru.golos import EMBEDDED_CORPUS
+    from ebranchformer_ru.transcription import Options, job_description
+
+    files = [str(p) for p in sorted((CROWD / "files").glob("*.opus"))[:2]]
+    model, output, other = str(tiny_model), str(tmp_path / "out.jsonl"), str(tmp_path / "float32.jsonl")
+    fast = {"bf16": True}
+    monkeypatch.setattr(inference, "cpu_has_fast_bf16", lambda: fast["bf16"])
+    assert command.main([model, files[0], "--output", output, "--no_progress", "--dtype", "auto"]) == 0
+    assert json.loads((tmp_path / ".out.jsonl.transcribe.json").read_text())["settings"]["dtype"] == "bfloat16"
+    fast["bf16"] = False
+    capsys.readouterr()
+    assert command.main([model, *files, "--output", output, "--no_progress", "--dtype", "auto"]) == 1
+    assert "dtype: 'bfloat16' then, None now" in capsys.readouterr().err
+    assert command.main([model, files[0], "--output", other, "--no_progress"]) == 0
+    assert command.main([model, *files, "--output", other, "--no_progress", "--dtype", "auto"]) == 0
+    assert "1 already done" in capsys.readouterr().err
+    corpus = str(EMBEDDED_CORPUS)
+    evaluation = Evaluation(model, corpus, ["crowd"], tmp_path, 16, None, False, None, {}, False, "cpu", None, "auto")
+    described = []
+    for fast["bf16"] in (True, False):
+        options = Options(model, files, None, dtype="auto")
+        described.append((job_description(options, [], False, "cpu"), evaluation_description(evaluation, "cpu")))
+    assert [(job["--dtype"], run["--dtype"]) for job, run in described] == [("bfloat16",) * 2, ("float32",) * 2]
+
+
 @pytest.fixture
 def compiled_batches(monkeypatch):
     """The batch sizes the compiled forward is called with, `compile_model` standing in for Inductor (the
