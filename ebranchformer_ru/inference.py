@@ -51,7 +51,7 @@ def cpu_has_fast_bf16(cpuinfo="/proc/cpuinfo") -> bool:
 
 def choose_dtype(dtype: str, device: str = "cpu") -> str:
     """The precision the model runs in: "float32", "bfloat16", or for "auto" bfloat16 where the hardware has a
-    fast path for it (a CUDA device that supports it; a CPU with AMX or AVX-512 BF16) and float32 otherwise."""
+    fast path for it (a CUDA device of compute capability 8 on; a CPU with AMX or AVX-512 BF16) and float32 otherwise."""
     if dtype not in DTYPES:
         raise InferenceError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype != "auto":
@@ -59,7 +59,12 @@ def choose_dtype(dtype: str, device: str = "cpu") -> str:
     if device.startswith("cuda"):
         import torch
 
-        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+        if not torch.cuda.is_available():
+            return "float32"
+        # Native bf16 matrix units: compute capability 8 (Ampere) on, or ROCm. `torch.cuda.is_bf16_supported()`
+        # also counts emulation (a V100 or a T4 holds bf16 and multiplies it slowly), and asks the current device.
+        native = torch.version.hip is not None or torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
+        return "bfloat16" if native else "float32"
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
 
