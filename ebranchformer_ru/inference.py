@@ -51,7 +51,7 @@ def cpu_has_fast_bf16(cpuinfo="/proc/cpuinfo") -> bool:
 
 def choose_dtype(dtype: str, device: str = "cpu") -> str:
     """The precision the model runs in: "float32", "bfloat16", or for "auto" bfloat16 where the hardware has a
-    fast path for it (a CUDA device of compute capability 8 on; a CPU with AMX or AVX-512 BF16) and float32 otherwise."""
+    fast path for it (a CUDA device of compute capability 8 on; a CPU with AMX or AVX-512 BF16), float32 elsewhere."""
     if dtype not in DTYPES:
         raise InferenceError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype != "auto":
