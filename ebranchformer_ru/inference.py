@@ -61,11 +61,26 @@ def choose_dtype(dtype: str, device: str = "cpu") -> str:
 
         if not torch.cuda.is_available():
             return "float32"
+        check_cuda_device(device)  # before asking a device this machine does not have
         # Native bf16 matrix units: compute capability 8 (Ampere) on, or ROCm. `torch.cuda.is_bf16_supported()`
         # also counts emulation (a V100 or a T4 holds bf16 and multiplies it slowly), and asks the current device.
         native = torch.version.hip is not None or torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
         return "bfloat16" if native else "float32"
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+
+def check_cuda_device(device: str):
+    """Raises `InferenceError` for a CUDA device torch cannot use: none available, or an index past the machine's
+    devices (more processes per machine than GPUs)."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InferenceError("--device cuda: no CUDA device is available to torch")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise InferenceError(
+            f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s); start at "
+            "most that many processes per machine"
+        )
 
 
 def resolved_dtype(model_dir, dtype: str, device: str = "cpu") -> str:
@@ -200,13 +215,7 @@ class TorchBackend:
 
         from .hub import ModelLoadError, load_ctc_model, load_processor
 
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise InferenceError("--device cuda: no CUDA device is available to torch")
-        if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-            raise InferenceError(
-                f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s); start at "
-                "most that many processes per machine"
-            )
+        check_cuda_device(device)
         if threads:
             torch.set_num_threads(threads)
         try:

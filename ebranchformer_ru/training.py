@@ -847,10 +847,10 @@ def backward_outside_autocast(compiled: bool):
     eager PyTorch's semantics. By default AOTAutograd traces it under the forward's autocast, which made --bf16's
     float32 products (the CTC head, the subsampling: `Float32Linear`) bf16 ones in the backward (PyTorch's
     `backward_pass_autocast`; pytorch/pytorch#179804)."""
-    if not compiled:
-        return contextlib.nullcontext()
     from torch._functorch import config
 
+    if not compiled or not hasattr(config, "backward_pass_autocast"):  # torch < 2.8 has no such setting
+        return contextlib.nullcontext()
     return config.patch(backward_pass_autocast="off")
 
 

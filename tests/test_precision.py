@@ -36,12 +36,15 @@ def test_auto_picks_bfloat16_only_where_the_cpu_has_bf16_matrix_instructions(tmp
     assert choose_dtype("auto") == "float32"
     assert choose_dtype("bfloat16") == "bfloat16" and choose_dtype("float32") == "float32"  # asked: as asked
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # cuda:2, a process more than GPUs: named, not asked
     # cuda:1 an A100 (compute capability 8.0), the current device, cuda:0, a V100 (7.0), which emulates bf16
     capability = {0: (7, 0), None: (7, 0), 1: (8, 0)}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[torch.device(device).index])
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert choose_dtype("auto", "cuda") == choose_dtype("auto", "cuda:0") == "float32"
     assert choose_dtype("auto", "cuda:1") == "bfloat16"
+    with pytest.raises(InferenceError, match="cuda:2: this machine has 2 CUDA device"):
+        choose_dtype("auto", "cuda:2")
     with pytest.raises(InferenceError, match="--dtype must be one of float32, bfloat16, auto, got 'float16'"):
         choose_dtype("float16")
 

@@ -160,8 +160,8 @@ def add_dtype(parser):
         "--dtype",
         choices=("float32", "bfloat16", "auto"),
         default="float32",
-        help="the model's precision: auto is bfloat16 on a CPU with AMX or AVX-512 BF16 or a CUDA device that "
-        "supports it, float32 elsewhere (default float32)",
+        help="the model's precision: auto is bfloat16 on a CPU with AMX or AVX-512 BF16 or a CUDA device of "
+        "compute capability 8 or later, float32 elsewhere (default float32)",
     )
 
 
